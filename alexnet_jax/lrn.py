@@ -1,0 +1,137 @@
+"""Local response normalization (Krizhevsky et al. 2012, section 3.3), channels-last.
+
+    b[..., i] = a[..., i] / (k + alpha' * sum_{j=max(0, i-n/2)}^{min(C-1, i+n/2)} a[..., j]^2) ** beta
+
+with alpha' = alpha (the paper's formula, and tf.nn.local_response_normalization) or alpha / n
+(cuda-convnet, Caffe, PyTorch, ONNX: `divide_alpha_by_size=True`). The windowed sum of squares is
+clipped at the first and last channel. Several implementations of that windowed sum exist because the
+fastest one differs by backend; all of them agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLEMENTATIONS = ("conv", "reduce_window", "slices")
+
+
+def _band_matrix(channels: int, size: int) -> np.ndarray:
+    """(C, C) matrix M with M[j, i] = 1 where |i - j| <= size // 2: x**2 @ M is the clipped window sum."""
+    idx = np.arange(channels)
+    return (np.abs(idx[:, None] - idx[None, :]) <= size // 2).astype(np.float32)
+
+
+def _window_sum_conv(sq: jax.Array, size: int) -> jax.Array:
+    """Window sum as a 1x1 `conv_general_dilated` with a banded (C, C) kernel (a tensor-core matmul)."""
+    channels = sq.shape[-1]
+    kernel = jnp.asarray(_band_matrix(channels, size))[None, None]  # (1, 1, C, C) HWIO
+    flat = sq.reshape((-1, 1, 1, channels))  # (N, 1, 1, C): every position is one "image"
+    out = lax.conv_general_dilated(
+        flat,
+        kernel,
+        window_strides=(1, 1),
+        padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    )
+    return out.reshape(sq.shape)
+
+
+def _window_sum_reduce_window(sq: jax.Array, size: int) -> jax.Array:
+    """Window sum as `lax.reduce_window` over the channel axis; zero padding clips at the ends."""
+    half = size // 2
+    ndim = sq.ndim
+    window = (1,) * (ndim - 1) + (size,)
+    padding = ((0, 0),) * (ndim - 1) + ((half, size - 1 - half),)
+    return lax.reduce_window(sq, 0.0, lax.add, window, (1,) * ndim, padding)
+
+
+def _window_sum_slices(sq: jax.Array, size: int) -> jax.Array:
+    """Window sum as `size` shifted slices of a zero-padded copy, added (fuses into one loop)."""
+    half = size // 2
+    channels = sq.shape[-1]
+    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, size - 1 - half)])
+    return sum(padded[..., j : j + channels] for j in range(size))
+
+
+_WINDOW_SUMS = {
+    "conv": _window_sum_conv,
+    "reduce_window": _window_sum_reduce_window,
+    "slices": _window_sum_slices,
+}
+
+
+def default_implementation(backend: str | None = None) -> str:
+    """The fastest correct implementation for a backend, as measured by benchmarks/lrn.py."""
+    backend = backend or jax.default_backend()
+    return "reduce_window" if backend == "cpu" else "conv"
+
+
+@functools.partial(
+    jax.jit, static_argnames=("size", "k", "alpha", "beta", "divide_alpha_by_size", "impl")
+)
+def local_response_norm(
+    x: jax.Array,
+    *,
+    size: int = 5,
+    k: float = 2.0,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    divide_alpha_by_size: bool = False,
+    impl: str = "conv",
+) -> jax.Array:
+    """Normalizes `x` (..., C) across channels as in the paper; returns the dtype of `x`.
+
+    Args:
+      x: activations, channels last. bfloat16/float16 inputs are computed in float32.
+      size: n, the number of adjacent channels in the window (centred; clipped at the edges).
+      k, alpha, beta: the paper's hyper-parameters (k=2, alpha=1e-4, beta=0.75).
+      divide_alpha_by_size: False for the paper's formula (TensorFlow's convention), True for
+        cuda-convnet/Caffe/PyTorch's alpha / n.
+      impl: how the windowed sum of squares is computed: one of IMPLEMENTATIONS.
+    """
+    if impl not in _WINDOW_SUMS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if size < 1:
+        raise ValueError(f"size must be a positive integer, got {size}")
+    xf = x.astype(jnp.float32)
+    sq_sum = _WINDOW_SUMS[impl](xf * xf, size)
+    scale = alpha / size if divide_alpha_by_size else alpha
+    base = k + scale * sq_sum
+    # base ** -beta: for the paper's beta=0.75, rsqrt(base) * rsqrt(sqrt(base)) is exact and avoids
+    # a generic pow (log + exp) in both the forward and backward pass.
+    if beta == 0.75:
+        inv = lax.rsqrt(base) * lax.rsqrt(jnp.sqrt(base))
+    else:
+        inv = jnp.power(base, -beta)
+    return (xf * inv).astype(x.dtype)
+
+
+class LocalResponseNorm(nn.Module):
+    """Flax wrapper of `local_response_norm` (no parameters)."""
+
+    size: int = 5
+    k: float = 2.0
+    alpha: float = 1e-4
+    beta: float = 0.75
+    divide_alpha_by_size: bool = False
+    impl: str = "auto"  # "auto" picks default_implementation() for the current backend.
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        impl = default_implementation() if self.impl == "auto" else self.impl
+        return local_response_norm(
+            x,
+            size=self.size,
+            k=self.k,
+            alpha=self.alpha,
+            beta=self.beta,
+            divide_alpha_by_size=self.divide_alpha_by_size,
+            impl=impl,
+        )
