@@ -1,0 +1,367 @@
+"""Optimizers and learning-rate schedules: the paper's SGD, the usual Optax SGD, step and plateau.
+
+The paper (section 5) writes momentum SGD with the learning rate *inside* the velocity:
+
+    v <- m v - wd lr w - lr g ;  w <- w + v
+
+Optax and PyTorch keep the lr *outside* (t <- m t + g + wd w ; w <- w - lr t). With a constant
+lr the two are the same trajectory (v = -lr t), but right after an lr drop they differ: the paper's
+form keeps the full old velocity, the Optax form shrinks it by the drop factor at once. Both exist
+(`config.optimizer`), and both are wrapped so the training loop can read the lr used by the last
+update and scale it host-side (the reduce-on-plateau schedule) through `current_learning_rate` and
+`set_lr_scale`, without touching Optax internals.
+"""
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from alexnet_jax.errors import ConfigError
+
+OPTIMIZERS = ("paper_sgd", "sgd")
+SCHEDULES = ("constant", "step", "plateau")
+
+ScalarOrSchedule = float | jax.Array | optax.Schedule
+
+
+# ---- The paper's SGD ---------------------------------------------------------------------------
+
+
+class PaperSgdState(NamedTuple):
+    """State of `paper_sgd`: the update count (for schedules) and the velocity v (>= float32)."""
+
+    count: jax.Array
+    velocity: optax.Updates
+
+
+def paper_sgd(
+    learning_rate: ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> optax.GradientTransformation:
+    """The paper's momentum SGD: v <- m v - wd lr w - lr g, and the update returned is v.
+
+    `learning_rate` is a number or an Optax schedule of the step count (0 for the first update).
+    Every argument may also be injected by `optax.inject_hyperparams`, which is how
+    `create_optimizer` exposes the lr in the optimizer state. `update` needs `params` (the decay).
+    """
+
+    def init_fn(params: optax.Params) -> PaperSgdState:
+        # The velocity accumulates many small steps: never keep it in less than float32.
+        velocity = jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), jnp.promote_types(p.dtype, jnp.float32)), params
+        )
+        return PaperSgdState(count=jnp.zeros([], jnp.int32), velocity=velocity)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "paper_sgd needs the parameters for its weight decay: "
+                "call tx.update(grads, opt_state, params)."
+            )
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def new_velocity(v, g, w):
+            g, w = g.astype(v.dtype), w.astype(v.dtype)
+            # The lr multiplies the new gradient only; the old velocity keeps the lr it was made
+            # with. This is where the paper's rule differs from optax.sgd after an lr drop.
+            return momentum * v - lr * (weight_decay * w + g)
+
+        velocity = jax.tree.map(new_velocity, state.velocity, updates, params)
+        new_updates = jax.tree.map(lambda v, w: v.astype(w.dtype), velocity, params)
+        return new_updates, PaperSgdState(optax.safe_increment(state.count), velocity)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---- The usual Optax SGD -----------------------------------------------------------------------
+
+
+def optax_sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    decoupled_weight_decay: bool = False,
+) -> optax.GradientTransformation:
+    """`optax.sgd` with weight decay, coupled (added to the gradient) or decoupled.
+
+    Coupled: t <- m t + g + wd w ; w <- w - lr t (L2 regularisation, as in PyTorch's SGD).
+    Decoupled: t <- m t + g ; w <- w - lr t - lr wd w (the decay bypasses the momentum).
+    """
+    if decoupled_weight_decay:
+        return optax.chain(
+            optax.trace(decay=momentum),
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum)
+    )
+
+
+# ---- The lr as a visible, host-scalable hyperparameter -----------------------------------------
+
+
+def with_lr_scale(
+    make_tx: Callable[[jax.Array], optax.GradientTransformation], schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """Wraps `make_tx(lr)` so the lr is `schedule(step) * lr_scale`, both visible in the state.
+
+    Built on `optax.inject_hyperparams`: the state is an `InjectStatefulHyperparamsState` whose
+    `hyperparams` dict holds `learning_rate` (the lr the last update used; before any update, the
+    lr the first one will use) and `lr_scale` (float32, 1.0 at init, set by `set_lr_scale`).
+    """
+
+    def scaled(learning_rate, lr_scale):
+        return make_tx(learning_rate * lr_scale)
+
+    inner = optax.inject_hyperparams(scaled, hyperparam_dtype=jnp.float32)(
+        learning_rate=schedule, lr_scale=1.0
+    )
+
+    def show_scaled_lr(state):
+        # inject_hyperparams stores the raw schedule value; store the lr actually applied instead.
+        # Harmless for the next update: a scheduled hyperparameter is recomputed from its schedule
+        # each step, never read back from `hyperparams` (documented Optax behaviour).
+        hp = state.hyperparams
+        lr = hp["learning_rate"] * hp["lr_scale"]
+        return state._replace(hyperparams={**hp, "learning_rate": lr})
+
+    def init_fn(params):
+        return show_scaled_lr(inner.init(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, state = inner.update(updates, state, params, **extra_args)
+        return updates, show_scaled_lr(state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_hyperparam_value(path: Any, value: Any) -> bool:
+    # inject_hyperparams keeps the values in `hyperparams` and a schedule's own state, under the
+    # same name, in `hyperparams_states`: pick the array.
+    del path
+    return isinstance(value, jax.Array | np.ndarray)
+
+
+def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
+    """The lr used by the most recent update (float32 scalar), for logging; works inside jit.
+
+    Searches the whole state, so it also works when the optimizer is wrapped further (for example
+    by `optax.apply_if_finite`).
+    """
+    lr = optax.tree_utils.tree_get(opt_state, "learning_rate", None, _is_hyperparam_value)
+    if lr is None:
+        raise ValueError(
+            "opt_state has no 'learning_rate' hyperparameter: make the optimizer with "
+            "create_optimizer."
+        )
+    return lr
+
+
+def set_lr_scale(opt_state: optax.OptState, scale: float | jax.Array) -> optax.OptState:
+    """Returns a copy of `opt_state` whose `lr_scale` is `scale`; later updates use lr * scale.
+
+    The host-side half of reduce-on-plateau. The value keeps the state's dtype (float32, not weakly
+    typed), so a jitted step that takes the state does not recompile when the scale changes.
+    """
+    old = optax.tree_utils.tree_get(opt_state, "lr_scale", None, _is_hyperparam_value)
+    if old is None:
+        raise ValueError(
+            "opt_state has no 'lr_scale' hyperparameter: make the optimizer with create_optimizer."
+        )
+    new = jnp.asarray(scale, dtype=old.dtype)
+    return optax.tree_utils.tree_set(opt_state, _is_hyperparam_value, lr_scale=new)
+
+
+# ---- Schedules ---------------------------------------------------------------------------------
+
+
+def epochs_to_step_boundaries(
+    drop_epochs: Sequence[float], steps_per_epoch: int, factor: float
+) -> dict[int, float]:
+    """Maps drop epochs to `{step: factor}` for `optax.piecewise_constant_schedule`.
+
+    Epoch e starts at step round(e * steps_per_epoch); the drop applies from that step on (the first
+    step of the epoch). Epochs landing on the same step multiply their factors.
+    """
+    boundaries: dict[int, float] = {}
+    for epoch in drop_epochs:
+        step = round(float(epoch) * steps_per_epoch)
+        boundaries[step] = boundaries.get(step, 1.0) * factor
+    return boundaries
+
+
+def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
+    """The base lr schedule of `config.schedule`, a function of the update count (0 = first).
+
+    "constant" and "plateau" are constant (plateau drops come from `lr_scale`, set host-side from
+    `plateau_update`); "step" multiplies by `lr_drop_factor` at each epoch in `lr_drop_epochs`.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+    lr = float(config.learning_rate)
+    if config.schedule == "step" and len(config.lr_drop_epochs) > 0:
+        boundaries = epochs_to_step_boundaries(
+            config.lr_drop_epochs, steps_per_epoch, float(config.lr_drop_factor)
+        )
+        return optax.piecewise_constant_schedule(lr, boundaries)
+    if config.schedule in SCHEDULES:
+        return optax.constant_schedule(lr)
+    raise ConfigError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}.")
+
+
+# ---- Reduce on plateau (host side) -------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class PlateauState:
+    """Reduce-on-plateau bookkeeping, a pytree of NumPy scalars (checkpointed with the train state).
+
+    best_error: lowest validation error seen so far (inf before the first evaluation).
+    evals_without_improvement: evaluations since the best one, or since the last drop.
+    num_drops: lr drops made so far.
+    scale: the lr multiplier to hand to `set_lr_scale` (factor ** num_drops).
+    """
+
+    best_error: np.ndarray
+    evals_without_improvement: np.ndarray
+    num_drops: np.ndarray
+    scale: np.ndarray
+
+
+def init_plateau() -> PlateauState:
+    """The plateau state before any evaluation: no best error yet, no drops, scale 1."""
+    return PlateauState(
+        best_error=np.asarray(np.inf, np.float32),
+        evals_without_improvement=np.asarray(0, np.int32),
+        num_drops=np.asarray(0, np.int32),
+        scale=np.asarray(1.0, np.float32),
+    )
+
+
+def plateau_update(
+    state: PlateauState,
+    val_error: float,
+    *,
+    patience: int,
+    factor: float,
+    max_drops: int,
+    min_delta: float = 0.0,
+) -> PlateauState:
+    """Records one validation error; multiplies the scale by `factor` after a plateau.
+
+    An error counts as an improvement when it is below best - min_delta (NaN never is). After
+    `patience` evaluations in a row without improvement the scale drops, at most `max_drops` times
+    (the paper divided by 10 three times), and the counter restarts so the next drop again waits
+    `patience` evaluations at the new lr. Pure: returns a new state.
+    """
+    # Round to the stored precision first, so an error equal to the best one is not an improvement.
+    val_error = float(np.float32(val_error))
+    best, waited = float(state.best_error), int(state.evals_without_improvement)
+    drops, scale = int(state.num_drops), float(state.scale)
+    if val_error < best - min_delta:
+        best, waited = val_error, 0
+    else:
+        waited += 1
+        if waited >= patience and drops < max_drops:
+            drops, scale, waited = drops + 1, scale * factor, 0
+    return PlateauState(
+        best_error=np.asarray(best, np.float32),
+        evals_without_improvement=np.asarray(waited, np.int32),
+        num_drops=np.asarray(drops, np.int32),
+        scale=np.asarray(scale, np.float32),
+    )
+
+
+# ---- From the config ---------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _increasing_epochs(epochs: Any) -> bool:
+    return (
+        isinstance(epochs, Sequence)
+        and all(_is_number(e) and e >= 0 for e in epochs)
+        and all(a < b for a, b in itertools.pairwise(epochs))
+    )
+
+
+# (field, what it must be, test); checked in this order, the first failure is reported.
+_OPTIMIZER_RULES = (
+    ("optimizer", f"one of {OPTIMIZERS}", lambda c: c.optimizer in OPTIMIZERS),
+    ("schedule", f"one of {SCHEDULES}", lambda c: c.schedule in SCHEDULES),
+    (
+        "learning_rate",
+        "a number > 0",
+        lambda c: _is_number(c.learning_rate) and c.learning_rate > 0,
+    ),
+    ("momentum", "a number in [0, 1)", lambda c: _is_number(c.momentum) and 0 <= c.momentum < 1),
+    ("weight_decay", "a number >= 0", lambda c: _is_number(c.weight_decay) and c.weight_decay >= 0),
+    (
+        "decoupled_weight_decay",
+        "a bool, and True only with optimizer='sgd'",
+        lambda c: (
+            isinstance(c.decoupled_weight_decay, bool)
+            and (c.optimizer == "sgd" or not c.decoupled_weight_decay)
+        ),
+    ),
+    (
+        "lr_drop_factor",
+        "a number in (0, 1)",
+        lambda c: _is_number(c.lr_drop_factor) and 0 < c.lr_drop_factor < 1,
+    ),
+    (
+        "lr_drop_epochs",
+        "a strictly increasing sequence of epochs >= 0",
+        lambda c: _increasing_epochs(c.lr_drop_epochs),
+    ),
+    (
+        "plateau_patience",
+        "an integer >= 1",
+        lambda c: _is_int(c.plateau_patience) and c.plateau_patience >= 1,
+    ),
+    (
+        "plateau_max_drops",
+        "an integer >= 0",
+        lambda c: _is_int(c.plateau_max_drops) and c.plateau_max_drops >= 0,
+    ),
+)
+
+
+def validate_optimizer_config(config: Any) -> None:
+    """Checks the optimizer fields of `config` once, at start, so a bad value fails with a message
+    naming the field instead of deep inside Optax or after hours of training. Raises ConfigError."""
+    for field, requirement, ok in _OPTIMIZER_RULES:
+        if not hasattr(config, field):
+            raise ConfigError(f"config.{field} is missing (see configs/default.py, 'Optimizer').")
+        if not ok(config):
+            value = getattr(config, field)
+            raise ConfigError(f"config.{field} must be {requirement}, got {value!r}.")
+
+
+def create_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer of `config`, its lr visible and scalable in the state (see `with_lr_scale`).
+
+    Validates the optimizer fields first. For the "plateau" schedule the training loop feeds
+    validation errors to `plateau_update` and hands the resulting scale to `set_lr_scale`.
+    """
+    validate_optimizer_config(config)
+    schedule = make_schedule(config, steps_per_epoch)
+    momentum, weight_decay = float(config.momentum), float(config.weight_decay)
+    if config.optimizer == "paper_sgd":
+        make_tx = lambda lr: paper_sgd(lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        decoupled = bool(config.decoupled_weight_decay)
+        make_tx = lambda lr: optax_sgd(lr, momentum, weight_decay, decoupled)
+    return with_lr_scale(make_tx, schedule)
