@@ -1,0 +1,135 @@
+"""Metric output (TensorBoard, console, metrics.jsonl), progress/ETA and preemption signals.
+
+Only process 0 writes files; every process logs to its console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+TRAIN_METRICS = ("loss", "top1", "top5", "learning_rate", "grad_norm")
+
+
+class Progress:
+    """Images/s, step time and ETA from wall-clock time between two log calls."""
+
+    def __init__(self, start_step: int, num_steps: int, batch_size: int):
+        self.num_steps, self.batch_size = num_steps, batch_size
+        self.last_step, self.last_time = start_step, time.perf_counter()
+
+    def update(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps = max(step - self.last_step, 1)
+        step_time = (now - self.last_time) / steps
+        self.last_step, self.last_time = step, now
+        return {
+            "images_per_sec": self.batch_size / step_time,
+            "step_time_ms": 1000.0 * step_time,
+            "eta_seconds": step_time * max(self.num_steps - step, 0),
+        }
+
+
+def _truncate_jsonl(path: str, after_step: int) -> None:
+    """Drops lines logged after `after_step` by a run that was then interrupted (kept: <= step)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= after_step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+class MetricsWriter:
+    """Writes train/eval metrics to TensorBoard, `workdir/metrics.jsonl` and the console."""
+
+    def __init__(self, workdir: str, start_step: int | None = 0):
+        """`start_step`: lines after it (from an interrupted run) are dropped; None keeps all."""
+        self.is_writer = jax.process_index() == 0
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.summary = None
+        if self.is_writer:
+            os.makedirs(workdir, exist_ok=True)
+            if start_step is not None:
+                _truncate_jsonl(self.jsonl_path, start_step)
+            self.summary = metric_writers.SummaryWriter(workdir)
+
+    def _write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+        if not self.is_writer:
+            return
+        self.summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+
+    def write_train(
+        self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, skipped: int
+    ) -> None:
+        """Averages the per-step metrics since the last call and writes them with the speed."""
+        scalars = {
+            k: float(np.mean([m[k] for _, m in step_metrics])) for k in TRAIN_METRICS
+        }
+        scalars.update(speed)
+        scalars["skipped_steps"] = skipped
+        self._write(step, "train", scalars)
+        logging.info(
+            "step %d  loss %.4f  top1 %.3f  top5 %.3f  lr %.2g  |g| %.3g  %.1f img/s  "
+            "%.0f ms/step  ETA %s",
+            step, scalars["loss"], scalars["top1"], scalars["top5"], scalars["learning_rate"],
+            scalars["grad_norm"], speed["images_per_sec"], speed["step_time_ms"],
+            _format_seconds(speed["eta_seconds"]),
+        )
+
+    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
+        scalars = dict(metrics)
+        scalars["top1_error"] = 1.0 - metrics["top1"]
+        scalars["top5_error"] = 1.0 - metrics["top5"]
+        self._write(step, "eval", scalars)
+        logging.info(
+            "eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)",
+            step, metrics["loss"], metrics["top1"], metrics["top5"], metrics["num_examples"],
+        )
+
+    def close(self) -> None:
+        if self.summary is not None:
+            self.summary.flush()
+            self.summary.close()
+            self.summary = None
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+class PreemptionWatcher:
+    """Tells the loop when to save and exit because the job is being preempted (SIGTERM).
+
+    With several processes Orbax's `reached_preemption` (JAX's distributed preemption sync) makes
+    every process agree on the same step. A single process catches SIGTERM itself.
+    """
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+        self.event = threading.Event()
+        self.previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(self.manager.reached_preemption(step))
+        return self.event.is_set()
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None

@@ -1,0 +1,56 @@
+"""Trains or evaluates AlexNet: `python main.py --config=configs/imagenet.py --workdir=runs/x`.
+
+All logic lives in alexnet_jax/; this file parses flags, prepares the process and reports errors
+the user must fix as one paragraph with exit code 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    os.path.join(_HERE, "configs", "default.py"),
+    "Config file; fields can be overridden with --config.field=value.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints and metrics (default: runs/<config name>)."
+)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and resume), or evaluate.")
+
+
+def _default_workdir() -> str:
+    name = os.path.splitext(os.path.basename(_CONFIG.config_filename))[0]
+    return os.path.join("runs", name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from alexnet_jax import runtime, train  # after absl parsed the flags
+    from alexnet_jax.errors import UserError
+
+    runtime.hide_accelerators_from_tensorflow()
+    runtime.enable_compilation_cache()
+    workdir = _WORKDIR.value or _default_workdir()
+    logging.info("workdir: %s", workdir)
+    try:
+        if _MODE.value == "train":
+            train.train_and_evaluate(_CONFIG.value, workdir)
+        else:
+            train.evaluate_checkpoint(_CONFIG.value, workdir)
+    except UserError as e:  # something the user must fix: one paragraph, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except train.NonFiniteError as e:  # diverged: the last good checkpoint is kept
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,112 @@
+"""The sharded train/eval steps: device-count invariance, multi-view evaluation, NaN handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import optim, train
+from alexnet_jax.models import create_model
+from configs import default
+
+
+def _config(**overrides):
+    c = default.get_config()
+    c.update(overrides)
+    return c
+
+
+def _batch(batch_size, size, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.normal(0, 50, (batch_size, size, size, 3)).astype(np.float32),
+        "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+        "mask": np.ones(batch_size, bool),
+    }
+
+
+def _run_steps(config, devices, batches):
+    mesh = train.make_mesh(config, devices)
+    model = create_model(config)
+    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    state = train.create_train_state(config, model, tx, mesh)
+    step = train.make_train_step(model, tx, mesh, skip_nonfinite=False)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, train.to_global_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state.params)
+
+
+def _max_rel_err(a, b):
+    """max |a - b| / max |b| over all leaves (the tolerance measure used in this file)."""
+    errs = jax.tree_util.tree_map(
+        lambda x, y: np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30), a, b
+    )
+    return max(jax.tree_util.tree_leaves(errs))
+
+
+def test_train_step_on_1_and_8_devices_agrees_to_1e5():
+    """Same global batch and seed: losses and params equal to 1e-5 relative, dropout included.
+
+    Two steps, so the second loss depends on the first update; dropout is active. Dropout masks
+    are drawn for the global batch, so they do not depend on the device count. (The torchvision
+    variant at 64x64 keeps the 8-device compile short; the paper variant's towers are compared
+    across meshes in test_parallel.py.)
+    """
+    config = _config(variant="torchvision", input_size=64, num_classes=10, batch_size=8)
+    batches = [_batch(8, 64, 10, seed=s) for s in range(2)]
+    losses_1, params_1 = _run_steps(config, jax.devices()[:1], batches)
+    losses_8, params_8 = _run_steps(config, jax.devices()[:8], batches)
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+    assert _max_rel_err(params_8, params_1) <= 1e-5
+    assert losses_1[0] != losses_1[1]  # the update changed the loss: the test compares real work
+
+
+def test_eval_step_averages_the_softmax_of_the_views():
+    """eval_step's 10-view score equals the mean of 10 separately computed softmaxes."""
+    config = _config(variant="torchvision", input_size=64, num_classes=7)
+    model = create_model(config)
+    mesh = train.make_mesh(config, jax.devices()[:2])
+    params = model.init(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))["params"]
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (4, 10, 64, 64, 3)).astype(np.float32)
+    labels = np.array([0, 3, 6, 2], np.int32)
+    mask = np.array([True, True, True, False])
+    batch = {"image": images, "label": labels, "mask": mask}
+    sums = jax.device_get(
+        train.make_eval_step(model, mesh)(params, train.to_global_batch(batch, mesh))
+    )
+    probs = np.stack(
+        [jax.nn.softmax(model.apply({"params": params}, images[:, v])) for v in range(10)]
+    ).mean(0)  # (4, 7)
+    expected_loss = -np.log(probs[np.arange(4), labels])[:3].sum()
+    expected_top1 = (probs.argmax(-1) == labels)[:3].sum()
+    assert sums["count"] == 3
+    np.testing.assert_allclose(sums["loss"], expected_loss, rtol=1e-5)
+    assert sums["top1"] == expected_top1
+
+
+def test_skip_nonfinite_keeps_params_and_counts():
+    """With skip_nonfinite, a NaN batch leaves params unchanged and increments skipped_steps."""
+    config = _config(variant="torchvision", input_size=64, num_classes=5, batch_size=4)
+    mesh = train.make_mesh(config, jax.devices()[:1])
+    model = create_model(config)
+    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    state = train.create_train_state(config, model, tx, mesh)
+    before = jax.device_get(state.params)
+    step = train.make_train_step(model, tx, mesh, skip_nonfinite=True)
+    bad = _batch(4, 64, 5)
+    bad["image"][0, 0, 0, 0] = np.nan
+    state, metrics = step(state, train.to_global_batch(bad, mesh))
+    assert not bool(metrics["finite"])
+    assert int(state.skipped_steps) == 1 and int(state.step) == 1
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+
+
+def test_check_finite_names_the_first_bad_step():
+    good = {"finite": np.bool_(True), "loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
+    bad = {"finite": np.bool_(False), "loss": np.float32(np.nan), "grad_norm": np.float32(np.inf)}
+    with pytest.raises(train.NonFiniteError, match=r"^Step 7: the loss or gradient is NaN/Inf"):
+        train._check_finite([(6, good), (7, bad), (8, bad)], skip_nonfinite=False)
+    train._check_finite([(7, bad)], skip_nonfinite=True)  # skipping: no error
