@@ -1,11 +1,14 @@
 """Local response normalization (Krizhevsky et al. 2012, section 3.3), channels-last.
 
-    b[..., i] = a[..., i] / (k + alpha' * sum_{j=max(0, i-n/2)}^{min(C-1, i+n/2)} a[..., j]^2) ** beta
+    b[..., i] = a[..., i] / (k + alpha' * sum_{j=max(0, i-n/2)}^{min(C-1, i+n/2)} a[..., j]^2)^beta
 
 with alpha' = alpha (the paper's formula, and tf.nn.local_response_normalization) or alpha / n
 (cuda-convnet, Caffe, PyTorch, ONNX: `divide_alpha_by_size=True`). The windowed sum of squares is
-clipped at the first and last channel. Several implementations of that windowed sum exist because the
-fastest one differs by backend; all of them agree to float32 rounding.
+clipped at the first and last channel. The window is centred, channels i - n//2 .. i + n//2,
+exactly as the formula reads (TensorFlow's with depth_radius = n//2): n channels for the usual odd
+n, n + 1 for an even n, where PyTorch instead sums the n channels i - n/2 .. i + n/2 - 1.
+Several implementations of the windowed sum exist because the fastest one differs by backend; all
+of them agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -22,15 +25,15 @@ IMPLEMENTATIONS = ("conv", "reduce_window", "slices")
 
 
 def _band_matrix(channels: int, size: int) -> np.ndarray:
-    """(C, C) matrix M with M[j, i] = 1 where |i - j| <= size // 2: x**2 @ M is the clipped window sum."""
+    """(C, C) matrix M, M[j, i] = 1 where |i - j| <= size // 2: x**2 @ M is the window sum."""
     idx = np.arange(channels)
     return (np.abs(idx[:, None] - idx[None, :]) <= size // 2).astype(np.float32)
 
 
 def _window_sum_conv(sq: jax.Array, size: int) -> jax.Array:
-    """Window sum as a 1x1 `conv_general_dilated` with a banded (C, C) kernel (a tensor-core matmul)."""
+    """Window sum as a 1x1 `conv_general_dilated` with a banded (C, C) kernel (a matmul)."""
     channels = sq.shape[-1]
-    kernel = jnp.asarray(_band_matrix(channels, size))[None, None]  # (1, 1, C, C) HWIO
+    kernel = jnp.asarray(_band_matrix(channels, size), sq.dtype)[None, None]  # (1, 1, C, C) HWIO
     flat = sq.reshape((-1, 1, 1, channels))  # (N, 1, 1, C): every position is one "image"
     out = lax.conv_general_dilated(
         flat,
@@ -47,17 +50,17 @@ def _window_sum_reduce_window(sq: jax.Array, size: int) -> jax.Array:
     """Window sum as `lax.reduce_window` over the channel axis; zero padding clips at the ends."""
     half = size // 2
     ndim = sq.ndim
-    window = (1,) * (ndim - 1) + (size,)
-    padding = ((0, 0),) * (ndim - 1) + ((half, size - 1 - half),)
-    return lax.reduce_window(sq, 0.0, lax.add, window, (1,) * ndim, padding)
+    window = (1,) * (ndim - 1) + (2 * half + 1,)
+    padding = ((0, 0),) * (ndim - 1) + ((half, half),)
+    return lax.reduce_window(sq, np.zeros((), sq.dtype), lax.add, window, (1,) * ndim, padding)
 
 
 def _window_sum_slices(sq: jax.Array, size: int) -> jax.Array:
-    """Window sum as `size` shifted slices of a zero-padded copy, added (fuses into one loop)."""
+    """Window sum as shifted slices of a zero-padded copy, added (fuses into one loop)."""
     half = size // 2
     channels = sq.shape[-1]
-    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, size - 1 - half)])
-    return sum(padded[..., j : j + channels] for j in range(size))
+    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+    return sum(padded[..., j : j + channels] for j in range(2 * half + 1))
 
 
 _WINDOW_SUMS = {
@@ -89,8 +92,10 @@ def local_response_norm(
     """Normalizes `x` (..., C) across channels as in the paper; returns the dtype of `x`.
 
     Args:
-      x: activations, channels last. bfloat16/float16 inputs are computed in float32.
-      size: n, the number of adjacent channels in the window (centred; clipped at the edges).
+      x: activations, channels last. bfloat16/float16 inputs are computed in float32, float64
+        inputs in float64.
+      size: n, the number of adjacent channels in the window (centred, i - n//2 .. i + n//2, and
+        clipped at the edges; see the module docstring for even n).
       k, alpha, beta: the paper's hyper-parameters (k=2, alpha=1e-4, beta=0.75).
       divide_alpha_by_size: False for the paper's formula (TensorFlow's convention), True for
         cuda-convnet/Caffe/PyTorch's alpha / n.
@@ -100,7 +105,7 @@ def local_response_norm(
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     if size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     sq_sum = _WINDOW_SUMS[impl](xf * xf, size)
     scale = alpha / size if divide_alpha_by_size else alpha
     base = k + scale * sq_sum

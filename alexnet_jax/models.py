@@ -3,10 +3,11 @@
 Layer tables are in ../shared/PAPER.md (sections 3.1-3.5 of the paper). Tensors are NHWC; the shape
 comments are for the 227x227 input of the `paper` and `one_tower` variants (224 for `torchvision`).
 
-The two towers of the paper are implemented as separate convolutions over channel slices followed by a
-concatenation, not with `feature_group_count`, which is slow on XLA:CPU and in its GPU backward pass
-(jax-ml/jax#13800). The kernel keeps the grouped layout (kh, kw, C_in / groups, C_out), so parameter
-shapes and counts equal a grouped convolution's and PyTorch's `groups=2` weights convert directly.
+The two towers of the paper are implemented as separate convolutions over channel slices followed by
+a concatenation, not with `feature_group_count`, which is slow on XLA:CPU and in its GPU backward
+pass (jax-ml/jax#13800). The kernel keeps the grouped layout (kh, kw, C_in / groups, C_out), so
+parameter shapes and counts equal a grouped convolution's and PyTorch's `groups=2` weights convert
+directly.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def max_pool(x: jax.Array, impl: str = "reduce_window", window: int = 3, stride:
     """Overlapping max-pooling, VALID padding.
 
     "reduce_window" is XLA's pooling; its gradient is select-and-scatter, which has no deterministic
-    GPU implementation. "slices" takes the maximum of window*window strided slices: the same forward,
-    a deterministic gradient (equal to reduce_window's wherever the window has no ties).
+    GPU implementation. "slices" takes the maximum of window*window strided slices: the same
+    forward, a deterministic gradient (equal to reduce_window's wherever the window has no ties).
     """
     if impl == "reduce_window":
         return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
@@ -146,7 +147,10 @@ def max_pool(x: jax.Array, impl: str = "reduce_window", window: int = 3, stride:
 
 
 def _adaptive_avg_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in) averaging matrix of PyTorch's adaptive pooling: bins [floor(i*n/m), ceil((i+1)*n/m))."""
+    """(out, in) averaging matrix of PyTorch's adaptive pooling.
+
+    Output i averages inputs [floor(i * in / out), ceil((i + 1) * in / out)).
+    """
     m = np.zeros((out_size, in_size), np.float32)
     for i in range(out_size):
         start = (i * in_size) // out_size
@@ -156,7 +160,7 @@ def _adaptive_avg_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def adaptive_avg_pool(x: jax.Array, out_size: int) -> jax.Array:
-    """torch.nn.AdaptiveAvgPool2d for NHWC input (an identity when the input is already out_size)."""
+    """torch.nn.AdaptiveAvgPool2d for NHWC input (the identity when already out_size square)."""
     _, h, w, _ = x.shape
     if (h, w) == (out_size, out_size):
         return x
@@ -177,7 +181,7 @@ class AlexNet(nn.Module):
     lrn_convention: str = "paper"  # "paper": alpha as written; "cuda_convnet": alpha / n.
     lrn_impl: str = "auto"  # see alexnet_jax.lrn.IMPLEMENTATIONS; "auto" picks by backend.
     pool_impl: str = "reduce_window"  # "slices" gives a deterministic GPU gradient.
-    init_scheme: str = "paper"  # "paper": N(0, 0.01) and the paper's biases; "he": He-normal, zero biases.
+    init_scheme: str = "paper"  # "paper": N(0, 0.01), the paper's biases; "he": He-normal, 0 bias.
     bias_one: float = 1.0  # the paper's "1" bias constant (Caffe's replication used 0.1).
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32  # computation dtype; parameters are always float32.
@@ -248,7 +252,7 @@ def _conv_out(size: int, spec: ConvSpec) -> int:
 
 
 def layer_macs(variant: str, input_size: int = 227, num_classes: int = 1000) -> dict[str, int]:
-    """Forward multiply-accumulates per image for each conv and FC layer (LRN/pool/ReLU excluded)."""
+    """Forward multiply-accumulates per image of each conv and FC layer (LRN/pool/ReLU excluded)."""
     specs = conv_specs(variant, input_size)
     size, in_ch, macs = input_size, 3, {}
     pool_after = {"conv1", "conv2", "conv5"}

@@ -1,0 +1,190 @@
+"""Local response normalization against independent references: the paper's formula in float64
+NumPy, torch.nn.functional.local_response_norm and tf.nn.local_response_normalization.
+
+Relative error, everywhere in this file: max_i |actual_i - expected_i| / max(|expected_i|, floor),
+elementwise, with floor = 1e-6 * max|expected| so that values near zero do not divide by ~0.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from jax.test_util import check_grads
+
+from alexnet_jax.lrn import (
+    IMPLEMENTATIONS,
+    LocalResponseNorm,
+    default_implementation,
+    local_response_norm,
+)
+
+CHANNELS = (1, 2, 5, 96, 256)
+PAPER = dict(size=5, k=2.0, alpha=1e-4, beta=0.75)
+F32_TOL = 1e-6
+
+
+def relative_error(actual, expected) -> float:
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    floor = 1e-6 * np.max(np.abs(expected))
+    return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), floor)))
+
+
+def random_activations(channels: int, seed: int = 0, shape=(2, 3, 5)) -> np.ndarray:
+    """NHWC float32 activations large enough (std 40) that the denominator is far from k**beta."""
+    rng = np.random.default_rng(seed + channels)
+    return (40.0 * rng.standard_normal((*shape, channels))).astype(np.float32)
+
+
+def lrn_numpy(x, size, k, alpha, beta, divide_alpha_by_size):
+    """The paper's formula in float64: the sum runs over channels max(0, i-n/2)..min(C-1, i+n/2)."""
+    x = np.asarray(x, np.float64)
+    channels, half = x.shape[-1], size // 2
+    sq_sum = np.zeros_like(x)
+    for i in range(channels):
+        lo, hi = max(0, i - half), min(channels - 1, i + half)
+        sq_sum[..., i] = np.sum(x[..., lo : hi + 1] ** 2, axis=-1)
+    scale = alpha / size if divide_alpha_by_size else alpha
+    return x / (k + scale * sq_sum) ** beta
+
+
+def lrn_torch(x, size, k, alpha, beta):
+    """torch.nn.functional.local_response_norm (alpha / n) on NHWC input via NCHW."""
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    out = torch.nn.functional.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k)
+    return out.numpy().transpose(0, 2, 3, 1)
+
+
+def lrn_tf(x, size, k, alpha, beta):
+    """tf.nn.local_response_normalization (the paper's alpha) with depth_radius = n // 2."""
+    out = tf.nn.local_response_normalization(
+        tf.constant(x), depth_radius=size // 2, bias=k, alpha=alpha, beta=beta
+    )
+    return out.numpy()
+
+
+@pytest.mark.parametrize("divide_alpha_by_size", [False, True], ids=["paper", "cuda_convnet"])
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_equals_float64_paper_formula(impl, channels, divide_alpha_by_size):
+    """Every implementation equals the float64 formula to 1e-6 in float32, both conventions."""
+    x = random_activations(channels)
+    out = local_response_norm(x, **PAPER, divide_alpha_by_size=divide_alpha_by_size, impl=impl)
+    expected = lrn_numpy(x, **PAPER, divide_alpha_by_size=divide_alpha_by_size)
+    assert out.dtype == jnp.float32
+    assert relative_error(out, expected) <= F32_TOL
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        dict(size=3, k=1.0, alpha=1e-3, beta=0.5),  # the generic pow path (beta != 0.75)
+        dict(size=4, k=2.0, alpha=1e-4, beta=0.75),  # even n: the formula's n + 1 channels
+        dict(size=7, k=0.5, alpha=5e-4, beta=1.0),  # a window wider than some channel counts
+    ],
+    ids=["n3_beta0.5", "n4_even", "n7_beta1"],
+)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_other_hyperparameters_equal_formula_and_tensorflow(impl, hyper):
+    """Non-default n, k, alpha, beta (including an even n) match NumPy and TensorFlow."""
+    for channels in (5, 96):
+        x = random_activations(channels, seed=1)
+        out = local_response_norm(x, **hyper, impl=impl)
+        assert relative_error(out, lrn_numpy(x, **hyper, divide_alpha_by_size=False)) <= F32_TOL
+        assert relative_error(out, lrn_tf(x, **hyper)) <= F32_TOL
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_cuda_convnet_convention_equals_torch(impl, channels):
+    """divide_alpha_by_size=True equals torch's local_response_norm (n=5, k=2) to 1e-6."""
+    x = random_activations(channels, seed=2)
+    out = local_response_norm(x, **PAPER, divide_alpha_by_size=True, impl=impl)
+    assert relative_error(out, lrn_torch(x, **PAPER)) <= F32_TOL
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_equals_torch_for_other_odd_sizes(impl, size):
+    """For odd n, where torch's window is centred like the paper's, they agree for n = 1, 3, 7."""
+    for channels in (2, 96):
+        x = random_activations(channels, seed=3)
+        hyper = dict(size=size, k=1.0, alpha=1e-3, beta=0.75)
+        out = local_response_norm(x, **hyper, divide_alpha_by_size=True, impl=impl)
+        assert relative_error(out, lrn_torch(x, **hyper)) <= F32_TOL
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_paper_convention_equals_tensorflow(impl, channels):
+    """The paper convention equals tf.nn.local_response_normalization(depth_radius=2) to 1e-6."""
+    x = random_activations(channels, seed=4)
+    out = local_response_norm(x, **PAPER, impl=impl)
+    assert relative_error(out, lrn_tf(x, **PAPER)) <= F32_TOL
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_gradients_pass_check_grads(impl):
+    """Forward- and reverse-mode derivatives match finite differences (float64, order 1).
+
+    One function stacks both conventions and both ways of raising to -beta (the rsqrt path for
+    beta = 0.75, pow otherwise), so one check covers all. alpha is raised to 0.05 so that the
+    normalisation, not the identity, dominates the derivative.
+    """
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((2, 2, 7)), jnp.float64)
+
+        def f(v):
+            return jnp.stack(
+                [
+                    local_response_norm(
+                        v,
+                        size=5,
+                        k=2.0,
+                        alpha=0.05,
+                        beta=beta,
+                        divide_alpha_by_size=divide,
+                        impl=impl,
+                    )
+                    for beta, divide in ((0.75, False), (0.6, True))
+                ]
+            )
+
+        assert f(x).dtype == jnp.float64  # float64 is computed in float64, not float32
+        check_grads(f, (x,), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_lrn_bfloat16_within_1e_2_of_float32_and_returns_bfloat16(impl):
+    """bf16 in -> bf16 out, within 1e-2 relative of the float32 result on the same values."""
+    x = jnp.asarray(random_activations(96, seed=6), jnp.bfloat16)
+    out = local_response_norm(x, **PAPER, impl=impl)
+    reference = local_response_norm(x.astype(jnp.float32), **PAPER, impl=impl)
+    assert out.dtype == jnp.bfloat16
+    assert relative_error(out.astype(jnp.float32), reference) <= 1e-2
+
+
+@pytest.mark.parametrize("impl", [*IMPLEMENTATIONS, "auto"])
+def test_lrn_flax_module_has_no_params_and_equals_the_function(impl):
+    """The Flax wrapper has no variables, passes its fields on, and "auto" picks per backend."""
+    x = random_activations(96, seed=7)
+    module = LocalResponseNorm(divide_alpha_by_size=True, impl=impl)
+    out, variables = module.init_with_output(jax.random.key(0), x)
+    assert not variables
+    expected_impl = default_implementation() if impl == "auto" else impl
+    expected = local_response_norm(x, **PAPER, divide_alpha_by_size=True, impl=expected_impl)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(jax.jit(module.apply)({}, x), expected)
+    assert relative_error(out, lrn_torch(x, **PAPER)) <= F32_TOL
+
+
+def test_lrn_rejects_unknown_impl_and_bad_size():
+    """An unknown implementation or a size < 1 is a ValueError naming the argument."""
+    x = random_activations(5)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        local_response_norm(x, impl="fft")
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        local_response_norm(x, size=0)

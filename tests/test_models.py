@@ -1,0 +1,392 @@
+"""AlexNet model family: shapes and parameter counts (PAPER.md), the towers, initialization,
+dropout, bf16, pooling and the FLOP table (KNOWN.md).
+
+Relative error, where used: max |actual - expected| / max |expected| over the whole array.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax import lax
+
+from alexnet_jax.models import (
+    VARIANTS,
+    AlexNet,
+    ConvSpec,
+    GroupedConv,
+    adaptive_avg_pool,
+    conv_specs,
+    layer_macs,
+    max_pool,
+    param_count,
+    train_flops_per_image,
+)
+
+PARAM_COUNTS = {"paper": 60_965_224, "one_tower": 62_378_344, "torchvision": 61_100_840}
+INPUT_SIZE = {"paper": 227, "one_tower": 227, "torchvision": 224}
+BIAS_ONE_LAYERS = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def init_key(seed: int = 0) -> jax.Array:
+    """A key for full-size inits. The "rbg" PRNG compiles several times faster than threefry on
+    CPU for 61M-value inits; the initializers, and so the statistics tested, do not depend on it."""
+    return jax.random.key(seed, impl="rbg")
+
+
+def relative_error(actual, expected) -> float:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def images(batch: int, size: int, seed: int = 0, scale: float = 50.0) -> jax.Array:
+    """NHWC float32 images with a pixel-like scale (std 50, as after mean subtraction)."""
+    return scale * jax.random.normal(jax.random.key(seed), (batch, size, size, 3), jnp.float32)
+
+
+def abstract_variables(model: AlexNet, size: int, batch: int = 1):
+    """Shapes and dtypes of model.init's variables, without computing anything."""
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((batch, size, size, 3)))
+
+
+def intermediate_shapes(model: AlexNet, size: int, batch: int = 1) -> dict[str, tuple]:
+    """Output shape of every named submodule (conv1..fc8), by abstract evaluation."""
+
+    def run(x):
+        variables = model.init(jax.random.key(0), x)
+        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        return state["intermediates"]
+
+    inter = jax.eval_shape(run, jnp.zeros((batch, size, size, 3)))
+    return {name: inter[name]["__call__"][0].shape for name in LAYERS}
+
+
+@pytest.fixture(scope="module")
+def paper_apply():
+    """The float32 paper net's apply, jitted once: (variables, x, dropout key, train) ->
+    (logits, {"intermediates": outputs of every submodule})."""
+    model = AlexNet("paper")
+    return jax.jit(
+        lambda variables, x, key, train: model.apply(
+            variables, x, train=train, rngs={"dropout": key}, capture_intermediates=True,
+            mutable=["intermediates"],
+        ),
+        static_argnames="train",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def paper_variables():
+    """The paper variant's variables under the paper initialization (one jitted init)."""
+    model = AlexNet("paper")
+    variables = jax.jit(model.init)(init_key(), jnp.zeros((1, 227, 227, 3)))
+    return jax.tree.map(np.asarray, variables)
+
+
+# --- shapes and parameter counts ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exact_parameter_count_per_variant(variant):
+    """60,965,224 (paper), 62,378,344 (one_tower), 61,100,840 (torchvision) at 1000 classes,
+    all float32, and fc8 scales as 4097 * num_classes."""
+    for num_classes in (1000, 10):
+        model = AlexNet(variant, num_classes=num_classes)
+        variables = abstract_variables(model, INPUT_SIZE[variant])
+        expected = PARAM_COUNTS[variant] - 4097 * (1000 - num_classes)
+        assert param_count(variables["params"]) == expected
+        assert set(variables) == {"params"}
+        assert sorted(variables["params"]) == sorted(LAYERS)
+        leaves = jax.tree_util.tree_leaves(variables)
+        assert all(leaf.dtype == jnp.float32 for leaf in leaves)
+
+
+@pytest.mark.parametrize("num_classes", [1, 7, 1000])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_shape_for_any_positive_num_classes(variant, num_classes):
+    """The logits are (B, num_classes) float32 for every variant and any positive num_classes."""
+    model = AlexNet(variant, num_classes=num_classes)
+    x = jnp.zeros((3, INPUT_SIZE[variant], INPUT_SIZE[variant], 3))
+    variables = abstract_variables(model, INPUT_SIZE[variant])
+    out = jax.eval_shape(model.apply, variables, x)
+    assert out.shape == (3, num_classes)
+    assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("num_classes", [0, -5])
+def test_non_positive_num_classes_is_refused(num_classes):
+    """num_classes < 1 is a ValueError that names the field."""
+    with pytest.raises(ValueError, match="num_classes"):
+        abstract_variables(AlexNet("one_tower", num_classes=num_classes), 227)
+
+
+@pytest.mark.parametrize(
+    ("variant", "input_size"),
+    [("paper", 227), ("paper", 224), ("one_tower", 227), ("one_tower", 224), ("torchvision", 224)],
+)
+def test_feature_map_sizes_55_27_13_and_fc_widths(variant, input_size):
+    """conv1 gives 55x55 at 227 unpadded and at 224 padded; then 27, 13, 13, 13; FCs 4096 wide."""
+    model = AlexNet(variant, input_size=input_size)
+    shapes = intermediate_shapes(model, input_size, batch=2)
+    widths = [spec.features for spec in conv_specs(variant, input_size)]
+    for name, hw, width in zip(LAYERS[:5], (55, 27, 13, 13, 13), widths, strict=True):
+        assert shapes[name] == (2, hw, hw, width), name
+    assert shapes["fc6"] == shapes["fc7"] == (2, 4096)
+    assert shapes["fc8"] == (2, 1000)
+
+
+# --- towers --------------------------------------------------------------------------------------
+
+
+def grouped_conv_and_params(spec, in_ch: int, seed: int):
+    """A GroupedConv for a ConvSpec, its jitted apply, and random params of the right shapes."""
+    conv = GroupedConv(spec.features, spec.kernel, spec.stride, spec.padding, spec.groups)
+    rng = np.random.default_rng(seed)
+    k = spec.kernel
+    params = {
+        "kernel": 0.1 * rng.standard_normal((k, k, in_ch // spec.groups, spec.features)),
+        "bias": rng.standard_normal(spec.features),
+    }
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    return conv, jax.jit(lambda p, x: conv.apply({"params": p}, x)), params
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv4", "conv5"])
+def test_paper_towers_are_separate(layer):
+    """In conv2, conv4 and conv5 of `paper`, changing tower-1 input channels leaves the tower-2
+    outputs bit-identical (and vice versa), while each tower's own outputs do change."""
+    spec = {s.name: s for s in conv_specs("paper")}[layer]
+    assert spec.groups == 2
+    in_ch = {"conv2": 96, "conv4": 384, "conv5": 384}[layer]
+    _, apply, params = grouped_conv_and_params(spec, in_ch, seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 9, 9, in_ch)).astype(np.float32)
+    y = np.asarray(apply(params, x))
+    half_in, half_out = in_ch // 2, spec.features // 2
+    towers = (
+        (slice(0, half_in), slice(0, half_out)),
+        (slice(half_in, None), slice(half_out, None)),
+    )
+    for (tower_in, tower_out), (_, other_out) in (towers, towers[::-1]):
+        x2 = x.copy()
+        x2[..., tower_in] += rng.standard_normal(x2[..., tower_in].shape).astype(np.float32)
+        y2 = np.asarray(apply(params, x2))
+        np.testing.assert_array_equal(y2[..., other_out], y[..., other_out])
+        assert np.min(np.max(np.abs(y2 - y)[..., tower_out], axis=(0, 1, 2))) > 0
+
+
+def test_conv3_crosses_the_towers():
+    """conv3 of `paper` is not grouped: changing tower-1 inputs moves every output channel."""
+    spec = conv_specs("paper")[2]
+    assert spec.groups == 1
+    _, apply, params = grouped_conv_and_params(spec, 256, seed=3)
+    x = np.random.default_rng(4).standard_normal((1, 5, 5, 256)).astype(np.float32)
+    y, y2 = apply(params, x), apply(params, x + (np.arange(256) < 128))
+    assert np.min(np.max(np.abs(y2 - y), axis=(0, 1, 2))) > 0
+
+
+@pytest.mark.parametrize(
+    ("groups", "stride", "padding"), [(1, 1, 0), (2, 1, 1), (2, 2, 2), (4, 3, 1)]
+)
+def test_grouped_conv_equals_feature_group_count(groups, stride, padding):
+    """GroupedConv equals lax.conv_general_dilated(feature_group_count=groups) + bias (1e-5)."""
+    spec = ConvSpec("conv", 12, 3, stride, padding, groups)
+    conv, _, params = grouped_conv_and_params(spec, 8, seed=5)
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((2, 11, 10, 8)), jnp.float32)
+    shapes = jax.eval_shape(conv.init, jax.random.key(0), x)["params"]
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(lambda s: s.shape, shapes)
+
+    @jax.jit
+    def ours_and_reference(params, x):
+        reference = lax.conv_general_dilated(
+            x,
+            params["kernel"],
+            (stride, stride),
+            [(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+            precision=lax.Precision.HIGHEST,
+        )
+        return conv.apply({"params": params}, x), reference + params["bias"]
+
+    ours, reference = ours_and_reference(params, x)
+    assert relative_error(ours, reference) <= 1e-5
+
+
+def test_grouped_conv_refuses_indivisible_channels():
+    """Channels that do not split into the groups are a ValueError."""
+    with pytest.raises(ValueError, match="groups"):
+        jax.eval_shape(GroupedConv(6, 3, groups=4).init, jax.random.key(0), jnp.zeros((1, 5, 5, 8)))
+
+
+# --- initialization ------------------------------------------------------------------------------
+
+
+def test_paper_initialization_statistics(paper_variables):
+    """Weights ~ N(0, 0.01): std within 5% of 0.01 and mean ~0 in every layer; biases exactly 1 in
+    conv2, conv4, conv5, fc6, fc7 and exactly 0 in conv1, conv3, fc8."""
+    assert sorted(paper_variables["params"]) == sorted(LAYERS)
+    for layer, leaves in paper_variables["params"].items():
+        kernel = leaves["kernel"]
+        assert abs(kernel.std(dtype=np.float64) / 0.01 - 1) <= 0.05, layer
+        assert abs(kernel.mean(dtype=np.float64)) <= 0.05 * 0.01, layer
+        expected_bias = 1.0 if layer in BIAS_ONE_LAYERS else 0.0
+        np.testing.assert_array_equal(leaves["bias"], expected_bias, err_msg=layer)
+
+
+def test_bias_one_is_configurable():
+    """bias_one=0.1 (Caffe's value) puts exactly 0.1 where the paper puts 1, and 0 elsewhere."""
+    model = AlexNet("one_tower", bias_one=0.1)
+    biases_only = lambda key: {
+        layer: leaves["bias"]
+        for layer, leaves in model.init(key, jnp.zeros((1, 227, 227, 3)))["params"].items()
+    }
+    biases = jax.jit(biases_only)(init_key())  # kernels are never materialised
+    for layer, bias in biases.items():
+        expected = np.float32(0.1) if layer in BIAS_ONE_LAYERS else 0.0
+        np.testing.assert_array_equal(bias, expected, err_msg=layer)
+
+
+def test_he_initialization_zero_biases_and_fan_in_std():
+    """init_scheme="he": every bias is 0, and kernels have std sqrt(2 / fan_in) within 5% (checked
+    on conv1 and fc8, a convolution and a dense layer; each kernel costs a compile)."""
+    model = AlexNet("torchvision", init_scheme="he")
+    checked = ("conv1", "fc8")
+
+    def stats(key, x):  # reduced inside jit; unchecked kernels are never generated
+        params = model.init(key, x)["params"]
+        kernels = {layer: (jnp.std(params[layer]["kernel"]), jnp.mean(params[layer]["kernel"]))
+                   for layer in checked}  # fmt: skip
+        return kernels, {layer: jnp.max(jnp.abs(p["bias"])) for layer, p in params.items()}
+
+    kernels, max_abs_biases = jax.jit(stats)(init_key(), jnp.zeros((1, 224, 224, 3)))
+    assert set(max_abs_biases) == set(LAYERS)
+    for layer, max_abs_bias in max_abs_biases.items():
+        assert float(max_abs_bias) == 0.0, layer
+    shapes = abstract_variables(model, 224)["params"]
+    for layer, (std, mean) in kernels.items():
+        fan_in = int(np.prod(shapes[layer]["kernel"].shape[:-1]))
+        expected_std = np.sqrt(2.0 / fan_in)
+        assert abs(float(std) / expected_std - 1) <= 0.05, layer
+        assert abs(float(mean)) <= 0.05 * expected_std, layer
+
+
+# --- dropout and dtypes --------------------------------------------------------------------------
+
+
+def test_dropout_only_in_training_and_deterministic_given_the_rng(paper_variables, paper_apply):
+    """train=False needs no rng and ignores one; train=True is a function of the rng; the paper
+    variant drops about half of the (ReLU'd) fc6 outputs and scales the rest by 2."""
+    x = images(2, 227, seed=1)
+    apply = lambda train, key: paper_apply(paper_variables, x, key, train=train)
+    jax.eval_shape(AlexNet("paper").apply, paper_variables, x)  # traces with no rng: no error
+    eval_a, state_eval = apply(False, jax.random.key(8))
+    eval_b, _ = apply(False, jax.random.key(9))
+    train_a, state_train = apply(True, jax.random.key(1))
+    train_a2, _ = apply(True, jax.random.key(1))
+    train_b, _ = apply(True, jax.random.key(2))
+    np.testing.assert_array_equal(eval_a, eval_b)
+    np.testing.assert_array_equal(train_a, train_a2)
+    assert np.max(np.abs(train_a - train_b)) > 0
+    assert np.max(np.abs(train_a - eval_a)) > 0
+
+    # Placement: the first dropout acts on relu(fc6); kept units are doubled, the rest zero.
+    fc6 = np.maximum(state_eval["intermediates"]["fc6"]["__call__"][0], 0)
+    dropped = state_train["intermediates"]["Dropout_0"]["__call__"][0]
+    np.testing.assert_array_equal(state_eval["intermediates"]["Dropout_0"]["__call__"][0], fc6)
+    kept = dropped != 0
+    np.testing.assert_allclose(dropped[kept], 2 * fc6[kept], rtol=1e-6)
+    drop_fraction = 1 - kept[fc6 > 0].mean()
+    assert 0.45 <= drop_fraction <= 0.55
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(paper_variables, paper_apply):
+    """dtype=bfloat16: params stay float32, activations are bf16, logits float32 and within 2e-2
+    (relative) of the float32 model's logits."""
+    model16 = AlexNet("paper", dtype=jnp.bfloat16)
+    params16 = abstract_variables(model16, 227)["params"]
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params16))
+    x = images(2, 227, seed=3)
+    apply16 = jax.jit(
+        lambda v, x: model16.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
+    )
+    logits16, state = apply16(paper_variables, x)
+    inter = state["intermediates"]
+    for name in ("conv1", "conv5", "fc7", "fc8"):
+        assert inter[name]["__call__"][0].dtype == jnp.bfloat16, name
+    assert logits16.dtype == jnp.float32
+    logits32, _ = paper_apply(paper_variables, x, jax.random.key(0), train=False)
+    assert relative_error(logits16, logits32) <= 2e-2
+
+
+# --- pooling -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 55, 55, 3), (2, 8, 11, 2)])
+def test_slices_max_pool_equals_nn_max_pool(shape):
+    """The deterministic "slices" pool equals nn.max_pool exactly, forward and backward (inputs
+    without ties; integer cotangents so that summed gradients are exact)."""
+    rng = np.random.default_rng(0)
+    size = int(np.prod(shape))
+    x = jnp.asarray(rng.permutation(size).reshape(shape) / size - 0.5, jnp.float32)  # no ties
+
+    @jax.jit
+    def forward_and_grads(x, cotangent):
+        outs, grads = [], []
+        for impl in ("slices", "reduce_window"):
+            out, vjp = jax.vjp(lambda v, impl=impl: max_pool(v, impl), x)
+            outs.append(out)
+            grads.append(vjp(cotangent)[0])
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID"), outs, grads
+
+    out_shape = nn.max_pool(jnp.zeros(shape), (3, 3), strides=(2, 2), padding="VALID").shape
+    cotangent = jnp.asarray(rng.integers(-8, 9, out_shape), jnp.float32)
+    expected, (slices, reduce_window), (grad_slices, grad_reduce_window) = forward_and_grads(
+        x, cotangent
+    )
+    np.testing.assert_array_equal(slices, expected)
+    np.testing.assert_array_equal(reduce_window, expected)
+    np.testing.assert_array_equal(grad_slices, grad_reduce_window)
+    assert np.count_nonzero(grad_slices) > 0
+
+
+def test_max_pool_refuses_unknown_impl():
+    """An unknown pool implementation is a ValueError."""
+    with pytest.raises(ValueError, match="pool impl"):
+        max_pool(jnp.zeros((1, 5, 5, 1)), "average")
+
+
+@pytest.mark.parametrize(("hw", "out"), [((13, 13), 6), ((6, 6), 6), ((7, 9), 6), ((5, 5), 6),
+                                         ((1, 1), 6), ((8, 8), 3)])  # fmt: skip
+def test_adaptive_avg_pool_equals_torch(hw, out):
+    """adaptive_avg_pool equals torch.nn.AdaptiveAvgPool2d (down-, up- and non-square) to 1e-6."""
+    x = np.random.default_rng(0).standard_normal((2, *hw, 3)).astype(np.float32)
+    expected = torch.nn.AdaptiveAvgPool2d(out)(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    expected = expected.numpy().transpose(0, 2, 3, 1)
+    actual = adaptive_avg_pool(jnp.asarray(x), out)
+    assert actual.shape == (2, out, out, 3)
+    assert relative_error(actual, expected) <= 1e-6
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "input_size", "giga_macs"),
+    [("paper", 227, 0.724), ("one_tower", 227, 1.135), ("torchvision", 224, 0.714)],
+)
+def test_layer_macs_totals_and_agreement_with_the_model(variant, input_size, giga_macs):
+    """Totals 0.724 / 1.135 / 0.714 GMACs (KNOWN.md), and each layer's count equals output
+    positions x kernel size of the model's own layer shapes."""
+    macs = layer_macs(variant, input_size)
+    assert round(sum(macs.values()) / 1e9, 3) == giga_macs
+    assert train_flops_per_image(variant, input_size) == 6 * sum(macs.values())
+    model = AlexNet(variant, input_size=input_size)
+    outputs = intermediate_shapes(model, input_size)
+    params = abstract_variables(model, input_size)["params"]
+    for layer in LAYERS:
+        positions = int(np.prod(outputs[layer][1:-1]))  # H * W for convs, 1 for dense layers
+        assert macs[layer] == positions * int(np.prod(params[layer]["kernel"].shape)), layer
