@@ -72,15 +72,23 @@ def abstract_like(state: Any) -> Any:
     )
 
 
-def restore_latest(manager: ocp.CheckpointManager, target_state: Any) -> tuple[Any, dict] | None:
-    """(state, data_state) of the latest committed step laid out like `target_state`, or None."""
+def restore_latest(
+    manager: ocp.CheckpointManager, target_state: Any, already_abstract: bool = False
+) -> tuple[Any, dict] | None:
+    """(state, data_state) of the latest committed step laid out like `target_state`, or None.
+
+    `target_state` holds arrays (their shardings are copied) or, with `already_abstract`,
+    `jax.ShapeDtypeStruct`s with shardings.
+    """
     step = manager.latest_step()
     if step is None:
         return None
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_like(target_state)),
+            state=ocp.args.StandardRestore(
+                target_state if already_abstract else abstract_like(target_state)
+            ),
             data=ocp.args.JsonRestore(),
         ),
     )

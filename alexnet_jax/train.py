@@ -10,6 +10,8 @@ rounding, and a resumed run replays exactly.
 from __future__ import annotations
 
 import functools
+import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,9 +25,11 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpoint, config_lib, input_pipeline, metrics_io, optim
+from alexnet_jax import checkpoint, config_lib, convert, input_pipeline, metrics_io, optim
 from alexnet_jax.errors import ConfigError, UserError
 from alexnet_jax.models import create_model
+
+CONFIG_FILE = "config.json"
 
 
 class NonFiniteError(RuntimeError):
@@ -283,26 +287,70 @@ def _setup(config: ml_collections.ConfigDict):
     )
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Evaluates the latest checkpoint of `workdir` with `config.eval_crops` views per image."""
-    mesh, _, _, model, tx = _setup(config)
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the run's config to `workdir/config.json` (process 0), for tools that read the run."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was trained with (saved by train_and_evaluate)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, params) of the latest checkpoint in `workdir`, without touching the dataset."""
+    config = load_config(workdir)
+    mesh = mesh or make_mesh(config)
+    model = create_model(config)
+    tx = optim.create_optimizer(config, steps_per_epoch=1)  # the schedule does not change shapes
+    target = jax.eval_shape(lambda: create_train_state(config, model, tx, mesh))
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), target
+    )
     manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, create_train_state(config, model, tx, mesh))
+    restored = checkpoint.restore_latest(manager, target, already_abstract=True)
+    manager.close()
     if restored is None:
-        raise UserError(
-            f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first "
-            "(--mode=train) or point --workdir at a run that has one."
+        raise UserError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first.")
+    return config, restored[0].params
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Evaluates the latest checkpoint of `workdir` (or `config.torch_weights`, a PyTorch file).
+
+    Uses `config.eval_crops` views per image; the result is logged to the workdir's metrics.
+    """
+    mesh, _, _, model, tx = _setup(config)
+    if config.torch_weights:
+        params = jax.device_put(
+            convert.load_torch_weights(config.torch_weights, config.variant), replicated(mesh)
         )
-    state = restored[0]
+        step = 0
+    else:
+        manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+        restored = checkpoint.restore_latest(manager, create_train_state(config, model, tx, mesh))
+        manager.close()
+        if restored is None:
+            raise UserError(
+                f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first "
+                "(--mode=train), point --workdir at a run, or set --config.torch_weights."
+            )
+        params, step = restored[0].params, int(restored[0].step)
     pc, pi = jax.process_count(), jax.process_index()
     eval_batches = input_pipeline.create_eval_iterator(
         config, local_batch_size=config.eval_batch_size // pc, process_index=pi, process_count=pc
     )
-    metrics = evaluate(make_eval_step(model, mesh), state.params, eval_batches, mesh)
+    metrics = evaluate(make_eval_step(model, mesh), params, eval_batches, mesh)
     writer = metrics_io.MetricsWriter(workdir, start_step=None)
-    writer.write_eval(int(state.step), metrics)
+    writer.write_eval(step, metrics)
     writer.close()
-    manager.close()
     return metrics
 
 
@@ -327,6 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Resumed at step %d (%d examples seen).", int(state.step), examples_consumed)
     start_step = int(state.step)
     writer = metrics_io.MetricsWriter(workdir, start_step)
+    save_config(config, workdir)
 
     # -- Loop.
     pc, pi = jax.process_count(), jax.process_index()

@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.shuffle_buffer_size = 4096  # examples in the tf.data shuffle buffer (per host).
     c.eval_crops = 1  # 1 (center crop) or 10 (corners + center, each flipped; softmax averaged).
     c.input_dtype = "float32"  # dtype of the images handed to the model: float32 or bfloat16.
+    c.miniature_image_sides = (150, 500)  # miniature: each image side is drawn from this range.
+    c.miniature_corrupt_files = 0  # miniature: extra undecodable files per split (for tests).
+    c.synthetic_train_examples = 1_281_167  # synthetic: examples per epoch (ImageNet's train size).
+    c.synthetic_eval_examples = 50_000  # synthetic: eval examples (ImageNet's validation size).
 
     # ---- Model ------------------------------------------------------------------------------
     c.variant = "one_tower"  # "paper" (two towers), "one_tower" or "torchvision".
@@ -72,5 +76,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # how many recent checkpoints to keep.
     c.seed = 0  # seeds parameters, dropout and the data order/augmentation.
     c.skip_nonfinite_steps = False  # True: skip steps with NaN/Inf loss or grads (and count them).
+    c.torch_weights = ""  # --mode=eval: evaluate this PyTorch .pth (converted) instead of a run.
     c.mesh_shape = ()  # () = all devices on the "data" axis; (D, 2) adds a "tower" axis.
     return c
