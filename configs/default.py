@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.resize_size = 256  # the paper's rescale/center-crop size before the random crop.
     c.pca_lighting_std = 0.1  # std of the paper's PCA lighting noise alphas; 0 turns it off.
     c.random_flip = True  # random horizontal reflections during training.
-    c.normalization = "mean"  # "mean": subtract the RGB mean (paper); "mean_std": also divide by std.
+    c.normalization = "mean_std"  # "mean": subtract the RGB mean (paper); "mean_std": also / std.
     c.resized_cache_dir = ""  # if set, a one-time cache of images pre-resized to resize_size.
     c.shuffle_buffer_size = 4096  # examples in the tf.data shuffle buffer (per host).
     c.eval_crops = 1  # 1 (center crop) or 10 (corners + center, each flipped; softmax averaged).

@@ -20,6 +20,7 @@ def get_config():
     c.manual_dir = ""  # REQUIRED: folder with ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar.
     c.num_classes = 1000  # ILSVRC2012 classes.
     c.shuffle_buffer_size = 16384  # examples held for shuffling (per host).
+    c.normalization = "mean"  # the paper subtracts the mean only (pixels stay on the 0-255 scale).
     c.variant = "paper"  # the two-tower net of the paper (60,965,224 parameters).
     c.init_scheme = "paper"  # N(0, 0.01) weights; biases 1 in conv2/4/5 and fc6/7, else 0.
     c.bias_one = 1.0  # the paper's bias constant (Caffe's replication used 0.1).
