@@ -1,0 +1,560 @@
+"""Where the input pipeline's examples come from: tfds imagenet2012 builds, image folders, caches.
+
+A *source* is a prepared dataset (the real or the miniature imagenet2012 build, or an image folder);
+its `shard(split, index, count)` is one host's part of a split as raw records in a fixed order:
+`RecordShard` (TFRecord files: tfds builds and the pre-resize cache) or `FileShard` (image files).
+A shard's `epoch_records(order_seed)` gives one epoch of raw records (shuffled by stateless ops when
+a seed is given) and `materialize(records)` turns a batch of them into encoded images, labels and
+keys (file names); the input pipeline skips records before materializing, so resuming reads but
+never decodes the skipped part.
+
+This module also builds what is missing: imagenet2012 from the user's archives (raising DataError
+with instructions when they are absent), the miniature archive and its build, and the one-time
+pre-resize cache.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from alexnet_jax import miniature, preprocessing
+from alexnet_jax.errors import DataError
+
+IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+CACHE_VERSION = 1  # bump when the cache format or its re-encoding changes
+CACHE_JPEG_QUALITY = 90
+CACHE_SHARD_SIZE = 1024  # examples per cache file (many files let each epoch shuffle file order)
+CACHE_MANIFEST = "cache.json"
+# tfds imagenet2012 records and the resize cache share this tf.train.Example layout.
+RECORD_SPEC = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "file_name": tf.io.FixedLenFeature([], tf.string),
+}
+_FILE_ORDER, _RECORD_ORDER = 1, 2  # seed purposes, so their streams never coincide
+
+
+# ---- Seeds and options --------------------------------------------------------------------------
+
+
+def fold_seed(key: tf.Tensor, value) -> tf.Tensor:
+    """A new int64 [2] stateless seed that hashes `key` with an integer `value` (Philox)."""
+    mixed = tf.stack([key[0], tf.bitwise.bitwise_xor(key[1], tf.cast(value, tf.int64))])
+    return tf.random.stateless_uniform([2], seed=mixed, minval=None, maxval=None, dtype=tf.int64)
+
+
+def _permutation(n, seed: tf.Tensor) -> tf.Tensor:
+    """A stateless random permutation of range(n)."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
+def dataset_options() -> tf.data.Options:
+    """Deterministic element order; parallelism across elements (tf.data), not inside ops."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def image_bytes(example: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The encoded image of a materialized example; image folders read their file here."""
+    return tf.io.read_file(example["path"]) if "path" in example else example["image"]
+
+
+def fixed_order_examples(shard) -> tf.data.Dataset:
+    """A shard's materialized examples in their fixed order (evaluation, cache building)."""
+    return shard.epoch_records(None).batch(256).map(shard.materialize).unbatch()
+
+
+# ---- Shards: one host's part of a split, as raw records ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordShard:
+    """Part of a split stored as TFRecord files of tf.train.Examples (tfds data, resize cache)."""
+
+    filenames: tuple[str, ...]
+    skips: tuple[int, ...]
+    takes: tuple[int, ...]
+    window: int = 4096  # records permuted together per epoch (config.shuffle_buffer_size)
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.takes)
+
+    def epoch_records(self, order_seed: tf.Tensor | None) -> tf.data.Dataset:
+        """Serialized records of one epoch: fixed order, or shuffled files then shuffled windows."""
+        files = tf.data.Dataset.from_tensor_slices(
+            (
+                tf.constant(self.filenames, tf.string, shape=[len(self.filenames)]),
+                tf.constant(self.skips, tf.int64, shape=[len(self.skips)]),
+                tf.constant(self.takes, tf.int64, shape=[len(self.takes)]),
+            )
+        )
+        if order_seed is not None and len(self.filenames) > 1:
+            order = _permutation(len(self.filenames), fold_seed(order_seed, _FILE_ORDER))
+            files = tf.data.Dataset.from_tensor_slices(order).map(
+                lambda i: (
+                    tf.constant(self.filenames)[i],
+                    tf.constant(self.skips, tf.int64)[i],
+                    tf.constant(self.takes, tf.int64)[i],
+                )
+            )
+        records = files.interleave(
+            lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take),
+            cycle_length=max(1, min(16, len(self.filenames))),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if order_seed is None:
+            return records
+        return _window_shuffle(records, self.window, fold_seed(order_seed, _RECORD_ORDER))
+
+    def materialize(self, records: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Raw records [N] -> {'image': bytes, 'label': int32, 'key': file name}, [N] each."""
+        example = tf.io.parse_example(records, RECORD_SPEC)
+        return {
+            "image": example["image"],
+            "label": tf.cast(example["label"], tf.int32),
+            "key": example["file_name"],
+        }
+
+
+def _window_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """Permutes consecutive windows of `window` records, each by its own stateless permutation.
+
+    Like a shuffle buffer of the same size, but a pure function of the seed (tf.data's shuffle also
+    depends on TensorFlow's global seed).
+    """
+
+    def permute(index, batch):
+        order = _permutation(tf.shape(batch)[0], fold_seed(seed, index))
+        return tf.data.Dataset.from_tensor_slices(tf.gather(batch, order))
+
+    return records.batch(window).enumerate().flat_map(permute)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileShard:
+    """Part of a split stored as image files (image folders); random access, so exact shuffles."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    keys: tuple[str, ...]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.paths)
+
+    def epoch_records(self, order_seed: tf.Tensor | None) -> tf.data.Dataset:
+        """Indices into the file list for one epoch: fixed order or a full random permutation."""
+        if order_seed is None:
+            return tf.data.Dataset.range(self.num_examples)
+        order = _permutation(self.num_examples, fold_seed(order_seed, _FILE_ORDER))
+        return tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+
+    def materialize(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
+        """File indices [N] -> {'path', 'label': int32, 'key': relative path}, each [N].
+
+        The file itself is read by the per-example decoding (`image_bytes`), in parallel.
+        """
+        return {
+            "path": tf.gather(tf.constant(self.paths, tf.string, shape=[len(self.paths)]), indices),
+            "label": tf.gather(
+                tf.constant(self.labels, tf.int32, shape=[len(self.labels)]), indices
+            ),
+            "key": tf.gather(tf.constant(self.keys, tf.string, shape=[len(self.keys)]), indices),
+        }
+
+
+def even_file_instructions(filenames, lengths, index: int, count: int, window: int):
+    """The RecordShard of host `index` of `count`: an even contiguous slice of all records."""
+    total = sum(lengths)
+    start, end = index * total // count, (index + 1) * total // count
+    names, skips, takes, position = [], [], [], 0
+    for name, length in zip(filenames, lengths, strict=True):
+        skip = max(start - position, 0)
+        take = min(end, position + length) - position - skip
+        if take > 0:
+            names.append(name)
+            skips.append(skip)
+            takes.append(take)
+        position += length
+    return RecordShard(tuple(names), tuple(skips), tuple(takes), window)
+
+
+# ---- Sources ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsSource:
+    """A prepared tfds imagenet2012 build (the real one or the miniature one)."""
+
+    builder: Any
+    num_classes: int
+    identity: str  # names the resize cache made from it
+
+    def num_examples(self, split: str) -> int:
+        return self.builder.info.splits[split].num_examples
+
+    def shard(self, split: str, index: int, count: int, window: int = 4096) -> RecordShard:
+        sub_split = tfds.split_for_jax_process(split, process_index=index, process_count=count)
+        instructions = self.builder.info.splits[sub_split].file_instructions
+        return RecordShard(
+            tuple(os.fspath(i.filename) for i in instructions),
+            tuple(int(i.skip) for i in instructions),
+            tuple(int(i.take) for i in instructions),
+            window,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _FolderSource:
+    """root/<split>/<class>/<image>; labels are the sorted class directory names of train/."""
+
+    root: str
+    classes: tuple[str, ...]
+    identity: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def files(self, split: str) -> list[tuple[str, int, str]]:
+        """(path, label, key) of every image of a split, in a fixed pseudo-random order.
+
+        The fixed shuffle makes every host's strided shard (and the resize cache) cover all
+        classes; the per-epoch order is shuffled on top of it.
+        """
+        directory = _folder_split_dir(self.root, split)
+        found = []
+        for label, name in enumerate(self.classes):
+            class_dir = os.path.join(directory, name)
+            if not os.path.isdir(class_dir):
+                continue
+            for entry in sorted(os.listdir(class_dir)):
+                if entry.lower().endswith(IMAGE_EXTENSIONS):
+                    key = f"{os.path.basename(directory)}/{name}/{entry}"
+                    found.append((os.path.join(class_dir, entry), label, key))
+        order = np.random.default_rng(0).permutation(len(found))
+        return [found[i] for i in order]
+
+    def num_examples(self, split: str) -> int:
+        return len(self.files(split))
+
+    def shard(self, split: str, index: int, count: int, window: int = 4096) -> FileShard:
+        del window  # files are shuffled exactly
+        mine = self.files(split)[index::count]
+        return FileShard(
+            tuple(p for p, _, _ in mine),
+            tuple(lab for _, lab, _ in mine),
+            tuple(k for _, _, k in mine),
+        )
+
+
+def _folder_split_dir(root: str, split: str) -> str:
+    """tfds-style split names map onto the folder layout: "validation" is the val/ directory."""
+    name = {"validation": "val"}.get(split, split)
+    return os.path.join(root, re.sub(r"\[.*\]$", "", name))
+
+
+def _image_folder_error(root: str, problem: str) -> DataError:
+    return DataError(
+        f"The image folder {root!r} {problem}. Expected layout: <root>/train/<class>/<image> and "
+        f"<root>/val/<class>/<image> (JPEG, PNG, GIF, BMP or WebP files; one sub-directory per "
+        f"class, the same class names in both). Set --config.image_folder=/path/to/root."
+    )
+
+
+def _open_folder(root: str) -> _FolderSource:
+    """Checks the layout of an image folder; raises DataError naming what is missing."""
+    if not root:
+        raise _image_folder_error(root, "is not set (config.dataset is 'image_folder')")
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise _image_folder_error(root, "has no train/ directory")
+    classes = tuple(
+        sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    )
+    source = _FolderSource(os.path.abspath(root), classes, f"folder:{os.path.abspath(root)}")
+    if not classes or not source.files("train"):
+        raise _image_folder_error(root, "has no images under train/<class>/")
+    val_dir = os.path.join(root, "val")
+    if not os.path.isdir(val_dir) or not source.files("validation"):
+        raise _image_folder_error(root, "has no images under val/<class>/")
+    val_classes = {d for d in os.listdir(val_dir) if os.path.isdir(os.path.join(val_dir, d))}
+    unknown = val_classes - set(classes)
+    if unknown:
+        raise _image_folder_error(root, f"has val/ classes missing from train/: {sorted(unknown)}")
+    return source
+
+
+def _manual_dir_error(manual_dir: str, data_dir: str) -> DataError | None:
+    """The DataError for a manual_dir that cannot build imagenet2012, or None if it looks right."""
+    if not manual_dir:
+        problem = "--config.manual_dir is not set"
+    elif not os.path.isdir(manual_dir):
+        problem = f"the manual_dir {manual_dir!r} does not exist"
+    else:
+        missing = [
+            f
+            for f in IMAGENET_ARCHIVES
+            if not os.path.isfile(os.path.join(manual_dir, f))
+            or os.path.getsize(os.path.join(manual_dir, f)) == 0
+        ]
+        if not missing:
+            return None
+        problem = f"the manual_dir {manual_dir!r} lacks (or has empty) {' and '.join(missing)}"
+    return DataError(
+        f"ImageNet (ILSVRC2012) is not built in --config.data_dir={data_dir!r} yet, and {problem}. "
+        "Download ILSVRC2012_img_train.tar (about 138 GB) and ILSVRC2012_img_val.tar (about "
+        "6.3 GB) from https://image-net.org/download-images (free, after registering and "
+        "accepting the terms of access), put both files in one folder and pass it with "
+        "--config.manual_dir=/path/to/that/folder; the first run then builds the tfds dataset "
+        "into --config.data_dir once (hours). ILSVRC2012_img_test.tar is not needed."
+    )
+
+
+def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
+    """Builds an imagenet2012 dataset from the two archives in manual_dir (TFRecord files).
+
+    Without ILSVRC2012_img_test.tar the builder only logs that the test split is skipped.
+    """
+    builder.download_and_prepare(
+        download_dir=os.path.join(data_dir, "downloads"),
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
+        ),
+        file_format="tfrecord",
+    )
+
+
+def _labels_by_file_name(val_path: str) -> dict[str, str]:
+    """Validation synset per file of an archive, looked up by the number in its name.
+
+    tfds's own get_validation_labels zips the SORTED member names with the first len(members)
+    shipped labels, which is right only for the complete 50,000-file archive; by-number lookup
+    gives the same labels there and the right ones for a subset such as the miniature archive.
+    """
+    labels = miniature.validation_labels()
+    with tarfile.open(val_path) as tar:
+        names = tar.getnames()
+    return {name: labels[int(re.search(r"(\d{8})", name).group(1)) - 1] for name in names}
+
+
+@contextlib.contextmanager
+def _validation_labels_by_file_name():
+    """Makes the real imagenet2012 builder label a partial validation archive correctly."""
+    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+    with mock.patch.object(imagenet_common, "get_validation_labels", _labels_by_file_name):
+        yield
+
+
+def miniature_spec(config) -> miniature.MiniatureSpec:
+    """The miniature archive a config asks for."""
+    return miniature.MiniatureSpec(
+        num_classes=int(config.num_classes),
+        train_per_class=int(config.miniature_train_per_class),
+        val_per_class=int(config.miniature_val_per_class),
+        side_range=tuple(int(v) for v in config.miniature_image_sides),
+        num_corrupt=int(config.miniature_corrupt_files),
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(directory: str):
+    """An exclusive file lock in `directory`: processes sharing it build data one at a time."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
+    """Builds imagenet2012 into data_dir (generating the miniature archive first if needed)."""
+    if config.dataset != "miniature":
+        error = _manual_dir_error(manual_dir, data_dir)
+        if error is not None:
+            raise error
+    with _exclusive(data_dir):
+        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+        if builder.is_prepared():  # another process built it while this one waited
+            return
+        if config.dataset == "miniature":
+            miniature.ensure_generated(manual_dir, miniature_spec(config))
+            with _validation_labels_by_file_name():
+                _download_and_prepare(builder, manual_dir, data_dir)
+        else:
+            _download_and_prepare(builder, manual_dir, data_dir)
+
+
+def open_tfds(config, build: bool) -> _TfdsSource:
+    """The imagenet2012 build of the config (real or miniature), building it first if allowed."""
+    if config.dataset == "miniature":
+        spec = miniature_spec(config)
+        data_dir = os.path.join(config.data_dir, "miniature", spec.fingerprint())
+        manual_dir, num_classes = config.miniature_dir, spec.num_classes
+    else:
+        data_dir, manual_dir, num_classes = config.data_dir, config.manual_dir, 1000
+    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    if not builder.is_prepared():
+        if not build:
+            raise DataError(
+                f"The {config.dataset} dataset is not built in {data_dir!r}; call "
+                "alexnet_jax.input_pipeline.prepare(config) first."
+            )
+        _build_tfds(config, data_dir, manual_dir)
+        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    if str(builder.info.file_format.value) != "tfrecord":
+        raise DataError(
+            f"{data_dir!r} holds imagenet2012 in {builder.info.file_format.value} "
+            "format; this pipeline reads TFRecord files. Use another --config.data_dir."
+        )
+    identity = f"imagenet2012:{os.path.abspath(data_dir)}:{builder.version}"
+    return _TfdsSource(builder, num_classes, identity)
+
+
+def open_source(config, build: bool):
+    """The source of config.dataset (not synthetic), checked and, if `build`, built."""
+    if config.dataset == "image_folder":
+        return _open_folder(config.image_folder)
+    return open_tfds(config, build)
+
+
+# ---- Pre-resize cache ---------------------------------------------------------------------------
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def cache_dir(config, source) -> str:
+    """The resize cache of this source, split and size: a hash of the three, under the root."""
+    blob = json.dumps(
+        [
+            CACHE_VERSION,
+            source.identity,
+            config.train_split,
+            int(config.resize_size),
+            CACHE_JPEG_QUALITY,
+        ]
+    )
+    return os.path.join(config.resized_cache_dir, hashlib.sha1(blob.encode()).hexdigest()[:16])
+
+
+def _serialize_example(image: bytes, label: int, key: bytes) -> bytes:
+    """A cache record, in the same tf.train.Example layout as tfds's imagenet2012 records."""
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_cache_files(directory: str, examples: Iterator) -> tuple[list[str], list[int]]:
+    """Writes (image, label, key) tuples into CACHE_SHARD_SIZE-record files, each atomically."""
+    names, lengths = [], []
+    while True:
+        chunk = [example for _, example in zip(range(CACHE_SHARD_SIZE), examples, strict=False)]
+        if not chunk:
+            return names, lengths
+        name = f"train-{len(names):05d}.tfrecord"
+        path = os.path.join(directory, name)
+        with tf.io.TFRecordWriter(path + ".tmp") as writer:
+            for image, label, key in chunk:
+                writer.write(_serialize_example(image, label, key))
+        os.replace(path + ".tmp", path)
+        names.append(name)
+        lengths.append(len(chunk))
+
+
+def build_resized_cache(config, source) -> str:
+    """Re-encodes the training split once with shorter side config.resize_size (JPEG).
+
+    Files no decoder can read are left out and their number is logged and kept in the manifest.
+    Returns the cache directory; does nothing when a complete cache is already there.
+    """
+    directory = cache_dir(config, source)
+    with _exclusive(directory):
+        if read_json(os.path.join(directory, CACHE_MANIFEST)) is None:
+            _write_resized_cache(config, source, directory)
+    return directory
+
+
+def _write_resized_cache(config, source, directory: str) -> None:
+    """Writes the cache files, then the manifest (whose presence marks a complete cache)."""
+    shard = source.shard(config.train_split, 0, 1)
+    logging.info("Building the pre-resize cache of %d images in %s.", shard.num_examples, directory)
+    size = int(config.resize_size)
+
+    def reencode(example):
+        image = preprocessing.reencode_resized(image_bytes(example), size, CACHE_JPEG_QUALITY)
+        return image, example["label"], example["key"]
+
+    examples = (
+        fixed_order_examples(shard)
+        .map(reencode, num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors(log_warning=True)
+        .prefetch(tf.data.AUTOTUNE)
+        .with_options(dataset_options())
+    )
+    names, lengths = _write_cache_files(directory, examples.as_numpy_iterator())
+    manifest = {
+        "version": CACHE_VERSION,
+        "source": source.identity,
+        "split": config.train_split,
+        "resize_size": size,
+        "files": names,
+        "lengths": lengths,
+        "num_undecodable": shard.num_examples - sum(lengths),
+    }
+    if manifest["num_undecodable"]:
+        logging.warning(
+            "The pre-resize cache left out %d undecodable image(s).", manifest["num_undecodable"]
+        )
+    with open(os.path.join(directory, CACHE_MANIFEST + ".tmp"), "w") as f:
+        json.dump(manifest, f)
+    os.replace(
+        os.path.join(directory, CACHE_MANIFEST + ".tmp"), os.path.join(directory, CACHE_MANIFEST)
+    )
+
+
+def train_shard(config, process_index: int, process_count: int):
+    """This host's part of the training split: from the resize cache when one is configured."""
+    source = open_source(config, build=False)
+    window = int(config.shuffle_buffer_size)
+    if not config.resized_cache_dir:
+        return source.shard(config.train_split, process_index, process_count, window)
+    directory = cache_dir(config, source)
+    manifest = read_json(os.path.join(directory, CACHE_MANIFEST))
+    if manifest is None:
+        raise DataError(
+            f"The pre-resize cache {directory!r} (--config.resized_cache_dir) is not "
+            "built; call alexnet_jax.input_pipeline.prepare(config) first."
+        )
+    paths = [os.path.join(directory, name) for name in manifest["files"]]
+    return even_file_instructions(paths, manifest["lengths"], process_index, process_count, window)
