@@ -1,0 +1,283 @@
+"""Top-5 predictions for image files, from a training run or from imported PyTorch weights.
+
+    python -m alexnet_jax.predict --workdir=runs/default photo.jpg scan.png
+    python -m alexnet_jax.predict --weights=alexnet-owt-7be5be79.pth --variant=torchvision cat.jpg
+
+Each image (JPEG/PNG/anything Pillow reads, any size, any mode: RGB, L, CMYK, RGBA, P, 16-bit) is
+preprocessed like the evaluation pipeline's center view (shorter side resized to
+`config.resize_size`, center crop `config.input_size`, the pipeline's normalization), the images are
+run in fixed-size batches on the default JAX device, and the softmax's top 5 are reported with
+class names: ImageNet lemmas for 1000-class models, the drawn shapes for the miniature dataset,
+folder names for image folders, else the class index.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from alexnet_jax import imagenet_classes, imagenet_stats, miniature, weights_io
+from alexnet_jax.errors import DataError, UserError
+from alexnet_jax.models import VARIANTS, create_model, default_input_size
+
+
+class Prediction(NamedTuple):
+    """One of an image's top classes: label index, synset (or None), readable name, probability."""
+
+    index: int
+    synset: str | None
+    name: str
+    prob: float
+
+
+# ---- Preprocessing ----------------------------------------------------------------------------
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of any Pillow mode; transparency is composited over white, 16-bit is rescaled."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
+        pixels = np.asarray(image, np.float32)
+        scale = 255.0 / max(float(pixels.max()), 255.0) if image.mode == "I" else 1.0 / 257.0
+        image = Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def eval_window(height: int, width: int, resize_size: int, crop_size: int) -> tuple[int, ...]:
+    """(top, left, size) of the original image that the eval center crop shows.
+
+    The same float32 arithmetic as `preprocessing.paper_window` with the center offset: shorter
+    side rescaled to resize_size, crop_size square at the center, mapped back to original pixels.
+    """
+    side = min(height, width)
+    scale = np.float32(side) / np.float32(resize_size)
+    size = int(np.clip(np.round(np.float32(crop_size) * scale), 1, side))
+    offset = (resize_size - crop_size) // 2
+    scaled = min(int(np.round(np.float32(offset) * scale)), side - size)
+    return (height - side) // 2 + scaled, (width - side) // 2 + scaled, size
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lo, hi) and weight of hi for bilinear resampling with half-pixel centers."""
+    src = (np.arange(out_size, dtype=np.float32) + 0.5) * np.float32(in_size / out_size) - 0.5
+    src = np.clip(src, 0.0, in_size - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    return lo, hi, (src - lo).astype(np.float32)[:, None]
+
+
+def resize_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [h, w, 3] -> uint8 [size, size, 3], like `tf.image.resize(method="bilinear")`.
+
+    No antialiasing (as the pipeline's `resize_to`); separable, so cost is O(size * (h + w)).
+    """
+    x = pixels.astype(np.float32)
+    lo, hi, w = _linear_taps(x.shape[0], size)
+    x = x[lo] * (1 - w)[:, :, None] + x[hi] * w[:, :, None]  # (size, w, 3)
+    lo, hi, w = _linear_taps(x.shape[1], size)
+    x = x[:, lo] * (1 - w)[None] + x[:, hi] * w[None]  # (size, size, 3)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def normalize(pixels: np.ndarray, normalization: str) -> np.ndarray:
+    """uint8 RGB -> float32 model input, as `preprocessing.normalize_batch` (no lighting offset).
+
+    "mean": minus the ImageNet mean on the 0-255 scale; "mean_std": also divided by 255 * std.
+    """
+    x = pixels.astype(np.float32) - np.float32(255.0) * imagenet_stats.RGB_MEAN
+    if normalization == "mean_std":
+        x = x * (np.float32(1.0) / (np.float32(255.0) * imagenet_stats.RGB_STD))
+    return x
+
+
+def preprocess_image(image: Image.Image, config: Any) -> np.ndarray:
+    """(input_size, input_size, 3) float32 model input from a PIL image: the eval center view.
+
+    The input pipeline's single-view evaluation (preprocessing.eval_views, normalize_batch) in
+    NumPy: the window of the original image that the center crop of the shorter-side-resized image
+    covers, resized bilinearly to input_size, then normalized.
+    """
+    pixels = np.asarray(_to_rgb(image))  # (h, w, 3) uint8
+    top, left, size = eval_window(*pixels.shape[:2], config.resize_size, config.input_size)
+    window = pixels[top : top + size, left : left + size]
+    if size != config.input_size:
+        window = resize_bilinear(window, config.input_size)
+    return normalize(window, config.normalization)
+
+
+def load_image(path: str, config: Any) -> np.ndarray:
+    """Reads and preprocesses one image file; unreadable files raise DataError naming the path."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return preprocess_image(image, config)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"Cannot read image {path}: {e}") from e
+
+
+# ---- Class names ------------------------------------------------------------------------------
+
+
+def _image_folder_classes(config: Any) -> list[str] | None:
+    """Sorted class folder names of an image_folder dataset, when they match the model."""
+    train_dir = os.path.join(config.get("image_folder", ""), "train")  # as input_pipeline
+    if not os.path.isdir(train_dir):
+        return None
+    folders = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+    return folders if len(folders) == config.num_classes else None
+
+
+def class_names(config: Any) -> list[tuple[str | None, str]]:
+    """(synset or None, readable name) for every output class of the model `config` describes.
+
+    1000 classes: the ImageNet table. The miniature dataset's classes are the first synsets of the
+    same order, each drawn as one shape. Image folders: the folder names. Otherwise the index.
+    """
+    n = config.num_classes
+    dataset = config.get("dataset", "")
+    if dataset == "image_folder" and (folders := _image_folder_classes(config)):
+        return [(None, folder) for folder in folders]
+    if n == imagenet_classes.NUM_CLASSES and dataset in ("imagenet2012", "", None):
+        return [(c.synset, c.lemmas) for c in imagenet_classes.load_classes()]
+    if dataset == "miniature":
+        table, shapes = imagenet_classes.load_classes(), miniature.SHAPES
+        return [(table[i].synset, f"{shapes[i % len(shapes)]} (miniature)") for i in range(n)]
+    return [(None, f"class {i}") for i in range(n)]
+
+
+# ---- Inference --------------------------------------------------------------------------------
+
+
+def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collections.ConfigDict:
+    """The model and preprocessing fields for PyTorch-trained weights of `variant`.
+
+    PyTorch models take mean/std-normalized 224 (torchvision) crops of 256-resized images, and
+    torch.nn.LocalResponseNorm divides alpha by n (convert.py), hence "cuda_convnet".
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            dataset="imagenet2012" if num_classes == 1000 else "",
+            variant=variant,
+            num_classes=num_classes,
+            input_size=default_input_size(variant),
+            resize_size=256,
+            normalization="mean_std",
+            lrn_convention="cuda_convnet",
+            lrn_impl="auto",
+            pool_impl="reduce_window",
+            init_scheme="he",
+            bias_one=1.0,
+            dropout_rate=0.5,
+            dtype="float32",
+        )
+    )
+
+
+def _top_k(probs: np.ndarray, names: Sequence[tuple[str | None, str]], k: int) -> list:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [Prediction(int(i), names[i][0], names[i][1], float(probs[i])) for i in order]
+
+
+def predict(
+    params: Any,
+    config: Any,
+    images: Sequence[str],
+    *,
+    batch_size: int = 32,
+    top_k: int = 5,
+) -> list[list[Prediction]]:
+    """The top-k (index, synset or None, name, probability) of each image file, most likely first.
+
+    Args:
+      params: the model's Flax params ({"conv1": {...}, ...}).
+      config: a run's config (train.load_config) or `imported_weights_config(...)`.
+      images: image file paths.
+      batch_size: images per device call; the last batch is padded, so one compilation serves all.
+      top_k: how many classes to return per image (at most the number of classes).
+    """
+    model = create_model(config)
+    apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x, train=False)))
+    params = jax.device_put(params)
+    names = class_names(config)
+    dtype = jnp.dtype(config.get("input_dtype", "float32"))
+    batch_size = max(1, min(batch_size, len(images)))
+    results = []
+    for start in range(0, len(images), batch_size):
+        paths = images[start : start + batch_size]
+        batch = np.stack([load_image(path, config) for path in paths])  # (b, S, S, 3)
+        padded = np.zeros((batch_size, *batch.shape[1:]), batch.dtype)
+        padded[: len(paths)] = batch
+        probs = np.asarray(apply(params, jnp.asarray(padded, dtype)))[: len(paths)]
+        results.extend(_top_k(p, names, min(top_k, config.num_classes)) for p in probs)
+    return results
+
+
+# ---- Command line -----------------------------------------------------------------------------
+
+
+def define_flags() -> None:
+    """The command line's flags; defined only when run as a program, so importing stays free."""
+    flags.DEFINE_string("workdir", None, "A training run: its config and latest checkpoint.")
+    flags.DEFINE_string(
+        "weights", None, "Instead of --workdir: a PyTorch .pth/.safetensors state dict or a .npz."
+    )
+    flags.DEFINE_enum("variant", "torchvision", list(VARIANTS), "Variant of --weights.")
+    flags.DEFINE_integer("batch_size", 32, "Images per device call.")
+    flags.DEFINE_integer("top_k", 5, "Classes to print per image.")
+
+
+def load_model(workdir: str | None, weights: str | None, variant: str) -> tuple[Any, Any]:
+    """(config, params) from a run directory or from a weights file of `variant`."""
+    if bool(workdir) == bool(weights):
+        raise UserError("Give exactly one of --workdir (a training run) or --weights (a file).")
+    if weights:
+        params = weights_io.load_weights(weights, variant)
+        return imported_weights_config(variant, params["fc8"]["bias"].shape[0]), params
+    return weights_io.load_run(workdir)
+
+
+def format_predictions(path: str, predictions: Sequence[Prediction]) -> str:
+    """Lines like `  1.  87.12%  n02123045  tabby, tabby cat` under the image path."""
+    lines = [path]
+    for rank, p in enumerate(predictions, start=1):
+        lines.append(f"  {rank}. {100 * p.prob:6.2f}%  {p.synset or '-':<10}  {p.name}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+    FLAGS = flags.FLAGS
+    images = list(argv[1:])
+    if not images:
+        raise app.UsageError("Give one or more image files after the flags.")
+    try:
+        missing = [path for path in images if not os.path.isfile(path)]
+        if missing:  # before the model is loaded
+            raise DataError(f"No such image file(s): {', '.join(missing)}")
+        config, params = load_model(FLAGS.workdir, FLAGS.weights, FLAGS.variant)
+        results = predict(params, config, images, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"# {jax.devices()[0].platform} device, variant {config.variant}")
+    for path, predictions in zip(images, results, strict=True):
+        print(format_predictions(path, predictions))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

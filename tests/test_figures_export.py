@@ -1,0 +1,211 @@
+"""Figures 3 and 4, training curves and export, on a tiny run of the torchvision variant.
+
+The run is a real checkpoint and config.json in a temporary workdir over a generated miniature
+dataset (4 classes, 64 px crops), so the tools go through `train.load_params` and the input pipeline
+exactly as they do after `python main.py`.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from alexnet_jax import checkpoint, export, figures, optim, plots, train, weights_io
+from alexnet_jax.models import create_model
+from configs import default
+
+
+def tiny_config(root: str):
+    """The default config shrunk to seconds: torchvision variant, 4 classes, 64 px, 24 images."""
+    c = default.get_config()
+    c.data_dir, c.miniature_dir = os.path.join(root, "tfds"), os.path.join(root, "miniature")
+    c.miniature_train_per_class, c.miniature_val_per_class = 6, 3
+    c.miniature_image_sides = (40, 90)
+    c.variant, c.input_size, c.resize_size = "torchvision", 64, 72
+    c.normalization, c.pca_lighting_std = "mean_std", 0.0
+    c.batch_size = c.eval_batch_size = 8
+    c.num_train_steps, c.keep_checkpoints = 1, 1
+    return c
+
+
+def random_train_state(config, seed: int = 0):
+    """A TrainState shaped exactly as `train.create_train_state` makes it (from its abstract shape,
+    so nothing is compiled), params uniform with He-uniform scale, everything else zero."""
+    mesh = train.make_mesh(config, devices=jax.devices()[:1])
+    model, tx = create_model(config), optim.create_optimizer(config, steps_per_epoch=1)
+    abstract = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if not jax.tree_util.keystr(path).startswith(".params"):  # not opt_state, step, ...
+            return np.zeros(leaf.shape, leaf.dtype)
+        bound = np.sqrt(6.0 / max(int(np.prod(leaf.shape[:-1])), 1))
+        return (rng.random(leaf.shape, np.float32) * 2 - 1) * np.float32(bound)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> str:
+    """A workdir holding config.json and an Orbax checkpoint of a TrainState, as a run leaves it."""
+    root = str(tmp_path_factory.mktemp("tiny_run"))
+    config, workdir = tiny_config(root), os.path.join(root, "run")
+    manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+    checkpoint.save(manager, 1, random_train_state(config), {"examples_consumed": 8,
+                                                             "batch_size": 8})
+    checkpoint.wait(manager)
+    manager.close()
+    train.save_config(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def run_params(run_dir):
+    """(config, params) restored from the run, as the tools restore it."""
+    return weights_io.load_run(run_dir)
+
+
+def read_png(path: str) -> np.ndarray:
+    assert os.path.exists(path), path
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+# ---- Figures and curves -----------------------------------------------------------------------
+
+
+def test_figures_from_a_run_have_the_expected_size_and_are_not_blank(run_dir, tmp_path):
+    paths = figures.make_figures(run_dir, str(tmp_path), num_queries=3, k=5)
+    fig3, fig4 = (read_png(p) for p in paths)
+    # torchvision's 64 kernels: 8x8 patches of 55 px with 2 px gaps.
+    assert fig3.shape == (8 * 57 + 2, 8 * 57 + 2, 3)
+    # 3 rows of (query + 5 neighbours) 64 px cells, 4 px gaps, 12 px after the query column.
+    assert fig4.shape == (4 + 3 * 68, 4 + 6 * 68 + 12, 3)
+    for image in (fig3, fig4):
+        assert image.astype(np.float32).var() > 0
+
+
+def test_figure3_puts_the_paper_towers_side_by_side_with_per_kernel_normalisation():
+    kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 96)).astype(np.float32)
+    kernel[..., 48] *= 1000.0  # per-kernel min-max: the scale of one kernel must not matter
+    one_block = figures.conv1_kernel_image(kernel, towers=1)
+    towers = figures.conv1_kernel_image(kernel, towers=2)
+    assert one_block.shape == (458, 12 * 57 + 2, 3)  # 8x12 grid
+    block_width = 6 * 57 + 2  # each tower an 8x6 grid
+    assert towers.shape == (458, 2 * block_width + figures.TOWER_GAP, 3)
+    right_first = towers[2:57, block_width + figures.TOWER_GAP + 2 :][:, :55]
+    k48 = kernel[..., 48]
+    expected = np.round(255 * (k48 - k48.min()) / (k48.max() - k48.min())).astype(np.uint8)
+    np.testing.assert_array_equal(right_first[::5, ::5], expected)
+
+
+def test_fc7_features_equal_relu_of_the_fc7_layer(run_params):
+    config, params = run_params
+    model = create_model(config)
+    images = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    feats = figures.make_fc7_fn(model)(params, images)
+    assert feats.shape == (2, 4096)
+    assert float(feats.min()) >= 0.0
+    fc8 = params["fc8"]
+    logits = np.asarray(feats) @ np.asarray(fc8["kernel"]) + np.asarray(fc8["bias"])
+    expected = model.apply({"params": params}, images)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def eval_style_batches(images: np.ndarray, batch_size: int):
+    """Batches like the eval iterator's: [B, 1, ...] views, the last one padded with mask False."""
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        padded = np.zeros((batch_size, *images.shape[1:]), images.dtype)
+        padded[: len(chunk)] = chunk
+        yield {"image": padded[:, None], "mask": np.arange(batch_size) < len(chunk)}
+
+
+@pytest.mark.parametrize("max_images", [0, 10])
+def test_running_nearest_neighbours_equal_brute_force(max_images):
+    rng = np.random.default_rng(4)
+    train_images = rng.normal(size=(37, 2, 2, 3)).astype(np.float32)
+    queries = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
+    features = lambda params, x: jax.numpy.asarray(x).reshape(len(x), -1)  # identity "fc7"
+    dist, images = figures.nearest_training_images(
+        features, None, queries, eval_style_batches(train_images, 8), k=5, max_images=max_images
+    )
+    pool = train_images[:max_images] if max_images else train_images
+    brute = np.linalg.norm(queries.reshape(4, 1, -1) - pool.reshape(1, len(pool), -1), axis=-1)
+    order = np.argsort(brute, axis=1)[:, :5]
+    np.testing.assert_allclose(dist, np.take_along_axis(brute, order, axis=1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(images, pool[order])
+
+
+def test_training_curves_png_with_paper_lines(tmp_path):
+    records = [{"step": s, "split": "train", "loss": 6.9 - s / 50, "top1": s / 400,
+                "top5": s / 200} for s in range(10, 101, 10)]
+    records += [{"step": s, "split": "eval", "loss": 6.0 - s / 60, "top1": s / 300, "top5": s / 150,
+                 "top1_error": 1 - s / 300, "top5_error": 1 - s / 150} for s in (50, 100)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "config.json").write_text(json.dumps({"dataset": "imagenet2012"}))
+    path = plots.plot_training_curves(str(tmp_path))
+    assert path == str(tmp_path / plots.CURVES_FILE)
+    image = read_png(path)
+    assert image.shape == (450, 1200, 3)
+    assert image.astype(np.float32).var() > 0
+
+
+# ---- Export -----------------------------------------------------------------------------------
+
+
+class TorchvisionAlexNet(nn.Module):
+    """torchvision.models.alexnet's layers and names, written out (torchvision is not installed)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Dropout(), nn.Linear(256 * 36, 4096), nn.ReLU(),
+            nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def test_exported_pth_gives_the_same_logits_in_pytorch(run_dir, run_params, tmp_path):
+    path = export.export_run(run_dir, str(tmp_path / "model.pth"))
+    config, params = run_params
+    net = TorchvisionAlexNet(config.num_classes).eval()
+    net.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    images = np.random.default_rng(2).normal(size=(3, 64, 64, 3)).astype(np.float32)
+    expected = np.asarray(create_model(config).apply({"params": params}, images))
+    with torch.no_grad():
+        got = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_export_formats_read_back_to_the_same_params(run_params, tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    config, params = run_params
+    path = weights_io.save_weights(params, config.variant, str(tmp_path / f"model{suffix}"))
+    loaded = weights_io.load_weights(path, "torchvision")
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0),
+        loaded, jax.device_get(params),
+    )
+
+
+def test_export_refuses_an_unknown_format(run_dir, tmp_path):
+    with pytest.raises(weights_io.WeightsFileError, match="unknown weights format"):
+        export.export_run(run_dir, str(tmp_path / "model.onnx"))

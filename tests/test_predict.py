@@ -1,0 +1,230 @@
+"""Predictions on image files of any mode, the ImageNet class table, and safe weight-file loading.
+
+The model is a randomly initialised 1000-class torchvision-variant AlexNet written as a `.pth`
+through `convert.to_torch_state_dict`, so the `--weights` path (and its safety checks) is what runs.
+"""
+
+import io
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from PIL import Image
+from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+from alexnet_jax import convert, imagenet_classes, predict, preprocessing, weights_io
+from alexnet_jax.predict import Prediction
+
+
+def random_params(variant: str = "torchvision", num_classes: int = 1000, seed: int = 0):
+    """Flax params with He-uniform scale (numpy: no compilation), every shape of the variant."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for layer, shapes in convert.flax_param_shapes(variant, num_classes).items():
+        fan_in = int(np.prod(shapes["kernel"][:-1]))
+        params[layer] = {
+            "kernel": (rng.random(shapes["kernel"], np.float32) * 2 - 1) * np.sqrt(6 / fan_in),
+            "bias": rng.random(shapes["bias"], np.float32) * 0.1,
+        }
+    return params
+
+
+@pytest.fixture(scope="module")
+def state_dict() -> dict:
+    """torch tensors of a random 1000-class torchvision AlexNet, via to_torch_state_dict."""
+    return convert.to_torch_state_dict(random_params(), "torchvision")
+
+
+@pytest.fixture(scope="module")
+def weights_path(tmp_path_factory, state_dict) -> str:
+    path = str(tmp_path_factory.mktemp("weights") / "alexnet.pth")
+    torch.save(state_dict, path)
+    return path
+
+
+def write_image(path: pathlib.Path, mode: str, size=(333, 250), fmt: str = "JPEG") -> str:
+    """A random-noise picture of `size` saved in Pillow `mode` and format `fmt`."""
+    pixels = np.random.default_rng(len(mode)).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    image = Image.fromarray(pixels)
+    if mode == "P":
+        image = image.quantize(64)
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+        image.putalpha(Image.fromarray(pixels[..., 0]))
+    else:
+        image = image.convert(mode)
+    image.save(path, format=fmt)
+    return str(path)
+
+
+# ---- The class table --------------------------------------------------------------------------
+
+
+def test_class_table_has_1000_unique_synsets_in_tfds_label_order():
+    # The file tfds's imagenet2012 builder gives its ClassLabel: label i is line i.
+    tfds_synsets = pathlib.Path(imagenet_common.label_names_file()).read_text().split()
+    classes = imagenet_classes.load_classes()
+    assert len(tfds_synsets) == 1000
+    assert [c.synset for c in classes] == tfds_synsets
+    assert len({c.synset for c in classes}) == 1000
+    assert [c.index for c in classes] == list(range(1000))
+    assert classes[0].lemmas == "tench, Tinca tinca"
+    assert classes[0].name == "tench"
+    assert all(c.lemmas for c in classes)
+
+
+# ---- Predictions ------------------------------------------------------------------------------
+
+
+def test_predict_png_grayscale_and_cmyk_jpeg_with_imported_weights(weights_path, tmp_path):
+    images = [
+        write_image(tmp_path / "rgb.png", "RGB", (300, 200), "PNG"),
+        write_image(tmp_path / "gray.jpg", "L", (180, 260)),
+        write_image(tmp_path / "cmyk.jpg", "CMYK", (500, 240)),
+        write_image(tmp_path / "rgba.png", "RGBA", (100, 120), "PNG"),
+        write_image(tmp_path / "palette.png", "P", (256, 256), "PNG"),
+    ]
+    config, params = predict.load_model(None, weights_path, "torchvision")
+    assert (config.num_classes, config.input_size) == (1000, 224)
+    results = predict.predict(params, config, images, batch_size=2)
+    table = imagenet_classes.load_classes()
+    assert len(results) == len(images)
+    for top5 in results:
+        assert len(top5) == 5
+        probs = [p.prob for p in top5]
+        assert probs == sorted(probs, reverse=True)
+        assert all(0.0 <= p <= 1.0 for p in probs)
+        assert sum(probs) <= 1.0 + 1e-6
+        assert len({p.index for p in top5}) == 5
+        for p in top5:
+            assert isinstance(p, Prediction)
+            assert (p.synset, p.name) == (table[p.index].synset, table[p.index].lemmas)
+    # Batching does not change a result.
+    alone = predict.predict(params, config, images[1:2])[0]
+    assert [p.index for p in alone] == [p.index for p in results[1]]
+    np.testing.assert_allclose([p.prob for p in alone], [p.prob for p in results[1]], rtol=1e-4)
+
+
+def test_predict_command_line_prints_top5_with_names(weights_path, tmp_path):
+    image = write_image(tmp_path / "cat.jpg", "RGB")
+    out = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.predict", f"--weights={weights_path}",
+         "--variant=torchvision", image],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    start = lines.index(image)
+    ranked = lines[start + 1 : start + 6]
+    assert [line.split(".")[0].strip() for line in ranked] == ["1", "2", "3", "4", "5"]
+    synsets = {c.synset for c in imagenet_classes.load_classes()}
+    assert all(line.split()[2] in synsets for line in ranked)
+
+
+def test_single_image_preprocessing_equals_the_pipeline_eval_view():
+    """NumPy preprocessing == preprocessing.eval_views + normalize_batch (a lossless PNG, so the
+    decoders agree): up to one uint8 level at a few bilinear rounding ties."""
+    rng = np.random.default_rng(3)
+    for (h, w), (resize, crop), norm in [((300, 451), (256, 227), "mean"),
+                                         ((100, 80), (256, 224), "mean_std"),
+                                         ((1000, 333), (72, 64), "mean_std")]:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(buffer, format="PNG")
+        recipe = preprocessing.Recipe(input_size=crop, resize_size=resize, normalization=norm)
+        views = preprocessing.eval_views(tf.constant(buffer.getvalue()), recipe)
+        expected = preprocessing.normalize_batch(views[None], recipe).numpy()[0, 0]
+        config = predict.imported_weights_config("torchvision")
+        config.resize_size, config.input_size, config.normalization = resize, crop, norm
+        got = predict.preprocess_image(Image.open(buffer), config)
+        level = 1.0 if norm == "mean" else 1.0 / (255 * 0.224)
+        assert got.shape == expected.shape == (crop, crop, 3)
+        assert np.abs(got - expected).max() <= level * 1.01 + 1e-4
+        assert np.mean(np.abs(got - expected) > 1e-4) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["I;16", "LA", "1", "F"])
+def test_unusual_modes_become_rgb(mode):
+    image = Image.new(mode, (40, 30))
+    rgb = predict._to_rgb(image)
+    assert rgb.mode == "RGB"
+    assert rgb.size == (40, 30)
+
+
+def test_unreadable_image_is_one_data_error(tmp_path):
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_bytes(b"definitely not a JPEG")
+    config = predict.imported_weights_config("torchvision")
+    with pytest.raises(predict.DataError, match=r"not_an_image\.jpg"):
+        predict.load_image(str(bad), config)
+
+
+# ---- Weight files never run code --------------------------------------------------------------
+
+
+class TouchOnUnpickle:
+    """Unpickling this object calls pathlib.Path.touch(marker): code execution made visible."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def plant(path: pathlib.Path, marker: pathlib.Path, how: str) -> str:
+    payload = {"features.0.weight": TouchOnUnpickle(str(marker))}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:  # a raw pickle under a .pth name (torch's legacy format path)
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    return str(path)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_pth_whose_pickle_runs_code_is_refused_and_never_runs(tmp_path, how):
+    # The payload is live: an unrestricted unpickler does run it.
+    live_marker = tmp_path / "live_marker"
+    live = plant(tmp_path / "live.pth", live_marker, how)
+    if how == "torch.save":
+        torch.load(live, weights_only=False)
+    else:
+        pickle.loads(pathlib.Path(live).read_bytes())
+    assert live_marker.exists()
+
+    marker = tmp_path / "marker"
+    path = plant(tmp_path / "evil.pth", marker, how)
+    with pytest.raises(weights_io.WeightsFileError, match="refused") as refused:
+        weights_io.load_weights(path, "torchvision")
+    assert "weights_only=True" in str(refused.value)
+    with pytest.raises(weights_io.WeightsFileError):
+        predict.load_model(None, path, "torchvision")
+    assert not marker.exists()
+
+
+def test_a_state_dict_with_a_wrong_shape_is_refused_naming_the_key(tmp_path, state_dict):
+    wrong = {**state_dict, "features.3.weight": torch.zeros(192, 64, 3, 3)}
+    torch.save(wrong, tmp_path / "wrong.pth")
+    expected = r"'features\.3\.weight': expected shape \(192, 64, 5, 5\)"
+    with pytest.raises(weights_io.WeightsFileError, match=expected):
+        weights_io.load_weights(str(tmp_path / "wrong.pth"), "torchvision")
+
+
+def test_a_file_holding_anything_but_tensors_is_refused_naming_the_key(tmp_path, state_dict):
+    torch.save({**state_dict, "epoch": 90}, tmp_path / "checkpoint.pth")
+    with pytest.raises(weights_io.WeightsFileError, match="'epoch' is a int, not a tensor"):
+        weights_io.load_weights(str(tmp_path / "checkpoint.pth"), "torchvision")
+    torch.save([state_dict["features.0.bias"]], tmp_path / "list.pth")
+    with pytest.raises(weights_io.WeightsFileError, match="list, not a dict"):
+        weights_io.load_weights(str(tmp_path / "list.pth"), "torchvision")
+
+
+def test_wrong_variant_is_refused_naming_the_keys(weights_path):
+    with pytest.raises(weights_io.WeightsFileError, match=r"missing key 'features\.4\.weight'"):
+        weights_io.load_weights(weights_path, "one_tower")
