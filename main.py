@@ -22,6 +22,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics (default: runs/<config name>)."
 )
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and resume), or evaluate.")
+# Multi-process runs (README "Multiple hosts"); unset: SLURM/Open MPI detected, else one process.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (jax.distributed coordinator)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 
 
 def _default_workdir() -> str:
@@ -32,14 +38,16 @@ def _default_workdir() -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from alexnet_jax import runtime, train  # after absl parsed the flags
+    from alexnet_jax import parallel, runtime, train  # after absl parsed the flags
     from alexnet_jax.errors import UserError
 
     runtime.hide_accelerators_from_tensorflow()
     runtime.enable_compilation_cache()
+    runtime.quiet_library_logs()
     workdir = _WORKDIR.value or _default_workdir()
     logging.info("workdir: %s", workdir)
     try:
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir)
         else:

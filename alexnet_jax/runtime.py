@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import jax
@@ -31,3 +32,21 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return cache_dir
+
+
+class _DropLibraryInfo(logging.Filter):
+    """Drops INFO-level records of chatty libraries (Orbax logs every file it renames)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in _QUIET_LIBRARIES)
+        return record.levelno >= logging.WARNING or not noisy
+
+
+_QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
+
+
+def quiet_library_logs() -> None:
+    """Keeps the console to this project's progress lines plus every library warning."""
+    from absl import logging as absl_logging  # absl's handler is what prints the records
+
+    absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())

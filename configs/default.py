@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Training loop ----------------------------------------------------------------------
     c.batch_size = 32  # global batch, split evenly over all devices of all hosts.
-    c.eval_batch_size = 50  # global eval batch; the last batch is padded and masked.
+    c.eval_batch_size = 40  # global eval batch; the last batch is padded and masked.
     c.num_epochs = 12.0  # length of training in epochs of the train split.
     c.num_train_steps = -1  # > 0 overrides num_epochs.
     c.log_every_steps = 5  # train metrics are read back from the device this often.

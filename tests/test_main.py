@@ -1,0 +1,233 @@
+"""main.py end to end: outputs, exact resume after SIGTERM, planted partial checkpoints, NaN stops,
+and the one-paragraph errors (exit code 2, no traceback) for bad configs and missing data.
+
+Runs use a tiny config (torchvision variant at 64x64 on a 4-class miniature archive) in
+subprocesses with 2 fake CPU devices, sharing one generated dataset and one compilation cache.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import config_lib, train
+from alexnet_jax.errors import ConfigError
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shared_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("main")
+    return {"data": str(root / "data"), "cache": str(root / "jax_cache"), "root": root}
+
+
+def _tiny_flags(dirs, workdir, **overrides):
+    flags = {
+        "variant": "torchvision",
+        "input_size": 64,
+        "resize_size": 72,
+        "miniature_train_per_class": 8,
+        "miniature_val_per_class": 3,
+        "miniature_image_sides": "(80, 160)",
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "num_train_steps": 16,
+        "learning_rate": 0.001,
+        "log_every_steps": 1,
+        "eval_every_steps": 8,
+        "checkpoint_every_steps": 4,
+        "data_dir": dirs["data"],
+        "miniature_dir": os.path.join(dirs["data"], "mini"),
+    }
+    flags.update(overrides)
+    return [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def _env(dirs, devices=2):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["ALEXNET_JAX_CACHE_DIR"] = dirs["cache"]
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = REPO
+    return env
+
+
+def _main(dirs, args, **popen_kwargs):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "main.py"), *args],
+        cwd=REPO,
+        env=_env(dirs),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen_kwargs,
+    )
+
+
+def _run_main(dirs, args, timeout=300):
+    proc = _main(dirs, args)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _jsonl(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _deterministic_metrics(workdir):
+    """metrics.jsonl without the wall-clock fields (speed, step time, ETA)."""
+    timing = ("images_per_sec", "step_time_ms", "eta_seconds")
+    return [{k: v for k, v in x.items() if k not in timing} for x in _jsonl(workdir)]
+
+
+def _wait_for_train_step(workdir, step, proc, timeout=240):
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"main.py exited early: {proc.communicate()[1][-3000:]}")
+        if os.path.exists(path):
+            with open(path) as f:
+                steps = [json.loads(x)["step"] for x in f if x.strip()]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no train step {step} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(shared_dirs):
+    """A complete 16-step run (also builds the shared miniature dataset)."""
+    workdir = str(shared_dirs["root"] / "uninterrupted")
+    code, _, err = _run_main(shared_dirs, _tiny_flags(shared_dirs, workdir))
+    assert code == 0, err[-3000:]
+    return workdir
+
+
+def test_run_writes_metrics_events_checkpoints_and_config(uninterrupted_run):
+    """A run leaves TensorBoard events, metrics.jsonl with every metric, checkpoints, config.json."""
+    files = os.listdir(uninterrupted_run)
+    assert any(f.startswith("events.out.tfevents") for f in files)
+    assert "config.json" in files
+    steps = sorted(int(s) for s in os.listdir(os.path.join(uninterrupted_run, "checkpoints")))
+    assert steps == [12, 16]  # every 4 steps, the last two kept (keep_checkpoints=2)
+    lines = _jsonl(uninterrupted_run)
+    train_lines = [x for x in lines if x["split"] == "train"]
+    eval_lines = [x for x in lines if x["split"] == "eval"]
+    assert [x["step"] for x in train_lines] == list(range(1, 17))
+    assert [x["step"] for x in eval_lines] == [8, 16]
+    for key in ("loss", "top1", "top5", "learning_rate", "grad_norm", "images_per_sec"):
+        assert all(np.isfinite(x[key]) for x in train_lines), key
+    assert eval_lines[-1]["num_examples"] == 12  # 4 classes x 3: every example exactly once
+
+
+def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run):
+    """SIGTERM mid-run saves and exits 0; the restart (past a planted half-written checkpoint)
+    ends with parameters and metrics bitwise equal to the uninterrupted run."""
+    workdir = str(shared_dirs["root"] / "interrupted")
+    flags = _tiny_flags(shared_dirs, workdir)
+    proc = _main(shared_dirs, flags)
+    _wait_for_train_step(workdir, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    saved = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+    assert saved and saved[-1] < 16, f"SIGTERM came too late to test a resume: {saved}"
+
+    # A half-written checkpoint of a later step, as a crash during an async save leaves it.
+    planted = os.path.join(ckpt_dir, f"{saved[-1] + 1}.orbax-checkpoint-tmp-1234")
+    os.makedirs(os.path.join(planted, "state"))
+    with open(os.path.join(planted, "state", "garbage"), "w") as f:
+        f.write("partial")
+
+    code, _, err = _run_main(shared_dirs, flags)
+    assert code == 0, err[-3000:]
+    assert f"Resumed at step {saved[-1]}" in err
+    assert not os.path.exists(planted)
+    _, params_a = train.load_params(uninterrupted_run)
+    _, params_b = train.load_params(workdir)
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, jax.device_get(params_b), jax.device_get(params_a)
+    )
+    assert _deterministic_metrics(workdir) == _deterministic_metrics(uninterrupted_run)
+
+
+def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, uninterrupted_run):
+    """A diverging run (lr 1e30) exits 1 naming the step; no checkpoint at or after it."""
+    workdir = str(shared_dirs["root"] / "nan")
+    flags = _tiny_flags(shared_dirs, workdir, learning_rate=1e30, checkpoint_every_steps=1)
+    code, _, err = _run_main(shared_dirs, flags)
+    assert code == 1
+    assert "Traceback" not in err
+    line = [x for x in err.splitlines() if x.startswith("error: Step ")][0]
+    bad_step = int(line.split()[2].rstrip(":"))
+    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    assert all(s < bad_step for s in saved)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 7}, "config.batch_size=7 is not divisible by the 2 devices"),
+        ({"variant": "vgg"}, "config.variant must be one of"),
+        ({"learning_rate": -1.0}, "config.learning_rate"),
+        (
+            {"dataset": "imagenet2012", "manual_dir": "/nonexistent/ilsvrc"},
+            "ILSVRC2012_img_train.tar",
+        ),
+        ({"dataset": "image_folder", "image_folder": "EMPTY"}, "--config.image_folder"),
+    ],
+)
+def test_main_reports_user_errors_with_exit_code_2(shared_dirs, tmp_path, overrides, message):
+    """Each mistake is one 'error:' paragraph naming the field or file; exit 2; no traceback."""
+    if overrides.get("image_folder") == "EMPTY":
+        overrides["image_folder"] = str(tmp_path)
+    code, _, err = _run_main(shared_dirs, _tiny_flags(shared_dirs, str(tmp_path / "w"), **overrides))
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    assert message in err
+    assert err.count("error: ") == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "config.batch_size must be a positive integer"),
+        ("batch_size", 12, "config.batch_size=12 is not divisible by the 8 devices"),
+        ("eval_batch_size", 4, "config.eval_batch_size=4 is not divisible"),
+        ("variant", "vgg", "config.variant must be one of"),
+        ("dataset", "mnist", "config.dataset must be one of"),
+        ("dtype", "float16", "config.dtype must be one of"),
+        ("eval_crops", 5, "config.eval_crops must be 1 or 10"),
+        ("input_size", 200, "config.input_size must be 227"),
+        ("num_classes", 0, "config.num_classes must be a positive integer"),
+        ("learning_rate", 0.0, "config.learning_rate"),
+        ("num_epochs", 0.0, "config.num_epochs must be a number > 0"),
+        ("log_every_steps", 0, "config.log_every_steps must be a positive integer"),
+        ("checkpoint_every_steps", -1, "config.checkpoint_every_steps"),
+        ("keep_checkpoints", 0, "config.keep_checkpoints"),
+        ("eval_every_steps", -5, "config.eval_every_steps"),
+        ("dropout_rate", 1.0, "config.dropout_rate"),
+        ("resize_size", 128, "config.resize_size=128 must be >= config.input_size"),
+        ("lrn_convention", "caffe", "config.lrn_convention must be one of"),
+    ],
+)
+def test_validate_config_names_the_field(field, value, message):
+    config = default.get_config()
+    config[field] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        config_lib.validate_config(config, num_devices=8)
+
+
+def test_default_config_is_valid():
+    config_lib.validate_config(default.get_config(), num_devices=8)
