@@ -359,7 +359,7 @@ def _labels_by_file_name(val_path: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _validation_labels_by_file_name():
-    """Makes the real imagenet2012 builder label a partial validation archive correctly."""
+    """Makes the real imagenet2012 builder label any validation archive by file number."""
     from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
     with mock.patch.object(imagenet_common, "get_validation_labels", _labels_by_file_name):
@@ -401,9 +401,9 @@ def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
             return
         if config.dataset == "miniature":
             miniature.ensure_generated(manual_dir, miniature_spec(config))
-            with _validation_labels_by_file_name():
-                _download_and_prepare(builder, manual_dir, data_dir)
-        else:
+        # By-number labels equal tfds's own for the full 50,000-image archive and stay right for
+        # a partial one (a miniature archive given as manual_dir, or a subset a user made).
+        with _validation_labels_by_file_name():
             _download_and_prepare(builder, manual_dir, data_dir)
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import config_lib, train
+from alexnet_jax import config_lib, miniature, train
 from alexnet_jax.errors import ConfigError
 from configs import default
 
@@ -114,7 +114,7 @@ def uninterrupted_run(shared_dirs):
 
 
 def test_run_writes_metrics_events_checkpoints_and_config(uninterrupted_run):
-    """A run leaves TensorBoard events, metrics.jsonl with every metric, checkpoints, config.json."""
+    """A run leaves TensorBoard events, metrics.jsonl (all metrics), checkpoints, config.json."""
     files = os.listdir(uninterrupted_run)
     assert any(f.startswith("events.out.tfevents") for f in files)
     assert "config.json" in files
@@ -142,7 +142,8 @@ def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run
     assert proc.returncode == 0, err[-3000:]
     ckpt_dir = os.path.join(workdir, "checkpoints")
     saved = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-    assert saved and saved[-1] < 16, f"SIGTERM came too late to test a resume: {saved}"
+    assert saved, "SIGTERM must save a checkpoint"
+    assert saved[-1] < 16, f"SIGTERM came too late to test a resume: {saved}"
 
     # A half-written checkpoint of a later step, as a crash during an async save leaves it.
     planted = os.path.join(ckpt_dir, f"{saved[-1] + 1}.orbax-checkpoint-tmp-1234")
@@ -169,7 +170,7 @@ def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, uninte
     code, _, err = _run_main(shared_dirs, flags)
     assert code == 1
     assert "Traceback" not in err
-    line = [x for x in err.splitlines() if x.startswith("error: Step ")][0]
+    line = next(x for x in err.splitlines() if x.startswith("error: Step "))
     bad_step = int(line.split()[2].rstrip(":"))
     saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
     assert all(s < bad_step for s in saved)
@@ -192,7 +193,9 @@ def test_main_reports_user_errors_with_exit_code_2(shared_dirs, tmp_path, overri
     """Each mistake is one 'error:' paragraph naming the field or file; exit 2; no traceback."""
     if overrides.get("image_folder") == "EMPTY":
         overrides["image_folder"] = str(tmp_path)
-    code, _, err = _run_main(shared_dirs, _tiny_flags(shared_dirs, str(tmp_path / "w"), **overrides))
+    code, _, err = _run_main(
+        shared_dirs, _tiny_flags(shared_dirs, str(tmp_path / "w"), **overrides)
+    )
     assert code == 2, err[-3000:]
     assert "Traceback" not in err
     assert message in err
@@ -231,3 +234,33 @@ def test_validate_config_names_the_field(field, value, message):
 
 def test_default_config_is_valid():
     config_lib.validate_config(default.get_config(), num_devices=8)
+
+
+def test_imagenet_config_runs_end_to_end_on_a_miniature_ilsvrc_archive(shared_dirs, tmp_path):
+    """configs/imagenet.py (paper variant, 10-crop eval) with manual_dir pointing at two generated
+    ILSVRC2012 tars: built by the real imagenet2012 builder, trained 2 steps, evaluated."""
+    manual_dir = str(tmp_path / "ilsvrc")
+    spec = miniature.MiniatureSpec(
+        num_classes=3, train_per_class=6, val_per_class=2, side_range=(120, 260)
+    )
+    miniature.generate(manual_dir, spec)
+    workdir = str(tmp_path / "run")
+    flags = {
+        "manual_dir": manual_dir,
+        "data_dir": str(tmp_path / "tfds"),
+        "num_train_steps": 2,
+        "batch_size": 4,
+        "eval_batch_size": 4,
+        "log_every_steps": 1,
+        "checkpoint_every_steps": 2,
+        "shuffle_buffer_size": 32,
+    }
+    args = ["--config=" + os.path.join(REPO, "configs", "imagenet.py"), f"--workdir={workdir}"]
+    args += [f"--config.{k}={v}" for k, v in flags.items()]
+    code, _, err = _run_main(shared_dirs, args, timeout=600)
+    assert code == 0, err[-3000:]
+    eval_line = [x for x in _jsonl(workdir) if x["split"] == "eval"][-1]
+    assert eval_line["step"] == 2
+    assert eval_line["num_examples"] == 6  # 3 classes x 2 validation images, 10 crops each
+    config = train.load_config(workdir)
+    assert (config.variant, config.eval_crops, config.num_classes) == ("paper", 10, 1000)
