@@ -31,7 +31,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0.
 
 
 def _default_workdir() -> str:
-    name = os.path.splitext(os.path.basename(_CONFIG.config_filename))[0]
+    filename = config_flags.get_config_filename(flags.FLAGS["config"])
+    name = os.path.splitext(os.path.basename(filename))[0]
     return os.path.join("runs", name)
 
 

@@ -264,3 +264,18 @@ def test_imagenet_config_runs_end_to_end_on_a_miniature_ilsvrc_archive(shared_di
     assert eval_line["num_examples"] == 6  # 3 classes x 2 validation images, 10 crops each
     config = train.load_config(workdir)
     assert (config.variant, config.eval_crops, config.num_classes) == ("paper", 10, 1000)
+
+
+def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
+    """Without --workdir, main.py uses runs/<config file name> (here it stops at validation)."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), "--config.batch_size=7"],
+        cwd=tmp_path,
+        env=_env(shared_dirs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "workdir: runs/default" in proc.stderr
+    assert "config.batch_size=7 is not divisible" in proc.stderr
