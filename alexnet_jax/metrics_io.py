@@ -71,14 +71,17 @@ class MetricsWriter:
             f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
 
     def write_train(
-        self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, skipped: int
+        self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, counts: dict
     ) -> None:
-        """Averages the per-step metrics since the last call and writes them with the speed."""
+        """Averages the per-step metrics since the last call; writes them with speed and counts.
+
+        `counts` are running totals: skipped non-finite steps, undecodable images seen.
+        """
         scalars = {
             k: float(np.mean([m[k] for _, m in step_metrics])) for k in TRAIN_METRICS
         }
         scalars.update(speed)
-        scalars["skipped_steps"] = skipped
+        scalars.update(counts)
         self._write(step, "train", scalars)
         logging.info(
             "step %d  loss %.4f  top1 %.3f  top5 %.3f  lr %.2g  |g| %.3g  %.1f img/s  "

@@ -8,11 +8,19 @@ a concatenation, not with `feature_group_count`, which is slow on XLA:CPU and in
 pass (jax-ml/jax#13800). The kernel keeps the grouped layout (kh, kw, C_in / groups, C_out), so
 parameter shapes and counts equal a grouped convolution's and PyTorch's `groups=2` weights convert
 directly.
+
+In the `paper` variant each tower normalizes (LRN) only its own kernel maps, as each of the paper's
+GPUs did: conv1's 48 + 48 and conv2's 128 + 128 channels are normalized separately, so no window
+crosses the tower boundary. Given a mesh with a "tower" axis (`AlexNet.mesh`, see parallel.py) the
+towers run on their own devices: conv1, conv2, conv4, conv5, LRN and pooling per device, conv3 and
+the FC layers exchanging activations across "tower" where the paper's GPUs did. It is the same
+network with the same parameters: only where the numbers are computed changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from alexnet_jax.lrn import LocalResponseNorm
+from alexnet_jax import parallel
+from alexnet_jax.lrn import default_implementation, local_response_norm
 
 VARIANTS = ("paper", "one_tower", "torchvision")
 INITS = ("paper", "he")
 LRN_CONVENTIONS = ("paper", "cuda_convnet")
-POOL_IMPLS = ("reduce_window", "slices")
+POOL_IMPLS = ("reduce_window", "slices", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +88,41 @@ def _initializers(init: str, layer: str, bias_one: float):
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
+def _conv_groups(x: jax.Array, kernel: jax.Array, groups: int, stride: int, padding: int):
+    """One convolution per group of channels, concatenated (NHWC, kernel HWIO, no bias)."""
+    outs = [
+        lax.conv_general_dilated(
+            xg,
+            kg,
+            window_strides=(stride, stride),
+            padding=[(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        for xg, kg in zip(
+            jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1), strict=True
+        )
+    ]
+    return outs[0] if groups == 1 else jnp.concatenate(outs, axis=-1)
+
+
+def _split_apply(fn, x: jax.Array, groups: int) -> jax.Array:
+    """`fn` applied to each of `groups` equal channel slices of `x` separately, concatenated."""
+    if groups == 1:
+        return fn(x)
+    return jnp.concatenate([fn(xg) for xg in jnp.split(x, groups, axis=-1)], axis=-1)
+
+
 class GroupedConv(nn.Module):
     """A convolution whose input and output channels are split into `groups` independent towers.
 
     Equals `nn.Conv(feature_group_count=groups)` (same kernel shape) but runs one convolution per
     tower on channel slices and concatenates, which XLA compiles to much faster code.
+
+    With a `mesh` that has a "tower" axis, each device computes its tower's output channels from
+    its slice of the kernel, and the output stays split by tower. A grouped conv's input arrives
+    split by tower and each device convolves its own groups (no communication); an ungrouped one
+    sees every input channel: conv1's image is replicated over "tower" (`input_split=False`),
+    conv3 gathers the towers' channels first (the paper's cross-GPU connection).
     """
 
     features: int
@@ -94,6 +133,8 @@ class GroupedConv(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
+    mesh: Any = None  # a jax.sharding.Mesh with a "tower" axis: one tower per device.
+    input_split: bool = True  # with `mesh`: the input's channels arrive split over "tower".
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -109,41 +150,133 @@ class GroupedConv(nn.Module):
         )
         bias = self.param("bias", self.bias_init, (self.features,))
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        x_groups = jnp.split(x, self.groups, axis=-1)
-        k_groups = jnp.split(kernel, self.groups, axis=-1)
-        outs = [
-            lax.conv_general_dilated(
-                xg,
-                kg,
-                window_strides=(self.stride, self.stride),
-                padding=[(self.padding, self.padding)] * 2,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
-            for xg, kg in zip(x_groups, k_groups, strict=True)
-        ]
-        y = outs[0] if self.groups == 1 else jnp.concatenate(outs, axis=-1)
-        return y + bias
+        conv = functools.partial(_conv_groups, stride=self.stride, padding=self.padding)
+        if self.mesh is None or self.is_initializing():
+            return conv(x, kernel, self.groups) + bias
+        towers = parallel.tower_size(self.mesh)
+        if self.groups > 1 and (self.groups % towers or not self.input_split):
+            raise ValueError(f"{self.groups} groups cannot be split over {towers} tower devices")
+        local_groups = self.groups // towers if self.groups > 1 else 1
+        gather = self.input_split and self.groups == 1
+
+        def per_device(x, kernel, bias):  # this device's tower: x (B/D, H, W, C or C/towers)
+            x = parallel.all_gather_towers(x) if gather else x
+            return conv(x, kernel, local_groups) + bias
+
+        x_spec = parallel.channel_spec(4) if self.input_split else parallel.batch_spec(4)
+        in_specs = (x_spec, parallel.out_feature_spec(4), parallel.out_feature_spec(1))
+        return parallel.tower_map(per_device, self.mesh, in_specs, parallel.channel_spec(4))(
+            x, kernel, bias
+        )
+
+
+class TowerDense(nn.Module):
+    """`nn.Dense` (the same parameters and initialization) with its neurons split over "tower".
+
+    The input arrives split by tower on its last axis (any rank: it is flattened after the
+    gather). Each device gathers the whole input, computes its tower's share of the neurons and
+    keeps its share of the output: the paper's FC layers, half on each GPU, every neuron seeing all
+    of the previous layer. A layer whose outputs do not divide by the towers is computed whole on
+    every device (its output then replicated over "tower").
+    """
+
+    features: int
+    mesh: Any
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = int(np.prod(x.shape[1:]))
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        dense = lambda x, k, b: lax.dot_general(x, k, (((1,), (0,)), ((), ()))) + b
+        if self.is_initializing():
+            return dense(x.reshape((x.shape[0], -1)), kernel, bias)
+        split = parallel.splits_over_towers(self.features, parallel.tower_size(self.mesh))
+        # An unsplit layer needs the same whole input on each tower device: an invariant gather.
+        gather = parallel.all_gather_towers if split else parallel.all_gather_towers_invariant
+
+        def per_device(x, kernel, bias):  # x (B/D, ..., C/towers)
+            x = gather(x)
+            return dense(x.reshape((x.shape[0], -1)), kernel, bias)
+
+        param_spec = parallel.out_feature_spec if split else (lambda ndim: parallel.P())
+        in_specs = (parallel.channel_spec(x.ndim), param_spec(2), param_spec(1))
+        out_spec = parallel.channel_spec(2) if split else parallel.batch_spec(2)
+        return parallel.tower_map(per_device, self.mesh, in_specs, out_spec)(x, kernel, bias)
+
+
+def _window_slices(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
+    """The window*window strided slices of NHWC `x`, in row-major window order, VALID padding."""
+    _, h, w, _ = x.shape
+    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+    return [
+        x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
+        for i in range(window)
+        for j in range(window)
+    ]
+
+
+def _window_slices_by_reshape(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
+    """The same slices as `_window_slices`, taken from a (B, H/s, s, W/s, s, C) view of `x`
+    with unit-stride slices. Their transpose (reverse mode) is then unit-stride pads that XLA
+    fuses into one loop, where strided slices transpose into interior pads it keeps separate."""
+    b, h, w, c = x.shape
+    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+    extra = (window - 1) // stride
+    hp, wp = stride * (oh + extra), stride * (ow + extra)  # rows/cols the windows reach, rounded
+    x = x[:, :hp, :wp]
+    x = jnp.pad(x, ((0, 0), (0, hp - x.shape[1]), (0, wp - x.shape[2]), (0, 0)))
+    x = x.reshape(b, hp // stride, stride, wp // stride, stride, c)
+    return [
+        x[:, i // stride : i // stride + oh, i % stride, j // stride : j // stride + ow, j % stride]
+        for i in range(window)
+        for j in range(window)
+    ]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _max_pool_slices(x: jax.Array, window: int, stride: int) -> jax.Array:
+    return functools.reduce(jnp.maximum, _window_slices(x, window, stride))
+
+
+@_max_pool_slices.defjvp
+def _max_pool_slices_jvp(window, stride, primals, tangents):
+    """Each output takes the tangent of the first maximum of its window (row-major order): the
+    element select-and-scatter gives the gradient to, ties included. Reverse mode transposes this
+    into a sum of pads (5x faster than XLA:CPU's select-and-scatter)."""
+    (x,), (dx,) = primals, tangents
+    xs = _window_slices(x, window, stride)
+    out = functools.reduce(jnp.maximum, xs)
+    index_dtype = jnp.int8 if len(xs) <= 127 else jnp.int32
+    first = jnp.full(out.shape, len(xs) - 1, index_dtype)  # (B, OH, OW, C): first argmax
+    for k in range(len(xs) - 2, -1, -1):
+        first = jnp.where(xs[k] == out, jnp.asarray(k, index_dtype), first)
+    dout = jnp.zeros_like(out)
+    for k, dxk in enumerate(_window_slices_by_reshape(dx, window, stride)):
+        dout = jnp.where(first == k, dxk, dout)
+    return out, dout
 
 
 def max_pool(x: jax.Array, impl: str = "reduce_window", window: int = 3, stride: int = 2):
     """Overlapping max-pooling, VALID padding.
 
     "reduce_window" is XLA's pooling; its gradient is select-and-scatter, which has no deterministic
-    GPU implementation. "slices" takes the maximum of window*window strided slices: the same
-    forward, a deterministic gradient (equal to reduce_window's wherever the window has no ties).
+    GPU implementation and is slow on XLA:CPU. "slices" takes the maximum of window*window strided
+    slices: the same forward, and a deterministic gradient equal to reduce_window's (the first
+    maximum of each window gets it, ties included). "auto" is "slices" on CPU (measured in
+    benchmarks/RESULTS.md), "reduce_window" elsewhere.
     """
+    if impl == "auto":
+        impl = "slices" if jax.default_backend() == "cpu" else "reduce_window"
     if impl == "reduce_window":
         return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
     if impl != "slices":
         raise ValueError(f"pool impl must be one of {POOL_IMPLS}, got {impl!r}")
-    _, h, w, _ = x.shape
-    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-    out = None
-    for i in range(window):
-        for j in range(window):
-            s = x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
-            out = s if out is None else jnp.maximum(out, s)
-    return out
+    return _max_pool_slices(x, window, stride)
 
 
 def _adaptive_avg_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -185,6 +318,9 @@ class AlexNet(nn.Module):
     bias_one: float = 1.0  # the paper's "1" bias constant (Caffe's replication used 0.1).
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32  # computation dtype; parameters are always float32.
+    # A jax.sharding.Mesh with a "tower" axis (parallel.tower_mesh): the `paper` variant's towers
+    # run on their own devices. None: everything on whichever devices the caller's jit uses.
+    mesh: Any = None
 
     def _conv(self, spec: ConvSpec, x: jax.Array) -> jax.Array:
         kernel_init, bias_init = _initializers(self.init_scheme, spec.name, self.bias_one)
@@ -197,15 +333,27 @@ class AlexNet(nn.Module):
             dtype=self.dtype,
             kernel_init=kernel_init,
             bias_init=bias_init,
+            mesh=self.mesh,
+            input_split=spec.name != "conv1",
             name=spec.name,
         )
         return nn.relu(conv(x))
 
     def _dense(self, name: str, features: int, x: jax.Array) -> jax.Array:
         kernel_init, bias_init = _initializers(self.init_scheme, name, self.bias_one)
-        dense = nn.Dense(
-            features, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias_init, name=name
-        )
+        if self.mesh is not None:
+            dense = TowerDense(
+                features,
+                self.mesh,
+                dtype=self.dtype,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                name=name,
+            )
+        else:
+            dense = nn.Dense(
+                features, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias_init, name=name
+            )
         return dense(x)
 
     def _lrn(self, x: jax.Array) -> jax.Array:
@@ -214,12 +362,37 @@ class AlexNet(nn.Module):
                 f"lrn_convention must be one of {LRN_CONVENTIONS}, got {self.lrn_convention!r}"
             )
         divide = self.lrn_convention == "cuda_convnet"
-        return LocalResponseNorm(divide_alpha_by_size=divide, impl=self.lrn_impl)(x)
+        impl = default_implementation() if self.lrn_impl == "auto" else self.lrn_impl
+        return local_response_norm(x, divide_alpha_by_size=divide, impl=impl)
+
+    def _per_tower(self, fn, x: jax.Array) -> jax.Array:
+        """`fn` (LRN, pooling) on each tower's channels separately; on the tower's own devices
+        when the mesh has a "tower" axis. One tower for `one_tower`."""
+        towers = 2 if self.variant == "paper" else 1
+        if self.mesh is None or self.is_initializing():
+            return _split_apply(fn, x, towers)
+        local_towers = towers // parallel.tower_size(self.mesh)
+        spec = parallel.channel_spec(x.ndim)
+        return parallel.tower_map(
+            lambda y: _split_apply(fn, y, local_towers), self.mesh, spec, spec
+        )(x)
+
+    def _gather_logits(self, x: jax.Array) -> jax.Array:
+        """fc8's tower-split outputs -> all logits on every device (identity off-mesh)."""
+        if self.mesh is None or self.is_initializing():
+            return x
+        if not parallel.splits_over_towers(self.num_classes, parallel.tower_size(self.mesh)):
+            return x
+        return parallel.gather_towers(x, self.mesh)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {self.num_classes}")
+        if self.mesh is not None and self.variant != "paper":
+            raise ValueError(
+                f"a tower mesh needs variant 'paper' (two towers), got {self.variant!r}"
+            )
         c1, c2, c3, c4, c5 = conv_specs(self.variant, self.input_size)
         pool = lambda y: max_pool(y, self.pool_impl)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
@@ -234,16 +407,18 @@ class AlexNet(nn.Module):
             x = x.reshape((x.shape[0], -1))  # (B, 9216)
             x = nn.relu(self._dense("fc6", 4096, dropout(x)))  # (B, 4096)
             x = nn.relu(self._dense("fc7", 4096, dropout(x)))  # (B, 4096)
-        else:
-            x = pool(self._lrn(self._conv(c1, x)))  # (B, 55, 55, 96) -> (B, 27, 27, 96)
-            x = pool(self._lrn(self._conv(c2, x)))  # (B, 27, 27, 256) -> (B, 13, 13, 256)
-            x = self._conv(c3, x)  # (B, 13, 13, 384)
+        else:  # paper: LRN per tower; with a tower mesh, one tower per device up to conv5
+            lrn_pool = lambda y: pool(self._lrn(y))
+            x = self._per_tower(lrn_pool, self._conv(c1, x))  # (B, 55, 55, 96) -> (B, 27, 27, 96)
+            x = self._per_tower(lrn_pool, self._conv(c2, x))  # (B, 27, 27, 256) -> (B, 13, 13, 256)
+            x = self._conv(c3, x)  # (B, 13, 13, 384): sees both towers
             x = self._conv(c4, x)  # (B, 13, 13, 384)
             x = pool(self._conv(c5, x))  # (B, 13, 13, 256) -> (B, 6, 6, 256)
-            x = x.reshape((x.shape[0], -1))  # (B, 9216)
+            if self.mesh is None:  # (a TowerDense flattens after gathering the towers)
+                x = x.reshape((x.shape[0], -1))  # (B, 9216)
             x = dropout(nn.relu(self._dense("fc6", 4096, x)))  # (B, 4096)
             x = dropout(nn.relu(self._dense("fc7", 4096, x)))  # (B, 4096)
-        x = self._dense("fc8", self.num_classes, x)  # (B, num_classes)
+        x = self._gather_logits(self._dense("fc8", self.num_classes, x))  # (B, num_classes)
         return x.astype(jnp.float32)
 
 
@@ -308,6 +483,7 @@ __all__: Sequence[str] = (
     "VARIANTS",
     "AlexNet",
     "GroupedConv",
+    "TowerDense",
     "adaptive_avg_pool",
     "conv_specs",
     "create_model",

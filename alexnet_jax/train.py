@@ -1,10 +1,11 @@
 """Training and evaluation: the train state, pure step functions on a device mesh, and the loop.
 
 The steps are `jax.jit` functions with declared `NamedSharding`s over one mesh: the state is
-replicated, the batch is split over the "data" axis and XLA inserts the gradient all-reduce. Dropout
-masks are drawn for the global batch from `fold_in(key, step)` with partitionable threefry, so each
-example's mask is the same on 1 or 8 devices: runs on different device counts agree to float
-rounding, and a resumed run replays exactly.
+replicated (on a ("data", "tower") mesh the paper's tower layers are split over "tower", see
+`state_sharding` and parallel.py), the batch is split over the "data" axis and XLA inserts the
+gradient all-reduce. Dropout masks are drawn for the global batch from `fold_in(key, step)` with
+partitionable threefry, so each example's mask is the same on 1 or 8 devices: runs on different
+device counts agree to float rounding, and a resumed run replays exactly.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpoint, config_lib, convert, input_pipeline, metrics_io, optim
+from alexnet_jax import (
+    checkpoint,
+    config_lib,
+    input_pipeline,
+    metrics_io,
+    optim,
+    parallel,
+    plots,
+    weights_io,
+)
 from alexnet_jax.errors import ConfigError, UserError
 from alexnet_jax.models import create_model
 
@@ -73,6 +83,29 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def params_sharding(model: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Shardings of the params: replicated, except for a tower-parallel model (`model.mesh` set,
+    parallel.py), whose tower layers keep each tower's kernels and biases on its own devices."""
+    if getattr(model, "mesh", None) is None:
+        return replicated(mesh)
+    return parallel.param_sharding(parallel.abstract_params(model), mesh)
+
+
+def state_sharding(model: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> Any:
+    """Shardings of the TrainState (a pytree prefix): the optimizer state follows the params."""
+    if getattr(model, "mesh", None) is None:
+        return replicated(mesh)
+    params, rep = parallel.abstract_params(model), replicated(mesh)
+    return TrainState(
+        step=rep,
+        params=parallel.param_sharding(params, mesh),
+        opt_state=parallel.param_sharding(jax.eval_shape(tx.init, params), mesh),
+        rng=rep,
+        plateau=rep,
+        skipped_steps=rep,
+    )
+
+
 def to_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Assembles each host's local batch into global arrays split over the "data" axis."""
     sharding = batch_sharding(mesh)
@@ -99,7 +132,7 @@ def prefetch_to_mesh(
 def create_train_state(
     config: ml_collections.ConfigDict, model: Any, tx: optax.GradientTransformation, mesh: Any
 ) -> TrainState:
-    """Initializes the state directly with replicated shardings (no host copy of the params)."""
+    """Initializes the state directly with its shardings (no host copy of the params)."""
     size = config.input_size
 
     def init(key: jax.Array) -> TrainState:
@@ -116,7 +149,7 @@ def create_train_state(
         )
 
     key = jax.random.key(config.seed)
-    return jax.jit(init, out_shardings=replicated(mesh))(key)
+    return jax.jit(init, out_shardings=state_sharding(model, tx, mesh))(key)
 
 
 def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -199,18 +232,20 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any) -> dict[s
 def make_train_step(model: Any, tx: Any, mesh: Any, skip_nonfinite: bool):
     """`train_step` jitted with the state donated and shardings declared."""
     step = functools.partial(train_step, model=model, tx=tx, skip_nonfinite=skip_nonfinite)
+    state = state_sharding(model, tx, mesh)
     return jax.jit(
         step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
+        in_shardings=(state, batch_sharding(mesh)),
+        out_shardings=(state, replicated(mesh)),
         donate_argnums=0,
     )
 
 
 def make_eval_step(model: Any, mesh: Any):
     step = functools.partial(eval_step, model=model)
+    params = params_sharding(model, mesh)
     return jax.jit(
-        step, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh)
+        step, in_shardings=(params, batch_sharding(mesh)), out_shardings=replicated(mesh)
     )
 
 
@@ -268,7 +303,7 @@ def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> Trai
     )
     opt_state = optim.set_lr_scale(state.opt_state, plateau.scale)
     new = state.replace(plateau=plateau, opt_state=opt_state)
-    return jax.device_put(new, replicated(mesh))
+    return jax.device_put(new, jax.tree.map(lambda x: x.sharding, state))
 
 
 def _setup(config: ml_collections.ConfigDict):
@@ -282,9 +317,8 @@ def _setup(config: ml_collections.ConfigDict):
             f"config.batch_size={config.batch_size} exceeds the {info.num_train_examples} training "
             "examples: lower the batch size."
         )
-    return mesh, info, steps_per_epoch, create_model(config), optim.create_optimizer(
-        config, steps_per_epoch
-    )
+    model = create_model(config, mesh=parallel.tower_mesh(config, mesh))
+    return mesh, info, steps_per_epoch, model, optim.create_optimizer(config, steps_per_epoch)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -329,9 +363,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     """
     mesh, _, _, model, tx = _setup(config)
     if config.torch_weights:
-        params = jax.device_put(
-            convert.load_torch_weights(config.torch_weights, config.variant), replicated(mesh)
+        weights = weights_io.load_weights(
+            config.torch_weights, config.variant, num_classes=config.num_classes
         )
+        params = jax.device_put(weights, params_sharding(model, mesh))
         step = 0
     else:
         manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
@@ -401,7 +436,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         pending.clear()
         _check_finite(host, config.skip_nonfinite_steps)
         if host:
-            writer.write_train(step, host, progress.update(step), int(state.skipped_steps))
+            counts = {
+                "skipped_steps": int(state.skipped_steps),
+                "undecodable_images": train_iter.num_undecodable,
+            }
+            writer.write_train(step, host, progress.update(step), counts)
 
     def save(step: int) -> None:
         flush_train_metrics(step)  # never save after an unnoticed NaN
@@ -411,36 +450,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     batches = prefetch_to_mesh(train_iter, mesh)
-    step = start_step
-    while step < num_steps:
-        state, metrics = train_step_fn(state, next(batches))
-        step += 1
-        pending.append((step, metrics))
-        if step % config.log_every_steps == 0:
-            flush_train_metrics(step)
-        if preemption.reached(step):
-            logging.warning("Preemption signal: saving step %d and exiting.", step)
-            save(step)
-            checkpoint.wait(manager)
-            writer.close()
-            preemption.close()
-            return {}
-        if step % eval_every == 0 and step < num_steps:
+    step, preempted = start_step, False
+    try:
+        while step < num_steps:
+            state, metrics = train_step_fn(state, next(batches))
+            step += 1
+            pending.append((step, metrics))
+            if step % config.log_every_steps == 0:
+                flush_train_metrics(step)
+            if preemption.reached(step):
+                logging.warning("Preemption signal: saving step %d and exiting.", step)
+                save(step)
+                preempted = True
+                break
+            if step % eval_every == 0 and step < num_steps:
+                flush_train_metrics(step)
+                eval_metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
+                writer.write_eval(step, eval_metrics)
+                state = _update_plateau(state, eval_metrics, config, mesh)
+            if step % config.checkpoint_every_steps == 0 and step < num_steps:
+                save(step)
+
+        # -- Final evaluation and checkpoint.
+        if not preempted:
             flush_train_metrics(step)
             eval_metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
             writer.write_eval(step, eval_metrics)
-            state = _update_plateau(state, eval_metrics, config, mesh)
-        if step % config.checkpoint_every_steps == 0 and step < num_steps:
-            save(step)
-
-    # -- Final evaluation and checkpoint.
-    flush_train_metrics(step)
-    eval_metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
-    writer.write_eval(step, eval_metrics)
-    if manager.latest_step() != step:
-        save(step)
-    checkpoint.wait(manager)
-    manager.close()
-    writer.close()
-    preemption.close()
+            if manager.latest_step() != step:
+                save(step)
+    finally:  # also on errors: commit the saves in flight, so the last good checkpoint is kept
+        checkpoint.wait(manager)
+        manager.close()
+        writer.close()
+        preemption.close()
+    if preempted:
+        return {}
+    if jax.process_index() == 0:
+        plots.plot_training_curves(workdir)
     return eval_metrics

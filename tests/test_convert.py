@@ -5,6 +5,8 @@ stack in one- and two-tower form), exact round trips, and refusal of mismatched 
 Relative error: max |jax - torch| / max |torch| over all logits of the batch.
 """
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,9 +78,23 @@ def torchvision_alexnet(num_classes: int) -> TorchAlexNet:
     return TorchAlexNet(features, torch_classifier(num_classes), nn.AdaptiveAvgPool2d((6, 6)))
 
 
+class TowerLocalResponseNorm(nn.Module):
+    """LocalResponseNorm applied to each of `groups` equal channel slices separately: each of the
+    paper's GPUs normalized only its own tower's kernel maps. No weights (state-dict keys keep)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.lrn = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+    def forward(self, x):
+        return torch.cat([self.lrn(xg) for xg in torch.chunk(x, self.groups, dim=1)], dim=1)
+
+
 def lrn_alexnet(num_classes: int, groups: int) -> TorchAlexNet:
-    """The re-implementation stack with LocalResponseNorm; groups=2 is the paper's two towers."""
-    lrn = lambda: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    """The re-implementation stack with LocalResponseNorm; groups=2 is the paper's two towers,
+    whose LRN normalizes each tower's channels separately (conv1: 48 + 48, conv2: 128 + 128)."""
+    lrn = lambda: TowerLocalResponseNorm(groups)
     features = nn.Sequential(
         nn.Conv2d(3, 96, kernel_size=11, stride=4),  # 0
         nn.ReLU(inplace=True),
@@ -155,7 +171,8 @@ def test_converted_weights_give_pytorch_logits(converted):
 
     torch.nn.LocalResponseNorm divides alpha by n, hence lrn_convention="cuda_convnet". For
     one_tower the test also shows that these inputs exercise the LRN: with the paper's convention
-    the logits miss PyTorch's by far more than the tolerance.
+    the logits miss PyTorch's by far more than the tolerance. For paper it shows that the LRN is
+    per tower: PyTorch's stack with one LRN across all 96/256 channels misses by far (1e-2).
     """
     variant, model, _, params = converted
     x = images(variant)
@@ -169,6 +186,14 @@ def test_converted_weights_give_pytorch_logits(converted):
     if variant == "one_tower":
         wrong = jax_logits(variant, params, x, "paper")
         assert relative_error(wrong, expected) > 100 * LOGIT_TOL
+    if variant == "paper":  # LRN windows crossing the tower boundary would miss by far
+        crossing = copy.deepcopy(model)
+        crossing.features[2] = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+        crossing.features[6] = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+        with torch.no_grad():
+            crossing_logits = crossing(x).numpy()
+        ours = jax_logits(variant, params, x, "cuda_convnet")
+        assert relative_error(ours, crossing_logits) > 100 * LOGIT_TOL
 
 
 def test_state_dict_round_trips_exactly(converted):

@@ -100,7 +100,8 @@ def test_skip_nonfinite_keeps_params_and_counts():
     bad["image"][0, 0, 0, 0] = np.nan
     state, metrics = step(state, train.to_global_batch(bad, mesh))
     assert not bool(metrics["finite"])
-    assert int(state.skipped_steps) == 1 and int(state.step) == 1
+    assert int(state.skipped_steps) == 1
+    assert int(state.step) == 1
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params), before)
 
 
