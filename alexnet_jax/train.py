@@ -339,9 +339,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
-    """(config, params) of the latest checkpoint in `workdir`, without touching the dataset."""
+    """(config, params) of the latest checkpoint in `workdir`, without touching the dataset.
+
+    The params come back replicated over `mesh` (default: every device on one "data" axis,
+    whatever mesh the run was trained on: checkpoints restore onto any topology).
+    """
     config = load_config(workdir)
-    mesh = mesh or make_mesh(config)
+    if mesh is None:
+        mesh = jax.make_mesh((jax.device_count(),), ("data",))
     model = create_model(config)
     tx = optim.create_optimizer(config, steps_per_epoch=1)  # the schedule does not change shapes
     target = jax.eval_shape(lambda: create_train_state(config, model, tx, mesh))
