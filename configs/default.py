@@ -5,8 +5,10 @@
 
 The first run generates a miniature archive in the ILSVRC2012 layout (a few classes of drawn
 shapes, real JPEG files of varied sizes), builds it with the real tfds `imagenet2012` builder, then
-trains the one-tower net with He initialization. On a 2-core CPU it finishes in under 10 minutes and its final
-held-out top-1 accuracy is well above 3x chance (chance = 1 / num_classes).
+trains the one-tower net with He initialization for 6 epochs (75 steps of 32 images), evaluating
+once per epoch. Expected: under 10 minutes on a 2-core CPU and a final held-out top-1 accuracy far
+above 3x chance (chance = 1 / num_classes = 25%). Measured on 2026-11-23 (2 shared cores, load 4-6):
+7 min 10 s including the dataset build, held-out top-1 74% after epoch 1 and 99-100% from epoch 2.
 
 Other configs import this one and override a few fields (see configs/imagenet.py).
 """
