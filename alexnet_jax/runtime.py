@@ -10,6 +10,40 @@ import jax
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
 
+# The XLA flags this project sets, each measured on its own workload (benchmarks/RESULTS.md).
+# `set_xla_flags` adds them to XLA_FLAGS; a flag the user already set there keeps the user's value.
+XLA_FLAGS = (
+    # XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by default.
+    # Convolutions: YNNPACK's were 2-7x slower than XLA's own (Eigen) ones on AlexNet's weight
+    # gradients and on the strided 11x11 conv1, and about even elsewhere; without them the
+    # float32 train step ran about 1.35x faster. Reductions: YNNPACK fuses the eval step's
+    # log-softmax sums together with fc6-fc8 into one subgraph that ran 4x slower at batch 8
+    # (no change at 64). Dots stay with YNNPACK (about 25% faster than Eigen on the FC layers).
+    # A CPU compiler option: GPU compilation ignores it.
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce",
+)
+
+
+def set_xla_flags(flags: tuple[str, ...] = XLA_FLAGS) -> str:
+    """Adds `flags` to the XLA_FLAGS environment variable; returns its new value.
+
+    XLA reads XLA_FLAGS once, when JAX starts its backends (the first computation or
+    `jax.devices()`): call this before, or it raises RuntimeError. A flag whose name is already
+    in XLA_FLAGS keeps the value given there.
+    """
+    from jax._src import xla_bridge  # no public API tells whether the backends have started
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            "set_xla_flags() must run before JAX starts its backends (before the first JAX "
+            "computation or jax.devices())."
+        )
+    current = os.environ.get("XLA_FLAGS", "")
+    names = {flag.split("=", 1)[0] for flag in current.split()}
+    added = [flag for flag in flags if flag.split("=", 1)[0] not in names]
+    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return os.environ["XLA_FLAGS"]
+
 
 def hide_accelerators_from_tensorflow() -> None:
     """TensorFlow only feeds data: keep it off the GPUs/TPUs so it takes none of their memory."""

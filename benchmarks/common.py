@@ -1,0 +1,286 @@
+"""Shared pieces of the benchmark scripts: process setup, the benchmarked config, the library's own
+jitted train/eval steps on synthetic device-resident batches, timing, tables and JSON.
+
+Order matters on the CPU: `setup_process` must run before JAX starts its backends (it pins the
+threads and sets the project's XLA flags from alexnet_jax/runtime.py), so every script calls it
+first thing in `main`, before anything touches a device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, _REPO)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+from alexnet_jax import runtime  # noqa: E402
+
+PROJECT_XLA_FLAGS = flags.DEFINE_bool(
+    "project_xla_flags",
+    True,
+    "Set alexnet_jax.runtime.XLA_FLAGS (--noproject_xla_flags: XLA's defaults, for comparison).",
+)
+
+DTYPES = ("float32", "bfloat16")
+
+
+# ---- Process --------------------------------------------------------------------------------
+
+
+def setup_process(threads: int = 0) -> int:
+    """Pins this process to `threads` CPUs (0: all it may use) and sets the project's XLA flags
+    (unless --noproject_xla_flags); returns the CPU count both JAX and PyTorch then use.
+
+    XLA:CPU sizes its thread pool from the CPUs the process may run on when the backend starts,
+    so pinning with sched_setaffinity before that is what sets its intra-op threads; PyTorch gets
+    the same number through torch.set_num_threads (compare_torch.py).
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads:
+        if threads > len(cpus):
+            raise ValueError(f"--threads={threads} but only {len(cpus)} CPUs are available")
+        cpus = cpus[:threads]
+        os.sched_setaffinity(0, cpus)
+    if PROJECT_XLA_FLAGS.value:
+        runtime.set_xla_flags()
+    return len(cpus)
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What a reader needs to reproduce a figure: machine, versions, flags, date, load."""
+    import jaxlib
+
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), "")
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpus_used": threads,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average": load_average(),
+    }
+
+
+def torch_device() -> str:
+    """Where PyTorch runs to compete with JAX: "cuda" when JAX runs on a GPU and PyTorch sees
+    one, else "cpu"."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def load_average() -> float:
+    """The 1-minute load average (other jobs on the machine make timings noisy)."""
+    return round(os.getloadavg()[0], 2)
+
+
+# ---- Config, model and steps -----------------------------------------------------------------
+
+
+def bench_config(variant: str, batch_size: int, dtype: str, **overrides: Any):
+    """configs/default.py set up for a speed run: ImageNet's 1000 classes, synthetic data, the
+    variant's published input size, `dtype` for computation and input images."""
+    from alexnet_jax import models
+    from configs import default
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    config = default.get_config()
+    config.dataset = "synthetic"
+    config.num_classes = 1000
+    config.variant = variant
+    config.input_size = models.default_input_size(variant)
+    config.batch_size = batch_size
+    config.eval_batch_size = batch_size
+    config.dtype = dtype
+    config.input_dtype = dtype
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config
+
+
+@dataclasses.dataclass
+class Bench:
+    """The library's jitted steps for one config, with device-resident synthetic batches."""
+
+    config: Any
+    mesh: Any
+    model: Any
+    train_step: Callable  # train.make_train_step: (state, batch) -> (state, metrics), donates
+    eval_step: Callable  # train.make_eval_step: (params, batch) -> sums
+    state: Any
+    train_batch: dict
+    eval_batch: dict
+
+    def run_train(self) -> None:
+        """One training step (the state is donated and replaced), waited for."""
+        self.state, metrics = self.train_step(self.state, self.train_batch)
+        jax.block_until_ready((self.state, metrics))
+
+    def run_eval(self) -> None:
+        jax.block_until_ready(self.eval_step(self.state.params, self.eval_batch))
+
+
+def model_and_optimizer(config: Any, mesh: Any):
+    """The model and optimizer exactly as the training loop builds them."""
+    from alexnet_jax import models, optim, parallel
+
+    steps_per_epoch = max(1, config.synthetic_train_examples // config.batch_size)
+    model = models.create_model(config, mesh=parallel.tower_mesh(config, mesh))
+    return model, optim.create_optimizer(config, steps_per_epoch)
+
+
+def synthetic_batches(config: Any, mesh: Any, seed: int = 0) -> tuple[dict, dict]:
+    """(train batch, eval batch) of random normalized-looking images, placed on the mesh."""
+    from alexnet_jax import train
+
+    rng = np.random.default_rng(seed)
+    b, size = config.batch_size, config.input_size
+    images = rng.standard_normal((b, size, size, 3), dtype=np.float32).astype(config.input_dtype)
+    labels = rng.integers(0, config.num_classes, b).astype(np.int32)
+    mask = np.ones(b, bool)
+    train_batch = train.to_global_batch({"image": images, "label": labels, "mask": mask}, mesh)
+    eval_batch = train.to_global_batch(
+        {"image": images[:, None], "label": labels, "mask": mask}, mesh
+    )  # (B, 1 view, H, W, 3)
+    return train_batch, eval_batch
+
+
+def build(config: Any) -> Bench:
+    """Mesh, model, optimizer, state and batches through the library's own functions."""
+    from alexnet_jax import train
+
+    mesh = train.make_mesh(config)
+    model, tx = model_and_optimizer(config, mesh)
+    state = train.create_train_state(config, model, tx, mesh)
+    train_batch, eval_batch = synthetic_batches(config, mesh)
+    return Bench(
+        config=config,
+        mesh=mesh,
+        model=model,
+        train_step=train.make_train_step(model, tx, mesh, config.skip_nonfinite_steps),
+        eval_step=train.make_eval_step(model, mesh),
+        state=state,
+        train_batch=train_batch,
+        eval_batch=eval_batch,
+    )
+
+
+def forward_flops_per_image(config: Any) -> float:
+    """2 x the multiply-accumulates of the conv and FC layers (models.layer_macs)."""
+    from alexnet_jax import models
+
+    macs = models.layer_macs(config.variant, config.input_size, config.num_classes)
+    return 2.0 * float(sum(macs.values()))
+
+
+# ---- Timing ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timing:
+    """Wall and process CPU seconds (all threads, user + system) of each timed call."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cores(self) -> float:
+        """CPU seconds per wall second while timed: about the core count on an idle machine,
+        less when other jobs take part of the cores (the load indicator of a figure)."""
+        return sum(self.cpu) / sum(self.wall)
+
+    def summary(self, batch_size: int) -> dict[str, float]:
+        """Median (the reported figure), min and max in ms, images/s at the median, cores."""
+        return {
+            "median_ms": 1e3 * self.median,
+            "min_ms": 1e3 * min(self.wall),
+            "max_ms": 1e3 * max(self.wall),
+            "repeats": len(self.wall),
+            "img_s": batch_size / self.median,
+            "cores_used": self.cores,
+        }
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, timing: Timing | None = None) -> Timing:
+    """Times `repeats` calls of `fn` (which must wait for its own result), appending to `timing`."""
+    timing = timing or Timing()
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        fn()
+        timing.cpu.append(_cpu_seconds() - cpu)
+        timing.wall.append(time.perf_counter() - wall)
+    return timing
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """Round-robin timing (a, b, a, b, ...): a change of machine load hits every contender alike,
+    which keeps their ratio meaningful on a shared machine."""
+    timings = {name: Timing() for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time_calls(fn, 1, timings[name])
+    return timings
+
+
+# ---- Output ---------------------------------------------------------------------------------
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:
+    """Prints `rows` as an aligned table; columns are (key, header, format spec)."""
+
+    def cell(row, key, spec):
+        value = row.get(key)
+        if value is None:
+            return "-"
+        return format(value, spec) if spec else str(value)
+
+    cells = [[cell(r, k, s) for k, _, s in columns] for r in rows]
+    headers = [h for _, h, _ in columns]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes `payload` as indented JSON (creating the folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")

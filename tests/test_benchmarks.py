@@ -1,0 +1,115 @@
+"""The benchmark scripts run end to end in a quick mode (batch 1, one timed repeat) and write
+sane JSON. This proves they work, not how fast anything is: the figures are in
+benchmarks/RESULTS.md.
+
+The three scripts run at the same time, as subprocesses on one real CPU device (without the
+8 fake devices of conftest.py), so that the whole file stays well under a minute.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from alexnet_jax import lrn, models, runtime
+
+QUICK = ("--repeats=1", "--warmup=0", "--threads=0")
+SCRIPTS = {
+    "train_step": (
+        "--variant=one_tower",
+        "--dtype=float32",
+        "--batch_size=1",
+        "--peak_tflops=0.237",
+        "--compile=inprocess",
+    ),
+    "compare_torch": ("--variant=one_tower", "--batch_size=1", "--notorch_compile"),
+    "lrn": ("--batch_size=1", "--layers=conv2"),
+}
+TIMEOUT_S = 150
+
+
+@pytest.fixture(scope="module")
+def results(repo_root, tmp_path_factory):
+    """{script: its JSON output}, the scripts run concurrently."""
+    out_dir = tmp_path_factory.mktemp("benchmarks")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one real CPU device
+    procs = {}
+    for name, args in SCRIPTS.items():
+        script = os.path.join(repo_root, "benchmarks", f"{name}.py")
+        cmd = [sys.executable, script, *QUICK, *args, f"--json={out_dir / name}.json"]
+        procs[name] = subprocess.Popen(
+            cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    outputs = {}
+    for name, proc in procs.items():
+        log, _ = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, f"benchmarks/{name}.py failed:\n{log[-4000:]}"
+        with open(out_dir / f"{name}.json") as f:
+            outputs[name] = json.load(f)
+    return outputs
+
+
+def test_train_step_reports_compile_times_speed_and_mfu(results):
+    """One row with cold > warm-cache compile times, positive speeds, the analytic FLOP count
+    of the variant, and the MFU that follows from it and the given peak."""
+    result = results["train_step"]
+    assert result["environment"]["xla_flags"]  # the project's XLA flags were set
+    (row,) = result["rows"]
+    assert (row["variant"], row["dtype"], row["batch_size"]) == ("one_tower", "float32", 1)
+    assert 0 < row["compile_warm_s"] < row["compile_cold_s"]
+    assert row["train_flops_per_image"] == models.train_flops_per_image("one_tower", 227, 1000)
+    for mode in ("train", "eval"):
+        assert row[f"{mode}_img_s"] == pytest.approx(1e3 / row[f"{mode}_step_ms"])
+        gflops = row[f"{mode}_img_s"] * row[f"{mode}_flops_per_image"] / 1e9
+        assert row[f"{mode}_gflops"] == pytest.approx(gflops)
+        assert row[f"{mode}_mfu"] == pytest.approx(gflops / 237)
+
+
+def test_compare_torch_times_jax_and_pytorch_and_gives_ratios(results):
+    """Train and eval rows for JAX and each PyTorch form, with JAX/PyTorch img/s ratios."""
+    result = results["compare_torch"]
+    assert result["environment"]["torch_threads"] == result["environment"]["cpus_used"]
+    rows = {(r["mode"], r["contender"]): r for r in result["rows"]}
+    for mode in ("train", "eval"):
+        jax_row = rows[(mode, "jax")]
+        assert jax_row["jax_ratio"] == pytest.approx(1.0)
+        for contender in ("torch eager", "torch eager channels_last"):
+            row = rows[(mode, contender)]
+            assert row["img_s"] > 0
+            assert row["jax_ratio"] == pytest.approx(jax_row["img_s"] / row["img_s"])
+
+
+def test_lrn_benchmark_checks_every_implementation_against_torch(results):
+    """Every implementation, forward and forward+backward, agrees with torch to 1e-5 and is
+    timed; the summary names the fastest one and the backend's default."""
+    result = results["lrn"]
+    rows = result["rows"]
+    for impl in lrn.IMPLEMENTATIONS:
+        for pass_name in ("forward", "forward+backward"):
+            (row,) = [r for r in rows if r["contender"] == impl and r["pass"] == pass_name]
+            assert row["max_rel_error"] <= 1e-5
+            assert row["median_ms"] > 0
+            assert row["speedup_vs_torch"] > 0
+    assert "default_implementation()" in result["fastest"][0]
+
+
+def test_set_xla_flags_adds_the_project_flags_but_keeps_the_users(repo_root):
+    """runtime.set_xla_flags appends the project's flags to XLA_FLAGS, leaves a flag the user
+    set as the user set it, and refuses once JAX's backends are running (as in this process)."""
+    script = (
+        "import os; from alexnet_jax import runtime; "
+        "print(runtime.set_xla_flags(('--a=1', '--b=2', '--xla_c=3')))"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--b=user --d=4"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=repo_root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["--b=user", "--d=4", "--a=1", "--xla_c=3"]
+    assert all(f.startswith("--xla_cpu_") for f in runtime.XLA_FLAGS)
+    jax.devices()  # this process's backends are running
+    with pytest.raises(RuntimeError, match="before JAX starts its backends"):
+        runtime.set_xla_flags()
