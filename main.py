@@ -28,6 +28,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_PROJECT_XLA_FLAGS = flags.DEFINE_bool(
+    "project_xla_flags",
+    True,
+    "Add the XLA flags measured for this project (alexnet_jax/runtime.py) to XLA_FLAGS; "
+    "flags already in XLA_FLAGS keep their values.",
+)
 
 
 def _default_workdir() -> str:
@@ -42,11 +48,14 @@ def main(argv):
     from alexnet_jax import parallel, runtime, train  # after absl parsed the flags
     from alexnet_jax.errors import UserError
 
+    if _PROJECT_XLA_FLAGS.value:
+        runtime.set_xla_flags()  # before anything starts JAX's backends
     runtime.hide_accelerators_from_tensorflow()
     runtime.enable_compilation_cache()
     runtime.quiet_library_logs()
     workdir = _WORKDIR.value or _default_workdir()
     logging.info("workdir: %s", workdir)
+    logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", ""))
     try:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if _MODE.value == "train":

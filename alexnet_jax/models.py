@@ -313,7 +313,7 @@ class AlexNet(nn.Module):
     input_size: int = 227  # 227 (conv1 unpadded) or 224 (conv1 padded by 2); torchvision: any.
     lrn_convention: str = "paper"  # "paper": alpha as written; "cuda_convnet": alpha / n.
     lrn_impl: str = "auto"  # see alexnet_jax.lrn.IMPLEMENTATIONS; "auto" picks by backend.
-    pool_impl: str = "reduce_window"  # "slices" gives a deterministic GPU gradient.
+    pool_impl: str = "auto"  # max_pool(): "slices" on CPU, "reduce_window" elsewhere.
     init_scheme: str = "paper"  # "paper": N(0, 0.01), the paper's biases; "he": He-normal, 0 bias.
     bias_one: float = 1.0  # the paper's "1" bias constant (Caffe's replication used 0.1).
     dropout_rate: float = 0.5

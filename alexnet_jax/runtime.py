@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 
@@ -22,10 +23,44 @@ XLA_FLAGS = (
     # A CPU compiler option: GPU compilation ignores it.
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce",
 )
+# The jaxlib releases XLA_FLAGS was measured with: [first, end). XLA aborts the process on a flag
+# it does not know, and experimental flags come and go between releases, so outside this range
+# the flags are not set (a warning says so); set XLA_FLAGS by hand to try them there.
+XLA_FLAGS_JAXLIB = ((0, 10, 2), (0, 11, 0))
 
 
-def set_xla_flags(flags: tuple[str, ...] = XLA_FLAGS) -> str:
-    """Adds `flags` to the XLA_FLAGS environment variable; returns its new value.
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def project_xla_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:
+    """XLA_FLAGS if the installed jaxlib (or `jaxlib_version`) is in XLA_FLAGS_JAXLIB, else ()."""
+    if jaxlib_version is None:
+        import jaxlib
+
+        jaxlib_version = jaxlib.__version__
+    first, end = XLA_FLAGS_JAXLIB
+    if first <= _version_tuple(jaxlib_version) < end:
+        return XLA_FLAGS
+    logging.warning(
+        "Not setting the project's XLA flags %s: they were measured with jaxlib %s to %s and this "
+        "is jaxlib %s, which may not know them (XLA aborts on unknown flags). To try them, set "
+        "XLA_FLAGS yourself.",
+        " ".join(XLA_FLAGS),
+        ".".join(map(str, first)),
+        f"<{'.'.join(map(str, end))}",
+        jaxlib_version,
+    )
+    return ()
+
+
+def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
+    """Adds `flags` (default: `project_xla_flags()`) to the XLA_FLAGS environment variable;
+    returns its new value.
 
     XLA reads XLA_FLAGS once, when JAX starts its backends (the first computation or
     `jax.devices()`): call this before, or it raises RuntimeError. A flag whose name is already
@@ -38,6 +73,8 @@ def set_xla_flags(flags: tuple[str, ...] = XLA_FLAGS) -> str:
             "set_xla_flags() must run before JAX starts its backends (before the first JAX "
             "computation or jax.devices())."
         )
+    if flags is None:
+        flags = project_xla_flags()
     current = os.environ.get("XLA_FLAGS", "")
     names = {flag.split("=", 1)[0] for flag in current.split()}
     added = [flag for flag in flags if flag.split("=", 1)[0] not in names]

@@ -15,6 +15,9 @@ On a GPU (JAX on GPU and torch.cuda available) PyTorch runs on CUDA and its comp
 channels_last; leave PyTorch room with XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 (JAX otherwise
 preallocates 75% of the GPU memory).
 
+The JAX side is set up as in train_step.py (--pool_impl "auto", the project's XLA flags unless
+--noproject_xla_flags).
+
 Threads: the process is pinned to --threads CPUs (0: all it may use) before either library
 starts; XLA:CPU sizes its intra-op pool from those CPUs and PyTorch gets torch.set_num_threads
 with the same number (and one inter-op thread), so both use the same cores.

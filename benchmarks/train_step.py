@@ -11,7 +11,9 @@ time over --repeats after --warmup steps (each waited for with block_until_ready
 images/s, the achieved GFLOP/s from the analytic count (`models.train_flops_per_image`: 3x the
 forward's 2 x multiply-accumulates), MFU against --peak_tflops when given, and the eval
 (inference) step's images/s. The steps are `train.make_train_step` / `train.make_eval_step`,
-the ones the training loop runs, with the state donated.
+the ones the training loop runs, with the state donated. The config is configs/default.py with
+1000 classes, synthetic data and --pool_impl (default "auto"); the process gets the project's XLA
+flags (alexnet_jax/runtime.py; --noproject_xla_flags measures with XLA's defaults).
 
 CPU peak: this repo's numbers were taken on 2 vCPUs of an AMD EPYC Zen 4 (AVX-512 on two 256-bit
 FMA pipes: 32 float32 FLOP per cycle per core), so 2 x 32 x 3.7 GHz (boost) = 0.237 TFLOP/s is

@@ -96,6 +96,27 @@ def test_lrn_benchmark_checks_every_implementation_against_torch(results):
     assert "default_implementation()" in result["fastest"][0]
 
 
+@pytest.mark.parametrize(
+    ("version", "applied"),
+    [
+        ("0.10.2", True),
+        ("0.10.7.dev20261101", True),
+        ("0.10.1", False),
+        ("0.9.2", False),
+        ("0.11.0", False),
+        ("1.0.0", False),
+    ],
+)
+def test_project_xla_flags_only_for_the_jaxlib_releases_they_were_measured_with(
+    version, applied, caplog
+):
+    """XLA aborts on a flag it does not know: outside XLA_FLAGS_JAXLIB nothing is set, and a
+    warning names the flags and the jaxlib version."""
+    flags_ = runtime.project_xla_flags(version)
+    assert flags_ == (runtime.XLA_FLAGS if applied else ())
+    assert (f"this is jaxlib {version}" in caplog.text) is not applied
+
+
 def test_set_xla_flags_adds_the_project_flags_but_keeps_the_users(repo_root):
     """runtime.set_xla_flags appends the project's flags to XLA_FLAGS, leaves a flag the user
     set as the user set it, and refuses once JAX's backends are running (as in this process)."""

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import config_lib, miniature, train
+from alexnet_jax import config_lib, miniature, runtime, train
 from alexnet_jax.errors import ConfigError
 from configs import default
 
@@ -278,4 +278,7 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "workdir: runs/default" in proc.stderr
+    # The project's XLA flags were added after the caller's (runtime.set_xla_flags).
+    xla_flags = " ".join(runtime.XLA_FLAGS)
+    assert f"XLA_FLAGS: --xla_force_host_platform_device_count=2 {xla_flags}" in proc.stderr
     assert "config.batch_size=7 is not divisible" in proc.stderr
