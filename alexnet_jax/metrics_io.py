@@ -77,17 +77,21 @@ class MetricsWriter:
 
         `counts` are running totals: skipped non-finite steps, undecodable images seen.
         """
-        scalars = {
-            k: float(np.mean([m[k] for _, m in step_metrics])) for k in TRAIN_METRICS
-        }
+        scalars = {k: float(np.mean([m[k] for _, m in step_metrics])) for k in TRAIN_METRICS}
         scalars.update(speed)
         scalars.update(counts)
         self._write(step, "train", scalars)
         logging.info(
             "step %d  loss %.4f  top1 %.3f  top5 %.3f  lr %.2g  |g| %.3g  %.1f img/s  "
             "%.0f ms/step  ETA %s",
-            step, scalars["loss"], scalars["top1"], scalars["top5"], scalars["learning_rate"],
-            scalars["grad_norm"], speed["images_per_sec"], speed["step_time_ms"],
+            step,
+            scalars["loss"],
+            scalars["top1"],
+            scalars["top5"],
+            scalars["learning_rate"],
+            scalars["grad_norm"],
+            speed["images_per_sec"],
+            speed["step_time_ms"],
             _format_seconds(speed["eta_seconds"]),
         )
 
@@ -98,7 +102,11 @@ class MetricsWriter:
         self._write(step, "eval", scalars)
         logging.info(
             "eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)",
-            step, metrics["loss"], metrics["top1"], metrics["top5"], metrics["num_examples"],
+            step,
+            metrics["loss"],
+            metrics["top1"],
+            metrics["top5"],
+            metrics["num_examples"],
         )
 
     def close(self) -> None:

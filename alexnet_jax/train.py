@@ -450,8 +450,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def save(step: int) -> None:
         flush_train_metrics(step)  # never save after an unnoticed NaN
         checkpoint.save(
-            manager, step, state, {"examples_consumed": examples_consumed + (step - start_step)
-                                   * config.batch_size, "batch_size": config.batch_size},
+            manager,
+            step,
+            state,
+            {
+                "examples_consumed": examples_consumed + (step - start_step) * config.batch_size,
+                "batch_size": config.batch_size,
+            },
         )
 
     batches = prefetch_to_mesh(train_iter, mesh)

@@ -56,8 +56,9 @@ def run_dir(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("tiny_run"))
     config, workdir = tiny_config(root), os.path.join(root, "run")
     manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-    checkpoint.save(manager, 1, random_train_state(config), {"examples_consumed": 8,
-                                                             "batch_size": 8})
+    checkpoint.save(
+        manager, 1, random_train_state(config), {"examples_consumed": 8, "batch_size": 8}
+    )
     checkpoint.wait(manager)
     manager.close()
     train.save_config(config, workdir)
@@ -142,10 +143,22 @@ def test_running_nearest_neighbours_equal_brute_force(max_images):
 
 
 def test_training_curves_png_with_paper_lines(tmp_path):
-    records = [{"step": s, "split": "train", "loss": 6.9 - s / 50, "top1": s / 400,
-                "top5": s / 200} for s in range(10, 101, 10)]
-    records += [{"step": s, "split": "eval", "loss": 6.0 - s / 60, "top1": s / 300, "top5": s / 150,
-                 "top1_error": 1 - s / 300, "top5_error": 1 - s / 150} for s in (50, 100)]
+    records = [
+        {"step": s, "split": "train", "loss": 6.9 - s / 50, "top1": s / 400, "top5": s / 200}
+        for s in range(10, 101, 10)
+    ]
+    records += [
+        {
+            "step": s,
+            "split": "eval",
+            "loss": 6.0 - s / 60,
+            "top1": s / 300,
+            "top5": s / 150,
+            "top1_error": 1 - s / 300,
+            "top5_error": 1 - s / 150,
+        }
+        for s in (50, 100)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "imagenet2012"}))
     path = plots.plot_training_curves(str(tmp_path))
@@ -164,16 +177,29 @@ class TorchvisionAlexNet(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(3, 64, 11, stride=4, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d(6)
         self.classifier = nn.Sequential(
-            nn.Dropout(), nn.Linear(256 * 36, 4096), nn.ReLU(),
-            nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes),
+            nn.Dropout(),
+            nn.Linear(256 * 36, 4096),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, num_classes),
         )
 
     def forward(self, x):
@@ -202,7 +228,8 @@ def test_export_formats_read_back_to_the_same_params(run_params, tmp_path, suffi
     loaded = weights_io.load_weights(path, "torchvision")
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0),
-        loaded, jax.device_get(params),
+        loaded,
+        jax.device_get(params),
     )
 
 

@@ -207,9 +207,7 @@ def _wait_for_step(workdir: str, step: int, procs, timeout: float = 240) -> None
     raise TimeoutError(f"step {step} was not logged within {timeout} s")
 
 
-def test_two_processes_match_one_process_and_resume_after_sigterm(
-    reference, tmp_path, repo_root
-):
+def test_two_processes_match_one_process_and_resume_after_sigterm(reference, tmp_path, repo_root):
     """2 processes x 2 CPU devices (jax.distributed over localhost, gloo collectives) train
     through main.py. SIGTERM to process 1 after step 2: both processes save at the same step S
     and exit 0. The same command again resumes at S and finishes. Every step's loss and the final

@@ -114,9 +114,18 @@ def test_predict_png_grayscale_and_cmyk_jpeg_with_imported_weights(weights_path,
 def test_predict_command_line_prints_top5_with_names(weights_path, tmp_path):
     image = write_image(tmp_path / "cat.jpg", "RGB")
     out = subprocess.run(
-        [sys.executable, "-m", "alexnet_jax.predict", f"--weights={weights_path}",
-         "--variant=torchvision", image],
-        capture_output=True, text=True, check=False, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "alexnet_jax.predict",
+            f"--weights={weights_path}",
+            "--variant=torchvision",
+            image,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -132,9 +141,11 @@ def test_single_image_preprocessing_equals_the_pipeline_eval_view():
     """NumPy preprocessing == preprocessing.eval_views + normalize_batch (a lossless PNG, so the
     decoders agree): up to one uint8 level at a few bilinear rounding ties."""
     rng = np.random.default_rng(3)
-    for (h, w), (resize, crop), norm in [((300, 451), (256, 227), "mean"),
-                                         ((100, 80), (256, 224), "mean_std"),
-                                         ((1000, 333), (72, 64), "mean_std")]:
+    for (h, w), (resize, crop), norm in [
+        ((300, 451), (256, 227), "mean"),
+        ((100, 80), (256, 224), "mean_std"),
+        ((1000, 333), (72, 64), "mean_std"),
+    ]:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(buffer, format="PNG")
         recipe = preprocessing.Recipe(input_size=crop, resize_size=resize, normalization=norm)
