@@ -1,11 +1,11 @@
-"""PyTorch AlexNets for the side-by-side benchmarks, with torchvision's layer names.
+"""PyTorch AlexNets with torchvision's layer names: the benchmarks' peer and the tests' oracle.
 
-The same definitions as tests/test_convert.py (whose state-dict layouts alexnet_jax.convert reads):
 torchvision's `alexnet` written out (torchvision is not a dependency), and the re-implementation
 stack with `nn.LocalResponseNorm` after the ReLUs of conv1 and conv2, in one-tower form and in the
-paper's two-tower form (`groups=2` in conv2, conv4 and conv5). torch.nn.LocalResponseNorm divides
-alpha by n (the cuda-convnet convention): the same arithmetic as the JAX model with
-`lrn_convention="cuda_convnet"`, and the same cost as with the paper's convention.
+paper's two-tower form (`groups=2` in conv2, conv4 and conv5). Their state-dict layouts are the
+ones alexnet_jax.convert reads (tests/test_convert.py checks logit parity against them).
+torch.nn.LocalResponseNorm divides alpha by n (the cuda-convnet convention): the same arithmetic
+as the JAX model with `lrn_convention="cuda_convnet"`, and the same cost as with the paper's.
 """
 
 from __future__ import annotations
@@ -66,9 +66,30 @@ def torchvision_alexnet(num_classes: int) -> TorchAlexNet:
     return TorchAlexNet(features, classifier(num_classes), nn.AdaptiveAvgPool2d((6, 6)))
 
 
-def lrn_alexnet(num_classes: int, groups: int) -> TorchAlexNet:
-    """The LocalResponseNorm stack, 227x227 input; groups=2 is the paper's two towers."""
-    lrn = lambda: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+class TowerLocalResponseNorm(nn.Module):
+    """LocalResponseNorm applied to each of `groups` equal channel slices separately: each of the
+    paper's GPUs normalized only its own tower's kernel maps. No weights (state-dict keys keep)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.lrn = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.lrn(xg) for xg in torch.chunk(x, self.groups, dim=1)], dim=1)
+
+
+def lrn_alexnet(num_classes: int, groups: int, tower_lrn: bool = False) -> TorchAlexNet:
+    """The LocalResponseNorm stack, 227x227 input; groups=2 is the paper's two towers.
+
+    tower_lrn: normalize each tower's channels separately (conv1: 48 + 48, conv2: 128 + 128), the
+    JAX `paper` model's arithmetic (the tests' oracle); False: one LocalResponseNorm over all
+    channels, the same cost without the split and concatenation (the benchmarks' peer).
+    """
+    if tower_lrn:
+        lrn = lambda: TowerLocalResponseNorm(groups)
+    else:
+        lrn = lambda: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
     features = nn.Sequential(
         nn.Conv2d(3, 96, kernel_size=11, stride=4),  # 0
         nn.ReLU(inplace=True),

@@ -1,6 +1,7 @@
-"""PyTorch <-> Flax weight conversion: logit parity with PyTorch models written here with the key
-layouts of alexnet_jax.convert (torchvision's alexnet, and the LocalResponseNorm re-implementation
-stack in one- and two-tower form), exact round trips, and refusal of mismatched state dicts.
+"""PyTorch <-> Flax weight conversion: logit parity with the PyTorch models of
+benchmarks/torch_models.py (torchvision's alexnet, and the LocalResponseNorm re-implementation
+stack in one- and two-tower form, with per-tower LRN), exact round trips, and refusal of
+mismatched state dicts.
 
 Relative error: max |jax - torch| / max |torch| over all logits of the batch.
 """
@@ -22,108 +23,23 @@ from alexnet_jax.convert import (
     torch_param_shapes,
 )
 from alexnet_jax.models import VARIANTS, AlexNet
+from benchmarks import torch_models
 
 LOGIT_TOL = 1e-4
 NUM_CLASSES = {"torchvision": 1000, "one_tower": 10, "paper": 7}
 INPUT_SIZE = {"torchvision": 224, "one_tower": 227, "paper": 227}
 
 
-class TorchAlexNet(nn.Module):
-    """features -> [avgpool] -> flatten -> classifier, as torchvision.models.AlexNet."""
-
-    def __init__(self, features, classifier, avgpool=None):
-        super().__init__()
-        self.features = features
-        if avgpool is not None:
-            self.avgpool = avgpool
-        self.classifier = classifier
-
-    def forward(self, x):
-        x = self.features(x)
-        if hasattr(self, "avgpool"):
-            x = self.avgpool(x)
-        return self.classifier(torch.flatten(x, 1))
-
-
-def torch_classifier(num_classes: int) -> nn.Sequential:
-    """torchvision's: Dropout 0, Linear 1, ReLU 2, Dropout 3, Linear 4, ReLU 5, Linear 6."""
-    return nn.Sequential(
-        nn.Dropout(0.5),
-        nn.Linear(256 * 6 * 6, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 4096),
-        nn.ReLU(inplace=True),
-        nn.Linear(4096, num_classes),
-    )
-
-
-def torchvision_alexnet(num_classes: int) -> TorchAlexNet:
-    """torchvision.models.alexnet, written out (torchvision is not a dependency)."""
-    features = nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-    )
-    return TorchAlexNet(features, torch_classifier(num_classes), nn.AdaptiveAvgPool2d((6, 6)))
-
-
-class TowerLocalResponseNorm(nn.Module):
-    """LocalResponseNorm applied to each of `groups` equal channel slices separately: each of the
-    paper's GPUs normalized only its own tower's kernel maps. No weights (state-dict keys keep)."""
-
-    def __init__(self, groups: int):
-        super().__init__()
-        self.groups = groups
-        self.lrn = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
-
-    def forward(self, x):
-        return torch.cat([self.lrn(xg) for xg in torch.chunk(x, self.groups, dim=1)], dim=1)
-
-
-def lrn_alexnet(num_classes: int, groups: int) -> TorchAlexNet:
-    """The re-implementation stack with LocalResponseNorm; groups=2 is the paper's two towers,
-    whose LRN normalizes each tower's channels separately (conv1: 48 + 48, conv2: 128 + 128)."""
-    lrn = lambda: TowerLocalResponseNorm(groups)
-    features = nn.Sequential(
-        nn.Conv2d(3, 96, kernel_size=11, stride=4),  # 0
-        nn.ReLU(inplace=True),
-        lrn(),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=groups),  # 4
-        nn.ReLU(inplace=True),
-        lrn(),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(256, 384, kernel_size=3, padding=1),  # 8
-        nn.ReLU(inplace=True),
-        nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=groups),  # 10
-        nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=groups),  # 12
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-    )
-    return TorchAlexNet(features, torch_classifier(num_classes))
-
-
-def build_torch_model(variant: str, seed: int = 0) -> TorchAlexNet:
+def build_torch_model(variant: str, seed: int = 0) -> torch_models.TorchAlexNet:
     """A PyTorch model of the variant in eval mode, with He-scaled random weights and random
     biases (std 0.1), so that activations stay O(1)-relative through every ReLU."""
     torch.manual_seed(seed)
     num_classes = NUM_CLASSES[variant]
     if variant == "torchvision":
-        model = torchvision_alexnet(num_classes)
+        model = torch_models.torchvision_alexnet(num_classes)
     else:
-        model = lrn_alexnet(num_classes, groups=2 if variant == "paper" else 1)
+        groups = 2 if variant == "paper" else 1
+        model = torch_models.lrn_alexnet(num_classes, groups, tower_lrn=True)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
