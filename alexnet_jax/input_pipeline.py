@@ -49,12 +49,11 @@ Pre-resize cache (config.resized_cache_dir): prepare() re-encodes the training s
 shorter side config.resize_size into TFRecord shards there (undecodable files are left out and
 logged); training then decodes small JPEGs, without any resize for the paper crop.
 
-Benchmark: `python -m alexnet_jax.input_pipeline --config=configs/default.py` prints training
-pipeline images/s per CPU core from full-size-like JPEGs and from the pre-resize cache.
+Benchmark: `python benchmarks/input_pipeline.py` prints training pipeline images/s per CPU core
+from full-size-like JPEGs and from the pre-resize cache (`benchmark` below).
 """
 
 import dataclasses
-import json
 import math
 import os
 import resource
@@ -64,8 +63,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from alexnet_jax import data_sources, miniature, preprocessing
 from alexnet_jax.errors import ConfigError, DataError
@@ -463,7 +461,7 @@ def create_eval_iterator(
     return EvalIterable(dataset.as_numpy_iterator, shards[process_index].num_examples, num_batches)
 
 
-# ---- Benchmark: python -m alexnet_jax.input_pipeline --config=configs/default.py ----------------
+# ---- Benchmark (benchmarks/input_pipeline.py) ---------------------------------------------------
 
 
 def _cpu_seconds() -> float:
@@ -511,6 +509,8 @@ def benchmark(
     num_images: int,
     batch_size: int,
     num_batches: int,
+    trials: int = 3,
+    warmup: int = 5,
 ) -> list[dict]:
     """Training-pipeline speed from full-size-like JPEGs and from the pre-resize (256) cache.
 
@@ -529,51 +529,10 @@ def benchmark(
     for name, cache in (("full-size JPEGs", ""), ("pre-resized 256 cache", "cache")):
         config.resized_cache_dir = os.path.join(bench_dir, cache) if cache else ""
         prepare(config)
-        rows.append({"source": name, **time_train_pipeline(config, batch_size, num_batches)})
+        timing = time_train_pipeline(config, batch_size, num_batches, trials, warmup)
+        rows.append({"source": name, **timing})
     archive_bytes = os.path.getsize(os.path.join(config.miniature_dir, miniature.TRAIN_TAR))
     for row in rows:
         row["image_sides"] = list(image_sides)
         row["mean_jpeg_bytes"] = archive_bytes / num_images  # of the full-size files
     return rows
-
-
-def _print_table(rows: list[dict]) -> None:
-    print(f"{'source':<24}{'img/s':>8}{'cores':>6}{'img/s/core':>11}{'img/CPU-s':>10}{'best':>7}")
-    for r in rows:
-        print(
-            f"{r['source']:<24}{r['images_per_s']:>8.0f}{r['cores']:>6}"
-            f"{r['images_per_s_per_core']:>11.0f}{r['images_per_cpu_s']:>10.0f}"
-            f"{r['images_per_cpu_s_best']:>7.0f}"
-        )
-
-
-def main(argv) -> None:
-    del argv
-    sides = tuple(int(v) for v in _IMAGE_SIDES.value)
-    rows = benchmark(
-        _CONFIG.value,
-        _BENCH_DIR.value,
-        sides,
-        _NUM_IMAGES.value,
-        _BATCH_SIZE.value,
-        _NUM_BATCHES.value,
-    )
-    _print_table(rows)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(rows, f, indent=1)
-
-
-if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", lock_config=True)
-    _BENCH_DIR = flags.DEFINE_string(
-        "bench_dir", "data/bench_input", "Where the generated full-size-like images and builds go."
-    )
-    _IMAGE_SIDES = flags.DEFINE_list(
-        "image_sides", ["350", "500"], "Range of each side of the generated images, in px."
-    )
-    _NUM_IMAGES = flags.DEFINE_integer("num_images", 1200, "Generated training images.")
-    _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterator.")
-    _NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial (3 trials).")
-    _JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
-    app.run(main)

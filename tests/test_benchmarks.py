@@ -1,8 +1,8 @@
-"""The benchmark scripts run end to end in a quick mode (batch 1, one timed repeat) and write
+"""The benchmark scripts run end to end in a quick mode (batch 1 or 2, one timed repeat) and write
 sane JSON. This proves they work, not how fast anything is: the figures are in
 benchmarks/RESULTS.md.
 
-The three scripts run at the same time, as subprocesses on one real CPU device (without the
+The four scripts run at the same time, as subprocesses on one real CPU device (without the
 8 fake devices of conftest.py), so that the whole file stays well under a minute.
 """
 
@@ -27,6 +27,12 @@ SCRIPTS = {
     ),
     "compare_torch": ("--variant=one_tower", "--batch_size=1", "--notorch_compile"),
     "lrn": ("--batch_size=1", "--layers=conv2"),
+    "input_pipeline": (
+        "--image_sides=40,60",
+        "--num_images=8",
+        "--batch_size=2",
+        "--num_batches=3",
+    ),
 }
 TIMEOUT_S = 150
 
@@ -40,6 +46,8 @@ def results(repo_root, tmp_path_factory):
     for name, args in SCRIPTS.items():
         script = os.path.join(repo_root, "benchmarks", f"{name}.py")
         cmd = [sys.executable, script, *QUICK, *args, f"--json={out_dir / name}.json"]
+        if name == "input_pipeline":  # its generated images and builds
+            cmd.append(f"--bench_dir={out_dir / 'bench_input'}")
         procs[name] = subprocess.Popen(
             cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -115,6 +123,20 @@ def test_project_xla_flags_only_for_the_jaxlib_releases_they_were_measured_with(
     flags_ = runtime.project_xla_flags(version)
     assert flags_ == (runtime.XLA_FLAGS if applied else ())
     assert (f"this is jaxlib {version}" in caplog.text) is not applied
+
+
+def test_input_pipeline_benchmark_times_full_size_jpegs_and_the_256_cache(results):
+    """One row per source, from a real imagenet2012 build of generated JPEGs of the given sizes;
+    the rates follow from the timed images and their wall and CPU times."""
+    rows = results["input_pipeline"]["rows"]
+    assert [r["source"] for r in rows] == ["full-size JPEGs", "pre-resized 256 cache"]
+    for row in rows:
+        assert row["image_sides"] == [40, 60]
+        assert row["images_per_trial"] == 6
+        assert row["mean_jpeg_bytes"] > 0
+        assert row["images_per_s"] > 0
+        assert row["images_per_s_per_core"] == pytest.approx(row["images_per_s"] / row["cores"])
+        assert row["images_per_cpu_s_best"] >= row["images_per_cpu_s"] > 0
 
 
 def test_set_xla_flags_adds_the_project_flags_but_keeps_the_users(repo_root):

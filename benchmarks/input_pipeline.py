@@ -1,0 +1,82 @@
+"""Input pipeline: images/s per core of the training iterator, from full-size JPEGs and from the
+pre-resize (shorter side 256) cache.
+
+    python benchmarks/input_pipeline.py --image_sides=350,500
+    python benchmarks/input_pipeline.py --image_sides=300,450 --json=input.json
+
+Generates --num_images miniature pictures (alexnet_jax.miniature) whose sides are drawn from
+--image_sides, builds them with the real tfds imagenet2012 builder and the 256 cache under
+--bench_dir (kept for the next run), then times `input_pipeline.create_train_iterator` with the
+config's training recipe: --warmup batches, then --repeats trials of --num_batches batches; the
+median trial is reported as wall-clock images/s, images/s per core, and images per CPU-second of
+the whole process (the per-core rate when the cores are saturated, and less sensitive than wall
+time to other jobs on the machine). TensorFlow does this work; JAX is not involved.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_REPO, "configs", "default.py"), "Config: the preprocessing timed."
+)
+_BENCH_DIR = flags.DEFINE_string(
+    "bench_dir", "data/bench_input", "Where the generated images and their builds go."
+)
+_IMAGE_SIDES = flags.DEFINE_list(
+    "image_sides", ["350", "500"], "Range of each side of the generated images, in px."
+)
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 1200, "Generated training images.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterator.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed trials (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.")
+_THREADS = flags.DEFINE_integer("threads", 0, "CPUs the process may use (0: all available).")
+_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+
+COLUMNS = (
+    ("source", "source", ""),
+    ("images_per_s", "img/s", ".0f"),
+    ("cores", "cores", "d"),
+    ("images_per_s_per_core", "img/s/core", ".0f"),
+    ("images_per_cpu_s", "img/CPU-s", ".0f"),
+    ("images_per_cpu_s_best", "best", ".0f"),
+)
+
+
+def main(argv) -> None:
+    del argv
+    threads = common.setup_process(_THREADS.value)
+    from alexnet_jax import input_pipeline, runtime
+
+    runtime.hide_accelerators_from_tensorflow()
+    sides = tuple(int(v) for v in _IMAGE_SIDES.value)
+    if len(sides) != 2 or not 0 < sides[0] <= sides[1]:
+        raise app.UsageError(f"--image_sides must be two sides MIN,MAX, got {_IMAGE_SIDES.value}")
+    rows = input_pipeline.benchmark(
+        _CONFIG.value,
+        _BENCH_DIR.value,
+        sides,
+        num_images=_NUM_IMAGES.value,
+        batch_size=_BATCH.value,
+        num_batches=_NUM_BATCHES.value,
+        trials=_REPEATS.value,
+        warmup=_WARMUP.value,
+    )
+    env = common.environment(threads)
+    print(f"# {env['cpu_model']} x{threads}, load {env['load_average']}")
+    common.print_table(rows, COLUMNS)
+    if _JSON.value:
+        common.write_json(_JSON.value, {"environment": env, "rows": rows})
+
+
+if __name__ == "__main__":
+    app.run(main)
