@@ -4,6 +4,7 @@ All logic lives in alexnet_jax/; this file parses flags, prepares the process an
 the user must fix as one paragraph with exit code 2.
 """
 
+import errno
 import os
 import sys
 
@@ -34,6 +35,8 @@ _PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "Add the XLA flags measured for this project (alexnet_jax/runtime.py) to XLA_FLAGS; "
     "flags already in XLA_FLAGS keep their values.",
 )
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _default_workdir() -> str:
@@ -68,6 +71,16 @@ def main(argv):
     except train.NonFiniteError as e:  # diverged: the last good checkpoint is kept
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # a full disk, a quota or an unwritable path (metrics, logs, data)
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        print(
+            f"error: could not write {e.filename or 'a file'}: {e.strerror}. Free disk space "
+            "(or fix the permissions) or choose another --workdir / --config.data_dir, then "
+            "rerun the same command: training resumes from the last complete checkpoint.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

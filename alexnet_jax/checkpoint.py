@@ -11,12 +11,14 @@ mesh's shardings, so a checkpoint written on D devices restores onto any other d
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from alexnet_jax.errors import DataError
+from alexnet_jax.errors import DataError, is_storage_error
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -36,33 +38,73 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
-    """Starts an async save of `state` and `data_state` at `step` (errors surface at the next call).
+def _storage_error(
+    manager: ocp.CheckpointManager, error: BaseException, step: int | None = None
+) -> DataError:
+    """One paragraph for a failed write: the step whose save failed (an async save fails at the
+    next call, so the step comes from the temporary directory named in the error when it can),
+    the first line of the library's error, and what to do."""
+    text = str(error).strip()
+    failed = re.search(r"(\d+)\.orbax-checkpoint-tmp", text)
+    step = int(failed.group(1)) if failed else step
+    what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    reason = text.splitlines()[0] if text else type(error).__name__
+    if len(reason) > 600:
+        reason = reason[:300] + " ... " + reason[-300:]
+    return DataError(
+        f"Writing {what} in {manager.directory} failed: {reason}. Free disk space (or fix the "
+        "directory's permissions) or choose another --workdir, then rerun the same command: it "
+        "resumes from the last complete checkpoint, which is intact."
+    )
 
-    A full disk or an unwritable directory becomes one DataError; earlier checkpoints stay intact
-    because Orbax writes into a temporary directory and renames it only when complete.
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
+    """Starts an async save of `state` and `data_state` at `step`.
+
+    Errors of an earlier async save surface here or in `close`. A full disk or an unwritable
+    directory becomes one DataError; earlier checkpoints stay intact because Orbax writes into a
+    temporary directory and renames it only when complete.
     """
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
     )
     try:
         manager.save(step, args=args, force=True)
-    except OSError as e:
-        raise DataError(
-            f"Could not write the checkpoint of step {step} to {manager.directory}: {e}. "
-            "Free disk space or choose another --workdir; earlier checkpoints are intact."
-        ) from e
+    except Exception as e:
+        if is_storage_error(e):
+            raise _storage_error(manager, e, step) from e
+        raise
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until pending async saves are committed (raising their errors as DataError)."""
+    """Blocks until the saves in flight are committed; a failed one raises DataError."""
     try:
         manager.wait_until_finished()
-    except OSError as e:
-        raise DataError(
-            f"Writing a checkpoint to {manager.directory} failed: {e}. Free disk space or choose "
-            "another --workdir; earlier checkpoints are intact."
-        ) from e
+    except Exception as e:
+        if is_storage_error(e):
+            raise _storage_error(manager, e) from e
+        raise
+
+
+def close(manager: ocp.CheckpointManager, raise_errors: bool = True) -> None:
+    """Commits the saves in flight and closes `manager`, whatever happens.
+
+    raise_errors: a failed save raises DataError (the run was ending normally), or is only
+    logged (another error is already on its way out and must not be replaced).
+    """
+    try:
+        wait(manager)
+    except DataError as e:
+        if raise_errors:
+            raise
+        logging.warning("%s", e)
+    finally:
+        try:
+            manager.close()
+        except Exception as e:  # the same failed save, reported above
+            if not is_storage_error(e):
+                raise
+            logging.warning("Closing the checkpoint manager: %s", str(e).splitlines()[0])
 
 
 def abstract_like(state: Any) -> Any:

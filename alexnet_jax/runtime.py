@@ -6,8 +6,11 @@ import contextlib
 import itertools
 import logging
 import os
+import sys
 
 import jax
+
+from alexnet_jax.errors import is_storage_error
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
 
@@ -105,11 +108,24 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
     return cache_dir
 
 
-class _DropLibraryInfo(logging.Filter):
-    """Drops INFO-level records of chatty libraries (Orbax logs every file it renames)."""
+def _echoes_a_write_failure(error: BaseException | None) -> bool:
+    """Whether `error` only repeats a failed checkpoint write, which checkpoint.save / close
+    report as one DataError: the storage error itself as Orbax's background tasks re-raise and
+    log it, or asyncio's "Event loop is closed" from their callbacks that outlive the event loop
+    of the failed save (an Orbax/TensorStore shutdown race)."""
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    return error is not None and is_storage_error(error)
+
+
+class _DropLibraryNoise(logging.Filter):
+    """Drops INFO-level records of chatty libraries (Orbax logs every file it renames), and
+    their error records that repeat a failed checkpoint write (one per array and task)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in _QUIET_LIBRARIES)
+        if record.exc_info and (noisy or f"{os.sep}asyncio{os.sep}" in record.pathname):
+            return not _echoes_a_write_failure(record.exc_info[1])
         return record.levelno >= logging.WARNING or not noisy
 
 
@@ -117,7 +133,15 @@ _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
 
 
 def quiet_library_logs() -> None:
-    """Keeps the console to this project's progress lines plus every library warning."""
+    """Keeps the console to this project's progress lines, every library warning, and one
+    message per error (see `_echoes_a_write_failure`)."""
     from absl import logging as absl_logging  # absl's handler is what prints the records
 
-    absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    absl_logging.get_absl_handler().addFilter(_DropLibraryNoise())
+    previous_hook = sys.unraisablehook  # errors in TensorStore's callbacks are reported here
+
+    def unraisablehook(unraisable):
+        if not _echoes_a_write_failure(unraisable.exc_value):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = unraisablehook

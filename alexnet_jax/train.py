@@ -460,7 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     batches = prefetch_to_mesh(train_iter, mesh)
-    step, preempted = start_step, False
+    step, preempted, failed = start_step, False, True
     try:
         while step < num_steps:
             state, metrics = train_step_fn(state, next(batches))
@@ -488,11 +488,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_eval(step, eval_metrics)
             if manager.latest_step() != step:
                 save(step)
+        failed = False
     finally:  # also on errors: commit the saves in flight, so the last good checkpoint is kept
-        checkpoint.wait(manager)
-        manager.close()
-        writer.close()
-        preemption.close()
+        try:
+            checkpoint.close(manager, raise_errors=not failed)
+        finally:
+            writer.close()
+            preemption.close()
     if preempted:
         return {}
     if jax.process_index() == 0:

@@ -282,3 +282,67 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
     xla_flags = " ".join(runtime.XLA_FLAGS)
     assert f"XLA_FLAGS: --xla_force_host_platform_device_count=2 {xla_flags}" in proc.stderr
     assert "config.batch_size=7 is not divisible" in proc.stderr
+
+
+def _narrow_main(dirs, workdir, steps, limit_file_bytes=None):
+    """main.py with fc6/fc7 narrowed (tests/multihost_worker.py: 3M parameters, 25 MB
+    checkpoints) on synthetic data; `limit_file_bytes` caps every file the process writes
+    (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, like a full disk)."""
+
+    flags = {
+        "dataset": "synthetic",
+        "synthetic_train_examples": 100_000,
+        "synthetic_eval_examples": 8,
+        "variant": "torchvision",
+        "input_size": 64,
+        "num_classes": 10,
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "learning_rate": 0.001,
+        "num_train_steps": steps,
+        "checkpoint_every_steps": 4,
+    }
+    command = [
+        sys.executable,
+        os.path.join(REPO, "tests", "multihost_worker.py"),
+        f"--workdir={workdir}",
+    ]
+    command += [f"--config.{k}={v}" for k, v in flags.items()]
+    # The limit is set by a launcher that then execs the run (preexec_fn is unsafe in this
+    # threaded process).
+    if limit_file_bytes:
+        launcher = (
+            "import os, resource, signal, sys; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_file_bytes}, {limit_file_bytes})); "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); os.execv(sys.executable, sys.argv[1:])"
+        )
+        command = [sys.executable, "-c", launcher, *command]
+    return subprocess.run(
+        command, cwd=REPO, env=_env(dirs), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resumes(
+    shared_dirs, tmp_path
+):
+    """A checkpoint that cannot be written (here: a file size limit, errno EFBIG; a full disk,
+    ENOSPC, takes the same path) stops the run with one 'error:' paragraph naming the step and
+    what to do, exit code 2, none of the libraries' tracebacks; the earlier checkpoint stays
+    complete and the same command then resumes from it."""
+    workdir = str(tmp_path / "run")
+    first = _narrow_main(shared_dirs, workdir, steps=4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    failed = _narrow_main(shared_dirs, workdir, steps=12, limit_file_bytes=2**20)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: Writing the checkpoint of step 8 in ")
+    assert "File too large" in line
+    assert "rerun the same command" in line
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert sorted(os.listdir(ckpt_dir)) == ["4", "8.orbax-checkpoint-tmp"]
+
+    resumed = _narrow_main(shared_dirs, workdir, steps=12)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed at step 4" in resumed.stderr
+    assert sorted(os.listdir(ckpt_dir)) == ["12", "8"]
