@@ -163,14 +163,15 @@ def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run
     assert _deterministic_metrics(workdir) == _deterministic_metrics(uninterrupted_run)
 
 
-def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, uninterrupted_run):
+def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, tmp_path):
     """A diverging run (lr 1e30) exits 1 naming the step; no checkpoint at or after it."""
-    workdir = str(shared_dirs["root"] / "nan")
-    flags = _tiny_flags(shared_dirs, workdir, learning_rate=1e30, checkpoint_every_steps=1)
-    code, _, err = _run_main(shared_dirs, flags)
-    assert code == 1
-    assert "Traceback" not in err
-    line = next(x for x in err.splitlines() if x.startswith("error: Step "))
+    workdir = str(tmp_path / "nan")
+    proc = _narrow_main(
+        shared_dirs, workdir, steps=16, learning_rate=1e30, checkpoint_every_steps=1
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("error: Step "))
     bad_step = int(line.split()[2].rstrip(":"))
     saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
     assert all(s < bad_step for s in saved)
@@ -284,7 +285,7 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
     assert "config.batch_size=7 is not divisible" in proc.stderr
 
 
-def _narrow_main(dirs, workdir, steps, limit_file_bytes=None):
+def _narrow_main(dirs, workdir, steps, limit_file_bytes=None, **overrides):
     """main.py with fc6/fc7 narrowed (tests/multihost_worker.py: 3M parameters, 25 MB
     checkpoints) on synthetic data; `limit_file_bytes` caps every file the process writes
     (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, like a full disk)."""
@@ -301,6 +302,7 @@ def _narrow_main(dirs, workdir, steps, limit_file_bytes=None):
         "learning_rate": 0.001,
         "num_train_steps": steps,
         "checkpoint_every_steps": 4,
+        **overrides,
     }
     command = [
         sys.executable,
