@@ -1,8 +1,12 @@
 """main.py end to end: outputs, exact resume after SIGTERM, planted partial checkpoints, NaN stops,
-and the one-paragraph errors (exit code 2, no traceback) for bad configs and missing data.
+failed checkpoint writes, and the one-paragraph errors (exit code 2, no traceback) for bad configs
+and missing data.
 
-Runs use a tiny config (torchvision variant at 64x64 on a 4-class miniature archive) in
-subprocesses with 2 fake CPU devices, sharing one generated dataset and one compilation cache.
+Runs use a tiny config (torchvision variant at 64x64 on a 4-class miniature archive, or synthetic
+data) in subprocesses with 2 fake CPU devices, sharing one generated dataset and one compilation
+cache. The runs that train and checkpoint repeatedly use main.py with fc6/fc7 narrowed to 64 units
+(tests/multihost_worker.py: every code path of main.py, 3M instead of 57M parameters); the error
+tests and the configs/imagenet.py run use main.py itself.
 """
 
 import json
@@ -19,6 +23,7 @@ import pytest
 from alexnet_jax import config_lib, miniature, runtime, train
 from alexnet_jax.errors import ConfigError
 from configs import default
+from tests import multihost_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,9 +65,12 @@ def _env(dirs, devices=2):
     return env
 
 
-def _main(dirs, args, **popen_kwargs):
+def _main(dirs, args, narrow=False, **popen_kwargs):
+    """main.py, or with narrow=True main.py with fc6/fc7 narrowed to 64 units
+    (tests/multihost_worker.py: the same code paths with 3M instead of 57M parameters)."""
+    script = os.path.join("tests", "multihost_worker.py") if narrow else "main.py"
     return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "main.py"), *args],
+        [sys.executable, os.path.join(REPO, script), *args],
         cwd=REPO,
         env=_env(dirs),
         stdout=subprocess.PIPE,
@@ -72,8 +80,8 @@ def _main(dirs, args, **popen_kwargs):
     )
 
 
-def _run_main(dirs, args, timeout=300):
-    proc = _main(dirs, args)
+def _run_main(dirs, args, timeout=300, narrow=False):
+    proc = _main(dirs, args, narrow=narrow)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
@@ -108,7 +116,7 @@ def _wait_for_train_step(workdir, step, proc, timeout=240):
 def uninterrupted_run(shared_dirs):
     """A complete 16-step run (also builds the shared miniature dataset)."""
     workdir = str(shared_dirs["root"] / "uninterrupted")
-    code, _, err = _run_main(shared_dirs, _tiny_flags(shared_dirs, workdir))
+    code, _, err = _run_main(shared_dirs, _tiny_flags(shared_dirs, workdir), narrow=True)
     assert code == 0, err[-3000:]
     return workdir
 
@@ -130,12 +138,12 @@ def test_run_writes_metrics_events_checkpoints_and_config(uninterrupted_run):
     assert eval_lines[-1]["num_examples"] == 12  # 4 classes x 3: every example exactly once
 
 
-def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run):
+def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run, monkeypatch):
     """SIGTERM mid-run saves and exits 0; the restart (past a planted half-written checkpoint)
     ends with parameters and metrics bitwise equal to the uninterrupted run."""
     workdir = str(shared_dirs["root"] / "interrupted")
     flags = _tiny_flags(shared_dirs, workdir)
-    proc = _main(shared_dirs, flags)
+    proc = _main(shared_dirs, flags, narrow=True)
     _wait_for_train_step(workdir, 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -151,10 +159,11 @@ def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run
     with open(os.path.join(planted, "state", "garbage"), "w") as f:
         f.write("partial")
 
-    code, _, err = _run_main(shared_dirs, flags)
+    code, _, err = _run_main(shared_dirs, flags, narrow=True)
     assert code == 0, err[-3000:]
     assert f"Resumed at step {saved[-1]}" in err
     assert not os.path.exists(planted)
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # the model the runs trained
     _, params_a = train.load_params(uninterrupted_run)
     _, params_b = train.load_params(workdir)
     jax.tree_util.tree_map(
