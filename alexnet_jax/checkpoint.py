@@ -48,9 +48,13 @@ def _storage_error(
     failed = re.search(r"(\d+)\.orbax-checkpoint-tmp", text)
     step = int(failed.group(1)) if failed else step
     what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
-    reason = text.splitlines()[0] if text else type(error).__name__
-    if len(reason) > 600:
-        reason = reason[:300] + " ... " + reason[-300:]
+    system = re.search(r"([^:\[\]]+?)\s*\[os_error_code='?(\d+)'?\]", text)
+    if system:  # TensorStore's long "Error writing <key> in <database>: Failed writing: ..."
+        reason = f"{system.group(1).strip()} (errno {system.group(2)})"
+    else:
+        reason = text.splitlines()[0] if text else type(error).__name__
+        if len(reason) > 600:
+            reason = reason[:150] + " ... " + reason[-450:]
     return DataError(
         f"Writing {what} in {manager.directory} failed: {reason}. Free disk space (or fix the "
         "directory's permissions) or choose another --workdir, then rerun the same command: it "

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import config_lib, miniature, runtime, train
-from alexnet_jax.errors import ConfigError
+from alexnet_jax import checkpoint, config_lib, miniature, runtime, train
+from alexnet_jax.errors import ConfigError, is_storage_error
 from configs import default
 from tests import multihost_worker
 
@@ -348,7 +348,7 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
     assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
     (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith("error: Writing the checkpoint of step 8 in ")
-    assert "File too large" in line
+    assert "File too large (errno 27)" in line
     assert "rerun the same command" in line
     ckpt_dir = os.path.join(workdir, "checkpoints")
     assert sorted(os.listdir(ckpt_dir)) == ["4", "8.orbax-checkpoint-tmp"]
@@ -357,3 +357,50 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed at step 4" in resumed.stderr
     assert sorted(os.listdir(ckpt_dir)) == ["12", "8"]
+
+
+_TENSORSTORE_ENOSPC = (
+    'RESOURCE_EXHAUSTED: Error writing "opt_state.count/0" in OCDBT database at local file '
+    '"/w/checkpoints/8.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed '
+    'writing: "/w/checkpoints/8.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/'
+    '464f": Failed to write 4120576 bytes to file 15: No space left on device '
+    "[os_error_code='28']"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "storage", "message"),
+    [
+        (
+            ValueError(_TENSORSTORE_ENOSPC),
+            True,
+            "step 8 in /w/checkpoints failed: No space left on device (errno 28).",
+        ),
+        (
+            OSError(28, "No space left on device", "/w/x"),
+            True,
+            "step 12 in /w/checkpoints failed: [Errno 28] No space left on device: '/w/x'.",
+        ),
+        (
+            ValueError("PERMISSION_DENIED: Error opening file"),
+            True,
+            "step 12 in /w/checkpoints failed: PERMISSION_DENIED: Error opening file.",
+        ),
+        (ValueError("Requested shape: (4096,) is not compatible"), False, None),
+        (RuntimeError("INVALID_ARGUMENT: bad spec"), False, None),
+    ],
+)
+def test_checkpoint_write_failures_are_told_apart_and_named(error, storage, message):
+    """Failed writes (OSError; TensorStore's status codes and errno) become one DataError naming
+    the step (from the temporary directory when an earlier async save failed) and the system's
+    reason; programming errors are not taken for storage errors."""
+    assert is_storage_error(error) is storage
+    if storage:
+
+        class Manager:
+            directory = "/w/checkpoints"
+
+        text = str(checkpoint._storage_error(Manager(), error, step=12))
+        assert text.startswith("Writing the checkpoint of ")
+        assert message in text
+        assert text.endswith("it resumes from the last complete checkpoint, which is intact.")
