@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from alexnet_jax.errors import DataError, is_storage_error
+from alexnet_jax.errors import DataError, is_storage_error, storage_error
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -41,25 +41,12 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 def _storage_error(
     manager: ocp.CheckpointManager, error: BaseException, step: int | None = None
 ) -> DataError:
-    """One paragraph for a failed write: the step whose save failed (an async save fails at the
-    next call, so the step comes from the temporary directory named in the error when it can),
-    the first line of the library's error, and what to do."""
-    text = str(error).strip()
-    failed = re.search(r"(\d+)\.orbax-checkpoint-tmp", text)
+    """The DataError of a failed save. An async save fails at the next call, so the step comes
+    from the temporary directory named in the error when it can."""
+    failed = re.search(r"(\d+)\.orbax-checkpoint-tmp", str(error))
     step = int(failed.group(1)) if failed else step
     what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
-    system = re.search(r"([^:\[\]]+?)\s*\[os_error_code='?(\d+)'?\]", text)
-    if system:  # TensorStore's long "Error writing <key> in <database>: Failed writing: ..."
-        reason = f"{system.group(1).strip()} (errno {system.group(2)})"
-    else:
-        reason = text.splitlines()[0] if text else type(error).__name__
-        if len(reason) > 600:
-            reason = reason[:150] + " ... " + reason[-450:]
-    return DataError(
-        f"Writing {what} in {manager.directory} failed: {reason}. Free disk space (or fix the "
-        "directory's permissions) or choose another --workdir, then rerun the same command: it "
-        "resumes from the last complete checkpoint, which is intact."
-    )
+    return storage_error(what, str(manager.directory), error)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:

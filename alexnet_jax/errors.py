@@ -1,5 +1,6 @@
 """Errors the user must fix. main.py prints them as one paragraph and exits with code 2."""
 
+import os
 import re
 
 
@@ -18,15 +19,41 @@ class DataError(UserError):
 # Orbax writes through TensorStore, whose I/O failures (a full disk, a quota, a file size limit, a
 # read-only or vanished directory) arrive as ValueError or RuntimeError with an absl status code
 # and, for system calls, the errno: 'RESOURCE_EXHAUSTED: Error writing ...: No space left on
-# device [os_error_code='28']'. Plain file I/O raises OSError.
+# device [os_error_code='28']'. TensorFlow's summary writer raises its own OpError with the
+# system's text. Plain file I/O raises OSError.
 _STORAGE_STATUS = re.compile(
     r"\b(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DATA_LOSS|OUT_OF_RANGE): "
     r"|os_error_code='?\d+"
+    r"|No space left on device|File too large|Disk quota exceeded|Read-only file system"
 )
+_SYSTEM_ERRNO = re.compile(r"os_error_code='?(\d+)")
 
 
 def is_storage_error(error: BaseException) -> bool:
     """Whether `error` is a failed read or write of files (not a programming error)."""
     if isinstance(error, OSError):
         return True
-    return isinstance(error, ValueError | RuntimeError) and bool(_STORAGE_STATUS.search(str(error)))
+    return isinstance(error, Exception) and bool(_STORAGE_STATUS.search(str(error)))
+
+
+def storage_error_reason(error: BaseException) -> str:
+    """The system's reason for a failed write, short: "No space left on device (errno 28)" from
+    TensorStore's long status text; otherwise the error's first line (long ones shortened from
+    the middle, where the paths are)."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).strip()  # TensorFlow's
+    system = _SYSTEM_ERRNO.search(text)
+    if system:  # the text before it varies with where TensorStore failed; the errno does not
+        code = int(system.group(1))
+        return f"{os.strerror(code)} (errno {code})"
+    reason = text.splitlines()[0] if text else type(error).__name__
+    return reason if len(reason) <= 600 else reason[:150] + " ... " + reason[-450:]
+
+
+def storage_error(what: str, where: str, error: BaseException) -> DataError:
+    """One paragraph for a failed write: what, where, why, and what to do."""
+    return DataError(
+        f"Writing {what} in {where} failed: {storage_error_reason(error)}. Free disk space (or "
+        "fix the directory's permissions) or choose another --workdir, then rerun the same "
+        "command: it resumes from the last complete checkpoint, which is intact (or starts over "
+        "if none was written yet)."
+    )

@@ -17,6 +17,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from alexnet_jax.errors import is_storage_error, storage_error
+
 TRAIN_METRICS = ("loss", "top1", "top5", "learning_rate", "grad_norm")
 
 
@@ -55,6 +57,7 @@ class MetricsWriter:
     def __init__(self, workdir: str, start_step: int | None = 0):
         """`start_step`: lines after it (from an interrupted run) are dropped; None keeps all."""
         self.is_writer = jax.process_index() == 0
+        self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self.summary = None
         if self.is_writer:
@@ -66,9 +69,14 @@ class MetricsWriter:
     def _write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.is_writer:
             return
-        self.summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+        try:
+            self.summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
+            with open(self.jsonl_path, "a") as f:
+                f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+        except Exception as e:
+            if is_storage_error(e):
+                raise storage_error(f"the {split} metrics of step {step}", self.workdir, e) from e
+            raise
 
     def write_train(
         self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, counts: dict
@@ -109,11 +117,22 @@ class MetricsWriter:
             metrics["num_examples"],
         )
 
-    def close(self) -> None:
-        if self.summary is not None:
-            self.summary.flush()
-            self.summary.close()
-            self.summary = None
+    def close(self, raise_errors: bool = True) -> None:
+        """Flushes and closes the TensorBoard file. raise_errors=False (another error is on its
+        way out): a failed flush is only logged."""
+        if self.summary is None:
+            return
+        summary, self.summary = self.summary, None
+        try:
+            summary.flush()
+            summary.close()
+        except Exception as e:
+            if not is_storage_error(e):
+                raise
+            error = storage_error("the TensorBoard events", self.workdir, e)
+            if raise_errors:
+                raise error from e
+            logging.warning("%s", error)
 
 
 def _format_seconds(seconds: float) -> str:

@@ -493,8 +493,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         try:
             checkpoint.close(manager, raise_errors=not failed)
         finally:
-            writer.close()
-            preemption.close()
+            try:
+                writer.close(raise_errors=not failed)
+            finally:
+                preemption.close()
     if preempted:
         return {}
     if jax.process_index() == 0:

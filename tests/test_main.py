@@ -359,6 +359,18 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
     assert sorted(os.listdir(ckpt_dir)) == ["12", "8"]
 
 
+def test_a_failed_metrics_write_is_one_message(shared_dirs, tmp_path):
+    """Files capped at 4 KB: the TensorBoard events file fills up within a few steps (and the
+    first checkpoint cannot be written either); the run stops with one 'error:' paragraph and
+    exit code 2, without a traceback."""
+    proc = _narrow_main(shared_dirs, str(tmp_path / "run"), steps=12, limit_file_bytes=4096)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: Writing the ")
+    assert "File too large" in line
+
+
 _TENSORSTORE_ENOSPC = (
     'RESOURCE_EXHAUSTED: Error writing "opt_state.count/0" in OCDBT database at local file '
     '"/w/checkpoints/8.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed '
@@ -386,6 +398,14 @@ _TENSORSTORE_ENOSPC = (
             True,
             "step 12 in /w/checkpoints failed: PERMISSION_DENIED: Error opening file.",
         ),
+        (
+            RuntimeError(
+                "{{function_node __wrapped__FlushSummaryWriter_device_/job:localhost/replica:0/"
+                "task:0/device:CPU:0}} /w/events.out.tfevents.1; File too large"
+            ),
+            True,
+            "step 12 in /w/checkpoints failed: /w/events.out.tfevents.1; File too large.",
+        ),
         (ValueError("Requested shape: (4096,) is not compatible"), False, None),
         (RuntimeError("INVALID_ARGUMENT: bad spec"), False, None),
     ],
@@ -403,4 +423,4 @@ def test_checkpoint_write_failures_are_told_apart_and_named(error, storage, mess
         text = str(checkpoint._storage_error(Manager(), error, step=12))
         assert text.startswith("Writing the checkpoint of ")
         assert message in text
-        assert text.endswith("it resumes from the last complete checkpoint, which is intact.")
+        assert "it resumes from the last complete checkpoint, which is intact" in text
