@@ -39,6 +39,16 @@ _PROJECT_XLA_FLAGS = flags.DEFINE_bool(
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def _is_write_failure(error: Exception) -> bool:
+    """An OSError with a storage errno, or a library's error carrying the system's reason
+    (TensorFlow's, TensorStore's: alexnet_jax.errors.is_storage_error)."""
+    from alexnet_jax.errors import is_storage_error
+
+    if isinstance(error, OSError):
+        return error.errno in _STORAGE_ERRNOS
+    return is_storage_error(error)
+
+
 def _default_workdir() -> str:
     filename = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(filename))[0]
@@ -49,7 +59,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from alexnet_jax import parallel, runtime, train  # after absl parsed the flags
-    from alexnet_jax.errors import UserError
+    from alexnet_jax.errors import UserError, storage_error_reason
 
     if _PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()  # before anything starts JAX's backends
@@ -71,13 +81,14 @@ def main(argv):
     except train.NonFiniteError as e:  # diverged: the last good checkpoint is kept
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except OSError as e:  # a full disk, a quota or an unwritable path (metrics, logs, data)
-        if e.errno not in _STORAGE_ERRNOS:
+    except Exception as e:  # a full disk, a quota or an unwritable path (logs, data builds)
+        if not _is_write_failure(e):
             raise
+        where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
         print(
-            f"error: could not write {e.filename or 'a file'}: {e.strerror}. Free disk space "
-            "(or fix the permissions) or choose another --workdir / --config.data_dir, then "
-            "rerun the same command: training resumes from the last complete checkpoint.",
+            f"error: could not write{where}: {storage_error_reason(e)}. Free disk space (or fix "
+            "the permissions) or choose another --workdir / --config.data_dir, then rerun the "
+            "same command: training resumes from the last complete checkpoint.",
             file=sys.stderr,
         )
         sys.exit(2)

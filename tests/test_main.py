@@ -9,6 +9,7 @@ cache. The runs that train and checkpoint repeatedly use main.py with fc6/fc7 na
 tests and the configs/imagenet.py run use main.py itself.
 """
 
+import errno
 import json
 import os
 import signal
@@ -424,3 +425,21 @@ def test_checkpoint_write_failures_are_told_apart_and_named(error, storage, mess
         assert text.startswith("Writing the checkpoint of ")
         assert message in text
         assert "it resumes from the last complete checkpoint, which is intact" in text
+
+
+@pytest.mark.parametrize(
+    ("error", "write_failure"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl"), True),
+        (OSError(errno.EROFS, "Read-only file system", "/w"), True),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/w/x"), False),
+        (RuntimeError("/data/tfds/imagenet2012.tfrecord; No space left on device"), True),
+        (ValueError("bad shape"), False),
+    ],
+)
+def test_main_reports_failed_writes_but_not_other_errors_as_one_message(error, write_failure):
+    """main.py's last resort for writes outside the checkpoint and metrics code (data builds,
+    plots): storage errnos and libraries' "No space left" errors; a missing file is not one."""
+    import main
+
+    assert main._is_write_failure(error) is write_failure
