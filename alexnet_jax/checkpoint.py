@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from alexnet_jax.errors import DataError, is_storage_error, storage_error
+from alexnet_jax.errors import DataError, is_storage_error, storage_error, storage_errors_as
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -59,22 +59,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
     )
-    try:
+    with storage_errors_as(lambda e: _storage_error(manager, e, step)):
         manager.save(step, args=args, force=True)
-    except Exception as e:
-        if is_storage_error(e):
-            raise _storage_error(manager, e, step) from e
-        raise
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until the saves in flight are committed; a failed one raises DataError."""
-    try:
+    with storage_errors_as(lambda e: _storage_error(manager, e)):
         manager.wait_until_finished()
-    except Exception as e:
-        if is_storage_error(e):
-            raise _storage_error(manager, e) from e
-        raise
 
 
 def close(manager: ocp.CheckpointManager, raise_errors: bool = True) -> None:

@@ -1,7 +1,9 @@
 """Errors the user must fix. main.py prints them as one paragraph and exits with code 2."""
 
+import contextlib
 import os
 import re
+from collections.abc import Callable, Iterator
 
 
 class UserError(Exception):
@@ -30,10 +32,25 @@ _SYSTEM_ERRNO = re.compile(r"os_error_code='?(\d+)")
 
 
 def is_storage_error(error: BaseException) -> bool:
-    """Whether `error` is a failed read or write of files (not a programming error)."""
+    """Whether `error` is a failed read or write of files (not a programming error, and not the
+    UserError that already reports one, whose text quotes the system's reason)."""
+    if isinstance(error, UserError):
+        return False
     if isinstance(error, OSError):
         return True
     return isinstance(error, Exception) and bool(_STORAGE_STATUS.search(str(error)))
+
+
+@contextlib.contextmanager
+def storage_errors_as(to_data_error: Callable[[BaseException], DataError]) -> Iterator[None]:
+    """Re-raises a failed write inside the block as `to_data_error(error)` (one paragraph, e.g.
+    `storage_error(...)`); every other exception passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if is_storage_error(e):
+            raise to_data_error(e) from e
+        raise
 
 
 def storage_error_reason(error: BaseException) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from alexnet_jax.errors import is_storage_error, storage_error
+from alexnet_jax.errors import DataError, storage_error, storage_errors_as
 
 TRAIN_METRICS = ("loss", "top1", "top5", "learning_rate", "grad_norm")
 
@@ -69,14 +69,11 @@ class MetricsWriter:
     def _write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.is_writer:
             return
-        try:
+        what = f"the {split} metrics of step {step}"
+        with storage_errors_as(lambda e: storage_error(what, self.workdir, e)):
             self.summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
             with open(self.jsonl_path, "a") as f:
                 f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
-        except Exception as e:
-            if is_storage_error(e):
-                raise storage_error(f"the {split} metrics of step {step}", self.workdir, e) from e
-            raise
 
     def write_train(
         self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, counts: dict
@@ -124,15 +121,15 @@ class MetricsWriter:
             return
         summary, self.summary = self.summary, None
         try:
-            summary.flush()
-            summary.close()
-        except Exception as e:
-            if not is_storage_error(e):
-                raise
-            error = storage_error("the TensorBoard events", self.workdir, e)
+            with storage_errors_as(
+                lambda e: storage_error("the TensorBoard events", self.workdir, e)
+            ):
+                summary.flush()
+                summary.close()
+        except DataError as e:
             if raise_errors:
-                raise error from e
-            logging.warning("%s", error)
+                raise
+            logging.warning("%s", e)
 
 
 def _format_seconds(seconds: float) -> str:

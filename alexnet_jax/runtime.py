@@ -108,14 +108,14 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
     return cache_dir
 
 
-def _echoes_a_write_failure(error: BaseException | None) -> bool:
+def _echoes_a_write_failure(error: BaseException | None) -> bool:  # None: no exception
     """Whether `error` only repeats a failed checkpoint write, which checkpoint.save / close
     report as one DataError: the storage error itself as Orbax's background tasks re-raise and
     log it, or asyncio's "Event loop is closed" from their callbacks that outlive the event loop
     of the failed save (an Orbax/TensorStore shutdown race)."""
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
         return True
-    return error is not None and is_storage_error(error)
+    return is_storage_error(error)
 
 
 class _DropLibraryNoise(logging.Filter):

@@ -10,6 +10,7 @@ device counts agree to float rounding, and a resumed run replays exactly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -460,8 +461,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     batches = prefetch_to_mesh(train_iter, mesh)
-    step, preempted, failed = start_step, False, True
-    try:
+    step, preempted = start_step, False
+    # Also on errors, in this order: commit the saves in flight (so the last good checkpoint is
+    # kept), close the metrics, restore the SIGTERM handler. A failed close raises only if the
+    # run was ending without an error, which it must not replace.
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(preemption.close)
+        cleanup.push(lambda kind, *_: writer.close(raise_errors=kind is None))
+        cleanup.push(lambda kind, *_: checkpoint.close(manager, raise_errors=kind is None))
         while step < num_steps:
             state, metrics = train_step_fn(state, next(batches))
             step += 1
@@ -488,15 +495,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_eval(step, eval_metrics)
             if manager.latest_step() != step:
                 save(step)
-        failed = False
-    finally:  # also on errors: commit the saves in flight, so the last good checkpoint is kept
-        try:
-            checkpoint.close(manager, raise_errors=not failed)
-        finally:
-            try:
-                writer.close(raise_errors=not failed)
-            finally:
-                preemption.close()
     if preempted:
         return {}
     if jax.process_index() == 0:
