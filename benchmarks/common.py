@@ -35,6 +35,11 @@ PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "Set alexnet_jax.runtime.XLA_FLAGS (--noproject_xla_flags: XLA's defaults, for comparison).",
 )
 
+THREADS = flags.DEFINE_integer(
+    "threads", 0, "CPUs for the process, PyTorch's threads included (0: all available)."
+)
+JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -83,6 +88,19 @@ def environment(threads: int) -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_average": load_average(),
     }
+
+
+def setup_torch(threads: int) -> dict[str, Any]:
+    """Gives PyTorch `threads` intra-op threads (the CPUs JAX uses); returns `environment` with
+    PyTorch's version, thread count and device added."""
+    import torch
+
+    torch.set_num_threads(threads)
+    env = environment(threads)
+    env["torch"] = torch.__version__
+    env["torch_threads"] = torch.get_num_threads()
+    env["torch_device"] = torch_device()
+    return env
 
 
 def torch_device() -> str:

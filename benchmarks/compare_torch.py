@@ -47,12 +47,10 @@ _DTYPE = flags.DEFINE_enum(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed rounds (medians are reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPUs for both libraries (0: all available).")
 _COMPILE = flags.DEFINE_bool("torch_compile", True, "Also time torch.compile'd PyTorch.")
 _CHANNELS_LAST = flags.DEFINE_bool("channels_last", True, "Also time PyTorch in channels_last.")
 _EVAL = flags.DEFINE_bool("eval", True, "Also compare inference.")
 _POOL = flags.DEFINE_string("pool_impl", "auto", "config.pool_impl ('' keeps the config's).")
-_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 _CACHE = flags.DEFINE_string(
     "cache_dir", "", "Use this persistent compilation cache for the timed steps (default: none)."
 )
@@ -196,17 +194,13 @@ def _pairwise(jax_times: list[float], other: list[float]) -> float:
 
 def main(argv):
     del argv
-    threads = common.setup_process(_THREADS.value)
+    threads = common.setup_process(common.THREADS.value)
     import torch
 
-    torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     if _CACHE.value:
         runtime.enable_compilation_cache(_CACHE.value)
-    env = common.environment(threads)
-    env["torch"] = torch.__version__
-    env["torch_threads"] = torch.get_num_threads()
-    env["torch_device"] = common.torch_device()
+    env = common.setup_torch(threads)
     print(
         f"# {env['cpu_model']} x{threads}, jax {env['jax']}, torch {env['torch']}, "
         f"XLA_FLAGS={env['xla_flags']!r}, load {env['load_average']}"
@@ -221,9 +215,9 @@ def main(argv):
                 print(f"  {contender}: {note}")
     print()
     common.print_table(rows, COLUMNS)
-    if _JSON.value:
+    if common.JSON.value:
         common.write_json(
-            _JSON.value,
+            common.JSON.value,
             {"environment": env, "batch_size": _BATCH.value, "dtype": _DTYPE.value, "rows": rows},
         )
 

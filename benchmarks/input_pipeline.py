@@ -39,8 +39,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterato
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed trials (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPUs the process may use (0: all available).")
-_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 
 COLUMNS = (
     ("source", "source", ""),
@@ -54,7 +52,7 @@ COLUMNS = (
 
 def main(argv) -> None:
     del argv
-    threads = common.setup_process(_THREADS.value)
+    threads = common.setup_process(common.THREADS.value)
     from alexnet_jax import input_pipeline, runtime
 
     runtime.hide_accelerators_from_tensorflow()
@@ -74,8 +72,8 @@ def main(argv) -> None:
     env = common.environment(threads)
     print(f"# {env['cpu_model']} x{threads}, load {env['load_average']}")
     common.print_table(rows, COLUMNS)
-    if _JSON.value:
-        common.write_json(_JSON.value, {"environment": env, "rows": rows})
+    if common.JSON.value:
+        common.write_json(common.JSON.value, {"environment": env, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -29,9 +29,7 @@ _BATCH = flags.DEFINE_list("batch_size", ["32", "64"], "Batch sizes.")
 _LAYERS = flags.DEFINE_list("layers", ["conv1", "conv2"], "Activation shapes: conv1, conv2.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed rounds (medians are reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPUs for both libraries (0: all available).")
 _AUTODIFF = flags.DEFINE_bool("autodiff", True, "Also time the formula under plain autodiff.")
-_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 
 SHAPES = {"conv1": (55, 55, 96), "conv2": (27, 27, 256)}  # (H, W, C) after conv1 / conv2
 PAPER = dict(size=5, k=2.0, alpha=1e-4, beta=0.75)  # torch's alpha / n: divide_alpha_by_size
@@ -182,13 +180,8 @@ def fastest(rows: list[dict]) -> list[str]:
 
 def main(argv):
     del argv
-    threads = common.setup_process(_THREADS.value)
-    import torch
-
-    torch.set_num_threads(threads)
-    env = common.environment(threads)
-    env["torch"] = torch.__version__
-    env["torch_device"] = common.torch_device()
+    threads = common.setup_process(common.THREADS.value)
+    env = common.setup_torch(threads)
     print(
         f"# {env['cpu_model']} x{threads}, jax {env['jax']}, torch {env['torch']}, "
         f"load {env['load_average']}"
@@ -204,8 +197,8 @@ def main(argv):
     print()
     common.print_table(rows, COLUMNS)
     print("\n".join(summary))
-    if _JSON.value:
-        common.write_json(_JSON.value, {"environment": env, "rows": rows, "fastest": summary})
+    if common.JSON.value:
+        common.write_json(common.JSON.value, {"environment": env, "rows": rows, "fastest": summary})
 
 
 if __name__ == "__main__":

@@ -52,10 +52,8 @@ _COMPILE = flags.DEFINE_enum(
     "for tests); or not at all.",
 )
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of the device for MFU (0: none).")
-_THREADS = flags.DEFINE_integer("threads", 0, "Pin to this many CPUs (0: all available).")
 _POOL = flags.DEFINE_string("pool_impl", "auto", "config.pool_impl ('' keeps the config's).")
 _LRN = flags.DEFINE_string("lrn_impl", "", "config.lrn_impl ('' keeps the config's).")
-_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 _CACHE = flags.DEFINE_string(
     "cache_dir", "", "Use this persistent compilation cache for the timed steps (default: none)."
 )
@@ -156,7 +154,7 @@ def _compile_subprocess(variant: str, dtype: str, batch_size: int, cache_dir: st
         f"--variant={variant}",
         f"--dtype={dtype}",
         f"--batch_size={batch_size}",
-        f"--threads={_THREADS.value}",
+        f"--threads={common.THREADS.value}",
         f"--pool_impl={_POOL.value}",
         f"--lrn_impl={_LRN.value}",
         f"--project_xla_flags={common.PROJECT_XLA_FLAGS.value}",
@@ -212,7 +210,7 @@ def _speed(name: str, batch_size: int, timing: common.Timing, flops_per_image: f
 
 def main(argv):
     del argv
-    threads = common.setup_process(_THREADS.value)
+    threads = common.setup_process(common.THREADS.value)
     batch_sizes = [int(b) for b in _BATCH.value]
     if _PROBE.value:  # subprocess of measure_compile: one JSON line
         config = _config(_VARIANT.value[0], _DTYPE.value[0], batch_sizes[0])
@@ -233,9 +231,9 @@ def main(argv):
                 common.print_table(rows[-1:], COLUMNS)
     print()
     common.print_table(rows, COLUMNS)
-    if _JSON.value:
+    if common.JSON.value:
         payload = {"environment": env, "peak_tflops": _PEAK.value, "rows": rows}
-        common.write_json(_JSON.value, payload)
+        common.write_json(common.JSON.value, payload)
 
 
 if __name__ == "__main__":
