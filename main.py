@@ -4,9 +4,7 @@ All logic lives in alexnet_jax/; this file parses flags, prepares the process an
 the user must fix as one paragraph with exit code 2.
 """
 
-import errno
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -36,18 +34,6 @@ _PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "flags already in XLA_FLAGS keep their values.",
 )
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _is_write_failure(error: Exception) -> bool:
-    """An OSError with a storage errno, or a library's error carrying the system's reason
-    (TensorFlow's, TensorStore's: alexnet_jax.errors.is_storage_error)."""
-    from alexnet_jax.errors import is_storage_error
-
-    if isinstance(error, OSError):
-        return error.errno in _STORAGE_ERRNOS
-    return is_storage_error(error)
-
 
 def _default_workdir() -> str:
     filename = config_flags.get_config_filename(flags.FLAGS["config"])
@@ -58,8 +44,8 @@ def _default_workdir() -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from alexnet_jax import parallel, runtime, train  # after absl parsed the flags
-    from alexnet_jax.errors import UserError, storage_error_reason
+    from alexnet_jax import runtime, train  # after absl parsed the flags
+    from alexnet_jax.errors import reported_as_exit
 
     if _PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()  # before anything starts JAX's backends
@@ -69,29 +55,16 @@ def main(argv):
     workdir = _WORKDIR.value or _default_workdir()
     logging.info("workdir: %s", workdir)
     logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", ""))
-    try:
-        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    with reported_as_exit(
+        "Free disk space (or fix the permissions) or choose another --workdir / "
+        "--config.data_dir, then rerun the same command: training resumes from the last "
+        "complete checkpoint."
+    ):
+        runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir)
         else:
             train.evaluate_checkpoint(_CONFIG.value, workdir)
-    except UserError as e:  # something the user must fix: one paragraph, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except train.NonFiniteError as e:  # diverged: the last good checkpoint is kept
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # a full disk, a quota or an unwritable path (logs, data builds)
-        if not _is_write_failure(e):
-            raise
-        where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
-        print(
-            f"error: could not write{where}: {storage_error_reason(e)}. Free disk space (or fix "
-            "the permissions) or choose another --workdir / --config.data_dir, then rerun the "
-            "same command: training resumes from the last complete checkpoint.",
-            file=sys.stderr,
-        )
-        sys.exit(2)
 
 
 if __name__ == "__main__":

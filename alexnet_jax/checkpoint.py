@@ -1,4 +1,6 @@
-"""Orbax checkpoints of the train state and the input position, in `workdir/checkpoints/<step>`.
+"""Orbax checkpoints of the train state and the input position, and saving on preemption.
+
+The checkpoints of a run live in `workdir/checkpoints/<step>` (rundir.checkpoint_dir).
 
 Each checkpoint holds two items: "state" (the TrainState pytree, saved asynchronously by every
 process) and "data" (a small JSON record of the input pipeline's position: the number of training
@@ -10,8 +12,9 @@ mesh's shardings, so a checkpoint written on D devices restores onto any other d
 
 from __future__ import annotations
 
-import os
 import re
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -21,21 +24,16 @@ from absl import logging
 from alexnet_jax.errors import DataError, is_storage_error, storage_error, storage_errors_as
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    """A manager that keeps the last `keep` steps; saving cadence is decided by the caller."""
+def create_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+    """A manager of the checkpoints in `directory` that keeps the last `keep` steps; saving
+    cadence is decided by the caller. A run's directory: rundir.checkpoint_manager."""
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         enable_async_checkpointing=True,
         cleanup_tmp_directories=True,
         create=True,
     )
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir), item_names=("state", "data"), options=options
-    )
+    return ocp.CheckpointManager(directory, item_names=("state", "data"), options=options)
 
 
 def _storage_error(
@@ -118,3 +116,28 @@ def restore_latest(
         ),
     )
     return restored["state"], dict(restored["data"])
+
+
+class PreemptionWatcher:
+    """Tells the loop when to save and exit because the job is being preempted (SIGTERM).
+
+    With several processes Orbax's `reached_preemption` (JAX's distributed preemption sync) makes
+    every process agree on the same step. A single process catches SIGTERM itself.
+    """
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+        self.event = threading.Event()
+        self.previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(self.manager.reached_preemption(step))
+        return self.event.is_set()
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None

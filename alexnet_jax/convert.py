@@ -31,7 +31,8 @@ same order on both sides; linear (out, in) <-> (in, out). fc6 also permutes its 
 PyTorch flattens the pool5 output as (C, H, W) and this model flattens NHWC as (H, W, C).
 
 PyTorch is not a dependency of this module: state dicts of numpy arrays work as well, and torch is
-imported only to produce tensors (`to_torch_state_dict(..., as_torch=True)`) or read a .pth file.
+imported only to produce tensors (`to_torch_state_dict(..., as_torch=True)`); files are read and
+written by weights_io.py.
 """
 
 from __future__ import annotations
@@ -255,18 +256,3 @@ def _import_torch(purpose: str):
             f"{purpose} needs PyTorch: `pip install torch` (the CPU wheel is enough)"
         ) from e
     return torch
-
-
-def load_torch_weights(path: str, variant: str) -> dict[str, dict[str, np.ndarray]]:
-    """Flax params from a PyTorch .pth state dict, e.g. torchvision's alexnet-owt-7be5be79.pth.
-
-    The file is read with `torch.load(weights_only=True)`, so it must hold a plain state dict; a
-    "module." prefix on every key (nn.DataParallel) is dropped.
-    """
-    torch = _import_torch("load_torch_weights")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict")
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    return from_torch_state_dict(state_dict, variant)

@@ -366,17 +366,6 @@ def _validation_labels_by_file_name():
         yield
 
 
-def miniature_spec(config) -> miniature.MiniatureSpec:
-    """The miniature archive a config asks for."""
-    return miniature.MiniatureSpec(
-        num_classes=int(config.num_classes),
-        train_per_class=int(config.miniature_train_per_class),
-        val_per_class=int(config.miniature_val_per_class),
-        side_range=tuple(int(v) for v in config.miniature_image_sides),
-        num_corrupt=int(config.miniature_corrupt_files),
-    )
-
-
 @contextlib.contextmanager
 def _exclusive(directory: str):
     """An exclusive file lock in `directory`: processes sharing it build data one at a time."""
@@ -400,7 +389,7 @@ def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
         if builder.is_prepared():  # another process built it while this one waited
             return
         if config.dataset == "miniature":
-            miniature.ensure_generated(manual_dir, miniature_spec(config))
+            miniature.ensure_generated(manual_dir, miniature.MiniatureSpec.from_config(config))
         # By-number labels equal tfds's own for the full 50,000-image archive and stay right for
         # a partial one (a miniature archive given as manual_dir, or a subset a user made).
         with _validation_labels_by_file_name():
@@ -410,7 +399,7 @@ def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
 def open_tfds(config, build: bool) -> _TfdsSource:
     """The imagenet2012 build of the config (real or miniature), building it first if allowed."""
     if config.dataset == "miniature":
-        spec = miniature_spec(config)
+        spec = miniature.MiniatureSpec.from_config(config)
         data_dir = os.path.join(config.data_dir, "miniature", spec.fingerprint())
         manual_dir, num_classes = config.miniature_dir, spec.num_classes
     else:

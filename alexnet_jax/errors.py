@@ -1,8 +1,11 @@
-"""Errors the user must fix. main.py prints them as one paragraph and exits with code 2."""
+"""Errors the user must fix, and how every entry point reports them: one paragraph, exit code 2
+(`reported_as_exit`)."""
 
 import contextlib
+import errno
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 
 
@@ -18,6 +21,10 @@ class DataError(UserError):
     """Missing, empty or unreadable data; the message names the path and the flag to set."""
 
 
+class NonFiniteError(RuntimeError):
+    """Raised when a training step produced a NaN/Inf loss or gradient."""
+
+
 # Orbax writes through TensorStore, whose I/O failures (a full disk, a quota, a file size limit, a
 # read-only or vanished directory) arrive as ValueError or RuntimeError with an absl status code
 # and, for system calls, the errno: 'RESOURCE_EXHAUSTED: Error writing ...: No space left on
@@ -29,15 +36,24 @@ _STORAGE_STATUS = re.compile(
     r"|No space left on device|File too large|Disk quota exceeded|Read-only file system"
 )
 _SYSTEM_ERRNO = re.compile(r"os_error_code='?(\d+)")
+# The errnos of a write that failed for want of room or rights (not of a missing input file).
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def is_storage_error(error: BaseException) -> bool:
+def is_storage_error(error: BaseException, *, any_os_error: bool = True) -> bool:
     """Whether `error` is a failed read or write of files (not a programming error, and not the
-    UserError that already reports one, whose text quotes the system's reason)."""
+    UserError that already reports one, whose text quotes the system's reason).
+
+    any_os_error: True inside code known to be writing (a checkpoint, the metrics), where any
+    OSError is that write's failure (a vanished directory too). False for a last resort around a
+    whole command: only an OSError with a storage errno (a full disk, a quota, a file size limit,
+    a read-only or forbidden path) counts, so that a missing input file is not called a failed
+    write.
+    """
     if isinstance(error, UserError):
         return False
     if isinstance(error, OSError):
-        return True
+        return any_os_error or error.errno in _STORAGE_ERRNOS
     return isinstance(error, Exception) and bool(_STORAGE_STATUS.search(str(error)))
 
 
@@ -74,3 +90,33 @@ def storage_error(what: str, where: str, error: BaseException) -> DataError:
         "command: it resumes from the last complete checkpoint, which is intact (or starts over "
         "if none was written yet)."
     )
+
+
+@contextlib.contextmanager
+def reported_as_exit(
+    write_advice: str = "Free disk space (or fix the permissions) or write elsewhere, then rerun "
+    "the same command.",
+) -> Iterator[None]:
+    """Every entry point's error report: a UserError, a diverged run (NonFiniteError) and a failed
+    write anywhere in the block (a full disk, a quota, permissions: data builds, plots, exports)
+    become one `error: ...` paragraph on stderr and exit code 2 (1 for divergence); every other
+    exception passes unchanged, with its traceback.
+
+    write_advice: what to do about a failed write (the paragraph's last sentence).
+    """
+    try:
+        yield
+    except UserError as e:  # something the user must fix: one paragraph, no traceback
+        _exit(f"error: {e}", 2)
+    except NonFiniteError as e:  # diverged: the last good checkpoint is kept
+        _exit(f"error: {e}", 1)
+    except Exception as e:
+        if not is_storage_error(e, any_os_error=False):
+            raise
+        where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        _exit(f"error: could not write{where}: {storage_error_reason(e)}. {write_advice}", 2)
+
+
+def _exit(message: str, code: int) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(code)

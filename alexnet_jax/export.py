@@ -13,13 +13,12 @@ reads back with `weights_io.load_weights` (and `predict --weights`).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
-from alexnet_jax import weights_io
-from alexnet_jax.errors import UserError
+from alexnet_jax import rundir, weights_io
+from alexnet_jax.errors import reported_as_exit
 
 
 def define_flags() -> None:
@@ -36,18 +35,15 @@ def define_flags() -> None:
 def export_run(workdir: str, out_path: str) -> str:
     """Writes the latest checkpoint's params of the run in `workdir` to `out_path`; returns it."""
     weights_io.file_format(out_path)  # fail on a bad suffix before restoring anything
-    config, params = weights_io.load_run(workdir)
+    config, params = rundir.load_run(workdir)
     return weights_io.save_weights(params, config.variant, out_path)
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
+    with reported_as_exit():
         path = export_run(flags.FLAGS.workdir, flags.FLAGS.to)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {path}")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,8 +29,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from alexnet_jax import imagenet_stats, weights_io
-from alexnet_jax.errors import UserError
+from alexnet_jax import imagenet_stats, rundir
+from alexnet_jax.errors import UserError, reported_as_exit
 from alexnet_jax.models import create_model
 
 FIGURE3 = "figure3_conv1_kernels.png"
@@ -245,7 +244,7 @@ def write_figure4(
 
 def make_figures(workdir: str, out_dir: str, **figure4_options: Any) -> list[str]:
     """Figures 3 and 4 of the latest checkpoint in `workdir`, written to `out_dir`."""
-    config, params = weights_io.load_run(workdir)
+    config, params = rundir.load_run(workdir)
     return [
         write_figure3(params, config, out_dir),
         write_figure4(params, config, out_dir, **figure4_options),
@@ -274,7 +273,7 @@ def main(argv: Sequence[str]) -> None:
     from alexnet_jax import runtime
 
     runtime.hide_accelerators_from_tensorflow()
-    try:
+    with reported_as_exit():
         paths = make_figures(
             FLAGS.workdir,
             FLAGS.out,
@@ -283,9 +282,6 @@ def main(argv: Sequence[str]) -> None:
             max_train_images=FLAGS.max_train_images,
             batch_size=FLAGS.batch_size,
         )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     for path in paths:
         print(f"wrote {path}")
 

@@ -5,7 +5,7 @@ Sources (all on the 0-1 pixel scale, RGB order):
   re-implementations use: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
 - PCA lighting: fb.resnet.torch `datasets/imagenet.lua` (`pca.eigval`, `pca.eigvec`), the widely
   used estimate of the eigen-decomposition of the 3x3 covariance of ImageNet RGB pixel values that
-  AlexNet's "fancy PCA" lighting noise needs (PAPER.md, section "Data and augmentation").
+  AlexNet's "fancy PCA" lighting noise needs (docs/PAPER.md, "Data and augmentation").
 
 Orientation: fb.resnet.torch's `Lighting` transform computes
 `rgb[r] = sum_c eigvec[r][c] * alpha[c] * eigval[c]`, so each COLUMN of the published matrix is an

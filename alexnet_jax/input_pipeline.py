@@ -50,36 +50,22 @@ shorter side config.resize_size into TFRecord shards there (undecodable files ar
 logged); training then decodes small JPEGs, without any resize for the paper crop.
 
 Benchmark: `python benchmarks/input_pipeline.py` prints training pipeline images/s per CPU core
-from full-size-like JPEGs and from the pre-resize cache (`benchmark` below).
+from full-size-like JPEGs and from the pre-resize cache.
 """
 
 import dataclasses
 import math
 import os
-import resource
-import time
 from collections.abc import Iterator
 
-import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_jax import data_sources, miniature, preprocessing
+from alexnet_jax import config_lib, data_sources, preprocessing
 from alexnet_jax.errors import ConfigError, DataError
+from alexnet_jax.recipe import Recipe
 
-
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow only feeds data here; left alone it would reserve GPU memory that JAX needs."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF devices were already initialized; then they are what they are
-        logging.warning("Could not hide GPUs from TensorFlow (devices already initialized).")
-
-
-_hide_gpus_from_tensorflow()
-
-DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic")
 _MAX_EPOCHS = 2**40  # "infinite" stream of epochs
 
 
@@ -113,41 +99,6 @@ def _augment_seeds(seed: int, epochs: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
     example_ids = tf.strings.to_hash_bucket_fast(keys, 2**62)  # FarmHash fingerprint: stable
     seed_and_epoch = tf.constant(seed, tf.int64) * (2**24) + epochs  # unique for epoch < 2^24
     return tf.stack([seed_and_epoch, example_ids], axis=1)
-
-
-# ---- Config checks ------------------------------------------------------------------------------
-
-_CHOICES = {
-    "dataset": DATASETS,
-    "train_crop": ("paper", "random_resized"),
-    "normalization": ("mean", "mean_std"),
-    "eval_crops": (1, 10),
-    "input_dtype": ("float32", "bfloat16"),
-}
-
-
-def validate_config(config) -> None:
-    """Raises ConfigError naming the field for data settings this pipeline cannot honour."""
-    for field, allowed in _CHOICES.items():
-        if config[field] not in allowed:
-            raise ConfigError(f"config.{field}={config[field]!r} is not one of {allowed}.")
-    if not 0 < config.input_size <= config.resize_size:
-        raise ConfigError(
-            f"config.input_size={config.input_size} must be positive and at most "
-            f"config.resize_size={config.resize_size}."
-        )
-    if config.pca_lighting_std < 0:
-        raise ConfigError(f"config.pca_lighting_std={config.pca_lighting_std} must be >= 0.")
-    if config.shuffle_buffer_size < 1:
-        raise ConfigError(f"config.shuffle_buffer_size={config.shuffle_buffer_size} must be >= 1.")
-    for field in ("train_split", "eval_split"):
-        if config.dataset == "image_folder" and "[" in config[field]:
-            raise ConfigError(f"config.{field}={config[field]!r}: image folders take whole splits.")
-    if config.dataset == "miniature":
-        try:
-            data_sources.miniature_spec(config).validate()
-        except ValueError as e:
-            raise ConfigError(f"config.num_classes / config.miniature_*: {e}") from None
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -202,7 +153,7 @@ def _train_dataset(
     config, shard, batch_size: int, start_epoch: int, offset: int
 ) -> tf.data.Dataset:
     """Infinite training batches of one host, starting `offset` examples into `start_epoch`."""
-    recipe = preprocessing.Recipe.from_config(config)
+    recipe = Recipe.from_config(config)
     seed = int(config.seed)
 
     def epoch_records(epoch):
@@ -245,7 +196,7 @@ def _train_dataset(
 
 def _eval_dataset(config, shard, batch_size: int, num_batches: int) -> tf.data.Dataset:
     """One pass over a host's eval shard, padded to num_batches full batches."""
-    recipe = preprocessing.Recipe.from_config(config)
+    recipe = Recipe.from_config(config)
 
     def example_fn(example):
         return {
@@ -379,7 +330,7 @@ def prepare(config) -> DatasetInfo:
     Raises DataError with what to do when the data is missing, ConfigError for bad fields.
     Call it on every host before creating iterators.
     """
-    validate_config(config)
+    config_lib.validate_config(config)
     if config.dataset == "synthetic":
         return DatasetInfo(
             int(config.synthetic_train_examples),
@@ -415,7 +366,6 @@ def create_train_iterator(
     start_example is the GLOBAL number of training examples already consumed (step * global batch);
     it must be a multiple of process_count. See the module docstring for the resume policy.
     """
-    validate_config(config)
     _check_process(process_index, process_count)
     if start_example < 0 or start_example % process_count:
         raise ValueError(
@@ -438,7 +388,6 @@ def create_eval_iterator(
     config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> EvalIterable:
     """One pass over this host's part of the eval split per iteration; every example counts once."""
-    validate_config(config)
     _check_process(process_index, process_count)
     if config.dataset == "synthetic":
         total = int(config.synthetic_eval_examples)
@@ -459,80 +408,3 @@ def create_eval_iterator(
     num_batches = math.ceil(max(s.num_examples for s in shards) / local_batch_size)
     dataset = _eval_dataset(config, shards[process_index], local_batch_size, num_batches)
     return EvalIterable(dataset.as_numpy_iterator, shards[process_index].num_examples, num_batches)
-
-
-# ---- Benchmark (benchmarks/input_pipeline.py) ---------------------------------------------------
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process, all threads (user + system)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def time_train_pipeline(
-    config, batch_size: int, num_batches: int, trials: int = 3, warmup: int = 5
-) -> dict:
-    """Images/s of create_train_iterator: median over `trials` runs of num_batches after warm-up.
-
-    Reports wall-clock images/s (and per core) and images per CPU-second of the whole process,
-    which is the per-core rate when the cores are saturated and is less sensitive than wall time
-    to other processes sharing the machine.
-    """
-    iterator = create_train_iterator(config, local_batch_size=batch_size)
-    for _ in range(warmup):
-        next(iterator)
-    walls, cpus = [], []
-    for _ in range(trials):
-        wall, cpu = time.perf_counter(), _cpu_seconds()
-        for _ in range(num_batches):
-            next(iterator)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(_cpu_seconds() - cpu)
-    cores = len(os.sched_getaffinity(0))
-    images = batch_size * num_batches
-    return {
-        "images_per_trial": images,
-        "trials": trials,
-        "cores": cores,
-        "images_per_s": images / float(np.median(walls)),
-        "images_per_s_per_core": images / float(np.median(walls)) / cores,
-        "images_per_cpu_s": images / float(np.median(cpus)),
-        "images_per_cpu_s_best": images / min(cpus),
-    }
-
-
-def benchmark(
-    config,
-    bench_dir: str,
-    image_sides: tuple[int, int],
-    num_images: int,
-    batch_size: int,
-    num_batches: int,
-    trials: int = 3,
-    warmup: int = 5,
-) -> list[dict]:
-    """Training-pipeline speed from full-size-like JPEGs and from the pre-resize (256) cache.
-
-    Generates `num_images` miniature pictures whose sides are drawn from `image_sides` (350-500 px
-    averages about 425x425 px, the area of ImageNet's typical 500x375), builds them with the real
-    imagenet2012 builder and the pre-resize cache under bench_dir, then times the config's training
-    preprocessing on both.
-    """
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.dataset, config.num_classes = "miniature", 4
-    config.miniature_train_per_class, config.miniature_val_per_class = num_images // 4, 1
-    config.miniature_image_sides, config.miniature_corrupt_files = tuple(image_sides), 0
-    config.miniature_dir = os.path.join(bench_dir, f"archive-{image_sides[0]}-{image_sides[1]}")
-    config.data_dir = os.path.join(bench_dir, "tfds")
-    rows = []
-    for name, cache in (("full-size JPEGs", ""), ("pre-resized 256 cache", "cache")):
-        config.resized_cache_dir = os.path.join(bench_dir, cache) if cache else ""
-        prepare(config)
-        timing = time_train_pipeline(config, batch_size, num_batches, trials, warmup)
-        rows.append({"source": name, **timing})
-    archive_bytes = os.path.getsize(os.path.join(config.miniature_dir, miniature.TRAIN_TAR))
-    for row in rows:
-        row["image_sides"] = list(image_sides)
-        row["mean_jpeg_bytes"] = archive_bytes / num_images  # of the full-size files
-    return rows

@@ -1,4 +1,4 @@
-"""Metric output (TensorBoard, console, metrics.jsonl), progress/ETA and preemption signals.
+"""Metric output (TensorBoard, console, metrics.jsonl) and progress/ETA.
 
 Only process 0 writes files; every process logs to its console.
 """
@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
-from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from alexnet_jax import rundir
 from alexnet_jax.errors import DataError, storage_error, storage_errors_as
 
 TRAIN_METRICS = ("loss", "top1", "top5", "learning_rate", "grad_norm")
@@ -58,7 +56,7 @@ class MetricsWriter:
         """`start_step`: lines after it (from an interrupted run) are dropped; None keeps all."""
         self.is_writer = jax.process_index() == 0
         self.workdir = workdir
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.jsonl_path = rundir.metrics_path(workdir)
         self.summary = None
         if self.is_writer:
             os.makedirs(workdir, exist_ok=True)
@@ -135,28 +133,3 @@ class MetricsWriter:
 def _format_seconds(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
-class PreemptionWatcher:
-    """Tells the loop when to save and exit because the job is being preempted (SIGTERM).
-
-    With several processes Orbax's `reached_preemption` (JAX's distributed preemption sync) makes
-    every process agree on the same step. A single process catches SIGTERM itself.
-    """
-
-    def __init__(self, manager: Any):
-        self.manager = manager
-        self.event = threading.Event()
-        self.previous = None
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return bool(self.manager.reached_preemption(step))
-        return self.event.is_set()
-
-    def close(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None

@@ -16,6 +16,8 @@ a PNG under a .JPEG name, a CMYK JPEG, a grayscale JPEG and an image smaller tha
 can also ask for truly undecodable files (`num_corrupt`).
 """
 
+from __future__ import annotations
+
 import colorsys
 import dataclasses
 import hashlib
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import tarfile
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -56,6 +59,17 @@ class MiniatureSpec:
         """A short stable hash of the spec and the generator version."""
         blob = json.dumps([GENERATOR_VERSION, dataclasses.asdict(self)], sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_config(cls, config: Any) -> MiniatureSpec:
+        """The miniature archive a config asks for (its num_classes and miniature_* fields)."""
+        return cls(
+            num_classes=int(config.num_classes),
+            train_per_class=int(config.miniature_train_per_class),
+            val_per_class=int(config.miniature_val_per_class),
+            side_range=tuple(int(v) for v in config.miniature_image_sides),
+            num_corrupt=int(config.miniature_corrupt_files),
+        )
 
     def validate(self) -> None:
         """Raises ValueError naming the field when the spec cannot be generated."""

@@ -1,6 +1,6 @@
 """AlexNet in Flax Linen: the paper's two-tower net, its one-tower form, and torchvision's variant.
 
-Layer tables are in ../shared/PAPER.md (sections 3.1-3.5 of the paper). Tensors are NHWC; the shape
+Layer tables are in docs/PAPER.md (sections 3.1-3.5 of the paper). Tensors are NHWC; the shape
 comments are for the 227x227 input of the `paper` and `one_tower` variants (224 for `torchvision`).
 
 The two towers of the paper are implemented as separate convolutions over channel slices followed by
@@ -29,14 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import parallel
+from alexnet_jax import parallel, rules, sharding
+from alexnet_jax.lrn import IMPLEMENTATIONS as LRN_IMPLEMENTATIONS
 from alexnet_jax.lrn import default_implementation, local_response_norm
 
 VARIANTS = ("paper", "one_tower", "torchvision")
 INITS = ("paper", "he")
 LRN_CONVENTIONS = ("paper", "cuda_convnet")
 POOL_IMPLS = ("reduce_window", "slices", "auto")
+DTYPES = ("float32", "bfloat16")  # computation dtypes; parameters are always float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +156,7 @@ class GroupedConv(nn.Module):
         conv = functools.partial(_conv_groups, stride=self.stride, padding=self.padding)
         if self.mesh is None or self.is_initializing():
             return conv(x, kernel, self.groups) + bias
-        towers = parallel.tower_size(self.mesh)
+        towers = sharding.tower_size(self.mesh)
         if self.groups > 1 and (self.groups % towers or not self.input_split):
             raise ValueError(f"{self.groups} groups cannot be split over {towers} tower devices")
         local_groups = self.groups // towers if self.groups > 1 else 1
@@ -195,7 +198,7 @@ class TowerDense(nn.Module):
         dense = lambda x, k, b: lax.dot_general(x, k, (((1,), (0,)), ((), ()))) + b
         if self.is_initializing():
             return dense(x.reshape((x.shape[0], -1)), kernel, bias)
-        split = parallel.splits_over_towers(self.features, parallel.tower_size(self.mesh))
+        split = sharding.splits_over_towers(self.features, sharding.tower_size(self.mesh))
         # An unsplit layer needs the same whole input on each tower device: an invariant gather.
         gather = parallel.all_gather_towers if split else parallel.all_gather_towers_invariant
 
@@ -203,7 +206,7 @@ class TowerDense(nn.Module):
             x = gather(x)
             return dense(x.reshape((x.shape[0], -1)), kernel, bias)
 
-        param_spec = parallel.out_feature_spec if split else (lambda ndim: parallel.P())
+        param_spec = parallel.out_feature_spec if split else (lambda ndim: P())
         in_specs = (parallel.channel_spec(x.ndim), param_spec(2), param_spec(1))
         out_spec = parallel.channel_spec(2) if split else parallel.batch_spec(2)
         return parallel.tower_map(per_device, self.mesh, in_specs, out_spec)(x, kernel, bias)
@@ -318,7 +321,7 @@ class AlexNet(nn.Module):
     bias_one: float = 1.0  # the paper's "1" bias constant (Caffe's replication used 0.1).
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32  # computation dtype; parameters are always float32.
-    # A jax.sharding.Mesh with a "tower" axis (parallel.tower_mesh): the `paper` variant's towers
+    # A jax.sharding.Mesh with a "tower" axis (sharding.tower_mesh): the `paper` variant's towers
     # run on their own devices. None: everything on whichever devices the caller's jit uses.
     mesh: Any = None
 
@@ -371,7 +374,7 @@ class AlexNet(nn.Module):
         towers = 2 if self.variant == "paper" else 1
         if self.mesh is None or self.is_initializing():
             return _split_apply(fn, x, towers)
-        local_towers = towers // parallel.tower_size(self.mesh)
+        local_towers = towers // sharding.tower_size(self.mesh)
         spec = parallel.channel_spec(x.ndim)
         return parallel.tower_map(
             lambda y: _split_apply(fn, y, local_towers), self.mesh, spec, spec
@@ -381,7 +384,7 @@ class AlexNet(nn.Module):
         """fc8's tower-split outputs -> all logits on every device (identity off-mesh)."""
         if self.mesh is None or self.is_initializing():
             return x
-        if not parallel.splits_over_towers(self.num_classes, parallel.tower_size(self.mesh)):
+        if not sharding.splits_over_towers(self.num_classes, sharding.tower_size(self.mesh)):
             return x
         return parallel.gather_towers(x, self.mesh)
 
@@ -456,22 +459,65 @@ def param_count(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
+# The config fields that define the network, one per AlexNet attribute (all but `mesh`, which is
+# where it runs): create_model, the tools that rebuild a run's model and imported weights' configs
+# read exactly these.
+MODEL_FIELDS = (
+    "variant",
+    "num_classes",
+    "input_size",
+    "lrn_convention",
+    "lrn_impl",
+    "pool_impl",
+    "init_scheme",
+    "bias_one",
+    "dropout_rate",
+    "dtype",
+)
+
+
+def _input_size_ok(c: Any) -> bool:
+    if c.variant == "torchvision":
+        return rules.is_int(c.input_size) and c.input_size >= 63
+    return c.input_size in (224, 227)
+
+
+def _input_size_requirement(c: Any) -> str:
+    if c.variant == "torchvision":
+        return ">= 63"
+    return f"227 (unpadded conv1) or 224 (padded) for variant {c.variant!r}"
+
+
+# The model fields' rules (part of config_lib.RULES); checked in this order.
+RULES = (
+    rules.choice("variant", VARIANTS),
+    rules.choice("init_scheme", INITS),
+    rules.choice("lrn_convention", LRN_CONVENTIONS),
+    rules.choice("lrn_impl", ("auto", *LRN_IMPLEMENTATIONS)),
+    rules.choice("pool_impl", POOL_IMPLS),
+    rules.choice("dtype", DTYPES),
+    rules.Rule("input_size", _input_size_requirement, _input_size_ok),
+    rules.Rule(
+        "dropout_rate",
+        "in [0, 1)",
+        lambda c: rules.is_number(c.dropout_rate) and 0.0 <= c.dropout_rate < 1.0,
+    ),
+)
+
+
 def create_model(config: Any, **overrides: Any) -> AlexNet:
-    """An AlexNet from the model fields of a config (see configs/default.py)."""
-    fields: dict[str, Any] = dict(
-        variant=config.variant,
-        num_classes=config.num_classes,
-        input_size=config.input_size,
-        lrn_convention=config.lrn_convention,
-        lrn_impl=config.lrn_impl,
-        pool_impl=config.pool_impl,
-        init_scheme=config.init_scheme,
-        bias_one=config.bias_one,
-        dropout_rate=config.dropout_rate,
-        dtype=jnp.dtype(config.dtype),
-    )
+    """An AlexNet from the model fields of a config (MODEL_FIELDS; see configs/default.py)."""
+    fields: dict[str, Any] = {name: config[name] for name in MODEL_FIELDS}
+    fields["dtype"] = jnp.dtype(fields["dtype"])
     fields.update(overrides)
     return AlexNet(**fields)
+
+
+def model_fields(model: AlexNet) -> dict[str, Any]:
+    """The config fields (MODEL_FIELDS) that `create_model` turns back into `model`."""
+    fields = {name: getattr(model, name) for name in MODEL_FIELDS}
+    fields["dtype"] = jnp.dtype(fields["dtype"]).name
+    return fields
 
 
 def default_input_size(variant: str) -> int:
@@ -480,6 +526,7 @@ def default_input_size(variant: str) -> int:
 
 
 __all__: Sequence[str] = (
+    "MODEL_FIELDS",
     "VARIANTS",
     "AlexNet",
     "GroupedConv",
@@ -490,6 +537,7 @@ __all__: Sequence[str] = (
     "default_input_size",
     "layer_macs",
     "max_pool",
+    "model_fields",
     "param_count",
     "train_flops_per_image",
 )

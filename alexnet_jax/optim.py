@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alexnet_jax import rules
 from alexnet_jax.errors import ConfigError
 
 OPTIMIZERS = ("paper_sgd", "sgd")
@@ -281,34 +282,30 @@ def plateau_update(
 # ---- From the config ---------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def _increasing_epochs(epochs: Any) -> bool:
     return (
         isinstance(epochs, Sequence)
-        and all(_is_number(e) and e >= 0 for e in epochs)
+        and all(rules.is_number(e) and e >= 0 for e in epochs)
         and all(a < b for a, b in itertools.pairwise(epochs))
     )
 
 
-# (field, what it must be, test); checked in this order, the first failure is reported.
-_OPTIMIZER_RULES = (
-    ("optimizer", f"one of {OPTIMIZERS}", lambda c: c.optimizer in OPTIMIZERS),
-    ("schedule", f"one of {SCHEDULES}", lambda c: c.schedule in SCHEDULES),
-    (
+# The optimizer fields' rules (part of config_lib.RULES); checked in this order.
+RULES = (
+    rules.choice("optimizer", OPTIMIZERS),
+    rules.choice("schedule", SCHEDULES),
+    rules.Rule(
         "learning_rate",
         "a number > 0",
-        lambda c: _is_number(c.learning_rate) and c.learning_rate > 0,
+        lambda c: rules.is_number(c.learning_rate) and c.learning_rate > 0,
     ),
-    ("momentum", "a number in [0, 1)", lambda c: _is_number(c.momentum) and 0 <= c.momentum < 1),
-    ("weight_decay", "a number >= 0", lambda c: _is_number(c.weight_decay) and c.weight_decay >= 0),
-    (
+    rules.Rule(
+        "momentum",
+        "a number in [0, 1)",
+        lambda c: rules.is_number(c.momentum) and 0 <= c.momentum < 1,
+    ),
+    rules.number_at_least("weight_decay", 0),
+    rules.Rule(
         "decoupled_weight_decay",
         "a bool, and True only with optimizer='sgd'",
         lambda c: (
@@ -316,38 +313,33 @@ _OPTIMIZER_RULES = (
             and (c.optimizer == "sgd" or not c.decoupled_weight_decay)
         ),
     ),
-    (
+    rules.Rule(
         "lr_drop_factor",
         "a number in (0, 1)",
-        lambda c: _is_number(c.lr_drop_factor) and 0 < c.lr_drop_factor < 1,
+        lambda c: rules.is_number(c.lr_drop_factor) and 0 < c.lr_drop_factor < 1,
     ),
-    (
+    rules.Rule(
         "lr_drop_epochs",
         "a strictly increasing sequence of epochs >= 0",
         lambda c: _increasing_epochs(c.lr_drop_epochs),
     ),
-    (
+    rules.Rule(
         "plateau_patience",
         "an integer >= 1",
-        lambda c: _is_int(c.plateau_patience) and c.plateau_patience >= 1,
+        lambda c: rules.is_int(c.plateau_patience) and c.plateau_patience >= 1,
     ),
-    (
+    rules.Rule(
         "plateau_max_drops",
         "an integer >= 0",
-        lambda c: _is_int(c.plateau_max_drops) and c.plateau_max_drops >= 0,
+        lambda c: rules.is_int(c.plateau_max_drops) and c.plateau_max_drops >= 0,
     ),
 )
 
 
 def validate_optimizer_config(config: Any) -> None:
-    """Checks the optimizer fields of `config` once, at start, so a bad value fails with a message
-    naming the field instead of deep inside Optax or after hours of training. Raises ConfigError."""
-    for field, requirement, ok in _OPTIMIZER_RULES:
-        if not hasattr(config, field):
-            raise ConfigError(f"config.{field} is missing (see configs/default.py, 'Optimizer').")
-        if not ok(config):
-            value = getattr(config, field)
-            raise ConfigError(f"config.{field} must be {requirement}, got {value!r}.")
+    """Checks the optimizer fields of `config` (RULES) so a bad value fails with a message naming
+    the field instead of deep inside Optax or after hours of training. Raises ConfigError."""
+    rules.check(config, RULES)
 
 
 def create_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:

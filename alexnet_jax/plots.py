@@ -2,45 +2,23 @@
 
 `train.train_and_evaluate` calls `plot_training_curves(workdir)` at the end of every run, so each
 workdir holds `training_curves.png` next to its metrics. For ImageNet runs the paper's single-CNN
-validation errors (40.7% top-1, 18.2% top-5; PAPER.md, "Results") are drawn for comparison.
-
-This module reads `config.json` directly rather than through `train.load_config`, so that train.py
-can import it without a cycle.
+validation errors (40.7% top-1, 18.2% top-5; docs/PAPER.md, "Results") are drawn for comparison.
+The run's files are read through rundir.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from alexnet_jax.errors import UserError
+from alexnet_jax import rundir
 
-CURVES_FILE = "training_curves.png"
-PAPER_TOP1_ERROR = 0.407  # one CNN, ILSVRC2012 validation (PAPER.md, "Results")
+PAPER_TOP1_ERROR = 0.407  # one CNN, ILSVRC2012 validation (docs/PAPER.md, "Results")
 PAPER_TOP5_ERROR = 0.182
 FIGSIZE_INCHES = (12.0, 4.5)
 DPI = 100  # the PNG is FIGSIZE_INCHES * DPI pixels: 1200 x 450
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """The JSON records of `workdir/metrics.jsonl`, in file order (blank lines skipped)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _run_config(workdir: str) -> dict:
-    """The run's config.json as a dict ({} when absent: curves need only the metrics)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def _series(records: Sequence[dict], split: str, key: str) -> tuple[list[int], list[float]]:
@@ -97,8 +75,8 @@ def plot_training_curves(workdir: str, out_path: str | None = None) -> str:
       workdir: a run directory with `metrics.jsonl` (and `config.json`, read for the dataset).
       out_path: where to write; default `workdir/training_curves.png`.
     """
-    records = read_metrics(workdir)
-    out_path = out_path or os.path.join(workdir, CURVES_FILE)
+    records = rundir.read_metrics(workdir)
+    out_path = out_path or rundir.curves_path(workdir)
     # A bare Figure renders with Agg and leaves pyplot's global state (and backend) untouched.
     fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI)
     ax_loss, ax_err = fig.subplots(1, 2)
@@ -106,7 +84,7 @@ def plot_training_curves(workdir: str, out_path: str | None = None) -> str:
         _plot_split(ax_loss, records, split, "loss")
         _plot_split(ax_err, records, split, "top1_error")
         _plot_split(ax_err, records, split, "top5_error")
-    config = _run_config(workdir)
+    config = rundir.read_config_dict(workdir) or {}  # curves need only the metrics
     if config.get("dataset") == "imagenet2012":
         _draw_paper_errors(ax_err)
     ax_loss.set(title="Cross-entropy loss", xlabel="step", ylabel="loss")

@@ -14,7 +14,6 @@ folder names for image folders, else the class index.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -25,9 +24,10 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from alexnet_jax import imagenet_classes, imagenet_stats, miniature, weights_io
-from alexnet_jax.errors import DataError, UserError
-from alexnet_jax.models import VARIANTS, create_model, default_input_size
+from alexnet_jax import imagenet_classes, imagenet_stats, miniature, rundir, weights_io
+from alexnet_jax.errors import DataError, UserError, reported_as_exit
+from alexnet_jax.models import VARIANTS, AlexNet, create_model, default_input_size, model_fields
+from alexnet_jax.recipe import Recipe
 
 
 class Prediction(NamedTuple):
@@ -169,22 +169,20 @@ def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collect
     PyTorch models take mean/std-normalized 224 (torchvision) crops of 256-resized images, and
     torch.nn.LocalResponseNorm divides alpha by n (convert.py), hence "cuda_convnet".
     """
+    model = AlexNet(
+        variant,
+        num_classes=num_classes,
+        input_size=default_input_size(variant),
+        lrn_convention="cuda_convnet",
+        pool_impl="reduce_window",
+    )
+    recipe = Recipe(input_size=model.input_size, resize_size=256, normalization="mean_std")
     return ml_collections.ConfigDict(
-        dict(
-            dataset="imagenet2012" if num_classes == 1000 else "",
-            variant=variant,
-            num_classes=num_classes,
-            input_size=default_input_size(variant),
-            resize_size=256,
-            normalization="mean_std",
-            lrn_convention="cuda_convnet",
-            lrn_impl="auto",
-            pool_impl="reduce_window",
-            init_scheme="he",
-            bias_one=1.0,
-            dropout_rate=0.5,
-            dtype="float32",
-        )
+        {
+            "dataset": "imagenet2012" if num_classes == 1000 else "",
+            **model_fields(model),
+            **recipe.config_fields(),
+        }
     )
 
 
@@ -205,7 +203,7 @@ def predict(
 
     Args:
       params: the model's Flax params ({"conv1": {...}, ...}).
-      config: a run's config (train.load_config) or `imported_weights_config(...)`.
+      config: a run's config (rundir.load_config) or `imported_weights_config(...)`.
       images: image file paths.
       batch_size: images per device call; the last batch is padded, so one compilation serves all.
       top_k: how many classes to return per image (at most the number of classes).
@@ -248,7 +246,7 @@ def load_model(workdir: str | None, weights: str | None, variant: str) -> tuple[
     if weights:
         params = weights_io.load_weights(weights, variant)
         return imported_weights_config(variant, params["fc8"]["bias"].shape[0]), params
-    return weights_io.load_run(workdir)
+    return rundir.load_run(workdir)
 
 
 def format_predictions(path: str, predictions: Sequence[Prediction]) -> str:
@@ -264,15 +262,12 @@ def main(argv: Sequence[str]) -> None:
     images = list(argv[1:])
     if not images:
         raise app.UsageError("Give one or more image files after the flags.")
-    try:
+    with reported_as_exit():
         missing = [path for path in images if not os.path.isfile(path)]
         if missing:  # before the model is loaded
             raise DataError(f"No such image file(s): {', '.join(missing)}")
         config, params = load_model(FLAGS.workdir, FLAGS.weights, FLAGS.variant)
         results = predict(params, config, images, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"# {jax.devices()[0].platform} device, variant {config.variant}")
     for path, predictions in zip(images, results, strict=True):
         print(format_predictions(path, predictions))

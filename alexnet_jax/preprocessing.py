@@ -1,22 +1,23 @@
 """Per-example image preprocessing in TensorFlow: decoding, the paper's crops, flips, PCA lighting.
 
 Every random choice uses a `tf.random.stateless_*` op and an explicit seed, so an augmentation is a
-pure function of (seed, epoch, example) and a resumed run reproduces it exactly. Images stay uint8
+pure function of (seed, epoch, example) and a resumed run reproduces it exactly. The settings
+come as a `Recipe` (recipe.py). Images stay uint8
 until a whole batch is normalized by one op (`normalize_batch`); per-example float work is slower.
 
-Geometry (PAPER.md, "Data and augmentation"): the paper rescales the shorter side to 256, keeps the
-central 256x256 square and takes a random 227x227 (or 224) crop of it. `paper_window` maps that crop
-back to a window of the ORIGINAL image, so only the window is decoded (fused
+Geometry (docs/PAPER.md, "Data and augmentation"): the paper rescales the shorter side to 256,
+keeps the central 256x256 square and takes a random 227x227 (or 224) crop of it. `paper_window`
+maps that crop back to a window of the ORIGINAL image, so only the window is decoded (fused
 `tf.io.decode_and_crop_jpeg`) and then resized once to the crop size; an image already at 256
 (the pre-resized cache) needs no resize at all. Images smaller than the crop are upscaled that way.
 """
 
-import dataclasses
 import functools
 
 import tensorflow as tf
 
 from alexnet_jax import imagenet_stats
+from alexnet_jax.recipe import Recipe
 
 
 def ten_crop_offsets(resize_size: int, crop_size: int) -> list[tuple[int, int]]:
@@ -24,33 +25,6 @@ def ten_crop_offsets(resize_size: int, crop_size: int) -> list[tuple[int, int]]:
     bottom-left, bottom-right, center. Views 5..9 are the same five flipped horizontally."""
     m = resize_size - crop_size
     return [(0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """The preprocessing settings of a config, as plain values TF functions can close over."""
-
-    input_size: int = 227  # side of the crop handed to the model
-    resize_size: int = 256  # the paper's shorter-side rescale and center square
-    train_crop: str = "paper"  # "paper" or "random_resized"
-    random_flip: bool = True
-    pca_lighting_std: float = 0.1  # std of the lighting alphas; 0 disables it
-    normalization: str = "mean"  # "mean" or "mean_std"
-    eval_crops: int = 1  # 1 or 10
-    dtype: str = "float32"  # dtype of the normalized images
-
-    @classmethod
-    def from_config(cls, config) -> "Recipe":
-        return cls(
-            input_size=int(config.input_size),
-            resize_size=int(config.resize_size),
-            train_crop=str(config.train_crop),
-            random_flip=bool(config.random_flip),
-            pca_lighting_std=float(config.pca_lighting_std),
-            normalization=str(config.normalization),
-            eval_crops=int(config.eval_crops),
-            dtype=str(config.input_dtype),
-        )
 
 
 def decode_window(image_bytes: tf.Tensor, window_fn) -> tf.Tensor:

@@ -1,4 +1,15 @@
-"""Process-level setup done once by entry points (main.py, benchmarks), never at import time."""
+"""Process-level setup done once by entry points (main.py, the tools, benchmarks), never at import
+time: XLA flags, the compilation cache, TensorFlow kept off the accelerators, library log levels,
+and multi-host start-up (`initialize_distributed`).
+
+Multi-host. `initialize_distributed` starts JAX's distributed runtime (`jax.distributed`) when this
+process is one of several, from main.py's --coordinator_address/--num_processes/--process_id or
+from a cluster that jax.distributed detects by itself (SLURM's srun, Open MPI's mpirun). Then
+`jax.devices()` lists the devices of all hosts and the train loop's one mesh spans them: each host
+feeds its own data shard (input_pipeline) into global arrays (sharding.to_global_batch), process 0
+writes the logs, every process writes and restores its part of each Orbax checkpoint, and a SIGTERM
+to any process makes all of them save at the same step (checkpoint.PreemptionWatcher).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +18,11 @@ import itertools
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 import jax
 
-from alexnet_jax.errors import is_storage_error
+from alexnet_jax.errors import ConfigError, is_storage_error
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
 
@@ -145,3 +157,57 @@ def quiet_library_logs() -> None:
             previous_hook(unraisable)
 
     sys.unraisablehook = unraisablehook
+
+
+# ---- Multi-host start-up ----------------------------------------------------------------------
+
+
+def _cluster_process_count(env: Mapping[str, str]) -> int:
+    """Processes in this SLURM step (srun) or Open MPI job (mpirun); 1 outside of both."""
+    if "SLURM_STEP_NODELIST" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_NTASKS"])
+    if "OMPI_MCA_orte_hnp_uri" in env and "OMPI_COMM_WORLD_SIZE" in env:
+        return int(env["OMPI_COMM_WORLD_SIZE"])
+    return 1
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> bool:
+    """Starts jax.distributed if this is one of several processes; returns whether it did.
+
+    Explicit arguments win; `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+    fill those left out; with none at all, a SLURM or Open MPI job of more than one process is
+    detected and jax.distributed finds its own parameters. A single process is a no-op (it catches
+    SIGTERM itself). Must run before anything initializes a JAX backend.
+    """
+    env = os.environ if env is None else env
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    explicit = (coordinator_address, num_processes, process_id)
+    if all(v is None for v in explicit):
+        if _cluster_process_count(env) <= 1:
+            return False
+        jax.distributed.initialize()  # SLURM / Open MPI: parameters detected by jax
+        return True
+    if num_processes == 1 and coordinator_address is None:
+        return False
+    if None in explicit:
+        raise ConfigError(
+            "A multi-process run needs --coordinator_address (host:port of process 0), "
+            "--num_processes and --process_id together; got "
+            f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r}."
+        )
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
+        )
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return True

@@ -163,18 +163,3 @@ def save_weights(params: Mapping[str, Any], variant: str, path: str) -> str:
         torch = _import_optional("torch", f"Writing {path}")
         torch.save(convert.to_torch_state_dict(params, variant, as_torch=True), path)
     return path
-
-
-def load_run(workdir: str) -> tuple[Any, Any]:
-    """(config, params) of the latest checkpoint of a training run, placed on one device.
-
-    `train.load_params` over a one-device mesh: the tools (predict, figures, export) run the model
-    on a single device, and restoring replicated over all of them would copy the parameters (and
-    momentum) once per device.
-    """
-    import jax  # the training stack: only when a run is read
-    from jax.sharding import Mesh
-
-    from alexnet_jax import train
-
-    return train.load_params(workdir, mesh=Mesh(np.array(jax.devices()[:1]), ("data",)))

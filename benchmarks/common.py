@@ -149,8 +149,8 @@ class Bench:
     config: Any
     mesh: Any
     model: Any
-    train_step: Callable  # train.make_train_step: (state, batch) -> (state, metrics), donates
-    eval_step: Callable  # train.make_eval_step: (params, batch) -> sums
+    train_step: Callable  # experiment.build: (state, batch) -> (state, metrics), donates
+    eval_step: Callable  # experiment.build: (params, batch) -> sums
     state: Any
     train_batch: dict
     eval_batch: dict
@@ -164,46 +164,42 @@ class Bench:
         jax.block_until_ready(self.eval_step(self.state.params, self.eval_batch))
 
 
-def model_and_optimizer(config: Any, mesh: Any):
-    """The model and optimizer exactly as the training loop builds them."""
-    from alexnet_jax import models, optim, parallel
-
-    steps_per_epoch = max(1, config.synthetic_train_examples // config.batch_size)
-    model = models.create_model(config, mesh=parallel.tower_mesh(config, mesh))
-    return model, optim.create_optimizer(config, steps_per_epoch)
-
-
 def synthetic_batches(config: Any, mesh: Any, seed: int = 0) -> tuple[dict, dict]:
     """(train batch, eval batch) of random normalized-looking images, placed on the mesh."""
-    from alexnet_jax import train
+    from alexnet_jax import sharding
 
     rng = np.random.default_rng(seed)
     b, size = config.batch_size, config.input_size
     images = rng.standard_normal((b, size, size, 3), dtype=np.float32).astype(config.input_dtype)
     labels = rng.integers(0, config.num_classes, b).astype(np.int32)
     mask = np.ones(b, bool)
-    train_batch = train.to_global_batch({"image": images, "label": labels, "mask": mask}, mesh)
-    eval_batch = train.to_global_batch(
+    train_batch = sharding.to_global_batch({"image": images, "label": labels, "mask": mask}, mesh)
+    eval_batch = sharding.to_global_batch(
         {"image": images[:, None], "label": labels, "mask": mask}, mesh
     )  # (B, 1 view, H, W, 3)
     return train_batch, eval_batch
 
 
+def build_experiment(config: Any):
+    """experiment.build with the schedule's epoch length of the synthetic train split: the setup
+    exactly as the training loop builds it."""
+    from alexnet_jax import experiment
+
+    steps_per_epoch = max(1, config.synthetic_train_examples // config.batch_size)
+    return experiment.build(config, steps_per_epoch=steps_per_epoch)
+
+
 def build(config: Any) -> Bench:
     """Mesh, model, optimizer, state and batches through the library's own functions."""
-    from alexnet_jax import train
-
-    mesh = train.make_mesh(config)
-    model, tx = model_and_optimizer(config, mesh)
-    state = train.create_train_state(config, model, tx, mesh)
-    train_batch, eval_batch = synthetic_batches(config, mesh)
+    exp = build_experiment(config)
+    train_batch, eval_batch = synthetic_batches(config, exp.mesh)
     return Bench(
         config=config,
-        mesh=mesh,
-        model=model,
-        train_step=train.make_train_step(model, tx, mesh, config.skip_nonfinite_steps),
-        eval_step=train.make_eval_step(model, mesh),
-        state=state,
+        mesh=exp.mesh,
+        model=exp.model,
+        train_step=exp.train_step,
+        eval_step=exp.eval_step,
+        state=exp.init_state(),
         train_batch=train_batch,
         eval_batch=eval_batch,
     )
@@ -249,7 +245,8 @@ class Timing:
         }
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (user + system)."""
     t = os.times()
     return t.user + t.system
 
@@ -258,9 +255,9 @@ def time_calls(fn: Callable[[], Any], repeats: int, timing: Timing | None = None
     """Times `repeats` calls of `fn` (which must wait for its own result), appending to `timing`."""
     timing = timing or Timing()
     for _ in range(repeats):
-        wall, cpu = time.perf_counter(), _cpu_seconds()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         fn()
-        timing.cpu.append(_cpu_seconds() - cpu)
+        timing.cpu.append(cpu_seconds() - cpu)
         timing.wall.append(time.perf_counter() - wall)
     return timing
 

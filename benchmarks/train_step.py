@@ -10,7 +10,7 @@ cache folder: the first compiles and writes the cache, the second loads it), the
 time over --repeats after --warmup steps (each waited for with block_until_ready), training
 images/s, the achieved GFLOP/s from the analytic count (`models.train_flops_per_image`: 3x the
 forward's 2 x multiply-accumulates), MFU against --peak_tflops when given, and the eval
-(inference) step's images/s. The steps are `train.make_train_step` / `train.make_eval_step`,
+(inference) step's images/s. The steps are `experiment.build`'s train_step / eval_step,
 the ones the training loop runs, with the state donated. The config is configs/default.py with
 1000 classes, synthetic data and --pool_impl (default "auto"); the process gets the project's XLA
 flags (alexnet_jax/runtime.py; --noproject_xla_flags measures with XLA's defaults).
@@ -86,16 +86,12 @@ def compile_probe(config, cache_dir: str) -> dict[str, float]:
     """Seconds to trace + lower, and to compile, the train step with the persistent compilation
     cache in `cache_dir`, for the same state and batch the timed steps use (so the same program:
     a cache entry written here serves them too)."""
-    from alexnet_jax import train
-
     runtime.enable_compilation_cache(cache_dir)  # (again, in-process: a no-op)
-    mesh = train.make_mesh(config)
-    model, tx = common.model_and_optimizer(config, mesh)
-    state = train.create_train_state(config, model, tx, mesh)
-    batch, _ = common.synthetic_batches(config, mesh)
-    step = train.make_train_step(model, tx, mesh, config.skip_nonfinite_steps)
+    exp = common.build_experiment(config)
+    state = exp.init_state()
+    batch, _ = common.synthetic_batches(config, exp.mesh)
     start = time.perf_counter()
-    lowered = step.lower(state, batch)
+    lowered = exp.train_step.lower(state, batch)
     lowered_at = time.perf_counter()
     lowered.compile()
     done = time.perf_counter()

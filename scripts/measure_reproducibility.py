@@ -31,18 +31,15 @@ def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, _REPO)
     import jax
 
-    from alexnet_jax import optim, train
-    from alexnet_jax.models import create_model, default_input_size
+    from alexnet_jax import experiment, sharding
+    from alexnet_jax.models import default_input_size
     from configs import default
 
     config = default.get_config()
     config.update(variant=args.variant, input_size=default_input_size(args.variant))
     config.update(num_classes=10, batch_size=args.batch, learning_rate=args.learning_rate)
-    mesh = train.make_mesh(config)
-    model = create_model(config)
-    tx = optim.create_optimizer(config, steps_per_epoch=100)
-    state = train.create_train_state(config, model, tx, mesh)
-    step_fn = train.make_train_step(model, tx, mesh, skip_nonfinite=False)
+    exp = experiment.build(config, steps_per_epoch=100)
+    mesh, state, step_fn = exp.mesh, exp.init_state(), exp.train_step
     rng = np.random.default_rng(0)
     size = config.input_size
     losses = []
@@ -52,7 +49,7 @@ def _child(args: argparse.Namespace) -> None:
             "label": rng.integers(0, 10, args.batch).astype(np.int32),
             "mask": np.ones(args.batch, bool),
         }
-        state, metrics = step_fn(state, train.to_global_batch(batch, mesh))
+        state, metrics = step_fn(state, sharding.to_global_batch(batch, mesh))
         losses.append(float(metrics["loss"]))
     flat = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
     arrays = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}

@@ -65,21 +65,23 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from alexnet_jax import optim, train
-    from alexnet_jax.models import create_model, default_input_size
+    from alexnet_jax import experiment, sharding
+    from alexnet_jax.models import default_input_size
     from configs import default
 
     config = default.get_config()
     config.update(variant=args.variant, input_size=default_input_size(args.variant))
     config.update(num_classes=10, batch_size=args.batch, learning_rate=args.learning_rate)
-    meshes = {1: train.make_mesh(config, jax.devices()[:1])}
-    meshes[args.devices] = train.make_mesh(config, jax.devices()[: args.devices])
-    model = create_model(config)
-    tx = optim.create_optimizer(config, steps_per_epoch=100)
-    steps = {
-        n: train.make_train_step(model, tx, m, skip_nonfinite=False) for n, m in meshes.items()
+    exps = {
+        n: experiment.build(
+            config, sharding.make_mesh(config, jax.devices()[:n]), steps_per_epoch=100
+        )
+        for n in (1, args.devices)
     }
-    shardings = {n: train.state_sharding(model, tx, m) for n, m in meshes.items()}
+    meshes = {n: e.mesh for n, e in exps.items()}
+    model = exps[1].model
+    steps = {n: e.train_step for n, e in exps.items()}
+    shardings = {n: e.state_sharding for n, e in exps.items()}
 
     def on(n, state):  # a copy of `state` laid out for the n-device mesh (the steps donate)
         return jax.device_put(jax.device_get(state), shardings[n])
@@ -87,9 +89,11 @@ def main() -> None:
     def forward(n, params, images):  # {conv: pre-activations}, evaluation mode
         fn = jax.jit(
             lambda p, x: model.apply({"params": p}, x, capture_intermediates=True)[1],
-            in_shardings=(train.replicated(meshes[n]), train.batch_sharding(meshes[n])),
+            in_shardings=(sharding.replicated(meshes[n]), sharding.batch_sharding(meshes[n])),
         )
-        out = fn(params, jax.device_put(images, train.batch_sharding(meshes[n])))["intermediates"]
+        out = fn(params, jax.device_put(images, sharding.batch_sharding(meshes[n])))[
+            "intermediates"
+        ]
         return {
             k: np.asarray(out[k]["__call__"][0])
             for k in ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -100,7 +104,7 @@ def main() -> None:
         return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
     d = args.devices
-    first = train.create_train_state(config, model, tx, meshes[1])
+    first = exps[1].init_state()
     states = {1: on(1, first), d: on(d, first)}
     rng = np.random.default_rng(0)
     size = config.input_size
@@ -114,10 +118,10 @@ def main() -> None:
         acts = {n: forward(n, s.params, batch["image"]) for n, s in states.items()}
         before = flat(states[1].params)
         if args.same_params:
-            alone, _ = steps[d](on(d, states[1]), train.to_global_batch(batch, meshes[d]))
+            alone, _ = steps[d](on(d, states[1]), sharding.to_global_batch(batch, meshes[d]))
         metrics = {}
         for n in (1, d):
-            states[n], metrics[n] = steps[n](states[n], train.to_global_batch(batch, meshes[n]))
+            states[n], metrics[n] = steps[n](states[n], sharding.to_global_batch(batch, meshes[n]))
         p1, pd = flat(states[1].params), flat(states[d].params)
         loss1, lossd = float(metrics[1]["loss"]), float(metrics[d]["loss"])
         worst = max(p1, key=lambda k: _relative(pd[k], p1[k]))

@@ -18,11 +18,11 @@ from torch import nn
 from alexnet_jax.convert import (
     flax_param_shapes,
     from_torch_state_dict,
-    load_torch_weights,
     to_torch_state_dict,
     torch_param_shapes,
 )
 from alexnet_jax.models import VARIANTS, AlexNet
+from alexnet_jax.weights_io import load_weights
 from benchmarks import torch_models
 
 LOGIT_TOL = 1e-4
@@ -215,12 +215,12 @@ def test_missing_and_unexpected_keys_are_refused_naming_the_key(numpy_state_dict
         from_torch_state_dict(state_dict, "vgg")
 
 
-def test_load_torch_weights_reads_a_pth_file(tmp_path, numpy_state_dict):
-    """load_torch_weights reads a torch.save'd state dict (weights_only) like from_torch_state_dict,
-    also with nn.DataParallel's "module." prefix."""
+def test_load_weights_reads_a_pth_file(tmp_path, numpy_state_dict):
+    """weights_io.load_weights reads a torch.save'd state dict (weights_only) like
+    from_torch_state_dict, also with nn.DataParallel's "module." prefix."""
     state_dict, expected = numpy_state_dict
     path = tmp_path / "alexnet.pth"
     torch.save({f"module.{k}": torch.from_numpy(v) for k, v in state_dict.items()}, path)
-    params = load_torch_weights(str(path), "torchvision")
+    params = load_weights(str(path), "torchvision")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
         assert np.array_equal(a, b)

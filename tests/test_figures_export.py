@@ -1,12 +1,14 @@
 """Figures 3 and 4, training curves and export, on a tiny run of the torchvision variant.
 
 The run is a real checkpoint and config.json in a temporary workdir over a generated miniature
-dataset (4 classes, 64 px crops), so the tools go through `train.load_params` and the input pipeline
+dataset (4 classes, 64 px crops), so the tools go through `rundir.load_run` and the input pipeline
 exactly as they do after `python main.py`.
 """
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from alexnet_jax import checkpoint, export, figures, optim, plots, train, weights_io
+from alexnet_jax import checkpoint, experiment, export, figures, plots, rundir, sharding, weights_io
 from alexnet_jax.models import create_model
 from configs import default
 
@@ -34,11 +36,9 @@ def tiny_config(root: str):
 
 
 def random_train_state(config, seed: int = 0):
-    """A TrainState shaped exactly as `train.create_train_state` makes it (from its abstract shape,
-    so nothing is compiled), params uniform with He-uniform scale, everything else zero."""
-    mesh = train.make_mesh(config, devices=jax.devices()[:1])
-    model, tx = create_model(config), optim.create_optimizer(config, steps_per_epoch=1)
-    abstract = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
+    """A TrainState shaped exactly as the experiment's `init_state` makes it (from its abstract
+    shape, so nothing is compiled), params uniform with He-uniform scale, everything else zero."""
+    abstract = experiment.build(config, sharding.single_device_mesh()).abstract_state()
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):
@@ -55,20 +55,20 @@ def run_dir(tmp_path_factory) -> str:
     """A workdir holding config.json and an Orbax checkpoint of a TrainState, as a run leaves it."""
     root = str(tmp_path_factory.mktemp("tiny_run"))
     config, workdir = tiny_config(root), os.path.join(root, "run")
-    manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+    manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
     checkpoint.save(
         manager, 1, random_train_state(config), {"examples_consumed": 8, "batch_size": 8}
     )
     checkpoint.wait(manager)
     manager.close()
-    train.save_config(config, workdir)
+    rundir.save_config(config, workdir)
     return workdir
 
 
 @pytest.fixture(scope="module")
 def run_params(run_dir):
     """(config, params) restored from the run, as the tools restore it."""
-    return weights_io.load_run(run_dir)
+    return rundir.load_run(run_dir)
 
 
 def read_png(path: str) -> np.ndarray:
@@ -162,7 +162,7 @@ def test_training_curves_png_with_paper_lines(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "imagenet2012"}))
     path = plots.plot_training_curves(str(tmp_path))
-    assert path == str(tmp_path / plots.CURVES_FILE)
+    assert path == str(tmp_path / rundir.CURVES_FILE)
     image = read_png(path)
     assert image.shape == (450, 1200, 3)
     assert image.astype(np.float32).var() > 0
@@ -236,3 +236,43 @@ def test_export_formats_read_back_to_the_same_params(run_params, tmp_path, suffi
 def test_export_refuses_an_unknown_format(run_dir, tmp_path):
     with pytest.raises(weights_io.WeightsFileError, match="unknown weights format"):
         export.export_run(run_dir, str(tmp_path / "model.onnx"))
+
+
+# Runs a module as `python -m` with TensorFlow unimportable (a None entry in sys.modules makes
+# `import tensorflow` raise ImportError), as on a machine where TensorFlow is missing or broken.
+_WITHOUT_TENSORFLOW = (
+    "import runpy, sys\n"
+    "for name in ('tensorflow', 'tensorflow_datasets'):\n"
+    "    sys.modules[name] = None\n"
+    "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _run_without_tensorflow(module: str, *args: str) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TENSORFLOW, module, *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_export_and_predict_run_where_tensorflow_cannot_be_imported(run_dir, tmp_path):
+    """`python -m alexnet_jax.export` and `python -m alexnet_jax.predict --workdir=...` read a
+    run and finish without TensorFlow: they go through rundir.py, not the training loop."""
+    out = str(tmp_path / "model.npz")
+    exported = _run_without_tensorflow("alexnet_jax.export", f"--workdir={run_dir}", f"--to={out}")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert f"wrote {out}" in exported.stdout
+    assert os.path.getsize(out) > 0
+
+    image = str(tmp_path / "square.png")
+    Image.fromarray(np.full((80, 100, 3), 200, np.uint8)).save(image)
+    predicted = _run_without_tensorflow("alexnet_jax.predict", f"--workdir={run_dir}", image)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = predicted.stdout.splitlines()
+    assert lines[1] == image
+    assert len([line for line in lines if line.startswith("  ")]) == 4  # 4 classes, top-5

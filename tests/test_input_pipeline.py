@@ -17,6 +17,7 @@ from PIL import Image
 
 from alexnet_jax import data_sources, imagenet_stats, input_pipeline, miniature, preprocessing
 from alexnet_jax.errors import DataError
+from alexnet_jax.recipe import Recipe
 from configs import default
 
 NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 8, 5
@@ -191,7 +192,7 @@ def test_random_resized_crop_shapes_and_determinism(mini):
 
 def _eval_references(config):
     """{file name: (normalized views, label)} computed example by example, outside tf.data."""
-    recipe = preprocessing.Recipe.from_config(config)
+    recipe = Recipe.from_config(config)
     references = {}
     for name, label, image_bytes in _records(config, "validation"):
         try:
@@ -379,7 +380,7 @@ def test_pca_lighting_mean_and_covariance():
 def test_hard_files_decode_to_rgb_crops():
     rng = np.random.default_rng(0)
     pixels = miniature.draw_picture(0, 4, rng, 200, 300)
-    recipe = preprocessing.Recipe(pca_lighting_std=0.0, random_flip=False)
+    recipe = Recipe(pca_lighting_std=0.0, random_flip=False)
     seed = tf.constant([1, 2], tf.int64)
     views = {}
     for kind in ("jpeg", *miniature.HARD_KINDS):

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, config_lib, miniature, runtime, train
-from alexnet_jax.errors import ConfigError, is_storage_error
+from alexnet_jax import checkpoint, config_lib, miniature, rundir, runtime
+from alexnet_jax.errors import ConfigError, is_storage_error, reported_as_exit
 from configs import default
 from tests import multihost_worker
 
@@ -165,8 +165,8 @@ def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run
     assert f"Resumed at step {saved[-1]}" in err
     assert not os.path.exists(planted)
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # the model the runs trained
-    _, params_a = train.load_params(uninterrupted_run)
-    _, params_b = train.load_params(workdir)
+    _, params_a = rundir.load_params(uninterrupted_run)
+    _, params_b = rundir.load_params(workdir)
     jax.tree_util.tree_map(
         np.testing.assert_array_equal, jax.device_get(params_b), jax.device_get(params_a)
     )
@@ -232,7 +232,7 @@ def test_main_reports_user_errors_with_exit_code_2(shared_dirs, tmp_path, overri
         ("keep_checkpoints", 0, "config.keep_checkpoints"),
         ("eval_every_steps", -5, "config.eval_every_steps"),
         ("dropout_rate", 1.0, "config.dropout_rate"),
-        ("resize_size", 128, "config.resize_size=128 must be >= config.input_size"),
+        ("resize_size", 128, "config.resize_size must be >= config.input_size"),
         ("lrn_convention", "caffe", "config.lrn_convention must be one of"),
     ],
 )
@@ -273,7 +273,7 @@ def test_imagenet_config_runs_end_to_end_on_a_miniature_ilsvrc_archive(shared_di
     eval_line = [x for x in _jsonl(workdir) if x["split"] == "eval"][-1]
     assert eval_line["step"] == 2
     assert eval_line["num_examples"] == 6  # 3 classes x 2 validation images, 10 crops each
-    config = train.load_config(workdir)
+    config = rundir.load_config(workdir)
     assert (config.variant, config.eval_crops, config.num_classes) == ("paper", 10, 1000)
 
 
@@ -437,9 +437,20 @@ def test_checkpoint_write_failures_are_told_apart_and_named(error, storage, mess
         (ValueError("bad shape"), False),
     ],
 )
-def test_main_reports_failed_writes_but_not_other_errors_as_one_message(error, write_failure):
-    """main.py's last resort for writes outside the checkpoint and metrics code (data builds,
-    plots): storage errnos and libraries' "No space left" errors; a missing file is not one."""
-    import main
-
-    assert main._is_write_failure(error) is write_failure
+def test_main_reports_failed_writes_but_not_other_errors_as_one_message(
+    error, write_failure, capsys
+):
+    """Every entry point's last resort for writes outside the checkpoint and metrics code (data
+    builds, plots, exports: errors.reported_as_exit): storage errnos and libraries' "No space
+    left" errors end in one 'error:' line and exit code 2; a missing file or any other error
+    passes through unchanged."""
+    assert is_storage_error(error, any_os_error=False) is write_failure
+    if write_failure:
+        with pytest.raises(SystemExit) as exit_info, reported_as_exit():
+            raise error
+        assert exit_info.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: could not write")
+    else:
+        with pytest.raises(type(error)), reported_as_exit():
+            raise error

@@ -1,4 +1,4 @@
-"""AlexNet model family: shapes and parameter counts (PAPER.md), the towers, initialization,
+"""AlexNet model family: shapes and parameter counts (docs/PAPER.md), the towers, initialization,
 dropout, bf16, pooling and the FLOP table (KNOWN.md).
 
 Relative error, where used: max |actual - expected| / max |expected| over the whole array.

@@ -15,8 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, input_pipeline, launch, optim, train
-from alexnet_jax.models import create_model
+from alexnet_jax import checkpoint, experiment, input_pipeline, launch, rundir, sharding
 from configs import default
 from tests import multihost_worker
 
@@ -71,11 +70,10 @@ def _two_process_batches(config, start_example: int = 0):
         yield {k: np.concatenate([b[k] for b in local]) for k in local[0]}
 
 
-def _abstract_state(config, model, tx, mesh):
-    """The restore target on `mesh`: shapes of a fresh state with replicated shardings."""
-    shapes = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
-    sharding = train.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+def _build(config, num_devices: int) -> experiment.Experiment:
+    """The experiment on the first `num_devices` devices, with the training loop's schedule."""
+    mesh = sharding.make_mesh(config, jax.devices()[:num_devices])
+    return experiment.build(config, mesh, steps_per_epoch=100_000 // BATCH)
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +88,13 @@ def reference(narrow_model, tmp_path_factory):
     """One process, 4 devices, the 2-process run's global batches: per-step losses, the final
     params, and a checkpoint of step SAVE_AT written the way the training loop writes it."""
     config = _config()
-    mesh = train.make_mesh(config, jax.devices()[:4])
-    model = create_model(config)
-    tx = optim.create_optimizer(config, steps_per_epoch=100_000 // BATCH)
-    state = train.create_train_state(config, model, tx, mesh)
-    step_fn = train.make_train_step(model, tx, mesh, skip_nonfinite=False)
+    exp = _build(config, 4)
+    state = exp.init_state()
     workdir = str(tmp_path_factory.mktemp("reference"))
-    manager = checkpoint.create_manager(workdir, keep=2)
+    manager = rundir.checkpoint_manager(workdir, keep=2)
     batches, losses, params_at = _two_process_batches(config), [], {}
     for step in range(1, STEPS + 1):
-        state, metrics = step_fn(state, train.to_global_batch(next(batches), mesh))
+        state, metrics = exp.train_step(state, sharding.to_global_batch(next(batches), exp.mesh))
         losses.append(float(metrics["loss"]))
         if step == SAVE_AT:
             checkpoint.save(manager, step, state, {"examples_consumed": step * BATCH})
@@ -112,9 +107,7 @@ def reference(narrow_model, tmp_path_factory):
         "params": jax.device_get(state.params),
         "params_at": params_at,
         "workdir": workdir,
-        "model": model,
-        "tx": tx,
-        "step_fn": step_fn,
+        "experiment": exp,
     }
 
 
@@ -129,11 +122,11 @@ def test_checkpoint_from_4_devices_resumes_on_2_4_and_8(reference, num_devices):
     losses of the first two resumed steps equal the 4-device continuation's to 1e-5. Resumed on
     the same 4 devices, the continuation is bit-identical (losses and parameters)."""
     config = _config()
-    mesh = train.make_mesh(config, jax.devices()[:num_devices])
-    model, tx = reference["model"], reference["tx"]
-    manager = checkpoint.create_manager(reference["workdir"], keep=2)
+    # The reference's own experiment on 4 devices: same topology, same program.
+    exp = reference["experiment"] if num_devices == 4 else _build(config, num_devices)
+    manager = rundir.checkpoint_manager(reference["workdir"], keep=2)
     state, data_state = checkpoint.restore_latest(
-        manager, _abstract_state(config, model, tx, mesh), already_abstract=True
+        manager, exp.abstract_state(), already_abstract=True
     )
     manager.close()
     assert int(state.step) == SAVE_AT
@@ -147,14 +140,10 @@ def test_checkpoint_from_4_devices_resumes_on_2_4_and_8(reference, num_devices):
     uninterrupted = _two_process_batches(config)
     for _ in range(SAVE_AT):
         next(uninterrupted)
-    if num_devices == 4:  # the reference's own step function: same topology, same program
-        step_fn = reference["step_fn"]
-    else:
-        step_fn = train.make_train_step(model, tx, mesh, skip_nonfinite=False)
     for k in range(2):
         batch = next(resumed)
         jax.tree.map(np.testing.assert_array_equal, batch, next(uninterrupted))
-        state, metrics = step_fn(state, train.to_global_batch(batch, mesh))
+        state, metrics = exp.train_step(state, sharding.to_global_batch(batch, exp.mesh))
         expected = reference["losses"][SAVE_AT + k]
         if num_devices == 4:
             assert float(metrics["loss"]) == expected
@@ -237,10 +226,8 @@ def test_two_processes_match_one_process_and_resume_after_sigterm(reference, tmp
     logged = [losses[s] for s in range(1, STEPS + 1)]
     np.testing.assert_allclose(logged, reference["losses"], rtol=TOL)
 
-    config = _config()
-    mesh = train.make_mesh(config, jax.devices()[:4])
-    manager = checkpoint.create_manager(workdir, keep=2)
-    target = _abstract_state(config, reference["model"], reference["tx"], mesh)
+    manager = rundir.checkpoint_manager(workdir, keep=2)
+    target = reference["experiment"].abstract_state()
     state, data_state = checkpoint.restore_latest(manager, target, already_abstract=True)
     manager.close()
     assert int(state.step) == STEPS

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpoint, optim, parallel, train
+from alexnet_jax import checkpoint, experiment, runtime, sharding
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.models import AlexNet
 from configs import default
@@ -31,7 +31,7 @@ def _config(**overrides):
 
 
 def _tower_mesh():
-    return train.make_mesh(_config(), jax.devices()[:4])
+    return sharding.make_mesh(_config(), jax.devices()[:4])
 
 
 def _relative_error(a, b) -> float:
@@ -42,7 +42,7 @@ def _relative_error(a, b) -> float:
 @pytest.fixture(scope="module")
 def paper_params():
     """He-scaled random params and biases N(0, 0.1) from NumPy (a compiled init costs seconds)."""
-    shapes = parallel.abstract_params(AlexNet("paper", num_classes=NUM_CLASSES))
+    shapes = sharding.abstract_params(AlexNet("paper", num_classes=NUM_CLASSES))
     rng = np.random.default_rng(0)
 
     def draw(path, leaf):
@@ -75,7 +75,7 @@ def test_tower_mesh_gives_single_device_logits_and_gradients(paper_params):
 
     mesh = _tower_mesh()
     tower = AlexNet("paper", num_classes=NUM_CLASSES, mesh=mesh)
-    params = jax.device_put(paper_params, train.params_sharding(tower, mesh))
+    params = jax.device_put(paper_params, sharding.params_sharding(tower, mesh))
     assert params["conv2"]["kernel"].addressable_shards[0].data.shape == (5, 5, 48, 128)
     assert params["fc6"]["kernel"].addressable_shards[0].data.shape == (9216, 2048)
     batch = jax.device_put((images, labels), NamedSharding(mesh, P("data")))
@@ -143,7 +143,7 @@ def _collectives(hlo_text: str, mesh) -> list[tuple[str, str, frozenset]]:
 
 
 def test_tower_train_step_communicates_across_towers_only_at_conv3_and_the_fc_layers():
-    """The compiled train step on (data=2, tower=2) (the real make_train_step: forward, backward,
+    """The compiled train step on (data=2, tower=2) (experiment.build's: forward, backward,
     paper SGD, metrics), read from its HLO after SPMD partitioning. With b = 2 examples per device:
 
     - every collective whose replica groups span "tower" is one of: the all-gather of conv3's
@@ -158,12 +158,10 @@ def test_tower_train_step_communicates_across_towers_only_at_conv3_and_the_fc_la
       metrics; nothing spans both axes at once.
     Replica groups are read from all three notations XLA prints (explicit, iota, mesh-axes).
     """
-    config = _config()
-    mesh = _tower_mesh()
-    model = AlexNet("paper", num_classes=NUM_CLASSES, mesh=mesh)
-    tx = optim.create_optimizer(config, steps_per_epoch=10)
-    state_shapes = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
-    spec = train.state_sharding(model, tx, mesh)
+    exp = experiment.build(_config(), _tower_mesh(), steps_per_epoch=10)
+    mesh = exp.mesh
+    state_shapes = jax.eval_shape(exp.init_state)
+    spec = exp.state_sharding
     assert spec.params["conv4"]["kernel"].spec == P(None, None, None, "tower")
     assert spec.opt_state.inner_state.velocity["fc7"]["kernel"].spec == P(None, "tower")
     assert spec.params["fc8"]["bias"].spec == P("tower")
@@ -172,8 +170,7 @@ def test_tower_train_step_communicates_across_towers_only_at_conv3_and_the_fc_la
         "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32),
         "mask": jax.ShapeDtypeStruct((BATCH,), jnp.bool_),
     }
-    step = train.make_train_step(model, tx, mesh, skip_nonfinite=False)
-    hlo = step.lower(state_shapes, batch).compile().as_text()
+    hlo = exp.train_step.lower(state_shapes, batch).compile().as_text()
     collectives = _collectives(hlo, mesh)
 
     b = BATCH // 2
@@ -221,17 +218,17 @@ def test_tower_split_checkpoint_restores_onto_other_meshes(tmp_path):
         "count": np.int32(7),
     }
     mesh_2x2 = _tower_mesh()
-    saved = jax.device_put(tree, parallel.param_sharding(tree, mesh_2x2))
+    saved = jax.device_put(tree, sharding.param_sharding(tree, mesh_2x2))
     assert saved["conv2"]["kernel"].sharding.spec == P(None, None, None, "tower")
     manager = checkpoint.create_manager(str(tmp_path), 1)
     checkpoint.save(manager, 1, saved, {"examples_consumed": 8})
     checkpoint.wait(manager)
     for shape in ((), (4, 2)):
-        mesh = train.make_mesh(_config(mesh_shape=shape))
+        mesh = sharding.make_mesh(_config(mesh_shape=shape))
         target = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=s),
             tree,
-            parallel.param_sharding(tree, mesh),
+            sharding.param_sharding(tree, mesh),
         )
         restored, data = checkpoint.restore_latest(manager, target, already_abstract=True)
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), tree)
@@ -249,40 +246,40 @@ def test_param_spec_splits_the_tower_layers_output_features():
     anything else stay replicated."""
     key = jax.tree_util.DictKey
     velocity = (jax.tree_util.GetAttrKey("velocity"), key("conv3"), key("kernel"))
-    assert parallel.param_spec(velocity, (3, 3, 256, 384), 2) == P(None, None, None, "tower")
-    assert parallel.param_spec((key("fc6"), key("bias")), (4096,), 2) == P("tower")
-    assert parallel.param_spec((key("fc8"), key("kernel")), (4096, 5), 2) == P()
-    assert parallel.param_spec((key("count"),), (), 2) == P()
-    assert parallel.param_spec((key("conv1"), key("kernel")), (11, 11, 3, 96), 1) == P()
+    assert sharding.param_spec(velocity, (3, 3, 256, 384), 2) == P(None, None, None, "tower")
+    assert sharding.param_spec((key("fc6"), key("bias")), (4096,), 2) == P("tower")
+    assert sharding.param_spec((key("fc8"), key("kernel")), (4096, 5), 2) == P()
+    assert sharding.param_spec((key("count"),), (), 2) == P()
+    assert sharding.param_spec((key("conv1"), key("kernel")), (11, 11, 3, 96), 1) == P()
 
 
 def test_tower_axis_needs_the_paper_variant_and_two_towers():
     mesh_2x2 = _tower_mesh()
-    assert parallel.tower_mesh(_config(), mesh_2x2) is mesh_2x2
+    assert sharding.tower_mesh(_config(), mesh_2x2) is mesh_2x2
     one_tower = _config(variant="one_tower")
     with pytest.raises(ConfigError, match=r"mesh_shape=\(2, 2\).*needs config.variant='paper'"):
-        parallel.tower_mesh(one_tower, mesh_2x2)
-    mesh_2x4 = train.make_mesh(_config(mesh_shape=(2, 4)))
+        sharding.tower_mesh(one_tower, mesh_2x2)
+    mesh_2x4 = sharding.make_mesh(_config(mesh_shape=(2, 4)))
     with pytest.raises(ConfigError, match="size 4"):
-        parallel.tower_mesh(_config(mesh_shape=(2, 4)), mesh_2x4)
-    data_only = train.make_mesh(_config(mesh_shape=()))
-    assert parallel.tower_mesh(_config(mesh_shape=()), data_only) is None
+        sharding.tower_mesh(_config(mesh_shape=(2, 4)), mesh_2x4)
+    data_only = sharding.make_mesh(_config(mesh_shape=()))
+    assert sharding.tower_mesh(_config(mesh_shape=()), data_only) is None
 
 
 def test_initialize_distributed_only_for_several_processes(monkeypatch):
     """No-op for one process; flags, JAX_* variables or a SLURM step start jax.distributed."""
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
-    assert not parallel.initialize_distributed(env={})
-    assert not parallel.initialize_distributed(num_processes=1, env={})
-    assert parallel.initialize_distributed("host0:1234", 4, 3, env={})
+    assert not runtime.initialize_distributed(env={})
+    assert not runtime.initialize_distributed(num_processes=1, env={})
+    assert runtime.initialize_distributed("host0:1234", 4, 3, env={})
     env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-    assert parallel.initialize_distributed(env=env)
+    assert runtime.initialize_distributed(env=env)
     slurm = {"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "0"}
-    assert parallel.initialize_distributed(env=slurm)
+    assert runtime.initialize_distributed(env=slurm)
     assert calls == [("host0:1234", 4, 3), ("h:1", 2, 1), ()]
-    assert not parallel.initialize_distributed(env={**slurm, "SLURM_NTASKS": "1"})
+    assert not runtime.initialize_distributed(env={**slurm, "SLURM_NTASKS": "1"})
     with pytest.raises(ConfigError, match=r"--coordinator_address.*--num_processes.*--process_id"):
-        parallel.initialize_distributed("host0:1234", env={})
+        runtime.initialize_distributed("host0:1234", env={})
     with pytest.raises(ConfigError, match=r"--process_id=2 must be in \[0, --num_processes=2\)"):
-        parallel.initialize_distributed("host0:1234", 2, 2, env={})
+        runtime.initialize_distributed("host0:1234", 2, 2, env={})

@@ -20,6 +20,7 @@ from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
 from alexnet_jax import convert, imagenet_classes, predict, preprocessing, weights_io
 from alexnet_jax.predict import Prediction
+from alexnet_jax.recipe import Recipe
 
 
 def random_params(variant: str = "torchvision", num_classes: int = 1000, seed: int = 0):
@@ -148,7 +149,7 @@ def test_single_image_preprocessing_equals_the_pipeline_eval_view():
     ]:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(buffer, format="PNG")
-        recipe = preprocessing.Recipe(input_size=crop, resize_size=resize, normalization=norm)
+        recipe = Recipe(input_size=crop, resize_size=resize, normalization=norm)
         views = preprocessing.eval_views(tf.constant(buffer.getvalue()), recipe)
         expected = preprocessing.normalize_batch(views[None], recipe).numpy()[0, 0]
         config = predict.imported_weights_config("torchvision")

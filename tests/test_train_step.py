@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import optim, train
-from alexnet_jax.models import create_model
+from alexnet_jax import errors, experiment, sharding, train
 from configs import default
 from tests import multihost_worker
 
@@ -27,14 +26,11 @@ def _batch(batch_size, size, num_classes, seed=0):
 
 
 def _run_steps(config, devices, batches):
-    mesh = train.make_mesh(config, devices)
-    model = create_model(config)
-    tx = optim.create_optimizer(config, steps_per_epoch=10)
-    state = train.create_train_state(config, model, tx, mesh)
-    step = train.make_train_step(model, tx, mesh, skip_nonfinite=False)
+    exp = experiment.build(config, sharding.make_mesh(config, devices), steps_per_epoch=10)
+    state = exp.init_state()
     losses = []
     for batch in batches:
-        state, metrics = step(state, train.to_global_batch(batch, mesh))
+        state, metrics = exp.train_step(state, sharding.to_global_batch(batch, exp.mesh))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params)
 
@@ -69,17 +65,15 @@ def test_train_step_on_1_and_8_devices_agrees_to_1e5(monkeypatch):
 def test_eval_step_averages_the_softmax_of_the_views():
     """eval_step's 10-view score equals the mean of 10 separately computed softmaxes."""
     config = _config(variant="torchvision", input_size=64, num_classes=7)
-    model = create_model(config)
-    mesh = train.make_mesh(config, jax.devices()[:2])
+    exp = experiment.build(config, sharding.make_mesh(config, jax.devices()[:2]))
+    model, mesh = exp.model, exp.mesh
     params = model.init(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))["params"]
     rng = np.random.default_rng(0)
     images = rng.normal(0, 1, (4, 10, 64, 64, 3)).astype(np.float32)
     labels = np.array([0, 3, 6, 2], np.int32)
     mask = np.array([True, True, True, False])
     batch = {"image": images, "label": labels, "mask": mask}
-    sums = jax.device_get(
-        train.make_eval_step(model, mesh)(params, train.to_global_batch(batch, mesh))
-    )
+    sums = jax.device_get(exp.eval_step(params, sharding.to_global_batch(batch, mesh)))
     probs = np.stack(
         [jax.nn.softmax(model.apply({"params": params}, images[:, v])) for v in range(10)]
     ).mean(0)  # (4, 7)
@@ -92,16 +86,17 @@ def test_eval_step_averages_the_softmax_of_the_views():
 
 def test_skip_nonfinite_keeps_params_and_counts():
     """With skip_nonfinite, a NaN batch leaves params unchanged and increments skipped_steps."""
-    config = _config(variant="torchvision", input_size=64, num_classes=5, batch_size=4)
-    mesh = train.make_mesh(config, jax.devices()[:1])
-    model = create_model(config)
-    tx = optim.create_optimizer(config, steps_per_epoch=10)
-    state = train.create_train_state(config, model, tx, mesh)
+    config = _config(
+        variant="torchvision", input_size=64, num_classes=5, batch_size=4, skip_nonfinite_steps=True
+    )
+    exp = experiment.build(
+        config, sharding.make_mesh(config, jax.devices()[:1]), steps_per_epoch=10
+    )
+    state = exp.init_state()
     before = jax.device_get(state.params)
-    step = train.make_train_step(model, tx, mesh, skip_nonfinite=True)
     bad = _batch(4, 64, 5)
     bad["image"][0, 0, 0, 0] = np.nan
-    state, metrics = step(state, train.to_global_batch(bad, mesh))
+    state, metrics = exp.train_step(state, sharding.to_global_batch(bad, exp.mesh))
     assert not bool(metrics["finite"])
     assert int(state.skipped_steps) == 1
     assert int(state.step) == 1
@@ -111,6 +106,6 @@ def test_skip_nonfinite_keeps_params_and_counts():
 def test_check_finite_names_the_first_bad_step():
     good = {"finite": np.bool_(True), "loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
     bad = {"finite": np.bool_(False), "loss": np.float32(np.nan), "grad_norm": np.float32(np.inf)}
-    with pytest.raises(train.NonFiniteError, match=r"^Step 7: the loss or gradient is NaN/Inf"):
+    with pytest.raises(errors.NonFiniteError, match=r"^Step 7: the loss or gradient is NaN/Inf"):
         train._check_finite([(6, good), (7, bad), (8, bad)], skip_nonfinite=False)
     train._check_finite([(7, bad)], skip_nonfinite=True)  # skipping: no error
