@@ -1,0 +1,122 @@
+"""The package's structure: no import cycle among alexnet_jax modules (function-level imports
+included), and the tools that read a run import no TensorFlow."""
+
+import ast
+import os
+import subprocess
+import sys
+
+PACKAGE = "alexnet_jax"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imported_modules(path: str) -> set[str]:
+    """The alexnet_jax modules a source file imports anywhere (top level or inside functions)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from alexnet_jax import a, b` imports modules a and b; `from alexnet_jax.a import
+            # x` imports module a.
+            if node.module == PACKAGE:
+                names = [f"{PACKAGE}.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == PACKAGE and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: modules of the package it imports}, for every module of alexnet_jax/."""
+    package_dir = os.path.join(ROOT, PACKAGE)
+    modules = {
+        name.removesuffix(".py")
+        for name in os.listdir(package_dir)
+        if name.endswith(".py") and name != "__init__.py"
+    }
+    return {
+        module: _imported_modules(os.path.join(package_dir, f"{module}.py")) & modules
+        for module in modules
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search with colours)."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_a_planted_cycle():
+    """The checker itself: a cycle through a function-level import is found and named."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    source = "def f():\n    from alexnet_jax import train\n"
+    tree_path = os.path.join(ROOT, "tests", "_cycle_probe.py")
+    try:
+        with open(tree_path, "w") as f:
+            f.write(source)
+        assert _imported_modules(tree_path) == {"train"}
+    finally:
+        os.remove(tree_path)
+
+
+def test_no_import_cycle_among_package_modules():
+    """No module of alexnet_jax imports itself through others, counting imports inside
+    functions (a lazy import hides a cycle from Python but not from the design)."""
+    graph = import_graph()
+    assert {"rundir", "train", "experiment", "sharding"} <= set(graph)  # the walk saw the package
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_run_readers_import_neither_the_training_loop_nor_tensorflow():
+    """Importing the tools that read a run (predict, export, plots, figures) and the run
+    directory module loads neither alexnet_jax.train, the input pipeline nor TensorFlow."""
+    code = (
+        "import sys\n"
+        "import alexnet_jax.predict, alexnet_jax.export, alexnet_jax.plots, alexnet_jax.figures\n"
+        "import alexnet_jax.rundir\n"
+        "loaded = [m for m in ('tensorflow', 'tensorflow_datasets', 'alexnet_jax.train',\n"
+        "          'alexnet_jax.input_pipeline', 'alexnet_jax.data_sources') if m in sys.modules]\n"
+        "print(loaded)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_readme_layout_table_names_every_module_once():
+    """The README's layout table has one row for each module of alexnet_jax/, no more."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ")]
+    rows = [line.split("|")[1].strip().strip("`") for line in layout.splitlines() if "| `" in line]
+    modules = sorted(f"{module}.py" for module in import_graph())
+    assert sorted(rows) == modules
