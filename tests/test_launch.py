@@ -1,0 +1,306 @@
+"""The local multi-process launcher (alexnet_jax/launch.py) and multi-host start-up
+(runtime.initialize_distributed) under misuse: bad flags, Ctrl-C, a worker that dies, a peer that
+never arrives.
+
+The workers here are tiny `python -c` scripts that print, sleep, exit or trap signals (the
+launcher appends --coordinator_address/--num_processes/--process_id to their argv), so every test
+takes seconds; tests/test_multihost.py runs main.py itself.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import pytest
+
+from alexnet_jax import errors, launch, runtime
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every worker script starts with this: its process index from the flags the launcher appends.
+PRELUDE = (
+    "import os, signal, sys, time\n"
+    "I = int(next(a for a in sys.argv if a.startswith('--process_id=')).split('=')[1])\n"
+)
+# Traps SIGTERM (prints "got TERM", then "saves" for 1 s, in which a repeated TERM would print
+# again, and exits 0) and SIGINT (prints "got INT", exits 1).
+SAVES_ON_TERM = PRELUDE + (
+    "termed = []\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (print('got TERM', flush=True), termed.append(1)))\n"
+    "signal.signal(signal.SIGINT, lambda *_: (print('got INT', flush=True), sys.exit(1)))\n"
+    "print('ready', flush=True)\n"
+    "deadline = time.monotonic() + 30\n"
+    "while not termed and time.monotonic() < deadline:\n"
+    "    time.sleep(0.02)\n"
+    "time.sleep(1.0)\n"
+    "sys.exit(0 if termed else 1)\n"
+)
+
+
+class Launcher:
+    """`python -m alexnet_jax.launch FLAGS -- python -c WORKER` in its own session, as a shell
+    starts a foreground job; its output is collected by a thread. Worker processes it leaves
+    behind are killed by `close`."""
+
+    def __init__(self, *flags: str, worker: str):
+        command = [sys.executable, "-m", "alexnet_jax.launch", *flags, "--"]
+        command += [sys.executable, "-c", worker]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.lines) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{count} x {text!r} not printed:\n{self.output}")
+            time.sleep(0.02)
+
+    def wait(self, timeout: float = 20) -> tuple[int, float]:
+        """The launcher's exit code and the seconds it ran."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the launcher ran over {timeout} s:\n{self.output}") from None
+        self.reader.join(timeout=5)
+        return code, time.monotonic() - self.started
+
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """What a terminal does on Ctrl-C: the signal to the whole foreground process group."""
+        os.killpg(self.proc.pid, signum)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in re.findall(r"\[launch\] process \d+: pid (\d+)", self.output):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+@pytest.fixture
+def start_launcher():
+    launchers = []
+
+    def start(*flags: str, worker: str) -> Launcher:
+        launchers.append(Launcher(*flags, worker=worker))
+        return launchers[-1]
+
+    yield start
+    for launcher in launchers:
+        launcher.close()
+
+
+# ---- 1. Flags out of range --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "allowed"),
+    [
+        ("--num_processes=0", "1 or more"),
+        ("--num_processes=-2", "1 or more"),
+        ("--devices_per_process=0", "1 or more"),
+        ("--devices_per_process=-1", "1 or more"),
+        ("--port=65536", "0..65535"),
+        ("--port=-1", "0..65535"),
+        ("--grace_s=-1", "0 or more"),
+    ],
+)
+def test_a_flag_out_of_range_is_refused_before_anything_runs(flag, allowed):
+    """--num_processes=0 used to run nothing and exit 0, --devices_per_process=0 crashed every
+    worker, a port outside 0..65535 reached the workers: each is refused at start with one
+    `error:` line naming the flag and its allowed range, exit code 2, and no worker runs."""
+    command = [sys.executable, "-m", "alexnet_jax.launch", flag, "--"]
+    command += [sys.executable, "-c", "print('worker ran')"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "worker ran" not in result.stdout + result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, result.stderr
+    assert flag.split("=")[0] in error_lines[0]
+    assert allowed in error_lines[0]
+
+
+# ---- 2. Ctrl-C and SIGTERM to the launcher ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "expected_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_ctrl_c_reaches_each_worker_as_exactly_one_sigterm(start_launcher, signum, expected_code):
+    """Ctrl-C in a terminal signals the launcher's whole process group. The workers run in
+    sessions of their own, so they get no SIGINT; the launcher sends each exactly one SIGTERM
+    (main.py saves at the next step and exits 0). Exit code 130 after SIGINT; after SIGTERM the
+    workers' code (0)."""
+    launcher = start_launcher("--num_processes=2", worker=SAVES_ON_TERM)
+    launcher.wait_for("] ready", count=2)
+    launcher.interrupt(signum)
+    code, _ = launcher.wait()
+    assert code == expected_code, launcher.output
+    for i in range(2):
+        assert launcher.lines.count(f"[{i}] got TERM") == 1, launcher.output
+    assert "got INT" not in launcher.output
+    assert "[launch] exit codes: [0, 0]" in launcher.output
+
+
+def test_a_second_ctrl_c_kills_the_workers(start_launcher):
+    """A second Ctrl-C while the workers are still saving kills them (SIGKILL), says so in one
+    line, and the launcher exits 130 at once."""
+    ignores_term = PRELUDE + (
+        "signal.signal(signal.SIGTERM, lambda *_: print('got TERM', flush=True))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    launcher = start_launcher("--num_processes=2", worker=ignores_term)
+    launcher.wait_for("] ready", count=2)
+    launcher.interrupt()
+    launcher.wait_for("got TERM", count=2)
+    launcher.interrupt()
+    code, seconds = launcher.wait()
+    assert code == 130
+    assert seconds < 15
+    assert sum("SIGKILL" in line for line in launcher.lines) == 1, launcher.output
+    assert launcher.output.count("got TERM") == 2
+
+
+# ---- 3. A worker dies while the others run ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("death", "expected_code", "described"),
+    [
+        ("sys.exit(3)", 3, "exited with code 3"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", 128 + 9, "was killed by SIGKILL"),
+    ],
+)
+def test_a_dead_worker_stops_the_others(start_launcher, tmp_path, death, expected_code, described):
+    """Process 1 exits with code 3 (or is killed by SIGKILL) after 0.5 s while process 0 would
+    sleep for 60 s: the launcher stops process 0 at once, prints one paragraph naming the dead
+    process, its pid, its exit code or signal and its log file, and exits with the dead process's
+    code (128 + the signal's number) within seconds."""
+    worker = PRELUDE + "if I == 1:\n    time.sleep(0.5)\n" + f"    {death}\n" + "time.sleep(60)\n"
+    log_dir = str(tmp_path / "logs")
+    launcher = start_launcher("--num_processes=2", f"--process_log_dir={log_dir}", worker=worker)
+    code, seconds = launcher.wait()
+    assert code == expected_code, launcher.output
+    assert seconds < 10
+    pid = re.search(r"\[launch\] process 1: pid (\d+)", launcher.output).group(1)
+    paragraph = next(line for line in launcher.lines if f"process 1 (pid {pid})" in line)
+    assert f"process 1 (pid {pid}) {described}" in paragraph
+    assert "stopping the other processes" in paragraph
+    assert os.path.join(log_dir, "process_1.log") in paragraph
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_grace_s(start_launcher):
+    """Process 1 exits with code 3; process 0 ignores the SIGTERM that should stop it: after
+    --grace_s it is killed (SIGKILL, said in one line) and the launcher exits 3."""
+    worker = PRELUDE + (
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "if I == 1:\n"
+        "    time.sleep(0.5)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(60)\n"
+    )
+    launcher = start_launcher("--num_processes=2", "--grace_s=1", worker=worker)
+    code, seconds = launcher.wait()
+    assert code == 3, launcher.output
+    assert 1.5 <= seconds < 10
+    assert "process 1 (pid" in launcher.output
+    killed = [line for line in launcher.lines if "SIGKILL" in line and "process 0" in line]
+    assert len(killed) == 1, launcher.output
+
+
+# ---- 4. A peer that never arrives -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_peer_that_never_arrives_is_one_error_after_the_timeout(process_id):
+    """One process of a 2-process job, started alone: jax.distributed used to wait 5 minutes,
+    then abort with a C++ stack trace. With timeout_s=3 the process exits with code 2 and one
+    `error:` paragraph naming the coordinator, the process count, this process's id, the timeout
+    and what to check; process 0 (the coordinator) and process 1 (which cannot reach it) alike."""
+    address = f"localhost:{launch.free_port()}"
+    script = (
+        "from alexnet_jax import errors, runtime\n"
+        "with errors.reported_as_exit():\n"
+        f"    runtime.initialize_distributed({address!r}, 2, {process_id}, timeout_s=3)\n"
+        "print('initialized')\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert time.monotonic() - started < 30
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, result.stderr
+    assert error_lines[0].startswith("error: ")
+    for text in (address, "2 processes", f"process {process_id}", "3 s", "--coordinator_address"):
+        assert text in error_lines[0]
+    assert "Check failure" not in result.stderr
+    assert "initialized" not in result.stdout
+
+
+def test_the_coordinator_port_in_use_is_a_user_error(monkeypatch):
+    """Process 0 binds the coordinator's port; if something else holds it, jax.distributed
+    crashes (segfault): a UserError naming the address comes first."""
+    monkeypatch.setattr(jax.distributed, "initialize", pytest.fail)  # never reached
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        address = f"localhost:{taken.getsockname()[1]}"
+        with pytest.raises(errors.ConfigError, match=rf"{address} is in use"):
+            runtime.initialize_distributed(address, 2, 0, env={})
+
+
+def test_timeout_from_the_argument_or_jax_distributed_timeout_s(monkeypatch):
+    """timeout_s, else JAX_DISTRIBUTED_TIMEOUT_S, else 300 s; jax's own initialization_timeout
+    is set later than the timeout_s watchdog (jax aborts the process at its deadline). A bad
+    value or a coordinator address without a port is a ConfigError naming it."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+    runtime.initialize_distributed("host0:1234", 2, 1, timeout_s=7, env={})
+    runtime.initialize_distributed("host0:1234", 2, 1, env={"JAX_DISTRIBUTED_TIMEOUT_S": "9"})
+    runtime.initialize_distributed("host0:1234", 2, 1, env={})
+    timeouts = [k["initialization_timeout"] for k in calls]
+    assert timeouts == [
+        7 + runtime.JAX_ABORT_MARGIN_S,
+        9 + runtime.JAX_ABORT_MARGIN_S,
+        300 + runtime.JAX_ABORT_MARGIN_S,
+    ]
+    with pytest.raises(errors.ConfigError, match="JAX_DISTRIBUTED_TIMEOUT_S='soon'"):
+        runtime.initialize_distributed(
+            "host0:1234", 2, 1, env={"JAX_DISTRIBUTED_TIMEOUT_S": "soon"}
+        )
+    with pytest.raises(errors.ConfigError, match="timeout_s=0"):
+        runtime.initialize_distributed("host0:1234", 2, 1, timeout_s=0, env={})
+    for address in ("host0", "host0:0", "host0:70000", "host0:http"):
+        with pytest.raises(errors.ConfigError, match=f"--coordinator_address={address}"):
+            runtime.initialize_distributed(address, 2, 1, env={})
