@@ -14,10 +14,14 @@ to any process makes all of them save at the same step (checkpoint.PreemptionWat
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
+import math
 import os
+import socket
 import sys
+import threading
 from collections.abc import Mapping
 
 import jax
@@ -171,11 +175,19 @@ def _cluster_process_count(env: Mapping[str, str]) -> int:
     return 1
 
 
+DEFAULT_DISTRIBUTED_TIMEOUT_S = 300.0  # jax.distributed's own default wait for all processes
+# jax.distributed aborts the process (a C++ check failure, no Python exception) when its
+# initialization_timeout passes, so it gets this much longer than timeout_s: the watchdog of
+# `_start_jax_distributed` ends the process first, with a message that says what to check.
+JAX_ABORT_MARGIN_S = 30
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
     env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
 ) -> bool:
     """Starts jax.distributed if this is one of several processes; returns whether it did.
 
@@ -183,6 +195,10 @@ def initialize_distributed(
     fill those left out; with none at all, a SLURM or Open MPI job of more than one process is
     detected and jax.distributed finds its own parameters. A single process is a no-op (it catches
     SIGTERM itself). Must run before anything initializes a JAX backend.
+
+    timeout_s: how long to wait for every process to join (default: `JAX_DISTRIBUTED_TIMEOUT_S`,
+    else 300). When it passes, the process prints one `error:` paragraph and exits with code 2:
+    jax's wait cannot be interrupted from Python (it would abort the process with a C++ stack).
     """
     env = os.environ if env is None else env
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
@@ -194,7 +210,9 @@ def initialize_distributed(
     if all(v is None for v in explicit):
         if _cluster_process_count(env) <= 1:
             return False
-        jax.distributed.initialize()  # SLURM / Open MPI: parameters detected by jax
+        # SLURM / Open MPI: parameters detected by jax
+        job = "this process of the SLURM / Open MPI job waited for the others"
+        _start_jax_distributed(_distributed_timeout_s(timeout_s, env), job)
         return True
     if num_processes == 1 and coordinator_address is None:
         return False
@@ -209,5 +227,89 @@ def initialize_distributed(
         raise ConfigError(
             f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
         )
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    timeout_s = _distributed_timeout_s(timeout_s, env)
+    port = _coordinator_port(coordinator_address)
+    if process_id == 0:  # jax.distributed crashes (segfault) if it cannot bind the port
+        _check_port_free(coordinator_address, port)
+    job = (
+        f"process {process_id} of {num_processes} processes waited for the others at the "
+        f"coordinator {coordinator_address}"
+    )
+    _start_jax_distributed(timeout_s, job, coordinator_address, num_processes, process_id)
     return True
+
+
+def _distributed_timeout_s(timeout_s: float | None, env: Mapping[str, str]) -> float:
+    """`timeout_s`, else JAX_DISTRIBUTED_TIMEOUT_S, else the default; a positive number."""
+    name = "timeout_s"
+    if timeout_s is None and env.get("JAX_DISTRIBUTED_TIMEOUT_S"):
+        name, timeout_s = "JAX_DISTRIBUTED_TIMEOUT_S", env["JAX_DISTRIBUTED_TIMEOUT_S"]
+    if timeout_s is None:
+        return DEFAULT_DISTRIBUTED_TIMEOUT_S
+    try:
+        value = float(timeout_s)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"{name}={timeout_s!r}: the seconds to wait for all processes to join must be a "
+            "positive number."
+        )
+    return value
+
+
+def _coordinator_port(coordinator_address: str) -> int:
+    """The port of `host:port`; a ConfigError unless it is one in 1..65535."""
+    _, _, port = coordinator_address.rpartition(":")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"--coordinator_address={coordinator_address} must be host:port with a port in "
+            "1..65535 (process 0 listens there), e.g. host0:8476."
+        )
+    return int(port)
+
+
+def _check_port_free(coordinator_address: str, port: int) -> None:
+    """A ConfigError if another program holds `port`, which process 0's coordinator binds on
+    every address of this host."""
+    family, everywhere = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((everywhere, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"Port {port} of --coordinator_address={coordinator_address} is in use on this "
+                "host (process 0 runs the coordinator there): stop what holds it, or start every "
+                "process with another free port."
+            ) from e
+        # Anything else (no IPv6 on this host, say): jax.distributed reports it itself.
+
+
+def _start_jax_distributed(timeout_s: float, job: str, *args) -> None:
+    """jax.distributed.initialize(*args); if not every process joined within `timeout_s`, one
+    `error:` paragraph with `job` (who waited where) and exit code 2. jax's wait releases the GIL
+    but cannot be interrupted (at its own deadline it aborts the process): a thread ends it."""
+
+    def give_up() -> None:
+        print(
+            f"error: the multi-process job did not start within {timeout_s:g} s: {job}. "
+            "Start every process with the same --coordinator_address "
+            "(process 0's host:port) and --num_processes, each with its own --process_id; "
+            "process 0 must be running and its port reachable from every host (no firewall in "
+            "between). To wait longer, set JAX_DISTRIBUTED_TIMEOUT_S (seconds).",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(2)  # no exception can reach the main thread, blocked inside jax
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax_timeout = math.ceil(timeout_s) + JAX_ABORT_MARGIN_S
+        jax.distributed.initialize(*args, initialization_timeout=jax_timeout)
+    finally:
+        watchdog.cancel()

@@ -269,7 +269,7 @@ def test_tower_axis_needs_the_paper_variant_and_two_towers():
 def test_initialize_distributed_only_for_several_processes(monkeypatch):
     """No-op for one process; flags, JAX_* variables or a SLURM step start jax.distributed."""
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
     assert not runtime.initialize_distributed(env={})
     assert not runtime.initialize_distributed(num_processes=1, env={})
     assert runtime.initialize_distributed("host0:1234", 4, 3, env={})
