@@ -9,8 +9,10 @@ keys (file names); the input pipeline skips records before materializing, so res
 never decodes the skipped part.
 
 This module also builds what is missing: imagenet2012 from the user's archives (raising DataError
-with instructions when they are absent), the miniature archive and its build, and the one-time
-pre-resize cache.
+with instructions when they are absent), the miniature archive and its build (runs that share a
+miniature_dir or data_dir take turns under file locks), and the one-time pre-resize cache; it
+checks the data fields against the files (`check_before_build`, `check_splits`) and says what
+identifies the data a run trains on (`dataset_identity`).
 """
 
 import contextlib
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -31,9 +34,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from alexnet_jax import miniature, preprocessing
-from alexnet_jax.errors import DataError
+from alexnet_jax.errors import ConfigError, DataError
 
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IMAGENET_SPLITS = ("train", "validation", "test")  # "test" only when its archive was given
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 CACHE_VERSION = 1  # bump when the cache format or its re-encoding changes
 CACHE_JPEG_QUALITY = 90
@@ -78,6 +82,49 @@ def image_bytes(example: dict[str, tf.Tensor]) -> tf.Tensor:
 def fixed_order_examples(shard) -> tf.data.Dataset:
     """A shard's materialized examples in their fixed order (evaluation, cache building)."""
     return shard.epoch_records(None).batch(256).map(shard.materialize).unbatch()
+
+
+UNDECODABLE = "undecodable"  # field of a decoded chunk: keys (file names) of its failed examples
+
+
+def decode_chunk(
+    chunk: dict[str, tf.Tensor], example_fn, placeholder_fn, size: int | None = None
+) -> tf.data.Dataset:
+    """One batch from a chunk of `size` materialized examples (None: however many it holds):
+    example_fn of each one that decodes, in order, then placeholder_fn() for each one that failed
+    (or has 'valid' False), so the batch has the chunk's size.
+
+    Field UNDECODABLE of the batch holds the keys (file names) of the failed examples, [K] strings,
+    so that warnings can name them.
+    """
+    if size is None:
+        size = tf.shape(chunk["key"], out_type=tf.int64)[0]
+    positions = tf.range(size, dtype=tf.int64)
+    items = tf.data.Dataset.from_tensor_slices((positions, chunk))
+    if "valid" in chunk:
+        items = items.filter(lambda _, example: example["valid"])
+    decoded = items.map(lambda i, example: (i, example_fn(example))).ignore_errors(log_warning=True)
+    filler = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), placeholder_fn()))
+
+    def name_failures(done, batch):
+        done = tf.boolean_mask(done, done >= 0)
+        hits = tf.scatter_nd(
+            done[:, None], tf.ones_like(done, tf.int32), tf.shape(positions, out_type=tf.int64)
+        )
+        failed = hits == 0
+        if "valid" in chunk:
+            failed &= chunk["valid"]
+        return {**batch, UNDECODABLE: tf.boolean_mask(chunk["key"], failed)}
+
+    batch = decoded.concatenate(filler.repeat(size)).take(size).batch(size)
+    return batch.map(name_failures)
+
+
+def name_list(keys, limit: int = 20) -> str:
+    """Keys (file names, bytes or str) for a warning: "a.JPEG, b.JPEG"; long lists are cut."""
+    names = [k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in keys]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 # ---- Shards: one host's part of a split, as raw records ----------------------------------------
@@ -208,9 +255,31 @@ class _TfdsSource:
     builder: Any
     num_classes: int
     identity: str  # names the resize cache made from it
+    location: str  # the data_dir of the build (named in errors)
+    split_hint = " (or a slice or sum of them, e.g. 'train[:10%]')"
 
     def num_examples(self, split: str) -> int:
+        """Examples of a split (or slice); KeyError/ValueError from tfds for an unknown one."""
         return self.builder.info.splits[split].num_examples
+
+    def split_names(self) -> list[str]:
+        return sorted(self.builder.info.splits.keys())
+
+    def describe(self) -> dict:
+        """What identifies this build, from its dataset_info.json (no pass over the data)."""
+        splits = self.builder.info.splits
+        return {
+            "builder": self.builder.name,
+            "version": str(self.builder.version),
+            "num_classes": self.num_classes,
+            "splits": {
+                name: {
+                    "num_examples": int(splits[name].num_examples),
+                    "num_shards": int(splits[name].num_shards),
+                }
+                for name in self.split_names()
+            },
+        }
 
     def shard(self, split: str, index: int, count: int, window: int = 4096) -> RecordShard:
         sub_split = tfds.split_for_jax_process(split, process_index=index, process_count=count)
@@ -230,10 +299,18 @@ class _FolderSource:
     root: str
     classes: tuple[str, ...]
     identity: str
+    split_hint = " (sub-folders of the image folder; 'validation' means val/)"
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def location(self) -> str:
+        return self.root
+
+    def split_names(self) -> list[str]:
+        return sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
 
     def files(self, split: str) -> list[tuple[str, int, str]]:
         """(path, label, key) of every image of a split, in a fixed pseudo-random order.
@@ -255,7 +332,17 @@ class _FolderSource:
         return [found[i] for i in order]
 
     def num_examples(self, split: str) -> int:
+        """Images of a split; KeyError when the image folder has no such sub-folder."""
+        if not os.path.isdir(_folder_split_dir(self.root, split)):
+            raise KeyError(f"no folder {_folder_split_dir(self.root, split)!r}")
         return len(self.files(split))
+
+    def describe(self, splits: tuple[str, ...] = ("train", "validation")) -> dict:
+        """What identifies this folder: the class names (labels) and the files per split."""
+        return {
+            "classes": list(self.classes),
+            "num_files": {split: len(self.files(split)) for split in splits},
+        }
 
     def shard(self, split: str, index: int, count: int, window: int = 4096) -> FileShard:
         del window  # files are shuffled exactly
@@ -378,22 +465,65 @@ def _exclusive(directory: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _remove_incomplete_builds(builder) -> None:
+    """Removes tfds's temporary folders of builds that died (only called while holding the lock).
+
+    A killed imagenet2012 build leaves up to ~150 GB in <data_dir>/imagenet2012/incomplete.*/.
+    """
+    parent = os.fspath(builder.data_path.parent)
+    if not os.path.isdir(parent):
+        return
+    for entry in os.listdir(parent):
+        if entry.startswith("incomplete."):
+            logging.info("Removing an unfinished tfds build: %s", os.path.join(parent, entry))
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
-    """Builds imagenet2012 into data_dir (generating the miniature archive first if needed)."""
+    """Builds imagenet2012 into data_dir (generating the miniature archive first if needed).
+
+    Readers never see a partial build: tfds's DatasetBuilder.download_and_prepare writes into
+    <data_dir>/imagenet2012/incomplete.XXXXXX_<version>/ and renames it to <version>/ when
+    complete (tensorflow_datasets/core/dataset_builder.py, via utils.incomplete_dir in
+    tensorflow_datasets/core/utils/file_utils.py), and is_prepared() ignores the temporary
+    folder. Two processes building the same data_dir take turns (the data_dir's lock); a miniature
+    build also holds the archive's lock while it reads the archive, so a run that wants another
+    spec in the same miniature_dir cannot replace the archive mid-build.
+    """
     if config.dataset != "miniature":
         error = _manual_dir_error(manual_dir, data_dir)
         if error is not None:
             raise error
-    with _exclusive(data_dir):
+    with _exclusive(data_dir), contextlib.ExitStack() as archive:
         builder = tfds.builder("imagenet2012", data_dir=data_dir)
         if builder.is_prepared():  # another process built it while this one waited
             return
+        _remove_incomplete_builds(builder)
         if config.dataset == "miniature":
-            miniature.ensure_generated(manual_dir, miniature.MiniatureSpec.from_config(config))
+            spec = miniature.MiniatureSpec.from_config(config)
+            archive.enter_context(miniature.generated(manual_dir, spec))
         # By-number labels equal tfds's own for the full 50,000-image archive and stay right for
         # a partial one (a miniature archive given as manual_dir, or a subset a user made).
         with _validation_labels_by_file_name():
             _download_and_prepare(builder, manual_dir, data_dir)
+
+
+def _check_miniature_build(builder, spec: miniature.MiniatureSpec, data_dir: str) -> None:
+    """Raises DataError when a miniature build does not hold its spec's number of examples.
+
+    Catches builds made while another run regenerated the archive (before the archive's lock).
+    """
+    expected = {
+        "train": spec.num_classes * spec.train_per_class + spec.num_corrupt,
+        "validation": spec.num_classes * spec.val_per_class + spec.num_corrupt,
+    }
+    found = {split: builder.info.splits[split].num_examples for split in expected}
+    if found != expected:
+        raise DataError(
+            f"The miniature build in {data_dir!r} holds {found} examples, but its spec asks for "
+            f"{expected}: it was built from another spec's archive (by an older version, while "
+            "another run regenerated it). Delete that folder and rerun: it is rebuilt."
+        )
 
 
 def open_tfds(config, build: bool) -> _TfdsSource:
@@ -418,8 +548,10 @@ def open_tfds(config, build: bool) -> _TfdsSource:
             f"{data_dir!r} holds imagenet2012 in {builder.info.file_format.value} "
             "format; this pipeline reads TFRecord files. Use another --config.data_dir."
         )
+    if config.dataset == "miniature":
+        _check_miniature_build(builder, spec, data_dir)
     identity = f"imagenet2012:{os.path.abspath(data_dir)}:{builder.version}"
-    return _TfdsSource(builder, num_classes, identity)
+    return _TfdsSource(builder, num_classes, identity, data_dir)
 
 
 def open_source(config, build: bool):
@@ -427,6 +559,106 @@ def open_source(config, build: bool):
     if config.dataset == "image_folder":
         return _open_folder(config.image_folder)
     return open_tfds(config, build)
+
+
+def _directory_problem(path: str) -> str | None:
+    """Why `path` cannot be (or become) a directory: it, or a folder above it, is a file."""
+    path = os.path.expanduser(path)
+    if os.path.exists(path):
+        return None if os.path.isdir(path) else "is a file, not a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return None if os.path.isdir(parent) else f"lies inside {parent!r}, which is a file"
+
+
+def _check_tfds_split_names(config) -> None:
+    """Raises ConfigError for a split imagenet2012 can never have, before a build of hours."""
+    for field in ("train_split", "eval_split"):
+        names = {re.sub(r"\[.*?\]", "", part).strip() for part in str(config[field]).split("+")}
+        unknown = sorted(names - set(IMAGENET_SPLITS))
+        if unknown:
+            raise ConfigError(
+                f"config.{field}={config[field]!r} names {', '.join(map(repr, unknown))}, which "
+                f"is not a split of imagenet2012 (its splits: "
+                f"{', '.join(map(repr, IMAGENET_SPLITS))}; 'test' only with "
+                f"ILSVRC2012_img_test.tar): set --config.{field} to one of them."
+            )
+
+
+def check_before_build(config) -> None:
+    """Raises ConfigError for a directory field of the config's dataset that names a file, and for
+    a tfds split name imagenet2012 never has; cheap, so prepare() runs it before any build."""
+    if config.dataset in ("imagenet2012", "miniature"):
+        _check_tfds_split_names(config)
+    fields = {
+        "imagenet2012": ["data_dir"],
+        "miniature": ["data_dir", "miniature_dir"],
+        "image_folder": ["image_folder"],
+    }.get(config.dataset, [])
+    if config.resized_cache_dir:
+        fields.append("resized_cache_dir")
+    for field in fields:
+        problem = _directory_problem(config[field]) if config[field] else None
+        if problem:
+            raise ConfigError(
+                f"config.{field}={config[field]!r} {problem}: set --config.{field} to a directory "
+                + (
+                    "holding train/<class>/ and val/<class>/."
+                    if field == "image_folder"
+                    else "(it is created if missing)."
+                )
+            )
+
+
+def check_splits(config, source) -> None:
+    """Raises ConfigError for a train_split / eval_split the source lacks (naming the ones it has),
+    DataError for one that selects no examples."""
+    for field in ("train_split", "eval_split"):
+        split = config[field]
+        try:
+            num_examples = source.num_examples(split)
+        except (KeyError, ValueError, AssertionError) as e:  # tfds: unknown split, bad slice
+            has = ", ".join(repr(s) for s in source.split_names())
+            raise ConfigError(
+                f"config.{field}={split!r} is not a split of the {config.dataset} data in "
+                f"{source.location!r}, which has {has}{source.split_hint}: set "
+                f"--config.{field} to one of them."
+            ) from e
+        if num_examples == 0:
+            raise DataError(
+                f"config.{field}={split!r} selects no examples of the {config.dataset} data in "
+                f"{source.location!r} (its splits: "
+                f"{', '.join(repr(s) for s in source.split_names())}); choose another split."
+            )
+
+
+def dataset_identity(config) -> dict:
+    """What identifies the data a run trains on, as JSON values; cheap (no pass over the data).
+
+    A resumed run should train on data with the same identity: for image folders the sorted class
+    names (label i is classes[i], so an added class folder shifts labels) and the files per split;
+    for tfds builds (imagenet2012, miniature) the builder's version and the split sizes and shard
+    counts of its dataset_info.json (plus the miniature spec's fingerprint); for synthetic data
+    the example counts. Raises DataError when the data is not prepared yet.
+    """
+    identity = {"dataset": str(config.dataset)}
+    if config.dataset == "synthetic":
+        identity.update(
+            num_train_examples=int(config.synthetic_train_examples),
+            num_eval_examples=int(config.synthetic_eval_examples),
+            num_classes=int(config.num_classes),
+        )
+        return identity
+    source = open_source(config, build=False)
+    if config.dataset == "image_folder":
+        identity.update(source.describe((str(config.train_split), str(config.eval_split))))
+        return identity
+    identity.update(source.describe())
+    if config.dataset == "miniature":
+        spec = miniature.MiniatureSpec.from_config(config)
+        identity["miniature_fingerprint"] = spec.fingerprint()
+    return identity
 
 
 # ---- Pre-resize cache ---------------------------------------------------------------------------
@@ -494,36 +726,66 @@ def build_resized_cache(config, source) -> str:
     return directory
 
 
+def _reencoded_examples(shard, size: int, undecodable: list[str]) -> Iterator:
+    """(JPEG bytes, label, key) of every decodable example of a shard, re-encoded with shorter
+    side `size`, in fixed order; appends the keys of the undecodable ones to `undecodable`."""
+
+    def reencode(example):
+        image = preprocessing.reencode_resized(image_bytes(example), size, CACHE_JPEG_QUALITY)
+        return {"image": image, "label": example["label"], "key": example["key"], "ok": True}
+
+    def placeholder():
+        return {
+            "image": tf.constant(b""),
+            "label": tf.constant(0, tf.int32),
+            "key": tf.constant(b""),
+            "ok": tf.constant(False),
+        }
+
+    batches = (
+        shard.epoch_records(None)
+        .batch(256)
+        .map(shard.materialize)
+        .interleave(
+            lambda chunk: decode_chunk(chunk, reencode, placeholder),
+            cycle_length=max(2, os.cpu_count() or 2),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+        .with_options(dataset_options())
+    )
+    for batch in batches.as_numpy_iterator():
+        undecodable.extend(k.decode(errors="replace") for k in batch[UNDECODABLE])
+        for image, label, key, ok in zip(
+            batch["image"], batch["label"], batch["key"], batch["ok"], strict=True
+        ):
+            if ok:
+                yield image, label, key
+
+
 def _write_resized_cache(config, source, directory: str) -> None:
     """Writes the cache files, then the manifest (whose presence marks a complete cache)."""
     shard = source.shard(config.train_split, 0, 1)
     logging.info("Building the pre-resize cache of %d images in %s.", shard.num_examples, directory)
-    size = int(config.resize_size)
-
-    def reencode(example):
-        image = preprocessing.reencode_resized(image_bytes(example), size, CACHE_JPEG_QUALITY)
-        return image, example["label"], example["key"]
-
-    examples = (
-        fixed_order_examples(shard)
-        .map(reencode, num_parallel_calls=tf.data.AUTOTUNE)
-        .ignore_errors(log_warning=True)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(dataset_options())
-    )
-    names, lengths = _write_cache_files(directory, examples.as_numpy_iterator())
+    undecodable = []
+    examples = _reencoded_examples(shard, int(config.resize_size), undecodable)
+    names, lengths = _write_cache_files(directory, examples)
     manifest = {
         "version": CACHE_VERSION,
         "source": source.identity,
         "split": config.train_split,
-        "resize_size": size,
+        "resize_size": int(config.resize_size),
         "files": names,
         "lengths": lengths,
         "num_undecodable": shard.num_examples - sum(lengths),
+        "undecodable_files": undecodable,
     }
     if manifest["num_undecodable"]:
         logging.warning(
-            "The pre-resize cache left out %d undecodable image(s).", manifest["num_undecodable"]
+            "The pre-resize cache left out %d undecodable image(s): %s",
+            manifest["num_undecodable"],
+            name_list(undecodable),
         )
     with open(os.path.join(directory, CACHE_MANIFEST + ".tmp"), "w") as f:
         json.dump(manifest, f)

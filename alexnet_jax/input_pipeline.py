@@ -43,7 +43,7 @@ than the crop are upscaled. A file that no decoder reads is never a crash: its s
 becomes a zero image with label 0 and mask False, so batch boundaries (and resume) stay exact.
 Train batches therefore have mask True except for such files; the training loss should be weighted
 by `mask`. The count is `iterator.num_undecodable` (train: cumulative since the iterator was made;
-eval: of the last completed pass), and each occurrence is logged as a warning.
+eval: of the last completed pass), and each occurrence is logged as a warning naming the file.
 
 Pre-resize cache (config.resized_cache_dir): prepare() re-encodes the training split once with
 shorter side config.resize_size into TFRecord shards there (undecodable files are left out and
@@ -130,18 +130,10 @@ def _decode_batches(
     An example whose decoding fails is dropped and its batch is filled up at the end with
     `placeholder_fn()` (mask False): batch k always holds the examples k*B .. k*B+B-1 of the
     stream, whatever fails. Examples with 'valid' False (eval padding) become placeholders too.
+    Each batch also holds the file names of its failed examples (data_sources.UNDECODABLE).
     """
-
-    def decode_chunk(chunk):
-        items = tf.data.Dataset.from_tensor_slices(chunk)
-        if "valid" in chunk:
-            items = items.filter(lambda example: example["valid"])
-        decoded = items.map(example_fn).ignore_errors(log_warning=True)
-        filler = tf.data.Dataset.from_tensors(placeholder_fn()).repeat(batch_size)
-        return decoded.concatenate(filler).take(batch_size).batch(batch_size)
-
     return chunks.interleave(
-        decode_chunk,
+        lambda chunk: data_sources.decode_chunk(chunk, example_fn, placeholder_fn, batch_size),
         cycle_length=max(2, os.cpu_count() or 2),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -180,7 +172,12 @@ def _train_dataset(
         images = preprocessing.normalize_batch(
             batch["image"], recipe, batch["offset"], batch["flip"]
         )
-        return {"image": images, "label": batch["label"], "mask": batch["mask"]}
+        return {
+            "image": images,
+            "label": batch["label"],
+            "mask": batch["mask"],
+            data_sources.UNDECODABLE: batch[data_sources.UNDECODABLE],
+        }
 
     stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_records).skip(offset)
     chunks = stream.batch(batch_size, drop_remainder=True).map(
@@ -207,7 +204,12 @@ def _eval_dataset(config, shard, batch_size: int, num_batches: int) -> tf.data.D
 
     def finalize(batch):
         images = preprocessing.normalize_batch(batch["image"], recipe)
-        return {"image": images, "label": batch["label"], "mask": batch["mask"]}
+        return {
+            "image": images,
+            "label": batch["label"],
+            "mask": batch["mask"],
+            data_sources.UNDECODABLE: batch[data_sources.UNDECODABLE],
+        }
 
     examples = data_sources.fixed_order_examples(shard).map(
         lambda e: {**e, "valid": tf.constant(True)}
@@ -284,13 +286,15 @@ class TrainIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._batches)
+        names = batch.pop(data_sources.UNDECODABLE, ())
         skipped = self._batch_size - int(np.count_nonzero(batch["mask"]))
         if skipped:
             self.num_undecodable += skipped
             logging.warning(
-                "Skipped %d undecodable training image(s) (%d since start).",
+                "Skipped %d undecodable training image(s) (%d since start): %s",
                 skipped,
                 self.num_undecodable,
+                data_sources.name_list(names),
             )
         return batch
 
@@ -312,13 +316,18 @@ class EvalIterable:
         return self._num_batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        seen = 0
+        seen, names = 0, []
         for batch in self._make_batches():
+            names.extend(batch.pop(data_sources.UNDECODABLE, ()))
             seen += int(np.count_nonzero(batch["mask"]))
             yield batch
         self.num_undecodable = self._num_examples - seen
         if self.num_undecodable:
-            logging.warning("Evaluation skipped %d undecodable image(s).", self.num_undecodable)
+            logging.warning(
+                "Evaluation skipped %d undecodable image(s): %s",
+                self.num_undecodable,
+                data_sources.name_list(names),
+            )
 
 
 # ---- Public API ---------------------------------------------------------------------------------
@@ -327,7 +336,8 @@ class EvalIterable:
 def prepare(config) -> DatasetInfo:
     """Checks the config, generates/builds the data (and the resize cache) if needed; returns sizes.
 
-    Raises DataError with what to do when the data is missing, ConfigError for bad fields.
+    Raises DataError with what to do when the data is missing, ConfigError for bad fields (also
+    a data directory that is a file, or a split the data does not have).
     Call it on every host before creating iterators.
     """
     config_lib.validate_config(config)
@@ -337,6 +347,7 @@ def prepare(config) -> DatasetInfo:
             int(config.synthetic_eval_examples),
             int(config.num_classes),
         )
+    data_sources.check_before_build(config)
     source = data_sources.open_source(config, build=True)
     if source.num_classes > config.num_classes:
         raise ConfigError(
@@ -344,6 +355,7 @@ def prepare(config) -> DatasetInfo:
             f"{source.num_classes} classes of the {config.dataset} data; set "
             f"--config.num_classes={source.num_classes}."
         )
+    data_sources.check_splits(config, source)
     if config.resized_cache_dir:
         data_sources.build_resized_cache(config, source)
     return DatasetInfo(

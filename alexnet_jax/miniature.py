@@ -7,6 +7,10 @@
   files whose label (tfds's shipped `validation_labels.txt`) is one of the chosen classes;
 - `miniature.json`: the spec, its fingerprint and the names of the deliberately hard files.
 
+`generated(directory, spec)` / `ensure_generated` make the archive safe to share between runs:
+under an exclusive lock on the directory, it is generated into a temporary folder there and moved
+in only when complete, manifest last; a run that reads the archive holds the lock meanwhile.
+
 The classes are the first `num_classes` synsets in tfds's imagenet2012 label order, so the real
 `imagenet2012` builder labels them 0..num_classes-1. Each class is a drawn shape of its own form and
 colour (circle, square, triangle, stripes, ...) at a random position, size and rotation on a noisy
@@ -19,14 +23,19 @@ can also ask for truly undecodable files (`num_corrupt`).
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib.resources
 import io
 import json
 import math
 import os
+import shutil
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +45,8 @@ GENERATOR_VERSION = 1  # bump when the pictures change, so cached archives are r
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 MANIFEST = "miniature.json"
+LOCK_FILE = ".archive.lock"  # in the archive's directory; see `generated`
+INCOMPLETE_PREFIX = ".incomplete-"  # temporary folders of generation in progress (or killed)
 HARD_KINDS = ("png", "cmyk", "gray", "tiny")  # each appears once per split (if there is room)
 MAX_VAL_PER_CLASS = 50  # ILSVRC2012 has exactly 50 validation images per class
 SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring", "star", "dots")
@@ -360,11 +371,74 @@ def read_manifest(directory: str) -> dict | None:
         return None
 
 
-def ensure_generated(directory: str, spec: MiniatureSpec) -> bool:
-    """Generates the archive unless `directory` already holds one of this spec; True if it did."""
+def _holds(directory: str, spec: MiniatureSpec) -> bool:
+    """Whether `directory` holds the complete archive of `spec` (the manifest is moved in last)."""
     manifest = read_manifest(directory)
     complete = all(os.path.exists(os.path.join(directory, n)) for n in (TRAIN_TAR, VAL_TAR))
-    if manifest is not None and complete and manifest["fingerprint"] == spec.fingerprint():
-        return False
-    generate(directory, spec)
-    return True
+    return manifest is not None and complete and manifest["fingerprint"] == spec.fingerprint()
+
+
+@contextlib.contextmanager
+def _archive_lock(directory: str) -> Iterator[None]:
+    """An exclusive lock on the archive in `directory`: one process generates or reads it at a time.
+
+    The lock file stays in `directory` (which is never renamed), so every process locks the same
+    file.
+    """
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, LOCK_FILE), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_incomplete(directory: str) -> None:
+    """Removes what generators that died left (only called while holding the lock): temporary
+    folders, and the `<file>.tmp` files of the older in-place generator."""
+    left_over = {name + ".tmp" for name in (TRAIN_TAR, VAL_TAR, MANIFEST)}
+    for entry in os.listdir(directory):
+        if entry.startswith(INCOMPLETE_PREFIX):
+            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+        elif entry in left_over:
+            os.remove(os.path.join(directory, entry))
+
+
+def _generate_and_move_in(directory: str, spec: MiniatureSpec) -> None:
+    """Generates into a temporary folder inside `directory`, then moves the files in.
+
+    The old manifest goes first and the new one last, so an interruption at any point leaves
+    either the old archive whole or no manifest (and the next call generates again).
+    """
+    tmp = tempfile.mkdtemp(prefix=INCOMPLETE_PREFIX, dir=directory)
+    try:
+        generate(tmp, spec)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, MANIFEST))
+        for name in (TRAIN_TAR, VAL_TAR, MANIFEST):
+            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def generated(directory: str, spec: MiniatureSpec) -> Iterator[bool]:
+    """Holds the lock of `directory` while it holds the archive of `spec`; yields True if generated.
+
+    Read the archive inside the block (the tfds build does): another process that wants a
+    different spec in the same directory waits for the lock instead of replacing the archive.
+    """
+    with _archive_lock(directory):
+        _remove_incomplete(directory)
+        if _holds(directory, spec):
+            yield False
+        else:
+            _generate_and_move_in(directory, spec)
+            yield True
+
+
+def ensure_generated(directory: str, spec: MiniatureSpec) -> bool:
+    """Generates the archive unless `directory` already holds one of this spec; True if it did."""
+    with generated(directory, spec) as did_generate:
+        return did_generate

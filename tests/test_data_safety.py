@@ -1,0 +1,315 @@
+"""Data safety: concurrent runs sharing one miniature archive, interrupted generators, paths and
+splits that are wrong (one UserError naming the field, no traceback), undecodable files named in
+the warnings, and the identity of the data a run trains on.
+
+Every dataset here is tiny (2-4 classes, 2-5 images of 40-64 px per class), so each build takes
+about a second.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import data_sources, input_pipeline, miniature
+from alexnet_jax.errors import ConfigError, DataError, UserError
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 1
+
+
+def _config(tmp, **overrides):
+    """A tiny miniature config whose data lives under `tmp`."""
+    config = default.get_config()
+    config.dataset = "miniature"
+    config.data_dir = os.path.join(tmp, "tfds")
+    config.miniature_dir = os.path.join(tmp, "miniature")
+    config.num_classes = 2
+    config.miniature_train_per_class = TRAIN_PER_CLASS
+    config.miniature_val_per_class = VAL_PER_CLASS
+    config.miniature_image_sides = (40, 64)
+    config.shuffle_buffer_size = 16
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny miniature dataset (2 classes x 3 train, 1 validation image), built once."""
+    tmp = str(tmp_path_factory.mktemp("built"))
+    config = _config(tmp)
+    input_pipeline.prepare(config)
+    return tmp
+
+
+def _png(path, value: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((40, 48, 3), value, np.uint8)).save(path, format="PNG")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """An image folder: train/{ant,bee} with 2 images each, val/{ant,bee} with 1 each."""
+    root = str(tmp_path / "images")
+    for split, count in (("train", 2), ("val", 1)):
+        for c, name in enumerate(("ant", "bee")):
+            for k in range(count):
+                _png(os.path.join(root, split, name, f"{name}{k}.png"), 60 * c + k)
+    return root
+
+
+def _folder_config(tmp, root, **overrides):
+    return _config(tmp, dataset="image_folder", image_folder=root, **overrides)
+
+
+# ---- 1. Concurrent generation and builds --------------------------------------------------------
+
+_WORKER = """
+import json, os, sys, time
+sys.path.insert(0, {repo!r})
+from alexnet_jax import input_pipeline
+from configs import default
+
+config = default.get_config()
+config.dataset = "miniature"
+config.data_dir, config.miniature_dir = {data_dir!r}, {miniature_dir!r}
+config.num_classes = {num_classes}
+config.miniature_train_per_class, config.miniature_val_per_class = {train}, {val}
+config.miniature_image_sides = (40, 64)
+open({ready!r}, "w").close()
+while not os.path.exists({go!r}):
+    time.sleep(0.005)
+info = input_pipeline.prepare(config)
+print(json.dumps([info.num_train_examples, info.num_eval_examples, info.num_classes]))
+"""
+
+
+def _start_worker(tmp, num_classes, train, val):
+    """A process that prepares a `num_classes` miniature in tmp once the file tmp/go exists;
+    returns it after it has imported everything (so that it starts the moment `go` appears)."""
+    ready = os.path.join(tmp, f"ready{num_classes}")
+    script = _WORKER.format(
+        repo=REPO,
+        data_dir=os.path.join(tmp, "tfds"),
+        miniature_dir=os.path.join(tmp, "miniature"),
+        num_classes=num_classes,
+        train=train,
+        val=val,
+        ready=ready,
+        go=os.path.join(tmp, "go"),
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not os.path.exists(ready) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    return proc
+
+
+def test_two_specs_prepared_at_once_share_miniature_dir_each_build_is_its_own(tmp_path):
+    """3 and 4 classes at once (this process and another), one miniature_dir and data_dir: each
+    build holds exactly its own classes and counts (before: one regenerated the archive in place
+    while the other built from it; a 3-class run exited 0 with a build missing a class, which
+    later runs reused)."""
+    tmp, train, val = str(tmp_path), 5, 2
+    configs = {
+        n: _config(tmp, num_classes=n, miniature_train_per_class=train, miniature_val_per_class=val)
+        for n in (3, 4)
+    }
+    worker = _start_worker(tmp, 4, train, val)
+    open(os.path.join(tmp, "go"), "w").close()  # both start now
+    try:
+        info = input_pipeline.prepare(configs[3])
+    finally:
+        out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == [4 * train, 4 * val, 4]
+    assert (info.num_train_examples, info.num_eval_examples) == (3 * train, 3 * val)
+    for n, config in configs.items():
+        builder = data_sources.open_tfds(config, build=False).builder
+        assert builder.info.splits["train"].num_examples == n * train
+        assert builder.info.splits["validation"].num_examples == n * val
+        labels = {int(x["label"]) for x in builder.as_dataset(split="train").as_numpy_iterator()}
+        assert labels == set(range(n))
+        # A third prepare reuses the build and reads the right counts.
+        info = input_pipeline.prepare(config)
+        assert (info.num_train_examples, info.num_eval_examples) == (n * train, n * val)
+    leftovers = os.listdir(configs[3].miniature_dir)
+    assert not [e for e in leftovers if e.startswith(miniature.INCOMPLETE_PREFIX)]
+
+
+def test_interrupted_regeneration_keeps_the_previous_archive_and_is_cleaned(tmp_path, monkeypatch):
+    """A generator that dies half-way (here: an exception while writing the validation tar; a
+    killed one leaves its temporary folder) changes nothing a reader sees; the next generation
+    removes the left-over temporary folders."""
+    directory = str(tmp_path / "miniature")
+    old = miniature.MiniatureSpec(2, 2, 1, side_range=(40, 64))
+    new = miniature.MiniatureSpec(3, 2, 1, side_range=(40, 64))
+    assert miniature.ensure_generated(directory, old)
+    before = {n: (tmp_path / "miniature" / n).read_bytes() for n in os.listdir(directory)}
+
+    def dies(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(miniature, "_write_val_tar", dies)
+    with pytest.raises(KeyboardInterrupt):
+        miniature.ensure_generated(directory, new)
+    monkeypatch.undo()
+    after = {n: (tmp_path / "miniature" / n).read_bytes() for n in before}
+    assert after == before  # the old archive, whole, with its own manifest
+    assert miniature.read_manifest(directory)["fingerprint"] == old.fingerprint()
+
+    # A killed generator's half-written temporary folder: ignored, then removed.
+    planted = os.path.join(directory, miniature.INCOMPLETE_PREFIX + "killed")
+    os.makedirs(planted)
+    with open(os.path.join(planted, miniature.TRAIN_TAR), "wb") as f:
+        f.write(b"half a tar")
+    assert not miniature.ensure_generated(directory, old)  # the complete archive is reused
+    assert miniature.ensure_generated(directory, new)
+    assert not os.path.exists(planted)
+    assert miniature.read_manifest(directory)["fingerprint"] == new.fingerprint()
+    with tarfile.open(os.path.join(directory, miniature.TRAIN_TAR)) as tar:
+        assert len(tar.getnames()) == 3  # one inner tar per class of the new spec
+
+
+def test_a_build_made_from_another_specs_archive_is_refused(tmp_path):
+    """A build poisoned by the old race (3-class fingerprint, 2-class content) is a DataError
+    telling to delete it, not a run that silently trains without a class."""
+    config = _config(str(tmp_path), num_classes=3)
+    spec = miniature.MiniatureSpec.from_config(config)
+    data_dir = os.path.join(config.data_dir, "miniature", spec.fingerprint())
+    wrong = str(tmp_path / "two_classes")
+    miniature.generate(wrong, miniature.MiniatureSpec.from_config(_config(str(tmp_path))))
+    builder = data_sources.tfds.builder("imagenet2012", data_dir=data_dir)
+    with data_sources._validation_labels_by_file_name():
+        data_sources._download_and_prepare(builder, wrong, data_dir)
+    with pytest.raises(DataError, match=r"holds .*'train': 6.* asks for .*'train': 9.*Delete"):
+        input_pipeline.prepare(config)
+
+
+# ---- 2. Wrong paths and splits: one UserError naming the field ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "field", ["data_dir", "miniature_dir", "resized_cache_dir", "image_folder"]
+)
+def test_path_that_is_a_file_is_a_user_error_naming_the_field(tmp_path, field):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    dataset = "image_folder" if field == "image_folder" else "miniature"
+    config = _config(str(tmp_path), dataset=dataset, **{field: str(a_file)})
+    with pytest.raises(UserError, match=rf"config\.{field}=.*is a file") as error:
+        input_pipeline.prepare(config)
+    assert isinstance(error.value, ConfigError | DataError)
+    assert "\n" not in str(error.value)
+
+
+def test_directory_inside_a_file_is_a_user_error_naming_the_field(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    config = _config(str(tmp_path), data_dir=str(tmp_path / "a_file" / "tfds"))
+    with pytest.raises(ConfigError, match=r"config\.data_dir=.*lies inside .*a_file"):
+        input_pipeline.prepare(config)
+
+
+def test_split_imagenet_never_has_is_refused_before_the_build(tmp_path):
+    config = _config(str(tmp_path), train_split="train[:50%]+tarin")
+    with pytest.raises(ConfigError, match=r"config\.train_split=.*'tarin'.*'train', 'validation'"):
+        input_pipeline.prepare(config)
+    assert not os.path.exists(config.miniature_dir)  # nothing generated or built
+
+
+@pytest.mark.parametrize(("field", "split"), [("eval_split", "test"), ("train_split", "foo")])
+def test_unknown_tfds_split_is_a_user_error_naming_the_splits(built, field, split):
+    with pytest.raises(UserError, match=rf"config\.{field}='{split}'.*'train', 'validation'"):
+        input_pipeline.prepare(_config(built, **{field: split}))
+
+
+@pytest.mark.parametrize(("field", "split"), [("eval_split", "test"), ("train_split", "foo")])
+def test_unknown_image_folder_split_is_a_user_error_naming_the_subfolders(
+    tmp_path, folder, field, split
+):
+    with pytest.raises(UserError, match=rf"config\.{field}='{split}'.*'train', 'val'"):
+        input_pipeline.prepare(_folder_config(str(tmp_path), folder, **{field: split}))
+
+
+def test_synthetic_accepts_any_split_name():
+    config = default.get_config()
+    config.dataset, config.eval_split = "synthetic", "test"
+    assert input_pipeline.prepare(config).num_classes == config.num_classes
+
+
+# ---- 3. Undecodable files are named --------------------------------------------------------------
+
+
+def test_undecodable_training_file_is_named_in_the_warning(tmp_path, caplog):
+    config = _config(str(tmp_path), miniature_corrupt_files=1)
+    info = input_pipeline.prepare(config)
+    special = miniature.read_manifest(config.miniature_dir)["special_files"]
+    (corrupt,) = [n for n, k in special[miniature.TRAIN_TAR].items() if k == "corrupt"]
+    iterator = input_pipeline.create_train_iterator(
+        config, local_batch_size=info.num_train_examples
+    )
+    with caplog.at_level(logging.WARNING):
+        batches = [next(iterator), next(iterator)]  # two epochs: the file fails twice
+    assert sorted(batches[0]) == ["image", "label", "mask"]  # the names are not in the batch
+    warnings = [m for m in caplog.messages if "undecodable training image" in m]
+    assert len(warnings) == 2
+    assert all(corrupt in w for w in warnings), warnings
+    assert iterator.num_undecodable == 2
+    # The pre-resize cache leaves the file out, and says which one.
+    caplog.clear()
+    config.resized_cache_dir = str(tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        input_pipeline.prepare(config)
+    source = data_sources.open_source(config, build=False)
+    manifest = data_sources.read_json(
+        os.path.join(data_sources.cache_dir(config, source), data_sources.CACHE_MANIFEST)
+    )
+    assert manifest["undecodable_files"] == [corrupt]
+    assert any("pre-resize cache left out 1" in m and corrupt in m for m in caplog.messages)
+
+
+# ---- 4. What identifies the data a run trains on -------------------------------------------------
+
+
+def test_dataset_identity_of_image_folder_changes_when_a_class_is_added(tmp_path, folder):
+    config = _folder_config(str(tmp_path), folder)
+    first = data_sources.dataset_identity(config)
+    assert first == data_sources.dataset_identity(config)  # stable
+    assert json.loads(json.dumps(first)) == first  # JSON values only
+    assert first["classes"] == ["ant", "bee"]
+    _png(os.path.join(folder, "train", "aardvark", "a0.png"), 7)
+    _png(os.path.join(folder, "val", "aardvark", "a0.png"), 8)
+    second = data_sources.dataset_identity(config)
+    assert second["classes"] == ["aardvark", "ant", "bee"]  # every label shifted: not a resume
+    assert second != first
+
+
+def test_dataset_identity_of_tfds_and_synthetic_data_is_stable_json(built):
+    config = _config(built)
+    identity = data_sources.dataset_identity(config)
+    assert identity == data_sources.dataset_identity(config)
+    assert json.loads(json.dumps(identity)) == identity
+    assert identity["splits"]["train"]["num_examples"] == 2 * TRAIN_PER_CLASS
+    spec = miniature.MiniatureSpec.from_config(config)
+    assert identity["miniature_fingerprint"] == spec.fingerprint()
+    synthetic = default.get_config()
+    synthetic.dataset = "synthetic"
+    identity = data_sources.dataset_identity(synthetic)
+    assert json.loads(json.dumps(identity)) == identity
+    assert identity["num_train_examples"] == synthetic.synthetic_train_examples
