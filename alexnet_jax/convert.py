@@ -204,6 +204,39 @@ def from_torch_state_dict(
     return params
 
 
+def _flat_flax(params: Mapping[str, Any]) -> dict[str, Any]:
+    """{"layer/name": leaf} of Flax params or of the variables dict {"params": {...}}."""
+    if "params" in params and isinstance(params["params"], Mapping):
+        params = params["params"]
+    return {
+        f"{layer}/{name}": value
+        for layer, leaves in params.items()
+        for name, value in (leaves.items() if isinstance(leaves, Mapping) else [("", leaves)])
+    }
+
+
+def check_flax_params(params: Mapping[str, Any], variant: str) -> int:
+    """The number of classes of Flax params that have exactly the names and shapes of `variant`;
+    ValueError otherwise, naming each offending key. Only looks at shapes: copies nothing.
+
+    Args:
+      params: {layer: {"kernel", "bias"}}, or the variables dict {"params": {...}} holding it.
+    """
+    _check_variant(variant)
+    arrays = {  # anything with a shape as it is (no copy); other leaves as arrays
+        key: value if hasattr(value, "shape") else np.asarray(value)
+        for key, value in _flat_flax(params).items()
+    }
+    num_classes = _infer_num_classes(arrays, "fc8/kernel", 1, "params")
+    expected = {
+        f"{layer}/{name}": shape
+        for layer, leaves in flax_param_shapes(variant, num_classes).items()
+        for name, shape in leaves.items()
+    }
+    _validate(arrays, expected, "params")
+    return num_classes
+
+
 def to_torch_state_dict(
     params: Mapping[str, Any], variant: str, *, as_torch: bool = True
 ) -> dict[str, Any]:
@@ -216,21 +249,8 @@ def to_torch_state_dict(
     Raises:
       ValueError: on missing or unexpected layers/parameters or wrong shapes, naming each.
     """
-    _check_variant(variant)
-    if "params" in params and isinstance(params["params"], Mapping):
-        params = params["params"]
-    arrays = {
-        f"{layer}/{name}": _as_numpy(value)
-        for layer, leaves in params.items()
-        for name, value in (leaves.items() if isinstance(leaves, Mapping) else [("", leaves)])
-    }
-    num_classes = _infer_num_classes(arrays, "fc8/kernel", 1, "params")
-    expected = {
-        f"{layer}/{name}": shape
-        for layer, leaves in flax_param_shapes(variant, num_classes).items()
-        for name, shape in leaves.items()
-    }
-    _validate(arrays, expected, "params")
+    check_flax_params(params, variant)
+    arrays = {key: _as_numpy(value) for key, value in _flat_flax(params).items()}
     state_dict = {}
     for layer, module in _TORCH_MODULES[variant].items():
         kernel = arrays[f"{layer}/kernel"]

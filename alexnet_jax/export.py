@@ -9,6 +9,15 @@ and layouts in alexnet_jax/convert.py; torchvision's `models.alexnet(num_classes
 `torchvision` variant), made by `convert.to_torch_state_dict`, so a model trained here runs in
 PyTorch. `.npz` holds the Flax params under '/'-joined paths ("conv1/kernel", ...). Every format
 reads back with `weights_io.load_weights` (and `predict --weights`).
+
+Every file also records the run's conventions (variant, num_classes, input and resize size,
+normalization, LRN convention, class names: weights_io.conventions_of), so `predict --weights`
+preprocesses and runs it as the run did, and PyTorch still loads it with
+`model.load_state_dict(torch.load(path, weights_only=True))`.
+
+The file is written at exactly the path given (`--to=M.NPZ` writes M.NPZ), through a temporary
+file renamed into place: a failed write (a full disk, a path under a file) is one `error:` line,
+exit code 2, and leaves no partial file and any earlier file at that path intact.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from alexnet_jax import rundir, weights_io
+from alexnet_jax import predict, rundir, weights_io
 from alexnet_jax.errors import reported_as_exit
 
 
@@ -33,10 +42,12 @@ def define_flags() -> None:
 
 
 def export_run(workdir: str, out_path: str) -> str:
-    """Writes the latest checkpoint's params of the run in `workdir` to `out_path`; returns it."""
-    weights_io.file_format(out_path)  # fail on a bad suffix before restoring anything
+    """Writes the latest checkpoint's params of the run in `workdir`, with the run's conventions,
+    to exactly `out_path`; returns it."""
+    weights_io.check_output_path(out_path)  # a bad suffix or place fails before restoring
     config, params = rundir.load_run(workdir)
-    return weights_io.save_weights(params, config.variant, out_path)
+    conventions = weights_io.conventions_of(config, predict.known_class_names(config))
+    return weights_io.save_weights(params, conventions, out_path)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -242,8 +242,30 @@ def write_figure4(
     return save_png(pixels, os.path.join(out_dir, FIGURE4))
 
 
+def check_options(
+    out_dir: str, num_queries: int = 6, k: int = 5, max_train_images: int = 0, batch_size: int = 0
+) -> None:
+    """One UserError for an option that cannot work (named by its flag), before anything is
+    loaded: an output path that is a file (or lies under one), counts out of range."""
+    place = os.path.abspath(out_dir)
+    while not os.path.exists(place):  # the nearest existing ancestor must be a directory
+        place = os.path.dirname(place)
+    if not os.path.isdir(place):
+        what = "is a file" if place == os.path.abspath(out_dir) else f"lies under the file {place}"
+        raise UserError(f"--out={out_dir} {what}: --out must be a directory for the PNG files.")
+    for flag, value, low in (
+        ("num_queries", num_queries, 1),
+        ("neighbours", k, 1),
+        ("max_train_images", max_train_images, 0),
+        ("batch_size", batch_size, 0),
+    ):
+        if value < low:
+            raise UserError(f"--{flag} must be an integer >= {low}, got {value}.")
+
+
 def make_figures(workdir: str, out_dir: str, **figure4_options: Any) -> list[str]:
     """Figures 3 and 4 of the latest checkpoint in `workdir`, written to `out_dir`."""
+    check_options(out_dir, **figure4_options)
     config, params = rundir.load_run(workdir)
     return [
         write_figure3(params, config, out_dir),

@@ -1,7 +1,8 @@
 """Top-5 predictions for image files, from a training run or from imported PyTorch weights.
 
     python -m alexnet_jax.predict --workdir=runs/default photo.jpg scan.png
-    python -m alexnet_jax.predict --weights=alexnet-owt-7be5be79.pth --variant=torchvision cat.jpg
+    python -m alexnet_jax.predict --weights=model.pth photo.jpg  # from alexnet_jax.export
+    python -m alexnet_jax.predict --weights=alexnet-owt-7be5be79.pth cat.jpg  # torchvision's
 
 Each image (JPEG/PNG/anything Pillow reads, any size, any mode: RGB, L, CMYK, RGBA, P, 16-bit) is
 preprocessed like the evaluation pipeline's center view (shorter side resized to
@@ -9,6 +10,13 @@ preprocessed like the evaluation pipeline's center view (shorter side resized to
 run in fixed-size batches on the default JAX device, and the softmax's top 5 are reported with
 class names: ImageNet lemmas for 1000-class models, the drawn shapes for the miniature dataset,
 folder names for image folders, else the class index.
+
+A weights file written by alexnet_jax.export records its conventions (variant, input and resize
+size, normalization, LRN convention, class names: weights_io.read_conventions), and `--weights`
+preprocesses and runs the model by them, so it predicts what `--workdir` of the same run does. A
+file that records none (torchvision's, any PyTorch state dict) gets PyTorch's conventions
+(`imported_weights_config`): mean/std normalization, shorter side 256, alpha / n LRN, the
+variant's published input size, `--variant` (default torchvision).
 """
 
 from __future__ import annotations
@@ -142,13 +150,20 @@ def _image_folder_classes(config: Any) -> list[str] | None:
     return folders if len(folders) == config.num_classes else None
 
 
-def class_names(config: Any) -> list[tuple[str | None, str]]:
-    """(synset or None, readable name) for every output class of the model `config` describes.
+def known_class_names(config: Any) -> list[tuple[str | None, str]] | None:
+    """(synset or None, readable name) for every output class, or None when only indices are
+    known.
 
+    Names recorded in a weights file (`config.class_names`, from `weights_config`) come first.
     1000 classes: the ImageNet table. The miniature dataset's classes are the first synsets of the
-    same order, each drawn as one shape. Image folders: the folder names. Otherwise the index.
+    same order, each drawn as one shape. Image folders: the folder names.
     """
     n = config.num_classes
+    if "class_names" in config:  # a weights file's conventions: its names, or none
+        names, synsets = config.class_names, config.get("class_synsets")
+        if not names:
+            return None
+        return [(synsets[i] if synsets else None, name) for i, name in enumerate(names)]
     dataset = config.get("dataset", "")
     if dataset == "image_folder" and (folders := _image_folder_classes(config)):
         return [(None, folder) for folder in folders]
@@ -157,33 +172,64 @@ def class_names(config: Any) -> list[tuple[str | None, str]]:
     if dataset == "miniature":
         table, shapes = imagenet_classes.load_classes(), miniature.SHAPES
         return [(table[i].synset, f"{shapes[i % len(shapes)]} (miniature)") for i in range(n)]
-    return [(None, f"class {i}") for i in range(n)]
+    return None
+
+
+def class_names(config: Any) -> list[tuple[str | None, str]]:
+    """(synset or None, readable name) for every output class of the model `config` describes:
+    `known_class_names`, else "class <index>"."""
+    return known_class_names(config) or [(None, f"class {i}") for i in range(config.num_classes)]
 
 
 # ---- Inference --------------------------------------------------------------------------------
 
 
-def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collections.ConfigDict:
-    """The model and preprocessing fields for PyTorch-trained weights of `variant`.
+# The variant of a weights file that records no conventions when --variant is not given.
+DEFAULT_IMPORT_VARIANT = "torchvision"
 
-    PyTorch models take mean/std-normalized 224 (torchvision) crops of 256-resized images, and
-    torch.nn.LocalResponseNorm divides alpha by n (convert.py), hence "cuda_convnet".
-    """
+
+def weights_config(conventions: Any) -> ml_collections.ConfigDict:
+    """The model and preprocessing fields of weights with these conventions
+    (weights_io.CONVENTION_FIELDS; CLASS_FIELDS kept when present, else no class names)."""
     model = AlexNet(
-        variant,
-        num_classes=num_classes,
-        input_size=default_input_size(variant),
-        lrn_convention="cuda_convnet",
+        conventions["variant"],
+        num_classes=conventions["num_classes"],
+        input_size=conventions["input_size"],
+        lrn_convention=conventions["lrn_convention"],
         pool_impl="reduce_window",
     )
-    recipe = Recipe(input_size=model.input_size, resize_size=256, normalization="mean_std")
+    recipe = Recipe(
+        input_size=model.input_size,
+        resize_size=conventions["resize_size"],
+        normalization=conventions["normalization"],
+    )
+    classes = {field: conventions.get(field) for field in weights_io.CLASS_FIELDS}
     return ml_collections.ConfigDict(
+        {"dataset": "", **model_fields(model), **recipe.config_fields(), **classes}
+    )
+
+
+def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collections.ConfigDict:
+    """The model and preprocessing fields for PyTorch-trained weights of `variant` (a file that
+    records no conventions).
+
+    PyTorch models take mean/std-normalized 224 (torchvision) crops of 256-resized images, and
+    torch.nn.LocalResponseNorm divides alpha by n (convert.py), hence "cuda_convnet". Class names:
+    the ImageNet table for 1000 classes.
+    """
+    config = weights_config(
         {
-            "dataset": "imagenet2012" if num_classes == 1000 else "",
-            **model_fields(model),
-            **recipe.config_fields(),
+            "variant": variant,
+            "num_classes": num_classes,
+            "input_size": default_input_size(variant),
+            "resize_size": 256,
+            "normalization": "mean_std",
+            "lrn_convention": "cuda_convnet",
         }
     )
+    del config["class_names"], config["class_synsets"]  # none recorded: the dataset's
+    config.dataset = "imagenet2012" if num_classes == 1000 else ""
+    return config
 
 
 def _top_k(probs: np.ndarray, names: Sequence[tuple[str | None, str]], k: int) -> list:
@@ -234,19 +280,51 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "weights", None, "Instead of --workdir: a PyTorch .pth/.safetensors state dict or a .npz."
     )
-    flags.DEFINE_enum("variant", "torchvision", list(VARIANTS), "Variant of --weights.")
+    flags.DEFINE_enum(
+        "variant",
+        None,
+        list(VARIANTS),
+        "Variant of a --weights file that does not record it (default: "
+        f"{DEFAULT_IMPORT_VARIANT}); a file exported here records its own.",
+    )
     flags.DEFINE_integer("batch_size", 32, "Images per device call.")
     flags.DEFINE_integer("top_k", 5, "Classes to print per image.")
 
 
-def load_model(workdir: str | None, weights: str | None, variant: str) -> tuple[Any, Any]:
-    """(config, params) from a run directory or from a weights file of `variant`."""
+def _check_variant_flag(variant: str | None, actual: str, source: str) -> None:
+    if variant and variant != actual:
+        raise UserError(
+            f"--variant={variant} contradicts {source}, which is an AlexNet of variant "
+            f"{actual!r}: leave --variant out (it is only needed for files that do not record "
+            "their variant) or give the right file."
+        )
+
+
+def load_weights_file(path: str, variant: str | None = None) -> tuple[Any, Any]:
+    """(config, params) from a weights file, run by the conventions it records (`variant`, if
+    given, must agree with them); a file that records none: `imported_weights_config` of
+    `variant` (default DEFAULT_IMPORT_VARIANT)."""
+    conventions = weights_io.read_conventions(path)
+    if conventions is None:
+        variant = variant or DEFAULT_IMPORT_VARIANT
+        params = weights_io.load_weights(path, variant)
+        return imported_weights_config(variant, int(params["fc8"]["bias"].shape[0])), params
+    _check_variant_flag(variant, conventions["variant"], path)
+    params = weights_io.load_weights(path, conventions["variant"], conventions["num_classes"])
+    return weights_config(conventions), params
+
+
+def load_model(
+    workdir: str | None, weights: str | None, variant: str | None = None
+) -> tuple[Any, Any]:
+    """(config, params) from a run directory or from a weights file (`load_weights_file`)."""
     if bool(workdir) == bool(weights):
         raise UserError("Give exactly one of --workdir (a training run) or --weights (a file).")
     if weights:
-        params = weights_io.load_weights(weights, variant)
-        return imported_weights_config(variant, params["fc8"]["bias"].shape[0]), params
-    return rundir.load_run(workdir)
+        return load_weights_file(weights, variant)
+    config, params = rundir.load_run(workdir)
+    _check_variant_flag(variant, config.variant, f"the run in {workdir}")
+    return config, params
 
 
 def format_predictions(path: str, predictions: Sequence[Prediction]) -> str:

@@ -9,26 +9,67 @@ the offending key.
 
 Layouts: `.pth` and `.safetensors` hold a PyTorch state dict (see alexnet_jax/convert.py);
 `.npz` holds the Flax params with '/'-joined paths ("conv1/kernel", ...).
+
+Conventions: the same numbers mean different things under different preprocessing and LRN
+conventions, so files written here record them (`conventions_of`: variant, num_classes,
+input_size, resize_size, normalization, lrn_convention, and the class names when the run has
+them) and `read_conventions` reads them back; a file from elsewhere has none (None). Where they
+live, so that every format still loads as before:
+  .pth          the state dict's `_metadata[""]["alexnet_jax"]` (JSON): `_metadata` is the
+                attribute torch's own state dicts carry (per-module versions); it survives
+                `torch.load(weights_only=True)`, and `load_state_dict(strict=True)` ignores keys
+                it does not know.
+  .safetensors  the header's metadata, one string per field (lists as JSON), beside "format": "pt".
+  .npz          one extra entry `__conventions__`: the JSON as a uint8 array.
+
+Files are written to a temporary file in the target's directory and renamed over the target, so a
+failed write (a full disk) leaves no partial file and an existing file intact.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import importlib
+import io
+import json
 import os
-from collections.abc import Mapping
+import secrets
+import zipfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-from alexnet_jax import convert
-from alexnet_jax.errors import UserError
+from alexnet_jax import convert, models, recipe, rules
+from alexnet_jax.errors import ConfigError, UserError
 
 FORMATS = (".pth", ".safetensors", ".npz")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
+# The conventions a file records: every field is required, the class lists are optional.
+CONVENTION_FIELDS = (
+    "variant",
+    "num_classes",
+    "input_size",
+    "resize_size",
+    "normalization",
+    "lrn_convention",
+)
+CLASS_FIELDS = ("class_names", "class_synsets")  # readable names; WordNet synsets (ImageNet)
+_INT_FIELDS = ("num_classes", "input_size", "resize_size")
+_TORCH_METADATA_KEY = "alexnet_jax"  # under the state dict's _metadata[""]
+NPZ_CONVENTIONS = "__conventions__"
+# The config rules (models.RULES, recipe.RULES) of the recorded fields: one table of rules.
+_CONVENTION_RULES = tuple(
+    rule for rule in (*models.RULES, *recipe.RULES) if rule.field in CONVENTION_FIELDS
+)
+
 
 class WeightsFileError(UserError, ValueError):
-    """A weights file that is unreadable, holds anything but tensors, or does not fit the model."""
+    """A weights file that is unreadable, holds anything but tensors, does not fit the model, or
+    cannot be written."""
 
 
 def file_format(path: str) -> str:
@@ -52,6 +93,161 @@ def _import_optional(module: str, purpose: str) -> Any:
         ) from e
 
 
+# ---- Conventions ------------------------------------------------------------------------------
+
+
+def conventions_of(
+    config: Mapping[str, Any], classes: Sequence[tuple[str | None, str]] | None = None
+) -> dict[str, Any]:
+    """The conventions (CONVENTION_FIELDS, and CLASS_FIELDS when known) of a run's config, or of a
+    conventions dict (returned checked), as plain JSON values.
+
+    classes: (synset or None, readable name) per class (predict.known_class_names); None: the
+      config's own `class_names`/`class_synsets` if it has them, else no class names.
+    Raises:
+      ConfigError: a field is missing or breaks its config rule.
+    """
+    missing = [field for field in CONVENTION_FIELDS if field not in config]
+    if missing:
+        raise ConfigError(f"conventions need the config field(s) {', '.join(missing)}.")
+    conventions: dict[str, Any] = {field: config[field] for field in CONVENTION_FIELDS}
+    for field in _INT_FIELDS:  # numpy or ml_collections ints -> int
+        if rules.is_int(conventions[field]):
+            conventions[field] = int(conventions[field])
+    if classes is not None:
+        conventions["class_names"] = [str(name) for _, name in classes]
+        if all(synset for synset, _ in classes):
+            conventions["class_synsets"] = [str(synset) for synset, _ in classes]
+    else:
+        for field in CLASS_FIELDS:
+            if config.get(field) is not None:
+                conventions[field] = [str(name) for name in config[field]]
+    _check_conventions(conventions)
+    return conventions
+
+
+def _check_conventions(conventions: Mapping[str, Any]) -> None:
+    """ConfigError for the first field that breaks its config rule or a class list that does
+    not name every class."""
+    rules.check(ml_collections.ConfigDict(dict(conventions)), _CONVENTION_RULES)
+    for field in CLASS_FIELDS:
+        names = conventions.get(field)
+        if names is None:
+            continue
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{field} must be a list of strings.")
+        if len(names) != conventions["num_classes"]:
+            raise ConfigError(
+                f"{field} must name each of the {conventions['num_classes']} classes, "
+                f"got {len(names)} names."
+            )
+
+
+def _checked(conventions: Any, path: str) -> dict[str, Any]:
+    """The conventions read from `path`, checked; a WeightsFileError naming the file if broken."""
+    try:
+        if not isinstance(conventions, Mapping):
+            raise ConfigError(f"they are a {type(conventions).__name__}, not a JSON object")
+        missing = [field for field in CONVENTION_FIELDS if field not in conventions]
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)}")
+        conventions = {
+            k: conventions[k] for k in (*CONVENTION_FIELDS, *CLASS_FIELDS) if k in conventions
+        }
+        _check_conventions(conventions)
+    except ConfigError as e:
+        raise WeightsFileError(
+            f"{path} refused: the conventions recorded in it are damaged ({e})."
+        ) from None
+    return conventions
+
+
+def _conventions_json(conventions: Mapping[str, Any]) -> str:
+    return json.dumps(conventions, ensure_ascii=False)
+
+
+def _safetensors_metadata(conventions: Mapping[str, Any] | None) -> dict[str, str]:
+    """The header metadata: "format": "pt" (a PyTorch state dict) and one string per field."""
+    metadata = {"format": "pt"}
+    for field, value in (conventions or {}).items():
+        metadata[field] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return metadata
+
+
+def _from_safetensors_metadata(metadata: Mapping[str, str] | None, path: str) -> dict | None:
+    metadata = metadata or {}
+    if not any(field in metadata for field in CONVENTION_FIELDS):
+        return None  # a file from elsewhere
+    conventions: dict[str, Any] = {}
+    for field in (*CONVENTION_FIELDS, *CLASS_FIELDS):
+        if field not in metadata:
+            continue
+        text = metadata[field]
+        if field in _INT_FIELDS or field in CLASS_FIELDS:
+            try:
+                conventions[field] = json.loads(text)
+            except ValueError:
+                conventions[field] = text  # reported by the rules, naming the field
+        else:
+            conventions[field] = text
+    return _checked(conventions, path)
+
+
+def _from_json(text: str | bytes, path: str) -> dict[str, Any]:
+    try:
+        conventions = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise WeightsFileError(
+            f"{path} refused: the conventions recorded in it are not JSON ({e})."
+        ) from None
+    return _checked(conventions, path)
+
+
+def read_conventions(path: str) -> dict[str, Any] | None:
+    """The conventions recorded in a weights file (see the module docstring), or None for a file
+    that records none (e.g. torchvision's). Reads only what it needs: no tensor of a zip-format
+    .pth or of an .npz is loaded.
+
+    Raises:
+      WeightsFileError: the file is missing, unreadable, or its recorded conventions are damaged.
+    """
+    fmt = _existing_file_format(path)
+    if fmt == ".npz":
+        with _open_npz(path) as npz:
+            if NPZ_CONVENTIONS not in npz.files:
+                return None
+            try:
+                raw = npz[NPZ_CONVENTIONS]
+            except ValueError as e:  # a pickled object
+                raise WeightsFileError(f"{path} refused: {NPZ_CONVENTIONS}: {e}.") from e
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise WeightsFileError(f"{path} refused: {NPZ_CONVENTIONS} is not UTF-8 bytes.")
+        return _from_json(raw.tobytes(), path)
+    if fmt == ".safetensors":
+        safetensors = _import_optional("safetensors", f"Reading {path}")
+        try:
+            with safetensors.safe_open(path, framework="numpy") as f:
+                metadata = f.metadata()
+        except Exception as e:  # SafetensorError, OSError: a corrupt or foreign file
+            raise WeightsFileError(f"{path} refused: not a readable safetensors file ({e}).") from e
+        return _from_safetensors_metadata(metadata, path)
+    loaded = _read_torch(path, mmap=zipfile.is_zipfile(path))
+    metadata = getattr(loaded, "_metadata", None)
+    root = metadata.get("") if isinstance(metadata, Mapping) else None
+    if not isinstance(root, Mapping) or _TORCH_METADATA_KEY not in root:
+        return None
+    return _from_json(root[_TORCH_METADATA_KEY], path)
+
+
+# ---- Reading ----------------------------------------------------------------------------------
+
+
+def _existing_file_format(path: str) -> str:
+    if not os.path.isfile(path):
+        raise WeightsFileError(f"{path}: no such weights file.")
+    return file_format(path)
+
+
 def _refusal_reason(error: Exception) -> str:
     """The informative line of a torch.load error (its 'WeightsUnpickler error: ...' if any)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -60,11 +256,14 @@ def _refusal_reason(error: Exception) -> str:
     return reason.split(". ")[0].rstrip(".")  # not torch's advice on how to allow the object
 
 
-def _read_torch(path: str) -> Mapping[str, Any]:
-    """Unpickles with torch's weights-only unpickler; every failure becomes one refusal."""
+def _read_torch(path: str, mmap: bool = False) -> Mapping[str, Any]:
+    """Unpickles with torch's weights-only unpickler; every failure becomes one refusal.
+
+    mmap: map the tensors instead of reading them (zip-format files only), to read metadata.
+    """
     torch = _import_optional("torch", f"Reading {path}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # UnpicklingError, RuntimeError, KeyError, EOFError, ...
         raise WeightsFileError(
             f"{path} refused: it is not a plain PyTorch state dict of tensors "
@@ -95,9 +294,7 @@ def read_state_dict(path: str) -> dict[str, Any]:
 
     A "module." prefix on every key (nn.DataParallel) is dropped.
     """
-    if not os.path.isfile(path):
-        raise WeightsFileError(f"{path}: no such weights file.")
-    fmt = file_format(path)
+    fmt = _existing_file_format(path)
     if fmt == ".npz":
         raise WeightsFileError(f"{path}: .npz holds Flax params, not a PyTorch state dict.")
     state_dict = dict(_read_torch(path) if fmt == ".pth" else _read_safetensors(path))
@@ -106,11 +303,20 @@ def read_state_dict(path: str) -> dict[str, Any]:
     return state_dict
 
 
+def _open_npz(path: str) -> Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # BadZipFile, OSError
+        raise WeightsFileError(f"{path} refused: not a plain .npz of arrays ({e}).") from e
+
+
 def _read_npz_params(path: str) -> dict[str, dict[str, np.ndarray]]:
     """Flax params {layer: {name: array}} from '/'-joined keys; object arrays are refused."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            flat = {key: npz[key] for key in npz.files}
+        with _open_npz(path) as npz:
+            flat = {key: npz[key] for key in npz.files if key != NPZ_CONVENTIONS}
+    except WeightsFileError:
+        raise
     except Exception as e:  # ValueError (pickled objects), BadZipFile, OSError
         raise WeightsFileError(f"{path} refused: not a plain .npz of arrays ({e}).") from e
     params: dict[str, dict[str, np.ndarray]] = {}
@@ -127,12 +333,13 @@ def load_weights(path: str, variant: str, num_classes: int | None = None) -> dic
       WeightsFileError: the file is missing, unreadable, holds anything but tensors, or its names or
         shapes do not fit `variant` (the message names each offending key).
     """
-    if not os.path.isfile(path):
-        raise WeightsFileError(f"{path}: no such weights file.")
+    fmt = _existing_file_format(path)
     try:
-        if file_format(path) == ".npz":
+        if fmt == ".npz":
             params = _read_npz_params(path)
-            convert.to_torch_state_dict(params, variant, as_torch=False)  # validates names/shapes
+            found = convert.check_flax_params(params, variant)  # names and shapes
+            if num_classes is not None and found != num_classes:
+                raise ValueError(f"fc8 has {found} classes, expected {num_classes}")
             return params
         return convert.from_torch_state_dict(
             read_state_dict(path), variant, num_classes=num_classes
@@ -143,23 +350,107 @@ def load_weights(path: str, variant: str, num_classes: int | None = None) -> dic
         raise WeightsFileError(f"{path} refused for variant {variant!r}: {e}") from e
 
 
-def save_weights(params: Mapping[str, Any], variant: str, path: str) -> str:
-    """Writes Flax params of `variant` as .pth / .safetensors (PyTorch layout) or .npz (Flax)."""
+# ---- Writing ----------------------------------------------------------------------------------
+
+
+def check_output_path(path: str) -> str:
+    """The format of an output path that can be written, else one WeightsFileError: an unknown
+    suffix, a directory, or a parent that is a file. Cheap: call it before computing what to
+    write."""
     fmt = file_format(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.isdir(path):
+        raise WeightsFileError(
+            f"{path} is a directory: name the file to write, ending in one of {FORMATS}."
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the nearest existing ancestor must be a directory
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise WeightsFileError(f"Cannot write {path}: {parent} is a file, not a directory.")
+    return fmt
+
+
+def _serialized(
+    params: Mapping[str, Any], variant: str, fmt: str, conventions: Mapping | None, path: str
+) -> Any:
+    """The whole file's bytes (a bytes-like object), made in memory so that writing it is one
+    plain file write whose failure carries the system's errno."""
     if fmt == ".npz":
-        convert.to_torch_state_dict(params, variant, as_torch=False)  # validates names and shapes
+        convert.check_flax_params(params, variant)  # names and shapes
         params = params.get("params", params)
         flat = {
             f"{layer}/{name}": np.asarray(value, np.float32)
             for layer, leaves in params.items()
             for name, value in leaves.items()
         }
-        np.savez(path, **flat)
-    elif fmt == ".safetensors":
+        if conventions is not None:
+            text = _conventions_json(conventions).encode("utf-8")
+            flat[NPZ_CONVENTIONS] = np.frombuffer(text, np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)  # a file object: numpy appends no ".npz" to the name
+        return buffer.getbuffer()
+    if fmt == ".safetensors":
         st_numpy = _import_optional("safetensors.numpy", f"Writing {path}")
-        st_numpy.save_file(convert.to_torch_state_dict(params, variant, as_torch=False), path)
+        state_dict = convert.to_torch_state_dict(params, variant, as_torch=False)
+        return st_numpy.save(state_dict, metadata=_safetensors_metadata(conventions))
+    torch = _import_optional("torch", f"Writing {path}")
+    state_dict = collections.OrderedDict(
+        convert.to_torch_state_dict(params, variant, as_torch=True)
+    )
+    if conventions is not None:
+        state_dict._metadata = collections.OrderedDict(  # type: ignore[attr-defined]
+            {"": {_TORCH_METADATA_KEY: _conventions_json(conventions)}}
+        )
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getbuffer()
+
+
+def _replace_file(path: str, data: Any) -> None:
+    """Writes `data` to a temporary file beside `path` and renames it over `path`: the target is
+    either the old file or the whole new one, never a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def save_weights(
+    params: Mapping[str, Any], config_or_conventions: Mapping[str, Any] | str, path: str
+) -> str:
+    """Writes Flax params as .pth / .safetensors (PyTorch layout) or .npz (Flax) at exactly `path`
+    (any case of the suffix), recording the conventions; returns `path`.
+
+    config_or_conventions: a run's config or a `conventions_of` dict, whose conventions the file
+      records (class names only from a conventions dict, or a config that has them); a bare
+      variant name writes the layout alone, with no conventions (like a file from elsewhere).
+    Raises:
+      WeightsFileError: a path that cannot be written (a directory, a full disk, a read-only
+        place), with the system's reason; an existing file at `path` is then left as it was.
+    """
+    fmt = check_output_path(path)
+    if isinstance(config_or_conventions, str):
+        variant, conventions = config_or_conventions, None
     else:
-        torch = _import_optional("torch", f"Writing {path}")
-        torch.save(convert.to_torch_state_dict(params, variant, as_torch=True), path)
+        conventions = conventions_of(config_or_conventions)
+        variant = conventions["variant"]
+    data = _serialized(params, variant, fmt, conventions, path)
+    try:
+        _replace_file(path, data)
+    except OSError as e:
+        reason = f"{e.strerror} (errno {e.errno})" if e.strerror else str(e)
+        kept = " (the existing file is unchanged)" if os.path.isfile(path) else ""
+        raise WeightsFileError(
+            f"Writing {path} failed: {reason}; nothing was written{kept}. Free disk space, fix "
+            "the directory's permissions or choose another path, then rerun the same command."
+        ) from e
     return path

@@ -18,5 +18,97 @@ jax.config.update("jax_threefry_partitionable", True)
 
 
 @pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory) -> str:
+    """One persistent compilation cache for the main.py subprocesses of the whole session: the
+    many small runs of tests/test_main.py and tests/test_reliability.py compile the same steps."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- Tiny training runs, for the tools that read a run (predict, figures, export) ---------------
+
+
+def tiny_config(root: str, **overrides):
+    """The default config shrunk to seconds: torchvision variant, 4 classes, 64 px, 24 images over
+    a generated miniature dataset under `root`; `overrides` set further fields."""
+    from configs import default
+
+    c = default.get_config()
+    c.data_dir, c.miniature_dir = os.path.join(root, "tfds"), os.path.join(root, "miniature")
+    c.miniature_train_per_class, c.miniature_val_per_class = 6, 3
+    c.miniature_image_sides = (40, 90)
+    c.variant, c.input_size, c.resize_size = "torchvision", 64, 72
+    c.normalization, c.pca_lighting_std = "mean_std", 0.0
+    c.batch_size = c.eval_batch_size = 8
+    c.num_train_steps, c.keep_checkpoints = 1, 1
+    for field, value in overrides.items():
+        c[field] = value
+    return c
+
+
+def random_train_state(config, seed: int = 0):
+    """A TrainState shaped exactly as the experiment's `init_state` makes it (from its abstract
+    shape, so nothing is compiled), params uniform with He-uniform scale, everything else zero."""
+    import numpy as np
+
+    from alexnet_jax import experiment, sharding
+
+    abstract = experiment.build(config, sharding.single_device_mesh()).abstract_state()
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if not jax.tree_util.keystr(path).startswith(".params"):  # not opt_state, step, ...
+            return np.zeros(leaf.shape, leaf.dtype)
+        bound = np.sqrt(6.0 / max(int(np.prod(leaf.shape[:-1])), 1))
+        return (rng.random(leaf.shape, np.float32) * 2 - 1) * np.float32(bound)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def write_tiny_run(root: str, **overrides) -> str:
+    """A workdir holding config.json and an Orbax checkpoint of a random TrainState (step 1), as
+    a run leaves it; no training, no data read."""
+    from alexnet_jax import checkpoint, rundir
+
+    config, workdir = tiny_config(root, **overrides), os.path.join(root, "run")
+    manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
+    checkpoint.save(
+        manager, 1, random_train_state(config), {"examples_consumed": 8, "batch_size": 8}
+    )
+    checkpoint.wait(manager)
+    manager.close()
+    rundir.save_config(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> str:
+    """A tiny torchvision-variant run (64 px, 4 miniature classes, mean/std normalization)."""
+    return write_tiny_run(str(tmp_path_factory.mktemp("tiny_run")))
+
+
+@pytest.fixture(scope="session")
+def run_params(run_dir):
+    """(config, params) restored from `run_dir`, as the tools restore it."""
+    from alexnet_jax import rundir
+
+    return rundir.load_run(run_dir)
+
+
+@pytest.fixture(scope="session")
+def lrn_run_dir(tmp_path_factory) -> str:
+    """A tiny run of a variant with LRN, trained under the paper's conventions where they differ
+    from PyTorch's: one_tower at 227 px, normalization "mean" (no division by the std) and
+    lrn_convention "paper" (alpha not divided by n)."""
+    return write_tiny_run(
+        str(tmp_path_factory.mktemp("tiny_lrn_run")),
+        variant="one_tower",
+        input_size=227,
+        resize_size=256,
+        normalization="mean",
+        lrn_convention="paper",
+    )

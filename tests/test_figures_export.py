@@ -1,8 +1,8 @@
 """Figures 3 and 4, training curves and export, on a tiny run of the torchvision variant.
 
-The run is a real checkpoint and config.json in a temporary workdir over a generated miniature
-dataset (4 classes, 64 px crops), so the tools go through `rundir.load_run` and the input pipeline
-exactly as they do after `python main.py`.
+The run (conftest.py's `run_dir` and `run_params`) is a real checkpoint and config.json in a
+temporary workdir over a generated miniature dataset (4 classes, 64 px crops), so the tools go
+through `rundir.load_run` and the input pipeline exactly as they do after `python main.py`.
 """
 
 import json
@@ -17,58 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from alexnet_jax import checkpoint, experiment, export, figures, plots, rundir, sharding, weights_io
+from alexnet_jax import export, figures, plots, rundir, weights_io
 from alexnet_jax.models import create_model
-from configs import default
-
-
-def tiny_config(root: str):
-    """The default config shrunk to seconds: torchvision variant, 4 classes, 64 px, 24 images."""
-    c = default.get_config()
-    c.data_dir, c.miniature_dir = os.path.join(root, "tfds"), os.path.join(root, "miniature")
-    c.miniature_train_per_class, c.miniature_val_per_class = 6, 3
-    c.miniature_image_sides = (40, 90)
-    c.variant, c.input_size, c.resize_size = "torchvision", 64, 72
-    c.normalization, c.pca_lighting_std = "mean_std", 0.0
-    c.batch_size = c.eval_batch_size = 8
-    c.num_train_steps, c.keep_checkpoints = 1, 1
-    return c
-
-
-def random_train_state(config, seed: int = 0):
-    """A TrainState shaped exactly as the experiment's `init_state` makes it (from its abstract
-    shape, so nothing is compiled), params uniform with He-uniform scale, everything else zero."""
-    abstract = experiment.build(config, sharding.single_device_mesh()).abstract_state()
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if not jax.tree_util.keystr(path).startswith(".params"):  # not opt_state, step, ...
-            return np.zeros(leaf.shape, leaf.dtype)
-        bound = np.sqrt(6.0 / max(int(np.prod(leaf.shape[:-1])), 1))
-        return (rng.random(leaf.shape, np.float32) * 2 - 1) * np.float32(bound)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> str:
-    """A workdir holding config.json and an Orbax checkpoint of a TrainState, as a run leaves it."""
-    root = str(tmp_path_factory.mktemp("tiny_run"))
-    config, workdir = tiny_config(root), os.path.join(root, "run")
-    manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
-    checkpoint.save(
-        manager, 1, random_train_state(config), {"examples_consumed": 8, "batch_size": 8}
-    )
-    checkpoint.wait(manager)
-    manager.close()
-    rundir.save_config(config, workdir)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def run_params(run_dir):
-    """(config, params) restored from the run, as the tools restore it."""
-    return rundir.load_run(run_dir)
 
 
 def read_png(path: str) -> np.ndarray:
@@ -224,7 +174,7 @@ def test_export_formats_read_back_to_the_same_params(run_params, tmp_path, suffi
     if suffix == ".safetensors":
         pytest.importorskip("safetensors")
     config, params = run_params
-    path = weights_io.save_weights(params, config.variant, str(tmp_path / f"model{suffix}"))
+    path = weights_io.save_weights(params, config, str(tmp_path / f"model{suffix}"))
     loaded = weights_io.load_weights(path, "torchvision")
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0),
