@@ -5,18 +5,35 @@ the user must fix as one paragraph with exit code 2.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(_HERE, "configs", "default.py"),
-    "Config file; fields can be overridden with --config.field=value.",
-    lock_config=True,
-)
+
+def _usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _no_such_field(field: str) -> None:
+    _usage_error(
+        f"--config has no field {field!r} (given as --config.{field}=...): check its spelling; "
+        "every field is listed, with a comment, in configs/default.py."
+    )
+
+
+try:  # ml_collections reads the --config.FIELD overrides of sys.argv already here
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(_HERE, "configs", "default.py"),
+        "Config file; fields can be overridden with --config.field=value.",
+        lock_config=True,
+    )
+except (AttributeError, KeyError) as e:
+    _no_such_field(str(e).strip("\"'"))
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics (default: runs/<config name>)."
 )
@@ -27,12 +44,42 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a run with a config (or data) that differs from the one it started with, on purpose; "
+    "the changes are recorded in its config_history.jsonl. Without it such a resume is refused.",
+)
 _PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "project_xla_flags",
     True,
     "Add the XLA flags measured for this project (alexnet_jax/runtime.py) to XLA_FLAGS; "
     "flags already in XLA_FLAGS keep their values.",
 )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every mistake in the command line (an unknown or malformed
+    --config.FIELD, a --config file that is missing or not a Python config) reported as one
+    `error:` line and exit code 2 instead of a traceback."""
+    try:
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.keys()  # a config file that failed to load raises here
+    except flags.UnrecognizedFlagError as e:
+        name = str(e.flagname)
+        if not name.startswith("config."):
+            _usage_error(f"{e}: see `python main.py --helpshort`.")
+        _no_such_field(name.removeprefix("config."))
+    except flags.Error as e:
+        _usage_error(f"{e}.")
+    except Exception as e:  # the config file could not be loaded
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        what = f"{type(e).__name__}: {'; '.join(lines[:4]) or type(e).__name__}"
+        _usage_error(
+            f"--config could not be loaded ({what}). It must be a Python file with a "
+            "get_config() function, e.g. --config=configs/imagenet.py."
+        )
+    return rest
 
 
 def _default_workdir() -> str:
@@ -62,10 +109,11 @@ def main(argv):
     ):
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if _MODE.value == "train":
-            train.train_and_evaluate(_CONFIG.value, workdir)
+            train.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:
-            train.evaluate_checkpoint(_CONFIG.value, workdir)
+            overrides = config_flags.get_override_values(flags.FLAGS["config"])
+            train.evaluate_checkpoint(_CONFIG.value, workdir, overrides)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -12,6 +12,7 @@ mesh's shardings, so a checkpoint written on D devices restores onto any other d
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -24,14 +25,19 @@ from absl import logging
 from alexnet_jax.errors import DataError, is_storage_error, storage_error, storage_errors_as
 
 
-def create_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+def create_manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
     """A manager of the checkpoints in `directory` that keeps the last `keep` steps; saving
-    cadence is decided by the caller. A run's directory: rundir.checkpoint_manager."""
+    cadence is decided by the caller. A run's directory: rundir.checkpoint_manager.
+
+    read_only: for tools that only read a run: creates nothing and leaves the temporary
+    directories of saves in flight (a run still training) alone.
+    """
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-        enable_async_checkpointing=True,
-        cleanup_tmp_directories=True,
-        create=True,
+        enable_async_checkpointing=not read_only,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+        read_only=read_only,
     )
     return ocp.CheckpointManager(directory, item_names=("state", "data"), options=options)
 
@@ -95,49 +101,97 @@ def abstract_like(state: Any) -> Any:
     )
 
 
-def restore_latest(
-    manager: ocp.CheckpointManager, target_state: Any, already_abstract: bool = False
-) -> tuple[Any, dict] | None:
-    """(state, data_state) of the latest committed step laid out like `target_state`, or None.
-
-    `target_state` holds arrays (their shardings are copied) or, with `already_abstract`,
-    `jax.ShapeDtypeStruct`s with shardings.
-    """
-    step = manager.latest_step()
-    if step is None:
-        return None
+def _restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(
-                target_state if already_abstract else abstract_like(target_state)
-            ),
-            data=ocp.args.JsonRestore(),
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
         ),
     )
     return restored["state"], dict(restored["data"])
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, target_state: Any, already_abstract: bool = False
+) -> tuple[Any, dict] | None:
+    """(state, data_state) of the latest committed step that can be read, laid out like
+    `target_state`; None when there is no checkpoint.
+
+    `target_state` holds arrays (their shardings are copied) or, with `already_abstract`,
+    `jax.ShapeDtypeStruct`s with shardings. A step that fails to restore (a damaged file) is
+    reported by step and path with a warning and the previous one is tried; when none can be
+    read, DataError names each step and its reason.
+    """
+    target = target_state if already_abstract else abstract_like(target_state)
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = _restore(manager, step, target)
+        except Exception as e:  # a damaged checkpoint: any error of Orbax/TensorStore
+            path = f"{manager.directory}/{step}"
+            logging.warning("Checkpoint %s cannot be read (%s).", path, _first_line(e))
+            failures.append(f"step {step} ({path}): {_first_line(e)}")
+            continue
+        if failures:
+            logging.warning(
+                "Restored the previous intact checkpoint, step %d, instead of the latest.", step
+            )
+        return restored
+    if failures:
+        raise DataError(
+            "No checkpoint of this run can be read: "
+            + "; ".join(failures)
+            + ". If the files are damaged, move those step directories out of "
+            f"{manager.directory} to start over; if the config changed, use the run's own "
+            "config (its config.json)."
+        )
+    return None
+
+
 class PreemptionWatcher:
-    """Tells the loop when to save and exit because the job is being preempted (SIGTERM).
+    """Tells the loop when to save and exit: the job is being preempted (SIGTERM) or the user
+    pressed Ctrl-C (SIGINT). A second Ctrl-C while the run saves stops it at once.
 
     With several processes Orbax's `reached_preemption` (JAX's distributed preemption sync) makes
-    every process agree on the same step. A single process catches SIGTERM itself.
+    every process agree on the same step; a SIGINT is turned into the SIGTERM that sync watches.
+    A single process catches both signals itself.
     """
 
     def __init__(self, manager: Any):
         self.manager = manager
         self.event = threading.Event()
-        self.previous = None
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+        self.signal_name: str | None = None  # "SIGTERM" or "SIGINT" once one arrived
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if jax.process_count() == 1:
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+        self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:  # the second Ctrl-C
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+        if jax.process_count() > 1 and signum == signal.SIGINT:
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption sync listens for SIGTERM
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
             return bool(self.manager.reached_preemption(step))
         return self.event.is_set()
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the user pressed Ctrl-C (the run then exits with code 130)."""
+        return self.signal_name == "SIGINT"
+
     def close(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}

@@ -30,7 +30,32 @@ LOOP_RULES = (
         "an integer >= 0 (0: once per epoch)",
         lambda c: rules.is_int(c.eval_every_steps) and c.eval_every_steps >= 0,
     ),
-    rules.Rule("seed", "an integer", lambda c: rules.is_int(c.seed)),
+    rules.Rule(
+        "seed",
+        "an integer in [0, 2**31)",
+        lambda c: rules.is_int(c.seed) and 0 <= c.seed < 2**31,
+    ),
+    rules.Rule(
+        "max_consecutive_skipped_steps",
+        "an integer >= 0",
+        lambda c: (
+            rules.is_int(c.max_consecutive_skipped_steps) and c.max_consecutive_skipped_steps >= 0
+        ),
+    ),
+    rules.Rule(
+        "mesh_shape",
+        "() (all devices on 'data'), (data,) or (data, tower) with positive sizes",
+        lambda c: (
+            isinstance(c.mesh_shape, tuple | list)
+            and len(c.mesh_shape) <= 2
+            and all(rules.is_int(n) and n >= 1 for n in c.mesh_shape)
+        ),
+    ),
+    rules.Rule(
+        "torch_weights",
+        "a path (a string; empty: none)",
+        lambda c: isinstance(c.torch_weights, str),
+    ),
 )
 
 # Every rule of a config, checked in this order; the first one broken is reported.

@@ -22,7 +22,11 @@ class DataError(UserError):
 
 
 class NonFiniteError(RuntimeError):
-    """Raised when a training step produced a NaN/Inf loss or gradient."""
+    """Raised when a training step produced a NaN/Inf loss or gradient (or eval metrics)."""
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the run saved where it was. Exit code 130, as for SIGINT."""
 
 
 # Orbax writes through TensorStore, whose I/O failures (a full disk, a quota, a file size limit, a
@@ -99,7 +103,8 @@ def reported_as_exit(
 ) -> Iterator[None]:
     """Every entry point's error report: a UserError, a diverged run (NonFiniteError) and a failed
     write anywhere in the block (a full disk, a quota, permissions: data builds, plots, exports)
-    become one `error: ...` paragraph on stderr and exit code 2 (1 for divergence); every other
+    become one `error: ...` paragraph on stderr and exit code 2 (1 for divergence); a Ctrl-C
+    that was saved (Interrupted) one `interrupted: ...` line and exit code 130; every other
     exception passes unchanged, with its traceback.
 
     write_advice: what to do about a failed write (the paragraph's last sentence).
@@ -110,6 +115,8 @@ def reported_as_exit(
         _exit(f"error: {e}", 2)
     except NonFiniteError as e:  # diverged: the last good checkpoint is kept
         _exit(f"error: {e}", 1)
+    except Interrupted as e:
+        _exit(f"interrupted: {e}", 130)
     except Exception as e:
         if not is_storage_error(e, any_os_error=False):
             raise

@@ -5,7 +5,6 @@ Only process 0 writes files; every process logs to its console.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -40,13 +39,12 @@ class Progress:
 
 
 def _truncate_jsonl(path: str, after_step: int) -> None:
-    """Drops lines logged after `after_step` by a run that was then interrupted (kept: <= step)."""
+    """Drops lines logged after `after_step` by a run that was then interrupted (kept: <= step),
+    and a cut-off last line of a crashed write (with a warning, rundir.read_jsonl)."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= after_step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+    records = rundir.read_jsonl(path)
+    rundir.rewrite_jsonl(path, [r for r in records if r.get("step", 0) <= after_step])
 
 
 class MetricsWriter:
@@ -70,8 +68,7 @@ class MetricsWriter:
         what = f"the {split} metrics of step {step}"
         with storage_errors_as(lambda e: storage_error(what, self.workdir, e)):
             self.summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
-            with open(self.jsonl_path, "a") as f:
-                f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+            rundir.append_jsonl(self.jsonl_path, {"step": step, "split": split, **scalars})
 
     def write_train(
         self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, counts: dict

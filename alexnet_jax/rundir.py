@@ -1,6 +1,9 @@
 """The run directory (`--workdir`): its files, and loading a run's config and parameters.
 
-    <workdir>/config.json            the config the run was trained with (process 0 writes it)
+    <workdir>/config.json            the config the run trains with (process 0 writes it)
+    <workdir>/config_history.jsonl   every start: its step, host, the fields that changed
+    <workdir>/run.json               what identifies the run's data (recorded at its first start)
+    <workdir>/.lock                  held by the process writing the run (host, pid)
     <workdir>/metrics.jsonl          one JSON object per line: step, split ("train"/"eval"), metrics
     <workdir>/events.out.tfevents.*  TensorBoard (clu metric writers)
     <workdir>/training_curves.png    plots.plot_training_curves, at the end of every run
@@ -8,25 +11,77 @@
 
 Every module that reads or writes these names goes through here. The tools (predict, figures,
 export, plots) load runs through this module, which imports neither the training loop nor
-TensorFlow.
+TensorFlow, and never create files in a run they read.
+
+A run is one experiment: its first start records the config and the data's identity; a later
+start in the same workdir may change only the fields that do not change what is trained
+(RESUMABLE_FIELDS: logging and checkpoint cadence, length, where the data lives), else it is
+refused with the list of differences (`check_resume`), unless the user continues on purpose
+(`allow_change`), which the history records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
-from alexnet_jax import checkpoint, experiment, sharding
-from alexnet_jax.errors import UserError
+from alexnet_jax import checkpoint, config_lib, experiment, sharding
+from alexnet_jax.errors import ConfigError, DataError, UserError
 
 CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 CHECKPOINTS = "checkpoints"
+
+# Fields a resumed run may change without changing what it trains: logging, evaluation and
+# checkpoint cadence, its length, and where its data lives (the data's own identity is checked).
+RESUMABLE_FIELDS = frozenset(
+    {
+        "log_every_steps",
+        "eval_every_steps",
+        "eval_batch_size",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "num_epochs",
+        "num_train_steps",
+        "max_consecutive_skipped_steps",
+        "data_dir",
+        "manual_dir",
+        "miniature_dir",
+        "image_folder",
+        "resized_cache_dir",
+    }
+)
+# Fields added to the config after runs were made, with the value that keeps an older run's
+# behaviour: filled in when an older config.json is read.
+ADDED_FIELDS = {"max_consecutive_skipped_steps": 3}
+# Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
+# preprocessed or which model it is.
+EVAL_FIELDS = frozenset(
+    {
+        "eval_split",
+        "eval_crops",
+        "eval_batch_size",
+        "data_dir",
+        "manual_dir",
+        "miniature_dir",
+        "image_folder",
+        "resized_cache_dir",
+        "torch_weights",
+    }
+)
 
 
 def config_path(workdir: str) -> str:
@@ -45,9 +100,241 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
-def checkpoint_manager(workdir: str, keep: int) -> Any:
-    """The Orbax manager of the run's checkpoints (keeps the last `keep`)."""
-    return checkpoint.create_manager(checkpoint_dir(workdir), keep)
+def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> Any:
+    """The Orbax manager of the run's checkpoints (keeps the last `keep`); `read_only` for
+    tools, which must not create or clean anything in a run."""
+    return checkpoint.create_manager(checkpoint_dir(workdir), keep, read_only=read_only)
+
+
+def check_is_directory(workdir: str) -> None:
+    """DataError when `workdir` exists and is not a directory."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise DataError(
+            f"--workdir={workdir} is a file, not a directory: choose another --workdir."
+        )
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: never half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---- One writer -------------------------------------------------------------------------------
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _is_alive(holder: dict) -> bool | None:
+    """Whether the lock's holder still runs: None when that cannot be told (another host)."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    pid = int(holder.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("started")
+    return started is None or _process_start_time(pid) == started  # else: the pid was reused
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str) -> Iterator[None]:
+    """Holds the run's lock while the block writes to it (process 0; the other processes of a
+    multi-host run write only their checkpoint shards).
+
+    A second writer is refused with one message naming the holder's host and pid; the lock of a
+    process that died (kill -9) is taken over with a warning.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    check_is_directory(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    pid = os.getpid()
+    me = {"host": socket.gethostname(), "pid": pid, "started": _process_start_time(pid)}
+    me["since"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _take_over_if_stale(path, workdir)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            if json.load(f).get("pid") == pid:
+                os.remove(path)
+
+
+def _take_over_if_stale(path: str, workdir: str) -> None:
+    """Removes the lock file of a dead holder (with a warning); UserError for a live one."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+    except FileNotFoundError:
+        return  # released meanwhile
+    except (OSError, ValueError):
+        holder = {}  # written by a process killed mid-write
+    alive = _is_alive(holder) if holder else False
+    who = f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
+    if alive is False:
+        logging.warning("Taking over the lock of %s: %s is gone.", workdir, who if holder else "?")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    how = (
+        "wait for it to finish, or stop it (it saves on SIGTERM or Ctrl-C)"
+        if alive
+        else f"if that process is gone, delete {path}"
+    )
+    raise UserError(
+        f"{workdir} is in use by {who}: one run writes a workdir at a time. Use another "
+        f"--workdir, or {how}."
+    )
+
+
+# ---- One run, one experiment ------------------------------------------------------------------
+
+
+def _differences(old: dict, new: dict, ignore: frozenset = frozenset()) -> list[tuple]:
+    """(field, old value, new value) for each field that differs (JSON forms compared); fields
+    the old config lacks (added to the code since) are not differences."""
+    return [
+        (field, old[field], value)
+        for field, value in sorted(new.items())
+        if field in old and field not in ignore and old[field] != value
+    ]
+
+
+def _describe(differences: list[tuple], limit: int = 12) -> str:
+    shown = [f"{f}: {old!r} -> {new!r}" for f, old, new in differences[:limit]]
+    more = len(differences) - limit
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def check_resume(
+    config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False
+) -> list[tuple]:
+    """The differences between `config` and the run's config.json that change the experiment
+    ([] for a new run). Raises ConfigError listing them unless `allow_change`."""
+    old = read_config_dict(workdir)
+    if old is None:
+        return []
+    new = _as_json(config)
+    changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
+    if changed and not allow_change:
+        raise ConfigError(
+            f"{workdir} holds a run with another config; resuming it with this one would mix two "
+            f"experiments. Differences (run's -> now): {_describe(changed)}. To start a new run, "
+            "choose another --workdir; to resume this one, use its own config (--config="
+            f"{config_path(workdir)}); to continue it with these changes on purpose, add "
+            "--allow_config_change (recorded in its config_history.jsonl)."
+        )
+    return changed
+
+
+def eval_config(workdir: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """The run's own config with the command line's `overrides` of what is evaluated
+    (EVAL_FIELDS); an override of any other field that differs from the run is refused."""
+    config = load_config(workdir)
+    overrides = dict(overrides or {})
+    refused = _differences(
+        {k: v for k, v in _as_json(config).items() if k in overrides},
+        json.loads(json.dumps(overrides, default=list)),
+        ignore=EVAL_FIELDS,
+    )
+    if refused:
+        raise ConfigError(
+            f"--mode=eval evaluates the run in {workdir} with its own config; these overrides "
+            f"would change the model or its preprocessing: {_describe(refused)}. Only "
+            f"{', '.join(sorted(EVAL_FIELDS))} may be set for an evaluation."
+        )
+    with config.unlocked():
+        for field, value in overrides.items():
+            if field in EVAL_FIELDS:
+                config[field] = value
+    return config
+
+
+def record_start(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int,
+    changes: list[tuple],
+    dataset: dict | None = None,
+) -> None:
+    """Writes the run's config.json (atomically), appends this start to its history, and records
+    the data's identity at the first start (process 0)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    previous = read_config_dict(workdir)
+    resumable = _differences(previous or {}, _as_json(config))
+    entry = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "event": "start" if previous is None else "resume",
+        "changed": {f: {"old": old, "new": new} for f, old, new in resumable},
+    }
+    if changes:
+        entry["allowed_config_change"] = True
+    if resumable:
+        logging.info("Config changes on resume: %s", _describe(resumable, limit=100))
+    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
+    _write_atomically(config_path(workdir), config.to_json(indent=2))
+    if dataset is not None and read_run_record(workdir) is None:
+        _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
+
+
+def read_run_record(workdir: str) -> dict | None:
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> None:
+    """ConfigError when the data's identity differs from the one the run started with (a class
+    folder added shifts every label), unless `allow_change`."""
+    record = read_run_record(workdir)
+    if record is None or "dataset" not in record:
+        return
+    old = json.loads(json.dumps(record["dataset"]))
+    new = json.loads(json.dumps(dataset))
+    changed = _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
+    if changed and not allow_change:
+        raise DataError(
+            f"The data of the run in {workdir} changed since it started: {_describe(changed)}. "
+            "Its labels or examples would no longer mean what they meant: restore the data, or "
+            "start a new run in another --workdir (or add --allow_config_change on purpose)."
+        )
 
 
 # ---- Config ----------------------------------------------------------------------------------
@@ -66,30 +353,86 @@ def read_config_dict(workdir: str) -> dict[str, Any] | None:
     path = config_path(workdir)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(
+            f"{path} is damaged ({e}): it is not the JSON config main.py writes. Restore it from "
+            "a copy (or from config_history.jsonl), or start a new run in another --workdir."
+        ) from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    return {**ADDED_FIELDS, **config}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was trained with (saved by train.train_and_evaluate)."""
+    """The config a run in `workdir` was trained with (saved by train.train_and_evaluate),
+    checked against the rules of every field (a damaged or foreign file is one message)."""
+    check_is_directory(workdir)
     config = read_config_dict(workdir)
     if config is None:
         raise UserError(
             f"{config_path(workdir)} not found: --workdir must be a directory written by main.py."
         )
-    return ml_collections.ConfigDict(config)
+    config = ml_collections.ConfigDict(config)
+    try:
+        config_lib.validate_config(config)
+    except ConfigError as e:
+        raise DataError(f"{config_path(workdir)} is not a valid run config: {e}") from None
+    return config
 
 
 # ---- Metrics ---------------------------------------------------------------------------------
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON records of a .jsonl file in order; blank lines skipped, and a line that is not
+    whole JSON (the last line of a crashed write) dropped with a warning."""
+    records = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                logging.warning(
+                    "%s: line %d is not whole JSON (a cut-off write); ignored.", path, number
+                )
+    return records
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    """Appends one whole line: one write call, and a write that fails part-way is cut back off,
+    so a reader never meets half a line from this process."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(28, "No space left on device (short write)", path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def rewrite_jsonl(path: str, records: list[dict]) -> None:
+    """Replaces a .jsonl file's records (atomically)."""
+    _write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def read_metrics(workdir: str) -> list[dict]:
-    """The JSON records of `workdir/metrics.jsonl`, in file order (blank lines skipped)."""
+    """The JSON records of `workdir/metrics.jsonl`, in file order (see read_jsonl)."""
     path = metrics_path(workdir)
     if not os.path.exists(path):
         raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path)
 
 
 # ---- Parameters ------------------------------------------------------------------------------
@@ -111,12 +454,22 @@ def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDi
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target
     )
-    manager = checkpoint_manager(workdir, config.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, target, already_abstract=True)
-    manager.close()
+    restored = read_latest_checkpoint(workdir, target)
     if restored is None:
         raise UserError(f"No checkpoint in {checkpoint_dir(workdir)}: train first.")
     return config, restored[0].params
+
+
+def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None:
+    """(state, data state) of the run's latest readable checkpoint restored into `target`
+    (ShapeDtypeStructs with shardings), or None; creates and cleans nothing in the run."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return None
+    manager = checkpoint_manager(workdir, keep=1, read_only=True)
+    try:
+        return checkpoint.restore_latest(manager, target, already_abstract=True)
+    finally:
+        manager.close()
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:

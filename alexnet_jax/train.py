@@ -20,6 +20,7 @@ from absl import logging
 from alexnet_jax import (
     checkpoint,
     config_lib,
+    data_sources,
     experiment,
     input_pipeline,
     metrics_io,
@@ -29,7 +30,7 @@ from alexnet_jax import (
     sharding,
     weights_io,
 )
-from alexnet_jax.errors import ConfigError, NonFiniteError, UserError
+from alexnet_jax.errors import ConfigError, Interrupted, NonFiniteError, UserError
 from alexnet_jax.train_state import TrainState
 
 # ---- Evaluation ------------------------------------------------------------------------------
@@ -76,6 +77,44 @@ def _check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) ->
             )
 
 
+class _SkipCounter:
+    """Steps skipped for non-finite values (config.skip_nonfinite_steps): each is logged, and more
+    than config.max_consecutive_skipped_steps in a row stop the run (NonFiniteError)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.enabled = bool(config.skip_nonfinite_steps)
+        self.limit = int(config.max_consecutive_skipped_steps)
+        self.total = self.in_a_row = 0
+
+    def update(self, step_metrics: list[tuple[int, dict]]) -> None:
+        if not self.enabled:
+            return
+        for step, metrics in step_metrics:
+            if bool(metrics["finite"]):
+                self.in_a_row = 0
+                continue
+            self.total += 1
+            self.in_a_row += 1
+            logging.warning(
+                "Step %d: the loss or gradient is NaN/Inf; update skipped (%d in a row, %d in "
+                "this session).",
+                step,
+                self.in_a_row,
+                self.total,
+            )
+            if self.in_a_row > self.limit:
+                raise NonFiniteError(
+                    f"Steps {step - self.in_a_row + 1}-{step}: {self.in_a_row} steps in a row had "
+                    f"a NaN/Inf loss or gradient (config.max_consecutive_skipped_steps="
+                    f"{self.limit}): the run has diverged. The last good checkpoint is kept; "
+                    "lower config.learning_rate."
+                )
+
+    def summarize(self) -> None:
+        if self.total:
+            logging.warning("%d step(s) were skipped for NaN/Inf values.", self.total)
+
+
 def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> TrainState:
     """Host-side reduce-on-plateau: feeds the validation top-1 error, applies the new lr scale."""
     if config.schedule != "plateau":
@@ -94,8 +133,9 @@ def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> Trai
 
 def _build(config: ml_collections.ConfigDict) -> experiment.Experiment:
     """Validates the config, prepares the data and builds the experiment over all devices."""
+    config_lib.validate_config(config)  # before the mesh and any data
     mesh = sharding.make_mesh(config)
-    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])  # before any data
+    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])
     info = input_pipeline.prepare(config)
     steps_per_epoch = info.num_train_examples // config.batch_size
     if steps_per_epoch < 1:
@@ -114,47 +154,118 @@ def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalItera
     )
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def _eval_summary(step: int, metrics: dict[str, float]) -> str:
+    return (
+        f"eval at step {step}: top-1 error {1 - metrics['top1']:.4f}, top-5 error "
+        f"{1 - metrics['top5']:.4f}, loss {metrics['loss']:.4f} "
+        f"({int(metrics['num_examples'])} examples)"
+    )
+
+
+def _check_finite_eval(step: int, metrics: dict[str, float]) -> None:
+    """NonFiniteError when an evaluation's loss is NaN/Inf: the parameters have diverged."""
+    if not np.isfinite(metrics["loss"]):
+        raise NonFiniteError(
+            f"The evaluation at step {step} gave a NaN/Inf loss ({metrics['loss']}): the "
+            "parameters have diverged. The last good checkpoint is kept; lower "
+            "config.learning_rate."
+        )
+
+
+def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
+    """ConfigError when config.torch_weights records conventions (a file exported here) that the
+    config contradicts: the weights would be evaluated on inputs they were not trained for."""
+    recorded = weights_io.read_conventions(config.torch_weights)
+    if recorded is None:
+        return
+    differ = [
+        f"{field}: file {recorded[field]!r}, config {config[field]!r}"
+        for field in weights_io.CONVENTION_FIELDS
+        if recorded[field] != config[field]
+    ]
+    if differ:
+        raise ConfigError(
+            f"{config.torch_weights} records the conventions it was trained with, and the config "
+            f"contradicts them ({'; '.join(differ)}): set those --config fields to the file's "
+            "values."
+        )
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Evaluates the latest checkpoint of `workdir` (or `config.torch_weights`, a PyTorch file).
 
-    Uses `config.eval_crops` views per image; the result is logged to the workdir's metrics.
+    A run is evaluated with its own config (config.json); `overrides` (the command line's
+    --config.* values) may change only what is evaluated (rundir.EVAL_FIELDS: split, crops,
+    batch size, data paths). Without a run in `workdir`, `config` (with its torch_weights) is
+    used. Uses `config.eval_crops` views per image; the result is printed, then appended to the
+    workdir's metrics.
     """
-    exp = _build(config)
-    if config.torch_weights:
-        weights = weights_io.load_weights(
-            config.torch_weights, config.variant, num_classes=config.num_classes
+    if rundir.read_config_dict(workdir) is not None:
+        config = rundir.eval_config(workdir, overrides)
+    elif not config.torch_weights:
+        raise UserError(
+            f"{workdir} holds no run (no {rundir.CONFIG_FILE}): train first (--mode=train), point "
+            "--workdir at a run, or set --config.torch_weights."
         )
-        params = jax.device_put(weights, exp.params_sharding)
-        step = 0
-    else:
-        manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
-        restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
-        manager.close()
-        if restored is None:
-            raise UserError(
-                f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first "
-                "(--mode=train), point --workdir at a run, or set --config.torch_weights."
+    with rundir.exclusive(workdir):
+        exp = _build(config)
+        if config.torch_weights:
+            _check_weights_conventions(config)
+            weights = weights_io.load_weights(
+                config.torch_weights, config.variant, num_classes=config.num_classes
             )
-        params, step = restored[0].params, int(restored[0].step)
-    metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
-    writer = metrics_io.MetricsWriter(workdir, start_step=None)
-    writer.write_eval(step, metrics)
-    writer.close()
+            params = jax.device_put(weights, exp.params_sharding)
+            step = 0
+        else:
+            restored = rundir.read_latest_checkpoint(workdir, exp.abstract_state())
+            if restored is None:
+                raise UserError(
+                    f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first "
+                    "(--mode=train), point --workdir at a run, or set --config.torch_weights."
+                )
+            params, step = restored[0].params, int(restored[0].step)
+        metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
+        if jax.process_index() == 0:
+            print(_eval_summary(step, metrics), flush=True)  # kept even if the write fails
+        writer = metrics_io.MetricsWriter(workdir, start_step=None)
+        writer.write_eval(step, metrics)
+        writer.close()
     return metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> dict[str, float]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final eval.
+
+    The workdir is locked while the run writes it. A resume must use the run's own config and
+    data (rundir.check_resume, check_dataset) unless `allow_config_change`. SIGTERM saves and
+    returns {}; Ctrl-C saves and raises errors.Interrupted.
 
     Sections: setup -> restore -> loop (log, preemption, eval, checkpoint) -> final eval and save.
     """
-    # -- Setup: mesh, config, data, model, optimizer, steps.
+    if config.torch_weights:
+        raise ConfigError(
+            f"config.torch_weights={config.torch_weights!r} is only read by --mode=eval; "
+            "training starts from config.init_scheme. Remove it, or add --mode=eval."
+        )
+    with rundir.exclusive(workdir):
+        return _train(config, workdir, allow_config_change)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> dict:
+    # -- Setup: the run's identity, mesh, config, data, model, optimizer, steps.
+    changes = rundir.check_resume(config, workdir, allow_change)  # before any data is built
     exp = _build(config)
+    dataset = data_sources.dataset_identity(config)
+    rundir.check_dataset(workdir, dataset, allow_change)
     mesh, steps_per_epoch = exp.mesh, exp.steps_per_epoch
     num_steps = total_train_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps or steps_per_epoch
 
-    # -- Restore the latest checkpoint, if any; else a fresh state.
+    # -- Restore the latest readable checkpoint, if any; else a fresh state.
     manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
     examples_consumed = 0
@@ -166,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = exp.init_state()
     start_step = int(state.step)
     writer = metrics_io.MetricsWriter(workdir, start_step)
-    rundir.save_config(config, workdir)
+    rundir.record_start(config, workdir, start_step, changes, dataset)
 
     # -- Loop.
     pc, pi = jax.process_count(), jax.process_index()
@@ -181,6 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step_fn, eval_step_fn = exp.train_step, exp.eval_step
     preemption = checkpoint.PreemptionWatcher(manager)
     progress = metrics_io.Progress(start_step, num_steps, config.batch_size)
+    skips = _SkipCounter(config)
     pending: list[tuple[int, dict]] = []
     eval_metrics: dict[str, float] = {}
 
@@ -188,12 +300,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         host = [(s, jax.device_get(m)) for s, m in pending]
         pending.clear()
         _check_finite(host, config.skip_nonfinite_steps)
+        skips.update(host)
         if host:
             counts = {
                 "skipped_steps": int(state.skipped_steps),
                 "undecodable_images": train_iter.num_undecodable,
             }
             writer.write_train(step, host, progress.update(step), counts)
+
+    def run_eval(step: int) -> dict[str, float]:
+        metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
+        writer.write_eval(step, metrics)
+        _check_finite_eval(step, metrics)
+        return metrics
 
     def save(step: int) -> None:
         flush_train_metrics(step)  # never save after an unnoticed NaN
@@ -210,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = sharding.prefetch_to_mesh(train_iter, mesh)
     step, preempted = start_step, False
     # Also on errors, in this order: commit the saves in flight (so the last good checkpoint is
-    # kept), close the metrics, restore the SIGTERM handler. A failed close raises only if the
+    # kept), close the metrics, restore the signal handlers. A failed close raises only if the
     # run was ending without an error, which it must not replace.
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(preemption.close)
@@ -223,14 +342,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % config.log_every_steps == 0:
                 flush_train_metrics(step)
             if preemption.reached(step):
-                logging.warning("Preemption signal: saving step %d and exiting.", step)
+                why = preemption.signal_name or "a signal to another process"
+                logging.warning("Preemption signal: saving step %d and exiting (%s).", step, why)
                 save(step)
                 preempted = True
                 break
             if step % eval_every == 0 and step < num_steps:
                 flush_train_metrics(step)
-                eval_metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
-                writer.write_eval(step, eval_metrics)
+                eval_metrics = run_eval(step)
                 state = _update_plateau(state, eval_metrics, config, mesh)
             if step % config.checkpoint_every_steps == 0 and step < num_steps:
                 save(step)
@@ -238,10 +357,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # -- Final evaluation and checkpoint.
         if not preempted:
             flush_train_metrics(step)
-            eval_metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
-            writer.write_eval(step, eval_metrics)
+            eval_metrics = run_eval(step)
             if manager.latest_step() != step:
                 save(step)
+    skips.summarize()
+    if preempted and preemption.interrupted:
+        raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
     if preempted:
         return {}
     if jax.process_index() == 0:

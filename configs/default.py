@@ -81,6 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # how many recent checkpoints to keep.
     c.seed = 0  # seeds parameters, dropout and the data order/augmentation.
     c.skip_nonfinite_steps = False  # True: skip steps with NaN/Inf loss or grads (and count them).
+    c.max_consecutive_skipped_steps = 3  # skipping: more NaN/Inf steps in a row stop the run.
     c.torch_weights = ""  # --mode=eval: evaluate this PyTorch .pth (converted) instead of a run.
     c.mesh_shape = ()  # () = all devices on the "data" axis; (D, 2) adds a "tower" axis.
     return c

@@ -33,4 +33,4 @@ if __name__ == "__main__":
     import main
 
     narrow_fc_layers()
-    app.run(main.main)
+    app.run(main.main, flags_parser=main._parse_flags)

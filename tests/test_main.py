@@ -30,9 +30,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def shared_dirs(tmp_path_factory):
+def shared_dirs(tmp_path_factory, jax_cache_dir):
     root = tmp_path_factory.mktemp("main")
-    return {"data": str(root / "data"), "cache": str(root / "jax_cache"), "root": root}
+    return {"data": str(root / "data"), "cache": jax_cache_dir, "root": root}
 
 
 def _tiny_flags(dirs, workdir, **overrides):
@@ -173,6 +173,37 @@ def test_sigterm_then_resume_is_bitwise_identical(shared_dirs, uninterrupted_run
     assert _deterministic_metrics(workdir) == _deterministic_metrics(uninterrupted_run)
 
 
+def test_ctrl_c_saves_exits_130_and_resumes_to_the_uninterrupted_parameters(
+    shared_dirs, uninterrupted_run, monkeypatch
+):
+    """Case 9: Ctrl-C (SIGINT) is handled like SIGTERM: the run saves at the next step and exits
+    with code 130 and one `interrupted:` line; rerunning resumes to parameters bitwise equal to
+    the uninterrupted run's (as after SIGTERM)."""
+    workdir = str(shared_dirs["root"] / "ctrl_c")
+    flags = _tiny_flags(shared_dirs, workdir)
+    proc = _main(shared_dirs, flags, narrow=True)
+    _wait_for_train_step(workdir, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("interrupted:")]
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert saved
+    assert saved[-1] < 16
+    assert f"saved step {saved[-1]}" in line
+
+    code, _, err = _run_main(shared_dirs, flags, narrow=True)
+    assert code == 0, err[-3000:]
+    assert f"Resumed at step {saved[-1]}" in err
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    _, params_a = rundir.load_params(uninterrupted_run)
+    _, params_b = rundir.load_params(workdir)
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, jax.device_get(params_b), jax.device_get(params_a)
+    )
+
+
 def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, tmp_path):
     """A diverging run (lr 1e30) exits 1 naming the step; no checkpoint at or after it."""
     workdir = str(tmp_path / "nan")
@@ -295,10 +326,13 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
     assert "config.batch_size=7 is not divisible" in proc.stderr
 
 
-def _narrow_main(dirs, workdir, steps, limit_file_bytes=None, **overrides):
+def _narrow_main(
+    dirs, workdir, steps, limit_file_bytes=None, mode="train", extra_flags=(), **overrides
+):
     """main.py with fc6/fc7 narrowed (tests/multihost_worker.py: 3M parameters, 25 MB
     checkpoints) on synthetic data; `limit_file_bytes` caps every file the process writes
-    (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, like a full disk)."""
+    (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, like a full disk);
+    `mode` is main.py's --mode, `extra_flags` more of main.py's flags."""
 
     flags = {
         "dataset": "synthetic",
@@ -318,6 +352,8 @@ def _narrow_main(dirs, workdir, steps, limit_file_bytes=None, **overrides):
         sys.executable,
         os.path.join(REPO, "tests", "multihost_worker.py"),
         f"--workdir={workdir}",
+        f"--mode={mode}",
+        *extra_flags,
     ]
     command += [f"--config.{k}={v}" for k, v in flags.items()]
     # The limit is set by a launcher that then execs the run (preexec_fn is unsafe in this

@@ -1,0 +1,398 @@
+"""A run is one experiment and survives faults: its identity on resume and in --mode=eval, one
+writer at a time, Ctrl-C saves, whole metrics lines, a damaged checkpoint falls back to the
+previous one, divergence is never silent, and every bad command line is one message (exit 2).
+
+The cases are listed with their tests in docs/RELIABILITY.md. The end-to-end runs use main.py
+with fc6/fc7 narrowed (tests/multihost_worker.py) on synthetic data: seconds each.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, errors, rundir
+from alexnet_jax.errors import ConfigError, DataError, UserError
+from configs import default
+from tests.test_main import REPO, _env, _narrow_main
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, jax_cache_dir):
+    root = tmp_path_factory.mktemp("reliability")
+    return {"data": str(root / "data"), "cache": jax_cache_dir, "root": root}
+
+
+@pytest.fixture(scope="module")
+def finished_run(dirs):
+    """A complete 8-step run (narrowed FC layers, synthetic data), checkpoints at 4 and 8."""
+    workdir = str(dirs["root"] / "finished")
+    proc = _narrow_main(dirs, workdir, steps=8)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# ---- A run's identity ---------------------------------------------------------------------------
+
+
+def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(dirs, finished_run):
+    """Case 7: resuming with another batch size and seed is refused before anything is built,
+    naming each field with its old and new value; config.json and the checkpoints are
+    untouched."""
+    with open(rundir.config_path(finished_run)) as f:
+        before = f.read()
+    proc = _narrow_main(dirs, finished_run, steps=12, batch_size=16, seed=5)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = _error_lines(proc.stderr)
+    assert "batch_size: 8 -> 16" in line
+    assert "seed: 0 -> 5" in line
+    assert "--allow_config_change" in line
+    assert "Traceback" not in proc.stderr
+    with open(rundir.config_path(finished_run)) as f:
+        assert f.read() == before
+
+
+def test_an_allowed_config_change_continues_and_is_recorded_in_the_history(dirs, tmp_path):
+    """With --allow_config_change the run continues with the new value, config.json holds it and
+    config_history.jsonl records the start and the change (old and new)."""
+    workdir = str(tmp_path / "run")
+    assert _narrow_main(dirs, workdir, steps=2).returncode == 0
+    proc = _narrow_main(
+        dirs, workdir, steps=4, learning_rate=0.002, extra_flags=["--allow_config_change"]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = rundir.read_jsonl(os.path.join(workdir, rundir.HISTORY_FILE))
+    assert [h["event"] for h in history] == ["start", "resume"]
+    assert history[1]["step"] == 2
+    assert history[1]["changed"]["learning_rate"] == {"old": 0.001, "new": 0.002}
+    assert history[1]["changed"]["num_train_steps"] == {"old": 2, "new": 4}
+    assert rundir.load_config(workdir).learning_rate == 0.002
+
+
+def test_eval_uses_the_runs_own_config_and_prints_the_result(dirs, finished_run):
+    """Case 5 end to end: `--mode=eval` on a run evaluates it with its own config.json (here the
+    command line's defaults differ: the run's normalization and dataset are used), prints the
+    result and appends it to the run's metrics: the same loss as the run's final evaluation."""
+    proc = _narrow_main(dirs, finished_run, steps=8, mode="eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "eval at step 8: top-1 error" in proc.stdout
+    evals = [r for r in rundir.read_metrics(finished_run) if r["split"] == "eval"]
+    assert evals[-1]["loss"] == pytest.approx(evals[-2]["loss"], rel=1e-6)  # the same model
+
+
+def test_eval_overrides_may_change_only_what_is_evaluated(tmp_path):
+    """Case 5: `--mode=eval --config.normalization=mean` on a mean/std run is refused (it reported
+    a loss of 60.5 instead of 1.86 and appended it to the run's metrics); another num_classes or
+    variant likewise; the eval split, crops and batch size may be overridden."""
+    rundir.save_config(default.get_config(), str(tmp_path))
+    for field, value, shown in (
+        ("normalization", "mean", "normalization: 'mean_std' -> 'mean'"),
+        ("num_classes", 5, "num_classes: 4 -> 5"),
+        ("variant", "paper", "variant: 'one_tower' -> 'paper'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(shown)):
+            rundir.eval_config(str(tmp_path), {field: value})
+    config = rundir.eval_config(
+        str(tmp_path), {"eval_crops": 10, "eval_batch_size": 80, "eval_split": "train[:10]"}
+    )
+    assert (config.eval_crops, config.eval_batch_size, config.eval_split) == (10, 80, "train[:10]")
+    assert config.normalization == "mean_std"  # the run's own
+
+
+def test_resume_with_another_variant_is_refused_before_anything_is_built(tmp_path):
+    """Traceback case: resuming with another variant (or num_classes) is one ConfigError listing
+    the differences, not Orbax's shape error."""
+    rundir.save_config(default.get_config(), str(tmp_path))
+    config = default.get_config()
+    config.variant, config.num_classes = "torchvision", 10
+    with pytest.raises(ConfigError, match=r"num_classes: 4 -> 10; variant: 'one_tower'"):
+        rundir.check_resume(config, str(tmp_path))
+    assert rundir.check_resume(config, str(tmp_path), allow_change=True)
+
+
+def test_a_changed_dataset_is_refused(tmp_path):
+    """Case 8: the data's identity (e.g. an image folder's class names) recorded at a run's first
+    start must match on resume: a class folder added would shift every label."""
+    workdir = str(tmp_path)
+    config = default.get_config()
+    old = {"kind": "image_folder", "classes": ["cat", "dog"], "train_files": 10}
+    rundir.record_start(config, workdir, step=0, changes=[], dataset=old)
+    rundir.check_dataset(workdir, old)  # unchanged: fine
+    new = {"kind": "image_folder", "classes": ["ant", "cat", "dog"], "train_files": 15}
+    with pytest.raises(DataError, match=r"classes: \['cat', 'dog'\] -> \['ant', 'cat'"):
+        rundir.check_dataset(workdir, new)
+    rundir.check_dataset(workdir, new, allow_change=True)
+
+
+# ---- One writer ---------------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    """Case 2: while a process holds a workdir, another start is refused with one message naming
+    the holder's host and pid (here: a live process of this host)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": sleeper.pid, "since": "now"}
+        holder["started"] = rundir._process_start_time(sleeper.pid)
+        with open(tmp_path / rundir.LOCK_FILE, "w") as f:
+            json.dump(holder, f)
+        refused = pytest.raises(UserError, match=rf"in use by process {sleeper.pid} on host")
+        with refused, rundir.exclusive(str(tmp_path)):
+            pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, caplog):
+    """Case 2: a lock left by a process killed with SIGKILL is taken over (with a warning) and
+    released at the end of the block; a lock holds while the block runs."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / rundir.LOCK_FILE
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": "then"}))
+    with rundir.exclusive(str(tmp_path)):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        refused = pytest.raises(UserError, match=rf"in use by process {os.getpid()}")
+        with refused, rundir.exclusive(str(tmp_path)):
+            pass
+    assert not lock.exists()
+    assert any("Taking over the lock" in r.getMessage() for r in caplog.records)
+
+
+def test_train_and_evaluate_takes_the_lock_first(tmp_path):
+    """Case 2: a second training run on a workdir in use is refused before it reads or writes
+    anything (main.py turns the UserError into one message and exit 2)."""
+    from alexnet_jax import train
+
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "now"}
+    holder["started"] = rundir._process_start_time(os.getpid())
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))  # this process is "the first"
+    with pytest.raises(UserError, match=f"in use by process {os.getpid()} on host"):
+        train.train_and_evaluate(default.get_config(), str(tmp_path))
+    assert os.listdir(tmp_path) == [rundir.LOCK_FILE]
+
+
+# ---- Every stop saves, files survive faults -----------------------------------------------------
+
+
+def test_a_cut_off_metrics_line_is_dropped_on_resume_and_by_readers(dirs, tmp_path, caplog):
+    """Case 4: a half line at the end of metrics.jsonl (a crash mid-write) no longer breaks
+    every rerun: readers skip it with a warning and the resumed run drops it."""
+    workdir = str(tmp_path / "run")
+    assert _narrow_main(dirs, workdir, steps=2, log_every_steps=1).returncode == 0
+    with open(rundir.metrics_path(workdir), "a") as f:
+        f.write('{"step": 3, "split": "tra')
+    records = rundir.read_metrics(workdir)
+    assert max(r["step"] for r in records) == 2
+    assert any("not whole JSON" in r.getMessage() for r in caplog.records)
+    # The resume also changes the run's length and logging cadence: allowed without a flag.
+    proc = _narrow_main(dirs, workdir, steps=4, log_every_steps=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Config changes on resume" in proc.stderr
+    with open(rundir.metrics_path(workdir)) as f:
+        lines = f.read().splitlines()
+    assert all(json.loads(line) for line in lines)
+    assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2, 4]
+
+
+def test_append_jsonl_cuts_back_a_failed_write(tmp_path, monkeypatch):
+    """A write that fails part-way leaves the file as it was (no half line)."""
+    path = str(tmp_path / "m.jsonl")
+    rundir.append_jsonl(path, {"step": 1})
+    real_write = os.write
+
+    def half_then_fail(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_fail)
+    with pytest.raises(OSError):
+        rundir.append_jsonl(path, {"step": 2, "loss": 1.0})
+    monkeypatch.setattr(os, "write", real_write)
+    with open(path) as f:
+        assert f.read() == '{"step": 1}\n'
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    """Traceback case: a latest checkpoint that cannot be read is reported by step and path and
+    the previous intact one is restored; when none can be read, one DataError names each."""
+    manager = rundir.checkpoint_manager(str(tmp_path), keep=3)
+    tree = {"w": np.arange(6, dtype=np.float32)}
+    for step in (4, 8):
+        checkpoint.save(manager, step, {"w": tree["w"] * step}, {"step": step})
+    checkpoint.wait(manager)
+    manager.close()
+    state_dir = os.path.join(rundir.checkpoint_dir(str(tmp_path)), "8", "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    target = {"w": jax.ShapeDtypeStruct((6,), np.float32, sharding=_one_device())}
+    restored = rundir.read_latest_checkpoint(str(tmp_path), target)
+    np.testing.assert_array_equal(restored[0]["w"], tree["w"] * 4)
+    assert restored[1] == {"step": 4}
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "checkpoints/8 cannot be read" in warnings
+    assert "previous intact checkpoint, step 4" in warnings
+
+    state_dir = os.path.join(rundir.checkpoint_dir(str(tmp_path)), "4", "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.raises(DataError, match=r"step 8 .*; step 4 "):
+        rundir.read_latest_checkpoint(str(tmp_path), target)
+
+
+def _one_device():
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def test_read_only_tools_create_nothing_in_a_run_without_checkpoints(tmp_path):
+    """Traceback case: loading a run with no checkpoint (predict, figures, export) is one
+    UserError and creates no `checkpoints/` directory."""
+    config = default.get_config()
+    rundir.save_config(config, str(tmp_path))
+    with pytest.raises(UserError, match="No checkpoint in"):
+        rundir.load_run(str(tmp_path))
+    assert os.listdir(tmp_path) == [rundir.CONFIG_FILE]
+
+
+def test_a_damaged_config_json_is_one_message(tmp_path):
+    """Traceback case: a corrupt config.json (not JSON, or not a valid config) is one DataError
+    naming the file."""
+    path = tmp_path / rundir.CONFIG_FILE
+    path.write_text('{"variant": "paper", ')
+    with pytest.raises(DataError, match=r"config\.json is damaged"):
+        rundir.load_config(str(tmp_path))
+    path.write_text(json.dumps({"variant": "paper"}))
+    with pytest.raises(DataError, match=r"config.json is not a valid run config: config\.\w+"):
+        rundir.load_config(str(tmp_path))
+
+
+# ---- Divergence is never silent -----------------------------------------------------------------
+
+
+def test_skipping_nonfinite_steps_stops_after_too_many_in_a_row(dirs, tmp_path):
+    """Case 3: with skip_nonfinite_steps and a huge learning rate the run no longer ends with
+    exit 0 and NaN weights: skipped steps are logged as they happen and more than
+    max_consecutive_skipped_steps in a row (or a NaN evaluation) stop it with exit 1."""
+    workdir = str(tmp_path / "run")
+    proc = _narrow_main(
+        dirs,
+        workdir,
+        steps=16,
+        learning_rate=1e30,
+        skip_nonfinite_steps=True,
+        max_consecutive_skipped_steps=2,
+        log_every_steps=1,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = _error_lines(proc.stderr)
+    assert "in a row had a NaN/Inf loss or gradient" in line or "NaN/Inf loss" in line
+    assert "update skipped" in proc.stderr
+
+
+def test_a_nan_evaluation_ends_the_run():
+    """Case 3/6: an evaluation whose loss is NaN raises NonFiniteError naming the step."""
+    from alexnet_jax import train
+
+    train._check_finite_eval(8, {"loss": 1.0})
+    with pytest.raises(errors.NonFiniteError, match="evaluation at step 8 gave a NaN"):
+        train._check_finite_eval(8, {"loss": float("nan")})
+
+
+# ---- Every bad input: one message, exit 2 -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config.nonexistent=1"], "--config has no field 'nonexistent'"),
+        (["--config=/nonexistent/config.py"], "--config could not be loaded"),
+        (["--config=" + os.path.join(REPO, "README.md")], "--config could not be loaded"),
+        (["--config.batch_size=abc"], "--config.batch_size=abc"),
+        (["--nonsense=1"], "Unknown command line flag 'nonsense'"),
+    ],
+)
+def test_bad_command_lines_are_one_message_with_exit_code_2(dirs, tmp_path, args, message):
+    """Traceback cases: each mistake in main.py's command line is one `error:` line, exit 2."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), f"--workdir={tmp_path / 'w'}", *args],
+        cwd=REPO,
+        env=_env(dirs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert message in line
+
+
+def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
+    from alexnet_jax import train
+
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        train.train_and_evaluate(default.get_config(), str(path))
+
+
+def test_eval_on_an_unwritable_run_prints_the_result_before_the_error(dirs, finished_run):
+    """Unclear case: --mode=eval on a run whose metrics cannot be written (here a file size
+    limit at metrics.jsonl's size, EFBIG) prints the result, then one error, exit 2."""
+    size = os.path.getsize(rundir.metrics_path(finished_run))
+    proc = _narrow_main(dirs, finished_run, steps=8, mode="eval", limit_file_bytes=size)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "eval at step 8: top-1 error" in proc.stdout
+    assert len(_error_lines(proc.stderr)) == 1
+
+
+def test_config_errors_are_config_errors_in_process():
+    """Traceback cases, in process: a seed beyond 2**31 (an OverflowError in JAX), a mesh_shape
+    of (-1, -1), torch_weights in train mode (silently ignored before)."""
+    from alexnet_jax import config_lib, train
+
+    config = default.get_config()
+    config.seed = 2**40
+    with pytest.raises(ConfigError, match=r"config\.seed"):
+        config_lib.validate_config(config)
+    config = default.get_config()
+    config.mesh_shape = (-1, -1)
+    with pytest.raises(ConfigError, match=r"config\.mesh_shape"):
+        config_lib.validate_config(config)
+    config = default.get_config()
+    config.torch_weights = "x.pth"
+    with pytest.raises(ConfigError, match=r"config\.torch_weights='x\.pth' is only read by"):
+        train.train_and_evaluate(config, "/nonexistent/never/created")
+
+
+def test_eval_of_exported_weights_refuses_a_config_that_contradicts_them(run_params, tmp_path):
+    """`--mode=eval --config.torch_weights=<a file exported here>` with a config whose
+    preprocessing or LRN convention differs from the conventions the file records is one
+    ConfigError naming each field (it evaluated them silently on the wrong inputs)."""
+    import ml_collections
+
+    from alexnet_jax import train, weights_io
+
+    config, params = run_params
+    path = weights_io.save_weights(params, config, str(tmp_path / "model.npz"))
+    evaluated = ml_collections.ConfigDict(config.to_dict())
+    evaluated.torch_weights = path
+    train._check_weights_conventions(evaluated)  # the run's own conventions: fine
+    evaluated.normalization = "mean"
+    with pytest.raises(ConfigError, match="normalization: file 'mean_std', config 'mean'"):
+        train._check_weights_conventions(evaluated)
