@@ -1,5 +1,5 @@
 """PyTorch <-> Flax weight conversion: logit parity with the PyTorch models of
-benchmarks/torch_models.py (torchvision's alexnet, and the LocalResponseNorm re-implementation
+alexnet_jax/torch_models.py (torchvision's alexnet, and the LocalResponseNorm re-implementation
 stack in one- and two-tower form, with per-tower LRN), exact round trips, and refusal of
 mismatched state dicts.
 
@@ -22,24 +22,20 @@ from alexnet_jax.convert import (
     torch_param_shapes,
 )
 from alexnet_jax.models import VARIANTS, AlexNet
+from alexnet_jax.torch_models import torch_alexnet
 from alexnet_jax.weights_io import load_weights
-from benchmarks import torch_models
 
 LOGIT_TOL = 1e-4
 NUM_CLASSES = {"torchvision": 1000, "one_tower": 10, "paper": 7}
 INPUT_SIZE = {"torchvision": 224, "one_tower": 227, "paper": 227}
 
 
-def build_torch_model(variant: str, seed: int = 0) -> torch_models.TorchAlexNet:
-    """A PyTorch model of the variant in eval mode, with He-scaled random weights and random
-    biases (std 0.1), so that activations stay O(1)-relative through every ReLU."""
+def build_torch_model(variant: str, seed: int = 0) -> nn.Module:
+    """A PyTorch model of the variant in eval mode (stock nn.LocalResponseNorm: alpha 1e-4, which
+    PyTorch divides by n), with He-scaled random weights and random biases (std 0.1), so that
+    activations stay O(1)-relative through every ReLU."""
     torch.manual_seed(seed)
-    num_classes = NUM_CLASSES[variant]
-    if variant == "torchvision":
-        model = torch_models.torchvision_alexnet(num_classes)
-    else:
-        groups = 2 if variant == "paper" else 1
-        model = torch_models.lrn_alexnet(num_classes, groups, tower_lrn=True)
+    model = torch_alexnet(variant, NUM_CLASSES[variant], lrn_convention="cuda_convnet")
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
