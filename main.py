@@ -50,6 +50,12 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "Resume a run with a config (or data) that differs from the one it started with, on purpose; "
     "the changes are recorded in its config_history.jsonl. Without it such a resume is refused.",
 )
+_LOG_ALL_PROCESSES = flags.DEFINE_bool(
+    "log_all_processes",
+    False,
+    "Every process of a multi-process run prints its progress (default: process 0 only; the "
+    "others print warnings and errors).",
+)
 _PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "project_xla_flags",
     True,
@@ -91,12 +97,14 @@ def _default_workdir() -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from alexnet_jax import runtime, train  # after absl parsed the flags
+    import jax
+
+    from alexnet_jax import config_lib, runtime  # after absl parsed the flags
     from alexnet_jax.errors import reported_as_exit
 
+    runtime.quiet_native_logs()
     if _PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()  # before anything starts JAX's backends
-    runtime.hide_accelerators_from_tensorflow()
     runtime.enable_compilation_cache()
     runtime.quiet_library_logs()
     workdir = _WORKDIR.value or _default_workdir()
@@ -107,7 +115,15 @@ def main(argv):
         "--config.data_dir, then rerun the same command: training resumes from the last "
         "complete checkpoint."
     ):
+        if _MODE.value == "train":
+            config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
+        runtime.import_tensorflow_quietly()
+        runtime.hide_accelerators_from_tensorflow()
+        from alexnet_jax import train
+
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if jax.process_index() != 0 and not _LOG_ALL_PROCESSES.value:
+            logging.set_verbosity(logging.WARNING)  # process 0 tells the progress
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -420,8 +421,11 @@ def _manual_dir_error(manual_dir: str, data_dir: str) -> DataError | None:
 def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
     """Builds an imagenet2012 dataset from the two archives in manual_dir (TFRecord files).
 
-    Without ILSVRC2012_img_test.tar the builder only logs that the test split is skipped.
+    Without ILSVRC2012_img_test.tar the builder only logs that the test split is skipped. Its
+    progress bars are shown on a terminal only (in a log file they are raw escape codes).
     """
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()
     builder.download_and_prepare(
         download_dir=os.path.join(data_dir, "downloads"),
         download_config=tfds.download.DownloadConfig(

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from alexnet_jax import predict, rundir, weights_io
+from alexnet_jax import predict, rundir, runtime, weights_io
 from alexnet_jax.errors import reported_as_exit
 
 
@@ -53,6 +53,8 @@ def export_run(workdir: str, out_path: str) -> str:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.quiet_native_logs()
+    runtime.quiet_library_logs()
     with reported_as_exit():
         path = export_run(flags.FLAGS.workdir, flags.FLAGS.to)
     print(f"wrote {path}")

@@ -294,6 +294,9 @@ def main(argv: Sequence[str]) -> None:
     FLAGS = flags.FLAGS
     from alexnet_jax import runtime
 
+    runtime.quiet_native_logs()
+    runtime.quiet_library_logs()
+    runtime.import_tensorflow_quietly()
     runtime.hide_accelerators_from_tensorflow()
     with reported_as_exit():
         paths = make_figures(

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from alexnet_jax import imagenet_classes, imagenet_stats, miniature, rundir, weights_io
+from alexnet_jax import imagenet_classes, imagenet_stats, miniature, rundir, runtime, weights_io
 from alexnet_jax.errors import DataError, UserError, reported_as_exit
 from alexnet_jax.models import VARIANTS, AlexNet, create_model, default_input_size, model_fields
 from alexnet_jax.recipe import Recipe
@@ -340,6 +340,8 @@ def main(argv: Sequence[str]) -> None:
     images = list(argv[1:])
     if not images:
         raise app.UsageError("Give one or more image files after the flags.")
+    runtime.quiet_native_logs()
+    runtime.quiet_library_logs()
     with reported_as_exit():
         missing = [path for path in images if not os.path.isfile(path)]
         if missing:  # before the model is loaded

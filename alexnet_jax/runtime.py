@@ -148,6 +148,31 @@ class _DropLibraryNoise(logging.Filter):
 _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
 
 
+def quiet_native_logs() -> None:
+    """Turns off the INFO lines of TensorFlow's and XLA's C++ code (Gloo's connection lines and
+    the like; their warnings and errors still print). Call it before JAX starts its backends; a
+    TF_CPP_MIN_LOG_LEVEL the user set wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ stderr muted: TensorFlow 2.21 prints its oneDNN notice and
+    absl's "before absl::InitializeLog()" warning at import whatever TF_CPP_MIN_LOG_LEVEL says.
+    A failed import still raises, with its traceback. Call it before anything else imports
+    TensorFlow (entry points that use it: main.py, figures)."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def quiet_library_logs() -> None:
     """Keeps the console to this project's progress lines, every library warning, and one
     message per error (see `_echoes_a_write_failure`)."""

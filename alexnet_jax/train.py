@@ -9,6 +9,7 @@ parallel.py), the batch is split over the "data" axis and XLA inserts the gradie
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import jax
@@ -24,8 +25,10 @@ from alexnet_jax import (
     experiment,
     input_pipeline,
     metrics_io,
+    models,
     optim,
     plots,
+    report,
     rundir,
     sharding,
     weights_io,
@@ -131,7 +134,9 @@ def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> Trai
     return jax.device_put(new, jax.tree.map(lambda x: x.sharding, state))
 
 
-def _build(config: ml_collections.ConfigDict) -> experiment.Experiment:
+def _build(
+    config: ml_collections.ConfigDict,
+) -> tuple[experiment.Experiment, input_pipeline.DatasetInfo]:
     """Validates the config, prepares the data and builds the experiment over all devices."""
     config_lib.validate_config(config)  # before the mesh and any data
     mesh = sharding.make_mesh(config)
@@ -143,7 +148,7 @@ def _build(config: ml_collections.ConfigDict) -> experiment.Experiment:
             f"config.batch_size={config.batch_size} exceeds the {info.num_train_examples} training "
             "examples: lower the batch size."
         )
-    return experiment.build(config, mesh, steps_per_epoch=steps_per_epoch)
+    return experiment.build(config, mesh, steps_per_epoch=steps_per_epoch), info
 
 
 def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalIterable:
@@ -210,7 +215,7 @@ def evaluate_checkpoint(
             "--workdir at a run, or set --config.torch_weights."
         )
     with rundir.exclusive(workdir):
-        exp = _build(config)
+        exp, _ = _build(config)
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(
@@ -258,7 +263,7 @@ def train_and_evaluate(
 def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> dict:
     # -- Setup: the run's identity, mesh, config, data, model, optimizer, steps.
     changes = rundir.check_resume(config, workdir, allow_change)  # before any data is built
-    exp = _build(config)
+    exp, info = _build(config)
     dataset = data_sources.dataset_identity(config)
     rundir.check_dataset(workdir, dataset, allow_change)
     mesh, steps_per_epoch = exp.mesh, exp.steps_per_epoch
@@ -276,8 +281,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     else:
         state = exp.init_state()
     start_step = int(state.step)
+    if start_step >= num_steps and report.final_eval(workdir, start_step) is not None:
+        checkpoint.close(manager)
+        logging.info("%s", report.already_finished(workdir, start_step))
+        return report.final_eval(workdir, start_step)
     writer = metrics_io.MetricsWriter(workdir, start_step)
     rundir.record_start(config, workdir, start_step, changes, dataset)
+    num_params = models.param_count(sharding.abstract_params(exp.model))
+    logging.info(
+        "\n%s",
+        report.banner(
+            config,
+            workdir,
+            mesh,
+            info.num_train_examples,
+            info.num_eval_examples,
+            steps_per_epoch,
+            num_steps,
+            start_step,
+            num_params,
+        ),
+    )
+    started = time.perf_counter()
 
     # -- Loop.
     pc, pi = jax.process_count(), jax.process_index()
@@ -361,6 +386,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
             if manager.latest_step() != step:
                 save(step)
     skips.summarize()
+    if jax.process_index() == 0:
+        seconds = time.perf_counter() - started
+        logging.info("\n%s", report.summary(workdir, start_step, step, seconds, config.batch_size))
     if preempted and preemption.interrupted:
         raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
     if preempted:

@@ -158,9 +158,9 @@ def test_checkpoint_from_4_devices_resumes_on_2_4_and_8(reference, num_devices):
 # ---- Two processes through main.py ------------------------------------------------------------
 
 
-def _launch(workdir: str, env: dict, repo_root: str, tag: str):
+def _launch(workdir: str, env: dict, repo_root: str, tag: str, *extra_flags: str):
     flags = [f"--config.{k}={v}" for k, v in SETTINGS.items()]
-    command = ["tests/multihost_worker.py", f"--workdir={workdir}", *flags]
+    command = ["tests/multihost_worker.py", f"--workdir={workdir}", *flags, *extra_flags]
     log_dir = os.path.join(workdir, f"logs_{tag}")
     procs = launch.start(command, 2, 2, log_dir=log_dir, env=env, cwd=repo_root)
     return procs, log_dir
@@ -200,7 +200,9 @@ def test_two_processes_match_one_process_and_resume_after_sigterm(reference, tmp
     """2 processes x 2 CPU devices (jax.distributed over localhost, gloo collectives) train
     through main.py. SIGTERM to process 1 after step 2: both processes save at the same step S
     and exit 0. The same command again resumes at S and finishes. Every step's loss and the final
-    parameters equal the 1-process x 4-device run on the same global batches to 1e-5 relative."""
+    parameters equal the 1-process x 4-device run on the same global batches to 1e-5 relative.
+    Only process 0 prints the progress (banner, steps), unless --log_all_processes; warnings
+    (the preemption) come from every process."""
     workdir = str(tmp_path / "run")
     env = dict(os.environ, ALEXNET_JAX_CACHE_DIR=str(tmp_path / "jax_cache"))
     env.pop("XLA_FLAGS", None)  # the launcher sets 2 devices per process
@@ -217,8 +219,13 @@ def test_two_processes_match_one_process_and_resume_after_sigterm(reference, tmp
     assert 2 <= preempted_at < STEPS
     assert max(_train_losses(workdir)) == preempted_at
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(preempted_at)]
+    first, second = _logs(log_dir)
+    assert "run: " in first
+    assert "step 1  loss" in first
+    assert "run: " not in second
+    assert "step 1  loss" not in second
 
-    procs, log_dir = _launch(workdir, env, repo_root, "resumed")
+    procs, log_dir = _launch(workdir, env, repo_root, "resumed", "--log_all_processes")
     assert _wait(procs, log_dir) == [0, 0]
     assert all(f"Resumed at step {preempted_at} " in log for log in _logs(log_dir))
     losses = _train_losses(workdir)

@@ -45,49 +45,62 @@ def _error_lines(stderr: str) -> list[str]:
 # ---- A run's identity ---------------------------------------------------------------------------
 
 
-def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(dirs, finished_run):
+def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(finished_run):
     """Case 7: resuming with another batch size and seed is refused before anything is built,
     naming each field with its old and new value; config.json and the checkpoints are
-    untouched."""
+    untouched. (In process: main.py turns the ConfigError into one line and exit 2.)"""
+    from alexnet_jax import train
+
     with open(rundir.config_path(finished_run)) as f:
         before = f.read()
-    proc = _narrow_main(dirs, finished_run, steps=12, batch_size=16, seed=5)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = _error_lines(proc.stderr)
-    assert "batch_size: 8 -> 16" in line
-    assert "seed: 0 -> 5" in line
-    assert "--allow_config_change" in line
-    assert "Traceback" not in proc.stderr
+    checkpoints = sorted(os.listdir(rundir.checkpoint_dir(finished_run)))
+    config = rundir.load_config(finished_run)
+    config.batch_size, config.seed = 16, 5
+    with pytest.raises(ConfigError) as refused:
+        train.train_and_evaluate(config, finished_run)
+    assert "batch_size: 8 -> 16" in str(refused.value)
+    assert "seed: 0 -> 5" in str(refused.value)
+    assert "--allow_config_change" in str(refused.value)
     with open(rundir.config_path(finished_run)) as f:
         assert f.read() == before
+    assert sorted(os.listdir(rundir.checkpoint_dir(finished_run))) == checkpoints
 
 
-def test_an_allowed_config_change_continues_and_is_recorded_in_the_history(dirs, tmp_path):
-    """With --allow_config_change the run continues with the new value, config.json holds it and
-    config_history.jsonl records the start and the change (old and new)."""
+def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metrics_line(
+    dirs, tmp_path, caplog
+):
+    """Cases 7 and 4: with --allow_config_change the run continues with the new value, config.json
+    holds it and config_history.jsonl records the start and the change (old and new); the
+    length and logging cadence may change without the flag. A half line at the end of
+    metrics.jsonl (a crash mid-write) no longer breaks the rerun: readers skip it with a
+    warning and the resumed run drops it."""
     workdir = str(tmp_path / "run")
-    assert _narrow_main(dirs, workdir, steps=2).returncode == 0
+    assert _narrow_main(dirs, workdir, steps=2, log_every_steps=1).returncode == 0
+    with open(rundir.metrics_path(workdir), "a") as f:
+        f.write('{"step": 3, "split": "tra')
+    assert max(r["step"] for r in rundir.read_metrics(workdir)) == 2
+    assert any("not whole JSON" in r.getMessage() for r in caplog.records)
+
     proc = _narrow_main(
-        dirs, workdir, steps=4, learning_rate=0.002, extra_flags=["--allow_config_change"]
+        dirs,
+        workdir,
+        steps=4,
+        log_every_steps=2,
+        learning_rate=0.002,
+        extra_flags=["--allow_config_change"],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Config changes on resume" in proc.stderr
     history = rundir.read_jsonl(os.path.join(workdir, rundir.HISTORY_FILE))
     assert [h["event"] for h in history] == ["start", "resume"]
     assert history[1]["step"] == 2
     assert history[1]["changed"]["learning_rate"] == {"old": 0.001, "new": 0.002}
     assert history[1]["changed"]["num_train_steps"] == {"old": 2, "new": 4}
     assert rundir.load_config(workdir).learning_rate == 0.002
-
-
-def test_eval_uses_the_runs_own_config_and_prints_the_result(dirs, finished_run):
-    """Case 5 end to end: `--mode=eval` on a run evaluates it with its own config.json (here the
-    command line's defaults differ: the run's normalization and dataset are used), prints the
-    result and appends it to the run's metrics: the same loss as the run's final evaluation."""
-    proc = _narrow_main(dirs, finished_run, steps=8, mode="eval")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "eval at step 8: top-1 error" in proc.stdout
-    evals = [r for r in rundir.read_metrics(finished_run) if r["split"] == "eval"]
-    assert evals[-1]["loss"] == pytest.approx(evals[-2]["loss"], rel=1e-6)  # the same model
+    with open(rundir.metrics_path(workdir)) as f:
+        lines = f.read().splitlines()
+    assert all(json.loads(line) for line in lines)
+    assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2, 4]
 
 
 def test_eval_overrides_may_change_only_what_is_evaluated(tmp_path):
@@ -132,6 +145,32 @@ def test_a_changed_dataset_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"classes: \['cat', 'dog'\] -> \['ant', 'cat'"):
         rundir.check_dataset(workdir, new)
     rundir.check_dataset(workdir, new, allow_change=True)
+
+
+def test_resume_after_a_class_folder_was_added_is_refused(dirs, tmp_path):
+    """Case 8 end to end: a run on an image folder records its class names; after a class
+    folder is added, the rerun is refused (every label would shift by one) before it trains."""
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        for index, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            for k in range(4):
+                pixels = np.full((40, 40, 3), 60 * index + 10 * k, np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{k}.png")
+    workdir = str(tmp_path / "run")
+    folder = {"dataset": "image_folder", "image_folder": str(root), "num_classes": 3}
+    first = _narrow_main(dirs, workdir, steps=1, **folder)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for split in ("train", "val"):
+        (root / split / "ant").mkdir()
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / split / "ant" / "0.png")
+    again = _narrow_main(dirs, workdir, steps=2, **folder)
+    assert again.returncode == 2, again.stderr[-3000:]
+    (line,) = _error_lines(again.stderr)
+    assert "changed since it started" in line
+    assert "['cat', 'dog'] -> ['ant', 'cat', 'dog']" in line
 
 
 # ---- One writer ---------------------------------------------------------------------------------
@@ -184,26 +223,6 @@ def test_train_and_evaluate_takes_the_lock_first(tmp_path):
 
 
 # ---- Every stop saves, files survive faults -----------------------------------------------------
-
-
-def test_a_cut_off_metrics_line_is_dropped_on_resume_and_by_readers(dirs, tmp_path, caplog):
-    """Case 4: a half line at the end of metrics.jsonl (a crash mid-write) no longer breaks
-    every rerun: readers skip it with a warning and the resumed run drops it."""
-    workdir = str(tmp_path / "run")
-    assert _narrow_main(dirs, workdir, steps=2, log_every_steps=1).returncode == 0
-    with open(rundir.metrics_path(workdir), "a") as f:
-        f.write('{"step": 3, "split": "tra')
-    records = rundir.read_metrics(workdir)
-    assert max(r["step"] for r in records) == 2
-    assert any("not whole JSON" in r.getMessage() for r in caplog.records)
-    # The resume also changes the run's length and logging cadence: allowed without a flag.
-    proc = _narrow_main(dirs, workdir, steps=4, log_every_steps=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Config changes on resume" in proc.stderr
-    with open(rundir.metrics_path(workdir)) as f:
-        lines = f.read().splitlines()
-    assert all(json.loads(line) for line in lines)
-    assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2, 4]
 
 
 def test_append_jsonl_cuts_back_a_failed_write(tmp_path, monkeypatch):
@@ -351,14 +370,20 @@ def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
         train.train_and_evaluate(default.get_config(), str(path))
 
 
-def test_eval_on_an_unwritable_run_prints_the_result_before_the_error(dirs, finished_run):
-    """Unclear case: --mode=eval on a run whose metrics cannot be written (here a file size
-    limit at metrics.jsonl's size, EFBIG) prints the result, then one error, exit 2."""
+def test_eval_uses_the_runs_config_and_prints_the_result_before_a_failed_write(dirs, finished_run):
+    """Case 5 end to end, and the unclear case of a read-only run: `--mode=eval` evaluates the
+    run with its own config.json (the command line's defaults differ: the run's normalization
+    and dataset are used), so it reproduces the run's final evaluation; the result is printed
+    before the metrics are written, so a run whose metrics cannot be written (here a file size
+    limit at metrics.jsonl's size, EFBIG) still shows it, then one error and exit 2."""
+    final = [r for r in rundir.read_metrics(finished_run) if r["split"] == "eval"][-1]
     size = os.path.getsize(rundir.metrics_path(finished_run))
     proc = _narrow_main(dirs, finished_run, steps=8, mode="eval", limit_file_bytes=size)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "eval at step 8: top-1 error" in proc.stdout
+    assert f"eval at step 8: top-1 error {1 - final['top1']:.4f}" in proc.stdout
+    assert f"loss {final['loss']:.4f}" in proc.stdout
     assert len(_error_lines(proc.stderr)) == 1
+    assert os.path.getsize(rundir.metrics_path(finished_run)) == size
 
 
 def test_config_errors_are_config_errors_in_process():
