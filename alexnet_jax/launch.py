@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -242,39 +243,30 @@ def _echo(proc: subprocess.Popen, prefix: str) -> None:
         sys.stdout.flush()
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _checked(
+    cast: Callable[[str], Any], ok: Callable[[Any], bool], requirement: str
+) -> Callable[[str], Any]:
+    """An argparse type: `cast(text)` if that works and passes `ok`, else one error that says
+    what the flag must be."""
+
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer, {low} or more; got {text!r}")
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}; got {text!r}")
         return value
 
     return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"must be a TCP port in 0..65535 (0: pick a free one); got {text!r}"
-        )
-    return value
+def _int_at_least(low: int) -> Callable[[str], int]:
+    return _checked(int, lambda v: v >= low, f"an integer, {low} or more")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more; got {text!r}")
-    return value
+_port = _checked(int, lambda v: 0 <= v <= 65535, "a TCP port in 0..65535 (0: pick a free one)")
+_seconds = _checked(float, lambda v: 0 <= v < float("inf"), "a number of seconds, 0 or more")
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:

@@ -86,10 +86,17 @@ def summary(workdir: str, start_step: int, step: int, seconds: float, batch_size
     return "\n".join(lines)
 
 
-def already_finished(workdir: str, step: int) -> str:
-    """The message of a rerun of a finished run."""
-    record = final_eval(workdir, step)
-    assert record is not None
+def eval_line(step: int, metrics: dict[str, float]) -> str:
+    """One evaluation's result as `--mode=eval` prints it."""
+    return (
+        f"eval at step {step}: top-1 error {1 - metrics['top1']:.4f}, top-5 error "
+        f"{1 - metrics['top5']:.4f}, loss {metrics['loss']:.4f} "
+        f"({int(metrics['num_examples'])} examples)"
+    )
+
+
+def already_finished(workdir: str, step: int, record: dict) -> str:
+    """The message of a rerun of a run that finished at `step` with final eval `record`."""
     return (
         f"The run in {os.path.abspath(workdir)} already finished at step {step}: final eval "
         f"{_format_eval(record)}. Nothing to do; to evaluate again use --mode=eval, to train "

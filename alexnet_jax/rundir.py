@@ -307,7 +307,7 @@ def record_start(
     if resumable:
         logging.info("Config changes on resume: %s", _describe(resumable, limit=100))
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
-    _write_atomically(config_path(workdir), config.to_json(indent=2))
+    save_config(config, workdir)
     if dataset is not None and read_run_record(workdir) is None:
         _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
@@ -326,8 +326,8 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> No
     record = read_run_record(workdir)
     if record is None or "dataset" not in record:
         return
-    old = json.loads(json.dumps(record["dataset"]))
-    new = json.loads(json.dumps(dataset))
+    old = record["dataset"]
+    new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
     changed = _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
     if changed and not allow_change:
         raise DataError(
@@ -341,11 +341,11 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> No
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the run's config to `workdir/config.json` (process 0), for tools that read the run."""
+    """Writes the run's config to `workdir/config.json` (process 0, atomically), for tools that
+    read the run."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(config_path(workdir), "w") as f:
-            f.write(config.to_json(indent=2))
+        _write_atomically(config_path(workdir), config.to_json(indent=2))
 
 
 def read_config_dict(workdir: str) -> dict[str, Any] | None:

@@ -159,14 +159,6 @@ def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalItera
     )
 
 
-def _eval_summary(step: int, metrics: dict[str, float]) -> str:
-    return (
-        f"eval at step {step}: top-1 error {1 - metrics['top1']:.4f}, top-5 error "
-        f"{1 - metrics['top5']:.4f}, loss {metrics['loss']:.4f} "
-        f"({int(metrics['num_examples'])} examples)"
-    )
-
-
 def _check_finite_eval(step: int, metrics: dict[str, float]) -> None:
     """NonFiniteError when an evaluation's loss is NaN/Inf: the parameters have diverged."""
     if not np.isfinite(metrics["loss"]):
@@ -233,7 +225,7 @@ def evaluate_checkpoint(
             params, step = restored[0].params, int(restored[0].step)
         metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
         if jax.process_index() == 0:
-            print(_eval_summary(step, metrics), flush=True)  # kept even if the write fails
+            print(report.eval_line(step, metrics), flush=True)  # kept even if the write fails
         writer = metrics_io.MetricsWriter(workdir, start_step=None)
         writer.write_eval(step, metrics)
         writer.close()
@@ -281,10 +273,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     else:
         state = exp.init_state()
     start_step = int(state.step)
-    if start_step >= num_steps and report.final_eval(workdir, start_step) is not None:
+    finished = report.final_eval(workdir, start_step) if start_step >= num_steps else None
+    if finished is not None:
         checkpoint.close(manager)
-        logging.info("%s", report.already_finished(workdir, start_step))
-        return report.final_eval(workdir, start_step)
+        logging.info("%s", report.already_finished(workdir, start_step, finished))
+        return finished
     writer = metrics_io.MetricsWriter(workdir, start_step)
     rundir.record_start(config, workdir, start_step, changes, dataset)
     num_params = models.param_count(sharding.abstract_params(exp.model))
