@@ -1,6 +1,6 @@
 """The paper's Figures 3 and 4 from a run's latest checkpoint, as PNG files.
 
-    python -m alexnet_jax.figures --workdir=runs/default --out=docs
+    python -m alexnet_jax.figures --workdir=runs/default      # -> runs/default/figures/
 
 Figure 3 (`figure3_conv1_kernels.png`): the conv1 kernels (11x11x3) as a grid of colour patches,
 each min-max normalised on its own; 96 kernels make an 8x12 grid (torchvision's 64: 8x8), and for
@@ -12,6 +12,10 @@ images whose fc7 activations (the last 4096-d hidden layer, after its ReLU, eval
 in Euclidean distance. The training images are the un-augmented eval view (the input pipeline's
 center crop applied to the training split); their features are computed in batches on the device
 and only a running top-k per query is kept, so the whole ImageNet training set fits.
+
+Each PNG carries a caption band saying what it shows: the run, its step and its data, so that a
+figure of a short run on small data is not mistaken for the paper's (a net trained for 90 epochs
+on ImageNet).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,9 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_jax import imagenet_stats, rundir
+from alexnet_jax import imagenet_stats, rundir, sharding
 from alexnet_jax.errors import UserError, reported_as_exit
 from alexnet_jax.models import create_model
 
@@ -41,6 +46,9 @@ GAP = 2  # pixels between patches (Figure 3) ...
 TOWER_GAP = 12  # ... and between the two towers' blocks
 CELL_GAP = 4  # pixels between images in Figure 4 ...
 QUERY_GAP = 12  # ... plus this after the query column
+CAPTION_LINE = 14  # pixels per caption line (Pillow's default font)
+CAPTION_CHAR = 6  # its approximate width per character, for wrapping
+DEFAULT_OUT = "figures"  # the PNGs' directory inside the run, unless --out says otherwise
 
 # ---- Figure 3 ---------------------------------------------------------------------------------
 
@@ -195,17 +203,42 @@ def neighbours_image(queries: np.ndarray, neighbours: np.ndarray, dist: np.ndarr
 # ---- Putting it together ----------------------------------------------------------------------
 
 
+def with_caption(pixels: np.ndarray, caption: str) -> np.ndarray:
+    """`pixels` with a white band below holding `caption` in black, wrapped to the width."""
+    width = pixels.shape[1]
+    lines = textwrap.wrap(caption, width=max(20, (width - 2 * GAP) // CAPTION_CHAR))
+    band = Image.new("RGB", (width, 2 * GAP + CAPTION_LINE * len(lines)), "white")
+    draw, font = ImageDraw.Draw(band), ImageFont.load_default()
+    for i, line in enumerate(lines):
+        draw.text((GAP, GAP + i * CAPTION_LINE), line, fill="black", font=font)
+    return np.concatenate([pixels, np.asarray(band)], axis=0)
+
+
+def _trained_on(config: Any, step: int) -> str:
+    note = ""
+    if config.dataset != "imagenet2012":
+        note = (
+            " A short run on small data: the paper's figure shows a net trained for 90 epochs on"
+            " ImageNet."
+        )
+    return f"{config.variant} net after {step} training steps on {config.dataset} data.{note}"
+
+
 def save_png(pixels: np.ndarray, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
 
 
-def write_figure3(params: Any, config: Any, out_dir: str) -> str:
-    """Figure 3 of a model's params into `out_dir`; returns the PNG's path."""
+def write_figure3(params: Any, config: Any, out_dir: str, step: int) -> str:
+    """Figure 3 of a model's params (trained `step` steps) into `out_dir`; returns the path."""
     towers = 2 if config.variant == "paper" else 1
-    pixels = conv1_kernel_image(np.asarray(params["conv1"]["kernel"]), towers)
-    return save_png(pixels, os.path.join(out_dir, FIGURE3))
+    kernel = np.asarray(params["conv1"]["kernel"])
+    pixels = conv1_kernel_image(kernel, towers)
+    caption = f"Figure 3 layout: the {kernel.shape[-1]} conv1 kernels of the " + _trained_on(
+        config, step
+    )
+    return save_png(with_caption(pixels, caption), os.path.join(out_dir, FIGURE3))
 
 
 def _center_view_config(config: Any, split: str) -> ml_collections.ConfigDict:
@@ -219,6 +252,7 @@ def write_figure4(
     params: Any,
     config: Any,
     out_dir: str,
+    step: int,
     *,
     num_queries: int = 6,
     k: int = 5,
@@ -239,7 +273,12 @@ def write_figure4(
     dist, neighbours = nearest_training_images(fc7_fn, params, queries, train, k, max_train_images)
     norm = config.normalization
     pixels = neighbours_image(to_display(queries, norm), to_display(neighbours, norm), dist)
-    return save_png(pixels, os.path.join(out_dir, FIGURE4))
+    caption = (
+        f"Figure 4 layout: {len(queries)} {config.eval_split} images (left) and the {k} "
+        f"{config.train_split} images nearest to each in fc7 activations, for the "
+        + _trained_on(config, step)
+    )
+    return save_png(with_caption(pixels, caption), os.path.join(out_dir, FIGURE4))
 
 
 def check_options(
@@ -263,13 +302,15 @@ def check_options(
             raise UserError(f"--{flag} must be an integer >= {low}, got {value}.")
 
 
-def make_figures(workdir: str, out_dir: str, **figure4_options: Any) -> list[str]:
-    """Figures 3 and 4 of the latest checkpoint in `workdir`, written to `out_dir`."""
+def make_figures(workdir: str, out_dir: str = "", **figure4_options: Any) -> list[str]:
+    """Figures 3 and 4 of the latest checkpoint in `workdir`, written to `out_dir` (default:
+    `workdir/figures`)."""
+    out_dir = out_dir or os.path.join(workdir, DEFAULT_OUT)
     check_options(out_dir, **figure4_options)
-    config, params = rundir.load_run(workdir)
+    config, params, step = rundir.load_params_and_step(workdir, sharding.single_device_mesh())
     return [
-        write_figure3(params, config, out_dir),
-        write_figure4(params, config, out_dir, **figure4_options),
+        write_figure3(params, config, out_dir, step),
+        write_figure4(params, config, out_dir, step, **figure4_options),
     ]
 
 
@@ -279,7 +320,7 @@ def make_figures(workdir: str, out_dir: str, **figure4_options: Any) -> list[str
 def define_flags() -> None:
     """The command line's flags; defined only when run as a program, so importing stays free."""
     flags.DEFINE_string("workdir", None, "The training run to draw.", required=True)
-    flags.DEFINE_string("out", None, "Directory for the PNG files.", required=True)
+    flags.DEFINE_string("out", "", "Directory for the PNG files (default: <workdir>/figures).")
     flags.DEFINE_integer("num_queries", 6, "Figure 4: validation images (rows).")
     flags.DEFINE_integer("neighbours", 5, "Figure 4: nearest training images per row.")
     flags.DEFINE_integer(

@@ -349,6 +349,12 @@ def prepare(config) -> DatasetInfo:
         )
     data_sources.check_before_build(config)
     source = data_sources.open_source(config, build=True)
+    if config.dataset == "image_folder" and source.num_classes < config.num_classes:
+        raise ConfigError(
+            f"config.num_classes={config.num_classes} but the image folder has "
+            f"{source.num_classes} class folders: the extra outputs would never see an example. "
+            f"Set --config.num_classes={source.num_classes}."
+        )
     if source.num_classes > config.num_classes:
         raise ConfigError(
             f"config.num_classes={config.num_classes} is smaller than the "

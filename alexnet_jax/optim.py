@@ -13,7 +13,8 @@ update and scale it host-side (the reduce-on-plateau schedule) through `current_
 """
 
 import itertools
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax
@@ -153,29 +154,36 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
     """The lr used by the most recent update (float32 scalar), for logging; works inside jit.
 
     Searches the whole state, so it also works when the optimizer is wrapped further (for example
-    by `optax.apply_if_finite`).
+    by `optax.apply_if_finite`). With parameter groups it is the default group's lr.
     """
-    lr = optax.tree_utils.tree_get(opt_state, "learning_rate", None, _is_hyperparam_value)
-    if lr is None:
+    found = optax.tree_utils.tree_get_all_with_path(
+        opt_state, "learning_rate", _is_hyperparam_value
+    )
+    if not found:
         raise ValueError(
             "opt_state has no 'learning_rate' hyperparameter: make the optimizer with "
             "create_optimizer."
         )
-    return lr
+    # With parameter groups, the lr of the parameters no group claims (DEFAULT_GROUP).
+    for path, lr in found:
+        if jax.tree_util.DictKey(DEFAULT_GROUP) in path:
+            return lr
+    return found[0][1]
 
 
 def set_lr_scale(opt_state: optax.OptState, scale: float | jax.Array) -> optax.OptState:
     """Returns a copy of `opt_state` whose `lr_scale` is `scale`; later updates use lr * scale.
+    With parameter groups every group's scale is set (a plateau drop divides all of them).
 
     The host-side half of reduce-on-plateau. The value keeps the state's dtype (float32, not weakly
     typed), so a jitted step that takes the state does not recompile when the scale changes.
     """
-    old = optax.tree_utils.tree_get(opt_state, "lr_scale", None, _is_hyperparam_value)
-    if old is None:
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "lr_scale", _is_hyperparam_value)
+    if not found:
         raise ValueError(
             "opt_state has no 'lr_scale' hyperparameter: make the optimizer with create_optimizer."
         )
-    new = jnp.asarray(scale, dtype=old.dtype)
+    new = jnp.asarray(scale, dtype=found[0][1].dtype)
     return optax.tree_utils.tree_set(opt_state, _is_hyperparam_value, lr_scale=new)
 
 
@@ -197,23 +205,138 @@ def epochs_to_step_boundaries(
     return boundaries
 
 
-def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
-    """The base lr schedule of `config.schedule`, a function of the update count (0 = first).
+def make_schedule(
+    config: Any, steps_per_epoch: int, group: Mapping[str, Any] | None = None
+) -> optax.Schedule:
+    """The lr schedule of `config.schedule`, a function of the update count (0 = first).
 
     "constant" and "plateau" are constant (plateau drops come from `lr_scale`, set host-side from
-    `plateau_update`); "step" multiplies by `lr_drop_factor` at each epoch in `lr_drop_epochs`.
+    `plateau_update`); "step" multiplies by `lr_drop_factor` at each epoch in `lr_drop_epochs`
+    (one factor for all drops, or one per drop). Then the warm-up ramp, if any. `group`: a
+    parameter group's settings, which replace the config's (see `param_groups`).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
-    lr = float(config.learning_rate)
-    if config.schedule == "step" and len(config.lr_drop_epochs) > 0:
-        boundaries = epochs_to_step_boundaries(
-            config.lr_drop_epochs, steps_per_epoch, float(config.lr_drop_factor)
-        )
-        return optax.piecewise_constant_schedule(lr, boundaries)
-    if config.schedule in SCHEDULES:
-        return optax.constant_schedule(lr)
-    raise ConfigError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}.")
+    setting = lambda name: (group or {}).get(name, config[name])
+    lr, schedule = float(setting("learning_rate")), setting("schedule")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"config.schedule must be one of {SCHEDULES}, got {schedule!r}.")
+    base = optax.constant_schedule(lr)
+    drop_epochs, factors = setting("lr_drop_epochs"), setting("lr_drop_factor")
+    if schedule == "step" and len(drop_epochs) > 0:
+        if rules.is_number(factors):
+            factors = [factors] * len(drop_epochs)
+        boundaries: dict[int, float] = {}
+        for epoch, factor in zip(drop_epochs, factors, strict=True):
+            for step, f in epochs_to_step_boundaries([epoch], steps_per_epoch, factor).items():
+                boundaries[step] = boundaries.get(step, 1.0) * f
+        base = optax.piecewise_constant_schedule(lr, boundaries)
+    return with_warmup(base, round(float(config.warmup_epochs) * steps_per_epoch))
+
+
+def with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
+    """`schedule` times a linear ramp: update i (0 = first) gets (i + 1) / warmup_steps of it until
+    the ramp reaches 1, so the first update is already a small step, never a zero one."""
+    if warmup_steps <= 0:
+        return schedule
+
+    def warmed_up(count):
+        ramp = jnp.minimum(1.0, (jnp.asarray(count, jnp.float32) + 1.0) / warmup_steps)
+        return schedule(count) * ramp
+
+    return warmed_up
+
+
+# ---- Parameter groups -------------------------------------------------------------------------
+
+# The optimizer settings a parameter group may set for its parameters (the rest follow the config).
+GROUP_SETTINGS = ("learning_rate", "weight_decay", "schedule", "lr_drop_epochs", "lr_drop_factor")
+DEFAULT_GROUP = "default"  # the parameters no group claims: the config's own settings
+
+
+def param_name(path: Sequence[Any]) -> str:
+    """'conv1/kernel' for the params pytree path of conv1's kernel: what group patterns match."""
+    return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def param_group_labels(groups: Any) -> Callable[[Any], Any]:
+    """A function params -> the same tree of group names, for `optax.partition`.
+
+    A group claims the parameters whose name (`param_name`) its `params` regular expression matches
+    in full; groups must be disjoint, every group must claim something, and the parameters no group
+    claims form DEFAULT_GROUP. Broken patterns raise ConfigError naming the group.
+    """
+
+    def labels(params):
+        def label(path, _):
+            name = param_name(path)
+            hits = [g for g, spec in groups.items() if re.fullmatch(spec["params"], name)]
+            if len(hits) > 1:
+                raise ConfigError(
+                    f"config.param_groups: parameter {name!r} matches groups {hits}; a parameter "
+                    "may belong to one group only, make the patterns disjoint."
+                )
+            return hits[0] if hits else DEFAULT_GROUP
+
+        tree = jax.tree_util.tree_map_with_path(label, params)
+        unused = sorted(set(groups) - set(jax.tree_util.tree_leaves(tree)))
+        if unused:
+            names = [param_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+            raise ConfigError(
+                f"config.param_groups: group(s) {unused} match no parameter; patterns match names "
+                f"such as {names[:4]} in full."
+            )
+        return tree
+
+    return labels
+
+
+def _factors_ok(factors: Any, epochs: Any) -> bool:
+    if rules.is_number(factors):
+        return 0 <= factors < 1
+    return (
+        isinstance(factors, Sequence)
+        and len(factors) == len(epochs)
+        and all(rules.is_number(f) and 0 <= f < 1 for f in factors)
+    )
+
+
+def _group_problem(config: Any) -> str | None:
+    """What is wrong with config.param_groups, or None."""
+    groups = config.param_groups
+    if not hasattr(groups, "items"):
+        return "a mapping of group name -> settings"
+    for name, spec in groups.items():
+        where = f"group {name!r}"
+        if name == DEFAULT_GROUP:
+            return f"free of the name {DEFAULT_GROUP!r} (the parameters no group claims)"
+        if not hasattr(spec, "items") or not isinstance(spec.get("params"), str):
+            return f"settings with a 'params' regular expression ({where})"
+        try:
+            re.compile(spec["params"])
+        except re.error as e:
+            return f"valid regular expressions ({where}: {e})"
+        unknown = sorted(set(spec.keys()) - {"params", *GROUP_SETTINGS})
+        if unknown:
+            return f"settings among {['params', *GROUP_SETTINGS]} ({where} has {unknown})"
+        setting = lambda key: spec.get(key, config[key])  # noqa: B023 (used in this iteration)
+        checks = {
+            "learning_rate": rules.is_number(setting("learning_rate"))
+            and setting("learning_rate") >= 0,
+            "weight_decay": rules.is_number(setting("weight_decay"))
+            and setting("weight_decay") >= 0,
+            "schedule": setting("schedule") in ("constant", "step"),
+            "lr_drop_epochs": _increasing_epochs(setting("lr_drop_epochs")),
+            "lr_drop_factor": _factors_ok(setting("lr_drop_factor"), setting("lr_drop_epochs")),
+        }
+        for key, ok in checks.items():
+            if not ok:
+                return (
+                    f"valid settings ({where}: {key}={setting(key)!r}; learning_rate and "
+                    "weight_decay >= 0, schedule 'constant' or 'step', lr_drop_factor in [0, 1) "
+                    "or one such factor per lr_drop_epochs entry)"
+                )
+    return None
 
 
 # ---- Reduce on plateau (host side) -------------------------------------------------------------
@@ -323,6 +446,11 @@ RULES = (
         "a strictly increasing sequence of epochs >= 0",
         lambda c: _increasing_epochs(c.lr_drop_epochs),
     ),
+    rules.number_at_least("warmup_epochs", 0),
+    rules.Rule(
+        "param_groups", lambda c: _group_problem(c) or "", lambda c: _group_problem(c) is None
+    ),
+    rules.number_at_least("grad_clip_norm", 0),
     rules.Rule(
         "plateau_patience",
         "an integer >= 1",
@@ -346,14 +474,30 @@ def create_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransfo
     """The optimizer of `config`, its lr visible and scalable in the state (see `with_lr_scale`).
 
     Validates the optimizer fields first. For the "plateau" schedule the training loop feeds
-    validation errors to `plateau_update` and hands the resulting scale to `set_lr_scale`.
+    validation errors to `plateau_update` and hands the resulting scale to `set_lr_scale`. With
+    `param_groups`, each group's parameters get their own lr, weight decay and schedule (an
+    `optax.partition` by parameter name); the warm-up, momentum and clipping are shared. With
+    `grad_clip_norm` > 0 the gradient is first rescaled to at most that global norm (before the
+    weight decay is added).
     """
     validate_optimizer_config(config)
-    schedule = make_schedule(config, steps_per_epoch)
-    momentum, weight_decay = float(config.momentum), float(config.weight_decay)
-    if config.optimizer == "paper_sgd":
-        make_tx = lambda lr: paper_sgd(lr, momentum=momentum, weight_decay=weight_decay)
+
+    def group_tx(group: Any) -> optax.GradientTransformation:
+        momentum = float(config.momentum)
+        weight_decay = float((group or {}).get("weight_decay", config.weight_decay))
+        if config.optimizer == "paper_sgd":
+            make_tx = lambda lr: paper_sgd(lr, momentum=momentum, weight_decay=weight_decay)
+        else:
+            decoupled = bool(config.decoupled_weight_decay)
+            make_tx = lambda lr: optax_sgd(lr, momentum, weight_decay, decoupled)
+        return with_lr_scale(make_tx, make_schedule(config, steps_per_epoch, group))
+
+    groups = config.param_groups
+    if len(groups) == 0:
+        tx = group_tx(None)
     else:
-        decoupled = bool(config.decoupled_weight_decay)
-        make_tx = lambda lr: optax_sgd(lr, momentum, weight_decay, decoupled)
-    return with_lr_scale(make_tx, schedule)
+        txs = {DEFAULT_GROUP: group_tx(None), **{name: group_tx(g) for name, g in groups.items()}}
+        tx = optax.partition(txs, param_group_labels(groups))
+    if float(config.grad_clip_norm) > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(config.grad_clip_norm)), tx)
+    return tx

@@ -66,7 +66,12 @@ RESUMABLE_FIELDS = frozenset(
 )
 # Fields added to the config after runs were made, with the value that keeps an older run's
 # behaviour: filled in when an older config.json is read.
-ADDED_FIELDS = {"max_consecutive_skipped_steps": 3}
+ADDED_FIELDS = {
+    "max_consecutive_skipped_steps": 3,
+    "warmup_epochs": 0.0,
+    "grad_clip_norm": 0.0,
+    "param_groups": {},
+}
 # Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
 # preprocessed or which model it is.
 EVAL_FIELDS = frozenset(
@@ -444,6 +449,14 @@ def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDi
     The params come back replicated over `mesh` (default: every device on one "data" axis,
     whatever mesh the run was trained on: checkpoints restore onto any topology).
     """
+    config, params, _ = load_params_and_step(workdir, mesh)
+    return config, params
+
+
+def load_params_and_step(
+    workdir: str, mesh: Any = None
+) -> tuple[ml_collections.ConfigDict, Any, int]:
+    """`load_params`, plus the training step of the checkpoint the params come from."""
     config = load_config(workdir)
     if mesh is None:
         mesh = jax.make_mesh((jax.device_count(),), (sharding.DATA,))
@@ -457,7 +470,7 @@ def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDi
     restored = read_latest_checkpoint(workdir, target)
     if restored is None:
         raise UserError(f"No checkpoint in {checkpoint_dir(workdir)}: train first.")
-    return config, restored[0].params
+    return config, restored[0].params, int(restored[0].step)
 
 
 def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None:

@@ -69,6 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr_drop_factor = 0.1  # "step" and "plateau": lr multiplier at each drop.
     c.plateau_patience = 1  # "plateau": evals without improvement of val error before a drop.
     c.plateau_max_drops = 3  # "plateau": at most this many drops (the paper divided 3 times).
+    c.warmup_epochs = 0.0  # linear lr warm-up over this many epochs (0: none, as in the paper).
+    c.grad_clip_norm = 0.0  # > 0: rescale each gradient to at most this global norm; 0: off.
+    # Parameter groups: name -> {"params": regex on names like "conv1/kernel", and any of
+    # learning_rate, weight_decay, schedule, lr_drop_epochs, lr_drop_factor (one or one per drop)};
+    # the parameters no group claims keep the settings above (see configs/imagenet.py).
+    c.param_groups = ml_collections.ConfigDict()
 
     # ---- Training loop ----------------------------------------------------------------------
     c.batch_size = 32  # global batch, split evenly over all devices of all hosts.
@@ -78,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 5  # train metrics are read back from the device this often.
     c.eval_every_steps = 0  # 0: evaluate once per epoch; always at the end.
     c.checkpoint_every_steps = 50  # async Orbax save this often; always at the end.
-    c.keep_checkpoints = 2  # how many recent checkpoints to keep.
+    c.keep_checkpoints = 1  # recent checkpoints kept (each ~410 MB here: params + momentum).
     c.seed = 0  # seeds parameters, dropout and the data order/augmentation.
     c.skip_nonfinite_steps = False  # True: skip steps with NaN/Inf loss or grads (and count them).
     c.max_consecutive_skipped_steps = 3  # skipping: more NaN/Inf steps in a row stop the run.

@@ -247,6 +247,15 @@ def test_unknown_image_folder_split_is_a_user_error_naming_the_subfolders(
         input_pipeline.prepare(_folder_config(str(tmp_path), folder, **{field: split}))
 
 
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_image_folder_with_other_than_num_classes_folders_is_refused(tmp_path, folder, num_classes):
+    # 2 class folders: a 4-way model would silently train 2 outputs that never see an example.
+    config = _folder_config(str(tmp_path), folder, num_classes=num_classes)
+    with pytest.raises(ConfigError, match=r"config\.num_classes.*--config\.num_classes=2\."):
+        input_pipeline.prepare(config)
+    assert input_pipeline.prepare(_folder_config(str(tmp_path), folder)).num_classes == 2
+
+
 def test_synthetic_accepts_any_split_name():
     config = default.get_config()
     config.dataset, config.eval_split = "synthetic", "test"

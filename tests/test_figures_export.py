@@ -7,6 +7,7 @@ through `rundir.load_run` and the input pipeline exactly as they do after `pytho
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,15 +30,23 @@ def read_png(path: str) -> np.ndarray:
 # ---- Figures and curves -----------------------------------------------------------------------
 
 
-def test_figures_from_a_run_have_the_expected_size_and_are_not_blank(run_dir, tmp_path):
-    paths = figures.make_figures(run_dir, str(tmp_path), num_queries=3, k=5)
+def test_figures_go_into_the_run_with_a_caption_band_and_have_the_expected_size(run_dir, tmp_path):
+    workdir = shutil.copytree(run_dir, tmp_path / "run")
+    paths = figures.make_figures(str(workdir), num_queries=3, k=5)  # no --out: into the run
+    assert paths == [str(workdir / "figures" / name) for name in (figures.FIGURE3, figures.FIGURE4)]
     fig3, fig4 = (read_png(p) for p in paths)
     # torchvision's 64 kernels: 8x8 patches of 55 px with 2 px gaps.
-    assert fig3.shape == (8 * 57 + 2, 8 * 57 + 2, 3)
+    size3 = (8 * 57 + 2, 8 * 57 + 2)
     # 3 rows of (query + 5 neighbours) 64 px cells, 4 px gaps, 12 px after the query column.
-    assert fig4.shape == (4 + 3 * 68, 4 + 6 * 68 + 12, 3)
-    for image in (fig3, fig4):
-        assert image.astype(np.float32).var() > 0
+    size4 = (4 + 3 * 68, 4 + 6 * 68 + 12)
+    for image, (height, width) in ((fig3, size3), (fig4, size4)):
+        assert image.shape[1] == width
+        assert image[:height].astype(np.float32).var() > 0
+        # Below the figure: whole caption lines of text (dark pixels on white).
+        caption = image[height:]
+        assert (caption.shape[0] - 2 * figures.GAP) % figures.CAPTION_LINE == 0
+        assert caption.shape[0] >= 2 * figures.GAP + figures.CAPTION_LINE
+        assert (caption.min(axis=-1) < 128).sum() > 50
 
 
 def test_figure3_puts_the_paper_towers_side_by_side_with_per_kernel_normalisation():

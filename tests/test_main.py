@@ -130,7 +130,7 @@ def test_run_writes_metrics_events_checkpoints_and_config(uninterrupted_run):
     assert any(f.startswith("events.out.tfevents") for f in files)
     assert "config.json" in files
     steps = sorted(int(s) for s in os.listdir(os.path.join(uninterrupted_run, "checkpoints")))
-    assert steps == [12, 16]  # every 4 steps, the last two kept (keep_checkpoints=2)
+    assert steps == [16]  # saved every 4 steps, only the last kept (keep_checkpoints=1)
     lines = _jsonl(uninterrupted_run)
     train_lines = [x for x in lines if x["split"] == "train"]
     eval_lines = [x for x in lines if x["split"] == "eval"]

@@ -30,6 +30,9 @@ def _config(**overrides) -> ml_collections.ConfigDict:
         lr_drop_factor=0.1,
         plateau_patience=1,
         plateau_max_drops=3,
+        warmup_epochs=0.0,
+        grad_clip_norm=0.0,
+        param_groups=ml_collections.ConfigDict(),
     )
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
@@ -57,7 +60,9 @@ def _run(tx, params, grads):
         params = optax.apply_updates(params, updates)
         trajectory.append(params)
         updates_seen.append(updates)
-        if isinstance(state, optax.InjectStatefulHyperparamsState):
+        if isinstance(
+            state, optax.InjectStatefulHyperparamsState | optax.transforms.PartitionState
+        ):
             lrs.append(float(optim.current_learning_rate(state)))
     return trajectory, updates_seen, lrs
 
@@ -359,6 +364,122 @@ def test_invalid_optimizer_config_raises_config_error_naming_the_field(field, va
         optim.validate_optimizer_config(config)
     with pytest.raises(UserError, match=rf"config\.{field}\b"):
         optim.create_optimizer(config, steps_per_epoch=10)
+
+
+# ---- Warm-up, clipping, parameter groups ---------------------------------------------------------
+
+
+def _numpy_loop_per_leaf(params, grads, lrs_per_leaf, wds, *, clip=0.0, m=MOMENTUM):
+    """The paper's rule in float64 with each leaf's own lr sequence and decay; gradients first
+    rescaled to global norm <= clip (over all leaves) when clip > 0."""
+    w = [np.asarray(x, np.float64) for x in jax.tree.leaves(params)]
+    v = [np.zeros_like(x) for x in w]
+    trajectory = []
+    for step, g_tree in enumerate(grads):
+        g = [np.asarray(x, np.float64) for x in jax.tree.leaves(g_tree)]
+        if clip > 0:
+            norm = np.sqrt(sum(np.sum(x**2) for x in g))
+            g = [x * min(1.0, clip / norm) for x in g]
+        new = [
+            _paper_rule(wi, vi, gi, lrs[step], wd, m)
+            for wi, vi, gi, lrs, wd in zip(w, v, g, lrs_per_leaf, wds, strict=True)
+        ]
+        w, v = [list(x) for x in zip(*new, strict=True)]
+        trajectory.append(list(w))
+    return trajectory
+
+
+def test_warmup_ramps_the_lr_linearly_from_the_first_update_then_follows_the_schedule():
+    # 4 steps per epoch, 0.5 epoch of warm-up = 2 updates: lr x 1/2, x 1, then the step schedule.
+    config = _config(warmup_epochs=0.5, **DROP_CONFIG)
+    params = _params()
+    grads = _grads(len(LRS), params)
+    got, _, lrs = _run(optim.create_optimizer(config, STEPS_PER_EPOCH), params, grads)
+    want_lrs = [0.025, 0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.005]
+    np.testing.assert_allclose(lrs, want_lrs, rtol=1e-6)
+    want = _numpy_loop(_paper_rule, params, grads, want_lrs, wd=config.weight_decay)
+    _assert_trajectories_close(got, want)
+
+
+def test_gradient_clipping_rescales_to_the_global_norm_before_the_decay():
+    params = _params()
+    grads = [jax.tree.map(lambda g: 10.0 * g, g) for g in _grads(6, params)]  # norms ~ 20
+    config = _config(grad_clip_norm=1.5)
+    got, _, _ = _run(optim.create_optimizer(config, STEPS_PER_EPOCH), params, grads)
+    n = len(jax.tree.leaves(params))
+    want = _numpy_loop_per_leaf(params, grads, [[0.05] * 6] * n, [0.01] * n, clip=1.5)
+    _assert_trajectories_close(got, want)
+
+
+# Leaves in tree order: conv/bias, conv/kernel, fc/kernel. Biases: own lr, constant, no decay;
+# conv kernels: own drops, the second one to 0 (frozen); the rest (fc) follows the config.
+GROUPS = {
+    "biases": {
+        "params": r".*/bias",
+        "learning_rate": 0.1,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+    },
+    "conv": {"params": r"conv/kernel", "lr_drop_epochs": (1, 1.5), "lr_drop_factor": (0.1, 0.0)},
+}
+
+
+def test_param_groups_give_each_group_its_lr_decay_and_schedule_like_a_numpy_loop():
+    config = _config(param_groups=ml_collections.ConfigDict(GROUPS), **DROP_CONFIG)
+    params = _params()
+    grads = _grads(len(LRS), params)
+    got, _, lrs = _run(optim.create_optimizer(config, STEPS_PER_EPOCH), params, grads)
+    bias_lrs, conv_lrs = [0.1] * 8, [0.05] * 4 + [0.005] * 2 + [0.0] * 2
+    want = _numpy_loop_per_leaf(params, grads, [bias_lrs, conv_lrs, LRS], [0.0, 0.01, 0.01])
+    _assert_trajectories_close(got, want)
+    np.testing.assert_allclose(lrs, LRS, rtol=1e-6)  # the logged lr: the default group's
+
+
+def test_lr_scale_reaches_every_parameter_group():
+    config = _config(param_groups=ml_collections.ConfigDict(GROUPS))
+    tx = optim.create_optimizer(config, STEPS_PER_EPOCH)
+    params = _params()
+    state = optim.set_lr_scale(tx.init(params), 0.0)  # a zero lr everywhere: only decay 0 moves
+    grads = _grads(1, params)[0]
+    updates, _ = tx.update(grads, state, params)
+    for leaf in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(leaf, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ({"default": {"params": "fc/.*"}}, "free of the name 'default'"),
+        ({"g": {"learning_rate": 0.1}}, "'params' regular expression"),
+        ({"g": {"params": "conv/("}}, "valid regular expressions"),
+        ({"g": {"params": "fc/.*", "lr": 0.1}}, r"has \['lr'\]"),
+        ({"g": {"params": "fc/.*", "learning_rate": -1.0}}, "learning_rate=-1.0"),
+        ({"g": {"params": "fc/.*", "schedule": "plateau"}}, "schedule='plateau'"),
+        ({"g": {"params": "fc/.*", "lr_drop_epochs": (2, 1)}}, "lr_drop_epochs"),
+        (
+            {"g": {"params": "fc/.*", "lr_drop_epochs": (1, 2), "lr_drop_factor": (0.1,)}},
+            "lr_drop_factor",
+        ),
+    ],
+)
+def test_invalid_param_groups_are_one_config_error(groups, message):
+    config = _config(param_groups=ml_collections.ConfigDict(groups))
+    with pytest.raises(ConfigError, match=rf"config\.param_groups must be .*{message}"):
+        optim.validate_optimizer_config(config)
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ({"a": {"params": r"conv/.*"}, "b": {"params": r".*/bias"}}, "matches groups"),
+        ({"a": {"params": r"conv1/kernel"}}, "match no parameter"),
+    ],
+)
+def test_overlapping_or_empty_param_groups_are_refused_at_init(groups, message):
+    config = _config(param_groups=ml_collections.ConfigDict(groups))
+    tx = optim.create_optimizer(config, STEPS_PER_EPOCH)
+    with pytest.raises(ConfigError, match=message):
+        tx.init(_params())
 
 
 def test_missing_optimizer_field_raises_config_error():
