@@ -222,9 +222,7 @@ def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collect
             "variant": variant,
             "num_classes": num_classes,
             "input_size": default_input_size(variant),
-            "resize_size": 256,
-            "normalization": "mean_std",
-            "lrn_convention": "cuda_convnet",
+            **weights_io.PYTORCH_CONVENTIONS,
         }
     )
     del config["class_names"], config["class_synsets"]  # none recorded: the dataset's

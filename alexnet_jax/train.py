@@ -170,21 +170,29 @@ def _check_finite_eval(step: int, metrics: dict[str, float]) -> None:
 
 
 def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
-    """ConfigError when config.torch_weights records conventions (a file exported here) that the
-    config contradicts: the weights would be evaluated on inputs they were not trained for."""
+    """ConfigError when the config contradicts the conventions config.torch_weights was trained
+    with: those the file records (exported here), or PyTorch's for a file that records none
+    (torchvision's): the weights would be evaluated on inputs, or with an LRN, they were not
+    trained for."""
     recorded = weights_io.read_conventions(config.torch_weights)
     if recorded is None:
-        return
+        expected = dict(weights_io.PYTORCH_CONVENTIONS)
+        if config.variant == "torchvision":  # no LRN layer: its convention does not matter
+            del expected["lrn_convention"]
+        source = "records no conventions, so it is taken as PyTorch-trained (torchvision's inputs, "
+        source += "nn.LocalResponseNorm's alpha / n)"
+    else:
+        expected = {field: recorded[field] for field in weights_io.CONVENTION_FIELDS}
+        source = "records the conventions it was trained with"
     differ = [
-        f"{field}: file {recorded[field]!r}, config {config[field]!r}"
-        for field in weights_io.CONVENTION_FIELDS
-        if recorded[field] != config[field]
+        f"{field}: file {value!r}, config {config[field]!r}"
+        for field, value in expected.items()
+        if value != config[field]
     ]
     if differ:
         raise ConfigError(
-            f"{config.torch_weights} records the conventions it was trained with, and the config "
-            f"contradicts them ({'; '.join(differ)}): set those --config fields to the file's "
-            "values."
+            f"{config.torch_weights} {source}, and the config contradicts them "
+            f"({'; '.join(differ)}): set those --config fields to the file's values."
         )
 
 

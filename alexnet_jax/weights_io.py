@@ -57,6 +57,14 @@ CONVENTION_FIELDS = (
     "normalization",
     "lrn_convention",
 )
+# The conventions of PyTorch-trained weights (a file that records none, e.g. torchvision's):
+# torchvision's preprocessing (shorter side 256, mean/std) and torch.nn.LocalResponseNorm, which
+# divides alpha by n. The input size is each variant's published one (models.default_input_size).
+PYTORCH_CONVENTIONS = {
+    "resize_size": 256,
+    "normalization": "mean_std",
+    "lrn_convention": "cuda_convnet",
+}
 CLASS_FIELDS = ("class_names", "class_synsets")  # readable names; WordNet synsets (ImageNet)
 _INT_FIELDS = ("num_classes", "input_size", "resize_size")
 _TORCH_METADATA_KEY = "alexnet_jax"  # under the state dict's _metadata[""]

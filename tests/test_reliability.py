@@ -421,3 +421,36 @@ def test_eval_of_exported_weights_refuses_a_config_that_contradicts_them(run_par
     evaluated.normalization = "mean"
     with pytest.raises(ConfigError, match="normalization: file 'mean_std', config 'mean'"):
         train._check_weights_conventions(evaluated)
+
+
+@pytest.mark.parametrize("variant", ["one_tower", "torchvision"])
+def test_eval_of_pytorch_weights_without_conventions_needs_pytorchs(variant, tmp_path):
+    """A .pth that records nothing (torchvision's file, or any PyTorch training) is evaluated
+    only under PyTorch's conventions: mean/std inputs of 256-resized images and, where the
+    variant has LRN, alpha / n (it was evaluated with the config's alpha and 0-255 inputs)."""
+    import ml_collections
+    import torch
+
+    from alexnet_jax import torch_models, train
+
+    path = str(tmp_path / "plain.pth")
+    torch.save(torch_models.torch_alexnet(variant, num_classes=4).state_dict(), path)
+    config = ml_collections.ConfigDict(
+        dict(
+            torch_weights=path,
+            variant=variant,
+            resize_size=256,
+            normalization="mean_std",
+            lrn_convention="cuda_convnet",
+        )
+    )
+    train._check_weights_conventions(config)  # PyTorch's conventions: fine
+    config.normalization, config.lrn_convention = "mean", "paper"
+    expected = ["normalization: file 'mean_std', config 'mean'"]
+    if variant != "torchvision":
+        expected.append("lrn_convention: file 'cuda_convnet', config 'paper'")
+    with pytest.raises(ConfigError, match="taken as PyTorch-trained") as error:
+        train._check_weights_conventions(config)
+    for difference in expected:
+        assert difference in str(error.value)
+    assert ("lrn_convention" in str(error.value)) == (variant != "torchvision")
