@@ -154,12 +154,16 @@ def _train_dataset(
     def materialize(epochs, records):  # a whole batch at once: a few ops instead of B maps
         chunk = shard.materialize(records)
         chunk["seed"] = _augment_seeds(seed, epochs, chunk["key"])
+        chunk["epoch"] = epochs
         return chunk
 
     def example_fn(example):
         image, flip, offset_rgb = preprocessing.train_example(
             data_sources.image_bytes(example), example["seed"], recipe
         )
+        if recipe.pca_lighting_stop_epoch > 0:  # the original run's lighting ended at epoch 67
+            lit = example["epoch"] < recipe.pca_lighting_stop_epoch
+            offset_rgb = tf.where(lit, offset_rgb, tf.zeros_like(offset_rgb))
         return {
             "image": image,
             "label": example["label"],

@@ -33,6 +33,7 @@ class Recipe:
     train_crop: str = "paper"  # one of TRAIN_CROPS
     random_flip: bool = True
     pca_lighting_std: float = 0.1  # std of the lighting alphas; 0 disables it
+    pca_lighting_stop_epoch: int = 0  # > 0: no lighting noise from this epoch on (0: never stops)
     normalization: str = "mean"  # one of NORMALIZATIONS
     eval_crops: int = 1  # one of EVAL_CROPS
     dtype: str = "float32"  # dtype of the normalized images (config.input_dtype)
@@ -85,6 +86,11 @@ RULES = (
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
     rules.positive_int("num_classes"),
     rules.number_at_least("pca_lighting_std", 0),
+    rules.Rule(
+        "pca_lighting_stop_epoch",
+        "an integer >= 0 (0: lighting noise in every epoch)",
+        lambda c: rules.is_int(c.pca_lighting_stop_epoch) and c.pca_lighting_stop_epoch >= 0,
+    ),
     rules.positive_int("shuffle_buffer_size"),
     _whole_split("train_split"),
     _whole_split("eval_split"),

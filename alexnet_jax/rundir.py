@@ -71,6 +71,7 @@ ADDED_FIELDS = {
     "warmup_epochs": 0.0,
     "grad_clip_norm": 0.0,
     "param_groups": {},
+    "pca_lighting_stop_epoch": 0,
 }
 # Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
 # preprocessed or which model it is.

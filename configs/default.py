@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train_crop = "paper"  # "paper": short side 256, center 256, random crop; "random_resized".
     c.resize_size = 256  # the paper's rescale/center-crop size before the random crop.
     c.pca_lighting_std = 0.1  # std of the paper's PCA lighting noise alphas; 0 turns it off.
+    c.pca_lighting_stop_epoch = 0  # > 0: lighting noise only before this epoch; 0: every epoch.
     c.random_flip = True  # random horizontal reflections during training.
     c.normalization = "mean_std"  # "mean": subtract the RGB mean (paper); "mean_std": also / std.
     c.resized_cache_dir = ""  # if set, a one-time cache of images pre-resized to resize_size.

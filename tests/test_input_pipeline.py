@@ -337,6 +337,20 @@ def test_train_crops_flips_and_lighting_on_known_pixels(gradient_folder):
     assert steps == {-1, 1}
 
 
+def test_pca_lighting_stops_at_pca_lighting_stop_epoch(gradient_folder):
+    """pca_lighting_stop_epoch=2 (the original run's 67, scaled down): every image of epochs 0
+    and 1 is lit, no image of epochs 2 and 3 is; crops and flips go on."""
+    root, ids = gradient_folder  # 3 training images: one batch of 3 is one epoch
+    config = _folder_config(root, pca_lighting_stop_epoch=2)
+    iterator = input_pipeline.create_train_iterator(config, local_batch_size=3)
+    for epoch, batch in enumerate(_take(iterator, 4)):
+        blue = (batch["image"] + MEAN_255)[:, 0, 0, 2]  # 40 * image id + 20 + the lighting shift
+        image_ids = np.round((blue - 20) / 40)
+        assert sorted(image_ids) == sorted(ids)[:3]  # each image once per epoch
+        lit = np.abs(blue - (40 * image_ids + 20)) > 1e-3
+        assert lit.all() if epoch < 2 else not lit.any(), (epoch, blue)
+
+
 # ---- PCA lighting --------------------------------------------------------------------------------
 
 
