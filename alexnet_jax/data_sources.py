@@ -458,7 +458,7 @@ def _validation_labels_by_file_name():
 
 
 @contextlib.contextmanager
-def _exclusive(directory: str):
+def exclusive_build(directory: str):
     """An exclusive file lock in `directory`: processes sharing it build data one at a time."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, ".build.lock"), "w") as lock:
@@ -498,7 +498,7 @@ def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
         error = _manual_dir_error(manual_dir, data_dir)
         if error is not None:
             raise error
-    with _exclusive(data_dir), contextlib.ExitStack() as archive:
+    with exclusive_build(data_dir), contextlib.ExitStack() as archive:
         builder = tfds.builder("imagenet2012", data_dir=data_dir)
         if builder.is_prepared():  # another process built it while this one waited
             return
@@ -724,7 +724,7 @@ def build_resized_cache(config, source) -> str:
     Returns the cache directory; does nothing when a complete cache is already there.
     """
     directory = cache_dir(config, source)
-    with _exclusive(directory):
+    with exclusive_build(directory):
         if read_json(os.path.join(directory, CACHE_MANIFEST)) is None:
             _write_resized_cache(config, source, directory)
     return directory

@@ -171,12 +171,15 @@ def select_queries(eval_batches: Iterable[dict], num: int) -> np.ndarray:
     return np.stack(picked)
 
 
-def to_display(images: np.ndarray, normalization: str) -> np.ndarray:
-    """Model inputs (float, normalized as by the pipeline) back to uint8 RGB."""
+def to_display(
+    images: np.ndarray, normalization: str, mean_image: np.ndarray | None = None
+) -> np.ndarray:
+    """Model inputs (float, normalized as by the pipeline) back to uint8 RGB; "mean_image"
+    needs the mean crop that was subtracted (input_pipeline.load_mean_image)."""
     x = np.asarray(images, np.float32)
     if normalization == "mean_std":
         x = x * (255.0 * imagenet_stats.RGB_STD)
-    x = x + 255.0 * imagenet_stats.RGB_MEAN
+    x = x + (mean_image if normalization == "mean_image" else 255.0 * imagenet_stats.RGB_MEAN)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
@@ -271,8 +274,10 @@ def write_figure4(
     train = input_pipeline.create_eval_iterator(train_config, local_batch_size=batch_size)
     fc7_fn = make_fc7_fn(create_model(config))
     dist, neighbours = nearest_training_images(fc7_fn, params, queries, train, k, max_train_images)
-    norm = config.normalization
-    pixels = neighbours_image(to_display(queries, norm), to_display(neighbours, norm), dist)
+    norm, mean = config.normalization, input_pipeline.load_mean_image(config)
+    pixels = neighbours_image(
+        to_display(queries, norm, mean), to_display(neighbours, norm, mean), dist
+    )
     caption = (
         f"Figure 4 layout: {len(queries)} {config.eval_split} images (left) and the {k} "
         f"{config.train_split} images nearest to each in fc7 activations, for the "

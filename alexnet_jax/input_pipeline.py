@@ -54,15 +54,18 @@ from full-size-like JPEGs and from the pre-resize cache.
 """
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_jax import config_lib, data_sources, preprocessing
+from alexnet_jax import config_lib, data_sources, imagenet_stats, preprocessing
 from alexnet_jax.errors import ConfigError, DataError
 from alexnet_jax.recipe import Recipe
 
@@ -142,7 +145,7 @@ def _decode_batches(
 
 
 def _train_dataset(
-    config, shard, batch_size: int, start_epoch: int, offset: int
+    config, shard, batch_size: int, start_epoch: int, offset: int, mean_image=None
 ) -> tf.data.Dataset:
     """Infinite training batches of one host, starting `offset` examples into `start_epoch`."""
     recipe = Recipe.from_config(config)
@@ -174,7 +177,7 @@ def _train_dataset(
 
     def finalize(batch):
         images = preprocessing.normalize_batch(
-            batch["image"], recipe, batch["offset"], batch["flip"]
+            batch["image"], recipe, batch["offset"], batch["flip"], mean_image
         )
         return {
             "image": images,
@@ -195,7 +198,9 @@ def _train_dataset(
     return batches.prefetch(tf.data.AUTOTUNE).with_options(data_sources.dataset_options())
 
 
-def _eval_dataset(config, shard, batch_size: int, num_batches: int) -> tf.data.Dataset:
+def _eval_dataset(
+    config, shard, batch_size: int, num_batches: int, mean_image=None
+) -> tf.data.Dataset:
     """One pass over a host's eval shard, padded to num_batches full batches."""
     recipe = Recipe.from_config(config)
 
@@ -207,7 +212,7 @@ def _eval_dataset(config, shard, batch_size: int, num_batches: int) -> tf.data.D
         }
 
     def finalize(batch):
-        images = preprocessing.normalize_batch(batch["image"], recipe)
+        images = preprocessing.normalize_batch(batch["image"], recipe, mean_image=mean_image)
         return {
             "image": images,
             "label": batch["label"],
@@ -227,6 +232,83 @@ def _eval_dataset(config, shard, batch_size: int, num_batches: int) -> tf.data.D
     )
     batches = batches.map(finalize, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE).with_options(data_sources.dataset_options())
+
+
+# ---- The training set's mean image ---------------------------------------------------------------
+
+MEAN_IMAGE_DIR = "mean_images"  # under config.data_dir: <hash of the data's identity>.npy
+
+
+def mean_image_path(config) -> str:
+    """Where the mean image of the config's training data (split, resize_size) is kept: keyed by
+    the data's identity (its content, not its location), so it is computed once per dataset."""
+    blob = json.dumps(
+        [data_sources.dataset_identity(config), str(config.train_split), int(config.resize_size)],
+        sort_keys=True,
+    )
+    name = hashlib.sha1(blob.encode()).hexdigest()[:16] + ".npy"
+    return os.path.join(os.path.expanduser(config.data_dir), MEAN_IMAGE_DIR, name)
+
+
+def compute_mean_image(config, source) -> np.ndarray:
+    """The mean, over the training split, of each image's central resize_size square (shorter side
+    to resize_size: the images the paper stored), float32 [R, R, 3] on the 0-255 scale; summed in
+    float64. Undecodable images are left out."""
+    size = int(config.resize_size)
+    view = dict(config.to_dict(), eval_crops=1, input_size=size, normalization="mean")
+    view.update(input_dtype="float32")
+    shard = source.shard(config.train_split, 0, 1)
+    batch_size = 64
+    dataset = _eval_dataset(
+        ml_collections.ConfigDict(view),
+        shard,
+        batch_size,
+        math.ceil(shard.num_examples / batch_size),
+    )
+    total, count = np.zeros((size, size, 3), np.float64), 0
+    for batch in dataset.as_numpy_iterator():
+        images = batch["image"][:, 0][batch["mask"]]  # minus the RGB mean ("mean")
+        total += images.sum(axis=0, dtype=np.float64)
+        count += len(images)
+    if count == 0:
+        raise DataError(f"The {config.train_split!r} split has no decodable image to average.")
+    return (total / count + 255.0 * imagenet_stats.RGB_MEAN).astype(np.float32)
+
+
+def build_mean_image(config, source) -> str:
+    """Computes the mean image once (a pass over the training split) and keeps it at
+    `mean_image_path`; processes sharing data_dir take turns, and the file appears whole."""
+    path = mean_image_path(config)
+    with data_sources.exclusive_build(os.path.dirname(path)):
+        if not os.path.exists(path):
+            logging.info("Computing the training set's mean image once, into %s.", path)
+            mean = compute_mean_image(config, source)
+            temporary = f"{path}.tmp{os.getpid()}"
+            with open(temporary, "wb") as f:
+                np.save(f, mean)
+            os.replace(temporary, path)
+    return path
+
+
+def load_mean_image(config) -> np.ndarray | None:
+    """The central input_size crop of the mean image (as the eval center view), or None when the
+    config does not subtract one. DataError when `prepare` has not computed it."""
+    if config.normalization != "mean_image" or config.dataset == "synthetic":
+        return None
+    path = mean_image_path(config)
+    if not os.path.exists(path):
+        raise DataError(
+            f"The mean image {path} is missing: run the same command again (prepare computes it "
+            "once from the training split), or keep config.data_dir where it was computed."
+        )
+    return center_crop(np.load(path), int(config.input_size))
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central size x size window (the eval center view's offsets: margin // 2)."""
+    top = (image.shape[0] - size) // 2
+    left = (image.shape[1] - size) // 2
+    return image[top : top + size, left : left + size]
 
 
 # ---- Synthetic data -----------------------------------------------------------------------------
@@ -368,6 +450,8 @@ def prepare(config) -> DatasetInfo:
     data_sources.check_splits(config, source)
     if config.resized_cache_dir:
         data_sources.build_resized_cache(config, source)
+    if config.normalization == "mean_image":
+        build_mean_image(config, source)
     return DatasetInfo(
         source.num_examples(config.train_split),
         source.num_examples(config.eval_split),
@@ -402,7 +486,8 @@ def create_train_iterator(
     if shard.num_examples == 0:
         raise DataError(f"Host {process_index} of {process_count} has no training examples.")
     start_epoch, offset = divmod(local_position, shard.num_examples)
-    dataset = _train_dataset(config, shard, local_batch_size, start_epoch, offset)
+    mean = load_mean_image(config)
+    dataset = _train_dataset(config, shard, local_batch_size, start_epoch, offset, mean)
     return TrainIterator(dataset.as_numpy_iterator(), local_batch_size)
 
 
@@ -428,5 +513,6 @@ def create_eval_iterator(
     source = data_sources.open_source(config, build=False)
     shards = [source.shard(config.eval_split, i, process_count) for i in range(process_count)]
     num_batches = math.ceil(max(s.num_examples for s in shards) / local_batch_size)
-    dataset = _eval_dataset(config, shards[process_index], local_batch_size, num_batches)
+    mean = load_mean_image(config)
+    dataset = _eval_dataset(config, shards[process_index], local_batch_size, num_batches, mean)
     return EvalIterable(dataset.as_numpy_iterator, shards[process_index].num_examples, num_batches)

@@ -102,18 +102,33 @@ def resize_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def normalize(pixels: np.ndarray, normalization: str) -> np.ndarray:
+def normalize(
+    pixels: np.ndarray, normalization: str, mean_image: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 RGB -> float32 model input, as `preprocessing.normalize_batch` (no lighting offset).
 
-    "mean": minus the ImageNet mean on the 0-255 scale; "mean_std": also divided by 255 * std.
+    "mean": minus the ImageNet mean on the 0-255 scale; "mean_std": also divided by 255 * std;
+    "mean_image": minus the center crop of `mean_image` (a run's, rundir.read_mean_image).
     """
+    if normalization == "mean_image":
+        if mean_image is None:
+            raise UserError(
+                "This model subtracts its training set's mean image (normalization='mean_image'): "
+                "pass mean_image=rundir.read_mean_image(workdir) (predict --workdir does)."
+            )
+        size = pixels.shape[-2]
+        top, left = (mean_image.shape[0] - size) // 2, (mean_image.shape[1] - size) // 2
+        crop = mean_image[top : top + size, left : left + size]
+        return pixels.astype(np.float32) - crop.astype(np.float32)
     x = pixels.astype(np.float32) - np.float32(255.0) * imagenet_stats.RGB_MEAN
     if normalization == "mean_std":
         x = x * (np.float32(1.0) / (np.float32(255.0) * imagenet_stats.RGB_STD))
     return x
 
 
-def preprocess_image(image: Image.Image, config: Any) -> np.ndarray:
+def preprocess_image(
+    image: Image.Image, config: Any, mean_image: np.ndarray | None = None
+) -> np.ndarray:
     """(input_size, input_size, 3) float32 model input from a PIL image: the eval center view.
 
     The input pipeline's single-view evaluation (preprocessing.eval_views, normalize_batch) in
@@ -125,15 +140,15 @@ def preprocess_image(image: Image.Image, config: Any) -> np.ndarray:
     window = pixels[top : top + size, left : left + size]
     if size != config.input_size:
         window = resize_bilinear(window, config.input_size)
-    return normalize(window, config.normalization)
+    return normalize(window, config.normalization, mean_image)
 
 
-def load_image(path: str, config: Any) -> np.ndarray:
+def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> np.ndarray:
     """Reads and preprocesses one image file; unreadable files raise DataError naming the path."""
     try:
         with Image.open(path) as image:
             image.load()
-            return preprocess_image(image, config)
+            return preprocess_image(image, config, mean_image)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"Cannot read image {path}: {e}") from e
 
@@ -242,6 +257,7 @@ def predict(
     *,
     batch_size: int = 32,
     top_k: int = 5,
+    mean_image: np.ndarray | None = None,
 ) -> list[list[Prediction]]:
     """The top-k (index, synset or None, name, probability) of each image file, most likely first.
 
@@ -251,6 +267,7 @@ def predict(
       images: image file paths.
       batch_size: images per device call; the last batch is padded, so one compilation serves all.
       top_k: how many classes to return per image (at most the number of classes).
+      mean_image: for a run with normalization "mean_image", its rundir.read_mean_image.
     """
     model = create_model(config)
     apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x, train=False)))
@@ -261,7 +278,7 @@ def predict(
     results = []
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
-        batch = np.stack([load_image(path, config) for path in paths])  # (b, S, S, 3)
+        batch = np.stack([load_image(path, config, mean_image) for path in paths])  # (b,S,S,3)
         padded = np.zeros((batch_size, *batch.shape[1:]), batch.dtype)
         padded[: len(paths)] = batch
         probs = np.asarray(apply(params, jnp.asarray(padded, dtype)))[: len(paths)]
@@ -345,7 +362,17 @@ def main(argv: Sequence[str]) -> None:
         if missing:  # before the model is loaded
             raise DataError(f"No such image file(s): {', '.join(missing)}")
         config, params = load_model(FLAGS.workdir, FLAGS.weights, FLAGS.variant)
-        results = predict(params, config, images, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k)
+        mean_image = None
+        if FLAGS.workdir and config.normalization == "mean_image":
+            mean_image = rundir.read_mean_image(FLAGS.workdir)
+        results = predict(
+            params,
+            config,
+            images,
+            batch_size=FLAGS.batch_size,
+            top_k=FLAGS.top_k,
+            mean_image=mean_image,
+        )
     print(f"# {jax.devices()[0].platform} device, variant {config.variant}")
     for path, predictions in zip(images, results, strict=True):
         print(format_predictions(path, predictions))

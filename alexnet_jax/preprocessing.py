@@ -14,6 +14,7 @@ maps that crop back to a window of the ORIGINAL image, so only the window is dec
 
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import imagenet_stats
@@ -165,20 +166,28 @@ def normalize_batch(
     recipe: Recipe,
     rgb_offsets: tf.Tensor | None = None,
     flips: tf.Tensor | None = None,
+    mean_image: np.ndarray | None = None,
 ) -> tf.Tensor:
     """uint8 images [B, ..., 3] -> recipe.dtype, normalized; optionally flipped and lit first.
 
     `flips` (bool [B], 4-D images only) mirrors images horizontally; `rgb_offsets` [B, 3] adds
     each image's PCA lighting offset. "mean" then subtracts the ImageNet RGB mean on the 0-255
     scale (the paper's mean subtraction with the usual per-channel substitute); "mean_std" also
-    divides by the RGB std (0-1 scale values).
+    divides by the RGB std (0-1 scale values); "mean_image" subtracts `mean_image` (float32
+    [S, S, 3], the center crop of the training set's mean image) from every view, whatever its
+    crop offset or flip, as the original code did (convdata.py: data_mean_crop).
     """
-    shift = tf.constant(255.0 * imagenet_stats.RGB_MEAN)
     extra_dims = len(images.shape) - 2  # broadcast over the spatial (and view) axes
+    if recipe.normalization == "mean_image":
+        if mean_image is None:
+            raise ValueError("normalization 'mean_image' needs the mean image.")
+        view_axes = [1] * (extra_dims - 2)  # [S, S, 3], or [1, S, S, 3] for [B, V, S, S, 3]
+        shift = tf.constant(np.reshape(mean_image, view_axes + list(mean_image.shape)), tf.float32)
+    else:
+        shift = tf.constant(255.0 * imagenet_stats.RGB_MEAN)
+        shift = tf.reshape(shift, [1] * (extra_dims + 1) + [3])
     if rgb_offsets is not None:
         shift = shift - tf.reshape(rgb_offsets, [-1] + [1] * extra_dims + [3])
-    else:
-        shift = tf.reshape(shift, [1] * (extra_dims + 1) + [3])
     scale = tf.ones([3], tf.float32)
     if recipe.normalization == "mean_std":
         scale = tf.constant(1.0 / (255.0 * imagenet_stats.RGB_STD))

@@ -14,7 +14,9 @@ from alexnet_jax import miniature, rules
 
 DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic")
 TRAIN_CROPS = ("paper", "random_resized")  # the paper's 256-square crop, or Inception-style
-NORMALIZATIONS = ("mean", "mean_std")  # minus the RGB mean (the paper), or also divided by std
+# Minus the RGB mean (the usual reading of the paper), also divided by the RGB std, or minus the
+# training set's mean image (the paper's §2 and the original code: one value per pixel).
+NORMALIZATIONS = ("mean", "mean_std", "mean_image")
 EVAL_CROPS = (1, 10)  # the center crop, or the paper's 10 patches
 INPUT_DTYPES = ("float32", "bfloat16")  # dtype of the images handed to the model
 
@@ -82,6 +84,11 @@ RULES = (
     rules.choice("dataset", DATASETS),
     rules.choice("train_crop", TRAIN_CROPS),
     rules.choice("normalization", NORMALIZATIONS),
+    rules.Rule(
+        "normalization",
+        "'mean' or 'mean_std' with synthetic data (it has no images to average)",
+        lambda c: c.normalization != "mean_image" or c.dataset != "synthetic",
+    ),
     rules.choice("input_dtype", INPUT_DTYPES),
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
     rules.positive_int("num_classes"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint, config_lib, experiment, sharding
@@ -44,6 +46,7 @@ LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 CHECKPOINTS = "checkpoints"
+MEAN_IMAGE_FILE = "mean_image.npy"  # normalization "mean_image": the mean the run subtracts
 
 # Fields a resumed run may change without changing what it trains: logging, evaluation and
 # checkpoint cadence, its length, and where its data lives (the data's own identity is checked).
@@ -484,6 +487,33 @@ def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None
         return checkpoint.restore_latest(manager, target, already_abstract=True)
     finally:
         manager.close()
+
+
+def save_mean_image(workdir: str, source_path: str) -> None:
+    """Copies the training set's mean image (input_pipeline.build_mean_image) into the run
+    (process 0, atomically), so the tools can preprocess like the run without its data."""
+    if jax.process_index() != 0:
+        return
+    target = os.path.join(workdir, MEAN_IMAGE_FILE)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    shutil.copyfile(source_path, tmp)
+    os.replace(tmp, target)
+
+
+def read_mean_image(workdir: str) -> np.ndarray:
+    """The run's mean image (float32 [R, R, 3], 0-255), for runs with normalization
+    "mean_image"; DataError when the run's copy is missing or damaged."""
+    path = os.path.join(workdir, MEAN_IMAGE_FILE)
+    try:
+        image = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{path} cannot be read ({e}): this run subtracts the training set's mean image and "
+            "keeps a copy there; rerun main.py on the run (it copies it again from data_dir)."
+        ) from None
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise DataError(f"{path} is damaged: shape {image.shape}, not [size, size, 3].")
+    return image
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:

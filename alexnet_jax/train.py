@@ -288,6 +288,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
         return finished
     writer = metrics_io.MetricsWriter(workdir, start_step)
     rundir.record_start(config, workdir, start_step, changes, dataset)
+    if config.normalization == "mean_image":
+        rundir.save_mean_image(workdir, input_pipeline.mean_image_path(config))
     num_params = models.param_count(sharding.abstract_params(exp.model))
     logging.info(
         "\n%s",

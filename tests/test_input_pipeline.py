@@ -351,6 +351,40 @@ def test_pca_lighting_stops_at_pca_lighting_stop_epoch(gradient_folder):
         assert lit.all() if epoch < 2 else not lit.any(), (epoch, blue)
 
 
+def test_mean_image_is_computed_once_and_subtracted_per_pixel(gradient_folder, tmp_path):
+    """normalization="mean_image": prepare averages the training images' 256 squares (R = x,
+    G = y, B = 20, 60, 100: mean B 60) into data_dir once; every view then has the center crop of
+    that mean subtracted, whatever its own offset (the original code's data_mean_crop)."""
+    root, ids = gradient_folder
+    config = _folder_config(
+        root,
+        normalization="mean_image",
+        data_dir=str(tmp_path),
+        pca_lighting_std=0.0,
+        random_flip=False,
+    )
+    input_pipeline.prepare(config)
+    path = input_pipeline.mean_image_path(config)
+    mean = np.load(path)
+    y, x = np.mgrid[0:256, 0:256]
+    np.testing.assert_allclose(mean, np.stack([x, y, np.full_like(x, 60)], -1), atol=1e-3)
+    modified = os.path.getmtime(path)
+    input_pipeline.prepare(config)  # computed once
+    assert os.path.getmtime(path) == modified
+
+    center = next(iter(input_pipeline.create_eval_iterator(config, local_batch_size=3)))
+    for views, label in zip(center["image"], center["label"], strict=True):
+        np.testing.assert_allclose(views[0, ..., :2], 0.0, atol=1e-3)  # R, G: exactly the mean
+        assert ids[round((float(views[0, 0, 0, 2]) + 60 - 20) / 40)] == label
+    for batch in _take(input_pipeline.create_train_iterator(config, local_batch_size=3), 2):
+        for image in batch["image"]:  # offset (top, left) in 0..29, mean cropped at 14
+            left, top = image[0, 0, 0], image[0, 0, 1]
+            np.testing.assert_allclose(image[..., 0], left, atol=1e-3)
+            np.testing.assert_allclose(image[..., 1], top, atol=1e-3)
+            assert -14 <= left <= 15
+            assert -14 <= top <= 15
+
+
 # ---- PCA lighting --------------------------------------------------------------------------------
 
 

@@ -240,3 +240,42 @@ def test_a_file_holding_anything_but_tensors_is_refused_naming_the_key(tmp_path,
 def test_wrong_variant_is_refused_naming_the_keys(weights_path):
     with pytest.raises(weights_io.WeightsFileError, match=r"missing key 'features\.4\.weight'"):
         weights_io.load_weights(weights_path, "one_tower")
+
+
+# ---- Runs that subtract the training set's mean image -------------------------------------------
+
+
+def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(tmp_path):
+    """normalization="mean_image": the run keeps its mean image (rundir.MEAN_IMAGE_FILE);
+    predict subtracts its center crop (exactly "mean" preprocessing plus the RGB mean minus that
+    crop), refuses to guess without it, figures undo it, and export refuses the run (no weights
+    format here carries the image) instead of writing a file that preprocesses wrongly."""
+    from alexnet_jax import export, figures, imagenet_stats, rundir
+    from alexnet_jax.errors import UserError
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path), normalization="mean_image")
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0, 255, (72, 72, 3)).astype(np.float32)  # resize_size 72
+    np.save(tmp_path / "mean.npy", mean)
+    rundir.save_mean_image(workdir, str(tmp_path / "mean.npy"))
+    np.testing.assert_array_equal(rundir.read_mean_image(workdir), mean)
+
+    config, params = rundir.load_run(workdir)
+    photo = str(tmp_path / "photo.png")
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(photo)
+    with pytest.raises(UserError, match=r"mean_image=rundir\.read_mean_image"):
+        predict.predict(params, config, [photo])
+    got = predict.load_image(photo, config, mean)
+    config.normalization = "mean"
+    crop = mean[4:68, 4:68]  # the central 64 of 72
+    want = predict.load_image(photo, config) + 255.0 * imagenet_stats.RGB_MEAN - crop
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    pixels = np.clip(np.round(got + crop), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(figures.to_display(got, "mean_image", crop), pixels)
+    config.normalization = "mean_image"
+    assert len(predict.predict(params, config, [photo], mean_image=mean)[0]) == 4
+
+    with pytest.raises(UserError, match="normalization='mean_image'"):
+        export.export_run(workdir, str(tmp_path / "model.pth"))
+    assert not os.path.exists(tmp_path / "model.pth")
