@@ -65,13 +65,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9  # SGD momentum.
     c.weight_decay = 5e-4  # L2 weight decay (coupled, as in the paper).
     c.decoupled_weight_decay = False  # optimizer "sgd" only: decoupled (AdamW-style) decay.
-    c.schedule = "constant"  # "constant", "step" (drops at lr_drop_epochs) or "plateau".
-    c.lr_drop_epochs = ()  # schedule "step": divide lr by 10 at each of these epochs.
+    c.schedule = "step"  # "constant", "step" (drops at lr_drop_epochs) or "plateau".
+    c.lr_drop_epochs = (4,)  # schedule "step": multiply lr by lr_drop_factor at these epochs.
     c.lr_drop_factor = 0.1  # "step" and "plateau": lr multiplier at each drop.
     c.plateau_patience = 1  # "plateau": evals without improvement of val error before a drop.
     c.plateau_max_drops = 3  # "plateau": at most this many drops (the paper divided 3 times).
-    c.warmup_epochs = 0.0  # linear lr warm-up over this many epochs (0: none, as in the paper).
-    c.grad_clip_norm = 0.0  # > 0: rescale each gradient to at most this global norm; 0: off.
+    c.warmup_epochs = 1.0  # linear lr warm-up over this many epochs (0: none, as in the paper).
+    c.grad_clip_norm = 5.0  # > 0: rescale each gradient to at most this global norm; 0: off.
     # Parameter groups: name -> {"params": regex on names like "conv1/kernel", and any of
     # learning_rate, weight_decay, schedule, lr_drop_epochs, lr_drop_factor (one or one per drop)};
     # the parameters no group claims keep the settings above (see configs/imagenet.py).

@@ -31,6 +31,8 @@ def get_config():
     c.schedule = "step"  # the original code's drops; "plateau" follows the paper's text.
     c.lr_drop_epochs = (20, 47)  # 0.01 -> 0.001 at epoch 20 -> 0.0001 at epoch 47.
     c.plateau_patience = 2  # for schedule="plateau": evals (epochs) without improvement.
+    c.warmup_epochs = 0.0  # no warm-up (the default config's demo recipe has one).
+    c.grad_clip_norm = 0.0  # no gradient clipping.
     c.num_epochs = 90.0  # roughly 90 cycles through the 1.2M training images.
     c.log_every_steps = 100  # read metrics back every 100 steps.
     c.eval_every_steps = 0  # evaluate once per epoch (center crop).

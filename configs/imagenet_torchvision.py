@@ -32,6 +32,8 @@ def get_config():
     c.weight_decay = 1e-4  # torchvision reference default.
     c.schedule = "step"  # StepLR(step_size=30, gamma=0.1).
     c.lr_drop_epochs = (30, 60)  # epochs 30 and 60.
+    c.warmup_epochs = 0.0  # no warm-up (the default config's demo recipe has one).
+    c.grad_clip_norm = 0.0  # no gradient clipping.
     c.num_epochs = 90.0  # torchvision reference default.
     c.log_every_steps = 100  # read metrics back every 100 steps.
     c.checkpoint_every_steps = 2000  # periodic checkpoint.
