@@ -124,23 +124,43 @@ def random_resized_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
+def _resample_first_axis(x: tf.Tensor, size, scale, translation) -> tf.Tensor:
+    """[n, m] (any real dtype) -> float32 [size, m]: the antialiased triangle kernel along axis 0.
+
+    ScaleAndTranslate vectorizes its pass over rows but not the one over columns (one pixel's
+    channels at a time: 2.2 ms for 380 -> 227 px against 0.3 ms for plain bilinear), so each axis
+    gets its own call as the first axis, the other axis and the channels folded into the width.
+    """
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=x[None, :, None, :],
+        size=tf.stack([size, 1]),
+        scale=tf.stack([scale, 1.0]),
+        translation=tf.stack([translation, 0.0]),
+        kernel_type="triangle",
+        antialias=True,
+    )
+    return out[0, :, 0, :]
+
+
 def resample(image: tf.Tensor, plan: ViewPlan) -> tf.Tensor:
     """The project's one resize: uint8 [h, w, 3] -> uint8 [*plan.size, 3], antialiased bilinear.
 
     A triangle kernel widened by the downscale factor, with normalized weights, as PIL's
-    `Image.resize(size, Image.BILINEAR)` (plain bilinear when upscaling). Every view and the
+    `Image.resize(size, Image.BILINEAR)` (plain bilinear when upscaling); rows, then columns, the
+    order and float arithmetic of `tf.image.resize(..., antialias=True)`. Every view and the
     pre-resize cache go through it. No work when the plan is the identity.
     """
+    (out_h, out_w), width = tf.unstack(plan.size), tf.shape(image)[1]
 
     def resize():
-        resized = tf.raw_ops.ScaleAndTranslate(
-            images=image[None],
-            size=plan.size,
-            scale=plan.scale,
-            translation=plan.translation,
-            kernel_type="triangle",
-            antialias=True,
-        )[0]
+        rows = _resample_first_axis(
+            tf.reshape(image, [tf.shape(image)[0], -1]), out_h, plan.scale[0], plan.translation[0]
+        )  # (out_h, w * 3)
+        columns = tf.transpose(tf.reshape(rows, [out_h, width, 3]), [1, 0, 2])  # (w, out_h, 3)
+        resized = _resample_first_axis(
+            tf.reshape(columns, [width, -1]), out_w, plan.scale[1], plan.translation[1]
+        )  # (out_w, out_h * 3)
+        resized = tf.transpose(tf.reshape(resized, [out_w, out_h, 3]), [1, 0, 2])
         return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
     identity = tf.reduce_all(

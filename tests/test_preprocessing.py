@@ -128,3 +128,14 @@ def test_cache_and_direct_crops_go_through_one_resize(pictures, monkeypatch):
     jpeg_error, _ = _mean_and_max_difference(resized[window], decoded[window])
     mean, _ = _mean_and_max_difference(direct, decoded[window])
     assert abs(mean - jpeg_error) < 0.01, (mean, jpeg_error)  # about 2.4 grey levels
+
+
+@pytest.mark.parametrize(("shape", "size"), [((380, 451), (227, 227)), ((40, 97), (224, 100))])
+def test_resample_is_tf_image_resize_with_antialiasing(shape, size):
+    """The two one-axis passes give `tf.image.resize(..., antialias=True)` bit for bit, down and
+    up."""
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (*shape, 3), np.uint8))
+    plan = preprocessing.window_resized_plan(tf.constant([0, 0, *shape]), size)
+    want = tf.image.resize(image, size, method="bilinear", antialias=True)
+    want = tf.cast(tf.clip_by_value(tf.round(want), 0.0, 255.0), tf.uint8)
+    np.testing.assert_array_equal(preprocessing.resample(image, plan), want)
