@@ -40,7 +40,7 @@ from alexnet_jax.errors import ConfigError, DataError
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGENET_SPLITS = ("train", "validation", "test")  # "test" only when its archive was given
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-CACHE_VERSION = 1  # bump when the cache format or its re-encoding changes
+CACHE_VERSION = 2  # bump when the cache format or its re-encoding changes (2: resample, floor rule)
 CACHE_JPEG_QUALITY = 90
 CACHE_SHARD_SIZE = 1024  # examples per cache file (many files let each epoch shuffle file order)
 CACHE_MANIFEST = "cache.json"

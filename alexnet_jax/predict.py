@@ -66,39 +66,41 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def eval_window(height: int, width: int, resize_size: int, crop_size: int) -> tuple[int, ...]:
-    """(top, left, size) of the original image that the eval center crop shows.
-
-    The same float32 arithmetic as `preprocessing.paper_window` with the center offset: shorter
-    side rescaled to resize_size, crop_size square at the center, mapped back to original pixels.
-    """
-    side = min(height, width)
-    scale = np.float32(side) / np.float32(resize_size)
-    size = int(np.clip(np.round(np.float32(crop_size) * scale), 1, side))
-    offset = (resize_size - crop_size) // 2
-    scaled = min(int(np.round(np.float32(offset) * scale)), side - size)
-    return (height - side) // 2 + scaled, (width - side) // 2 + scaled, size
+def center_crop_geometry(height: int, width: int, resize_size: int, crop_size: int):
+    """((resized height, width), (top, left)) of torchvision's Resize(resize_size) +
+    CenterCrop(crop_size), as `preprocessing.center_crop_plan`: the longer side becomes
+    floor(resize_size * long / short), the offsets round((resized - crop_size) / 2)."""
+    short = min(height, width)
+    resized = (resize_size * height // short, resize_size * width // short)
+    return resized, tuple(round((r - crop_size) / 2.0) for r in resized)
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (lo, hi) and weight of hi for bilinear resampling with half-pixel centers."""
-    src = (np.arange(out_size, dtype=np.float32) + 0.5) * np.float32(in_size / out_size) - 0.5
-    src = np.clip(src, 0.0, in_size - 1)
-    lo = np.floor(src).astype(np.int64)
-    hi = np.minimum(lo + 1, in_size - 1)
-    return lo, hi, (src - lo).astype(np.float32)[:, None]
+def _triangle_weights(in_size: int, out_size: int, scale, translation: float) -> np.ndarray:
+    """float32 [out_size, in_size] weights of TensorFlow's ScaleAndTranslate on one axis with
+    the antialiased triangle kernel (`preprocessing.resample`), in its float32 arithmetic."""
+    inv_scale = np.float32(1.0 / float(scale))
+    kernel_scale = max(inv_scale, np.float32(1.0))
+    sample = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * inv_scale
+    sample = sample + (-inv_scale * np.float32(translation))
+    position = np.arange(in_size, dtype=np.float32)[None] + np.float32(0.5) - sample[:, None]
+    weights = np.maximum(np.float32(0.0), 1 - np.abs(position) * (np.float32(1.0) / kernel_scale))
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
-def resize_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [h, w, 3] -> uint8 [size, size, 3], like `tf.image.resize(method="bilinear")`.
-
-    No antialiasing (as the pipeline's `resize_to`); separable, so cost is O(size * (h + w)).
-    """
+def resize_center_crop(pixels: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
+    """uint8 [h, w, 3] -> uint8 [crop_size, crop_size, 3]: the shorter side resized to
+    resize_size with antialiased bilinear filtering, then the center crop (the pipeline's
+    single eval view, torchvision's Resize + CenterCrop). Only the rows and columns that the
+    crop's kernels reach enter the matrix products."""
     x = pixels.astype(np.float32)
-    lo, hi, w = _linear_taps(x.shape[0], size)
-    x = x[lo] * (1 - w)[:, :, None] + x[hi] * w[:, :, None]  # (size, w, 3)
-    lo, hi, w = _linear_taps(x.shape[1], size)
-    x = x[:, lo] * (1 - w)[None] + x[:, hi] * w[None]  # (size, size, 3)
+    resized, top_left = center_crop_geometry(*x.shape[:2], resize_size, crop_size)
+    for axis in (0, 1):  # rows, then columns
+        scale = np.float32(resized[axis]) / np.float32(x.shape[axis])
+        weights = _triangle_weights(x.shape[axis], crop_size, scale, -top_left[axis])
+        used = np.flatnonzero(weights.any(axis=0))
+        used = np.arange(used[0], used[-1] + 1)
+        x = np.tensordot(weights[:, used], np.take(x, used, axis), axes=(1, axis))
+        x = np.moveaxis(x, 0, axis)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
@@ -132,15 +134,12 @@ def preprocess_image(
     """(input_size, input_size, 3) float32 model input from a PIL image: the eval center view.
 
     The input pipeline's single-view evaluation (preprocessing.eval_views, normalize_batch) in
-    NumPy: the window of the original image that the center crop of the shorter-side-resized image
-    covers, resized bilinearly to input_size, then normalized.
+    NumPy: shorter side resized to resize_size (antialiased bilinear), center crop input_size,
+    then normalized.
     """
     pixels = np.asarray(_to_rgb(image))  # (h, w, 3) uint8
-    top, left, size = eval_window(*pixels.shape[:2], config.resize_size, config.input_size)
-    window = pixels[top : top + size, left : left + size]
-    if size != config.input_size:
-        window = resize_bilinear(window, config.input_size)
-    return normalize(window, config.normalization, mean_image)
+    crop = resize_center_crop(pixels, config.resize_size, config.input_size)
+    return normalize(crop, config.normalization, mean_image)
 
 
 def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> np.ndarray:
