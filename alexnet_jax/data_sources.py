@@ -19,12 +19,14 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -426,13 +428,19 @@ def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
     """
     if not sys.stderr.isatty():
         tfds.disable_progress_bar()
-    builder.download_and_prepare(
-        download_dir=os.path.join(data_dir, "downloads"),
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
-        ),
-        file_format="tfrecord",
-    )
+    logging.info("Building the tfds dataset from %s into %s (once).", manual_dir, builder.data_dir)
+    start = time.monotonic()
+    # tfds prints its own two lines to stdout ("Downloading and preparing dataset Unknown size",
+    # "downloaded and prepared"): about a download that does not happen here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_dir=os.path.join(data_dir, "downloads"),
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
+            ),
+            file_format="tfrecord",
+        )
+    logging.info("Built the dataset in %.0f s.", time.monotonic() - start)
 
 
 def _labels_by_file_name(val_path: str) -> dict[str, str]:

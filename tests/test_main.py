@@ -203,6 +203,10 @@ _NOISE = (
     "orbax",  # Orbax's INFO lines (file renames, ...)
     "Gloo",
     "\x1b[",  # tqdm's terminal escape codes in a log
+    "Downloading and preparing",  # tfds's stdout lines about a download that does not happen
+    "downloaded and prepared",
+    "has no dataset_info.json",  # tfds's warnings on every imagenet2012 build
+    "test split not found",
 )
 
 
