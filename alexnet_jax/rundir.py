@@ -481,6 +481,39 @@ def read_metrics(workdir: str) -> list[dict]:
     return read_jsonl(path)
 
 
+# ---- Sweeps: directories of runs --------------------------------------------------------------
+#
+#     <sweep_dir>/sweep.json                   the plan (sweep.py): base config, arms, seeds, and
+#                                              each run's arm, seed, workdir, log, command, outcome
+#     <sweep_dir>/<arm>[/seed_<s>]/            each run's workdir (the files above)
+#     <sweep_dir>/logs/<arm>[.seed_<s>].log    each run's console output (sweep.py)
+
+SWEEP_FILE = "sweep.json"
+SWEEP_LOGS = "logs"
+
+
+def write_sweep_plan(sweep_dir: str, plan: dict) -> None:
+    """Writes `sweep_dir/sweep.json` (atomically); paths in it are relative to `sweep_dir`, so a
+    copied sweep directory reads the same anywhere."""
+    os.makedirs(sweep_dir, exist_ok=True)
+    _write_atomically(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(plan, indent=2) + "\n")
+
+
+def read_sweep_plan(sweep_dir: str) -> dict | None:
+    """The plan of the sweep in `sweep_dir`, or None when it is not a sweep directory."""
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            plan = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is damaged ({e}): it is not the plan sweep.py writes.") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        raise DataError(f"{path} is damaged: it holds no list of runs.")
+    return plan
+
+
 # ---- Parameters ------------------------------------------------------------------------------
 
 
