@@ -285,7 +285,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     if finished is not None:
         checkpoint.close(manager)
         if rundir.finished_step(workdir) is None:  # finished before runs recorded their end
-            rundir.record_finished(workdir, start_step)
+            with contextlib.suppress(OSError):  # best effort: this rerun only reports
+                rundir.record_finished(workdir, start_step)
         logging.info("%s", report.already_finished(workdir, start_step, finished))
         return finished
     writer = metrics_io.MetricsWriter(workdir, start_step)
