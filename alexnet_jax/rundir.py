@@ -1,7 +1,8 @@
 """The run directory (`--workdir`): its files, and loading a run's config and parameters.
 
     <workdir>/config.json            the config the run trains with (process 0 writes it)
-    <workdir>/config_history.jsonl   every start: its step, host, the fields that changed
+    <workdir>/config_history.jsonl   every start (its step, host, the fields that changed) and
+                                     every end of training ("finished": the final eval is saved)
     <workdir>/run.json               what identifies the run's data (recorded at its first start)
     <workdir>/.lock                  held by the process writing the run (host, pid)
     <workdir>/metrics.jsonl          one JSON object per line: step, split ("train"/"eval"), metrics
@@ -321,6 +322,45 @@ def record_start(
         _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
 
+# Fields that lengthen a finished run: main.py trains on when they change (is_finished).
+LENGTH_FIELDS = frozenset({"num_epochs", "num_train_steps"})
+
+
+def record_finished(workdir: str, step: int) -> None:
+    """Appends the run's end to its history (process 0): trained to `step`, evaluated and saved.
+    A later start (to train longer) appends after it, so `finished_step` is None again."""
+    if jax.process_index() != 0:
+        return
+    entry = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "event": "finished",
+    }
+    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
+
+
+def finished_step(workdir: str) -> int | None:
+    """The step the run finished at when its history's last entry is its end, else None (never
+    started, still training, stopped, crashed, or resumed to train longer)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    history = read_jsonl(path) if os.path.exists(path) else []
+    last = history[-1] if history else {}
+    return int(last["step"]) if last.get("event") == "finished" else None
+
+
+def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether main.py with `config` would have nothing to do in `workdir`, read from the run's
+    files alone: the run recorded its end, and `config` differs from its config.json at most in
+    fields that neither change the experiment nor lengthen it (logging cadence, data paths).
+    For tools that schedule runs (sweep.py) without starting a process to find out."""
+    if finished_step(workdir) is None:
+        return False
+    old = read_config_dict(workdir)
+    ignore = RESUMABLE_FIELDS - LENGTH_FIELDS
+    return old is not None and not _differences(old, _as_json(config), ignore=ignore)
+
+
 def read_run_record(workdir: str) -> dict | None:
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.exists(path):
@@ -442,6 +482,39 @@ def read_metrics(workdir: str) -> list[dict]:
     if not os.path.exists(path):
         raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
     return read_jsonl(path)
+
+
+# ---- Sweeps: directories of runs --------------------------------------------------------------
+#
+#     <sweep_dir>/sweep.json                   the plan (sweep.py): base config, arms, seeds, and
+#                                              each run's arm, seed, workdir, log, command, outcome
+#     <sweep_dir>/<arm>[/seed_<s>]/            each run's workdir (the files above)
+#     <sweep_dir>/logs/<arm>[.seed_<s>].log    each run's console output (sweep.py)
+
+SWEEP_FILE = "sweep.json"
+SWEEP_LOGS = "logs"
+
+
+def write_sweep_plan(sweep_dir: str, plan: dict) -> None:
+    """Writes `sweep_dir/sweep.json` (atomically); paths in it are relative to `sweep_dir`, so a
+    copied sweep directory reads the same anywhere."""
+    os.makedirs(sweep_dir, exist_ok=True)
+    _write_atomically(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(plan, indent=2) + "\n")
+
+
+def read_sweep_plan(sweep_dir: str) -> dict | None:
+    """The plan of the sweep in `sweep_dir`, or None when it is not a sweep directory."""
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            plan = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is damaged ({e}): it is not the plan sweep.py writes.") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        raise DataError(f"{path} is damaged: it holds no list of runs.")
+    return plan
 
 
 # ---- Parameters ------------------------------------------------------------------------------

@@ -284,6 +284,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     finished = report.final_eval(workdir, start_step) if start_step >= num_steps else None
     if finished is not None:
         checkpoint.close(manager)
+        if rundir.finished_step(workdir) is None:  # finished before runs recorded their end
+            with contextlib.suppress(OSError):  # best effort: this rerun only reports
+                rundir.record_finished(workdir, start_step)
         logging.info("%s", report.already_finished(workdir, start_step, finished))
         return finished
     writer = metrics_io.MetricsWriter(workdir, start_step)
@@ -396,6 +399,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
         raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
     if preempted:
         return {}
+    rundir.record_finished(workdir, step)  # the final eval is written and its checkpoint saved
     if jax.process_index() == 0:
         plots.plot_training_curves(workdir)
     return eval_metrics

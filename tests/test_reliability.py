@@ -70,7 +70,7 @@ def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metr
     dirs, tmp_path, caplog
 ):
     """Cases 7 and 4: with --allow_config_change the run continues with the new value, config.json
-    holds it and config_history.jsonl records the start and the change (old and new); the
+    holds it and config_history.jsonl records each start and end and the change (old and new); the
     length and logging cadence may change without the flag. A half line at the end of
     metrics.jsonl (a crash mid-write) no longer breaks the rerun: readers skip it with a
     warning and the resumed run drops it."""
@@ -92,10 +92,10 @@ def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metr
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Config changes on resume" in proc.stderr
     history = rundir.read_jsonl(os.path.join(workdir, rundir.HISTORY_FILE))
-    assert [h["event"] for h in history] == ["start", "resume"]
-    assert history[1]["step"] == 2
-    assert history[1]["changed"]["learning_rate"] == {"old": 0.001, "new": 0.002}
-    assert history[1]["changed"]["num_train_steps"] == {"old": 2, "new": 4}
+    assert [h["event"] for h in history] == ["start", "finished", "resume", "finished"]
+    assert [h["step"] for h in history] == [0, 2, 2, 4]
+    assert history[2]["changed"]["learning_rate"] == {"old": 0.001, "new": 0.002}
+    assert history[2]["changed"]["num_train_steps"] == {"old": 2, "new": 4}
     assert rundir.load_config(workdir).learning_rate == 0.002
     with open(rundir.metrics_path(workdir)) as f:
         lines = f.read().splitlines()
