@@ -184,6 +184,8 @@ def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
     else:
         expected = {field: recorded[field] for field in weights_io.CONVENTION_FIELDS}
         source = "records the conventions it was trained with"
+    options = weights_io.with_option_defaults(recorded or {})  # the default network if unrecorded
+    expected.update((field, options[field]) for field in weights_io.OPTION_DEFAULTS)
     differ = [
         f"{field}: file {value!r}, config {config[field]!r}"
         for field, value in expected.items()
@@ -219,7 +221,7 @@ def evaluate_checkpoint(
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(
-                config.torch_weights, config.variant, num_classes=config.num_classes
+                config.torch_weights, config.variant, config.num_classes, config.width
             )
             params = jax.device_put(weights, exp.params_sharding)
             step = 0
