@@ -126,11 +126,13 @@ def test_damaged_conventions_are_refused_naming_the_file_and_the_field(tmp_path)
         weights_io.read_conventions(str(tmp_path / "bad_value.pth"))
 
 
-def test_forward_options_are_recorded_only_where_a_run_changed_them():
+def test_forward_options_are_recorded_only_where_a_run_changed_them(tmp_path):
     """A default run's conventions are the six fields files always held; a run with forward
     options adds exactly those it changed, which a safetensors header holds as JSON (booleans,
     integers) and reads back typed; an option a file does not record reads as its default (for
-    predict too); a recorded option its variant refuses is refused naming the file and field."""
+    predict too); a recorded option its variant refuses is refused naming the file and field;
+    --mode=eval refuses a config whose option contradicts the file's."""
+    from alexnet_jax import train
     from configs import default
 
     config = default.get_config()
@@ -149,6 +151,13 @@ def test_forward_options_are_recorded_only_where_a_run_changed_them():
     damaged = weights_io._safetensors_metadata({**conventions, "variant": "paper"})
     with pytest.raises(weights_io.WeightsFileError, match=r"m\.safetensors refused.*config\.width"):
         weights_io._from_safetensors_metadata(damaged, "m.safetensors")
+    # --mode=eval of such a file refuses a config that builds another network (only the
+    # conventions entry of an .npz is read: no weights needed)
+    path = str(tmp_path / "options.npz")
+    np.savez(path, __conventions__=np.frombuffer(json.dumps(conventions).encode(), np.uint8))
+    config.update(torch_weights=path, activation="relu")
+    with pytest.raises(errors.ConfigError, match="activation: file 'tanh', config 'relu'"):
+        train._check_weights_conventions(config)
 
 
 # ---- 2. predict --weights runs by the file's conventions ----------------------------------------
