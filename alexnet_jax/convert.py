@@ -26,6 +26,9 @@ model) drops the fc6 and fc7 outputs. Dropout has no weights and is off in evalu
 and eval-mode logits are the same either way; only training differs. torch.nn.LocalResponseNorm
 divides alpha by n: evaluate converted weights with `lrn_convention="cuda_convnet"`.
 
+The model's `width` option (one_tower's half nets) changes shapes, never keys: the functions below
+take it. The other forward options change no weight (torch_models.py keeps every index).
+
 Weights: conv OIHW (O, I / groups, kh, kw) <-> HWIO (kh, kw, I / groups, O), the group slices in the
 same order on both sides; linear (out, in) <-> (in, out). fc6 also permutes its 9216 inputs, because
 PyTorch flattens the pool5 output as (C, H, W) and this model flattens NHWC as (H, W, C).
@@ -79,11 +82,15 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def flax_param_shapes(variant: str, num_classes: int = 1000) -> dict[str, dict[str, tuple]]:
-    """{layer: {"kernel": shape, "bias": shape}} of AlexNet(variant, num_classes)'s params."""
+def flax_param_shapes(
+    variant: str, num_classes: int = 1000, *, width: str = "full"
+) -> dict[str, dict[str, tuple]]:
+    """{layer: {"kernel": shape, "bias": shape}} of AlexNet(variant, num_classes, width=width)'s
+    params. The other forward options (models.FORWARD_OPTIONS) change no shape: the options' rules
+    keep the pool5 grid at 6x6."""
     _check_variant(variant)
     shapes, in_ch = {}, 3
-    for spec in conv_specs(variant):
+    for spec in conv_specs(variant, width=width):
         k = spec.kernel
         kernel = (k, k, in_ch // spec.groups, spec.features)
         shapes[spec.name] = {"kernel": kernel, "bias": (spec.features,)}
@@ -95,9 +102,11 @@ def flax_param_shapes(variant: str, num_classes: int = 1000) -> dict[str, dict[s
     return shapes
 
 
-def torch_param_shapes(variant: str, num_classes: int = 1000) -> dict[str, tuple]:
-    """{state dict key: shape} of the PyTorch model of a variant, in module order."""
-    flax_shapes_by_layer = flax_param_shapes(variant, num_classes)  # validates the variant
+def torch_param_shapes(
+    variant: str, num_classes: int = 1000, *, width: str = "full"
+) -> dict[str, tuple]:
+    """{state dict key: shape} of the PyTorch model of a variant (and width), in module order."""
+    flax_shapes_by_layer = flax_param_shapes(variant, num_classes, width=width)  # checks variant
     modules = _TORCH_MODULES[variant]
     shapes = {}
     for layer, flax_shapes in flax_shapes_by_layer.items():
@@ -172,7 +181,11 @@ def _infer_num_classes(arrays: Mapping[str, Any], key: str, axis: int, what: str
 
 
 def from_torch_state_dict(
-    state_dict: Mapping[str, Any], variant: str, *, num_classes: int | None = None
+    state_dict: Mapping[str, Any],
+    variant: str,
+    *,
+    num_classes: int | None = None,
+    width: str = "full",
 ) -> dict[str, dict[str, np.ndarray]]:
     """Flax params {layer: {"kernel", "bias"}} (float32 numpy) from a PyTorch AlexNet state dict.
 
@@ -180,6 +193,7 @@ def from_torch_state_dict(
       state_dict: key -> torch.Tensor or array, in the layout of the module docstring.
       variant: "torchvision", "one_tower" or "paper".
       num_classes: the expected number of classes; None takes it from the fc8 weight.
+      width: the model's `width` ("full", or "half"/"half_code" for one_tower).
     Raises:
       ValueError: on missing or unexpected keys or wrong shapes, naming each key with the expected
         and the found shape.
@@ -190,14 +204,14 @@ def from_torch_state_dict(
     if num_classes is None:
         fc8_key = f"{modules['fc8']}.weight"
         num_classes = _infer_num_classes(arrays, fc8_key, 0, "state_dict")
-    _validate(arrays, torch_param_shapes(variant, num_classes), "state_dict")
+    _validate(arrays, torch_param_shapes(variant, num_classes, width=width), "state_dict")
     params = {}
     for layer, module in modules.items():
         weight, bias = arrays[f"{module}.weight"], arrays[f"{module}.bias"]
         if layer in CONV_LAYERS:
             kernel = _transposed(weight, (2, 3, 1, 0))  # (O, I/g, kh, kw) -> (kh, kw, I/g, O)
         elif layer == "fc6":
-            kernel = _fc6_torch_to_flax(weight, conv_specs(variant)[-1].features)
+            kernel = _fc6_torch_to_flax(weight, conv_specs(variant, width=width)[-1].features)
         else:
             kernel = _transposed(weight, (1, 0))  # (out, in) -> (in, out)
         params[layer] = {"kernel": kernel, "bias": bias}
@@ -215,9 +229,10 @@ def _flat_flax(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_flax_params(params: Mapping[str, Any], variant: str) -> int:
-    """The number of classes of Flax params that have exactly the names and shapes of `variant`;
-    ValueError otherwise, naming each offending key. Only looks at shapes: copies nothing.
+def check_flax_params(params: Mapping[str, Any], variant: str, *, width: str = "full") -> int:
+    """The number of classes of Flax params that have exactly the names and shapes of `variant`
+    (and `width`); ValueError otherwise, naming each offending key. Only looks at shapes: copies
+    nothing.
 
     Args:
       params: {layer: {"kernel", "bias"}}, or the variables dict {"params": {...}} holding it.
@@ -230,7 +245,7 @@ def check_flax_params(params: Mapping[str, Any], variant: str) -> int:
     num_classes = _infer_num_classes(arrays, "fc8/kernel", 1, "params")
     expected = {
         f"{layer}/{name}": shape
-        for layer, leaves in flax_param_shapes(variant, num_classes).items()
+        for layer, leaves in flax_param_shapes(variant, num_classes, width=width).items()
         for name, shape in leaves.items()
     }
     _validate(arrays, expected, "params")
@@ -238,7 +253,7 @@ def check_flax_params(params: Mapping[str, Any], variant: str) -> int:
 
 
 def to_torch_state_dict(
-    params: Mapping[str, Any], variant: str, *, as_torch: bool = True
+    params: Mapping[str, Any], variant: str, *, as_torch: bool = True, width: str = "full"
 ) -> dict[str, Any]:
     """A PyTorch state dict (layout of the module docstring) from Flax params.
 
@@ -246,10 +261,11 @@ def to_torch_state_dict(
       params: {layer: {"kernel", "bias"}}, or the variables dict {"params": {...}} holding it.
       variant: "torchvision", "one_tower" or "paper".
       as_torch: torch.Tensor values (imports torch) if True, else float32 numpy arrays.
+      width: the model's `width` ("full", or "half"/"half_code" for one_tower).
     Raises:
       ValueError: on missing or unexpected layers/parameters or wrong shapes, naming each.
     """
-    check_flax_params(params, variant)
+    check_flax_params(params, variant, width=width)
     arrays = {key: _as_numpy(value) for key, value in _flat_flax(params).items()}
     state_dict = {}
     for layer, module in _TORCH_MODULES[variant].items():
@@ -257,7 +273,7 @@ def to_torch_state_dict(
         if layer in CONV_LAYERS:
             weight = _transposed(kernel, (3, 2, 0, 1))  # (kh, kw, I/g, O) -> (O, I/g, kh, kw)
         elif layer == "fc6":
-            weight = _fc6_flax_to_torch(kernel, conv_specs(variant)[-1].features)
+            weight = _fc6_flax_to_torch(kernel, conv_specs(variant, width=width)[-1].features)
         else:
             weight = _transposed(kernel, (1, 0))  # (in, out) -> (out, in)
         state_dict[f"{module}.weight"] = weight

@@ -9,6 +9,10 @@ exactly as the formula reads (TensorFlow's with depth_radius = n//2): n channels
 n, n + 1 for an even n, where PyTorch instead sums the n channels i - n/2 .. i + n/2 - 1.
 Several implementations of the windowed sum exist because the fastest one differs by backend; all
 of them agree to float32 rounding.
+
+`spatial_response_norm` is cuda-convnet's other response normalization (layer type `rnorm`), which
+the original run applied after the second LRN (docs/PAPER.md, "Where the original code departs from
+the text", item 3): the same formula with the window over a size x size patch of one channel.
 """
 
 from __future__ import annotations
@@ -85,31 +89,32 @@ def _inverse_power(base: jax.Array, beta: float) -> jax.Array:
     return jnp.power(base, -beta)
 
 
-def _normalize(x, size, k, scale, beta, impl):
+def _normalize(x, window_sum, size, k, scale, beta):
     """(b, base, base ** -beta) for activations `x` already in the computation dtype."""
-    base = k + scale * _WINDOW_SUMS[impl](x * x, size)
+    base = k + scale * window_sum(x * x, size)
     inv = _inverse_power(base, beta)
     return x * inv, base, inv
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _lrn(x, size, k, scale, beta, impl):
-    return _normalize(x, size, k, scale, beta, impl)[0]
+def _response_norm(x, window_sum, size, k, scale, beta):
+    """b = x / (k + scale * window_sum(x ** 2)) ** beta, `window_sum` one of the functions above."""
+    return _normalize(x, window_sum, size, k, scale, beta)[0]
 
 
-@_lrn.defjvp
-def _lrn_jvp(size, k, scale, beta, impl, primals, tangents):
+@_response_norm.defjvp
+def _response_norm_jvp(window_sum, size, k, scale, beta, primals, tangents):
     """The hand-derived linearization, so that reverse mode keeps only x, base ** -beta and
     b / base from the forward pass instead of every intermediate of the formula:
 
         db_i = inv_i da_i - 2 beta scale (b_i / base_i) sum_{j in window(i)} a_j da_j
 
-    The window is symmetric (j in window(i) iff i in window(j)), so the transpose that reverse
-    mode derives is the same windowed sum again, applied to g * b / base.
+    Every window here is symmetric (j in window(i) iff i in window(j)), so the transpose that
+    reverse mode derives is the same windowed sum again, applied to g * b / base.
     """
     (x,), (dx,) = primals, tangents
-    y, base, inv = _normalize(x, size, k, scale, beta, impl)
-    dy = inv * dx - ((2.0 * beta * scale) * y / base) * _WINDOW_SUMS[impl](x * dx, size)
+    y, base, inv = _normalize(x, window_sum, size, k, scale, beta)
+    dy = inv * dx - ((2.0 * beta * scale) * y / base) * window_sum(x * dx, size)
     return y, dy
 
 
@@ -144,7 +149,52 @@ def local_response_norm(
         raise ValueError(f"size must be a positive integer, got {size}")
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     scale = alpha / size if divide_alpha_by_size else alpha
-    return _lrn(xf, size, float(k), float(scale), float(beta), impl).astype(x.dtype)
+    window_sum = _WINDOW_SUMS[impl]
+    return _response_norm(xf, window_sum, size, float(k), float(scale), float(beta)).astype(x.dtype)
+
+
+# cuda-convnet's same-map normalization `cnorm2` of the original run (docs/PAPER.md, departure 3):
+# a 5x5 window (`size=5`, layers-145.cfg:107-133), `scale=0.001` and `pow=0.75`
+# (layer-params-145.cfg:157-163), the scale divided by size ** 2 in the parser and no `minDiv`
+# given, so the constant is cuda-convnet's documented 1 (layer.py:1183-1186).
+SPATIAL_SIZE, SPATIAL_SCALE, SPATIAL_POWER, SPATIAL_K = 5, 0.001, 0.75, 1.0
+
+
+def _window_sum_spatial(sq: jax.Array, size: int) -> jax.Array:
+    """Per channel of NHWC `sq`, the sum over the window of rows and columns -size//2..size//2
+    around each position; positions past the border add nothing (zero padding). Separable: five
+    shifted row slices added, then five column slices (fuses into one loop)."""
+    half = size // 2
+    _, h, w, _ = sq.shape
+    padded = jnp.pad(sq, ((0, 0), (half, half), (half, half), (0, 0)))
+    rows = sum(padded[:, i : i + h] for i in range(2 * half + 1))  # (B, H, W + 2 half, C)
+    return sum(rows[:, :, j : j + w] for j in range(2 * half + 1))  # (B, H, W, C)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "k", "scale", "power"))
+def spatial_response_norm(
+    x: jax.Array,
+    *,
+    size: int = SPATIAL_SIZE,
+    k: float = SPATIAL_K,
+    scale: float = SPATIAL_SCALE,
+    power: float = SPATIAL_POWER,
+) -> jax.Array:
+    """cuda-convnet's `rnorm` on NHWC `x`, each channel on its own; returns the dtype of `x`:
+
+        b = u / (k + (scale / size ** 2) * S) ** power
+
+    with S the sum of u ** 2 over the size x size window centred on u, clipped at the border.
+
+    bfloat16/float16 inputs are computed in float32, float64 inputs in float64. `size` is odd (the
+    window is centred); the defaults are the original run's (SPATIAL_*).
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd integer, got {size}")
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    coefficient = float(scale) / size**2
+    out = _response_norm(xf, _window_sum_spatial, size, float(k), coefficient, float(power))
+    return out.astype(x.dtype)
 
 
 class LocalResponseNorm(nn.Module):

@@ -15,6 +15,12 @@ crosses the tower boundary. Given a mesh with a "tower" axis (`AlexNet.mesh`, se
 towers run on their own devices: conv1, conv2, conv4, conv5, LRN and pooling per device, conv3 and
 the FC layers exchanging activations across "tower" where the paper's GPUs did. It is the same
 network with the same parameters: only where the numbers are computed changes.
+
+Forward options (FORWARD_OPTIONS, each defaulting to the paper's text) switch on the original
+cuda-convnet run's departures from the text (docs/PAPER.md: block 1's order, the same-map
+normalization after LRN2, conv1's overhang at 224; `init_scheme="cuda_convnet"` its weight scales)
+and the paper's ablations (tanh, no LRN, 2/2 pooling, the half-width nets of section 3.2);
+OPTION_RULES refuse each where it means nothing.
 """
 
 from __future__ import annotations
@@ -27,38 +33,86 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import parallel, rules, sharding
 from alexnet_jax.lrn import IMPLEMENTATIONS as LRN_IMPLEMENTATIONS
-from alexnet_jax.lrn import default_implementation, local_response_norm
+from alexnet_jax.lrn import default_implementation, local_response_norm, spatial_response_norm
 
 VARIANTS = ("paper", "one_tower", "torchvision")
-INITS = ("paper", "he")
+INITS = ("paper", "he", "cuda_convnet")
 LRN_CONVENTIONS = ("paper", "cuda_convnet")
 POOL_IMPLS = ("reduce_window", "slices", "auto")
 DTYPES = ("float32", "bfloat16")  # computation dtypes; parameters are always float32
+BLOCK1_ORDERS = ("conv_relu_lrn_pool", "conv_lrn_pool_relu")
+CONV1_PADDINGS = ("symmetric", "overhang")
+ACTIVATIONS = ("relu", "tanh")
+POOLINGS = ((3, 2), (2, 2))  # (window, stride): overlapping, and section 3.4's comparison
+WIDTHS = ("full", "half", "half_code")
+
+# The kernels of conv1..conv5 in `paper` and `one_tower` by `width`: the paper's net; section 3.2's
+# comparison net, one tower with half the kernels of each convolutional layer; and the half net of
+# the original code (layers-145-half.cfg), which kept conv5 at 256 (docs/PAPER.md, Architecture).
+_CONV_WIDTHS = {
+    "full": (96, 256, 384, 384, 256),
+    "half": (48, 128, 192, 192, 128),
+    "half_code": (48, 128, 192, 192, 256),
+}
+# cuda-convnet pads nothing above and left of the image and runs conv1's last windows 3 pixels
+# past its bottom and right edges (224 input, 55 outputs; docs/PAPER.md, departure 7).
+_OVERHANG = (0, 3)
+
+# The forward options added after runs and weights files were made, each with the value that gives
+# the network they were made with: rundir.ADDED_FIELDS fills them into older run configs, and a
+# weights file records one only where it differs from this (weights_io).
+FORWARD_OPTIONS = {
+    "block1_order": "conv_relu_lrn_pool",
+    "spatial_norm2": False,
+    "conv1_padding": "symmetric",
+    "activation": "relu",
+    "lrn": True,
+    "pool_window": 3,
+    "pool_stride": 2,
+    "width": "full",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
-    """One convolution layer: name, output features, kernel size, stride, padding, groups."""
+    """One convolution layer: name, output features, kernel size, stride, padding, groups.
+
+    padding: zeros added on each side of both spatial axes, or (before, after) on both axes.
+    """
 
     name: str
     features: int
     kernel: int
     stride: int
-    padding: int
+    padding: int | tuple[int, int]
     groups: int = 1
 
 
-def conv_specs(variant: str, input_size: int = 227) -> tuple[ConvSpec, ...]:
-    """The five convolutions of a variant. conv1 pads so that its output is 55x55 at 224 or 227."""
+def padding_pair(padding: int | tuple[int, int]) -> tuple[int, int]:
+    """(before, after) of a padding given as one number for both sides or as that pair."""
+    return (padding, padding) if isinstance(padding, int) else (int(padding[0]), int(padding[1]))
+
+
+def conv_specs(
+    variant: str, input_size: int = 227, width: str = "full", conv1_padding: str = "symmetric"
+) -> tuple[ConvSpec, ...]:
+    """The five convolutions of a variant. conv1 pads so that its output is 55x55 at 224 or 227:
+    by 2 on every side at 224, or cuda-convnet's overhang (`conv1_padding="overhang"`).
+    `width` ("half", "half_code"; see _CONV_WIDTHS) narrows the convolutions of `one_tower`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if width not in WIDTHS:
+        raise ValueError(f"width must be one of {WIDTHS}, got {width!r}")
     conv1_pad = 0 if input_size == 227 else 2
+    if conv1_padding == "overhang":
+        conv1_pad = _OVERHANG
     if variant == "torchvision":
         return (
             ConvSpec("conv1", 64, 11, 4, 2),
@@ -68,37 +122,43 @@ def conv_specs(variant: str, input_size: int = 227) -> tuple[ConvSpec, ...]:
             ConvSpec("conv5", 256, 3, 1, 1),
         )
     towers = 2 if variant == "paper" else 1
+    w1, w2, w3, w4, w5 = _CONV_WIDTHS[width]
     return (
-        ConvSpec("conv1", 96, 11, 4, conv1_pad),
-        ConvSpec("conv2", 256, 5, 1, 2, groups=towers),
-        ConvSpec("conv3", 384, 3, 1, 1),  # crosses the towers
-        ConvSpec("conv4", 384, 3, 1, 1, groups=towers),
-        ConvSpec("conv5", 256, 3, 1, 1, groups=towers),
+        ConvSpec("conv1", w1, 11, 4, conv1_pad),
+        ConvSpec("conv2", w2, 5, 1, 2, groups=towers),
+        ConvSpec("conv3", w3, 3, 1, 1),  # crosses the towers
+        ConvSpec("conv4", w4, 3, 1, 1, groups=towers),
+        ConvSpec("conv5", w5, 3, 1, 1, groups=towers),
     )
 
 
 # The paper's bias constants (section 5): 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
 _BIAS_ONE_LAYERS = frozenset({"conv2", "conv4", "conv5", "fc6", "fc7"})
+# The original run's weight scales (layers-145.cfg `initW`; docs/PAPER.md, departure 4): 0.03 in
+# conv3-5, the paper's 0.01 everywhere else.
+_CUDA_CONVNET_STDS = {"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}
 
 
 def _initializers(init: str, layer: str, bias_one: float):
-    """(kernel_init, bias_init) for a layer under the "paper" or "he" scheme."""
-    if init == "paper":
+    """(kernel_init, bias_init) for a layer under the "paper", "cuda_convnet" or "he" scheme."""
+    if init in ("paper", "cuda_convnet"):
+        std = _CUDA_CONVNET_STDS.get(layer, 0.01) if init == "cuda_convnet" else 0.01
         bias = bias_one if layer in _BIAS_ONE_LAYERS else 0.0
-        return nn.initializers.normal(stddev=0.01), nn.initializers.constant(bias)
+        return nn.initializers.normal(stddev=std), nn.initializers.constant(bias)
     if init == "he":
         return nn.initializers.he_normal(), nn.initializers.zeros
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
-def _conv_groups(x: jax.Array, kernel: jax.Array, groups: int, stride: int, padding: int):
-    """One convolution per group of channels, concatenated (NHWC, kernel HWIO, no bias)."""
+def _conv_groups(x: jax.Array, kernel: jax.Array, groups: int, stride: int, pads: tuple[int, int]):
+    """One convolution per group of channels, concatenated (NHWC, kernel HWIO, no bias); `pads`:
+    (before, after) zeros on both spatial axes."""
     outs = [
         lax.conv_general_dilated(
             xg,
             kg,
             window_strides=(stride, stride),
-            padding=[(padding, padding)] * 2,
+            padding=[pads] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         for xg, kg in zip(
@@ -131,7 +191,7 @@ class GroupedConv(nn.Module):
     features: int
     kernel_size: int
     stride: int = 1
-    padding: int = 0
+    padding: int | tuple[int, int] = 0  # on each side, or (before, after), of both spatial axes
     groups: int = 1
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
@@ -153,7 +213,8 @@ class GroupedConv(nn.Module):
         )
         bias = self.param("bias", self.bias_init, (self.features,))
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        conv = functools.partial(_conv_groups, stride=self.stride, padding=self.padding)
+        pads = padding_pair(self.padding)
+        conv = functools.partial(_conv_groups, stride=self.stride, pads=pads)
         if self.mesh is None or self.is_initializing():
             return conv(x, kernel, self.groups) + bias
         towers = sharding.tower_size(self.mesh)
@@ -265,7 +326,7 @@ def _max_pool_slices_jvp(window, stride, primals, tangents):
 
 
 def max_pool(x: jax.Array, impl: str = "reduce_window", window: int = 3, stride: int = 2):
-    """Overlapping max-pooling, VALID padding.
+    """Max-pooling, VALID padding: overlapping with the paper's window 3 and stride 2.
 
     "reduce_window" is XLA's pooling; its gradient is select-and-scatter, which has no deterministic
     GPU implementation and is slow on XLA:CPU. "slices" takes the maximum of window*window strided
@@ -317,10 +378,20 @@ class AlexNet(nn.Module):
     lrn_convention: str = "paper"  # "paper": alpha as written; "cuda_convnet": alpha / n.
     lrn_impl: str = "auto"  # see alexnet_jax.lrn.IMPLEMENTATIONS; "auto" picks by backend.
     pool_impl: str = "auto"  # max_pool(): "slices" on CPU, "reduce_window" elsewhere.
-    init_scheme: str = "paper"  # "paper": N(0, 0.01), the paper's biases; "he": He-normal, 0 bias.
+    init_scheme: str = "paper"  # "paper": N(0, 0.01), the paper's biases; "he": He-normal, 0 bias;
+    # "cuda_convnet": the paper's but N(0, 0.03) in conv3-5, as the original run.
     bias_one: float = 1.0  # the paper's "1" bias constant (Caffe's replication used 0.1).
-    dropout_rate: float = 0.5
+    dropout_rate: float = 0.5  # 0: no dropout.
     dtype: Any = jnp.float32  # computation dtype; parameters are always float32.
+    # The forward options (FORWARD_OPTIONS; the rules in OPTION_RULES say where each applies):
+    block1_order: str = "conv_relu_lrn_pool"  # "conv_lrn_pool_relu": LRN on conv1's linear output.
+    spatial_norm2: bool = False  # cuda-convnet's 5x5 same-map normalization after the 2nd LRN.
+    conv1_padding: str = "symmetric"  # at 224: 2 on every side; "overhang": cuda-convnet's (0, 3).
+    activation: str = "relu"  # "relu" or "tanh" (section 3.1), wherever the net has a ReLU.
+    lrn: bool = True  # False: no LRN layers (section 3.3's comparison).
+    pool_window: int = 3  # max-pool window and stride: 3, 2 overlapping; 2, 2 not (section 3.4).
+    pool_stride: int = 2
+    width: str = "full"  # one_tower: "half" (section 3.2) or "half_code" (layers-145-half.cfg).
     # A jax.sharding.Mesh with a "tower" axis (sharding.tower_mesh): the `paper` variant's towers
     # run on their own devices. None: everything on whichever devices the caller's jit uses.
     mesh: Any = None
@@ -340,7 +411,7 @@ class AlexNet(nn.Module):
             input_split=spec.name != "conv1",
             name=spec.name,
         )
-        return nn.relu(conv(x))
+        return conv(x)
 
     def _dense(self, name: str, features: int, x: jax.Array) -> jax.Array:
         kernel_init, bias_init = _initializers(self.init_scheme, name, self.bias_one)
@@ -367,6 +438,27 @@ class AlexNet(nn.Module):
         divide = self.lrn_convention == "cuda_convnet"
         impl = default_implementation() if self.lrn_impl == "auto" else self.lrn_impl
         return local_response_norm(x, divide_alpha_by_size=divide, impl=impl)
+
+    def _act(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        return max_pool(x, self.pool_impl, self.pool_window, self.pool_stride)
+
+    def _norm(self, x: jax.Array) -> jax.Array:
+        return self._lrn(x) if self.lrn else x
+
+    def _block1(self, x: jax.Array) -> jax.Array:
+        """conv1's output -> activation, LRN, max-pool (the paper); or LRN of the linear output,
+        max-pool, activation (the original code; docs/PAPER.md, departure 2)."""
+        if self.block1_order == "conv_lrn_pool_relu":
+            return self._act(self._pool(self._norm(x)))
+        return self._pool(self._norm(self._act(x)))
+
+    def _block2(self, x: jax.Array) -> jax.Array:
+        """conv2's output -> activation, LRN, [same-map normalization], max-pool."""
+        x = self._norm(self._act(x))
+        return self._pool(spatial_response_norm(x) if self.spatial_norm2 else x)
 
     def _per_tower(self, fn, x: jax.Array) -> jax.Array:
         """`fn` (LRN, pooling) on each tower's channels separately; on the tower's own devices
@@ -396,42 +488,51 @@ class AlexNet(nn.Module):
             raise ValueError(
                 f"a tower mesh needs variant 'paper' (two towers), got {self.variant!r}"
             )
-        c1, c2, c3, c4, c5 = conv_specs(self.variant, self.input_size)
-        pool = lambda y: max_pool(y, self.pool_impl)
+        rules.check(ml_collections.ConfigDict(model_fields(self)), OPTION_RULES)
+        specs = conv_specs(self.variant, self.input_size, self.width, self.conv1_padding)
+        c1, c2, c3, c4, c5 = specs
+        act, pool = self._act, self._pool
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         x = x.astype(self.dtype)  # (B, 227, 227, 3)
         if self.variant == "torchvision":  # (B, 224, 224, 3)
-            x = pool(self._conv(c1, x))  # (B, 55, 55, 64) -> (B, 27, 27, 64)
-            x = pool(self._conv(c2, x))  # (B, 27, 27, 192) -> (B, 13, 13, 192)
-            x = self._conv(c3, x)  # (B, 13, 13, 384)
-            x = self._conv(c4, x)  # (B, 13, 13, 256)
-            x = pool(self._conv(c5, x))  # (B, 13, 13, 256) -> (B, 6, 6, 256)
+            x = pool(act(self._conv(c1, x)))  # (B, 55, 55, 64) -> (B, 27, 27, 64)
+            x = pool(act(self._conv(c2, x)))  # (B, 27, 27, 192) -> (B, 13, 13, 192)
+            x = act(self._conv(c3, x))  # (B, 13, 13, 384)
+            x = act(self._conv(c4, x))  # (B, 13, 13, 256)
+            x = pool(act(self._conv(c5, x)))  # (B, 13, 13, 256) -> (B, 6, 6, 256)
             x = adaptive_avg_pool(x, 6)  # (B, 6, 6, 256)
             x = x.reshape((x.shape[0], -1))  # (B, 9216)
-            x = nn.relu(self._dense("fc6", 4096, dropout(x)))  # (B, 4096)
-            x = nn.relu(self._dense("fc7", 4096, dropout(x)))  # (B, 4096)
+            x = act(self._dense("fc6", 4096, dropout(x)))  # (B, 4096)
+            x = act(self._dense("fc7", 4096, dropout(x)))  # (B, 4096)
         else:  # paper: LRN per tower; with a tower mesh, one tower per device up to conv5
-            lrn_pool = lambda y: pool(self._lrn(y))
-            x = self._per_tower(lrn_pool, self._conv(c1, x))  # (B, 55, 55, 96) -> (B, 27, 27, 96)
-            x = self._per_tower(lrn_pool, self._conv(c2, x))  # (B, 27, 27, 256) -> (B, 13, 13, 256)
-            x = self._conv(c3, x)  # (B, 13, 13, 384): sees both towers
-            x = self._conv(c4, x)  # (B, 13, 13, 384)
-            x = pool(self._conv(c5, x))  # (B, 13, 13, 256) -> (B, 6, 6, 256)
+            x = self._per_tower(self._block1, self._conv(c1, x))  # (B, 55, 55, 96) -> 27x27x96
+            x = self._per_tower(self._block2, self._conv(c2, x))  # (B, 27, 27, 256) -> 13x13x256
+            x = act(self._conv(c3, x))  # (B, 13, 13, 384): sees both towers
+            x = act(self._conv(c4, x))  # (B, 13, 13, 384)
+            x = pool(act(self._conv(c5, x)))  # (B, 13, 13, 256) -> (B, 6, 6, 256)
             if self.mesh is None:  # (a TowerDense flattens after gathering the towers)
-                x = x.reshape((x.shape[0], -1))  # (B, 9216)
-            x = dropout(nn.relu(self._dense("fc6", 4096, x)))  # (B, 4096)
-            x = dropout(nn.relu(self._dense("fc7", 4096, x)))  # (B, 4096)
+                x = x.reshape((x.shape[0], -1))  # (B, 9216): follows the pool5 grid and width
+            x = dropout(act(self._dense("fc6", 4096, x)))  # (B, 4096)
+            x = dropout(act(self._dense("fc7", 4096, x)))  # (B, 4096)
         x = self._gather_logits(self._dense("fc8", self.num_classes, x))  # (B, num_classes)
         return x.astype(jnp.float32)
 
 
 def _conv_out(size: int, spec: ConvSpec) -> int:
-    return (size + 2 * spec.padding - spec.kernel) // spec.stride + 1
+    return (size + sum(padding_pair(spec.padding)) - spec.kernel) // spec.stride + 1
 
 
-def layer_macs(variant: str, input_size: int = 227, num_classes: int = 1000) -> dict[str, int]:
-    """Forward multiply-accumulates per image of each conv and FC layer (LRN/pool/ReLU excluded)."""
-    specs = conv_specs(variant, input_size)
+def layer_macs(
+    variant: str, input_size: int = 227, num_classes: int = 1000, **options: Any
+) -> dict[str, int]:
+    """Forward multiply-accumulates per image of each conv and FC layer (LRN/pool/ReLU excluded).
+
+    options: forward options (FORWARD_OPTIONS) that change the layers' shapes: width,
+      conv1_padding, pool_window, pool_stride; the others change no count.
+    """
+    options = {**FORWARD_OPTIONS, **options}
+    specs = conv_specs(variant, input_size, options["width"], options["conv1_padding"])
+    window, stride = options["pool_window"], options["pool_stride"]
     size, in_ch, macs = input_size, 3, {}
     pool_after = {"conv1", "conv2", "conv5"}
     for spec in specs:
@@ -441,17 +542,20 @@ def layer_macs(variant: str, input_size: int = 227, num_classes: int = 1000) -> 
         )
         in_ch = spec.features
         if spec.name in pool_after:
-            size = (size - 3) // 2 + 1
-    fc_in = 6 * 6 * in_ch
+            size = (size - window) // stride + 1
+    grid = 6 if variant == "torchvision" else size  # torchvision: adaptive pooling to 6x6
+    fc_in = grid * grid * in_ch
     for name, out in (("fc6", 4096), ("fc7", 4096), ("fc8", num_classes)):
         macs[name] = fc_in * out
         fc_in = out
     return macs
 
 
-def train_flops_per_image(variant: str, input_size: int = 227, num_classes: int = 1000) -> float:
+def train_flops_per_image(
+    variant: str, input_size: int = 227, num_classes: int = 1000, **options: Any
+) -> float:
     """Training FLOPs per image: 3x the forward's 2*MACs (forward, input grad, weight grad)."""
-    return 3 * 2 * float(sum(layer_macs(variant, input_size, num_classes).values()))
+    return 3 * 2 * float(sum(layer_macs(variant, input_size, num_classes, **options).values()))
 
 
 def param_count(params: Any) -> int:
@@ -473,6 +577,7 @@ MODEL_FIELDS = (
     "bias_one",
     "dropout_rate",
     "dtype",
+    *FORWARD_OPTIONS,
 )
 
 
@@ -488,6 +593,65 @@ def _input_size_requirement(c: Any) -> str:
     return f"227 (unpadded conv1) or 224 (padded) for variant {c.variant!r}"
 
 
+def _has_lrn(c: Any) -> bool:
+    return c.variant != "torchvision" and c.lrn is True
+
+
+def _is_bool(field: str) -> rules.Rule:
+    return rules.Rule(field, "True or False", lambda c: isinstance(c[field], bool))
+
+
+# The forward options' rules (part of RULES; AlexNet checks them too): each option where it means
+# something, one message where it does not.
+OPTION_RULES = (
+    rules.choice("block1_order", BLOCK1_ORDERS),
+    rules.choice("activation", ACTIVATIONS),
+    rules.choice("conv1_padding", CONV1_PADDINGS),
+    rules.choice("width", WIDTHS),
+    _is_bool("lrn"),
+    _is_bool("spatial_norm2"),
+    rules.Rule(
+        "pool_window",
+        "3 (overlapping) or 2 (not overlapping, section 3.4's comparison)",
+        lambda c: rules.is_int(c.pool_window) and c.pool_window in (3, 2),
+    ),
+    rules.Rule(
+        "pool_stride",
+        "2 (both poolings of section 3.4)",
+        lambda c: rules.is_int(c.pool_stride) and (c.pool_window, c.pool_stride) in POOLINGS,
+    ),
+    rules.Rule(
+        "lrn",
+        "True for variant 'torchvision', which has no LRN to remove",
+        lambda c: c.lrn or c.variant != "torchvision",
+    ),
+    rules.Rule(
+        "block1_order",
+        "'conv_relu_lrn_pool' without LRN (variant 'torchvision' or config.lrn False): the "
+        "order only moves the LRN",
+        lambda c: c.block1_order == "conv_relu_lrn_pool" or _has_lrn(c),
+    ),
+    rules.Rule(
+        "spatial_norm2",
+        "False without LRN (variant 'torchvision' or config.lrn False): it follows the second LRN",
+        lambda c: not c.spatial_norm2 or _has_lrn(c),
+    ),
+    rules.Rule(
+        "conv1_padding",
+        "'symmetric' unless config.input_size is 224 and config.variant 'paper' or 'one_tower' "
+        "(the overhang turns 224 into conv1's 55 outputs)",
+        lambda c: (
+            c.conv1_padding == "symmetric"
+            or (c.input_size == 224 and c.variant in ("paper", "one_tower"))
+        ),
+    ),
+    rules.Rule(
+        "width",
+        "'full' unless config.variant is 'one_tower' (section 3.2's half nets have one tower)",
+        lambda c: c.width == "full" or c.variant == "one_tower",
+    ),
+)
+
 # The model fields' rules (part of config_lib.RULES); checked in this order.
 RULES = (
     rules.choice("variant", VARIANTS),
@@ -502,6 +666,7 @@ RULES = (
         "in [0, 1)",
         lambda c: rules.is_number(c.dropout_rate) and 0.0 <= c.dropout_rate < 1.0,
     ),
+    *OPTION_RULES,
 )
 
 

@@ -204,13 +204,16 @@ DEFAULT_IMPORT_VARIANT = "torchvision"
 
 def weights_config(conventions: Any) -> ml_collections.ConfigDict:
     """The model and preprocessing fields of weights with these conventions
-    (weights_io.CONVENTION_FIELDS; CLASS_FIELDS kept when present, else no class names)."""
+    (weights_io.CONVENTION_FIELDS, the forward options recorded or their defaults; CLASS_FIELDS
+    kept when present, else no class names)."""
+    recorded = weights_io.with_option_defaults(conventions)
     model = AlexNet(
         conventions["variant"],
         num_classes=conventions["num_classes"],
         input_size=conventions["input_size"],
         lrn_convention=conventions["lrn_convention"],
         pool_impl="reduce_window",
+        **{field: recorded[field] for field in weights_io.OPTION_DEFAULTS},
     )
     recipe = Recipe(
         input_size=model.input_size,
@@ -324,8 +327,9 @@ def load_weights_file(path: str, variant: str | None = None) -> tuple[Any, Any]:
         params = weights_io.load_weights(path, variant)
         return imported_weights_config(variant, int(params["fc8"]["bias"].shape[0])), params
     _check_variant_flag(variant, conventions["variant"], path)
-    params = weights_io.load_weights(path, conventions["variant"], conventions["num_classes"])
-    return weights_config(conventions), params
+    config = weights_config(conventions)
+    params = weights_io.load_weights(path, config.variant, config.num_classes, config.width)
+    return config, params
 
 
 def load_model(

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint, config_lib, experiment, sharding
+from alexnet_jax import checkpoint, config_lib, experiment, models, sharding
 from alexnet_jax.errors import ConfigError, DataError, UserError
 
 CONFIG_FILE = "config.json"
@@ -69,13 +69,16 @@ RESUMABLE_FIELDS = frozenset(
     }
 )
 # Fields added to the config after runs were made, with the value that keeps an older run's
-# behaviour: filled in when an older config.json is read.
+# behaviour: filled in when an older config.json is read. The model's forward options
+# (block1_order, spatial_norm2, conv1_padding, activation, lrn, pool_window, pool_stride, width)
+# default to the network those runs trained.
 ADDED_FIELDS = {
     "max_consecutive_skipped_steps": 3,
     "warmup_epochs": 0.0,
     "grad_clip_norm": 0.0,
     "param_groups": {},
     "pca_lighting_stop_epoch": 0,
+    **models.FORWARD_OPTIONS,
 }
 # Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
 # preprocessed or which model it is.

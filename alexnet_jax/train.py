@@ -172,8 +172,9 @@ def _check_finite_eval(step: int, metrics: dict[str, float]) -> None:
 def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
     """ConfigError when the config contradicts the conventions config.torch_weights was trained
     with: those the file records (exported here), or PyTorch's for a file that records none
-    (torchvision's): the weights would be evaluated on inputs, or with an LRN, they were not
-    trained for."""
+    (torchvision's), and the forward options (the default network for a file that records none):
+    the weights would be evaluated on inputs, or with an LRN or a network, they were not trained
+    for."""
     recorded = weights_io.read_conventions(config.torch_weights)
     if recorded is None:
         expected = dict(weights_io.PYTORCH_CONVENTIONS)
@@ -184,10 +185,14 @@ def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
     else:
         expected = {field: recorded[field] for field in weights_io.CONVENTION_FIELDS}
         source = "records the conventions it was trained with"
+    # The forward options: the default network where the file or the config has none.
+    options = weights_io.with_option_defaults(recorded or {})
+    expected.update((field, options[field]) for field in weights_io.OPTION_DEFAULTS)
+    configured = weights_io.with_option_defaults(config.to_dict())
     differ = [
-        f"{field}: file {value!r}, config {config[field]!r}"
+        f"{field}: file {value!r}, config {configured[field]!r}"
         for field, value in expected.items()
-        if value != config[field]
+        if value != configured[field]
     ]
     if differ:
         raise ConfigError(
@@ -219,7 +224,7 @@ def evaluate_checkpoint(
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(
-                config.torch_weights, config.variant, num_classes=config.num_classes
+                config.torch_weights, config.variant, config.num_classes, config.width
             )
             params = jax.device_put(weights, exp.params_sharding)
             step = 0

@@ -12,9 +12,13 @@ Layouts: `.pth` and `.safetensors` hold a PyTorch state dict (see alexnet_jax/co
 
 Conventions: the same numbers mean different things under different preprocessing and LRN
 conventions, so files written here record them (`conventions_of`: variant, num_classes,
-input_size, resize_size, normalization, lrn_convention, and the class names when the run has
-them) and `read_conventions` reads them back; a file from elsewhere has none (None). Where they
-live, so that every format still loads as before:
+input_size, resize_size, normalization, lrn_convention, the forward options of the model that
+differ from their defaults, and the class names when the run has them) and `read_conventions`
+reads them back; a file from elsewhere has none (None). A forward option (models.FORWARD_OPTIONS:
+width, activation, LRN and pooling choices, ...) a file does not record has its default, the
+network every file had before the options existed, so a file of the default network holds exactly
+what it held before (`with_option_defaults` fills them in). Where they live, so that every format
+still loads as before:
   .pth          the state dict's `_metadata[""]["alexnet_jax"]` (JSON): `_metadata` is the
                 attribute torch's own state dicts carry (per-module versions); it survives
                 `torch.load(weights_only=True)`, and `load_state_dict(strict=True)` ignores keys
@@ -65,13 +69,20 @@ PYTORCH_CONVENTIONS = {
     "normalization": "mean_std",
     "lrn_convention": "cuda_convnet",
 }
+# The forward options, recorded only where they differ from these defaults (module docstring).
+OPTION_DEFAULTS = models.FORWARD_OPTIONS
 CLASS_FIELDS = ("class_names", "class_synsets")  # readable names; WordNet synsets (ImageNet)
-_INT_FIELDS = ("num_classes", "input_size", "resize_size")
+_INT_FIELDS = ("num_classes", "input_size", "resize_size", "pool_window", "pool_stride")
+# Fields whose values are not strings: JSON in a safetensors header.
+_JSON_FIELDS = (*_INT_FIELDS, "lrn", "spatial_norm2", *CLASS_FIELDS)
 _TORCH_METADATA_KEY = "alexnet_jax"  # under the state dict's _metadata[""]
 NPZ_CONVENTIONS = "__conventions__"
+_RECORDED_FIELDS = (*CONVENTION_FIELDS, *OPTION_DEFAULTS, *CLASS_FIELDS)
 # The config rules (models.RULES, recipe.RULES) of the recorded fields: one table of rules.
 _CONVENTION_RULES = tuple(
-    rule for rule in (*models.RULES, *recipe.RULES) if rule.field in CONVENTION_FIELDS
+    rule
+    for rule in (*models.RULES, *recipe.RULES)
+    if rule.field in CONVENTION_FIELDS or rule.field in OPTION_DEFAULTS
 )
 
 
@@ -119,8 +130,13 @@ def conventions_of(
     if missing:
         raise ConfigError(f"conventions need the config field(s) {', '.join(missing)}.")
     conventions: dict[str, Any] = {field: config[field] for field in CONVENTION_FIELDS}
+    conventions.update(
+        (field, config[field])
+        for field, default in OPTION_DEFAULTS.items()
+        if field in config and config[field] != default
+    )
     for field in _INT_FIELDS:  # numpy or ml_collections ints -> int
-        if rules.is_int(conventions[field]):
+        if rules.is_int(conventions.get(field)):
             conventions[field] = int(conventions[field])
     if classes is not None:
         conventions["class_names"] = [str(name) for _, name in classes]
@@ -134,10 +150,16 @@ def conventions_of(
     return conventions
 
 
+def with_option_defaults(conventions: Mapping[str, Any]) -> dict[str, Any]:
+    """`conventions` with every forward option, the default where the file records none."""
+    return {**OPTION_DEFAULTS, **conventions}
+
+
 def _check_conventions(conventions: Mapping[str, Any]) -> None:
     """ConfigError for the first field that breaks its config rule or a class list that does
     not name every class."""
-    rules.check(ml_collections.ConfigDict(dict(conventions)), _CONVENTION_RULES)
+    complete = ml_collections.ConfigDict(with_option_defaults(conventions))
+    rules.check(complete, _CONVENTION_RULES)
     for field in CLASS_FIELDS:
         names = conventions.get(field)
         if names is None:
@@ -159,9 +181,7 @@ def _checked(conventions: Any, path: str) -> dict[str, Any]:
         missing = [field for field in CONVENTION_FIELDS if field not in conventions]
         if missing:
             raise ConfigError(f"missing {', '.join(missing)}")
-        conventions = {
-            k: conventions[k] for k in (*CONVENTION_FIELDS, *CLASS_FIELDS) if k in conventions
-        }
+        conventions = {k: conventions[k] for k in _RECORDED_FIELDS if k in conventions}
         _check_conventions(conventions)
     except ConfigError as e:
         raise WeightsFileError(
@@ -187,11 +207,11 @@ def _from_safetensors_metadata(metadata: Mapping[str, str] | None, path: str) ->
     if not any(field in metadata for field in CONVENTION_FIELDS):
         return None  # a file from elsewhere
     conventions: dict[str, Any] = {}
-    for field in (*CONVENTION_FIELDS, *CLASS_FIELDS):
+    for field in _RECORDED_FIELDS:
         if field not in metadata:
             continue
         text = metadata[field]
-        if field in _INT_FIELDS or field in CLASS_FIELDS:
+        if field in _JSON_FIELDS:
             try:
                 conventions[field] = json.loads(text)
             except ValueError:
@@ -334,8 +354,11 @@ def _read_npz_params(path: str) -> dict[str, dict[str, np.ndarray]]:
     return params
 
 
-def load_weights(path: str, variant: str, num_classes: int | None = None) -> dict[str, Any]:
-    """Flax params {layer: {"kernel", "bias"}} of `variant` from a .pth, .safetensors or .npz file.
+def load_weights(
+    path: str, variant: str, num_classes: int | None = None, width: str = "full"
+) -> dict[str, Any]:
+    """Flax params {layer: {"kernel", "bias"}} of `variant` (and `width`, the model option) from a
+    .pth, .safetensors or .npz file.
 
     Raises:
       WeightsFileError: the file is missing, unreadable, holds anything but tensors, or its names or
@@ -345,12 +368,12 @@ def load_weights(path: str, variant: str, num_classes: int | None = None) -> dic
     try:
         if fmt == ".npz":
             params = _read_npz_params(path)
-            found = convert.check_flax_params(params, variant)  # names and shapes
+            found = convert.check_flax_params(params, variant, width=width)  # names and shapes
             if num_classes is not None and found != num_classes:
                 raise ValueError(f"fc8 has {found} classes, expected {num_classes}")
             return params
         return convert.from_torch_state_dict(
-            read_state_dict(path), variant, num_classes=num_classes
+            read_state_dict(path), variant, num_classes=num_classes, width=width
         )
     except WeightsFileError:
         raise
@@ -383,8 +406,9 @@ def _serialized(
 ) -> Any:
     """The whole file's bytes (a bytes-like object), made in memory so that writing it is one
     plain file write whose failure carries the system's errno."""
+    width = with_option_defaults(conventions or {})["width"]
     if fmt == ".npz":
-        convert.check_flax_params(params, variant)  # names and shapes
+        convert.check_flax_params(params, variant, width=width)  # names and shapes
         params = params.get("params", params)
         flat = {
             f"{layer}/{name}": np.asarray(value, np.float32)
@@ -399,11 +423,11 @@ def _serialized(
         return buffer.getbuffer()
     if fmt == ".safetensors":
         st_numpy = _import_optional("safetensors.numpy", f"Writing {path}")
-        state_dict = convert.to_torch_state_dict(params, variant, as_torch=False)
+        state_dict = convert.to_torch_state_dict(params, variant, as_torch=False, width=width)
         return st_numpy.save(state_dict, metadata=_safetensors_metadata(conventions))
     torch = _import_optional("torch", f"Writing {path}")
     state_dict = collections.OrderedDict(
-        convert.to_torch_state_dict(params, variant, as_torch=True)
+        convert.to_torch_state_dict(params, variant, as_torch=True, width=width)
     )
     if conventions is not None:
         state_dict._metadata = collections.OrderedDict(  # type: ignore[attr-defined]

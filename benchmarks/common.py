@@ -209,7 +209,8 @@ def forward_flops_per_image(config: Any) -> float:
     """2 x the multiply-accumulates of the conv and FC layers (models.layer_macs)."""
     from alexnet_jax import models
 
-    macs = models.layer_macs(config.variant, config.input_size, config.num_classes)
+    options = {field: config[field] for field in models.FORWARD_OPTIONS}
+    macs = models.layer_macs(config.variant, config.input_size, config.num_classes, **options)
     return 2.0 * float(sum(macs.values()))
 
 

@@ -49,15 +49,26 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- Model ------------------------------------------------------------------------------
     c.variant = "one_tower"  # "paper" (two towers), "one_tower" or "torchvision".
     c.input_size = 227  # 227 (unpadded conv1) or 224 (padded); torchvision's variant uses 224.
-    c.init_scheme = "he"  # "paper": N(0, 0.01) + bias constants; "he": He-normal, zero biases.
+    c.init_scheme = "he"  # "paper": N(0, 0.01) + bias constants; "he": He-normal, zero biases;
+    # "cuda_convnet": the paper's, but N(0, 0.03) in conv3-5 as in the original run.
     c.bias_one = 1.0  # the paper's "1" bias constant (conv2/4/5, fc6/7); Caffe used 0.1.
     c.lrn_convention = "paper"  # "paper": alpha=1e-4 as written; "cuda_convnet": alpha / n.
     c.lrn_impl = "auto"  # "auto", "conv", "reduce_window" or "slices" (alexnet_jax/lrn.py).
     # "auto": "slices" on CPU (its gradient is 5x faster there than select-and-scatter's, and
     # equal bit for bit), "reduce_window" elsewhere; "slices" gives a deterministic GPU gradient.
     c.pool_impl = "auto"
-    c.dropout_rate = 0.5  # dropout on fc6 and fc7 outputs while training.
+    c.dropout_rate = 0.5  # dropout on fc6 and fc7 outputs while training; 0 turns it off.
     c.dtype = "float32"  # computation dtype (float32 or bfloat16); parameters stay float32.
+    # Fidelity to the original cuda-convnet run (docs/PAPER.md, "Where the original code departs"):
+    c.block1_order = "conv_relu_lrn_pool"  # the text; "conv_lrn_pool_relu": the code's block 1.
+    c.spatial_norm2 = False  # True: the code's 5x5 same-map normalization between LRN2 and pool2.
+    c.conv1_padding = "symmetric"  # at 224: pad 2 all round; "overhang": the code's (0, 3).
+    # Ablations of the paper's sections 3.1-3.4:
+    c.activation = "relu"  # "relu" or "tanh", at every place the net has a ReLU (section 3.1).
+    c.lrn = True  # False: no LRN layers (section 3.3); paper and one_tower only.
+    c.pool_window = 3  # max-pool window: 3 (overlapping) or 2 (with stride 2: section 3.4).
+    c.pool_stride = 2  # max-pool stride: 2 (both poolings the paper compares).
+    c.width = "full"  # one_tower: "half" (section 3.2, half the kernels) or the code's "half_code".
 
     # ---- Optimizer --------------------------------------------------------------------------
     c.optimizer = "paper_sgd"  # "paper_sgd" (lr inside the velocity) or "sgd" (optax form).

@@ -1,5 +1,6 @@
 """Local response normalization against independent references: the paper's formula in float64
-NumPy, torch.nn.functional.local_response_norm and tf.nn.local_response_normalization.
+NumPy, torch.nn.functional.local_response_norm and tf.nn.local_response_normalization; and
+cuda-convnet's same-map normalization against its formula in float64 NumPy.
 
 Relative error, everywhere in this file: max_i |actual_i - expected_i| / max(|expected_i|, floor),
 elementwise, with floor = 1e-6 * max|expected| so that values near zero do not divide by ~0.
@@ -18,6 +19,7 @@ from alexnet_jax.lrn import (
     LocalResponseNorm,
     default_implementation,
     local_response_norm,
+    spatial_response_norm,
 )
 
 CHANNELS = (1, 2, 5, 96, 256)
@@ -188,3 +190,71 @@ def test_lrn_rejects_unknown_impl_and_bad_size():
         local_response_norm(x, impl="fft")
     with pytest.raises(ValueError, match="size must be a positive integer"):
         local_response_norm(x, size=0)
+
+
+# ---- cuda-convnet's same-map normalization (docs/PAPER.md, departure 3) -------------------------
+
+
+def spatial_norm_numpy(x) -> np.ndarray:
+    """The original run's cnorm2 in float64, written from the cfg files' constants: size 5
+    (layers-145.cfg:107-133), scale 0.001 divided by size**2 = 25 and pow 0.75
+    (layer-params-145.cfg:157-163, layer.py:1183-1186), constant 1; the 5x5 window of each
+    position cut off at the border."""
+    x = np.asarray(x, np.float64)
+    _, height, width, _ = x.shape
+    sq_sum = np.zeros_like(x)
+    for i in range(height):
+        for j in range(width):
+            window = x[:, max(0, i - 2) : i + 3, max(0, j - 2) : j + 3]
+            sq_sum[:, i, j] = np.sum(window**2, axis=(1, 2))
+    return x / (1.0 + (0.001 / 25) * sq_sum) ** 0.75
+
+
+def spatial_norm_vjp_numpy(x, cotangent, eps=1e-3) -> np.ndarray:
+    """d sum(cotangent * b) / dx by central finite differences of the float64 reference."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        up, down = spatial_norm_numpy(x + step), spatial_norm_numpy(x - step)
+        grad[index] = np.sum(cotangent * (up - down)) / (2 * eps)
+    return grad
+
+
+def test_spatial_norm_values_and_gradients_equal_the_float64_reference():
+    """spatial_response_norm equals the float64 formula, border windows included (6x7 maps: most
+    windows are cut off), and its gradient equals central finite differences of that formula:
+    values to 1e-6 (float32) and 1e-12 (float64); gradients to 1e-5 (float32) and 1e-7 (float64;
+    the difference step 1e-3 against values of std 40 leaves ~1e-9). The activations (std 40)
+    make (0.001 / 25) * S about 1.6 inside the map, far from the identity."""
+    rng = np.random.default_rng(11)
+    x = (40.0 * rng.standard_normal((1, 6, 7, 2))).astype(np.float32)
+    cotangent = rng.standard_normal(x.shape)
+    expected, expected_grad = spatial_norm_numpy(x), spatial_norm_vjp_numpy(x, cotangent)
+    assert np.max(np.abs(expected - x)) > 0.3 * np.max(np.abs(x))  # not near the identity
+
+    def value_and_grad(v):
+        out, vjp = jax.vjp(spatial_response_norm, v)
+        return out, vjp(jnp.asarray(cotangent, v.dtype))[0]
+
+    out, grad = jax.jit(value_and_grad)(jnp.asarray(x))
+    assert out.dtype == grad.dtype == jnp.float32
+    assert relative_error(out, expected) <= 1e-6
+    assert relative_error(grad, expected_grad) <= 1e-5
+    with jax.enable_x64(True):
+        out64, grad64 = jax.jit(value_and_grad)(jnp.asarray(x, jnp.float64))
+        assert out64.dtype == jnp.float64
+        assert relative_error(out64, expected) <= 1e-12
+        assert relative_error(grad64, expected_grad) <= 1e-7
+
+
+def test_spatial_norm_bfloat16_returns_bfloat16_within_1e_2():
+    """bf16 in -> bf16 out (and a finite bf16 gradient), within 1e-2 relative of float32."""
+    x = jnp.asarray(random_activations(4, seed=8, shape=(2, 7, 7)), jnp.bfloat16)
+    out, vjp = jax.vjp(spatial_response_norm, x)
+    grad = vjp(jnp.ones_like(out))[0]
+    assert out.dtype == grad.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
+    reference = spatial_response_norm(x.astype(jnp.float32))
+    assert relative_error(out.astype(jnp.float32), reference) <= 1e-2

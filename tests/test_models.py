@@ -1,5 +1,6 @@
 """AlexNet model family: shapes and parameter counts (docs/PAPER.md), the towers, initialization,
-dropout, bf16, pooling and the FLOP table (KNOWN.md).
+dropout, bf16, pooling, the FLOP table (KNOWN.md), and the forward options (the original run's
+layer order, normalization, initialization and conv1 geometry; the ablations of sections 3.1-3.4).
 
 Relative error, where used: max |actual - expected| / max |expected| over the whole array.
 """
@@ -7,12 +8,18 @@ Relative error, where used: max |actual - expected| / max |expected| over the wh
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 import torch
 from jax import lax
 
+from alexnet_jax.lrn import local_response_norm, spatial_response_norm
 from alexnet_jax.models import (
+    FORWARD_OPTIONS,
+    MODEL_FIELDS,
+    POOLINGS,
     VARIANTS,
     AlexNet,
     ConvSpec,
@@ -24,6 +31,7 @@ from alexnet_jax.models import (
     param_count,
     train_flops_per_image,
 )
+from tests import multihost_worker
 
 PARAM_COUNTS = {"paper": 60_965_224, "one_tower": 62_378_344, "torchvision": 61_100_840}
 INPUT_SIZE = {"paper": 227, "one_tower": 227, "torchvision": 224}
@@ -325,9 +333,12 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(paper_variable
 # --- pooling -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(1, 55, 55, 3), (2, 8, 11, 2)])
-def test_slices_max_pool_equals_nn_max_pool(shape):
-    """The deterministic "slices" pool equals nn.max_pool exactly, forward and backward (inputs
+@pytest.mark.parametrize(
+    ("shape", "window"), [((1, 55, 55, 3), 3), ((2, 8, 11, 2), 3), ((2, 9, 12, 2), 2)]
+)
+def test_slices_max_pool_equals_nn_max_pool(shape, window):
+    """The deterministic "slices" pool equals nn.max_pool exactly, forward and backward, for the
+    overlapping 3/2 pool and the non-overlapping 2/2 (odd and even sizes), the two POOLINGS (inputs
     without ties; integer cotangents so that summed gradients are exact)."""
     rng = np.random.default_rng(0)
     size = int(np.prod(shape))
@@ -337,12 +348,13 @@ def test_slices_max_pool_equals_nn_max_pool(shape):
     def forward_and_grads(x, cotangent):
         outs, grads = [], []
         for impl in ("slices", "reduce_window"):
-            out, vjp = jax.vjp(lambda v, impl=impl: max_pool(v, impl), x)
+            out, vjp = jax.vjp(lambda v, impl=impl: max_pool(v, impl, window, 2), x)
             outs.append(out)
             grads.append(vjp(cotangent)[0])
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID"), outs, grads
+        return nn.max_pool(x, (window, window), strides=(2, 2), padding="VALID"), outs, grads
 
-    out_shape = nn.max_pool(jnp.zeros(shape), (3, 3), strides=(2, 2), padding="VALID").shape
+    assert (window, 2) in POOLINGS
+    out_shape = nn.max_pool(jnp.zeros(shape), (window,) * 2, strides=(2, 2), padding="VALID").shape
     cotangent = jnp.asarray(rng.integers(-8, 9, out_shape), jnp.float32)
     expected, (slices, reduce_window), (grad_slices, grad_reduce_window) = forward_and_grads(
         x, cotangent
@@ -390,3 +402,236 @@ def test_layer_macs_totals_and_agreement_with_the_model(variant, input_size, gig
     for layer in LAYERS:
         positions = int(np.prod(outputs[layer][1:-1]))  # H * W for convs, 1 for dense layers
         assert macs[layer] == positions * int(np.prod(params[layer]["kernel"].shape)), layer
+
+
+# --- forward options: fidelity to the original run (docs/PAPER.md, "Where the original code
+# departs from the text") and the ablations of sections 3.1-3.4 --------------------------------
+
+# Parameter counts at 1000 classes, by hand:
+#   width="half" (one_tower; section 3.2, half the kernels of every conv layer: 48-128-192-192-128)
+#     conv1 11*11*3*48 + 48 = 17,472         conv2 5*5*48*128 + 128 = 153,728
+#     conv3 3*3*128*192 + 192 = 221,376      conv4 3*3*192*192 + 192 = 331,968
+#     conv5 3*3*192*128 + 128 = 221,312      fc6 6*6*128*4096 + 4096 = 18,878,464
+#     fc7 4096*4096 + 4096 = 16,781,312      fc8 4096*1000 + 1000 = 4,097,000
+#     total 40,702,632
+#   width="half_code" (layers-145-half.cfg: conv5 kept at 256): conv5 3*3*192*256 + 256 = 442,624
+#     and fc6 6*6*256*4096 + 4096 = 37,752,832 instead: total 59,798,312 (docs/PAPER.md)
+#   pool 2/2: 55 -> (55-2)//2+1 = 27 -> conv2 27 -> (27-2)//2+1 = 13 -> 13 -> (13-2)//2+1 = 6, the
+#     same 6*6*256 = 9,216 fc6 inputs as 3/2 (55 -> 27 -> 13 -> 6): counts unchanged
+#   conv1 overhang at 224: 1 + (224 + 0 + 3 - 11)//4 = 55 outputs, as padding 2 or 227 unpadded
+HALF, HALF_CODE = 40_702_632, 59_798_312
+OPTION_CASES = [  # (variant, input size, options, parameters, conv1..conv5 maps, widths)
+    ("one_tower", 227, dict(width="half"), HALF, (55, 27, 13, 13, 13), (48, 128, 192, 192, 128)),
+    ("one_tower", 227, dict(width="half_code"), HALF_CODE, (55, 27, 13, 13, 13),
+     (48, 128, 192, 192, 256)),
+    ("paper", 227, dict(pool_window=2), PARAM_COUNTS["paper"], (55, 27, 13, 13, 13), None),
+    ("torchvision", 224, dict(pool_window=2), PARAM_COUNTS["torchvision"], (55, 27, 13, 13, 13),
+     None),
+    ("paper", 224, dict(conv1_padding="overhang"), PARAM_COUNTS["paper"], (55, 27, 13, 13, 13),
+     None),
+    ("one_tower", 224, dict(conv1_padding="overhang", width="half", pool_window=2), HALF,
+     (55, 27, 13, 13, 13), (48, 128, 192, 192, 128)),
+    ("one_tower", 227, dict(block1_order="conv_lrn_pool_relu", spatial_norm2=True,
+                            activation="tanh"), PARAM_COUNTS["one_tower"], (55, 27, 13, 13, 13),
+     None),
+    ("torchvision", 224, dict(activation="tanh"), PARAM_COUNTS["torchvision"],
+     (55, 27, 13, 13, 13), None),
+    ("paper", 227, dict(lrn=False), PARAM_COUNTS["paper"], (55, 27, 13, 13, 13), None),
+]  # fmt: skip
+
+
+def test_forward_options_shapes_parameter_counts_and_macs():
+    """Each option's maps (conv1..conv5; pool5 through fc6's inputs), widths and parameter count
+    against the hand counts above, and layer_macs with the options against the model's shapes."""
+    for variant, size, options, count, maps, widths in OPTION_CASES:
+        model = AlexNet(variant, input_size=size, **options)
+
+        def run(x, model=model):
+            variables = model.init(jax.random.key(0), x)
+            _, state = model.apply(variables, x, capture_intermediates=True, mutable=True)
+            return variables["params"], state["intermediates"]
+
+        params, inter = jax.eval_shape(run, jnp.zeros((1, size, size, 3)))
+        assert param_count(params) == count, (variant, options)
+        widths = widths or [spec.features for spec in conv_specs(variant)]
+        for name, hw, width in zip(LAYERS[:5], maps, widths, strict=True):
+            assert inter[name]["__call__"][0].shape == (1, hw, hw, width), (name, options)
+        assert params["fc6"]["kernel"].shape == (6 * 6 * widths[-1], 4096), options
+        macs = layer_macs(variant, size, 1000, **options)
+        for layer in LAYERS:
+            positions = int(np.prod(inter[layer]["__call__"][0].shape[1:-1]))
+            kernel = int(np.prod(params[layer]["kernel"].shape))
+            assert macs[layer] == positions * kernel, (layer, options)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(variant="paper", width="half"), "config.width must be 'full' unless"),
+        (dict(variant="torchvision", width="half_code"), "config.width must be 'full' unless"),
+        (dict(variant="paper", input_size=227, conv1_padding="overhang"),
+         "config.conv1_padding must be 'symmetric' unless config.input_size is 224"),
+        (dict(variant="torchvision", input_size=224, conv1_padding="overhang"),
+         "config.conv1_padding must be 'symmetric' unless"),
+        (dict(variant="torchvision", lrn=False), "config.lrn must be True for variant"),
+        (dict(lrn=False, spatial_norm2=True), "config.spatial_norm2 must be False without LRN"),
+        (dict(variant="torchvision", spatial_norm2=True), "config.spatial_norm2 must be False"),
+        (dict(lrn=False, block1_order="conv_lrn_pool_relu"),
+         "config.block1_order must be 'conv_relu_lrn_pool' without LRN"),
+        (dict(pool_window=4), "config.pool_window must be 3 .* or 2 .*, got 4"),
+        (dict(pool_stride=1), r"config.pool_stride must be 2 .*, got 1\."),
+        (dict(activation="gelu"), r"config.activation must be one of \['relu', 'tanh'\]"),
+        (dict(lrn="no"), "config.lrn must be True or False, got 'no'"),
+        (dict(width="quarter"), "config.width must be one of"),
+        (dict(init_scheme="xavier"), "'paper', 'he', 'cuda_convnet'"),
+    ],
+)  # fmt: skip
+def test_options_are_refused_where_they_mean_nothing(overrides, message):
+    """A forward option outside its variants, sizes or companions is one ConfigError naming the
+    field (the config's rule, also for a config read from JSON, which has no types); the model
+    refuses the same values with the same message."""
+    from alexnet_jax import config_lib, errors
+    from configs import default
+
+    config = ml_collections.ConfigDict({**default.get_config().to_dict(), **overrides})
+    with pytest.raises(errors.ConfigError, match=message):
+        config_lib.validate_config(config)
+    if "init_scheme" not in overrides:  # the model checks its forward options when called
+        model = AlexNet(**{"variant": config.variant, **overrides})
+        with pytest.raises(errors.ConfigError, match=message):
+            abstract_variables(model, config.input_size)
+
+
+def test_conv1_overhang_is_zero_padding_below_and_right_of_the_image():
+    """conv1_padding="overhang" at 224: conv1 pads (0, 3) on H and W, giving 55x55 outputs equal
+    to a VALID convolution of the explicitly zero-padded image (1e-6), and the corner output
+    equals its float64 NumPy dot product over rows/columns 216..223 plus 3 zero rows/columns."""
+    spec = conv_specs("one_tower", 224, conv1_padding="overhang")[0]
+    assert (spec.kernel, spec.stride, spec.padding) == (11, 4, (0, 3))
+    spec = ConvSpec("conv1", 8, 11, 4, (0, 3))  # 8 kernels: the geometry, cheaply
+    _, apply, params = grouped_conv_and_params(spec, 3, seed=12)
+    x = np.random.default_rng(13).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    out = np.asarray(apply(params, x))
+    assert out.shape == (1, 55, 55, 8)
+    padded = np.pad(x, ((0, 0), (0, 3), (0, 3), (0, 0)))
+    reference = lax.conv_general_dilated(
+        padded, params["kernel"], (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    ) + params["bias"]  # fmt: skip
+    assert relative_error(out, reference) <= 1e-6
+    kernel = np.asarray(params["kernel"], np.float64)
+    corner = np.einsum("hwc,hwco->o", x[0, 216:, 216:].astype(np.float64), kernel[:8, :8])
+    corner += np.asarray(params["bias"], np.float64)
+    assert relative_error(out[0, 54, 54], corner) <= 1e-5
+
+
+def test_cuda_convnet_initialization_per_layer_statistics(monkeypatch):
+    """init_scheme="cuda_convnet": kernels N(0, 0.01^2) in conv1, conv2, fc6, fc7, fc8 and
+    N(0, 0.03^2) in conv3-5 (layers-145.cfg initW), biases as the paper's (exactly 1 in conv2,
+    conv4, conv5, fc6, fc7, else 0). Tolerances from the sample size n of each kernel: the sample
+    std within 6 standard errors (1 / sqrt(2n) relative) of its target, the mean within 6 sigma /
+    sqrt(n) of 0. fc6/fc7 narrowed to 64 units and a 67x67 input (pool5 1x1): fc6 and fc7 still
+    have 16k and 4k draws."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    model = AlexNet("paper", num_classes=10, init_scheme="cuda_convnet")
+
+    def stats(key, x):  # reduced inside jit: only statistics leave it
+        params = model.init(key, x)["params"]
+        return {
+            layer: (jnp.std(p["kernel"]), jnp.mean(p["kernel"]), jnp.min(p["bias"]),
+                    jnp.max(p["bias"]))
+            for layer, p in params.items()
+        }  # fmt: skip
+
+    stats = jax.jit(stats)(init_key(), jnp.zeros((1, 67, 67, 3)))  # 67: a shorter compile
+    shapes = abstract_variables(model, 67)["params"]
+    sizes = {layer: p["kernel"].size for layer, p in shapes.items()}
+    assert set(stats) == set(LAYERS)
+    for layer, (std, mean, bias_min, bias_max) in stats.items():
+        n = sizes[layer]
+        target = 0.03 if layer in ("conv3", "conv4", "conv5") else 0.01
+        assert abs(float(std) / target - 1) <= 6 / np.sqrt(2 * n), layer
+        assert abs(float(mean)) <= 6 * target / np.sqrt(n), layer
+        expected_bias = 1.0 if layer in BIAS_ONE_LAYERS else 0.0
+        assert float(bias_min) == float(bias_max) == expected_bias, layer
+
+
+def test_block_orders_spatial_norm_and_ablations_compose_the_right_layers():
+    """The blocks after conv1 and conv2, on activations with negative values (std 40): the paper's
+    block 1 is pool(lrn(relu(u))), cuda-convnet's relu(pool(lrn(u))) (LRN sees the negative
+    responses, so they differ), block 2 with spatial_norm2 pool(spatial(lrn(relu(u)))); lrn=False
+    drops the LRN, tanh replaces the ReLU, pool 2/2 takes 10 -> 5 (3/2: 4). One tower, 8 maps."""
+    u = jnp.asarray(40.0 * np.random.default_rng(14).standard_normal((2, 10, 10, 8)), jnp.float32)
+    lrn = lambda y: local_response_norm(y, impl="reduce_window")
+    pool = lambda y, window=3: max_pool(y, "reduce_window", window, 2)
+
+    def block(method, **options):
+        model = AlexNet("one_tower", lrn_impl="reduce_window", pool_impl="reduce_window", **options)
+        return model.apply({}, u, method=method)
+
+    @jax.jit
+    def blocks_and_references():  # one compile for all
+        return {
+            "paper": (block(AlexNet._block1), pool(lrn(nn.relu(u)))),
+            "code": (block(AlexNet._block1, block1_order="conv_lrn_pool_relu"),
+                     nn.relu(pool(lrn(u)))),
+            "block2": (block(AlexNet._block2), pool(lrn(nn.relu(u)))),
+            "spatial": (block(AlexNet._block2, spatial_norm2=True),
+                        pool(spatial_response_norm(lrn(nn.relu(u))))),
+            "no_lrn": (block(AlexNet._block1, lrn=False), pool(nn.relu(u))),
+            "tanh_2_2": (block(AlexNet._block1, activation="tanh", pool_window=2),
+                         pool(lrn(jnp.tanh(u)), window=2)),
+        }  # fmt: skip
+
+    results = blocks_and_references()
+    for name, (actual, expected) in results.items():
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6, err_msg=name)
+    assert relative_error(results["code"][0], results["paper"][0]) > 1e-2
+    assert results["tanh_2_2"][0].shape == (2, 5, 5, 8)  # 3/2 would give 4x4
+
+
+def test_ablation_arms_train_and_dropout_rate_zero_turns_dropout_off(monkeypatch):
+    """One tiny one_tower net with every ablation arm on (tanh, no LRN, pool 2/2, dropout 0, half
+    width; fc6/fc7 narrowed to 64 units, a 35x35 input, which the module takes though the config
+    rules ask 224/227): with dropout_rate 0, training mode needs no rng and gives the evaluation
+    logits exactly; 4 SGD steps on one fixed batch give finite, falling losses. (One net for all
+    arms, He-scaled NumPy params: each compile costs seconds on 2 cores.)"""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    arms = dict(activation="tanh", lrn=False, pool_window=2, dropout_rate=0.0, width="half")
+    model = AlexNet("one_tower", num_classes=4, input_size=35, pool_impl="reduce_window", **arms)
+    shapes = abstract_variables(model, 35)["params"]
+    assert shapes["conv5"]["kernel"].shape == (3, 3, 192, 128)  # half width
+    assert shapes["fc6"]["kernel"].shape == (128, 64)  # 35 -> conv1 8 -> 4 -> 2 -> pool5 1x1
+    rng = np.random.default_rng(15)
+    he = lambda s: rng.standard_normal(s.shape, np.float32) * np.sqrt(2 / np.prod(s.shape[:-1]))
+    params = jax.tree.map(lambda s: he(s) if s.ndim > 1 else np.zeros(s.shape, np.float32), shapes)
+    x, labels = images(4, 35, seed=15, scale=1.0), jnp.arange(4)
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, x, train=True)  # no rng: no dropout
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def run(params):
+        train_logits = model.apply({"params": params}, x, train=True)
+        eval_logits = model.apply({"params": params}, x, train=False)
+        sgd = lambda p, _: (jax.tree.map(lambda w, g: w - 0.005 * g, p, jax.grad(loss_fn)(p)),
+                            loss_fn(p))  # fmt: skip
+        return train_logits, eval_logits, lax.scan(sgd, params, length=4)[1]
+
+    train_logits, eval_logits, losses = run(params)
+    np.testing.assert_array_equal(train_logits, eval_logits)
+    losses = np.asarray(losses)
+    assert np.all(np.isfinite(losses)), losses
+    assert np.all(np.diff(losses) < 0), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_old_runs_get_the_default_network():
+    """A config.json written before the forward options existed reads back with each option at
+    the value of the network it trained (rundir.ADDED_FIELDS), which are AlexNet's defaults."""
+    from alexnet_jax import rundir
+
+    defaults = {name: getattr(AlexNet(), name) for name in FORWARD_OPTIONS}
+    assert {name: rundir.ADDED_FIELDS[name] for name in FORWARD_OPTIONS} == defaults
+    assert set(FORWARD_OPTIONS) <= set(MODEL_FIELDS)

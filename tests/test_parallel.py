@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import checkpoint, experiment, runtime, sharding
 from alexnet_jax.errors import ConfigError
-from alexnet_jax.models import AlexNet
+from alexnet_jax.models import AlexNet, GroupedConv
 from configs import default
 
 TOL = 1e-5
@@ -86,6 +86,52 @@ def test_tower_mesh_gives_single_device_logits_and_gradients(paper_params):
     errors = jax.tree.map(_relative_error, grads_4, grads_1)
     assert max(jax.tree.leaves(errors)) <= TOL, errors
     assert grads_4["conv1"]["kernel"].sharding.spec == P(None, None, None, "tower")
+
+
+# The paper net's non-default forward options (models.FORWARD_OPTIONS; lrn=False and the half
+# widths are refused with LRN-side options or on two towers, and only remove or narrow layers;
+# tanh would bound the activations and leave the same-map normalization near the identity).
+PAPER_OPTIONS = dict(block1_order="conv_lrn_pool_relu", spatial_norm2=True, pool_window=2,
+                     conv1_padding="overhang", input_size=224)  # fmt: skip
+
+
+def test_tower_mesh_runs_the_forward_options_like_one_device():
+    """The forward options where the towers run on their own devices, (data=2, tower=2) against
+    one device, values and gradients to 1e-5 relative: the per-tower blocks after conv1 and conv2
+    (cuda-convnet's block 1 order, LRN + same-map normalization, 2/2 pooling; 16 maps, 8 per
+    tower) and conv1 with the overhang padding (8 kernels on a 31x31 image). The rest of the
+    network does not change with the options (tanh is elementwise) and is compared whole above
+    with the defaults."""
+    rng = np.random.default_rng(2)
+    u1, u2 = (40.0 * rng.standard_normal((BATCH, 11, 11, 16)).astype(np.float32) for _ in "12")
+    c1 = rng.standard_normal((BATCH, 5, 5, 16)).astype(np.float32)  # 2/2 pools 11 -> 5
+    image = rng.standard_normal((BATCH, 31, 31, 3)).astype(np.float32)
+    conv1_params = {
+        "kernel": 0.1 * rng.standard_normal((11, 11, 3, 8)).astype(np.float32),
+        "bias": rng.standard_normal(8).astype(np.float32),
+    }
+
+    def loss(inputs, mesh):
+        u1, u2, params = inputs
+        model = AlexNet("paper", mesh=mesh, **PAPER_OPTIONS)
+        blocks = lambda m: (m._per_tower(m._block1, u1), m._per_tower(m._block2, u2))
+        b1, b2 = model.apply({}, method=blocks)
+        conv1 = GroupedConv(8, 11, 4, (0, 3), mesh=mesh, input_split=False)
+        y = conv1.apply({"params": params}, image)
+        return jnp.sum(b1 * c1) + jnp.sum(b2 * c1) + jnp.sum(jnp.tanh(y)), (b1, b2, y)
+
+    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (_, outs_1), grads_1 = grad_fn((u1, u2, conv1_params), None)
+    mesh = _tower_mesh()
+    channels = NamedSharding(mesh, P("data", None, None, "tower"))
+    split = (jax.device_put(u1, channels), jax.device_put(u2, channels), conv1_params)
+    (_, outs_4), grads_4 = grad_fn(split, mesh)
+    assert outs_1[2].shape == (BATCH, 6, 6, 8)  # (31 + 0 + 3 - 11) // 4 + 1
+    assert outs_4[0].sharding.spec == P("data", None, None, "tower")
+    for name, a, b in zip(("block1", "block2", "conv1"), outs_4, outs_1, strict=True):
+        assert _relative_error(a, b) <= TOL, name
+    errors = jax.tree.map(_relative_error, grads_4, grads_1)
+    assert max(jax.tree.leaves(errors)) <= TOL, errors
 
 
 # ---- What the compiled tower-parallel train step communicates ---------------------------------

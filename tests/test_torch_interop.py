@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from alexnet_jax import convert, imagenet_stats, torch_models, weights_io
-from alexnet_jax.models import VARIANTS, AlexNet
+from alexnet_jax.models import FORWARD_OPTIONS, VARIANTS, AlexNet
 
 LOGIT_TOL = 1e-4
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,28 +33,45 @@ CONVENTIONS = {
 }
 
 
-def conventions_for(variant: str) -> dict:
-    return {"variant": variant, "resize_size": 256, **CONVENTIONS[variant]}
+# The non-default forward options (models.FORWARD_OPTIONS), as many at once as one net can hold:
+# the paper net with all of the original run's (cuda-convnet's block 1 and same-map normalization,
+# conv1's overhang at 224) and 2/2 pooling; one_tower with those that go with lrn=False (which
+# refuses the first two): no LRN, half width, overhang, tanh, 2/2 pooling. tanh stays off the
+# paper net: its outputs (|u| < 1) would leave the same-map normalization ~1e-3 from the identity.
+ALL_OPTIONS = {
+    "paper": dict(block1_order="conv_lrn_pool_relu", spatial_norm2=True, conv1_padding="overhang",
+                  pool_window=2, input_size=224),
+    "one_tower": dict(lrn=False, width="half", conv1_padding="overhang", activation="tanh",
+                      pool_window=2, input_size=224),
+}  # fmt: skip
+
+
+def conventions_for(variant: str, with_options: bool = False) -> dict:
+    conventions = {"variant": variant, "resize_size": 256, **CONVENTIONS[variant]}
+    return {**conventions, **ALL_OPTIONS[variant]} if with_options else conventions
 
 
 def jax_model(conventions: dict) -> AlexNet:
     """The JAX model a run with these conventions evaluates (create_model's fields)."""
+    options = {key: conventions[key] for key in FORWARD_OPTIONS if key in conventions}
     return AlexNet(
         conventions["variant"],
         num_classes=conventions["num_classes"],
         input_size=conventions["input_size"],
         lrn_convention=conventions["lrn_convention"],
+        **options,
     )
 
 
 @functools.cache
-def case(variant: str):
-    """(conventions, random Flax params, 2 NHWC images, the JAX model's logits) of a variant.
+def case(variant: str, with_options: bool = False):
+    """(conventions, random Flax params, 2 NHWC images, the JAX model's logits) of a variant,
+    with ALL_OPTIONS if `with_options`.
 
     Kernels He-scaled, biases std 0.1, so activations stay O(1)-relative through every ReLU; the
     images have a pixel-like scale (std 50), so that LRN is far from the identity.
     """
-    conventions = conventions_for(variant)
+    conventions = conventions_for(variant, with_options)
     model, size = jax_model(conventions), conventions["input_size"]
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     rng = np.random.default_rng(0)
@@ -63,7 +80,7 @@ def case(variant: str):
         if leaf.ndim == 1:
             return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
         fan_in = int(np.prod(leaf.shape[:-1]))
-        return (np.sqrt(2.0 / fan_in) * rng.standard_normal(leaf.shape)).astype(np.float32)
+        return np.float32(np.sqrt(2.0 / fan_in)) * rng.standard_normal(leaf.shape, np.float32)
 
     params = jax.tree.map(fill, abstract["params"])
     images = (50.0 * rng.standard_normal((2, size, size, 3))).astype(np.float32)
@@ -89,14 +106,42 @@ def relative_error(actual, expected) -> float:
 def test_exported_file_alone_gives_the_jax_logits_in_pytorch(variant, suffix, tmp_path):
     """save_weights with a run's conventions, then load_exported(path) with nothing else: the
     recorded conventions come back and the eval-mode module's logits are the JAX model's (1e-4
-    relative), for the paper convention's LRN (alpha 5e-4 in PyTorch) and per-tower LRN."""
+    relative), for the paper convention's LRN (alpha 5e-4 in PyTorch) and per-tower LRN. The
+    default network records no forward option: its files hold what they held before."""
     conventions, params, images, expected = case(variant)
     path = weights_io.save_weights(params, conventions, str(tmp_path / f"model{suffix}"))
     model, loaded_conventions = torch_models.load_exported(path)
     os.remove(path)
     assert loaded_conventions == conventions
+    assert not set(loaded_conventions) & set(FORWARD_OPTIONS)
     assert not model.training
     assert relative_error(torch_logits(model, images), expected) <= LOGIT_TOL
+
+
+@pytest.mark.parametrize(("variant", "suffix"), [("paper", ".safetensors"), ("one_tower", ".pth")])
+def test_exported_file_with_every_forward_option_gives_the_jax_logits(variant, suffix, tmp_path):
+    """ALL_OPTIONS: the file records each non-default option (safetensors: booleans and integers
+    as JSON) and load_exported builds the matching module (Tanh, Identity for no LRN, cuda-convnet's
+    block 1 order, LRN + same-map normalization, conv1 zero-padded (0, 3), 2/2 pooling, half
+    width): the JAX logits to 1e-4 relative. Not vacuous: the same weights with any one of those
+    options (width aside) back at its default miss the first image's logits by over 100x that."""
+    conventions, params, images, expected = case(variant, with_options=True)
+    path = weights_io.save_weights(params, conventions, str(tmp_path / f"model{suffix}"))
+    model, loaded_conventions = torch_models.load_exported(path)
+    os.remove(path)
+    assert loaded_conventions == conventions
+    assert relative_error(torch_logits(model, images), expected) <= LOGIT_TOL
+    state_dict = model.state_dict()
+    options = ALL_OPTIONS[variant]
+    for name in sorted(set(options) & set(FORWARD_OPTIONS) - {"width"}):
+        with torch.device("meta"):
+            other = torch_models.torch_alexnet(
+                variant, conventions["num_classes"], conventions["lrn_convention"],
+                **{**options, name: FORWARD_OPTIONS[name]},
+            )  # fmt: skip
+        other.load_state_dict(state_dict, strict=True, assign=True)
+        missed = relative_error(torch_logits(other.eval(), images[:1]), expected[:1])
+        assert missed > 100 * LOGIT_TOL, name
 
 
 def test_a_file_without_conventions_loads_with_torchvisions(tmp_path):
@@ -128,12 +173,20 @@ def test_stock_local_response_norm_misses_a_paper_convention_run():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_module_state_dict_layout_is_the_converters(variant):
     """torch_alexnet's state dict has convert.torch_param_shapes' keys, order and shapes, at both
-    input sizes of the LRN variants (built on the meta device: no memory, no initialization)."""
+    input sizes of the LRN variants and with ALL_OPTIONS (built on the meta device: no memory, no
+    initialization)."""
     for input_size in (224, 227):
         with torch.device("meta"):
             model = torch_models.torch_alexnet(variant, 6, "paper", input_size)
         shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
         assert list(shapes.items()) == list(convert.torch_param_shapes(variant, 6).items())
+    if variant in ALL_OPTIONS:  # the forward options keep every key (width changes shapes)
+        options = ALL_OPTIONS[variant]
+        with torch.device("meta"):
+            model = torch_models.torch_alexnet(variant, 6, "paper", **options)
+        shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        expected = convert.torch_param_shapes(variant, 6, width=options.get("width", "full"))
+        assert list(shapes.items()) == list(expected.items())
     with pytest.raises(ValueError, match="lrn_convention"):
         torch_models.torch_alexnet(variant, 6, "tensorflow")
 

@@ -126,6 +126,40 @@ def test_damaged_conventions_are_refused_naming_the_file_and_the_field(tmp_path)
         weights_io.read_conventions(str(tmp_path / "bad_value.pth"))
 
 
+def test_forward_options_are_recorded_only_where_a_run_changed_them(tmp_path):
+    """A default run's conventions are the six fields files always held; a run with forward
+    options adds exactly those it changed, which a safetensors header holds as JSON (booleans,
+    integers) and reads back typed; an option a file does not record reads as its default (for
+    predict too); a recorded option its variant refuses is refused naming the file and field;
+    --mode=eval refuses a config whose option contradicts the file's."""
+    from alexnet_jax import train
+    from configs import default
+
+    config = default.get_config()
+    assert set(weights_io.conventions_of(config)) == set(weights_io.CONVENTION_FIELDS)
+    config.update(width="half", lrn=False, pool_window=2, activation="tanh")
+    conventions = weights_io.conventions_of(config)
+    changed = {"width": "half", "lrn": False, "pool_window": 2, "activation": "tanh"}
+    assert {k: v for k, v in conventions.items() if k in weights_io.OPTION_DEFAULTS} == changed
+    metadata = weights_io._safetensors_metadata(conventions)
+    assert (metadata["lrn"], metadata["pool_window"], metadata["width"]) == ("false", "2", "half")
+    assert weights_io._from_safetensors_metadata(metadata, "m.safetensors") == conventions
+    full = weights_io.with_option_defaults(conventions)
+    assert (full["spatial_norm2"], full["block1_order"]) == (False, "conv_relu_lrn_pool")
+    model_config = predict.weights_config(conventions)
+    assert (model_config.width, model_config.lrn, model_config.pool_stride) == ("half", False, 2)
+    damaged = weights_io._safetensors_metadata({**conventions, "variant": "paper"})
+    with pytest.raises(weights_io.WeightsFileError, match=r"m\.safetensors refused.*config\.width"):
+        weights_io._from_safetensors_metadata(damaged, "m.safetensors")
+    # --mode=eval of such a file refuses a config that builds another network (only the
+    # conventions entry of an .npz is read: no weights needed)
+    path = str(tmp_path / "options.npz")
+    np.savez(path, __conventions__=np.frombuffer(json.dumps(conventions).encode(), np.uint8))
+    config.update(torch_weights=path, activation="relu")
+    with pytest.raises(errors.ConfigError, match="activation: file 'tanh', config 'relu'"):
+        train._check_weights_conventions(config)
+
+
 # ---- 2. predict --weights runs by the file's conventions ----------------------------------------
 
 
