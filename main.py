@@ -108,8 +108,6 @@ def main(argv):
     runtime.enable_compilation_cache()
     runtime.quiet_library_logs()
     workdir = _WORKDIR.value or _default_workdir()
-    logging.info("workdir: %s", workdir)
-    logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", ""))
     with reported_as_exit(
         "Free disk space (or fix the permissions) or choose another --workdir / "
         "--config.data_dir, then rerun the same command: training resumes from the last "
@@ -124,6 +122,8 @@ def main(argv):
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if jax.process_index() != 0 and not _LOG_ALL_PROCESSES.value:
             logging.set_verbosity(logging.WARNING)  # process 0 tells the progress
+        logging.info("workdir: %s", workdir)
+        logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", ""))
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:

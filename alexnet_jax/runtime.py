@@ -317,10 +317,26 @@ def _check_port_free(coordinator_address: str, port: int) -> None:
         # Anything else (no IPv6 on this host, say): jax.distributed reports it itself.
 
 
+def mute_native_stdout() -> None:
+    """Sends what C++ code writes to stdout (fd 1) to /dev/null for the rest of the process,
+    while Python's sys.stdout keeps writing where stdout went. Gloo, the CPU collectives of a
+    multi-process job, prints "[Gloo] Rank i is connected to n peer ranks" with printf on every
+    connection, at start-up and at the first collectives; no log level turns that off. Call it
+    only in multi-process runs, whose every useful line comes from Python."""
+    sys.stdout.flush()
+    python_stdout = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = os.fdopen(python_stdout, "w", buffering=1)
+
+
 def _start_jax_distributed(timeout_s: float, job: str, *args) -> None:
     """jax.distributed.initialize(*args); if not every process joined within `timeout_s`, one
     `error:` paragraph with `job` (who waited where) and exit code 2. jax's wait releases the GIL
-    but cannot be interrupted (at its own deadline it aborts the process): a thread ends it."""
+    but cannot be interrupted (at its own deadline it aborts the process): a thread ends it.
+    Gloo's connection lines are muted first (mute_native_stdout)."""
+    mute_native_stdout()
 
     def give_up() -> None:
         print(

@@ -49,7 +49,9 @@ def test_the_two_process_demo_command_trains_and_learns(tmp_path, repo_root, jax
     assert losses[-3:].mean() < 0.8 * losses[:3].mean(), losses
     assert [r["step"] for r in evals] == [4, 8]  # once per epoch
     assert all(np.isfinite(r["loss"]) for r in evals)
-    # Process 0 prints the banner and the summary once; process 1 only its prefix lines.
+    # Process 0 prints the banner once; process 1 nothing at the default verbosity; no Gloo.
     lines = (done.stdout + done.stderr).splitlines()
     assert sum(line.startswith("[0]") and "run: " in line for line in lines) == 1
     assert not any(line.startswith("[1]") and "run: " in line for line in lines)
+    assert not any(line.startswith("[1]") and "workdir: " in line for line in lines)
+    assert not any("Gloo" in line for line in lines), "Gloo's connection lines reach the console"
