@@ -148,9 +148,15 @@ class _DropLibraryNoise(logging.Filter):
 
 
 _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
-# Warnings tfds gives on every imagenet2012 build that say nothing is wrong: the folder it is
-# about to build into has no dataset_info.json yet, and the test archive (never needed) is absent.
-_HARMLESS_WARNINGS = ("has no dataset_info.json", "Challenge test split not found")
+# Warnings that say nothing is wrong. tfds, on every imagenet2012 build: the folder it is about
+# to build into has no dataset_info.json yet, and the test archive (never needed) is absent.
+# Orbax, whenever a tool (predict, figures, export) opens a run's checkpoints read-only.
+_HARMLESS_WARNINGS = (
+    "has no dataset_info.json",
+    "Challenge test split not found",
+    "read_only=True, setting save_interval_steps=0",
+    "Given directory is read only",
+)
 
 
 def quiet_native_logs() -> None:
