@@ -400,19 +400,25 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         _write_atomically(config_path(workdir), config.to_json(indent=2))
 
 
+def _read_json(path: str, what: str) -> Any:
+    """The JSON value in `path`; DataError saying it is not `what` when it cannot be parsed."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is damaged ({e}): it is not {what}.") from None
+
+
 def read_config_dict(workdir: str) -> dict[str, Any] | None:
     """The run's config.json as a plain dict, or None when the run has none."""
     path = config_path(workdir)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(
-            f"{path} is damaged ({e}): it is not the JSON config main.py writes. Restore it from "
-            "a copy (or from config_history.jsonl), or start a new run in another --workdir."
-        ) from None
+    config = _read_json(
+        path,
+        "the JSON config main.py writes. Restore it from a copy (or from config_history.jsonl), "
+        "or start a new run in another --workdir",
+    )
     if not isinstance(config, dict):
         raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
     return {**ADDED_FIELDS, **config}
@@ -510,11 +516,7 @@ def read_sweep_plan(sweep_dir: str) -> dict | None:
     path = os.path.join(sweep_dir, SWEEP_FILE)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path) as f:
-            plan = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is damaged ({e}): it is not the plan sweep.py writes.") from None
+    plan = _read_json(path, "the plan sweep.py writes")
     if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
         raise DataError(f"{path} is damaged: it holds no list of runs.")
     return plan
