@@ -105,6 +105,23 @@ def test_cifar10_records_are_read_whole_without_crop_or_flip(tmp_path):
         assert not np.any(offset.numpy())
 
 
+def test_missing_cifar10_is_one_data_error_saying_how_to_build_it(tmp_path):
+    """Without tfds' cifar10 in data_dir, prepare() downloads nothing: a DataError naming the
+    folder and the one command that builds it; the folder stays empty."""
+    from alexnet_jax import input_pipeline
+    from alexnet_jax.errors import DataError
+
+    config = figure1_config.get_config()
+    config.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(DataError) as missing:
+        input_pipeline.prepare(config)
+    message = str(missing.value)
+    assert f"CIFAR-10 is not prepared in config.data_dir={config.data_dir!r}" in message
+    assert "tfds.builder('cifar10', data_dir=" in message
+    assert "download_and_prepare()" in message
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
 def test_the_figure1_config_trains_on_synthetic_32px_data(tmp_path):
     """configs/figure1.py with synthetic 32x32 data for 3 steps: it trains, the loss is finite,
     and each train line carries the epoch figure1.py plots against."""
