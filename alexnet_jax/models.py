@@ -1,4 +1,5 @@
-"""AlexNet in Flax Linen: the paper's two-tower net, its one-tower form, and torchvision's variant.
+"""AlexNet in Flax Linen: the paper's two-tower net, its one-tower form, and torchvision's variant;
+and the small CIFAR-10 net of the paper's Figure 1 (`cifar4`, an assumed reading; _CIFAR4_CONVS).
 
 Layer tables are in docs/PAPER.md (sections 3.1-3.5 of the paper). Tensors are NHWC; the shape
 comments are for the 227x227 input of the `paper` and `one_tower` variants (224 for `torchvision`).
