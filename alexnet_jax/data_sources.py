@@ -52,6 +52,9 @@ RECORD_SPEC = {
     "label": tf.io.FixedLenFeature([], tf.int64),
     "file_name": tf.io.FixedLenFeature([], tf.string),
 }
+# tfds cifar10 records: a PNG, its label and an id ("train_16399"), which keys the augmentation.
+CIFAR10_KEY = "id"
+CIFAR10_CLASSES = 10
 _FILE_ORDER, _RECORD_ORDER = 1, 2  # seed purposes, so their streams never coincide
 
 
@@ -141,6 +144,7 @@ class RecordShard:
     skips: tuple[int, ...]
     takes: tuple[int, ...]
     window: int = 4096  # records permuted together per epoch (config.shuffle_buffer_size)
+    key_field: str = "file_name"  # the record's unique name (cifar10: "id")
 
     @property
     def num_examples(self) -> int:
@@ -177,11 +181,14 @@ class RecordShard:
 
     def materialize(self, records: tf.Tensor) -> dict[str, tf.Tensor]:
         """Raw records [N] -> {'image': bytes, 'label': int32, 'key': file name}, [N] each."""
-        example = tf.io.parse_example(records, RECORD_SPEC)
+        spec = {**RECORD_SPEC, self.key_field: tf.io.FixedLenFeature([], tf.string)}
+        if self.key_field != "file_name":
+            del spec["file_name"]
+        example = tf.io.parse_example(records, spec)
         return {
             "image": example["image"],
             "label": tf.cast(example["label"], tf.int32),
-            "key": example["file_name"],
+            "key": example[self.key_field],
         }
 
 
@@ -253,12 +260,13 @@ def even_file_instructions(filenames, lengths, index: int, count: int, window: i
 
 @dataclasses.dataclass(frozen=True)
 class _TfdsSource:
-    """A prepared tfds imagenet2012 build (the real one or the miniature one)."""
+    """A prepared tfds build: imagenet2012 (the real one or the miniature one) or cifar10."""
 
     builder: Any
     num_classes: int
     identity: str  # names the resize cache made from it
     location: str  # the data_dir of the build (named in errors)
+    key_field: str = "file_name"  # the records' unique name (RecordShard.key_field)
     split_hint = " (or a slice or sum of them, e.g. 'train[:10%]')"
 
     def num_examples(self, split: str) -> int:
@@ -292,6 +300,7 @@ class _TfdsSource:
             tuple(int(i.skip) for i in instructions),
             tuple(int(i.take) for i in instructions),
             window,
+            self.key_field,
         )
 
 
@@ -566,10 +575,33 @@ def open_tfds(config, build: bool) -> _TfdsSource:
     return _TfdsSource(builder, num_classes, identity, data_dir)
 
 
+def open_cifar10(config) -> _TfdsSource:
+    """The user's tfds cifar10 build in config.data_dir; never downloaded here (DataError)."""
+    data_dir = os.path.expanduser(config.data_dir)
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    if not builder.is_prepared():
+        raise DataError(
+            f"CIFAR-10 is not prepared in config.data_dir={config.data_dir!r} (tfds 'cifar10', "
+            f"version {builder.version}). Download and build it once (about 170 MB), then rerun: "
+            'python -c "import tensorflow_datasets as tfds; '
+            f"tfds.builder('cifar10', data_dir='{data_dir}').download_and_prepare()\"; or set "
+            "--config.data_dir to the folder that holds it."
+        )
+    if str(builder.info.file_format.value) != "tfrecord":
+        raise DataError(
+            f"{data_dir!r} holds cifar10 in {builder.info.file_format.value} format; this "
+            "pipeline reads TFRecord files. Use another --config.data_dir."
+        )
+    identity = f"cifar10:{os.path.abspath(data_dir)}:{builder.version}"
+    return _TfdsSource(builder, CIFAR10_CLASSES, identity, data_dir, key_field=CIFAR10_KEY)
+
+
 def open_source(config, build: bool):
     """The source of config.dataset (not synthetic), checked and, if `build`, built."""
     if config.dataset == "image_folder":
         return _open_folder(config.image_folder)
+    if config.dataset == "cifar10":
+        return open_cifar10(config)
     return open_tfds(config, build)
 
 
@@ -605,6 +637,7 @@ def check_before_build(config) -> None:
         _check_tfds_split_names(config)
     fields = {
         "imagenet2012": ["data_dir"],
+        "cifar10": ["data_dir"],
         "miniature": ["data_dir", "miniature_dir"],
         "image_folder": ["image_folder"],
     }.get(config.dataset, [])

@@ -75,7 +75,7 @@ class MetricsWriter:
     ) -> None:
         """Averages the per-step metrics since the last call; writes them with speed and counts.
 
-        `counts` are running totals: skipped non-finite steps, undecodable images seen.
+        `counts` are running totals: skipped non-finite steps, undecodable images seen, epochs.
         """
         scalars = {k: float(np.mean([m[k] for _, m in step_metrics])) for k in TRAIN_METRICS}
         scalars.update(speed)

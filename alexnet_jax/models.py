@@ -1,4 +1,5 @@
-"""AlexNet in Flax Linen: the paper's two-tower net, its one-tower form, and torchvision's variant.
+"""AlexNet in Flax Linen: the paper's two-tower net, its one-tower form, and torchvision's variant;
+and the small CIFAR-10 net of the paper's Figure 1 (`cifar4`, an assumed reading; _CIFAR4_CONVS).
 
 Layer tables are in docs/PAPER.md (sections 3.1-3.5 of the paper). Tensors are NHWC; the shape
 comments are for the 227x227 input of the `paper` and `one_tower` variants (224 for `torchvision`).
@@ -42,7 +43,11 @@ from alexnet_jax import parallel, rules, sharding
 from alexnet_jax.lrn import IMPLEMENTATIONS as LRN_IMPLEMENTATIONS
 from alexnet_jax.lrn import default_implementation, local_response_norm, spatial_response_norm
 
-VARIANTS = ("paper", "one_tower", "torchvision")
+VARIANTS = ("paper", "one_tower", "torchvision")  # the ImageNet nets (torch interop, convert)
+# The small CIFAR-10 net of the paper's Figure 1 (section 3.1): not an AlexNet, so no weights to
+# convert; see `cifar4_specs`.
+SMALL_VARIANTS = ("cifar4",)
+ALL_VARIANTS = (*VARIANTS, *SMALL_VARIANTS)
 INITS = ("paper", "he", "cuda_convnet")
 LRN_CONVENTIONS = ("paper", "cuda_convnet")
 POOL_IMPLS = ("reduce_window", "slices", "auto")
@@ -132,6 +137,48 @@ def conv_specs(
     )
 
 
+# Figure 1's "four-layer convolutional neural network" on CIFAR-10. The paper gives no layer table;
+# ASSUMED here: cuda-convnet's example `layers-80sec.cfg` ("26% error on CIFAR-10 in 80 seconds",
+# computerhistory/AlexNet-Source-Code example-layers/layers-80sec.cfg:11-92): conv1 5x5x32 pad 2
+# (:11-22) -> max-pool 3/2 (:24-32) -> conv2 5x5x32 (:34-45) -> avg-pool 3/2 (:47-55) -> conv3
+# 5x5x64 (:57-68) -> avg-pool 3/2 (:70-78) -> fc64 (:80-85) -> fc10 (:87-92), ReLU after every
+# layer but fc10. Read as four hidden layers (three conv, fc64) plus the softmax layer.
+CIFAR4_INPUT_SIZE = 32
+_CIFAR4_CONVS = (
+    ConvSpec("conv1", 32, 5, 1, 2),
+    ConvSpec("conv2", 32, 5, 1, 2),
+    ConvSpec("conv3", 64, 5, 1, 2),
+)
+_CIFAR4_POOLS = ("max", "avg", "avg")  # after conv1, conv2, conv3 (pool= in the file)
+_CIFAR4_HIDDEN = 64  # fc64's outputs
+# initW of layers-80sec.cfg (:20, :43, :66, :84, :91); initB is cuda-convnet's default 0.
+_CIFAR4_STDS = {"conv1": 1e-4, "conv2": 0.01, "conv3": 0.01, "fc64": 0.1, "fc10": 0.1}
+
+
+def cifar4_pool_size(size: int, window: int, stride: int) -> int:
+    """cuda-convnet's pooled size: ceil((size - window) / stride) + 1 (layer.py:1164), so the last
+    window may hang past the edge (32 -> 16 -> 8 -> 4 with 3/2)."""
+    return -(-(size - window) // stride) + 1
+
+
+def cifar4_pool(x: jax.Array, kind: str, window: int, stride: int, impl: str) -> jax.Array:
+    """cuda-convnet's max or average pooling of `x` (NHWC), windows hanging past the bottom and
+    right edges as it lets them; an average divides by the window's cells inside the image
+    (cudaconv2's AvgPooler, region size clipped to the image: from its source, not in the
+    mirror above; an assumption)."""
+    _, h, w, _ = x.shape
+    oh, ow = cifar4_pool_size(h, window, stride), cifar4_pool_size(w, window, stride)
+    extra_h, extra_w = (oh - 1) * stride + window - h, (ow - 1) * stride + window - w
+    pads = ((0, 0), (0, extra_h), (0, extra_w), (0, 0))
+    if kind == "max":
+        return max_pool(jnp.pad(x, pads, constant_values=-jnp.inf), impl, window, stride)
+    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
+    sums = lax.reduce_window(jnp.pad(x, pads), 0.0, lax.add, dims, strides, "VALID")
+    ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pads)
+    counts = lax.reduce_window(ones, 0.0, lax.add, dims, strides, "VALID")
+    return sums / counts
+
+
 # The paper's bias constants (section 5): 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
 _BIAS_ONE_LAYERS = frozenset({"conv2", "conv4", "conv5", "fc6", "fc7"})
 # The original run's weight scales (layers-145.cfg `initW`; docs/PAPER.md, departure 4): 0.03 in
@@ -139,8 +186,11 @@ _BIAS_ONE_LAYERS = frozenset({"conv2", "conv4", "conv5", "fc6", "fc7"})
 _CUDA_CONVNET_STDS = {"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}
 
 
-def _initializers(init: str, layer: str, bias_one: float):
-    """(kernel_init, bias_init) for a layer under the "paper", "cuda_convnet" or "he" scheme."""
+def _initializers(init: str, layer: str, bias_one: float, variant: str = "paper"):
+    """(kernel_init, bias_init) for a layer under the "paper", "cuda_convnet" or "he" scheme
+    (cifar4: "cuda_convnet" is layers-80sec.cfg's initW, zero biases)."""
+    if variant == "cifar4" and init == "cuda_convnet":
+        return nn.initializers.normal(stddev=_CIFAR4_STDS[layer]), nn.initializers.zeros
     if init in ("paper", "cuda_convnet"):
         std = _CUDA_CONVNET_STDS.get(layer, 0.01) if init == "cuda_convnet" else 0.01
         bias = bias_one if layer in _BIAS_ONE_LAYERS else 0.0
@@ -372,7 +422,7 @@ class AlexNet(nn.Module):
     Images are NHWC (B, input_size, input_size, 3); the output is (B, num_classes) float32 logits.
     """
 
-    variant: str = "paper"  # "paper" (two towers), "one_tower" or "torchvision".
+    variant: str = "paper"  # "paper" (two towers), "one_tower", "torchvision" or "cifar4".
     num_classes: int = 1000
     input_size: int = 227  # 227 (conv1 unpadded) or 224 (conv1 padded by 2); torchvision: any.
     lrn_convention: str = "paper"  # "paper": alpha as written; "cuda_convnet": alpha / n.
@@ -397,7 +447,9 @@ class AlexNet(nn.Module):
     mesh: Any = None
 
     def _conv(self, spec: ConvSpec, x: jax.Array) -> jax.Array:
-        kernel_init, bias_init = _initializers(self.init_scheme, spec.name, self.bias_one)
+        kernel_init, bias_init = _initializers(
+            self.init_scheme, spec.name, self.bias_one, self.variant
+        )
         conv = GroupedConv(
             spec.features,
             spec.kernel,
@@ -414,7 +466,7 @@ class AlexNet(nn.Module):
         return conv(x)
 
     def _dense(self, name: str, features: int, x: jax.Array) -> jax.Array:
-        kernel_init, bias_init = _initializers(self.init_scheme, name, self.bias_one)
+        kernel_init, bias_init = _initializers(self.init_scheme, name, self.bias_one, self.variant)
         if self.mesh is not None:
             dense = TowerDense(
                 features,
@@ -480,6 +532,17 @@ class AlexNet(nn.Module):
             return x
         return parallel.gather_towers(x, self.mesh)
 
+    def _cifar4(self, x: jax.Array) -> jax.Array:
+        """Figure 1's CIFAR-10 net (layers-80sec.cfg; see _CIFAR4_CONVS), `activation` wherever
+        the file has a ReLU, `pool_window`/`pool_stride` at its three poolings."""
+        x = x.astype(self.dtype)  # (B, 32, 32, 3)
+        for spec, kind in zip(_CIFAR4_CONVS, _CIFAR4_POOLS, strict=True):
+            x = self._act(self._conv(spec, x))  # (B, 32, 32, 32), (B, 16, 16, 32), (B, 8, 8, 64)
+            x = cifar4_pool(x, kind, self.pool_window, self.pool_stride, self.pool_impl)
+        x = x.reshape((x.shape[0], -1))  # (B, 4 * 4 * 64)
+        x = self._act(self._dense("fc64", _CIFAR4_HIDDEN, x))  # (B, 64)
+        return self._dense("fc10", self.num_classes, x).astype(jnp.float32)  # (B, num_classes)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.num_classes < 1:
@@ -489,6 +552,8 @@ class AlexNet(nn.Module):
                 f"a tower mesh needs variant 'paper' (two towers), got {self.variant!r}"
             )
         rules.check(ml_collections.ConfigDict(model_fields(self)), OPTION_RULES)
+        if self.variant == "cifar4":
+            return self._cifar4(x)
         specs = conv_specs(self.variant, self.input_size, self.width, self.conv1_padding)
         c1, c2, c3, c4, c5 = specs
         act, pool = self._act, self._pool
@@ -531,6 +596,8 @@ def layer_macs(
       conv1_padding, pool_window, pool_stride; the others change no count.
     """
     options = {**FORWARD_OPTIONS, **options}
+    if variant == "cifar4":
+        return _cifar4_macs(num_classes, options["pool_window"], options["pool_stride"])
     specs = conv_specs(variant, input_size, options["width"], options["conv1_padding"])
     window, stride = options["pool_window"], options["pool_stride"]
     size, in_ch, macs = input_size, 3, {}
@@ -548,6 +615,16 @@ def layer_macs(
     for name, out in (("fc6", 4096), ("fc7", 4096), ("fc8", num_classes)):
         macs[name] = fc_in * out
         fc_in = out
+    return macs
+
+
+def _cifar4_macs(num_classes: int, window: int, stride: int) -> dict[str, int]:
+    size, in_ch, macs = CIFAR4_INPUT_SIZE, 3, {}
+    for spec in _CIFAR4_CONVS:  # "same" 5x5 convolutions, each followed by a pooling
+        macs[spec.name] = size * size * spec.features * spec.kernel * spec.kernel * in_ch
+        size, in_ch = cifar4_pool_size(size, window, stride), spec.features
+    macs["fc64"] = size * size * in_ch * _CIFAR4_HIDDEN
+    macs["fc10"] = _CIFAR4_HIDDEN * num_classes
     return macs
 
 
@@ -582,19 +659,23 @@ MODEL_FIELDS = (
 
 
 def _input_size_ok(c: Any) -> bool:
+    if c.variant == "cifar4":
+        return c.input_size == CIFAR4_INPUT_SIZE
     if c.variant == "torchvision":
         return rules.is_int(c.input_size) and c.input_size >= 63
     return c.input_size in (224, 227)
 
 
 def _input_size_requirement(c: Any) -> str:
+    if c.variant == "cifar4":
+        return f"{CIFAR4_INPUT_SIZE} for variant 'cifar4' (CIFAR-10's whole image)"
     if c.variant == "torchvision":
         return ">= 63"
     return f"227 (unpadded conv1) or 224 (padded) for variant {c.variant!r}"
 
 
 def _has_lrn(c: Any) -> bool:
-    return c.variant != "torchvision" and c.lrn is True
+    return c.variant in ("paper", "one_tower") and c.lrn is True
 
 
 def _is_bool(field: str) -> rules.Rule:
@@ -622,8 +703,8 @@ OPTION_RULES = (
     ),
     rules.Rule(
         "lrn",
-        "True for variant 'torchvision', which has no LRN to remove",
-        lambda c: c.lrn or c.variant != "torchvision",
+        lambda c: f"True for variant {c.variant!r}, which has no LRN to remove",
+        lambda c: c.lrn or c.variant in ("paper", "one_tower"),
     ),
     rules.Rule(
         "block1_order",
@@ -654,7 +735,7 @@ OPTION_RULES = (
 
 # The model fields' rules (part of config_lib.RULES); checked in this order.
 RULES = (
-    rules.choice("variant", VARIANTS),
+    rules.choice("variant", ALL_VARIANTS),
     rules.choice("init_scheme", INITS),
     rules.choice("lrn_convention", LRN_CONVENTIONS),
     rules.choice("lrn_impl", ("auto", *LRN_IMPLEMENTATIONS)),
@@ -667,6 +748,17 @@ RULES = (
         lambda c: rules.is_number(c.dropout_rate) and 0.0 <= c.dropout_rate < 1.0,
     ),
     *OPTION_RULES,
+    rules.Rule(
+        "dropout_rate",
+        "0.0 for variant 'cifar4' (layers-80sec.cfg has no dropout)",
+        lambda c: c.variant != "cifar4" or c.dropout_rate == 0.0,
+    ),
+    rules.Rule(
+        "init_scheme",
+        "'cuda_convnet' (layers-80sec.cfg's initW) or 'he' for variant 'cifar4' (the paper's "
+        "scheme names AlexNet's layers)",
+        lambda c: c.variant != "cifar4" or c.init_scheme in ("cuda_convnet", "he"),
+    ),
 )
 
 
@@ -687,10 +779,13 @@ def model_fields(model: AlexNet) -> dict[str, Any]:
 
 def default_input_size(variant: str) -> int:
     """The input size each variant was published with."""
+    if variant == "cifar4":
+        return CIFAR4_INPUT_SIZE
     return 224 if variant == "torchvision" else 227
 
 
 __all__: Sequence[str] = (
+    "ALL_VARIANTS",
     "MODEL_FIELDS",
     "VARIANTS",
     "AlexNet",

@@ -12,7 +12,7 @@ from typing import Any
 
 from alexnet_jax import miniature, rules
 
-DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic")
+DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic", "cifar10")
 TRAIN_CROPS = ("paper", "random_resized")  # the paper's 256-square crop, or Inception-style
 # Minus the RGB mean (the usual reading of the paper), also divided by the RGB std, or minus the
 # training set's mean image (the paper's §2 and the original code: one value per pixel).

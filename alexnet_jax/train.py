@@ -341,6 +341,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
             counts = {
                 "skipped_steps": int(state.skipped_steps),
                 "undecodable_images": train_iter.num_undecodable,
+                "epoch": step / steps_per_epoch,  # epochs trained (figure1.py's x axis)
             }
             writer.write_train(step, host, progress.update(step), counts)
 

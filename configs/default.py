@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # ---- Data -------------------------------------------------------------------------------
-    c.dataset = "miniature"  # "imagenet2012", "image_folder", "miniature" or "synthetic".
+    c.dataset = "miniature"  # "imagenet2012", "image_folder", "miniature", "synthetic", "cifar10".
     c.data_dir = "data/tfds"  # where tfds keeps built datasets (the miniature one too).
     c.manual_dir = ""  # imagenet2012: folder holding ILSVRC2012_img_train.tar / _img_val.tar.
     c.image_folder = ""  # image_folder: root holding train/<class>/*.jpg and val/<class>/*.jpg.
@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.synthetic_eval_examples = 50_000  # synthetic: eval examples (ImageNet's validation size).
 
     # ---- Model ------------------------------------------------------------------------------
-    c.variant = "one_tower"  # "paper" (two towers), "one_tower" or "torchvision".
+    c.variant = "one_tower"  # "paper" (two towers), "one_tower", "torchvision" or "cifar4".
     c.input_size = 227  # 227 (unpadded conv1) or 224 (padded); torchvision's variant uses 224.
     c.init_scheme = "he"  # "paper": N(0, 0.01) + bias constants; "he": He-normal, zero biases;
     # "cuda_convnet": the paper's, but N(0, 0.03) in conv3-5 as in the original run.

@@ -94,12 +94,13 @@ def test_no_import_cycle_among_package_modules():
 
 
 def test_run_readers_import_neither_the_training_loop_nor_tensorflow():
-    """Importing the tools that read a run (predict, export, plots, figures, compare, sweep) and
-    the run directory module loads neither alexnet_jax.train, the input pipeline nor TensorFlow."""
+    """Importing the tools that read a run (predict, export, plots, figures, compare, sweep,
+    figure1) and the run directory module loads neither alexnet_jax.train, the input pipeline nor
+    TensorFlow."""
     code = (
         "import sys\n"
         "import alexnet_jax.predict, alexnet_jax.export, alexnet_jax.plots, alexnet_jax.figures\n"
-        "import alexnet_jax.rundir, alexnet_jax.compare, alexnet_jax.sweep\n"
+        "import alexnet_jax.rundir, alexnet_jax.compare, alexnet_jax.sweep, alexnet_jax.figure1\n"
         "loaded = [m for m in ('tensorflow', 'tensorflow_datasets', 'alexnet_jax.train',\n"
         "          'alexnet_jax.input_pipeline', 'alexnet_jax.data_sources') if m in sys.modules]\n"
         "print(loaded)\n"
