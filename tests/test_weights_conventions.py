@@ -372,3 +372,41 @@ def test_tools_on_a_damaged_config_json_are_one_error(tmp_path, capsys, tool, ho
     line = one_error_line(*reported(capsys, _TOOLS[tool], workdir, out))
     assert os.path.join(workdir, "config.json") in line
     assert not os.path.exists(out)
+
+
+# ---- --mode=eval of imported weights and predict agree ---------------------------------------
+
+
+def test_eval_of_exported_weights_equals_predict_on_the_same_images(run_dir, tmp_path):
+    """`--mode=eval --config.torch_weights=<export>` (the tf.data pipeline) and predict (its NumPy
+    preprocessing) on the same validation files: the same top-1 and the same mean cross-entropy
+    (all 4 classes' probabilities come back from predict, so the loss is exact)."""
+    import tarfile
+
+    import ml_collections
+
+    from alexnet_jax import input_pipeline, miniature, train
+
+    config = rundir.load_config(run_dir)
+    input_pipeline.prepare(config)  # the tiny miniature archive of the run's config
+    path = export.export_run(run_dir, str(tmp_path / "model.pth"))
+    evaluated = ml_collections.ConfigDict(config.to_dict())
+    evaluated.torch_weights = path
+    metrics = train.evaluate_checkpoint(evaluated, str(tmp_path / "eval"))
+
+    synsets = miniature.imagenet_synsets()[: config.num_classes]
+    names = miniature.validation_file_names(synsets, config.miniature_val_per_class)
+    label_of = {name: label for label, s in enumerate(synsets) for name in names[s]}
+    with tarfile.open(os.path.join(config.miniature_dir, "ILSVRC2012_img_val.tar")) as tar:
+        tar.extractall(tmp_path / "val", members=[m for m in tar if m.name in label_of])
+    files = sorted(label_of)
+    loaded_config, params = predict.load_weights_file(path)
+    results = predict.predict(params, loaded_config, [str(tmp_path / "val" / f) for f in files])
+    top1 = np.mean([r[0].index == label_of[f] for f, r in zip(files, results, strict=True)])
+    losses = [
+        -np.log(next(p.prob for p in r if p.index == label_of[f]))
+        for f, r in zip(files, results, strict=True)
+    ]
+    assert metrics["num_examples"] == len(files) == 12
+    assert metrics["top1"] == pytest.approx(top1, abs=1e-9)
+    assert metrics["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-3)
