@@ -375,6 +375,24 @@ def _max_pool_slices_jvp(window, stride, primals, tangents):
     return out, dout
 
 
+def default_pool_implementation(backend: str | None = None) -> str:
+    """What pool_impl "auto" runs on `backend` (a `jax.default_backend()` name; None: this
+    process's): "slices" on CPU (measured in benchmarks/RESULTS.md), "reduce_window" elsewhere."""
+    backend = backend or jax.default_backend()
+    return "slices" if backend == "cpu" else "reduce_window"
+
+
+def auto_implementations(backend: str) -> dict[str, str]:
+    """The config's lrn_impl and pool_impl as "auto" resolves them on `backend` ("cpu", "gpu",
+    "tpu"). "auto" is resolved at trace time from the backend of the tracing process, so lowering
+    for another platform (jax.export on a CPU-only machine) must pin these to lower what a run
+    there would run."""
+    return {
+        "lrn_impl": default_implementation(backend),
+        "pool_impl": default_pool_implementation(backend),
+    }
+
+
 def max_pool(x: jax.Array, impl: str = "reduce_window", window: int = 3, stride: int = 2):
     """Max-pooling, VALID padding: overlapping with the paper's window 3 and stride 2.
 
@@ -385,7 +403,7 @@ def max_pool(x: jax.Array, impl: str = "reduce_window", window: int = 3, stride:
     benchmarks/RESULTS.md), "reduce_window" elsewhere.
     """
     if impl == "auto":
-        impl = "slices" if jax.default_backend() == "cpu" else "reduce_window"
+        impl = default_pool_implementation()
     if impl == "reduce_window":
         return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
     if impl != "slices":
@@ -427,7 +445,7 @@ class AlexNet(nn.Module):
     input_size: int = 227  # 227 (conv1 unpadded) or 224 (conv1 padded by 2); torchvision: any.
     lrn_convention: str = "paper"  # "paper": alpha as written; "cuda_convnet": alpha / n.
     lrn_impl: str = "auto"  # see alexnet_jax.lrn.IMPLEMENTATIONS; "auto" picks by backend.
-    pool_impl: str = "auto"  # max_pool(): "slices" on CPU, "reduce_window" elsewhere.
+    pool_impl: str = "auto"  # max_pool(): default_pool_implementation() of the backend.
     init_scheme: str = "paper"  # "paper": N(0, 0.01), the paper's biases; "he": He-normal, 0 bias;
     # "cuda_convnet": the paper's but N(0, 0.03) in conv3-5, as the original run.
     bias_one: float = 1.0  # the paper's "1" bias constant (Caffe's replication used 0.1).
@@ -792,9 +810,11 @@ __all__: Sequence[str] = (
     "GroupedConv",
     "TowerDense",
     "adaptive_avg_pool",
+    "auto_implementations",
     "conv_specs",
     "create_model",
     "default_input_size",
+    "default_pool_implementation",
     "layer_macs",
     "max_pool",
     "model_fields",
