@@ -68,55 +68,11 @@ COLUMNS = (
 )
 
 
-class TorchBench:
-    """One PyTorch form of the model (eager / channels_last / compiled) with its own optimizer."""
-
-    def __init__(self, variant: str, images, labels, channels_last: bool, compiled: bool):
-        import torch
-        import torch_models
-
-        self.torch = torch
-        self.device = common.torch_device()
-        self.model = torch_models.build(variant).to(self.device).train()
-        self.x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(self.device)  # NCHW
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.y = torch.from_numpy(labels.astype("int64")).to(self.device)
-        self.opt = torch.optim.SGD(
-            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4
-        )
-        self.autocast = _DTYPE.value == "bfloat16"
-        self._train = torch.compile(self._train_step) if compiled else self._train_step
-        self._eval = torch.compile(self._eval_step) if compiled else self._eval_step
-
-    def _train_step(self):
-        torch = self.torch
-        self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
-        self.opt.step()
-        return loss
-
-    def _eval_step(self):
-        with self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=self.autocast):
-            return self.model(self.x)
-
-    def run_train(self) -> None:
-        self.model.train()
-        self._train().item()  # .item() waits for the device
-
-    def run_eval(self) -> None:
-        self.model.eval()
-        with self.torch.inference_mode():
-            self._eval().sum().item()
-
-
 def _contenders(bench, variant: str) -> tuple[dict, dict]:
     """{name: TorchBench} and {name: error or compile seconds} for the PyTorch forms."""
     import jax
     import numpy as np
+    import torch_models
 
     images = np.asarray(jax.device_get(bench.train_batch["image"]), np.float32)
     labels = np.asarray(jax.device_get(bench.train_batch["label"]))
@@ -129,7 +85,15 @@ def _contenders(bench, variant: str) -> tuple[dict, dict]:
         forms["torch.compile"] = (False, True)
     benches, notes = {}, {}
     for name, (channels_last, compiled) in forms.items():
-        tb = TorchBench(variant, images, labels, channels_last, compiled)
+        tb = torch_models.TorchBench(
+            torch_models.build(variant),
+            images,
+            labels,
+            device=common.torch_device(),
+            channels_last=channels_last,
+            compiled=compiled,
+            bf16=_DTYPE.value == "bfloat16",
+        )
         start = time.perf_counter()
         try:
             tb.run_train()
