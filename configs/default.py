@@ -12,8 +12,8 @@ step 1 sat at the edge of stability here: held-out top-1 fell back to 75-79% in 
 2-process run diverged at step 43). Expected: every epoch after the first at >= 95% held-out top-1
 (chance: 25%), in a few minutes on a 2-core CPU. Measured on 2026-12-02 from a fresh clone, on 2
 cores shared with other jobs (load 5-9), held-out top-1 per epoch: seed 0 83/99/100/100/99/99%
-(235 s including the dataset build), seed 1 95/99/99/99/99/99%, seed 2 94/100/99/99/99/99%; the README's
-2-process demo 99/99/99/98/100/100% (768 s).
+(235 s including the dataset build), seed 1 95/99/99/99/99/99%, seed 2 94/100/99/99/99/99%; the
+README's 2-process demo 99/99/99/98/100/100% (768 s).
 
 Other configs import this one and override a few fields (see configs/imagenet.py).
 """
