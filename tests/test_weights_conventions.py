@@ -174,14 +174,16 @@ def test_predict_from_exported_weights_equals_predict_from_the_run(lrn_run_dir, 
         assert config[field] == run_config[field], field
     assert config.lrn_convention == run_config.lrn_convention == "paper"
 
-    images = [write_photo(tmp_path / f"{i}.png", seed=i) for i in range(2)]
+    images = [write_photo(tmp_path / f"{i}.png", seed=i) for i in range(6)]
     for image in images:
         np.testing.assert_array_equal(
             predict.load_image(image, config), predict.load_image(image, run_config)
         )
     got = predict.predict(params, config, images)
     want = predict.predict(run_params, run_config, images)
-    assert want[0][1].prob > 0.01  # not saturated: a change of conventions shows
+    # Random weights saturate on some pictures: at least one must not, so that a change of
+    # conventions would show in the probabilities.
+    assert max(w[1].prob for w in want) > 0.01
     for g, w in zip(got, want, strict=True):
         assert [(p.index, p.synset, p.name) for p in g] == [(p.index, p.synset, p.name) for p in w]
         np.testing.assert_allclose([p.prob for p in g], [p.prob for p in w], atol=1e-5)
