@@ -1,8 +1,8 @@
 """Per-example image preprocessing in TensorFlow: decoding, the paper's crops, flips, PCA lighting.
 
-Every random choice uses a `tf.random.stateless_*` op and an explicit seed, so an augmentation is a
-pure function of (seed, epoch, example) and a resumed run reproduces it exactly. The settings
-come as a `Recipe` (recipe.py). Images stay uint8
+Every random choice uses a `tf.random.stateless_*` op and an explicit seed (`train_draws`), so an
+augmentation is a pure function of (seed, epoch, example) and a resumed run reproduces it exactly.
+The settings come as a `Recipe` (recipe.py). Images stay uint8
 until a whole batch is normalized by one op (`normalize_batch`); per-example float work is slower.
 
 Geometry (docs/PAPER.md, "Data and augmentation"): the paper rescales the shorter side to 256,
@@ -28,14 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import imagenet_stats
-from alexnet_jax.recipe import Recipe
-
-
-def ten_crop_offsets(resize_size: int, crop_size: int) -> list[tuple[int, int]]:
-    """(top, left) of the five 10-crop views in the resize_size square: top-left, top-right,
-    bottom-left, bottom-right, center. Views 5..9 are the same five flipped horizontally."""
-    m = resize_size - crop_size
-    return [(0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2)]
+from alexnet_jax.recipe import Recipe, ten_crop_offsets
 
 
 class ViewPlan(NamedTuple):
@@ -216,49 +209,81 @@ def pca_lighting_offset(seed: tf.Tensor, std: float) -> tf.Tensor:
     )
 
 
-def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, recipe: Recipe):
-    """One training view -> (uint8 [S, S, 3] crop, flip bool, lighting offset float32 [3]).
+class TrainDraws(NamedTuple):
+    """One training example's random choices (host path): the seed of its crop window, the
+    paper crop's (top, left) int32 [2] in the resize_size square, its flip (bool) and its PCA
+    lighting offset (float32 [3], 0-255 scale; zero without lighting)."""
 
-    `seed` (int64 [2]) determines every random choice. The flip and the lighting offset are
-    applied to the whole batch by `normalize_batch` (one fused loop, cheaper than per image).
+    crop_seed: tf.Tensor
+    offset: tf.Tensor
+    flip: tf.Tensor
+    rgb: tf.Tensor
+
+
+def train_draws(seed: tf.Tensor, recipe: Recipe) -> TrainDraws:
+    """The random choices of one training example from its stateless seed (int64 [2]).
+
+    Crop offsets are uniform in [0, resize_size - input_size] (convdata.py:253), the flip has
+    p = 1/2 and the lighting alphas are N(0, pca_lighting_std^2).
     """
     crop_seed, flip_seed, light_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    if recipe.train_crop == "paper":
-        max_offset = recipe.resize_size - recipe.input_size
-        offset = tf.random.stateless_uniform([2], crop_seed, 0, max_offset + 1, dtype=tf.int32)
-        plan_fn = lambda shape: paper_crop_plan(
-            shape, offset, recipe.resize_size, recipe.input_size
-        )
-    else:
-        plan_fn = lambda shape: window_resized_plan(
-            random_resized_window(shape, crop_seed), [recipe.input_size] * 2
-        )
-    image = tf.ensure_shape(decode_view(image_bytes, plan_fn), [recipe.input_size] * 2 + [3])
+    max_offset = recipe.resize_size - recipe.input_size
+    offset = tf.random.stateless_uniform([2], crop_seed, 0, max_offset + 1, dtype=tf.int32)
     flip = tf.constant(False)
     if recipe.random_flip:
         flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-    offset_rgb = tf.zeros([3], tf.float32)
+    rgb = tf.zeros([3], tf.float32)
     if recipe.pca_lighting_std > 0:
-        offset_rgb = pca_lighting_offset(light_seed, recipe.pca_lighting_std)
-    return image, flip, offset_rgb
+        rgb = pca_lighting_offset(light_seed, recipe.pca_lighting_std)
+    return TrainDraws(crop_seed, offset, flip, rgb)
+
+
+def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, recipe: Recipe):
+    """One training view -> (uint8 [S, S, 3] crop, flip bool, lighting offset float32 [3]).
+
+    `seed` (int64 [2]) determines every random choice (`train_draws`). The flip and the lighting
+    offset are applied to the whole batch by `normalize_batch` (one fused loop, cheaper than per
+    image).
+    """
+    draws = train_draws(seed, recipe)
+    if recipe.train_crop == "paper":
+        plan_fn = lambda shape: paper_crop_plan(
+            shape, draws.offset, recipe.resize_size, recipe.input_size
+        )
+    else:
+        plan_fn = lambda shape: window_resized_plan(
+            random_resized_window(shape, draws.crop_seed), [recipe.input_size] * 2
+        )
+    image = tf.ensure_shape(decode_view(image_bytes, plan_fn), [recipe.input_size] * 2 + [3])
+    return image, draws.flip, draws.rgb
+
+
+def center_square(image_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
+    """uint8 [R, R, 3]: the central resize_size square of the image resized to shorter side
+    resize_size (the 10-crop views' source, and what the device path trains from)."""
+    plan_fn = lambda shape: center_square_plan(shape, resize_size)
+    return tf.ensure_shape(decode_view(image_bytes, plan_fn), [resize_size, resize_size, 3])
+
+
+def ten_crops(square: tf.Tensor, crop_size: int) -> tf.Tensor:
+    """uint8 [10, S, S, 3] from a [R, R, 3] square: the corners and center (ten_crop_offsets),
+    then the same five flipped horizontally."""
+    offsets = ten_crop_offsets(square.shape[0], crop_size)
+    crops = [square[y : y + crop_size, x : x + crop_size] for y, x in offsets]
+    return tf.stack(crops + [tf.reverse(c, axis=[1]) for c in crops])
 
 
 def eval_views(image_bytes: tf.Tensor, recipe: Recipe) -> tf.Tensor:
     """The evaluation views of one image as uint8 [V, S, S, 3], V = recipe.eval_crops.
 
     1 view: the center crop, exactly torchvision's Resize(resize_size) + CenterCrop(input_size).
-    10 views: the central resize_size square of the resized image, then its top-left, top-right,
-    bottom-left, bottom-right and center crops (ten_crop_offsets), then the same five flipped
-    horizontally.
+    10 views: `ten_crops` of the `center_square`.
     """
     size, square = recipe.input_size, recipe.resize_size
     if recipe.eval_crops == 1:
         plan_fn = lambda shape: center_crop_plan(shape, square, size)
         return tf.ensure_shape(decode_view(image_bytes, plan_fn), [size, size, 3])[None]
-    plan_fn = lambda shape: center_square_plan(shape, square)
-    image = tf.ensure_shape(decode_view(image_bytes, plan_fn), [square, square, 3])
-    crops = [image[y : y + size, x : x + size] for y, x in ten_crop_offsets(square, size)]
-    return tf.stack(crops + [tf.reverse(c, axis=[1]) for c in crops])
+    return ten_crops(center_square(image_bytes, square), size)
 
 
 def normalize_batch(

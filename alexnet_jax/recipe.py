@@ -60,6 +60,13 @@ class Recipe:
         return {self.config_field(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def ten_crop_offsets(resize_size: int, crop_size: int) -> list[tuple[int, int]]:
+    """(top, left) of the five 10-crop views in the resize_size square: top-left, top-right,
+    bottom-left, bottom-right, center. Views 5..9 are the same five flipped horizontally."""
+    m = resize_size - crop_size
+    return [(0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2)]
+
+
 def _miniature_problem(c: Any) -> str | None:
     """What is wrong with the miniature archive the config asks for (None: nothing)."""
     if c.dataset != "miniature":
