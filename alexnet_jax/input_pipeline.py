@@ -10,7 +10,12 @@ Public API (the training loop calls exactly these):
 
 Batches are host-side numpy dicts: train `image` [B, H, W, 3] (config.input_dtype), `label` int32
 [B], `mask` bool [B]; eval `image` [B, V, H, W, 3] with V = config.eval_crops (view order: see
-preprocessing.eval_views), `label` int32 [B], `mask` bool [B].
+preprocessing.eval_views), `label` int32 [B], `mask` bool [B]. With config.augment_on="device"
+the images stay uint8 and the jitted steps do the rest (alexnet_jax/augment.py): train `image`
+is the resize_size square [B, R, R, 3] (196,608 bytes per image at 256, against 618,348 for a
+float32 227 crop) with `example_id` uint32 [B, 2] and `epoch` int32 [B], the inputs of its random
+draws; eval `image` is the uint8 center view [B, 1, H, W, 3], or for 10 views the square
+[B, R, R, 3] they are cut from.
 
 Sources (config.dataset; alexnet_jax.data_sources reads and builds them): "imagenet2012" (tfds,
 built once from config.manual_dir into config.data_dir), "image_folder"
@@ -23,7 +28,8 @@ Determinism and resume policy. The data order and every augmentation are pure fu
 (config.seed, epoch, example): each epoch's order comes from a seed derived from (seed, epoch) by
 stateless ops (file order, then windows of config.shuffle_buffer_size records permuted), and each
 example's crop, flip and lighting come from `tf.random.stateless_*` ops seeded by (seed, epoch, a
-hash of the example's file name). The iterator's whole state is therefore `start_example`, the
+hash of the example's file name); on the device path, from JAX keys folded from the same
+triple (alexnet_jax/augment.py). The iterator's whole state is therefore `start_example`, the
 GLOBAL number of training examples consumed so far (step * global batch, global batch = local
 batch * process_count): host h resumes at local position start_example / process_count of its own
 infinite stream (its shard's epochs back to back, batches spanning epoch boundaries), skipping
@@ -58,7 +64,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -92,16 +99,26 @@ def _derive_seed(seed: int, *values) -> tf.Tensor:
     return key
 
 
-def _augment_seeds(seed: int, epochs: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
-    """Per-example stateless seeds [N, 2] = (seed and epoch, hash of the file name).
+def _example_ids(keys: tf.Tensor) -> tf.Tensor:
+    """int64 [N] stable ids of examples from their keys (file names): a FarmHash fingerprint."""
+    return tf.strings.to_hash_bucket_fast(keys, 2**62)
+
+
+def _augment_seeds(seed: int, epochs: tf.Tensor, example_ids: tf.Tensor) -> tf.Tensor:
+    """Per-example stateless seeds [N, 2] = (seed and epoch, the example's id).
 
     The pair keys the Philox generator behind every `tf.random.stateless_*` op of the example's
     augmentation, so crops, flips and lighting are a pure function of (seed, epoch, file name),
     the same on every host and after any resume. Computed for a whole batch in a few ops.
     """
-    example_ids = tf.strings.to_hash_bucket_fast(keys, 2**62)  # FarmHash fingerprint: stable
     seed_and_epoch = tf.constant(seed, tf.int64) * (2**24) + epochs  # unique for epoch < 2^24
     return tf.stack([seed_and_epoch, example_ids], axis=1)
+
+
+def _id_words(example_ids: tf.Tensor) -> tf.Tensor:
+    """int64 ids in [0, 2^62) [N] -> uint32 [N, 2] (high word, low word), for the device path."""
+    words = tf.stack([example_ids // 2**32, example_ids % 2**32], axis=1)
+    return tf.cast(words, tf.uint32)
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -112,16 +129,16 @@ def _check_process(process_index: int, process_count: int) -> None:
 # ---- tf.data graphs -----------------------------------------------------------------------------
 
 
-def _placeholder(image_shape, training: bool) -> dict[str, tf.Tensor]:
-    """What an undecodable example becomes: a zero image, label 0, mask False."""
+def _placeholder(image_shape, extra: dict | None = None) -> dict[str, tf.Tensor]:
+    """What an undecodable example becomes: a zero image, label 0, mask False (and zeros of the
+    `extra` fields: name -> (shape, dtype))."""
     placeholder = {
         "image": tf.zeros(image_shape, tf.uint8),
         "label": tf.constant(0, tf.int32),
         "mask": tf.constant(False),
     }
-    if training:
-        placeholder["flip"] = tf.constant(False)
-        placeholder["offset"] = tf.zeros([3], tf.float32)
+    for name, (shape, dtype) in (extra or {}).items():
+        placeholder[name] = tf.zeros(shape, dtype)
     return placeholder
 
 
@@ -144,21 +161,27 @@ def _decode_batches(
     )
 
 
-def _train_dataset(
-    config, shard, batch_size: int, start_epoch: int, offset: int, mean_image=None
-) -> tf.data.Dataset:
-    """Infinite training batches of one host, starting `offset` examples into `start_epoch`."""
-    recipe = Recipe.from_config(config)
-    seed = int(config.seed)
+class _Stages(NamedTuple):
+    """The per-example decoding, the per-batch finishing (None: none) and the placeholder of an
+    undecodable example, of one kind of batch."""
 
-    def epoch_records(epoch):
-        return shard.epoch_records(_derive_seed(seed, epoch)).map(lambda record: (epoch, record))
+    example_fn: Callable
+    finalize: Callable | None
+    placeholder: Callable
 
-    def materialize(epochs, records):  # a whole batch at once: a few ops instead of B maps
-        chunk = shard.materialize(records)
-        chunk["seed"] = _augment_seeds(seed, epochs, chunk["key"])
-        chunk["epoch"] = epochs
-        return chunk
+
+def _finished(batch: dict, images: tf.Tensor) -> dict:
+    return {
+        "image": images,
+        "label": batch["label"],
+        "mask": batch["mask"],
+        data_sources.UNDECODABLE: batch[data_sources.UNDECODABLE],
+    }
+
+
+def _host_train_stages(recipe: Recipe, mean_image) -> _Stages:
+    """The host path: decode the crop, draw the flip and lighting; flip, light and normalize the
+    batch in one fused op (image recipe.dtype [B, S, S, 3])."""
 
     def example_fn(example):
         image, flip, offset_rgb = preprocessing.train_example(
@@ -179,58 +202,108 @@ def _train_dataset(
         images = preprocessing.normalize_batch(
             batch["image"], recipe, batch["offset"], batch["flip"], mean_image
         )
+        return _finished(batch, images)
+
+    size = recipe.input_size
+    extra = {"flip": ([], tf.bool), "offset": ([3], tf.float32)}
+    return _Stages(example_fn, finalize, lambda: _placeholder([size, size, 3], extra))
+
+
+def _device_train_stages(recipe: Recipe) -> _Stages:
+    """The device path: decode the uint8 resize_size square and pass on the example's id and
+    epoch, from which alexnet_jax.augment draws the rest on the device."""
+
+    def example_fn(example):
         return {
-            "image": images,
-            "label": batch["label"],
-            "mask": batch["mask"],
-            data_sources.UNDECODABLE: batch[data_sources.UNDECODABLE],
+            "image": preprocessing.center_square(
+                data_sources.image_bytes(example), recipe.resize_size
+            ),
+            "label": example["label"],
+            "mask": tf.constant(True),
+            "example_id": example["example_id"],
+            "epoch": tf.cast(example["epoch"], tf.int32),
         }
+
+    square = [recipe.resize_size, recipe.resize_size, 3]
+    extra = {"example_id": ([2], tf.uint32), "epoch": ([], tf.int32)}
+    return _Stages(example_fn, None, lambda: _placeholder(square, extra))
+
+
+def _train_dataset(
+    config, shard, batch_size: int, start_epoch: int, offset: int, mean_image=None
+) -> tf.data.Dataset:
+    """Infinite training batches of one host, starting `offset` examples into `start_epoch`."""
+    recipe = Recipe.from_config(config)
+    seed = int(config.seed)
+    on_device = recipe.augment_on == "device"
+
+    def epoch_records(epoch):
+        return shard.epoch_records(_derive_seed(seed, epoch)).map(lambda record: (epoch, record))
+
+    def materialize(epochs, records):  # a whole batch at once: a few ops instead of B maps
+        chunk = shard.materialize(records)
+        ids = _example_ids(chunk["key"])
+        if on_device:
+            chunk["example_id"] = _id_words(ids)
+        else:
+            chunk["seed"] = _augment_seeds(seed, epochs, ids)
+        chunk["epoch"] = epochs
+        return chunk
 
     stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_records).skip(offset)
     chunks = stream.batch(batch_size, drop_remainder=True).map(
         materialize, num_parallel_calls=tf.data.AUTOTUNE
     )
-    size = recipe.input_size
-    batches = _decode_batches(
-        chunks, example_fn, lambda: _placeholder([size, size, 3], True), batch_size
-    )
-    batches = batches.map(finalize, num_parallel_calls=tf.data.AUTOTUNE)
+    stages = _device_train_stages(recipe) if on_device else _host_train_stages(recipe, mean_image)
+    batches = _decode_batches(chunks, stages.example_fn, stages.placeholder, batch_size)
+    if stages.finalize is not None:
+        batches = batches.map(stages.finalize, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE).with_options(data_sources.dataset_options())
+
+
+def _eval_stages(recipe: Recipe, mean_image) -> _Stages:
+    """Host path: the views, normalized (recipe.dtype [B, V, S, S, 3]). Device path: uint8,
+    the center view [B, 1, S, S, 3] or, for 10 views, the square they are cut from
+    [B, R, R, 3] (alexnet_jax.augment.eval_inputs normalizes them, and cuts the ten)."""
+    square = recipe.augment_on == "device" and recipe.eval_crops == 10
+
+    def example_fn(example):
+        image_bytes = data_sources.image_bytes(example)
+        if square:
+            image = preprocessing.center_square(image_bytes, recipe.resize_size)
+        else:
+            image = preprocessing.eval_views(image_bytes, recipe)
+        return {"image": image, "label": example["label"], "mask": tf.constant(True)}
+
+    def finalize(batch):
+        return _finished(
+            batch, preprocessing.normalize_batch(batch["image"], recipe, mean_image=mean_image)
+        )
+
+    if square:
+        shape = [recipe.resize_size, recipe.resize_size, 3]
+    else:
+        shape = [recipe.eval_crops, recipe.input_size, recipe.input_size, 3]
+    finalize = None if recipe.augment_on == "device" else finalize
+    return _Stages(example_fn, finalize, lambda: _placeholder(shape))
 
 
 def _eval_dataset(
     config, shard, batch_size: int, num_batches: int, mean_image=None
 ) -> tf.data.Dataset:
     """One pass over a host's eval shard, padded to num_batches full batches."""
-    recipe = Recipe.from_config(config)
-
-    def example_fn(example):
-        return {
-            "image": preprocessing.eval_views(data_sources.image_bytes(example), recipe),
-            "label": example["label"],
-            "mask": tf.constant(True),
-        }
-
-    def finalize(batch):
-        images = preprocessing.normalize_batch(batch["image"], recipe, mean_image=mean_image)
-        return {
-            "image": images,
-            "label": batch["label"],
-            "mask": batch["mask"],
-            data_sources.UNDECODABLE: batch[data_sources.UNDECODABLE],
-        }
-
+    stages = _eval_stages(Recipe.from_config(config), mean_image)
     examples = data_sources.fixed_order_examples(shard).map(
         lambda e: {**e, "valid": tf.constant(True)}
     )
     padding = {k: tf.zeros([], spec.dtype) for k, spec in examples.element_spec.items()}
     num_padding = num_batches * batch_size - shard.num_examples
     examples = examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
-    views = [recipe.eval_crops, recipe.input_size, recipe.input_size, 3]
     batches = _decode_batches(
-        examples.batch(batch_size), example_fn, lambda: _placeholder(views, False), batch_size
+        examples.batch(batch_size), stages.example_fn, stages.placeholder, batch_size
     )
-    batches = batches.map(finalize, num_parallel_calls=tf.data.AUTOTUNE)
+    if stages.finalize is not None:
+        batches = batches.map(stages.finalize, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE).with_options(data_sources.dataset_options())
 
 
@@ -256,7 +329,7 @@ def compute_mean_image(config, source) -> np.ndarray:
     float64. Undecodable images are left out."""
     size = int(config.resize_size)
     view = dict(config.to_dict(), eval_crops=1, input_size=size, normalization="mean")
-    view.update(input_dtype="float32")
+    view.update(input_dtype="float32", augment_on="host")
     shard = source.shard(config.train_split, 0, 1)
     batch_size = 64
     dataset = _eval_dataset(
@@ -317,18 +390,27 @@ _SYNTHETIC_POOL = 4  # distinct random batches cycled through (generating each o
 
 
 def _synthetic_pool(config, shape, count: int, process_index: int, salt: int):
-    """`count` random image batches of `shape` (normalized-looking values) and random labels."""
+    """`count` random image batches of `shape` and random labels: normalized-looking values of
+    config.input_dtype, or uint8 pixels for the device path."""
     rng = np.random.default_rng([int(config.seed), process_index, salt])
-    scale = 1.0 if config.normalization == "mean_std" else 58.0  # ~ std of mean-subtracted pixels
-    images = rng.standard_normal((count, *shape), dtype=np.float32) * scale
-    images = images.astype(tf.dtypes.as_dtype(config.input_dtype).as_numpy_dtype)
+    if config.augment_on == "device":
+        images = rng.integers(0, 256, size=(count, *shape), dtype=np.uint8)
+    else:
+        scale = 1.0 if config.normalization == "mean_std" else 58.0  # ~ std of mean-subtracted
+        images = rng.standard_normal((count, *shape), dtype=np.float32) * scale
+        images = images.astype(tf.dtypes.as_dtype(config.input_dtype).as_numpy_dtype)
     labels = rng.integers(0, int(config.num_classes), size=(count, shape[0]), dtype=np.int32)
     return images, labels
 
 
 def _synthetic_train_batches(config, batch_size: int, local_position: int, process_index: int):
-    """Infinite synthetic train batches; batch i of the stream is pool entry i mod pool size."""
-    size = int(config.input_size)
+    """Infinite synthetic train batches; batch i of the stream is pool entry i mod pool size.
+
+    Device path: uint8 squares, each example's id (process index, position in its epoch) and
+    epoch (position // synthetic_train_examples), as a real host's batch carries them.
+    """
+    on_device = config.augment_on == "device"
+    size = int(config.resize_size if on_device else config.input_size)
     images, labels = _synthetic_pool(
         config, (batch_size, size, size, 3), _SYNTHETIC_POOL, process_index, salt=0
     )
@@ -336,7 +418,15 @@ def _synthetic_train_batches(config, batch_size: int, local_position: int, proce
     step = local_position // batch_size
     while True:
         i = step % _SYNTHETIC_POOL
-        yield {"image": images[i], "label": labels[i], "mask": mask}
+        batch = {"image": images[i], "label": labels[i], "mask": mask}
+        if on_device:
+            position = step * batch_size + np.arange(batch_size)
+            epoch, index = np.divmod(position, int(config.synthetic_train_examples))
+            batch["example_id"] = np.stack(
+                [np.full_like(index, process_index), index], axis=1
+            ).astype(np.uint32)
+            batch["epoch"] = epoch.astype(np.int32)
+        yield batch
         step += 1
 
 
@@ -344,8 +434,10 @@ def _synthetic_eval_batches(
     config, batch_size: int, num_examples: int, num_batches: int, process_index: int
 ):
     """num_batches synthetic eval batches whose masks cover exactly num_examples examples."""
-    size = int(config.input_size)
-    shape = (batch_size, int(config.eval_crops), size, size, 3)
+    size, crops = int(config.input_size), int(config.eval_crops)
+    shape = (batch_size, crops, size, size, 3)
+    if config.augment_on == "device" and crops == 10:  # the squares the views are cut from
+        shape = (batch_size, int(config.resize_size), int(config.resize_size), 3)
     images, labels = _synthetic_pool(config, shape, 1, process_index, salt=1)
     for b in range(num_batches):
         mask = np.arange(b * batch_size, (b + 1) * batch_size) < num_examples

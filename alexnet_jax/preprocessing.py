@@ -4,6 +4,8 @@ Every random choice uses a `tf.random.stateless_*` op and an explicit seed (`tra
 augmentation is a pure function of (seed, epoch, example) and a resumed run reproduces it exactly.
 The settings come as a `Recipe` (recipe.py). Images stay uint8
 until a whole batch is normalized by one op (`normalize_batch`); per-example float work is slower.
+With config.augment_on="device" the host only decodes each image's `center_square` and
+alexnet_jax/augment.py does the crop, flip, lighting and normalization in JAX on the device.
 
 Geometry (docs/PAPER.md, "Data and augmentation"): the paper rescales the shorter side to 256,
 keeps the central 256x256 square and takes a random 227x227 (or 224) crop of it. Each view is a

@@ -19,6 +19,9 @@ TRAIN_CROPS = ("paper", "random_resized")  # the paper's 256-square crop, or Inc
 NORMALIZATIONS = ("mean", "mean_std", "mean_image")
 EVAL_CROPS = (1, 10)  # the center crop, or the paper's 10 patches
 INPUT_DTYPES = ("float32", "bfloat16")  # dtype of the images handed to the model
+# Where the training augmentation and the normalization run: in tf.data on the host (float
+# batches), or in the jitted steps on the accelerator (uint8 batches; alexnet_jax/augment.py).
+AUGMENT_ON = ("host", "device")
 
 _CASTS = {"int": int, "float": float, "str": str, "bool": bool}  # Recipe's annotations
 
@@ -39,6 +42,7 @@ class Recipe:
     normalization: str = "mean"  # one of NORMALIZATIONS
     eval_crops: int = 1  # one of EVAL_CROPS
     dtype: str = "float32"  # dtype of the normalized images (config.input_dtype)
+    augment_on: str = "host"  # one of AUGMENT_ON
 
     @staticmethod
     def config_field(attribute: str) -> str:
@@ -97,6 +101,13 @@ RULES = (
         lambda c: c.normalization != "mean_image" or c.dataset != "synthetic",
     ),
     rules.choice("input_dtype", INPUT_DTYPES),
+    rules.choice("augment_on", AUGMENT_ON),
+    rules.Rule(
+        "augment_on",
+        "'host' with config.train_crop='random_resized' (the device path implements the paper's "
+        "crop only)",
+        lambda c: c.augment_on == "host" or c.train_crop == "paper",
+    ),
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
     rules.positive_int("num_classes"),
     rules.number_at_least("pca_lighting_std", 0),

@@ -43,7 +43,7 @@ def banner(
         f"run: {os.path.abspath(workdir)} ({state})",
         f"devices: {_devices()}, {jax.process_count()} process(es); mesh {mesh_text}",
         f"data: {config.dataset}, {num_train_examples} train / {num_eval_examples} eval "
-        f"examples, {config.num_classes} classes",
+        f"examples, {config.num_classes} classes; augmentation on the {config.augment_on}",
         f"model: {config.variant} ({params / 1e6:.1f}M parameters, {config.dtype}); "
         f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule})",
         f"schedule: batch {config.batch_size}, {steps_per_epoch} steps per epoch, "

@@ -78,12 +78,15 @@ ADDED_FIELDS = {
     "grad_clip_norm": 0.0,
     "param_groups": {},
     "pca_lighting_stop_epoch": 0,
+    "augment_on": "host",
     **models.FORWARD_OPTIONS,
 }
 # Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
-# preprocessed or which model it is.
+# preprocessed or which model it is (augment_on moves the eval views' normalization between host
+# and device, bit for bit the same).
 EVAL_FIELDS = frozenset(
     {
+        "augment_on",
         "eval_split",
         "eval_crops",
         "eval_batch_size",

@@ -148,7 +148,9 @@ def _build(
             f"config.batch_size={config.batch_size} exceeds the {info.num_train_examples} training "
             "examples: lower the batch size."
         )
-    return experiment.build(config, mesh, steps_per_epoch=steps_per_epoch), info
+    mean = input_pipeline.load_mean_image(config) if config.augment_on == "device" else None
+    exp = experiment.build(config, mesh, steps_per_epoch=steps_per_epoch, mean_image=mean)
+    return exp, info
 
 
 def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalIterable:

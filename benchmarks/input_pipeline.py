@@ -1,8 +1,13 @@
 """Input pipeline: images/s per core of the training iterator, from full-size JPEGs and from the
-pre-resize (shorter side 256) cache.
+pre-resize (shorter side 256) cache, with the augmentation on the host or on the device.
 
     python benchmarks/input_pipeline.py --image_sides=350,500
     python benchmarks/input_pipeline.py --image_sides=300,450 --json=input.json
+    python benchmarks/input_pipeline.py --augment_on=host,device   # both paths, alternated
+
+--augment_on=device times the host's part of config.augment_on="device" (decoding the uint8 256
+square, no crop, flip, lighting or normalization: those run in the jitted step, not timed here);
+the `bytes/img` column is what each image costs to ship to the device.
 
 Generates --num_images miniature pictures (alexnet_jax.miniature) whose sides are drawn from
 --image_sides, builds them with the real tfds imagenet2012 builder and the 256 cache under
@@ -42,9 +47,14 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterato
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed trials (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.")
+_AUGMENT_ON = flags.DEFINE_list(
+    "augment_on", ["host"], "config.augment_on values to time (host, device), one row each."
+)
 
 COLUMNS = (
     ("source", "source", ""),
+    ("augment_on", "augment", ""),
+    ("image_bytes", "bytes/img", "d"),
     ("images_per_s", "img/s", ".0f"),
     ("cores", "cores", "d"),
     ("images_per_s_per_core", "img/s/core", ".0f"),
@@ -66,7 +76,7 @@ def time_train_pipeline(
 
     iterator = input_pipeline.create_train_iterator(config, local_batch_size=batch_size)
     for _ in range(warmup):
-        next(iterator)
+        batch = next(iterator)
     walls, cpus = [], []
     for _ in range(trials):
         wall, cpu = time.perf_counter(), common.cpu_seconds()
@@ -77,6 +87,7 @@ def time_train_pipeline(
     cores = len(os.sched_getaffinity(0))
     images = batch_size * num_batches
     return {
+        "image_bytes": batch["image"].nbytes // batch_size if warmup else 0,
         "images_per_trial": images,
         "trials": trials,
         "cores": cores,
@@ -96,13 +107,14 @@ def benchmark(
     num_batches: int,
     trials: int = 3,
     warmup: int = 5,
+    augment_on: tuple[str, ...] = ("host",),
 ) -> list[dict]:
     """Training-pipeline speed from full-size-like JPEGs and from the pre-resize (256) cache.
 
     Generates `num_images` miniature pictures whose sides are drawn from `image_sides` (350-500 px
     averages about 425x425 px, the area of ImageNet's typical 500x375), builds them with the real
     imagenet2012 builder and the pre-resize cache under bench_dir, then times the config's training
-    preprocessing on both.
+    preprocessing on both, once per `augment_on` value (alternated, so load changes hit each).
     """
     from alexnet_jax import input_pipeline, miniature
 
@@ -116,8 +128,10 @@ def benchmark(
     for name, cache in (("full-size JPEGs", ""), ("pre-resized 256 cache", "cache")):
         config.resized_cache_dir = os.path.join(bench_dir, cache) if cache else ""
         input_pipeline.prepare(config)
-        timing = time_train_pipeline(config, batch_size, num_batches, trials, warmup)
-        rows.append({"source": name, **timing})
+        for where in augment_on:
+            config.augment_on = where
+            timing = time_train_pipeline(config, batch_size, num_batches, trials, warmup)
+            rows.append({"source": name, "augment_on": where, **timing})
     archive_bytes = os.path.getsize(os.path.join(config.miniature_dir, miniature.TRAIN_TAR))
     for row in rows:
         row["image_sides"] = list(image_sides)
@@ -143,6 +157,7 @@ def main(argv) -> None:
         num_batches=_NUM_BATCHES.value,
         trials=_REPEATS.value,
         warmup=_WARMUP.value,
+        augment_on=tuple(_AUGMENT_ON.value),
     )
     env = common.environment(threads)
     print(f"# {env['cpu_model']} x{threads}, load {env['load_average']}")

@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.shuffle_buffer_size = 4096  # examples in the tf.data shuffle buffer (per host).
     c.eval_crops = 1  # 1 (center crop) or 10 (corners + center, each flipped; softmax averaged).
     c.input_dtype = "float32"  # dtype of the images handed to the model: float32 or bfloat16.
+    # Where the training augmentation (crop, flip, lighting) and the normalization run: "host"
+    # (tf.data ships float crops) or "device" (tf.data ships uint8 256 squares, 1/3 the bytes;
+    # the jitted steps crop, flip, light and normalize: alexnet_jax/augment.py). Paper crop only.
+    c.augment_on = "host"
     c.miniature_image_sides = (150, 500)  # miniature: each image side is drawn from this range.
     c.miniature_corrupt_files = 0  # miniature: extra undecodable files per split (for tests).
     c.synthetic_train_examples = 1_281_167  # synthetic: examples per epoch (ImageNet's train size).

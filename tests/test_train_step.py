@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, experiment, sharding, train
+from alexnet_jax import errors, experiment, sharding, steps, train
 from configs import default
-from tests import multihost_worker
+from tests import conftest, multihost_worker
 
 
 def _config(**overrides):
@@ -113,3 +113,33 @@ def test_check_finite_names_the_first_bad_step():
     with pytest.raises(errors.NonFiniteError, match=r"^Step 7: the loss or gradient is NaN/Inf"):
         train._check_finite([(6, good), (7, bad), (8, bad)], skip_nonfinite=False)
     train._check_finite([(7, bad)], skip_nonfinite=True)  # skipping: no error
+
+
+def test_device_path_steps_begin_with_the_augmentation(monkeypatch):
+    """augment_on="device": the jitted train and eval steps take the host's uint8 batches and
+    hand the model exactly `train_inputs` / `eval_inputs` of them, on a 2-device mesh (the model
+    steps replaced by ones that return the batch they are given; the state is a random one, fc6/fc7
+    narrowed)."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    monkeypatch.setattr(steps, "train_step", lambda state, batch, **_: (state, batch))
+    monkeypatch.setattr(steps, "eval_step", lambda params, batch, **_: batch)
+    fields = dict(variant="torchvision", input_size=64, resize_size=72, num_classes=5)
+    config = _config(augment_on="device", batch_size=4, eval_crops=10, **fields)
+    exp = experiment.build(config, sharding.make_mesh(config, jax.devices()[:2]))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (4, 72, 72, 3), dtype=np.uint8),
+        "label": np.arange(4, dtype=np.int32),
+        "mask": np.ones(4, bool),
+        "example_id": rng.integers(0, 2**32, (4, 2), dtype=np.uint32),
+        "epoch": np.zeros(4, np.int32),
+    }
+    batch = sharding.to_global_batch(batch, exp.mesh)
+    state = conftest.random_train_state(config)
+    seen = jax.device_get(exp.train_step(state, batch)[1])
+    assert seen["image"].shape == (4, 64, 64, 3)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, seen, exp.train_inputs(batch))
+    eval_batch = {k: batch[k] for k in ("image", "label", "mask")}
+    seen = jax.device_get(exp.eval_step(state.params, eval_batch))
+    assert seen["image"].shape == (4, 10, 64, 64, 3)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, seen, exp.eval_inputs(eval_batch))
