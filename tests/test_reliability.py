@@ -9,6 +9,7 @@ with fc6/fc7 narrowed (tests/multihost_worker.py) on synthetic data: seconds eac
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,8 +149,10 @@ def test_a_changed_dataset_is_refused(tmp_path):
 
 
 def test_resume_after_a_class_folder_was_added_is_refused(dirs, tmp_path):
-    """Case 8 end to end: a run on an image folder records its class names; after a class
-    folder is added, the rerun is refused (every label would shift by one) before it trains."""
+    """Case 8 end to end: a run on an image folder records its class names; after the class
+    folders change (here "dog" becomes "ant": the same pictures now sort first and would get
+    label 0; an added folder with num_classes unchanged is refused earlier, by the count), the
+    rerun is refused before it trains."""
     from PIL import Image
 
     root = tmp_path / "folder"
@@ -160,17 +163,16 @@ def test_resume_after_a_class_folder_was_added_is_refused(dirs, tmp_path):
                 pixels = np.full((40, 40, 3), 60 * index + 10 * k, np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f"{k}.png")
     workdir = str(tmp_path / "run")
-    folder = {"dataset": "image_folder", "image_folder": str(root), "num_classes": 3}
+    folder = {"dataset": "image_folder", "image_folder": str(root), "num_classes": 2}
     first = _narrow_main(dirs, workdir, steps=1, **folder)
     assert first.returncode == 0, first.stderr[-3000:]
     for split in ("train", "val"):
-        (root / split / "ant").mkdir()
-        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / split / "ant" / "0.png")
+        shutil.move(root / split / "dog", root / split / "ant")  # same pictures, label 0 now
     again = _narrow_main(dirs, workdir, steps=2, **folder)
     assert again.returncode == 2, again.stderr[-3000:]
     (line,) = _error_lines(again.stderr)
     assert "changed since it started" in line
-    assert "['cat', 'dog'] -> ['ant', 'cat', 'dog']" in line
+    assert "['cat', 'dog'] -> ['ant', 'cat']" in line
 
 
 # ---- One writer ---------------------------------------------------------------------------------
