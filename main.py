@@ -37,7 +37,13 @@ except (AttributeError, KeyError) as e:
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics (default: runs/<config name>)."
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and resume), or evaluate.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "prepare"],
+    "Train (and resume), evaluate, or only prepare the data (the tfds build, the pre-resize "
+    "cache, the image store, the mean image) and exit.",
+)
 # Multi-process runs (README "Multiple hosts"); unset: SLURM/Open MPI detected, else one process.
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (jax.distributed coordinator)."
@@ -113,9 +119,14 @@ def main(argv):
         "--config.data_dir, then rerun the same command: training resumes from the last "
         "complete checkpoint."
     ):
-        if _MODE.value == "train":
+        if _MODE.value in ("train", "prepare"):
             config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
         runtime.import_tensorflow_quietly()
+        if _MODE.value == "prepare":
+            from alexnet_jax import input_pipeline
+
+            input_pipeline.describe_prepared(_CONFIG.value, input_pipeline.prepare(_CONFIG.value))
+            return
         runtime.hide_accelerators_from_tensorflow()
         from alexnet_jax import train
 

@@ -72,6 +72,17 @@ def _permutation(n, seed: tf.Tensor) -> tf.Tensor:
     return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
 
 
+def example_ids(keys: tf.Tensor) -> tf.Tensor:
+    """int64 [N] stable ids of examples from their keys (file names): a FarmHash fingerprint."""
+    return tf.strings.to_hash_bucket_fast(keys, 2**62)
+
+
+def example_id_words(ids: tf.Tensor) -> tf.Tensor:
+    """int64 ids in [0, 2^62) [N] -> uint32 [N, 2] (high word, low word), for the device path."""
+    words = tf.stack([ids // 2**32, ids % 2**32], axis=1)
+    return tf.cast(words, tf.uint32)
+
+
 def dataset_options() -> tf.data.Options:
     """Deterministic element order; parallelism across elements (tf.data), not inside ops."""
     options = tf.data.Options()
@@ -641,8 +652,7 @@ def check_before_build(config) -> None:
         "miniature": ["data_dir", "miniature_dir"],
         "image_folder": ["image_folder"],
     }.get(config.dataset, [])
-    if config.resized_cache_dir:
-        fields.append("resized_cache_dir")
+    fields += [f for f in ("resized_cache_dir", "image_store_dir") if config[f]]
     for field in fields:
         problem = _directory_problem(config[field]) if config[field] else None
         if problem:

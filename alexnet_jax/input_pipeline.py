@@ -55,6 +55,12 @@ Pre-resize cache (config.resized_cache_dir): prepare() re-encodes the training s
 shorter side config.resize_size into TFRecord shards there (undecodable files are left out and
 logged); training then decodes small JPEGs, without any resize for the paper crop.
 
+Image store (config.image_store_dir, with augment_on="device"): prepare() writes the training
+split once as uint8 resize_size squares (alexnet_jax/image_store.py) and the train iterator reads
+them with no decoding: a full permutation per epoch from (seed, epoch), host h of n on every n-th
+stored example, the same batch fields and the same resume rule as above. Evaluation reads the
+dataset as without a store.
+
 Benchmark: `python benchmarks/input_pipeline.py` prints training pipeline images/s per CPU core
 from full-size-like JPEGs and from the pre-resize cache.
 """
@@ -72,7 +78,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_jax import config_lib, data_sources, imagenet_stats, preprocessing
+from alexnet_jax import config_lib, data_sources, image_store, imagenet_stats, preprocessing
 from alexnet_jax.errors import ConfigError, DataError
 from alexnet_jax.recipe import Recipe
 
@@ -99,11 +105,6 @@ def _derive_seed(seed: int, *values) -> tf.Tensor:
     return key
 
 
-def _example_ids(keys: tf.Tensor) -> tf.Tensor:
-    """int64 [N] stable ids of examples from their keys (file names): a FarmHash fingerprint."""
-    return tf.strings.to_hash_bucket_fast(keys, 2**62)
-
-
 def _augment_seeds(seed: int, epochs: tf.Tensor, example_ids: tf.Tensor) -> tf.Tensor:
     """Per-example stateless seeds [N, 2] = (seed and epoch, the example's id).
 
@@ -113,12 +114,6 @@ def _augment_seeds(seed: int, epochs: tf.Tensor, example_ids: tf.Tensor) -> tf.T
     """
     seed_and_epoch = tf.constant(seed, tf.int64) * (2**24) + epochs  # unique for epoch < 2^24
     return tf.stack([seed_and_epoch, example_ids], axis=1)
-
-
-def _id_words(example_ids: tf.Tensor) -> tf.Tensor:
-    """int64 ids in [0, 2^62) [N] -> uint32 [N, 2] (high word, low word), for the device path."""
-    words = tf.stack([example_ids // 2**32, example_ids % 2**32], axis=1)
-    return tf.cast(words, tf.uint32)
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -242,9 +237,9 @@ def _train_dataset(
 
     def materialize(epochs, records):  # a whole batch at once: a few ops instead of B maps
         chunk = shard.materialize(records)
-        ids = _example_ids(chunk["key"])
+        ids = data_sources.example_ids(chunk["key"])
         if on_device:
-            chunk["example_id"] = _id_words(ids)
+            chunk["example_id"] = data_sources.example_id_words(ids)
         else:
             chunk["seed"] = _augment_seeds(seed, epochs, ids)
         chunk["epoch"] = epochs
@@ -508,6 +503,22 @@ class EvalIterable:
             )
 
 
+# ---- The image store (config.image_store_dir) ---------------------------------------------------
+
+
+def _store_train_iterator(
+    config, batch_size: int, local_position: int, process_index: int, process_count: int
+) -> TrainIterator:
+    store = image_store.open_split(config, config.train_split)
+    positions = image_store.train_positions(store.num_examples, process_index, process_count)
+    if len(positions) == 0:
+        raise DataError(f"Host {process_index} of {process_count} has no training examples.")
+    batches = image_store.train_batches(
+        store, int(config.seed), batch_size, local_position, positions
+    )
+    return TrainIterator(image_store.Prefetch(batches), batch_size)
+
+
 # ---- Public API ---------------------------------------------------------------------------------
 
 
@@ -544,11 +555,39 @@ def prepare(config) -> DatasetInfo:
         data_sources.build_resized_cache(config, source)
     if config.normalization == "mean_image":
         build_mean_image(config, source)
+    num_train = source.num_examples(config.train_split)
+    if config.image_store_dir:
+        image_store.build(config, source)
+        store = image_store.open_split(config, config.train_split)
+        store.close()
+        num_train = store.num_examples  # the decodable ones
     return DatasetInfo(
-        source.num_examples(config.train_split),
+        num_train,
         source.num_examples(config.eval_split),
         source.num_classes,
     )
+
+
+def describe_prepared(config, info: DatasetInfo) -> None:
+    """Logs what prepare() made ready (main.py --mode=prepare): sizes and where each part is."""
+    logging.info(
+        "Prepared the %s data: %d training and %d eval examples, %d classes.",
+        config.dataset,
+        info.num_train_examples,
+        info.num_eval_examples,
+        info.num_classes,
+    )
+    if config.resized_cache_dir:
+        source = data_sources.open_source(config, build=False)
+        logging.info("Pre-resize JPEG cache: %s", data_sources.cache_dir(config, source))
+    if config.image_store_dir:
+        directory = image_store.split_dir(config, config.train_split)
+        size = sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
+        logging.info(
+            "Image store of the %s split: %s (%.2f GB)", config.train_split, directory, size / 1e9
+        )
+    if config.normalization == "mean_image":
+        logging.info("Mean image: %s", mean_image_path(config))
 
 
 def create_train_iterator(
@@ -574,6 +613,10 @@ def create_train_iterator(
     if config.dataset == "synthetic":
         batches = _synthetic_train_batches(config, local_batch_size, local_position, process_index)
         return TrainIterator(batches, local_batch_size)
+    if config.image_store_dir:
+        return _store_train_iterator(
+            config, local_batch_size, local_position, process_index, process_count
+        )
     shard = data_sources.train_shard(config, process_index, process_count)
     if shard.num_examples == 0:
         raise DataError(f"Host {process_index} of {process_count} has no training examples.")

@@ -108,6 +108,17 @@ RULES = (
         "crop only)",
         lambda c: c.augment_on == "host" or c.train_crop == "paper",
     ),
+    rules.Rule(
+        "image_store_dir",
+        "'' (no store) unless config.augment_on='device' (the store holds the uncropped "
+        "squares the device augments) and config.dataset is not 'synthetic'",
+        lambda c: not c.image_store_dir or (c.augment_on == "device" and c.dataset != "synthetic"),
+    ),
+    rules.Rule(
+        "image_store_dir",
+        "'' when config.resized_cache_dir is set (the store replaces the JPEG cache: set one)",
+        lambda c: not (c.image_store_dir and c.resized_cache_dir),
+    ),
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
     rules.positive_int("num_classes"),
     rules.number_at_least("pca_lighting_std", 0),

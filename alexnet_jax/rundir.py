@@ -66,8 +66,12 @@ RESUMABLE_FIELDS = frozenset(
         "miniature_dir",
         "image_folder",
         "resized_cache_dir",
+        "image_store_dir",
     }
 )
+# Resumable locations that also decide the data's order (the JPEG cache's and the image store's
+# shards are not the dataset's): a resumed run may move them, not turn them on or off.
+ORDER_FIELDS = ("resized_cache_dir", "image_store_dir")
 # Fields added to the config after runs were made, with the value that keeps an older run's
 # behaviour: filled in when an older config.json is read. The model's forward options
 # (block1_order, spatial_norm2, conv1_padding, activation, lrn, pool_window, pool_stride, width)
@@ -79,6 +83,7 @@ ADDED_FIELDS = {
     "param_groups": {},
     "pca_lighting_stop_epoch": 0,
     "augment_on": "host",
+    "image_store_dir": "",
     **models.FORWARD_OPTIONS,
 }
 # Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
@@ -95,6 +100,7 @@ EVAL_FIELDS = frozenset(
         "miniature_dir",
         "image_folder",
         "resized_cache_dir",
+        "image_store_dir",
         "torch_weights",
     }
 )
@@ -263,6 +269,11 @@ def check_resume(
         return []
     new = _as_json(config)
     changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
+    changed += [  # moving these is a location change; turning them on or off is not
+        (field, old[field], new[field])
+        for field in ORDER_FIELDS
+        if field in old and bool(old[field]) != bool(new[field])
+    ]
     if changed and not allow_change:
         raise ConfigError(
             f"{workdir} holds a run with another config; resuming it with this one would mix two "

@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.random_flip = True  # random horizontal reflections during training.
     c.normalization = "mean_std"  # "mean": subtract the RGB mean (paper); "mean_std": also / std.
     c.resized_cache_dir = ""  # if set, a one-time cache of images pre-resized to resize_size.
+    # If set, prepare() writes each split once there as uint8 resize_size squares (the paper's
+    # 256x256 images; ~250 GB for ImageNet's training set) and training reads them with no
+    # decoding (alexnet_jax/image_store.py). Needs augment_on="device".
+    c.image_store_dir = ""
     c.shuffle_buffer_size = 4096  # examples in the tf.data shuffle buffer (per host).
     c.eval_crops = 1  # 1 (center crop) or 10 (corners + center, each flipped; softmax averaged).
     c.input_dtype = "float32"  # dtype of the images handed to the model: float32 or bfloat16.

@@ -19,6 +19,7 @@ from PIL import Image
 from alexnet_jax import (
     augment,
     config_lib,
+    data_sources,
     experiment,
     imagenet_stats,
     input_pipeline,
@@ -133,7 +134,7 @@ def _check_statistics(offset, flip, rgb, margin: int, std: float) -> None:
 
 def _example_ids(n: int) -> tf.Tensor:
     names = tf.constant([f"n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG" for i in range(n)])
-    return input_pipeline._example_ids(names)
+    return data_sources.example_ids(names)
 
 
 def test_device_draws_pass_the_host_paths_statistical_checks():
@@ -152,7 +153,7 @@ def test_device_draws_pass_the_host_paths_statistical_checks():
     offset, flip, rgb = (t.numpy() for t in next(iter(host)))
     _check_statistics(offset, flip, rgb, margin=29, std=0.1)
 
-    words = input_pipeline._id_words(ids).numpy()
+    words = data_sources.example_id_words(ids).numpy()
     epochs = np.full([N_DRAWS], epoch, np.int32)
     draws = draw(recipe, seed, words, epochs)
     _check_statistics(*(np.asarray(d) for d in draws), margin=29, std=0.1)
@@ -161,7 +162,7 @@ def test_device_draws_pass_the_host_paths_statistical_checks():
 
 def test_device_lighting_stops_at_pca_lighting_stop_epoch():
     recipe = Recipe(pca_lighting_stop_epoch=2)
-    words = input_pipeline._id_words(_example_ids(8)).numpy()
+    words = data_sources.example_id_words(_example_ids(8)).numpy()
     rgb = draw(recipe, 0, words, np.array([0, 1, 2, 3, 0, 1, 2, 67], np.int32)).rgb
     lit = np.abs(np.asarray(rgb)).sum(1) > 0
     np.testing.assert_array_equal(lit, [True, True, False, False, True, True, False, False])
