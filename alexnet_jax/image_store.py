@@ -188,7 +188,7 @@ def _save_npy(directory: str, name: str, array: np.ndarray) -> None:
 def _remove_partial(directory: str) -> None:
     """Removes what an interrupted build wrote (never the lock file)."""
     for name in os.listdir(directory):
-        if name.startswith("images-") or name.endswith((".npy", ".tmp")):
+        if name == MANIFEST or name.endswith((".npy", ".tmp")):
             os.remove(os.path.join(directory, name))
 
 
@@ -204,21 +204,58 @@ def _build_split(config, source, split: str, directory: str) -> None:
         shard.num_examples * bytes_per_image(size) / 1e9,
         directory,
     )
-    writer, labels, ids, undecodable = _ShardWriter(directory), [], [], []
-    try:
+    undecodable: list[str] = []
+
+    def chunks():
         for batch in _decoded_batches(shard, size).as_numpy_iterator():
             undecodable.extend(k.decode(errors="replace") for k in batch[data_sources.UNDECODABLE])
             ok = batch["ok"]
-            writer.add(batch["image"][ok])
-            labels.append(batch["label"][ok])
-            ids.append(batch["example_id"][ok])
-            if len(writer.names) % 100 == 99 and writer._count < len(ok):
-                logging.info(
-                    "Image store: %d of %d images written.", sum(writer.lengths), shard.num_examples
-                )
+            yield batch["image"][ok], batch["label"][ok], batch["example_id"][ok]
+
+    write(directory, chunks(), split, size, undecodable, expected=shard.num_examples)
+    if undecodable:
+        logging.warning(
+            "The image store left out %d undecodable image(s): %s",
+            len(undecodable),
+            data_sources.name_list(undecodable),
+        )
+    logging.info("Image store of the %s split complete: %s.", split, directory)
+
+
+def write(
+    directory: str,
+    chunks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    split: str,
+    resize_size: int,
+    undecodable: list[str] | None = None,
+    expected: int = 0,
+) -> None:
+    """Writes a store from chunks of (uint8 squares [n, R, R, 3], labels [n], ids [n, 2]), the
+    manifest last; a full disk removes what was written and raises DataError. `undecodable` (the
+    files left out) is read after the last chunk; `expected` only sizes the progress lines."""
+    writer, labels, ids, logged = _ShardWriter(directory), [], [], 0
+    try:
+        for images, chunk_labels, chunk_ids in chunks:
+            writer.add(images)
+            labels.append(chunk_labels)
+            ids.append(chunk_ids)
+            if len(writer.names) >= logged + 100:  # every ~100 k images
+                logged = len(writer.names)
+                logging.info("Image store: %d of %d images written.", sum(writer.lengths), expected)
         writer.flush()
         _save_npy(directory, "labels.npy", np.concatenate(labels).astype(np.int32))
         _save_npy(directory, "example_ids.npy", np.concatenate(ids).astype(np.uint32))
+        manifest = {
+            "version": STORE_VERSION,
+            "split": split,
+            "resize_size": int(resize_size),
+            "num_examples": int(sum(writer.lengths)),
+            "files": writer.names,
+            "lengths": writer.lengths,
+            "num_undecodable": len(undecodable or []),
+            "undecodable_files": list(undecodable or []),
+        }
+        _save_json(os.path.join(directory, MANIFEST), manifest)
     except OSError as e:
         _remove_partial(directory)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -228,24 +265,6 @@ def _build_split(config, source, split: str, directory: str) -> None:
                 "larger disk, then run again."
             ) from e
         raise
-    manifest = {
-        "version": STORE_VERSION,
-        "split": split,
-        "resize_size": size,
-        "num_examples": int(sum(writer.lengths)),
-        "files": writer.names,
-        "lengths": writer.lengths,
-        "num_undecodable": len(undecodable),
-        "undecodable_files": undecodable,
-    }
-    if undecodable:
-        logging.warning(
-            "The image store left out %d undecodable image(s): %s",
-            len(undecodable),
-            data_sources.name_list(undecodable),
-        )
-    _save_json(os.path.join(directory, MANIFEST), manifest)
-    logging.info("Image store of the %s split complete: %s.", split, directory)
 
 
 def _save_json(path: str, value) -> None:
@@ -310,13 +329,20 @@ def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
 def open_split(config, split: str) -> Store:
     """The complete store of `split`; DataError when it is missing, incomplete or damaged."""
     directory = split_dir(config, split)
-    manifest = data_sources.read_json(os.path.join(directory, MANIFEST))
-    if manifest is None:
+    if data_sources.read_json(os.path.join(directory, MANIFEST)) is None:
         raise DataError(
             f"The image store of the {split!r} split is not built in {directory!r} "
             "(--config.image_store_dir); call alexnet_jax.input_pipeline.prepare(config) first "
             "(main.py does)."
         )
+    return open_split_dir(directory)
+
+
+def open_split_dir(directory: str) -> Store:
+    """The complete store in `directory` (written by `write`); DataError when it is damaged."""
+    manifest = data_sources.read_json(os.path.join(directory, MANIFEST))
+    if manifest is None:
+        raise _store_error(directory, f"has no readable {MANIFEST}")
     size = int(manifest["resize_size"])
     files, fds = [], []
     try:

@@ -1,5 +1,6 @@
-"""Input pipeline: images/s per core of the training iterator, from full-size JPEGs and from the
-pre-resize (shorter side 256) cache, with the augmentation on the host or on the device.
+"""Input pipeline: images/s per core of the training iterator, from full-size JPEGs, from the
+pre-resize (shorter side 256) cache and from the 256x256 image store, with the augmentation on
+the host or on the device.
 
     python benchmarks/input_pipeline.py --image_sides=350,500
     python benchmarks/input_pipeline.py --image_sides=300,450 --json=input.json
@@ -7,7 +8,9 @@ pre-resize (shorter side 256) cache, with the augmentation on the host or on the
 
 --augment_on=device times the host's part of config.augment_on="device" (decoding the uint8 256
 square, no crop, flip, lighting or normalization: those run in the jitted step, not timed here);
-the `bytes/img` column is what each image costs to ship to the device.
+the `bytes/img` column is what each image costs to ship to the device. The image store
+(config.image_store_dir, alexnet_jax/image_store.py) is timed with augment_on="device" only
+(the store holds the squares the device crops); `disk/img` is what each source stores per image.
 
 Generates --num_images miniature pictures (alexnet_jax.miniature) whose sides are drawn from
 --image_sides, builds them with the real tfds imagenet2012 builder and the 256 cache under
@@ -55,6 +58,7 @@ COLUMNS = (
     ("source", "source", ""),
     ("augment_on", "augment", ""),
     ("image_bytes", "bytes/img", "d"),
+    ("disk_bytes_per_image", "disk/img", ".0f"),
     ("images_per_s", "img/s", ".0f"),
     ("cores", "cores", "d"),
     ("images_per_s_per_core", "img/s/core", ".0f"),
@@ -116,7 +120,7 @@ def benchmark(
     imagenet2012 builder and the pre-resize cache under bench_dir, then times the config's training
     preprocessing on both, once per `augment_on` value (alternated, so load changes hit each).
     """
-    from alexnet_jax import input_pipeline, miniature
+    from alexnet_jax import data_sources, image_store, input_pipeline, miniature
 
     config = ml_collections.ConfigDict(config.to_dict())
     config.dataset, config.num_classes = "miniature", 4
@@ -125,18 +129,47 @@ def benchmark(
     config.miniature_dir = os.path.join(bench_dir, f"archive-{image_sides[0]}-{image_sides[1]}")
     config.data_dir = os.path.join(bench_dir, "tfds")
     rows = []
-    for name, cache in (("full-size JPEGs", ""), ("pre-resized 256 cache", "cache")):
+    sources = (
+        ("full-size JPEGs", "", ""),
+        ("pre-resized 256 cache", "cache", ""),
+        ("256x256 image store", "", "store"),
+    )
+    for name, cache, store in sources:
         config.resized_cache_dir = os.path.join(bench_dir, cache) if cache else ""
+        config.image_store_dir = os.path.join(bench_dir, store) if store else ""
+        config.augment_on = "device"  # prepare() checks the store's rule
         input_pipeline.prepare(config)
-        for where in augment_on:
+        archive_bytes = os.path.getsize(os.path.join(config.miniature_dir, miniature.TRAIN_TAR))
+        disk = archive_bytes
+        if cache:
+            disk = _directory_bytes(data_sources.cache_dir(config, _source(config)))
+        if store:
+            disk = _directory_bytes(image_store.split_dir(config, config.train_split))
+        for where in augment_on if not store else ("device",):
             config.augment_on = where
             timing = time_train_pipeline(config, batch_size, num_batches, trials, warmup)
-            rows.append({"source": name, "augment_on": where, **timing})
-    archive_bytes = os.path.getsize(os.path.join(config.miniature_dir, miniature.TRAIN_TAR))
+            rows.append(
+                {
+                    "source": name,
+                    "augment_on": where,
+                    "disk_bytes_per_image": disk / num_images,
+                    **timing,
+                }
+            )
     for row in rows:
         row["image_sides"] = list(image_sides)
         row["mean_jpeg_bytes"] = archive_bytes / num_images  # of the full-size files
     return rows
+
+
+def _source(config):
+    from alexnet_jax import data_sources
+
+    return data_sources.open_source(config, build=False)
+
+
+def _directory_bytes(directory: str) -> int:
+    return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
 
 
 def main(argv) -> None:

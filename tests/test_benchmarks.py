@@ -33,6 +33,7 @@ SCRIPTS = {
         "--batch_size=2",
         "--num_batches=3",
     ),
+    "image_store": ("--num_images=24", "--size=32", "--batch_size=4", "--grain_workers=0"),
 }
 TIMEOUT_S = 150
 
@@ -48,6 +49,8 @@ def results(repo_root, tmp_path_factory):
         cmd = [sys.executable, script, *QUICK, *args, f"--json={out_dir / name}.json"]
         if name == "input_pipeline":  # its generated images and builds
             cmd.append(f"--bench_dir={out_dir / 'bench_input'}")
+        if name == "image_store":  # its squares in each format
+            cmd.append(f"--store_dir={out_dir / 'bench_store'}")
         procs[name] = subprocess.Popen(
             cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -125,18 +128,46 @@ def test_project_xla_flags_only_for_the_jaxlib_releases_they_were_measured_with(
     assert (f"this is jaxlib {version}" in caplog.text) is not applied
 
 
-def test_input_pipeline_benchmark_times_full_size_jpegs_and_the_256_cache(results):
+def test_input_pipeline_benchmark_times_full_size_jpegs_the_256_cache_and_the_store(results):
     """One row per source, from a real imagenet2012 build of generated JPEGs of the given sizes;
-    the rates follow from the timed images and their wall and CPU times."""
+    the rates follow from the timed images and their wall and CPU times; the store holds 256x256
+    uint8 squares (196,608 bytes each, plus a .npy header and its labels and ids)."""
     rows = results["input_pipeline"]["rows"]
-    assert [r["source"] for r in rows] == ["full-size JPEGs", "pre-resized 256 cache"]
+    assert [r["source"] for r in rows] == [
+        "full-size JPEGs",
+        "pre-resized 256 cache",
+        "256x256 image store",
+    ]
+    assert [r["augment_on"] for r in rows] == ["host", "host", "device"]
+    assert rows[2]["image_bytes"] == 196_608
+    assert 196_608 < rows[2]["disk_bytes_per_image"] < 196_608 + 100
     for row in rows:
+        assert row["disk_bytes_per_image"] > 0
         assert row["image_sides"] == [40, 60]
         assert row["images_per_trial"] == 6
         assert row["mean_jpeg_bytes"] > 0
         assert row["images_per_s"] > 0
         assert row["images_per_s_per_core"] == pytest.approx(row["images_per_s"] / row["cores"])
         assert row["images_per_cpu_s_best"] >= row["images_per_cpu_s"] > 0
+
+
+def test_image_store_benchmark_times_each_reader_of_the_same_squares(results):
+    """A row per reader of the same 24 squares of 32x32x3 (3,072 bytes, 24 of them in one shard),
+    each timed over whole epochs of 6 batches; Grain is a row of its own, timed when installed
+    and named as not installed otherwise."""
+    rows = results["image_store"]["rows"]
+    readers = [r["reader"] for r in rows]
+    assert readers[:3] == ["image store (preadv)", "numpy memmap, fancy index", "ArrayRecord"]
+    assert readers[3] in ("Grain, 0 workers", "Grain")
+    for row in rows[:2]:  # the same .npy shard: the squares, a header, labels and ids
+        assert 3072 < row["disk_bytes_per_image"] < 3072 + 300
+    assert rows[2]["disk_bytes_per_image"] > 3072  # each record plus ArrayRecord's index
+    for row in rows[:3]:
+        assert row["images_per_trial"] == 24
+        assert row["images_per_cpu_s_max"] >= row["images_per_cpu_s"] >= row["images_per_cpu_s_min"]
+        assert row["images_per_s"] > 0
+    if readers[3] == "Grain":
+        assert rows[3]["note"] == "grain not installed: pip install grain"
 
 
 def test_set_xla_flags_adds_the_project_flags_but_keeps_the_users(repo_root):
