@@ -13,11 +13,14 @@ Measured in this order, each as long as the time budget allows (below):
 2. PyTorch eager (when a CUDA PyTorch is installed and JAX runs on a GPU): the same networks and
    SGD step (benchmarks/torch_models.py), channels_last with cudnn.benchmark on, bf16 by
    autocast; the ratio JAX / PyTorch per configuration.
-3. The training loop: `train.train_and_evaluate` (what main.py runs) on synthetic data for
-   --loop_steps steps of one configuration (--loop_variant/dtype/batch_size); its images/s are the
-   median of the `images_per_sec` that metrics.jsonl logs every --loop_log_every steps (the first
-   interval, which compiles, is reported apart), and the ratio loop / JAX step of 1. Data come
-   from the synthetic source, not from the built miniature store (which does not exist yet).
+3. The training loop: `train.train_and_evaluate` (what main.py runs) with augment_on="device"
+   (uint8 batches, the augmentation in the step) for --loop_steps steps of one configuration
+   (--loop_variant/dtype/batch_size), twice: on synthetic uint8 data, then on the miniature
+   dataset's image store (generated, built and stored once under --store_dir, which a rerun
+   reuses; 4 classes, at least 2 batches per epoch; its build time is reported apart). Its
+   images/s are the median of the `images_per_sec` that metrics.jsonl logs every
+   --loop_log_every steps (the first interval, which compiles, is reported apart), and the ratio
+   loop / JAX step of 1.
 4. torch.compile of the same PyTorch steps (static shapes, channels_last), bf16 and the largest
    batches first: each compile takes tens of seconds, so these come last.
 
@@ -80,6 +83,9 @@ _LOOP_DTYPE = flags.DEFINE_string("loop_dtype", "bfloat16", "The loop's dtype.")
 _LOOP_BATCH = flags.DEFINE_integer("loop_batch_size", 512, "The loop's global batch.")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 100, "The loop's training steps.")
 _LOOP_LOG = flags.DEFINE_integer("loop_log_every", 10, "The loop's log_every_steps.")
+_STORE_DIR = flags.DEFINE_string(
+    "store_dir", "", "Where the store loop's miniature data go (default: <out_dir>/miniature)."
+)
 _PEAK_F32 = flags.DEFINE_float("peak_tflops_float32", 0.0, "Override PEAK_TFLOPS (0: table).")
 _PEAK_BF16 = flags.DEFINE_float("peak_tflops_bfloat16", 0.0, "Override PEAK_TFLOPS (0: table).")
 
@@ -99,7 +105,13 @@ PEAK_TFLOPS = {
 # Seconds a measurement of each kind is assumed to take before one has been timed (a first GPU
 # compile of the step, a torch.compile, the loop with its final eval and checkpoint), and the
 # seconds kept for writing the results.
-PRIOR_S = {"jax": 40.0, "torch eager": 20.0, "loop": 90.0, "torch.compile": 90.0}
+PRIOR_S = {
+    "jax": 40.0,
+    "torch eager": 20.0,
+    "loop": 90.0,
+    "loop store": 150.0,  # the loop plus generating, building and storing the miniature data
+    "torch.compile": 90.0,
+}
 RESERVE_S = 5.0
 
 SMOKE = {  # what --smoke changes
@@ -111,6 +123,9 @@ SMOKE = {  # what --smoke changes
     "loop_steps": 4,  # of the first case
     "loop_log_every": 2,
     "fc_width": 64,
+    "store_image_sides": (40, 90),  # the store loop's miniature images
+    "store_resize_size": 72,
+    "store_per_class": 4,
 }
 
 
@@ -140,6 +155,7 @@ class Settings:
     torch: bool
     torch_compile: bool
     smoke: bool
+    store_dir: str = ""
 
 
 def settings_from_flags() -> Settings:
@@ -164,6 +180,7 @@ def settings_from_flags() -> Settings:
         torch=_TORCH.value,
         torch_compile=_TORCH_COMPILE.value,
         smoke=smoke,
+        store_dir=_STORE_DIR.value or os.path.join(_OUT.value, "miniature"),
     )
 
 
@@ -373,20 +390,44 @@ def measure_torch(
     }
 
 
-def measure_loop(case: Case, settings: Settings) -> dict[str, Any]:
-    """train.train_and_evaluate on synthetic data for settings.loop_steps steps (docstring, 3)."""
+def _store_config(config, case: Case, settings: Settings):
+    """`config` on the miniature dataset's image store under settings.store_dir."""
+    root = settings.store_dir
+    config.dataset, config.num_classes = "miniature", 4
+    config.miniature_dir = os.path.join(root, "archive")
+    config.data_dir = os.path.join(root, "tfds")
+    config.image_store_dir = os.path.join(root, "store")
+    smallest = SMOKE["store_per_class"] if settings.smoke else 100
+    config.miniature_train_per_class = max(smallest, -(-2 * case.batch_size // 4))
+    config.miniature_val_per_class = max(1, case.batch_size // 4)
+    if settings.smoke:
+        config.miniature_image_sides = SMOKE["store_image_sides"]
+        config.resize_size = SMOKE["store_resize_size"]
+    return config
+
+
+def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dict[str, Any]:
+    """train.train_and_evaluate for settings.loop_steps steps on `data`, "synthetic" or "store"
+    (docstring, 3)."""
     from alexnet_jax import runtime
 
     runtime.import_tensorflow_quietly()
     runtime.hide_accelerators_from_tensorflow()
-    from alexnet_jax import rundir, train
+    from alexnet_jax import input_pipeline, rundir, train
 
     config = _config(case, settings)
+    config.augment_on = "device"
     config.num_train_steps = settings.loop_steps
     config.log_every_steps = settings.loop_log_every
     config.checkpoint_every_steps = settings.loop_steps  # one save, at the end
     config.eval_crops = 1
     config.synthetic_eval_examples = config.eval_batch_size = case.batch_size  # one eval batch
+    prepare_s = 0.0
+    if data == "store":
+        config = _store_config(config, case, settings)
+        start = time.perf_counter()
+        input_pipeline.prepare(config)  # once per --store_dir
+        prepare_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="alexnet_jax_loop_") as workdir:
         start = time.perf_counter()
         train.train_and_evaluate(config, workdir)
@@ -397,12 +438,14 @@ def measure_loop(case: Case, settings: Settings) -> dict[str, Any]:
         raise ValueError(f"{len(lines)} train lines: raise --loop_steps / lower --loop_log_every")
     return {
         "contender": "loop",
+        "data": data,
         "img_s": statistics.median(rates),
         "interval_img_s": rates,
         "first_interval_s": lines[0]["step_time_ms"] * settings.loop_log_every / 1e3,
         "loop_steps": settings.loop_steps,
         "log_every": settings.loop_log_every,
         "wall_s": wall,  # setup, all steps, the final eval and checkpoint
+        "prepare_s": prepare_s,  # generating, building and storing the data (0 when reused)
         "peak_bytes": jax_peak_bytes(),
     }
 
@@ -422,6 +465,7 @@ def plan(settings: Settings, peaks: dict[str, float]) -> tuple[list[Item], list[
     if settings.loop_case:
         case = settings.loop_case
         items.append(Item("loop", case, lambda: measure_loop(case, settings)))
+        items.append(Item("loop store", case, lambda: measure_loop(case, settings, "store")))
     if device and settings.torch_compile:
         first = sorted(settings.cases, key=lambda c: (c.dtype != "bfloat16", -c.batch_size))
         items += [
@@ -507,7 +551,7 @@ def markdown(payload: dict[str, Any]) -> str:
         if r.get("contender") == "jax"
     }
     for r in rows:
-        if r["kind"] == "loop" or "img_s" not in r:
+        if r["kind"].startswith("loop") or "img_s" not in r:
             continue
         jax_rate = jax_img_s.get((r["variant"], r["dtype"], r["batch_size"]))
         compile_s = r.get("lower_s", 0) + r["compile_s"] if "compile_s" in r else None
@@ -533,18 +577,24 @@ def markdown(payload: dict[str, Any]) -> str:
         "temporaries - donated). peak GB: JAX, the process's allocator peak so far; PyTorch, "
         "this configuration's. JAX / this: the JAX step's img/s over this row's.",
     ]
+    data_names = {
+        "synthetic": "synthetic uint8 data",
+        "store": "the miniature image store, 4 classes",
+    }
     for r in rows:
-        if r["kind"] == "loop" and "img_s" in r:
+        if r["kind"].startswith("loop") and "img_s" in r:
             step = jax_img_s.get((r["variant"], r["dtype"], r["batch_size"]))
             ratio = f", {r['img_s'] / step:.2f}x the JAX step" if step else ""
+            built = f"; data prepared in {r['prepare_s']:.1f} s" if r.get("prepare_s") else ""
             lines += [
                 "",
-                f"Training loop (train.train_and_evaluate, synthetic data), {r['variant']} "
+                f"Training loop (train.train_and_evaluate, {data_names[r['data']]}, "
+                f"augmentation on the device), {r['variant']} "
                 f"{r['dtype']} batch {r['batch_size']}: **{r['img_s']:,.0f} img/s**{ratio} "
                 f"(median of {len(r['interval_img_s'])} intervals of {r['log_every']} steps; "
                 f"the first interval, which compiles (from the persistent cache if the step row "
                 f"ran first), {r['first_interval_s']:.1f} s; setup, {r['loop_steps']} steps, "
-                f"the final eval and checkpoint {r['wall_s']:.1f} s).",
+                f"the final eval and checkpoint {r['wall_s']:.1f} s{built}).",
             ]
     left = [r for r in rows if "skipped" in r or "error" in r]
     if left:
@@ -594,6 +644,7 @@ def main(argv):
         "smoke": settings.smoke,
         "budget_s": _BUDGET.value,
         "notes": notes,
+        "store_dir": settings.store_dir,
         "settings": {
             "repeats": settings.repeats,
             "warmup": settings.warmup,

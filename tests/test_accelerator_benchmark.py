@@ -49,17 +49,23 @@ def test_smoke_measures_the_jax_step_pytorch_both_ways_and_the_loop(smoke):
     assert payload["complete"] is True
     assert payload["peak_tflops"] == {"float32": PEAK}
     rows = payload["rows"]
-    assert [r["kind"] for r in rows] == ["jax", "torch eager", "loop", "torch.compile"]
+    assert [r["kind"] for r in rows] == [
+        "jax",
+        "torch eager",
+        "loop",
+        "loop store",
+        "torch.compile",
+    ]
     assert not [r for r in rows if "error" in r or "skipped" in r]
     flops = models.train_flops_per_image("torchvision", 64, 1000)
     for row in rows:
         assert (row["variant"], row["dtype"], row["batch_size"]) == ("torchvision", "float32", 2)
         assert row["img_s"] > 0
-        if row["kind"] != "loop":
+        if not row["kind"].startswith("loop"):
             assert row["img_s"] == pytest.approx(2e3 / row["step_ms"])
             assert row["train_flops_per_image"] == flops
             assert row["mfu"] == pytest.approx(row["img_s"] * flops / (PEAK * 1e12))
-    jax_row, eager, loop, compiled = rows
+    jax_row, eager, loop, store_loop, compiled = rows
     assert jax_row["compile_s"] > 0
     assert jax_row["lower_s"] > 0
     assert jax_row["program_bytes"] > 0
@@ -67,6 +73,10 @@ def test_smoke_measures_the_jax_step_pytorch_both_ways_and_the_loop(smoke):
     assert loop["loop_steps"] == 4
     assert len(loop["interval_img_s"]) == 1  # the first of two intervals (compile) left out
     assert loop["first_interval_s"] > 0
+    assert (loop["data"], store_loop["data"]) == ("synthetic", "store")
+    assert store_loop["prepare_s"] > 0  # generated, built and stored in the run's --out_dir
+    assert len(store_loop["interval_img_s"]) == 1
+    assert os.listdir(os.path.join(payload["store_dir"], "store"))
 
 
 def test_smoke_markdown_has_the_table_and_the_loop(smoke):
@@ -74,7 +84,8 @@ def test_smoke_markdown_has_the_table_and_the_loop(smoke):
     assert text.startswith("# Accelerator benchmark (--smoke: tiny sizes, not measurements)")
     table = [line for line in text.splitlines() if line.startswith("| torchvision | float32")]
     assert [line.split(" | ")[3] for line in table] == ["jax", "torch eager", "torch.compile"]
-    assert "Training loop (train.train_and_evaluate, synthetic data)" in text
+    assert "Training loop (train.train_and_evaluate, synthetic uint8 data, augmentation" in text
+    assert "Training loop (train.train_and_evaluate, the miniature image store, 4 classes" in text
     assert "Not measured" not in text
 
 
