@@ -241,6 +241,11 @@ def test_damaged_store_is_one_clear_error(tmp_path):
     os.truncate(path, os.path.getsize(path) - 100)
     with pytest.raises(DataError, match=r"truncated or padded images-00000.npy.*Delete that"):
         input_pipeline.create_train_iterator(config, local_batch_size=4)
+    os.truncate(path, os.path.getsize(path) + 100)  # back to size (zeros), then bad labels
+    labels = np.load(os.path.join(directory, "labels.npy"))
+    np.save(os.path.join(directory, "labels.npy"), labels + 4)
+    with pytest.raises(DataError, match=r"labels outside \[0, 4\) .* damaged"):
+        input_pipeline.create_train_iterator(config, local_batch_size=4)
     os.remove(os.path.join(directory, image_store.MANIFEST))
     with pytest.raises(DataError, match=r"not built .*prepare\(config\) first"):
         input_pipeline.create_train_iterator(config, local_batch_size=4)
