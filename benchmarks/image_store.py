@@ -225,17 +225,19 @@ def benchmark(
     paths = write_formats(directory, num_images, size)
     num_batches = num_images // batch_size
     store_bytes = _directory_bytes(paths["store"]) / num_images
-    readers = [
-        ("image store (preadv)", store_bytes, lambda: store_reader(paths["store"], batch_size)),
+    readers = [  # (name, disk bytes per image, make the batch iterator, extra warm-up batches)
+        ("image store (preadv)", store_bytes, lambda: store_reader(paths["store"], batch_size), 0),
         (
             "numpy memmap, fancy index",
             store_bytes,
             lambda: memmap_reader(paths["store"], num_images, batch_size, size),
+            0,
         ),
         (
             "ArrayRecord",
             os.path.getsize(paths["record_file"]) / num_images,
             lambda: array_record_reader(paths["record_file"], num_images, batch_size, size),
+            0,
         ),
     ]
     try:
@@ -247,14 +249,16 @@ def benchmark(
                     f"Grain, {workers} workers",
                     store_bytes,
                     lambda w=workers: grain_reader(paths["store"], num_images, batch_size, w),
+                    4 * workers,  # worker start-up (each imports this script) stays untimed
                 )
             )
         grain_note = ""
     except ImportError:
         grain_note = "grain not installed: pip install grain"
     rows = []
-    for name, disk, make in readers:
-        timing = _time_batches(iter(make()), num_batches, batch_size, repeats, warmup)
+    for name, disk, make, extra_warmup in readers:
+        batches = iter(make())
+        timing = _time_batches(batches, num_batches, batch_size, repeats, warmup + extra_warmup)
         rows.append({"reader": name, "disk_bytes_per_image": disk, "note": "", **timing})
     if grain_note:
         rows.append({"reader": "Grain", "note": grain_note})

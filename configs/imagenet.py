@@ -8,8 +8,12 @@ fact with its source and test).
 Expected: the ILSVRC-2012 validation error of that run, 40.7% top-1 / 18.2% top-5 (the paper's
 Table 2, one CNN; layer-params-145.cfg ends with `logprob: 1.741473, 0.406640, 0.182100`). The
 paper trained 5-6 days on two GTX 580s; on current GPUs this config takes hours to a day, and the
-host's JPEG decoding is the usual bottleneck (benchmarks/RESULTS.md;
---config.augment_on=device leaves the host only the decoding, see configs/default.py).
+host's JPEG decoding is the usual bottleneck (benchmarks/RESULTS.md). On an accelerator, store
+the training images once as the paper did, 256x256 uint8 (~252 GB), and feed them undecoded with
+the augmentation on the device (README, "Feeding an accelerator"):
+
+    python main.py --config=configs/imagenet.py --mode=prepare --config.augment_on=device \
+        --config.image_store_dir=/fast/disk/store ...   # once; then the same flags to train
 
 Where it departs from the paper's text (configs/imagenet_paper.py keeps the text): LRN alpha
 divided by n; conv1's LRN on its linear output (ReLU after pool1); a same-map normalization after

@@ -7,6 +7,8 @@ images per class, sides 40-90 px, one undecodable file per split) and its store 
 
 import errno
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -307,3 +309,34 @@ def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeyp
     assert len(losses) == 2
     assert all(np.isfinite(losses))
     assert sum(reads) >= 16  # the prefetching thread may have read ahead
+
+
+def test_main_mode_prepare_builds_the_store_and_refuses_a_host_path(tmp_path, repo_root):
+    """`main.py --mode=prepare` (README): builds the data and the store, says where, exits 0;
+    with augment_on=host it is one `error:` line naming the field, exit 2, nothing built."""
+    flags = [
+        f"--config.data_dir={tmp_path / 'tfds'}",
+        f"--config.miniature_dir={tmp_path / 'miniature'}",
+        "--config.miniature_train_per_class=3",
+        "--config.miniature_val_per_class=1",
+        "--config.miniature_image_sides=(40, 60)",
+        f"--config.image_store_dir={tmp_path / 'store'}",
+    ]
+    main = [sys.executable, os.path.join(repo_root, "main.py"), "--mode=prepare"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    refused = subprocess.run(
+        [*main, *flags, "--config.augment_on=host"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "config.image_store_dir" in errors[0]
+    assert not (tmp_path / "store").exists()
+    done = subprocess.run(
+        [*main, *flags, "--config.augment_on=device"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Prepared the miniature data: 12 training and 4 eval examples, 4 classes." in done.stderr
+    assert "Image store of the train split: " in done.stderr
+    (store,) = os.listdir(tmp_path / "store")
+    assert os.path.exists(tmp_path / "store" / store / image_store.MANIFEST)
