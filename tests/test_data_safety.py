@@ -206,13 +206,14 @@ def test_a_build_made_from_another_specs_archive_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "field", ["data_dir", "miniature_dir", "resized_cache_dir", "image_folder"]
+    "field", ["data_dir", "miniature_dir", "resized_cache_dir", "image_store_dir", "image_folder"]
 )
 def test_path_that_is_a_file_is_a_user_error_naming_the_field(tmp_path, field):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")
     dataset = "image_folder" if field == "image_folder" else "miniature"
-    config = _config(str(tmp_path), dataset=dataset, **{field: str(a_file)})
+    store = {"augment_on": "device"} if field == "image_store_dir" else {}
+    config = _config(str(tmp_path), dataset=dataset, **store, **{field: str(a_file)})
     with pytest.raises(UserError, match=rf"config\.{field}=.*is a file") as error:
         input_pipeline.prepare(config)
     assert isinstance(error.value, ConfigError | DataError)
