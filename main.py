@@ -1,4 +1,5 @@
-"""Trains or evaluates AlexNet: `python main.py --config=configs/imagenet.py --workdir=runs/x`.
+"""Trains or evaluates AlexNet: `python main.py --config=configs/imagenet.py --workdir=runs/x`
+(`--mode=eval` evaluates a run's latest checkpoint, `--mode=prepare` only prepares the data).
 
 All logic lives in alexnet_jax/; this file parses flags, prepares the process and reports errors
 the user must fix as one paragraph with exit code 2.

@@ -15,6 +15,11 @@ the ones the training loop runs, with the state donated. The config is configs/d
 1000 classes, synthetic data and --pool_impl (default "auto"); the process gets the project's XLA
 flags (alexnet_jax/runtime.py; --noproject_xla_flags measures with XLA's defaults).
 
+With --config=configs/default.py (any config file) the step timed is that config's own, every
+field as main.py would train it (its classes, clipping, schedule, dtype, batch), on synthetic
+batches of its shape; --variant/--dtype/--batch_size are then ignored and compile times are not
+measured. That is the bare step to compare main.py's loop with.
+
 CPU peak: this repo's numbers were taken on 2 vCPUs of an AMD EPYC Zen 4 (AVX-512 on two 256-bit
 FMA pipes: 32 float32 FLOP per cycle per core), so 2 x 32 x 3.7 GHz (boost) = 0.237 TFLOP/s is
 the float32 peak to pass as --peak_tflops=0.237 there; without a peak the MFU column is empty.
@@ -58,6 +63,9 @@ _CACHE = flags.DEFINE_string(
     "cache_dir", "", "Use this persistent compilation cache for the timed steps (default: none)."
 )
 _PROBE = flags.DEFINE_string("compile_probe", "", "Internal: cache folder; time one compile.")
+_CONFIG_FILE = flags.DEFINE_string(
+    "config", "", "Time this config file's own step (e.g. configs/default.py); see the docstring."
+)
 
 COLUMNS = (
     ("variant", "variant", ""),
@@ -80,6 +88,20 @@ def _config(variant: str, dtype: str, batch_size: int):
     return common.bench_config(
         variant, batch_size, dtype, pool_impl=_POOL.value or None, lrn_impl=_LRN.value or None
     )
+
+
+def _file_config(path: str):
+    """get_config() of a config file, on synthetic data (the step does not read the data)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("timed_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.dataset, config.augment_on = "synthetic", "host"
+    if config.normalization == "mean_image":
+        config.normalization = "mean"  # (the same arithmetic, one mean for every pixel)
+    return config
 
 
 def compile_probe(config, cache_dir: str) -> dict[str, float]:
@@ -220,7 +242,15 @@ def main(argv):
         f"XLA_FLAGS={env['xla_flags']!r}, load {env['load_average']}"
     )
     rows = []
-    for variant in _VARIANT.value:
+    if _CONFIG_FILE.value:
+        config = _file_config(_CONFIG_FILE.value)
+        row = {"variant": config.variant, "dtype": config.dtype, "batch_size": config.batch_size}
+        row["config"] = _CONFIG_FILE.value
+        row["load_before"] = common.load_average()
+        row.update(measure_steps(config))
+        row["load"] = row["load_after"] = common.load_average()
+        rows.append(row)
+    for variant in [] if _CONFIG_FILE.value else _VARIANT.value:
         for dtype in _DTYPE.value:
             for batch_size in batch_sizes:
                 rows.append(measure(variant, dtype, batch_size))
