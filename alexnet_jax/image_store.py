@@ -44,6 +44,7 @@ import os
 import queue
 import shutil
 import threading
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -312,6 +313,9 @@ class Store:
             os.close(fd)
         self._files = []
 
+    def __del__(self) -> None:
+        self.close()
+
 
 def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, offset of the data) of a .npy file."""
@@ -431,23 +435,19 @@ def train_batches(
 
 class Prefetch:
     """Runs an iterator in a daemon thread, `depth` items ahead (the reads overlap the step);
-    an exception in the thread is raised by the next `next()`."""
+    an exception in the thread is raised by the next `next()`. When the Prefetch is garbage
+    (a finished run, an abandoned iterator) the thread stops and lets go of the iterator."""
 
     _END = object()
 
     def __init__(self, items: Iterator, depth: int = _PREFETCH):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True)
+        stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_fill, args=(items, self._queue, stop, self._END), daemon=True
+        )
         self._thread.start()
-
-    def _fill(self, items: Iterator) -> None:
-        try:
-            for item in items:
-                self._queue.put(item)
-        except BaseException as e:  # handed to the consumer
-            self._queue.put(e)
-            return
-        self._queue.put(self._END)
+        weakref.finalize(self, stop.set)
 
     def __iter__(self) -> "Prefetch":
         return self
@@ -461,3 +461,26 @@ class Prefetch:
             self._queue.put(item)
             raise item
         return item
+
+
+def _fill(items: Iterator, out: queue.Queue, stop: threading.Event, end: object) -> None:
+    """Prefetch's thread: puts each item (then `end`, or the exception raised) into `out`, and
+    returns as soon as `stop` is set (it holds no reference to the Prefetch itself)."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    try:
+        for item in items:
+            if not put(item):
+                return
+    except BaseException as e:  # handed to the consumer
+        put(e)
+        return
+    put(end)

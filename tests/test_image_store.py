@@ -9,6 +9,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -340,3 +341,27 @@ def test_main_mode_prepare_builds_the_store_and_refuses_a_host_path(tmp_path, re
     assert "Image store of the train split: " in done.stderr
     (store,) = os.listdir(tmp_path / "store")
     assert os.path.exists(tmp_path / "store" / store / image_store.MANIFEST)
+
+
+def test_an_abandoned_iterator_lets_go_of_its_thread_and_files(store_config):
+    """The reading thread stops and the store's files are closed once the iterator is garbage
+    (runs in one process, e.g. a sweep's tests, must not pile up threads and descriptors)."""
+    import gc
+    import threading
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    before_threads, before_fds = threading.active_count(), open_fds()
+    iterator = input_pipeline.create_train_iterator(store_config, local_batch_size=4)
+    next(iterator)
+    assert threading.active_count() == before_threads + 1
+    del iterator
+    gc.collect()
+    for _ in range(50):  # the thread notices within its 0.1 s put timeout
+        if threading.active_count() == before_threads:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() == before_threads
+    gc.collect()
+    assert open_fds() == before_fds
