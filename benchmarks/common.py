@@ -300,3 +300,17 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
+
+
+def report_rows(rows: list[dict], columns, threads: int) -> None:
+    """Prints the machine line and the table of `rows`; writes them to --json when given."""
+    env = environment(threads)
+    print(f"# {env['cpu_model']} x{threads}, load {env['load_average']}")
+    print_table(rows, columns)
+    if JSON.value:
+        write_json(JSON.value, {"environment": env, "rows": rows})
+
+
+def directory_bytes(directory: str) -> int:
+    """Bytes of the files directly in `directory`."""
+    return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())

@@ -95,10 +95,6 @@ def _time_batches(batches, num_batches: int, batch_size: int, repeats: int, warm
     }
 
 
-def _directory_bytes(directory: str) -> int:
-    return sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
-
-
 def write_formats(directory: str, num_images: int, size: int) -> dict[str, str]:
     """The same random squares as an image store and as an ArrayRecord file (kept between runs)."""
     from array_record.python import array_record_module
@@ -224,7 +220,7 @@ def benchmark(
 ) -> list[dict]:
     paths = write_formats(directory, num_images, size)
     num_batches = num_images // batch_size
-    store_bytes = _directory_bytes(paths["store"]) / num_images
+    store_bytes = common.directory_bytes(paths["store"]) / num_images
     readers = [  # (name, disk bytes per image, make the batch iterator, extra warm-up batches)
         ("image store (preadv)", store_bytes, lambda: store_reader(paths["store"], batch_size), 0),
         (
@@ -277,11 +273,7 @@ def main(argv) -> None:
         _WARMUP.value,
         tuple(int(w) for w in _GRAIN_WORKERS.value),
     )
-    env = common.environment(threads)
-    print(f"# {env['cpu_model']} x{threads}, load {env['load_average']}")
-    common.print_table(rows, COLUMNS)
-    if common.JSON.value:
-        common.write_json(common.JSON.value, {"environment": env, "rows": rows})
+    common.report_rows(rows, COLUMNS, threads)
 
 
 if __name__ == "__main__":

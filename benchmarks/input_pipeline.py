@@ -142,9 +142,9 @@ def benchmark(
         archive_bytes = os.path.getsize(os.path.join(config.miniature_dir, miniature.TRAIN_TAR))
         disk = archive_bytes
         if cache:
-            disk = _directory_bytes(data_sources.cache_dir(config, _source(config)))
+            disk = common.directory_bytes(data_sources.cache_dir(config, _source(config)))
         if store:
-            disk = _directory_bytes(image_store.split_dir(config, config.train_split))
+            disk = common.directory_bytes(image_store.split_dir(config, config.train_split))
         for where in augment_on if not store else ("device",):
             config.augment_on = where
             timing = time_train_pipeline(config, batch_size, num_batches, trials, warmup)
@@ -168,10 +168,6 @@ def _source(config):
     return data_sources.open_source(config, build=False)
 
 
-def _directory_bytes(directory: str) -> int:
-    return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
-
-
 def main(argv) -> None:
     del argv
     threads = common.setup_process(common.THREADS.value)
@@ -192,11 +188,7 @@ def main(argv) -> None:
         warmup=_WARMUP.value,
         augment_on=tuple(_AUGMENT_ON.value),
     )
-    env = common.environment(threads)
-    print(f"# {env['cpu_model']} x{threads}, load {env['load_average']}")
-    common.print_table(rows, COLUMNS)
-    if common.JSON.value:
-        common.write_json(common.JSON.value, {"environment": env, "rows": rows})
+    common.report_rows(rows, COLUMNS, threads)
 
 
 if __name__ == "__main__":
