@@ -112,3 +112,29 @@ def lrn_run_dir(tmp_path_factory) -> str:
         normalization="mean",
         lrn_convention="paper",
     )
+
+
+# ---- Order on pytest-xdist's workers (pyproject.toml: -n 2 --dist loadfile) ---------------------
+
+# Files whose tests take about a minute or more of 2 cores in all (training runs in subprocesses,
+# the benchmark scripts), longest first: they start first, so that no worker ends the run alone
+# on one of them. --dist loadfile keeps each file on one worker, so a module-scoped fixture (a
+# training run, the benchmark scripts' output) is built once. (Not --dist loadgroup: with pytest
+# 9.2 and pytest-xdist 3.8.0 its xdist_group marks have no effect, pytest-dev/pytest-xdist#1386.)
+_LONGEST_FIRST = (
+    "tests/test_main.py",
+    "tests/test_demo.py",
+    "tests/test_multihost.py",
+    "tests/test_benchmarks.py",
+    "tests/test_reliability.py",
+    "tests/test_sweep.py",
+    "tests/test_accelerator_benchmark.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the collection order within a file and among the rest
