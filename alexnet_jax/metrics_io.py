@@ -20,21 +20,38 @@ TRAIN_METRICS = ("loss", "top1", "top5", "learning_rate", "grad_norm")
 
 
 class Progress:
-    """Images/s, step time and ETA from wall-clock time between two log calls."""
+    """Training speed and ETA from wall-clock time between two log calls.
+
+    images_per_sec and step_time_ms are the training steps' own: the seconds spent in
+    evaluations and checkpoint saves in between (`exclude`) are left out, so they compare with
+    the bare step (benchmarks/train_step.py). eta_seconds is the average time per step since the
+    first log (its interval holds the compilation) times the steps left: evaluations and saves
+    included, as the rest of the run will have them.
+    """
 
     def __init__(self, start_step: int, num_steps: int, batch_size: int):
         self.num_steps, self.batch_size = num_steps, batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
+        self.excluded = 0.0
+        self.first: tuple[int, float] | None = None  # (step, time) of the first log
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves `seconds` (an evaluation, a checkpoint save) out of the next speed."""
+        self.excluded += seconds
 
     def update(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         steps = max(step - self.last_step, 1)
-        step_time = (now - self.last_time) / steps
-        self.last_step, self.last_time = step, now
+        step_time = max(now - self.last_time - self.excluded, 1e-9) / steps
+        if self.first is None:
+            self.first, average = (step, now), step_time
+        else:
+            average = (now - self.first[1]) / max(step - self.first[0], 1)
+        self.last_step, self.last_time, self.excluded = step, now, 0.0
         return {
             "images_per_sec": self.batch_size / step_time,
             "step_time_ms": 1000.0 * step_time,
-            "eta_seconds": step_time * max(self.num_steps - step, 0),
+            "eta_seconds": average * max(self.num_steps - step, 0),
         }
 
 

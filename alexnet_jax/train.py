@@ -348,13 +348,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
             writer.write_train(step, host, progress.update(step), counts)
 
     def run_eval(step: int) -> dict[str, float]:
+        began = time.perf_counter()
         metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
         writer.write_eval(step, metrics)
         _check_finite_eval(step, metrics)
+        progress.exclude(time.perf_counter() - began)  # not training time
         return metrics
 
     def save(step: int) -> None:
         flush_train_metrics(step)  # never save after an unnoticed NaN
+        began = time.perf_counter()
         checkpoint.save(
             manager,
             step,
@@ -364,6 +367,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
                 "batch_size": config.batch_size,
             },
         )
+        progress.exclude(time.perf_counter() - began)  # its blocking part: not training time
 
     batches = sharding.prefetch_to_mesh(train_iter, mesh)
     step, preempted = start_step, False

@@ -123,6 +123,7 @@ def lrn_run_dir(tmp_path_factory) -> str:
 # 9.2 and pytest-xdist 3.8.0 its xdist_group marks have no effect, pytest-dev/pytest-xdist#1386.)
 _LONGEST_FIRST = (
     "tests/test_main.py",
+    "tests/test_imagenet_configs.py",
     "tests/test_demo.py",
     "tests/test_multihost.py",
     "tests/test_benchmarks.py",

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, config_lib, miniature, rundir, runtime
+from alexnet_jax import checkpoint, config_lib, rundir, runtime
 from alexnet_jax.errors import ConfigError, is_storage_error, reported_as_exit
 from configs import default
 from tests import multihost_worker
@@ -306,43 +306,6 @@ def test_validate_config_names_the_field(field, value, message):
 
 def test_default_config_is_valid():
     config_lib.validate_config(default.get_config(), num_devices=8)
-
-
-def test_both_imagenet_configs_run_end_to_end_on_a_miniature_ilsvrc_archive(shared_dirs, tmp_path):
-    """configs/imagenet.py (run 145: paper variant at 224 with conv1's overhang, the mean image,
-    parameter groups, 10-crop eval) and configs/imagenet_paper.py (the text) with manual_dir
-    pointing at two generated ILSVRC2012 tars: built once by the real imagenet2012 builder, the
-    mean image computed once, each trained 2 steps and evaluated."""
-    manual_dir = str(tmp_path / "ilsvrc")
-    spec = miniature.MiniatureSpec(
-        num_classes=3, train_per_class=6, val_per_class=2, side_range=(120, 260)
-    )
-    miniature.generate(manual_dir, spec)
-    flags = {
-        "manual_dir": manual_dir,
-        "data_dir": str(tmp_path / "tfds"),
-        "num_train_steps": 2,
-        "batch_size": 4,
-        "eval_batch_size": 4,
-        "log_every_steps": 1,
-        "checkpoint_every_steps": 2,
-        "shuffle_buffer_size": 32,
-    }
-    for name in ("imagenet", "imagenet_paper"):
-        workdir = str(tmp_path / name)
-        args = [f"--config={os.path.join(REPO, 'configs', name + '.py')}", f"--workdir={workdir}"]
-        args += [f"--config.{k}={v}" for k, v in flags.items()]
-        code, _, err = _run_main(shared_dirs, args, timeout=600, narrow=True)  # fc6/fc7 narrowed
-        assert code == 0, err[-3000:]
-        eval_line = [x for x in _jsonl(workdir) if x["split"] == "eval"][-1]
-        assert eval_line["step"] == 2
-        assert eval_line["num_examples"] == 6  # 3 classes x 2 validation images, 10 crops each
-        config = rundir.load_config(workdir)
-        assert (config.variant, config.eval_crops, config.num_classes) == ("paper", 10, 1000)
-        assert config.normalization == "mean_image"
-        assert rundir.read_mean_image(workdir).shape == (256, 256, 3)  # the run's own copy
-    mean_images = os.listdir(os.path.join(flags["data_dir"], "mean_images"))
-    assert len([f for f in mean_images if f.endswith(".npy")]) == 1  # once, for both runs
 
 
 def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
