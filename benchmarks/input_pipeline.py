@@ -80,18 +80,18 @@ def time_train_pipeline(
 
     iterator = input_pipeline.create_train_iterator(config, local_batch_size=batch_size)
     for _ in range(warmup):
-        batch = next(iterator)
+        next(iterator)
     walls, cpus = [], []
     for _ in range(trials):
         wall, cpu = time.perf_counter(), common.cpu_seconds()
         for _ in range(num_batches):
-            next(iterator)
+            batch = next(iterator)
         walls.append(time.perf_counter() - wall)
         cpus.append(common.cpu_seconds() - cpu)
     cores = len(os.sched_getaffinity(0))
     images = batch_size * num_batches
     return {
-        "image_bytes": batch["image"].nbytes // batch_size if warmup else 0,
+        "image_bytes": batch["image"].nbytes // batch_size,
         "images_per_trial": images,
         "trials": trials,
         "cores": cores,
