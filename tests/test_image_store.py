@@ -5,6 +5,7 @@ The module fixture builds a miniature imagenet2012 (4 classes x 6 training image
 images per class, sides 40-90 px, one undecodable file per split) and its store at resize_size 72.
 """
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -347,21 +348,30 @@ def test_an_abandoned_iterator_lets_go_of_its_thread_and_files(store_config):
     """The reading thread stops and the store's files are closed once the iterator is garbage
     (runs in one process, e.g. a sweep's tests, must not pile up threads and descriptors)."""
     import gc
-    import threading
 
-    def open_fds():
-        return len(os.listdir("/proc/self/fd"))
+    shards = os.path.realpath(image_store.split_dir(store_config, "train"))
 
-    before_threads, before_fds = threading.active_count(), open_fds()
+    def store_fds():  # this process's descriptors open on the store's files
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [n for n in names if n.startswith(shards)]
+
+    def settle(condition):  # a stopped thread notices within its 0.1 s put timeout
+        for _ in range(100):
+            gc.collect()
+            if condition():
+                return True
+            time.sleep(0.05)
+        return False
+
+    assert settle(lambda: not store_fds())  # earlier tests' iterators, let go of
     iterator = input_pipeline.create_train_iterator(store_config, local_batch_size=4)
     next(iterator)
-    assert threading.active_count() == before_threads + 1
+    thread = iterator._batches._thread
+    assert thread.is_alive()
+    assert store_fds()
     del iterator
-    gc.collect()
-    for _ in range(50):  # the thread notices within its 0.1 s put timeout
-        if threading.active_count() == before_threads:
-            break
-        time.sleep(0.05)
-    assert threading.active_count() == before_threads
-    gc.collect()
-    assert open_fds() == before_fds
+    assert settle(lambda: not thread.is_alive())
+    assert settle(lambda: not store_fds())
