@@ -68,24 +68,25 @@ def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(fi
 
 
 def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metrics_line(
-    dirs, tmp_path, caplog
+    dirs, finished_run, tmp_path, caplog
 ):
     """Cases 7 and 4: with --allow_config_change the run continues with the new value, config.json
     holds it and config_history.jsonl records each start and end and the change (old and new); the
     length and logging cadence may change without the flag. A half line at the end of
     metrics.jsonl (a crash mid-write) no longer breaks the rerun: readers skip it with a
-    warning and the resumed run drops it."""
+    warning and the resumed run drops it. (On a copy of the finished 8-step run.)"""
     workdir = str(tmp_path / "run")
-    assert _narrow_main(dirs, workdir, steps=2, log_every_steps=1).returncode == 0
+    shutil.copytree(finished_run, workdir)
     with open(rundir.metrics_path(workdir), "a") as f:
-        f.write('{"step": 3, "split": "tra')
-    assert max(r["step"] for r in rundir.read_metrics(workdir)) == 2
+        f.write('{"step": 9, "split": "tra')
+    logged = [r["step"] for r in rundir.read_metrics(workdir) if r["split"] == "train"]
+    assert max(logged) == 8
     assert any("not whole JSON" in r.getMessage() for r in caplog.records)
 
     proc = _narrow_main(
         dirs,
         workdir,
-        steps=4,
+        steps=10,
         log_every_steps=2,
         learning_rate=0.002,
         extra_flags=["--allow_config_change"],
@@ -94,14 +95,14 @@ def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metr
     assert "Config changes on resume" in proc.stderr
     history = rundir.read_jsonl(os.path.join(workdir, rundir.HISTORY_FILE))
     assert [h["event"] for h in history] == ["start", "finished", "resume", "finished"]
-    assert [h["step"] for h in history] == [0, 2, 2, 4]
+    assert [h["step"] for h in history] == [0, 8, 8, 10]
     assert history[2]["changed"]["learning_rate"] == {"old": 0.001, "new": 0.002}
-    assert history[2]["changed"]["num_train_steps"] == {"old": 2, "new": 4}
+    assert history[2]["changed"]["num_train_steps"] == {"old": 8, "new": 10}
     assert rundir.load_config(workdir).learning_rate == 0.002
     with open(rundir.metrics_path(workdir)) as f:
         lines = f.read().splitlines()
     assert all(json.loads(line) for line in lines)
-    assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2, 4]
+    assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [*logged, 10]
 
 
 def test_eval_overrides_may_change_only_what_is_evaluated(tmp_path):
