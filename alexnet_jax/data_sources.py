@@ -727,6 +727,14 @@ def read_json(path: str) -> dict | None:
         return None
 
 
+def write_json(path: str, value) -> None:
+    """Writes `value` as JSON to `path` atomically (a temporary file, then a rename): a reader
+    sees the old file or the whole new one, so a manifest marks only complete data."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
 def cache_dir(config, source) -> str:
     """The resize cache of this source, split and size: a hash of the three, under the root."""
     blob = json.dumps(
@@ -842,11 +850,7 @@ def _write_resized_cache(config, source, directory: str) -> None:
             manifest["num_undecodable"],
             name_list(undecodable),
         )
-    with open(os.path.join(directory, CACHE_MANIFEST + ".tmp"), "w") as f:
-        json.dump(manifest, f)
-    os.replace(
-        os.path.join(directory, CACHE_MANIFEST + ".tmp"), os.path.join(directory, CACHE_MANIFEST)
-    )
+    write_json(os.path.join(directory, CACHE_MANIFEST), manifest)
 
 
 def train_shard(config, process_index: int, process_count: int):

@@ -170,10 +170,7 @@ class _ShardWriter:
         if not self._count:
             return
         name = f"images-{len(self.names):05d}.npy"
-        path = os.path.join(self.directory, name)
-        with open(path + ".tmp", "wb") as f:
-            np.save(f, np.concatenate(self._pending))
-        os.replace(path + ".tmp", path)
+        _save_npy(self.directory, name, np.concatenate(self._pending))
         self.names.append(name)
         self.lengths.append(self._count)
         self._pending, self._count = [], 0
@@ -256,7 +253,7 @@ def write(
             "num_undecodable": len(undecodable or []),
             "undecodable_files": list(undecodable or []),
         }
-        _save_json(os.path.join(directory, MANIFEST), manifest)
+        data_sources.write_json(os.path.join(directory, MANIFEST), manifest)
     except OSError as e:
         _remove_partial(directory)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -266,12 +263,6 @@ def write(
                 "larger disk, then run again."
             ) from e
         raise
-
-
-def _save_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
 
 
 # ---- Reading ------------------------------------------------------------------------------------
@@ -308,6 +299,15 @@ class Store:
             if os.preadv(fd, [out[i]], start + row * size) != size:
                 raise _store_error(self.directory, f"has a truncated file (shard {shard})")
 
+    def check_labels(self, num_classes: int) -> None:
+        """DataError when a label is outside [0, num_classes): a damaged store (a store of other
+        data would have another folder name)."""
+        if len(self.labels) and not 0 <= self.labels.min() <= self.labels.max() < num_classes:
+            raise _store_error(
+                self.directory,
+                f"has labels outside [0, {num_classes}) (config.num_classes): it is damaged",
+            )
+
     def close(self) -> None:
         for fd, _ in self._files:
             os.close(fd)
@@ -333,7 +333,7 @@ def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
 def open_split(config, split: str) -> Store:
     """The complete store of `split`; DataError when it is missing, incomplete or damaged."""
     directory = split_dir(config, split)
-    if data_sources.read_json(os.path.join(directory, MANIFEST)) is None:
+    if not os.path.exists(os.path.join(directory, MANIFEST)):
         raise DataError(
             f"The image store of the {split!r} split is not built in {directory!r} "
             "(--config.image_store_dir); call alexnet_jax.input_pipeline.prepare(config) first "
@@ -347,36 +347,34 @@ def open_split_dir(directory: str) -> Store:
     manifest = data_sources.read_json(os.path.join(directory, MANIFEST))
     if manifest is None:
         raise _store_error(directory, f"has no readable {MANIFEST}")
-    size = int(manifest["resize_size"])
-    files, fds = [], []
     try:
+        size, files, lengths = int(manifest["resize_size"]), manifest["files"], manifest["lengths"]
+        num_examples, num_undecodable = manifest["num_examples"], int(manifest["num_undecodable"])
         labels = np.load(os.path.join(directory, "labels.npy"))
         ids = np.load(os.path.join(directory, "example_ids.npy"))
-        for name, length in zip(manifest["files"], manifest["lengths"], strict=True):
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _store_error(directory, f"cannot be read ({e})") from e
+    if len(labels) != num_examples or ids.shape != (len(labels), 2):
+        raise _store_error(directory, "has labels or ids that do not match its manifest")
+    if lengths[:-1] and set(lengths[:-1]) != {SHARD_SIZE}:
+        raise _store_error(directory, f"has files that do not hold {SHARD_SIZE} squares each")
+    store = Store(directory, size, labels, ids, num_undecodable, [])
+    try:  # on an error, the files opened so far are closed
+        for name, length in zip(files, lengths, strict=True):
             path = os.path.join(directory, name)
             shape, dtype, offset = _npy_header(path)
-            expected = offset + length * bytes_per_image(size)
             if shape != (length, size, size, 3) or dtype != np.uint8:
                 raise _store_error(directory, f"has {name} of shape {shape}, not {length} squares")
-            if os.path.getsize(path) != expected:
+            if os.path.getsize(path) != offset + length * bytes_per_image(size):
                 raise _store_error(directory, f"has a truncated or padded {name}")
-            fds.append(os.open(path, os.O_RDONLY))
-            files.append((fds[-1], offset))
-    except (OSError, ValueError, KeyError) as e:
-        for fd in fds:
-            os.close(fd)
+            store._files.append((os.open(path, os.O_RDONLY), offset))
+    except (OSError, ValueError) as e:
+        store.close()
         raise _store_error(directory, f"cannot be read ({e})") from e
     except DataError:
-        for fd in fds:
-            os.close(fd)
+        store.close()
         raise
-    if len(labels) != manifest["num_examples"] or ids.shape != (len(labels), 2):
-        for fd in fds:
-            os.close(fd)
-        raise _store_error(directory, "has labels or ids that do not match its manifest")
-    if manifest["lengths"][:-1] and set(manifest["lengths"][:-1]) != {SHARD_SIZE}:
-        raise _store_error(directory, f"has files that do not hold {SHARD_SIZE} squares each")
-    return Store(directory, size, labels, ids, int(manifest["num_undecodable"]), files)
+    return store
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:

@@ -510,13 +510,7 @@ def _store_train_iterator(
     config, batch_size: int, local_position: int, process_index: int, process_count: int
 ) -> TrainIterator:
     store = image_store.open_split(config, config.train_split)
-    labels = store.labels
-    if len(labels) and not 0 <= labels.min() <= labels.max() < config.num_classes:
-        raise DataError(
-            f"The image store {store.directory!r} has labels outside [0, {config.num_classes}) "
-            "(config.num_classes): it is damaged. Delete that folder and run again: prepare() "
-            "rebuilds it from the dataset."
-        )
+    store.check_labels(int(config.num_classes))
     positions = image_store.train_positions(store.num_examples, process_index, process_count)
     if len(positions) == 0:
         raise DataError(f"Host {process_index} of {process_count} has no training examples.")
