@@ -122,13 +122,14 @@ def main(argv):
     ):
         if _MODE.value in ("train", "prepare"):
             config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
-        runtime.import_tensorflow_quietly()
+        if _MODE.value == "prepare" or config_lib.reads_with_tensorflow(_CONFIG.value):
+            runtime.import_tensorflow_quietly()
+            runtime.hide_accelerators_from_tensorflow()
         if _MODE.value == "prepare":
             from alexnet_jax import input_pipeline
 
             input_pipeline.describe_prepared(_CONFIG.value, input_pipeline.prepare(_CONFIG.value))
             return
-        runtime.hide_accelerators_from_tensorflow()
         from alexnet_jax import train
 
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

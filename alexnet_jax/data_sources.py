@@ -15,6 +15,8 @@ checks the data fields against the files (`check_before_build`, `check_splits`) 
 identifies the data a run trains on (`dataset_identity`).
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import fcntl
@@ -32,12 +34,15 @@ from typing import Any
 from unittest import mock
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
+from etils import epy
 
-from alexnet_jax import miniature, preprocessing
+from alexnet_jax import miniature, preprocessing, runtime
 from alexnet_jax.errors import ConfigError, DataError
+
+with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
 
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGENET_SPLITS = ("train", "validation", "test")  # "test" only when its archive was given
@@ -47,11 +52,14 @@ CACHE_JPEG_QUALITY = 90
 CACHE_SHARD_SIZE = 1024  # examples per cache file (many files let each epoch shuffle file order)
 CACHE_MANIFEST = "cache.json"
 # tfds imagenet2012 records and the resize cache share this tf.train.Example layout.
-RECORD_SPEC = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-    "file_name": tf.io.FixedLenFeature([], tf.string),
-}
+RECORD_FIELDS = {"image": "string", "label": "int64", "file_name": "string"}
+
+
+def record_spec(fields: dict[str, str] = RECORD_FIELDS) -> dict:
+    """The tf.io.parse_example spec of `fields` (name -> dtype name), all scalars."""
+    return {name: tf.io.FixedLenFeature([], dtype) for name, dtype in fields.items()}
+
+
 # tfds cifar10 records: a PNG, its label and an id ("train_16399"), which keys the augmentation.
 CIFAR10_KEY = "id"
 CIFAR10_CLASSES = 10
@@ -192,7 +200,7 @@ class RecordShard:
 
     def materialize(self, records: tf.Tensor) -> dict[str, tf.Tensor]:
         """Raw records [N] -> {'image': bytes, 'label': int32, 'key': file name}, [N] each."""
-        spec = {**RECORD_SPEC, self.key_field: tf.io.FixedLenFeature([], tf.string)}
+        spec = record_spec({**RECORD_FIELDS, self.key_field: "string"})
         if self.key_field != "file_name":
             del spec["file_name"]
         example = tf.io.parse_example(records, spec)

@@ -36,6 +36,8 @@ as from the tf.data device path in the same epoch; only the order of examples di
 permutation here, file and window shuffles there).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import errno
 import hashlib
@@ -48,11 +50,14 @@ import weakref
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
+from etils import epy
 
-from alexnet_jax import data_sources, preprocessing
+from alexnet_jax import data_sources, preprocessing, runtime
 from alexnet_jax.errors import DataError
+
+with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
+    import tensorflow as tf
 
 STORE_VERSION = 1  # bump when the layout or the squares' preprocessing changes
 SHARD_SIZE = 1024  # squares per images-*.npy file (~201 MB at 256 px)
@@ -447,7 +452,7 @@ class Prefetch:
         self._thread.start()
         weakref.finalize(self, stop.set)
 
-    def __iter__(self) -> "Prefetch":
+    def __iter__(self) -> Prefetch:
         return self
 
     def __next__(self):

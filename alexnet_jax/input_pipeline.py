@@ -65,6 +65,8 @@ Benchmark: `python benchmarks/input_pipeline.py` prints training pipeline images
 from full-size-like JPEGs and from the pre-resize cache.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -73,14 +75,25 @@ import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import logging
+from etils import epy
 
-from alexnet_jax import config_lib, data_sources, image_store, imagenet_stats, preprocessing
+from alexnet_jax import (
+    config_lib,
+    data_sources,
+    image_store,
+    imagenet_stats,
+    preprocessing,
+    runtime,
+)
 from alexnet_jax.errors import ConfigError, DataError
 from alexnet_jax.recipe import Recipe
+
+with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
+    import tensorflow as tf
 
 _MAX_EPOCHS = 2**40  # "infinite" stream of epochs
 
@@ -393,7 +406,7 @@ def _synthetic_pool(config, shape, count: int, process_index: int, salt: int):
     else:
         scale = 1.0 if config.normalization == "mean_std" else 58.0  # ~ std of mean-subtracted
         images = rng.standard_normal((count, *shape), dtype=np.float32) * scale
-        images = images.astype(tf.dtypes.as_dtype(config.input_dtype).as_numpy_dtype)
+        images = images.astype(jnp.dtype(config.input_dtype))  # bfloat16 too
     labels = rng.integers(0, int(config.num_classes), size=(count, shape[0]), dtype=np.int32)
     return images, labels
 
@@ -454,7 +467,7 @@ class TrainIterator:
         self._batch_size = batch_size
         self.num_undecodable = 0
 
-    def __iter__(self) -> "TrainIterator":
+    def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:

@@ -5,13 +5,17 @@ Only process 0 writes files; every process logs to its console.
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import time
 
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.scalar import summary_v2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from alexnet_jax import rundir
 from alexnet_jax.errors import DataError, storage_error, storage_errors_as
@@ -64,6 +68,48 @@ def _truncate_jsonl(path: str, after_step: int) -> None:
     rundir.rewrite_jsonl(path, [r for r in records if r.get("step", 0) <= after_step])
 
 
+class ScalarEvents:
+    """A TensorBoard events file of scalars, written with TensorBoard's own protos and record
+    format: what tf.summary.scalar writes, without importing TensorFlow (~5 s per process).
+
+    It opens with SessionLog.START, TensorBoard's restart marker: a resumed run's events after
+    its checkpoint's step in earlier files (logged by the interrupted run) are discarded, as
+    metrics.jsonl's lines after the checkpoint are. Every write is flushed, so the file holds
+    what was logged up to a kill and a full disk is reported at the step that meets it.
+    """
+
+    _opened = itertools.count()  # files opened by this process: part of each file's name
+
+    def __init__(self, logdir: str, start_step: int = 0):
+        """Events from `start_step` + 1 on replace those of earlier files."""
+        names = (
+            f"{time.time():.0f}",
+            socket.gethostname(),
+            str(os.getpid()),
+            str(next(self._opened)),
+        )
+        self.path = os.path.join(logdir, "events.out.tfevents." + ".".join(names) + ".v2")
+        self._file = open(self.path, "xb")  # noqa: SIM115 (closed by close(); never overwrites)
+        self._records = RecordWriter(self._file)
+        self._append(event_pb2.Event(file_version="brain.Event:2"))
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._append(event_pb2.Event(step=start_step + 1, session_log=start))
+
+    def _append(self, event) -> None:
+        event.wall_time = time.time()
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        summary = summary_pb2.Summary()
+        for tag, value in scalars.items():
+            summary.MergeFrom(summary_v2.scalar_pb(tag, float(value)))
+        self._append(event_pb2.Event(step=step, summary=summary))
+
+    def close(self) -> None:
+        self._records.close()
+
+
 class MetricsWriter:
     """Writes train/eval metrics to TensorBoard, `workdir/metrics.jsonl` and the console."""
 
@@ -77,7 +123,8 @@ class MetricsWriter:
             os.makedirs(workdir, exist_ok=True)
             if start_step is not None:
                 _truncate_jsonl(self.jsonl_path, start_step)
-            self.summary = metric_writers.SummaryWriter(workdir)
+            with storage_errors_as(lambda e: storage_error("the TensorBoard events", workdir, e)):
+                self.summary = ScalarEvents(workdir, start_step or 0)
 
     def _write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.is_writer:
@@ -136,7 +183,6 @@ class MetricsWriter:
             with storage_errors_as(
                 lambda e: storage_error("the TensorBoard events", self.workdir, e)
             ):
-                summary.flush()
                 summary.close()
         except DataError as e:
             if raise_errors:

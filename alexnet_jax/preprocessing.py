@@ -23,14 +23,19 @@ a PIL image to 0.1-0.2 grey levels on average (tests/test_preprocessing.py). An 
 upscaled (plain bilinear).
 """
 
+from __future__ import annotations
+
 import functools
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
+from etils import epy
 
-from alexnet_jax import imagenet_stats
+from alexnet_jax import imagenet_stats, runtime
 from alexnet_jax.recipe import Recipe, ten_crop_offsets
+
+with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
+    import tensorflow as tf
 
 
 class ViewPlan(NamedTuple):
@@ -320,17 +325,22 @@ def normalize_batch(
         scale = tf.constant(1.0 / (255.0 * imagenet_stats.RGB_STD))
     if flips is None:
         flips = tf.zeros(tf.shape(images)[:1], tf.bool)
-    return _flip_shift_and_scale(images, flips, shift, scale, tf.dtypes.as_dtype(recipe.dtype))
+    fused = _fused_flip_shift_and_scale()
+    return fused(images, flips, shift, scale, tf.dtypes.as_dtype(recipe.dtype))
 
 
-@functools.partial(tf.function, jit_compile=True)
-def _flip_shift_and_scale(images, flips, shift, scale, dtype: tf.DType) -> tf.Tensor:
+@functools.cache  # one tf.function, made on first use (TensorFlow is imported lazily)
+def _fused_flip_shift_and_scale():
     """(float(flip(images)) - shift) * scale as one fused XLA loop.
 
     On CPU TensorFlow's own broadcasting subtract costs about 0.3 ms per 227x227 image (more than
     half the decode of a 256 px JPEG), a per-image conditional flip about 0.05 ms; the fused loop
     does both for about a sixth of that.
     """
+    return tf.function(_flip_shift_and_scale, jit_compile=True)
+
+
+def _flip_shift_and_scale(images, flips, shift, scale, dtype: tf.DType) -> tf.Tensor:
     x = tf.cast(images, tf.float32)
     if len(images.shape) == 4:  # [B, H, W, 3]: mirror the W axis of the flipped images
         x = tf.where(tf.reshape(flips, [-1, 1, 1, 1]), tf.reverse(x, axis=[2]), x)

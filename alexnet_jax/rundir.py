@@ -6,7 +6,7 @@
     <workdir>/run.json               what identifies the run's data (recorded at its first start)
     <workdir>/.lock                  held by the process writing the run (host, pid)
     <workdir>/metrics.jsonl          one JSON object per line: step, split ("train"/"eval"), metrics
-    <workdir>/events.out.tfevents.*  TensorBoard (clu metric writers)
+    <workdir>/events.out.tfevents.*  TensorBoard (metrics_io.ScalarEvents)
     <workdir>/training_curves.png    plots.plot_training_curves, at the end of every run
     <workdir>/checkpoints/<step>/    Orbax checkpoints: the train state and the input position
 

@@ -101,13 +101,30 @@ def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
     return os.environ["XLA_FLAGS"]
 
 
+_tensorflow_hidden = threading.Event()
+
+
 def hide_accelerators_from_tensorflow() -> None:
-    """TensorFlow only feeds data: keep it off the GPUs/TPUs so it takes none of their memory."""
+    """TensorFlow only feeds data: keep it off the GPUs/TPUs so it takes none of their memory.
+
+    Once per process; it has to run before TensorFlow's first op (entry points call it, and the
+    lazy imports of the data modules call it through `tensorflow_imported`)."""
+    if _tensorflow_hidden.is_set():
+        return
     import tensorflow as tf  # heavy import, only for entry points
 
     tf.config.set_visible_devices([], "GPU")
     with contextlib.suppress(ValueError, RuntimeError):  # no TPU support in this TF build
         tf.config.set_visible_devices([], "TPU")
+    _tensorflow_hidden.set()
+
+
+def tensorflow_imported(module_name: str) -> None:
+    """Callback of the data modules' lazy imports (`etils.epy.lazy_imports`): TensorFlow is
+    imported on first use only, so that runs on synthetic data and the tools that read a run
+    never pay its ~5 s import; when it is, it is first kept off the accelerators."""
+    del module_name  # "tensorflow" or "tensorflow_datasets": either brings TensorFlow
+    hide_accelerators_from_tensorflow()
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str:

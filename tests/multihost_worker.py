@@ -28,7 +28,12 @@ def narrow_fc_layers(setattr_fn=setattr):
 
 
 if __name__ == "__main__":
+    import atexit
+
     from absl import app
+
+    if os.environ.get("REPORT_TENSORFLOW_IMPORT"):  # tests/test_main.py: synthetic runs skip TF
+        atexit.register(lambda: print(f"tensorflow imported: {'tensorflow' in sys.modules}"))
 
     import main
 

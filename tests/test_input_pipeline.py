@@ -462,7 +462,9 @@ def test_resized_cache_builds_once_and_feeds_training(mini):
     assert sum(manifest["lengths"]) == NUM_TRAIN - 1
     assert manifest["num_undecodable"] == 1
     record = next(iter(tf.data.TFRecordDataset(os.path.join(directory, manifest["files"][0]))))
-    image = tf.io.decode_jpeg(tf.io.parse_single_example(record, data_sources.RECORD_SPEC)["image"])
+    image = tf.io.decode_jpeg(
+        tf.io.parse_single_example(record, data_sources.record_spec())["image"]
+    )
     assert min(image.shape[:2]) == 256
     full = _take(input_pipeline.create_train_iterator(config, local_batch_size=5), 9)
     resumed = _take(

@@ -327,12 +327,12 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
 
 
 def _narrow_main(
-    dirs, workdir, steps, limit_file_bytes=None, mode="train", extra_flags=(), **overrides
+    dirs, workdir, steps, limit_file_bytes=None, mode="train", extra_flags=(), env=None, **overrides
 ):
     """main.py with fc6/fc7 narrowed (tests/multihost_worker.py: 3M parameters, 25 MB
     checkpoints) on synthetic data; `limit_file_bytes` caps every file the process writes
     (RLIMIT_FSIZE, with SIGXFSZ ignored: a write past it fails with EFBIG, like a full disk);
-    `mode` is main.py's --mode, `extra_flags` more of main.py's flags."""
+    `mode` is main.py's --mode, `extra_flags` more of main.py's flags, `env` more variables."""
 
     flags = {
         "dataset": "synthetic",
@@ -366,7 +366,12 @@ def _narrow_main(
         )
         command = [sys.executable, "-c", launcher, *command]
     return subprocess.run(
-        command, cwd=REPO, env=_env(dirs), capture_output=True, text=True, timeout=300
+        command,
+        cwd=REPO,
+        env={**_env(dirs), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -378,8 +383,11 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
     what to do, exit code 2, none of the libraries' tracebacks; the earlier checkpoint stays
     complete and the same command then resumes from it."""
     workdir = str(tmp_path / "run")
-    first = _narrow_main(shared_dirs, workdir, steps=4)
+    first = _narrow_main(shared_dirs, workdir, steps=4, env={"REPORT_TENSORFLOW_IMPORT": "1"})
     assert first.returncode == 0, first.stderr[-3000:]
+    # A run on synthetic data never imports TensorFlow (~5 s): TensorBoard's events are written
+    # without it, and the data modules import it on first use (etils.epy.lazy_imports).
+    assert "tensorflow imported: False" in first.stdout
     failed = _narrow_main(shared_dirs, workdir, steps=12, limit_file_bytes=2**20)
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr, failed.stderr[-3000:]

@@ -1,6 +1,12 @@
-"""metrics_io.Progress: the logged training speed leaves evaluations and saves out; the ETA keeps
-them (a fake clock)."""
+"""metrics_io: the logged training speed leaves evaluations and saves out while the ETA keeps them
+(a fake clock); the TensorBoard events file, written without TensorFlow, reads back in
+TensorBoard's and TensorFlow's own readers, and a resumed run's events replace the interrupted
+run's from its checkpoint on."""
 
+import json
+import os
+
+import numpy as np
 import pytest
 
 from alexnet_jax import metrics_io
@@ -26,3 +32,45 @@ def test_speed_leaves_out_evaluations_and_saves_the_eta_keeps_them(monkeypatch):
     third = progress.update(30)  # nothing excluded this time: back to the plain interval
     assert third["step_time_ms"] == pytest.approx(1000.0)
     assert third["eta_seconds"] == pytest.approx(25.0 / 20 * 70)
+
+
+def _eval(loss: float) -> dict:
+    return {"loss": loss, "top1": 0.5, "top5": 0.75, "num_examples": 8}
+
+
+def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(tmp_path):
+    """A run logs steps 1-3 and is killed after its checkpoint at step 2; the resumed run logs
+    step 3 again with another value. TensorBoard's reader gives each step once, with the resumed
+    run's value, as metrics.jsonl does; TensorFlow's record reader checks every record's CRC."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    workdir = str(tmp_path)
+    first = metrics_io.MetricsWriter(workdir)
+    for step, loss in [(1, 3.0), (2, 2.5), (3, 2.25)]:
+        first.write_eval(step, _eval(loss))
+    first.summary._records._writer.flush()  # as a kill leaves it: no close()
+    resumed = metrics_io.MetricsWriter(workdir, start_step=2)
+    resumed.write_eval(3, _eval(2.0))
+    resumed.close()
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        jsonl = [(r["step"], r["loss"]) for r in map(json.loads, f)]
+    assert jsonl == [(1, 3.0), (2, 2.5), (3, 2.0)]
+    reader = plugin_event_accumulator.EventAccumulator(workdir)  # what TensorBoard uses
+    reader.Reload()
+    tensors = reader.Tensors("eval/loss")
+    events = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in tensors]
+    assert events == jsonl
+    assert {"eval/top1_error", "eval/top5_error", "eval/num_examples"} <= set(
+        reader.Tags()["tensors"]
+    )
+    files = sorted(f for f in os.listdir(workdir) if f.startswith("events.out.tfevents."))
+    assert len(files) == 2
+    records = [
+        tf.compat.v1.Event.FromString(r.numpy())
+        for name in files
+        for r in tf.data.TFRecordDataset(os.path.join(workdir, name))  # checks the CRCs
+    ]
+    scalars = [v for r in records for v in r.summary.value if v.tag == "eval/top1_error"]
+    np.testing.assert_allclose([tf.make_ndarray(v.tensor) for v in scalars], [0.5] * 4)
