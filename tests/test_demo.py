@@ -1,5 +1,7 @@
-"""The README's local 2-process demo, shortened: the same command and the default config (the
-one_tower net, the demo recipe), on a smaller miniature archive for fewer steps.
+"""The README's local 2-process demo, shortened: the same launcher command and the default config
+(the one_tower net, the demo recipe), on a smaller miniature archive for fewer steps, with
+main.py run through tests/multihost_worker.py (fc6/fc7 narrowed to 64 units: the same code paths
+with 3M instead of 58M parameters, a third of the CPU time, as tests/test_multihost.py runs it).
 
     python -m alexnet_jax.launch --num_processes=2 --devices_per_process=2 -- \
         main.py --workdir=runs/two_processes
@@ -30,7 +32,8 @@ def test_the_two_process_demo_command_trains_and_learns(tmp_path, repo_root, jax
         "--config.log_every_steps=1",
     ]
     command = [sys.executable, "-m", "alexnet_jax.launch", "--num_processes=2"]
-    command += ["--devices_per_process=2", "--", "main.py", f"--workdir={workdir}", *shortened]
+    worker = os.path.join("tests", "multihost_worker.py")  # main.py, fc6/fc7 narrowed
+    command += ["--devices_per_process=2", "--", worker, f"--workdir={workdir}", *shortened]
     env = dict(os.environ, ALEXNET_JAX_CACHE_DIR=jax_cache_dir)
     env.pop("XLA_FLAGS", None)  # the launcher gives each process its 2 devices
     done = subprocess.run(
