@@ -24,6 +24,19 @@ def jax_cache_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
+@pytest.fixture(scope="module")
+def quick_compiles():
+    """jax_disable_most_optimizations for a module's tests: for files of many one-off programs,
+    each run once or twice, where XLA's optimization passes cost more than they save (measured:
+    tests/test_train_step.py 68 -> 37 CPU-s, tests/test_parallel.py 30 -> 22; other files got
+    slower, so it is not global). Results are compared with references within stated
+    tolerances, never bit for bit with an optimized compile."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,6 +18,8 @@ from alexnet_jax.errors import ConfigError
 from alexnet_jax.models import AlexNet, GroupedConv
 from configs import default
 
+pytestmark = pytest.mark.usefixtures("quick_compiles")  # compile time dominates here
+
 TOL = 1e-5
 NUM_CLASSES = 10
 BATCH = 4  # 2 per "data" replica

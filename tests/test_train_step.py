@@ -9,6 +9,8 @@ from alexnet_jax import errors, experiment, sharding, steps, train
 from configs import default
 from tests import conftest, multihost_worker
 
+pytestmark = pytest.mark.usefixtures("quick_compiles")  # compile time dominates here
+
 
 def _config(**overrides):
     c = default.get_config()
