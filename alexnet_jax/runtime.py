@@ -127,24 +127,17 @@ def tensorflow_imported(module_name: str) -> None:
     hide_accelerators_from_tensorflow()
 
 
-COMPILATION_CACHE_MAX_BYTES = 8 * 2**30  # least recently used programs are evicted beyond it
-
-
 def enable_compilation_cache(cache_dir: str | None = None) -> str:
     """Turns on JAX's persistent compilation cache in a workdir-independent folder.
 
     The thresholds are lowered so that even small CPU programs are cached (a cached train step
-    loads in well under a second instead of compiling for seconds). A size limit turns on JAX's
-    LRU eviction, and with it a file lock around every read and write of an entry: without it a
-    process could read an entry that another one (a second run, a process of the same
-    `alexnet_jax.launch` job) is still writing, since every run of a user shares the folder.
+    loads in well under a second instead of compiling for seconds).
     """
     cache_dir = cache_dir or os.environ.get("ALEXNET_JAX_CACHE_DIR", DEFAULT_CACHE_DIR)
     os.makedirs(cache_dir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
     return cache_dir
 
 

@@ -19,16 +19,9 @@ jax.config.update("jax_threefry_partitionable", True)
 
 @pytest.fixture(scope="session")
 def jax_cache_dir(tmp_path_factory) -> str:
-    """One persistent compilation cache for the main.py subprocesses of the whole session, both
-    pytest-xdist workers included (their folders share a parent): the many small runs of
-    tests/test_main.py, test_reliability.py and test_sweep.py compile the same steps. JAX locks
-    each entry's read and write (runtime.enable_compilation_cache sets a size limit)."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # .../pytest-N/popen-gwK -> .../pytest-N, the same for every worker
-    path = root / "jax_cache"
-    path.mkdir(exist_ok=True)
-    return str(path)
+    """One persistent compilation cache for the main.py subprocesses of the whole session: the
+    many small runs of tests/test_main.py and tests/test_reliability.py compile the same steps."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="module")
