@@ -122,9 +122,7 @@ def main(argv):
     ):
         if _MODE.value in ("train", "prepare"):
             config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
-        if _MODE.value == "prepare" or config_lib.reads_with_tensorflow(_CONFIG.value):
-            runtime.import_tensorflow_quietly()
-            runtime.hide_accelerators_from_tensorflow()
+        # TensorFlow is imported where the data is first read (runtime.tensorflow).
         if _MODE.value == "prepare":
             from alexnet_jax import input_pipeline
 

@@ -84,9 +84,3 @@ def validate_config(config: Any, num_devices: int | None = None) -> None:
     if num_devices is not None:
         for field in ("batch_size", "eval_batch_size"):
             _divisible(config, field, num_devices)
-
-
-def reads_with_tensorflow(config: Any) -> bool:
-    """Whether a run reads data through tf.data (every dataset but "synthetic", whose batches
-    are NumPy's): only then do entry points import TensorFlow, which costs ~5 s of CPU."""
-    return config.dataset != "synthetic"

@@ -35,14 +35,12 @@ from unittest import mock
 
 import numpy as np
 from absl import logging
-from etils import epy
 
 from alexnet_jax import miniature, preprocessing, runtime
 from alexnet_jax.errors import ConfigError, DataError
 
-with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+tf = runtime.tensorflow  # imported on first use
+tfds = runtime.tensorflow_datasets
 
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGENET_SPLITS = ("train", "validation", "test")  # "test" only when its archive was given
@@ -487,6 +485,7 @@ def _labels_by_file_name(val_path: str) -> dict[str, str]:
 @contextlib.contextmanager
 def _validation_labels_by_file_name():
     """Makes the real imagenet2012 builder label any validation archive by file number."""
+    runtime.load_tensorflow_datasets()
     from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
     with mock.patch.object(imagenet_common, "get_validation_labels", _labels_by_file_name):

@@ -51,13 +51,11 @@ from collections.abc import Iterator
 
 import numpy as np
 from absl import logging
-from etils import epy
 
 from alexnet_jax import data_sources, preprocessing, runtime
 from alexnet_jax.errors import DataError
 
-with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
-    import tensorflow as tf
+tf = runtime.tensorflow  # imported on first use
 
 STORE_VERSION = 1  # bump when the layout or the squares' preprocessing changes
 SHARD_SIZE = 1024  # squares per images-*.npy file (~201 MB at 256 px)

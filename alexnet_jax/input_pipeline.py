@@ -79,7 +79,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epy
 
 from alexnet_jax import (
     config_lib,
@@ -92,8 +91,7 @@ from alexnet_jax import (
 from alexnet_jax.errors import ConfigError, DataError
 from alexnet_jax.recipe import Recipe
 
-with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
-    import tensorflow as tf
+tf = runtime.tensorflow  # imported on first use
 
 _MAX_EPOCHS = 2**40  # "infinite" stream of epochs
 

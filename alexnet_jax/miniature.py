@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alexnet_jax import runtime
+
 GENERATOR_VERSION = 1  # bump when the pictures change, so cached archives are regenerated
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -101,6 +103,7 @@ class MiniatureSpec:
 
 def _tfds_text_lines(name: str) -> list[str]:
     """Lines of a text file shipped with tfds's imagenet2012 builder (labels, validation labels)."""
+    runtime.load_tensorflow_datasets()
     path = importlib.resources.files("tensorflow_datasets") / "datasets" / "imagenet2012" / name
     return path.read_text().strip().splitlines()
 
@@ -288,6 +291,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _tfds_rewritten_names() -> frozenset[str]:
     """Real file names whose bytes tfds's imagenet2012 builder converts (its CMYK and PNG fixes)."""
+    runtime.load_tensorflow_datasets()
     from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as builder
 
     return frozenset(builder.CMYK_IMAGES) | frozenset(builder.PNG_IMAGES)

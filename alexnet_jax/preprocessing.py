@@ -29,13 +29,11 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-from etils import epy
 
 from alexnet_jax import imagenet_stats, runtime
 from alexnet_jax.recipe import Recipe, ten_crop_offsets
 
-with epy.lazy_imports(success_callback=runtime.tensorflow_imported):  # on first use
-    import tensorflow as tf
+tf = runtime.tensorflow  # imported on first use
 
 
 class ViewPlan(NamedTuple):

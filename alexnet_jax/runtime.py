@@ -22,7 +22,8 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 
 import jax
 
@@ -107,8 +108,8 @@ _tensorflow_hidden = threading.Event()
 def hide_accelerators_from_tensorflow() -> None:
     """TensorFlow only feeds data: keep it off the GPUs/TPUs so it takes none of their memory.
 
-    Once per process; it has to run before TensorFlow's first op (entry points call it, and the
-    lazy imports of the data modules call it through `tensorflow_imported`)."""
+    Once per process, before TensorFlow's first op (`tensorflow` below calls it on first use;
+    entry points that import TensorFlow themselves call it)."""
     if _tensorflow_hidden.is_set():
         return
     import tensorflow as tf  # heavy import, only for entry points
@@ -119,12 +120,37 @@ def hide_accelerators_from_tensorflow() -> None:
     _tensorflow_hidden.set()
 
 
-def tensorflow_imported(module_name: str) -> None:
-    """Callback of the data modules' lazy imports (`etils.epy.lazy_imports`): TensorFlow is
-    imported on first use only, so that runs on synthetic data and the tools that read a run
-    never pay its ~5 s import; when it is, it is first kept off the accelerators."""
-    del module_name  # "tensorflow" or "tensorflow_datasets": either brings TensorFlow
+class LazyModule(types.ModuleType):
+    """Module `name`, imported by `load()` on its first attribute access."""
+
+    def __init__(self, name: str, load: Callable[[], types.ModuleType]):
+        super().__init__(name)
+        self.__dict__["_load"] = load
+
+    def __getattr__(self, attribute: str):
+        return getattr(self._load(), attribute)
+
+
+def _load_tensorflow() -> types.ModuleType:
+    import_tensorflow_quietly()
     hide_accelerators_from_tensorflow()
+    return sys.modules["tensorflow"]
+
+
+def load_tensorflow_datasets() -> types.ModuleType:
+    """tfds, with TensorFlow imported quietly and kept off the accelerators first (call it
+    before importing a tfds submodule directly)."""
+    _load_tensorflow()
+    import tensorflow_datasets
+
+    return tensorflow_datasets
+
+
+# What the data modules use as `tf` and `tfds`: TensorFlow is imported on first use, quietly and
+# kept off the accelerators, so runs on synthetic data, runs that stop at a bad config and the
+# tools that read a run never pay its ~5 s of CPU.
+tensorflow = LazyModule("tensorflow", _load_tensorflow)
+tensorflow_datasets = LazyModule("tensorflow_datasets", load_tensorflow_datasets)
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str:
@@ -188,17 +214,21 @@ def import_tensorflow_quietly() -> None:
     absl's "before absl::InitializeLog()" warning at import whatever TF_CPP_MIN_LOG_LEVEL says.
     A failed import still raises, with its traceback. Call it before anything else imports
     TensorFlow (entry points that use it: main.py, figures)."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+    with _tensorflow_import:  # one thread at a time swaps file descriptor 2
+        if "tensorflow" in sys.modules:
+            return
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        try:
+            import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
+
+
+_tensorflow_import = threading.Lock()
 
 
 def quiet_library_logs() -> None:
