@@ -112,6 +112,28 @@ def test_run_readers_import_neither_the_training_loop_nor_tensorflow():
     assert proc.stdout.strip() == "[]"
 
 
+def test_tensorflow_is_imported_on_first_use_quietly_and_kept_off_the_accelerators():
+    """The data modules import TensorFlow on their first use of it (runtime.tensorflow), not at
+    import: through import_tensorflow_quietly (none of TensorFlow's import-time notices reach
+    stderr) and then hide_accelerators_from_tensorflow, before any TensorFlow op runs."""
+    code = (
+        "import sys\n"
+        "from alexnet_jax import data_sources, input_pipeline, runtime, train\n"
+        "print('tensorflow' in sys.modules, runtime._tensorflow_hidden.is_set())\n"
+        "value = int(data_sources.tf.constant(41) + 1)\n"
+        "tf = sys.modules['tensorflow']\n"
+        "print(value, runtime._tensorflow_hidden.is_set(), tf.config.get_visible_devices('GPU'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["False False", "42 True []"]
+    assert "oneDNN" not in proc.stderr, proc.stderr  # TensorFlow's import-time notices
+    assert "absl::InitializeLog" not in proc.stderr, proc.stderr
+
+
 def test_readme_layout_table_names_every_module_once():
     """The README's layout table has one row for each module of alexnet_jax/, no more."""
     with open(os.path.join(ROOT, "README.md")) as f:
