@@ -238,7 +238,12 @@ def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, tmp_pa
     """A diverging run (lr 1e30) exits 1 naming the step; no checkpoint at or after it."""
     workdir = str(tmp_path / "nan")
     proc = _narrow_main(
-        shared_dirs, workdir, steps=16, learning_rate=1e30, checkpoint_every_steps=1
+        shared_dirs,
+        workdir,
+        steps=16,
+        env=QUICK_COMPILES,
+        learning_rate=1e30,
+        checkpoint_every_steps=1,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -324,6 +329,11 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
     xla_flags = " ".join(runtime.XLA_FLAGS)
     assert f"XLA_FLAGS: --xla_force_host_platform_device_count=2 {xla_flags}" in proc.stderr
     assert "config.batch_size=7 is not divisible" in proc.stderr
+
+
+# For a run whose own program is compiled for a few steps only (cold in the cache): its compile
+# is the cost, and XLA's optimizations cost more than they save (-4 CPU-s each, measured).
+QUICK_COMPILES = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 
 def _narrow_main(

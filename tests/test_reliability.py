@@ -21,7 +21,7 @@ import pytest
 from alexnet_jax import checkpoint, errors, rundir
 from alexnet_jax.errors import ConfigError, DataError, UserError
 from configs import default
-from tests.test_main import REPO, _env, _narrow_main
+from tests.test_main import QUICK_COMPILES, REPO, _env, _narrow_main
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_resume_after_a_class_folder_was_added_is_refused(dirs, tmp_path):
                 Image.fromarray(pixels).save(root / split / name / f"{k}.png")
     workdir = str(tmp_path / "run")
     folder = {"dataset": "image_folder", "image_folder": str(root), "num_classes": 2}
-    first = _narrow_main(dirs, workdir, steps=1, **folder)
+    first = _narrow_main(dirs, workdir, steps=1, env=QUICK_COMPILES, **folder)
     assert first.returncode == 0, first.stderr[-3000:]
     for split in ("train", "val"):
         shutil.move(root / split / "dog", root / split / "ant")  # same pictures, label 0 now
@@ -315,6 +315,7 @@ def test_skipping_nonfinite_steps_stops_after_too_many_in_a_row(dirs, tmp_path):
         dirs,
         workdir,
         steps=16,
+        env=QUICK_COMPILES,
         learning_rate=1e30,
         skip_nonfinite_steps=True,
         max_consecutive_skipped_steps=2,

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from alexnet_jax import rundir, sweep
+from tests.test_main import QUICK_COMPILES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multihost_worker.py")
@@ -67,6 +68,7 @@ def _env(jax_cache_dir):
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["ALEXNET_JAX_CACHE_DIR"] = jax_cache_dir
     env["PYTHONPATH"] = REPO
+    env.update(QUICK_COMPILES)  # every arm is its own program, run for a few steps
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return env
 
