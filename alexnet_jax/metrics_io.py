@@ -72,16 +72,18 @@ class ScalarEvents:
     """A TensorBoard events file of scalars, written with TensorBoard's own protos and record
     format: what tf.summary.scalar writes, without importing TensorFlow (~5 s per process).
 
-    It opens with SessionLog.START, TensorBoard's restart marker: a resumed run's events after
-    its checkpoint's step in earlier files (logged by the interrupted run) are discarded, as
-    metrics.jsonl's lines after the checkpoint are. Every write is flushed, so the file holds
-    what was logged up to a kill and a full disk is reported at the step that meets it.
+    A training run's file opens with SessionLog.START, TensorBoard's restart marker: a resumed
+    run's events after its checkpoint's step in earlier files (logged by the interrupted run) are
+    discarded, as metrics.jsonl's lines after the checkpoint are. Every write is flushed, so the
+    file holds what was logged up to a kill and a full disk is reported at the step that meets
+    it.
     """
 
     _opened = itertools.count()  # files opened by this process: part of each file's name
 
-    def __init__(self, logdir: str, start_step: int = 0):
-        """Events from `start_step` + 1 on replace those of earlier files."""
+    def __init__(self, logdir: str, start_step: int | None = 0):
+        """A training run's events from `start_step` + 1 on replace those of earlier files;
+        None (an evaluation appended to a run): no restart marker, nothing is replaced."""
         names = (
             f"{time.time():.0f}",
             socket.gethostname(),
@@ -92,8 +94,9 @@ class ScalarEvents:
         self._file = open(self.path, "xb")  # noqa: SIM115 (closed by close(); never overwrites)
         self._records = RecordWriter(self._file)
         self._append(event_pb2.Event(file_version="brain.Event:2"))
-        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-        self._append(event_pb2.Event(step=start_step + 1, session_log=start))
+        if start_step is not None:
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._append(event_pb2.Event(step=start_step + 1, session_log=start))
 
     def _append(self, event) -> None:
         event.wall_time = time.time()
@@ -124,7 +127,7 @@ class MetricsWriter:
             if start_step is not None:
                 _truncate_jsonl(self.jsonl_path, start_step)
             with storage_errors_as(lambda e: storage_error("the TensorBoard events", workdir, e)):
-                self.summary = ScalarEvents(workdir, start_step or 0)
+                self.summary = ScalarEvents(workdir, start_step)
 
     def _write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.is_writer:

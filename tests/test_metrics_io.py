@@ -40,8 +40,9 @@ def _eval(loss: float) -> dict:
 
 def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(tmp_path):
     """A run logs steps 1-3 and is killed after its checkpoint at step 2; the resumed run logs
-    step 3 again with another value. TensorBoard's reader gives each step once, with the resumed
-    run's value, as metrics.jsonl does; TensorFlow's record reader checks every record's CRC."""
+    step 3 again with another value; then an evaluation (--mode=eval) appends step 4.
+    TensorBoard's reader gives each step once, with the resumed run's value, and loses nothing
+    to the evaluation, as metrics.jsonl; TensorFlow's record reader checks every record's CRC."""
     import tensorflow as tf
     from tensorboard.backend.event_processing import plugin_event_accumulator
 
@@ -53,10 +54,13 @@ def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(tm
     resumed = metrics_io.MetricsWriter(workdir, start_step=2)
     resumed.write_eval(3, _eval(2.0))
     resumed.close()
+    evaluation = metrics_io.MetricsWriter(workdir, start_step=None)  # --mode=eval appends
+    evaluation.write_eval(4, _eval(1.75))
+    evaluation.close()
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         jsonl = [(r["step"], r["loss"]) for r in map(json.loads, f)]
-    assert jsonl == [(1, 3.0), (2, 2.5), (3, 2.0)]
+    assert jsonl == [(1, 3.0), (2, 2.5), (3, 2.0), (4, 1.75)]  # eval replaced nothing
     reader = plugin_event_accumulator.EventAccumulator(workdir)  # what TensorBoard uses
     reader.Reload()
     tensors = reader.Tensors("eval/loss")
@@ -66,11 +70,11 @@ def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(tm
         reader.Tags()["tensors"]
     )
     files = sorted(f for f in os.listdir(workdir) if f.startswith("events.out.tfevents."))
-    assert len(files) == 2
+    assert len(files) == 3
     records = [
         tf.compat.v1.Event.FromString(r.numpy())
         for name in files
         for r in tf.data.TFRecordDataset(os.path.join(workdir, name))  # checks the CRCs
     ]
     scalars = [v for r in records for v in r.summary.value if v.tag == "eval/top1_error"]
-    np.testing.assert_allclose([tf.make_ndarray(v.tensor) for v in scalars], [0.5] * 4)
+    np.testing.assert_allclose([tf.make_ndarray(v.tensor) for v in scalars], [0.5] * 5)
