@@ -103,6 +103,7 @@ def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
 
 
 _tensorflow_hidden = threading.Event()
+_tensorflow_import = threading.RLock()  # TensorFlow's import and its device setup
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -110,14 +111,15 @@ def hide_accelerators_from_tensorflow() -> None:
 
     Once per process, before TensorFlow's first op (`tensorflow` below calls it on first use;
     entry points that import TensorFlow themselves call it)."""
-    if _tensorflow_hidden.is_set():
-        return
-    import tensorflow as tf  # heavy import, only for entry points
+    with _tensorflow_import:  # one thread sets it, before any thread's first op
+        if _tensorflow_hidden.is_set():
+            return
+        import tensorflow as tf  # heavy import, only for entry points
 
-    tf.config.set_visible_devices([], "GPU")
-    with contextlib.suppress(ValueError, RuntimeError):  # no TPU support in this TF build
-        tf.config.set_visible_devices([], "TPU")
-    _tensorflow_hidden.set()
+        tf.config.set_visible_devices([], "GPU")
+        with contextlib.suppress(ValueError, RuntimeError):  # no TPU support in this TF build
+            tf.config.set_visible_devices([], "TPU")
+        _tensorflow_hidden.set()
 
 
 class LazyModule(types.ModuleType):
@@ -128,7 +130,10 @@ class LazyModule(types.ModuleType):
         self.__dict__["_load"] = load
 
     def __getattr__(self, attribute: str):
-        return getattr(self._load(), attribute)
+        module = self.__dict__.get("_module")
+        if module is None:  # the first use: import it (load is idempotent and thread-safe)
+            module = self.__dict__["_module"] = self._load()
+        return getattr(module, attribute)
 
 
 def _load_tensorflow() -> types.ModuleType:
@@ -213,7 +218,7 @@ def import_tensorflow_quietly() -> None:
     """Imports TensorFlow with its C++ stderr muted: TensorFlow 2.21 prints its oneDNN notice and
     absl's "before absl::InitializeLog()" warning at import whatever TF_CPP_MIN_LOG_LEVEL says.
     A failed import still raises, with its traceback. Call it before anything else imports
-    TensorFlow (entry points that use it: main.py, figures)."""
+    TensorFlow (the lazy `tensorflow` below; entry points that use it: figures, benchmarks)."""
     with _tensorflow_import:  # one thread at a time swaps file descriptor 2
         if "tensorflow" in sys.modules:
             return
@@ -226,9 +231,6 @@ def import_tensorflow_quietly() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(null)
-
-
-_tensorflow_import = threading.Lock()
 
 
 def quiet_library_logs() -> None:
