@@ -342,8 +342,7 @@ def main(argv: Sequence[str]) -> None:
 
     runtime.quiet_native_logs()
     runtime.quiet_library_logs()
-    runtime.import_tensorflow_quietly()
-    runtime.hide_accelerators_from_tensorflow()
+    runtime.load_tensorflow()
     with reported_as_exit():
         paths = make_figures(
             FLAGS.workdir,

@@ -109,8 +109,7 @@ _tensorflow_import = threading.RLock()  # TensorFlow's import and its device set
 def hide_accelerators_from_tensorflow() -> None:
     """TensorFlow only feeds data: keep it off the GPUs/TPUs so it takes none of their memory.
 
-    Once per process, before TensorFlow's first op (`tensorflow` below calls it on first use;
-    entry points that import TensorFlow themselves call it)."""
+    Once per process, before TensorFlow's first op (`load_tensorflow` calls it)."""
     with _tensorflow_import:  # one thread sets it, before any thread's first op
         if _tensorflow_hidden.is_set():
             return
@@ -136,7 +135,10 @@ class LazyModule(types.ModuleType):
         return getattr(module, attribute)
 
 
-def _load_tensorflow() -> types.ModuleType:
+def load_tensorflow() -> types.ModuleType:
+    """TensorFlow, imported quietly and kept off the accelerators (once; what the lazy
+    `tensorflow` below does on first use). Entry points that time or use TensorFlow call it
+    up front."""
     import_tensorflow_quietly()
     hide_accelerators_from_tensorflow()
     return sys.modules["tensorflow"]
@@ -145,7 +147,7 @@ def _load_tensorflow() -> types.ModuleType:
 def load_tensorflow_datasets() -> types.ModuleType:
     """tfds, with TensorFlow imported quietly and kept off the accelerators first (call it
     before importing a tfds submodule directly)."""
-    _load_tensorflow()
+    load_tensorflow()
     import tensorflow_datasets
 
     return tensorflow_datasets
@@ -154,7 +156,7 @@ def load_tensorflow_datasets() -> types.ModuleType:
 # What the data modules use as `tf` and `tfds`: TensorFlow is imported on first use, quietly and
 # kept off the accelerators, so runs on synthetic data, runs that stop at a bad config and the
 # tools that read a run never pay its ~5 s of CPU.
-tensorflow = LazyModule("tensorflow", _load_tensorflow)
+tensorflow = LazyModule("tensorflow", load_tensorflow)
 tensorflow_datasets = LazyModule("tensorflow_datasets", load_tensorflow_datasets)
 
 
@@ -218,7 +220,7 @@ def import_tensorflow_quietly() -> None:
     """Imports TensorFlow with its C++ stderr muted: TensorFlow 2.21 prints its oneDNN notice and
     absl's "before absl::InitializeLog()" warning at import whatever TF_CPP_MIN_LOG_LEVEL says.
     A failed import still raises, with its traceback. Call it before anything else imports
-    TensorFlow (the lazy `tensorflow` below; entry points that use it: figures, benchmarks)."""
+    TensorFlow (`load_tensorflow` calls it)."""
     with _tensorflow_import:  # one thread at a time swaps file descriptor 2
         if "tensorflow" in sys.modules:
             return

@@ -411,8 +411,7 @@ def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dic
     (docstring, 3)."""
     from alexnet_jax import runtime
 
-    runtime.import_tensorflow_quietly()
-    runtime.hide_accelerators_from_tensorflow()
+    runtime.load_tensorflow()
     from alexnet_jax import input_pipeline, rundir, train
 
     config = _config(case, settings)

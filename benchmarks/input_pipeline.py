@@ -173,7 +173,7 @@ def main(argv) -> None:
     threads = common.setup_process(common.THREADS.value)
     from alexnet_jax import runtime
 
-    runtime.hide_accelerators_from_tensorflow()
+    runtime.load_tensorflow()
     sides = tuple(int(v) for v in _IMAGE_SIDES.value)
     if len(sides) != 2 or not 0 < sides[0] <= sides[1]:
         raise app.UsageError(f"--image_sides must be two sides MIN,MAX, got {_IMAGE_SIDES.value}")
