@@ -5,6 +5,7 @@ Only process 0 writes files; every process logs to its console.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -93,10 +94,15 @@ class ScalarEvents:
         self.path = os.path.join(logdir, "events.out.tfevents." + ".".join(names) + ".v2")
         self._file = open(self.path, "xb")  # noqa: SIM115 (closed by close(); never overwrites)
         self._records = RecordWriter(self._file)
-        self._append(event_pb2.Event(file_version="brain.Event:2"))
-        if start_step is not None:
-            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._append(event_pb2.Event(step=start_step + 1, session_log=start))
+        try:
+            self._append(event_pb2.Event(file_version="brain.Event:2"))
+            if start_step is not None:
+                start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+                self._append(event_pb2.Event(step=start_step + 1, session_log=start))
+        except BaseException:  # a full disk already: no open file is left behind
+            with contextlib.suppress(OSError):
+                self._file.close()
+            raise
 
     def _append(self, event) -> None:
         event.wall_time = time.time()
