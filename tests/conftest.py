@@ -24,6 +24,12 @@ def jax_cache_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
+# The environment of a subprocess run whose own program is compiled for a few steps only (cold
+# in the cache): its compile is the cost, and XLA's optimizations cost more than they save
+# (-4 CPU-s per run measured; the in-process twin is the `quick_compiles` fixture below).
+QUICK_COMPILES = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+
+
 @pytest.fixture(scope="module")
 def quick_compiles():
     """jax_disable_most_optimizations for a module's tests: for files of many one-off programs,

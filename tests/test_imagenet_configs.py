@@ -6,7 +6,8 @@ import os
 import pytest
 
 from alexnet_jax import image_store, miniature, rundir
-from tests.test_main import QUICK_COMPILES, REPO, _jsonl, _run_main
+from tests.conftest import QUICK_COMPILES
+from tests.test_main import REPO, _jsonl, _run_main
 
 
 @pytest.fixture(scope="module")

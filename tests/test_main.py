@@ -25,6 +25,7 @@ from alexnet_jax import checkpoint, config_lib, rundir, runtime
 from alexnet_jax.errors import ConfigError, is_storage_error, reported_as_exit
 from configs import default
 from tests import multihost_worker
+from tests.conftest import QUICK_COMPILES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -331,11 +332,6 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
     assert "config.batch_size=7 is not divisible" in proc.stderr
 
 
-# For a run whose own program is compiled for a few steps only (cold in the cache): its compile
-# is the cost, and XLA's optimizations cost more than they save (-4 CPU-s each, measured).
-QUICK_COMPILES = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-
-
 def _narrow_main(
     dirs, workdir, steps, limit_file_bytes=None, mode="train", extra_flags=(), env=None, **overrides
 ):
@@ -396,7 +392,7 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
     first = _narrow_main(shared_dirs, workdir, steps=4, env={"REPORT_TENSORFLOW_IMPORT": "1"})
     assert first.returncode == 0, first.stderr[-3000:]
     # A run on synthetic data never imports TensorFlow (~5 s): TensorBoard's events are written
-    # without it, and the data modules import it on first use (etils.epy.lazy_imports).
+    # without it, and the data modules import it on first use (runtime.tensorflow).
     assert "tensorflow imported: False" in first.stdout
     failed = _narrow_main(shared_dirs, workdir, steps=12, limit_file_bytes=2**20)
     assert failed.returncode == 2, failed.stderr[-3000:]

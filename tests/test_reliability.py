@@ -21,7 +21,8 @@ import pytest
 from alexnet_jax import checkpoint, errors, rundir
 from alexnet_jax.errors import ConfigError, DataError, UserError
 from configs import default
-from tests.test_main import QUICK_COMPILES, REPO, _env, _narrow_main
+from tests.conftest import QUICK_COMPILES
+from tests.test_main import REPO, _env, _narrow_main
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from alexnet_jax import rundir, sweep
-from tests.test_main import QUICK_COMPILES
+from tests.conftest import QUICK_COMPILES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multihost_worker.py")
