@@ -449,10 +449,18 @@ def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dic
     }
 
 
-def plan(settings: Settings, peaks: dict[str, float]) -> tuple[list[Item], list[str]]:
-    """The measurements in order (module docstring) and notes on what is left out and why."""
+NO_ACCELERATOR = (
+    "JAX sees no GPU or TPU (backend cpu): these are this CPU's figures at full sizes, seconds per "
+    "step, so the budget runs out after a few. For an accelerator install CUDA JAX (README, GPU "
+    "section); for a quick check that the script works, --smoke."
+)
+
+
+def plan(settings: Settings, peaks: dict[str, float], backend: str) -> tuple[list[Item], list[str]]:
+    """The measurements in order (module docstring) and notes on what is left out and why;
+    `backend` is JAX's default backend ("cpu", "gpu", "tpu")."""
     items = [Item("jax", c, lambda c=c: measure_jax(c, settings, peaks)) for c in settings.cases]
-    notes = []
+    notes = [NO_ACCELERATOR] if backend == "cpu" and not settings.smoke else []
     device = torch_device(settings.smoke) if settings.torch else None
     if settings.torch and device is None:
         notes.append("PyTorch not timed: it needs a CUDA PyTorch and JAX on a GPU.")
@@ -633,7 +641,9 @@ def main(argv):
     budget = Budget(_BUDGET.value, start=STARTED)
     device_kind = jax.devices()[0].device_kind
     peaks = peak_tflops(device_kind, {"float32": _PEAK_F32.value, "bfloat16": _PEAK_BF16.value})
-    items, notes = plan(settings, peaks)
+    items, notes = plan(settings, peaks, jax.default_backend())
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     header = {
         "environment": common.environment(threads),
         "device_kind": device_kind,

@@ -145,3 +145,22 @@ def test_peak_tflops_from_the_table_or_the_flags_else_none(accelerator):
     assert accelerator.peak_tflops("NVIDIA H200", {}) == {"bfloat16": 989.0, "float32": 67.0}
     assert accelerator.peak_tflops("NVIDIA H100 PCIe", {"float32": 0.0}) == {}  # no MFU
     assert accelerator.peak_tflops("cpu", {"bfloat16": 1.5}) == {"bfloat16": 1.5}
+
+
+def test_a_full_run_without_an_accelerator_says_so_and_what_to_do(accelerator):
+    """`accelerator.py` without --smoke on a machine where JAX sees only the CPU still measures,
+    but its notes (printed first and written in the report) name the cause and both ways out."""
+
+    def notes(backend, smoke):
+        case = accelerator.Case("paper", "float32", 128)
+        settings = accelerator.Settings(
+            cases=(case,), loop_case=None, loop_steps=4, loop_log_every=2, input_size=None,
+            repeats=2, warmup=1, torch=False, torch_compile=False, smoke=smoke,
+        )  # fmt: skip
+        return accelerator.plan(settings, {}, backend)[1]
+
+    assert notes("cpu", smoke=False) == [accelerator.NO_ACCELERATOR]
+    assert "CUDA JAX" in accelerator.NO_ACCELERATOR
+    assert "--smoke" in accelerator.NO_ACCELERATOR
+    assert notes("gpu", smoke=False) == notes("tpu", smoke=False) == []
+    assert notes("cpu", smoke=True) == []
