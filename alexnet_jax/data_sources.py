@@ -634,6 +634,19 @@ def _directory_problem(path: str) -> str | None:
     return None if os.path.isdir(parent) else f"lies inside {parent!r}, which is a file"
 
 
+def _creation_problem(path: str) -> str | None:
+    """Why the directory `path` cannot be created (a missing mount, a read-only disk, no rights,
+    too long a name): it is created here, as the build would create it."""
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"cannot be created ({e.strerror or e}, errno {e.errno})"
+    return None
+
+
 def _check_tfds_split_names(config) -> None:
     """Raises ConfigError for a split imagenet2012 can never have, before a build of hours."""
     for field in ("train_split", "eval_split"):
@@ -649,8 +662,9 @@ def _check_tfds_split_names(config) -> None:
 
 
 def check_before_build(config) -> None:
-    """Raises ConfigError for a directory field of the config's dataset that names a file, and for
-    a tfds split name imagenet2012 never has; cheap, so prepare() runs it before any build."""
+    """Raises ConfigError for a directory field of the config's dataset that names a file or
+    cannot be created (the missing ones are created), and for a tfds split name imagenet2012
+    never has; cheap, so prepare() runs it before any build."""
     if config.dataset in ("imagenet2012", "miniature"):
         _check_tfds_split_names(config)
     fields = {
@@ -661,14 +675,18 @@ def check_before_build(config) -> None:
     }.get(config.dataset, [])
     fields += [f for f in ("resized_cache_dir", "image_store_dir") if config[f]]
     for field in fields:
-        problem = _directory_problem(config[field]) if config[field] else None
+        if not config[field]:
+            continue
+        problem = _directory_problem(config[field])
+        if problem is None and field != "image_folder":  # image_folder must exist: not created
+            problem = _creation_problem(config[field])
         if problem:
             raise ConfigError(
                 f"config.{field}={config[field]!r} {problem}: set --config.{field} to a directory "
                 + (
                     "holding train/<class>/ and val/<class>/."
                     if field == "image_folder"
-                    else "(it is created if missing)."
+                    else "you can write (it is created if missing)."
                 )
             )
 

@@ -136,6 +136,19 @@ def check_is_directory(workdir: str) -> None:
         )
 
 
+def make_workdir(workdir: str) -> None:
+    """Creates `workdir` if missing; DataError when it is a file or cannot be created (a missing
+    mount, a read-only disk, no rights, too long a name)."""
+    check_is_directory(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"--workdir={workdir} cannot be created ({e.strerror or e}, errno {e.errno}): "
+            "choose another --workdir, in a folder you can write."
+        ) from e
+
+
 def _write_atomically(path: str, text: str) -> None:
     """Writes `text` to `path` through a temporary file and a rename: never half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -186,8 +199,7 @@ def exclusive(workdir: str) -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
-    check_is_directory(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     path = os.path.join(workdir, LOCK_FILE)
     pid = os.getpid()
     me = {"host": socket.gethostname(), "pid": pid, "started": _process_start_time(pid)}

@@ -227,6 +227,23 @@ def test_directory_inside_a_file_is_a_user_error_naming_the_field(tmp_path):
         input_pipeline.prepare(config)
 
 
+@pytest.mark.parametrize(
+    "field", ["data_dir", "miniature_dir", "resized_cache_dir", "image_store_dir"]
+)
+def test_directory_that_cannot_be_created_is_a_user_error_naming_the_field(tmp_path, field):
+    """A name the file system refuses (here too long, ENAMETOOLONG; the same path as a missing
+    mount, a read-only disk or no rights) is one message naming the field and the reason, before
+    any build; the other directory fields are created as the build would create them."""
+    store = {"augment_on": "device"} if field == "image_store_dir" else {}
+    config = _config(str(tmp_path), **store, **{field: str(tmp_path / ("d" * 300) / "x")})
+    with pytest.raises(
+        ConfigError, match=rf"config\.{field}=.* cannot be created \(File name too long, errno"
+    ) as error:
+        input_pipeline.prepare(config)
+    assert "\n" not in str(error.value)
+    assert [files for _, _, files in os.walk(tmp_path) if files] == []  # nothing generated or built
+
+
 def test_split_imagenet_never_has_is_refused_before_the_build(tmp_path):
     config = _config(str(tmp_path), train_split="train[:50%]+tarin")
     with pytest.raises(ConfigError, match=r"config\.train_split=.*'tarin'.*'train', 'validation'"):

@@ -375,6 +375,17 @@ def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
         train.train_and_evaluate(default.get_config(), str(path))
 
 
+def test_a_workdir_that_cannot_be_created_is_one_message(tmp_path):
+    """A name the file system refuses (here too long, ENAMETOOLONG; the same path as a missing
+    mount, a read-only disk or no rights) is one message naming --workdir and the reason, before
+    anything is built or trained."""
+    from alexnet_jax import train
+
+    workdir = tmp_path / ("w" * 300) / "run"
+    with pytest.raises(DataError, match=r"--workdir=.* cannot be created \(File name too long"):
+        train.train_and_evaluate(default.get_config(), str(workdir))
+
+
 def test_eval_uses_the_runs_config_and_prints_the_result_before_a_failed_write(dirs, finished_run):
     """Case 5 end to end, and the unclear case of a read-only run: `--mode=eval` evaluates the
     run with its own config.json (the command line's defaults differ: the run's normalization
