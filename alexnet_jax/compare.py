@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import rundir
+from alexnet_jax import errors, rundir
 from alexnet_jax.errors import DataError, reported_as_exit
 
 _SEED_DIR = re.compile(r"seed_(\d+)")
@@ -400,7 +400,11 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
     summaries = collect(dirs)
     rows = arm_rows(summaries)
     table = markdown_table(rows)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    problem = errors.directory_creation_problem(os.path.dirname(os.path.abspath(out)))
+    if problem:
+        raise errors.UserError(
+            f"--out={out}: its folder {problem}: choose another --out, in a folder you can write."
+        )
     paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
     for path, text in zip(paths, (table, csv_table(rows)), strict=False):
         with open(path, "w") as f:

@@ -36,7 +36,7 @@ from unittest import mock
 import numpy as np
 from absl import logging
 
-from alexnet_jax import miniature, preprocessing, runtime
+from alexnet_jax import errors, miniature, preprocessing, runtime
 from alexnet_jax.errors import ConfigError, DataError
 
 tf = runtime.tensorflow  # imported on first use
@@ -634,19 +634,6 @@ def _directory_problem(path: str) -> str | None:
     return None if os.path.isdir(parent) else f"lies inside {parent!r}, which is a file"
 
 
-def _creation_problem(path: str) -> str | None:
-    """Why the directory `path` cannot be created (a missing mount, a read-only disk, no rights,
-    too long a name): it is created here, as the build would create it."""
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        return None
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        return f"cannot be created ({e.strerror or e}, errno {e.errno})"
-    return None
-
-
 def _check_tfds_split_names(config) -> None:
     """Raises ConfigError for a split imagenet2012 can never have, before a build of hours."""
     for field in ("train_split", "eval_split"):
@@ -679,7 +666,7 @@ def check_before_build(config) -> None:
             continue
         problem = _directory_problem(config[field])
         if problem is None and field != "image_folder":  # image_folder must exist: not created
-            problem = _creation_problem(config[field])
+            problem = errors.directory_creation_problem(config[field])
         if problem:
             raise ConfigError(
                 f"config.{field}={config[field]!r} {problem}: set --config.{field} to a directory "

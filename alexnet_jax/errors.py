@@ -96,6 +96,27 @@ def storage_error(what: str, where: str, error: BaseException) -> DataError:
     )
 
 
+def directory_creation_problem(path: str) -> str | None:
+    """Why the directory `path` cannot be created (a missing mount, a read-only disk, no rights,
+    too long a name), or None: it exists, or it was created here (with its parents)."""
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"cannot be created ({e.strerror or e}, errno {e.errno})"
+    return None
+
+
+def make_directory(path: str, flag: str) -> None:
+    """Creates the directory `path` if missing; one UserError naming `flag` (e.g. "--workdir")
+    and the system's reason when it cannot be."""
+    problem = directory_creation_problem(path)
+    if problem:
+        raise UserError(f"{flag}={path} {problem}: choose another {flag}, one you can write.")
+
+
 @contextlib.contextmanager
 def reported_as_exit(
     write_advice: str = "Free disk space (or fix the permissions) or write elsewhere, then rerun "

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint, config_lib, experiment, models, sharding
+from alexnet_jax import checkpoint, config_lib, errors, experiment, models, sharding
 from alexnet_jax.errors import ConfigError, DataError, UserError
 
 CONFIG_FILE = "config.json"
@@ -137,16 +137,9 @@ def check_is_directory(workdir: str) -> None:
 
 
 def make_workdir(workdir: str) -> None:
-    """Creates `workdir` if missing; DataError when it is a file or cannot be created (a missing
-    mount, a read-only disk, no rights, too long a name)."""
+    """Creates `workdir` if missing; one UserError when it is a file or cannot be created."""
     check_is_directory(workdir)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise DataError(
-            f"--workdir={workdir} cannot be created ({e.strerror or e}, errno {e.errno}): "
-            "choose another --workdir, in a folder you can write."
-        ) from e
+    errors.make_directory(workdir, "--workdir")
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -533,7 +526,7 @@ SWEEP_LOGS = "logs"
 def write_sweep_plan(sweep_dir: str, plan: dict) -> None:
     """Writes `sweep_dir/sweep.json` (atomically); paths in it are relative to `sweep_dir`, so a
     copied sweep directory reads the same anywhere."""
-    os.makedirs(sweep_dir, exist_ok=True)
+    errors.make_directory(sweep_dir, "--sweep_dir")
     _write_atomically(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(plan, indent=2) + "\n")
 
 

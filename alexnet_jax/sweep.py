@@ -54,7 +54,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from alexnet_jax import compare, config_lib, launch, rundir
-from alexnet_jax.errors import ConfigError, UserError, reported_as_exit
+from alexnet_jax.errors import ConfigError, UserError, make_directory, reported_as_exit
 
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -370,6 +370,7 @@ def run_sweep(
 ) -> int:
     """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
     all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
+    make_directory(sweep_dir, "--sweep_dir")  # before any run starts
     stop = _Signals()
     previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
     outcomes: dict[str, dict] = {}

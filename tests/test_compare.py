@@ -73,3 +73,15 @@ def test_compare_names_a_missing_or_damaged_metrics_file(tmp_path, capsys):
         assert exit_info.value.code == 2
         (line,) = capsys.readouterr().err.splitlines()
         assert line.startswith(f"error: {workdir / 'metrics.jsonl'} {text}")
+
+
+def test_compare_names_an_out_folder_that_cannot_be_created(tmp_path, capsys):
+    """An --out whose folder the file system refuses (here too long a name; the same path as a
+    missing mount or a read-only disk): one `error:` line naming --out and the reason, exit 2."""
+    _write_metrics(str(tmp_path / "run"), [(2, 0.5, 0.1)], speeds=[10.0])
+    out = tmp_path / ("o" * 300) / "c"
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(tmp_path / "run"), f"--out={out}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: --out={out}: its folder cannot be created (File name too long")

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from alexnet_jax import export, figures, plots, rundir, weights_io
+from alexnet_jax.errors import UserError
 from alexnet_jax.models import create_model
 
 
@@ -190,6 +191,14 @@ def test_export_formats_read_back_to_the_same_params(run_params, tmp_path, suffi
         loaded,
         jax.device_get(params),
     )
+
+
+def test_figures_out_that_cannot_be_created_is_one_message(run_dir, tmp_path):
+    """An --out the file system refuses (here too long a name; the same path as a missing mount
+    or a read-only disk) is one UserError naming --out and the reason, not a traceback."""
+    bad = tmp_path / ("f" * 300) / "figures"
+    with pytest.raises(UserError, match=r"--out=.* cannot be created \(File name too long"):
+        figures.make_figures(run_dir, str(bad))
 
 
 def test_export_refuses_an_unknown_format(run_dir, tmp_path):

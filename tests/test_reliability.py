@@ -382,7 +382,7 @@ def test_a_workdir_that_cannot_be_created_is_one_message(tmp_path):
     from alexnet_jax import train
 
     workdir = tmp_path / ("w" * 300) / "run"
-    with pytest.raises(DataError, match=r"--workdir=.* cannot be created \(File name too long"):
+    with pytest.raises(UserError, match=r"--workdir=.* cannot be created \(File name too long"):
         train.train_and_evaluate(default.get_config(), str(workdir))
 
 

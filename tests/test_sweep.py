@@ -16,6 +16,7 @@ import time
 import pytest
 
 from alexnet_jax import rundir, sweep
+from alexnet_jax.errors import UserError
 from tests.conftest import QUICK_COMPILES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,3 +202,14 @@ def test_the_shipped_sweep_files_are_valid(monkeypatch):
     assert names
     for name in names:
         assert sweep.plan_runs(sweep.make_sweep(os.path.join("sweeps", name), None, [], None), "x")
+
+
+def test_a_sweep_dir_that_cannot_be_created_is_one_message_before_any_run(tmp_path):
+    """A --sweep_dir the file system refuses (here too long a name; the same path as a missing
+    mount or a read-only disk) is one UserError naming it, before any run starts or is
+    announced."""
+    said = []
+    bad = tmp_path / ("s" * 300) / "sweep"
+    with pytest.raises(UserError, match=r"--sweep_dir=.* cannot be created \(File name too long"):
+        sweep.run_sweep(None, [object()], str(bad), say=said.append)
+    assert said == []
