@@ -626,6 +626,7 @@ def main(argv):
     del argv
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")  # room for PyTorch
     threads = common.setup_process(common.THREADS.value)
+    common.check_output_folder("--out_dir", _OUT.value)
     import jax
 
     from alexnet_jax import runtime

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from alexnet_jax import runtime  # noqa: E402
+from alexnet_jax import errors, runtime  # noqa: E402
 
 PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "project_xla_flags",
@@ -60,9 +60,20 @@ def setup_process(threads: int = 0) -> int:
             raise ValueError(f"--threads={threads} but only {len(cpus)} CPUs are available")
         cpus = cpus[:threads]
         os.sched_setaffinity(0, cpus)
+    if JSON.value:
+        check_output_folder("--json", os.path.dirname(os.path.abspath(JSON.value)))
     if PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()
     return len(cpus)
+
+
+def check_output_folder(flag: str, folder: str) -> None:
+    """Creates `folder`, where `flag`'s results will be written; when it cannot be created, one
+    `error:` line and exit code 2 now, not a traceback after minutes of measuring."""
+    problem = errors.directory_creation_problem(folder)
+    if problem:
+        print(f"error: {flag}: the folder {folder} {problem}: choose another.", file=sys.stderr)
+        sys.exit(2)
 
 
 def environment(threads: int) -> dict[str, Any]:

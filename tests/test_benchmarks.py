@@ -187,3 +187,24 @@ def test_set_xla_flags_adds_the_project_flags_but_keeps_the_users(repo_root):
     jax.devices()  # this process's backends are running
     with pytest.raises(RuntimeError, match="before JAX starts its backends"):
         runtime.set_xla_flags()
+
+
+@pytest.mark.parametrize(
+    ("script", "flag"), [("train_step", "--json=x.json"), ("accelerator", "--out_dir=x")]
+)
+def test_an_output_folder_that_cannot_be_created_is_one_line_before_measuring(
+    repo_root, tmp_path, script, flag
+):
+    """A --json or --out_dir whose folder the file system refuses (here too long a name; the same
+    path as a missing mount or a read-only disk) stops the script at start with one `error:` line
+    and exit 2, instead of a traceback when the results are written after minutes of measuring."""
+    name, value = flag.split("=")
+    bad = str(tmp_path / ("j" * 300) / value)
+    cmd = [sys.executable, os.path.join(repo_root, "benchmarks", f"{script}.py"), f"{name}={bad}"]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "Traceback" not in proc.stderr
+    assert f"error: {name}: the folder " in errors[0]
+    assert "cannot be created (File name too long" in errors[0]
