@@ -648,10 +648,11 @@ def _check_tfds_split_names(config) -> None:
             )
 
 
-def check_before_build(config) -> None:
+def check_before_build(config, training: bool = True) -> None:
     """Raises ConfigError for a directory field of the config's dataset that names a file or
     cannot be created (the missing ones are created), and for a tfds split name imagenet2012
-    never has; cheap, so prepare() runs it before any build."""
+    never has; cheap, so prepare() runs it before any build. training=False leaves out the
+    training-only folders (resized_cache_dir, image_store_dir)."""
     if config.dataset in ("imagenet2012", "miniature"):
         _check_tfds_split_names(config)
     fields = {
@@ -660,7 +661,7 @@ def check_before_build(config) -> None:
         "miniature": ["data_dir", "miniature_dir"],
         "image_folder": ["image_folder"],
     }.get(config.dataset, [])
-    fields += [f for f in ("resized_cache_dir", "image_store_dir") if config[f]]
+    fields += [f for f in ("resized_cache_dir", "image_store_dir") if config[f] and training]
     for field in fields:
         if not config[field]:
             continue

@@ -268,7 +268,7 @@ def write_figure4(
     batch_size = batch_size or int(config.eval_batch_size)
     val_config = _center_view_config(config, config.eval_split)
     train_config = _center_view_config(config, config.train_split)
-    input_pipeline.prepare(val_config)
+    input_pipeline.prepare(val_config, training=False)  # reads both splits as eval views
     val = input_pipeline.create_eval_iterator(val_config, local_batch_size=batch_size)
     queries = select_queries(val, num_queries)  # (Q, S, S, 3)
     train = input_pipeline.create_eval_iterator(train_config, local_batch_size=batch_size)

@@ -534,8 +534,14 @@ def _store_train_iterator(
 # ---- Public API ---------------------------------------------------------------------------------
 
 
-def prepare(config) -> DatasetInfo:
-    """Checks the config, generates/builds the data (and the resize cache) if needed; returns sizes.
+def prepare(config, training: bool = True) -> DatasetInfo:
+    """Checks the config, generates/builds the data (and the resize cache and the image store) if
+    needed; returns sizes.
+
+    training=False (evaluation, figures): only what the eval iterator and the model's inputs read
+    is built; the training-only pre-resize cache and image store are neither built nor required
+    (on ImageNet each is hours of decoding), and num_train_examples is the train split's size in
+    the dataset.
 
     Raises DataError with what to do when the data is missing, ConfigError for bad fields (also
     a data directory that is a file, or a split the data does not have).
@@ -548,7 +554,7 @@ def prepare(config) -> DatasetInfo:
             int(config.synthetic_eval_examples),
             int(config.num_classes),
         )
-    data_sources.check_before_build(config)
+    data_sources.check_before_build(config, training)
     source = data_sources.open_source(config, build=True)
     if config.dataset == "image_folder" and source.num_classes < config.num_classes:
         raise ConfigError(
@@ -563,12 +569,12 @@ def prepare(config) -> DatasetInfo:
             f"--config.num_classes={source.num_classes}."
         )
     data_sources.check_splits(config, source)
-    if config.resized_cache_dir:
+    if config.resized_cache_dir and training:
         data_sources.build_resized_cache(config, source)
     if config.normalization == "mean_image":
         build_mean_image(config, source)
     num_train = source.num_examples(config.train_split)
-    if config.image_store_dir:
+    if config.image_store_dir and training:
         image_store.build(config, source)
         store = image_store.open_split(config, config.train_split)
         store.close()

@@ -135,13 +135,14 @@ def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> Trai
 
 
 def _build(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict, training: bool = True
 ) -> tuple[experiment.Experiment, input_pipeline.DatasetInfo]:
-    """Validates the config, prepares the data and builds the experiment over all devices."""
+    """Validates the config, prepares the data (training=False: what evaluation reads, see
+    input_pipeline.prepare) and builds the experiment over all devices."""
     config_lib.validate_config(config)  # before the mesh and any data
     mesh = sharding.make_mesh(config)
     config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])
-    info = input_pipeline.prepare(config)
+    info = input_pipeline.prepare(config, training)
     steps_per_epoch = info.num_train_examples // config.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(
@@ -222,7 +223,7 @@ def evaluate_checkpoint(
             "--workdir at a run, or set --config.torch_weights."
         )
     with rundir.exclusive(workdir):
-        exp, _ = _build(config)
+        exp, _ = _build(config, training=False)  # no training-only cache or store is built
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(

@@ -289,8 +289,9 @@ def test_resume_may_move_the_store_not_turn_it_off(tmp_path):
 
 def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeypatch):
     """train.train_and_evaluate with a store: its batches come from Store.read (2 steps of 8
-    examples), the losses are finite. (Exact resume is the iterator's: the loop restarts it at
-    step * batch, tested above; the loop's own resume is tested in test_main.py.)"""
+    examples), the losses are finite; its evaluation (--mode=eval) builds no store or cache.
+    (Exact resume is the iterator's: the loop restarts it at step * batch, tested above; the
+    loop's own resume is tested in test_main.py.)"""
     from alexnet_jax import train
 
     reads = []
@@ -311,6 +312,18 @@ def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeyp
     assert len(losses) == 2
     assert all(np.isfinite(losses))
     assert sum(reads) >= 16  # the prefetching thread may have read ahead
+
+    # --mode=eval of the run, its store gone (here: pointed elsewhere): evaluation reads the
+    # dataset, so no store is built (on ImageNet, hours of decoding), and the result is the
+    # run's own final evaluation.
+    reads.clear()
+    elsewhere = {"image_store_dir": str(tmp_path / "gone")}
+    metrics = train.evaluate_checkpoint(config, str(tmp_path / "run"), elsewhere)
+    final = [r for r in rundir.read_metrics(str(tmp_path / "run")) if r["split"] == "eval"][-2]
+    assert metrics["top1"] == final["top1"]
+    assert metrics["loss"] == pytest.approx(final["loss"], rel=1e-6)
+    assert reads == []
+    assert not os.path.exists(tmp_path / "gone")
 
 
 def test_main_mode_prepare_builds_the_store_and_refuses_a_host_path(tmp_path, repo_root):

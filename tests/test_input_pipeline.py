@@ -456,6 +456,8 @@ def test_hard_files_decode_to_rgb_crops():
 def test_resized_cache_builds_once_and_feeds_training(mini):
     config = _config(os.path.dirname(mini[0].data_dir))
     config.resized_cache_dir = os.path.join(os.path.dirname(config.data_dir), "cache")
+    input_pipeline.prepare(config, training=False)  # evaluation, figures: the cache is not read
+    assert not os.path.exists(config.resized_cache_dir)
     input_pipeline.prepare(config)
     directory = data_sources.cache_dir(config, data_sources.open_source(config, False))
     manifest = data_sources.read_json(os.path.join(directory, data_sources.CACHE_MANIFEST))
