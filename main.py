@@ -6,6 +6,7 @@ the user must fix as one paragraph with exit code 2.
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -19,11 +20,25 @@ def _usage_error(message: str) -> None:
     sys.exit(2)
 
 
-def _no_such_field(field: str) -> None:
+def _no_such_field(field: str, suggestion: str | None = None) -> None:
+    hint = f"; did you mean {suggestion!r}?" if suggestion else ""
     _usage_error(
-        f"--config has no field {field!r} (given as --config.{field}=...): check its spelling; "
-        "every field is listed, with a comment, in configs/default.py."
+        f"no config field {field!r}{hint} (every field is listed, with a comment, in "
+        "configs/default.py)"
     )
+
+
+def _field_error(error: Exception) -> tuple[str, str | None]:
+    """The field and ml_collections' suggestion from the error it raises for an unknown
+    --config.FIELD (a KeyError whose text is "'field'\nDid you mean "x" instead of ...?", or
+    "... Attempting to lookup: a.b" for a field under a plain value), possibly wrapped."""
+    while error.args and isinstance(error.args[0], Exception):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    lookup = re.search(r"Attempting to lookup: (\S+)", text)
+    field = lookup.group(1) if lookup else text.splitlines()[0].strip().strip("\"'")
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    return field, suggestion.group(1) if suggestion else None
 
 
 try:  # ml_collections reads the --config.FIELD overrides of sys.argv already here
@@ -34,7 +49,7 @@ try:  # ml_collections reads the --config.FIELD overrides of sys.argv already he
         lock_config=True,
     )
 except (AttributeError, KeyError) as e:
-    _no_such_field(str(e).strip("\"'"))
+    _no_such_field(*_field_error(e))
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics (default: runs/<config name>)."
 )

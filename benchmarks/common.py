@@ -67,6 +67,20 @@ def setup_process(threads: int = 0) -> int:
     return len(cpus)
 
 
+def require_torch(script: str) -> None:
+    """One `error:` line and exit code 2 when PyTorch, this script's peer, is not installed (it
+    is a test and benchmark dependency, never a runtime one), instead of a traceback."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(
+            f"error: {script} compares against PyTorch, which is not installed: "
+            "pip install -r requirements-test.txt (PyTorch 2.13), then rerun.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def check_output_folder(flag: str, folder: str) -> None:
     """Creates `folder`, where `flag`'s results will be written; when it cannot be created, one
     `error:` line and exit code 2 now, not a traceback after minutes of measuring."""

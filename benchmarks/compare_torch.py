@@ -158,6 +158,7 @@ def _pairwise(jax_times: list[float], other: list[float]) -> float:
 
 def main(argv):
     del argv
+    common.require_torch("benchmarks/compare_torch.py")
     threads = common.setup_process(common.THREADS.value)
     import torch
 

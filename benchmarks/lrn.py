@@ -180,6 +180,7 @@ def fastest(rows: list[dict]) -> list[str]:
 
 def main(argv):
     del argv
+    common.require_torch("benchmarks/lrn.py")
     threads = common.setup_process(common.THREADS.value)
     env = common.setup_torch(threads)
     print(

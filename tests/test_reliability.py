@@ -343,7 +343,12 @@ def test_a_nan_evaluation_ends_the_run():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--config.nonexistent=1"], "--config has no field 'nonexistent'"),
+        (["--config.nonexistent=1"], "error: no config field 'nonexistent' (every field"),
+        (
+            ["--config.learning_rat=0.1"],
+            "error: no config field 'learning_rat'; did you mean 'learning_rate'? (every field",
+        ),
+        (["--config.learning_rate.x=1"], "error: no config field 'learning_rate.x' (every"),
         (["--config=/nonexistent/config.py"], "--config could not be loaded"),
         (["--config=" + os.path.join(REPO, "README.md")], "--config could not be loaded"),
         (["--config.batch_size=abc"], "--config.batch_size=abc"),
@@ -364,6 +369,7 @@ def test_bad_command_lines_are_one_message_with_exit_code_2(dirs, tmp_path, args
     assert "Traceback" not in proc.stderr
     (line,) = _error_lines(proc.stderr)
     assert message in line
+    assert "\\" not in line  # no escaped quotes or literal \n from the library's message
 
 
 def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
