@@ -22,12 +22,13 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from alexnet_jax import rundir
 from alexnet_jax.errors import DataError, is_storage_error, storage_error, storage_errors_as
 
 
 def create_manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
     """A manager of the checkpoints in `directory` that keeps the last `keep` steps; saving
-    cadence is decided by the caller. A run's directory: rundir.checkpoint_manager.
+    cadence is decided by the caller. A run's directory: checkpoint_manager.
 
     read_only: for tools that only read a run: creates nothing and leaves the temporary
     directories of saves in flight (a run still training) alone.
@@ -40,6 +41,24 @@ def create_manager(directory: str, keep: int, read_only: bool = False) -> ocp.Ch
         read_only=read_only,
     )
     return ocp.CheckpointManager(directory, item_names=("state", "data"), options=options)
+
+
+def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    """The Orbax manager of a run's checkpoints (keeps the last `keep`); `read_only` for
+    tools, which must not create or clean anything in a run."""
+    return create_manager(rundir.checkpoint_dir(workdir), keep, read_only=read_only)
+
+
+def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None:
+    """(state, data state) of the run's latest readable checkpoint restored into `target`
+    (ShapeDtypeStructs with shardings), or None; creates and cleans nothing in the run."""
+    if not os.path.isdir(rundir.checkpoint_dir(workdir)):
+        return None
+    manager = checkpoint_manager(workdir, keep=1, read_only=True)
+    try:
+        return restore_latest(manager, target, already_abstract=True)
+    finally:
+        manager.close()
 
 
 def _storage_error(

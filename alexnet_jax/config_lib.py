@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexnet_jax import models, optim, recipe, rules
-from alexnet_jax.errors import ConfigError
+import ml_collections
+
+from alexnet_jax import models, optim, recipe, rules, rundir
+from alexnet_jax.errors import ConfigError, DataError, UserError
 
 LOOP_RULES = (
     rules.positive_int("batch_size"),
@@ -84,3 +86,28 @@ def validate_config(config: Any, num_devices: int | None = None) -> None:
     if num_devices is not None:
         for field in ("batch_size", "eval_batch_size"):
             _divisible(config, field, num_devices)
+
+
+# ---- A run's config ----------------------------------------------------------------------------
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was trained with (its config.json), checked against the
+    rules of every field (a damaged or foreign file is one message)."""
+    rundir.check_is_directory(workdir)
+    config = rundir.read_config_dict(workdir)
+    path = rundir.config_path(workdir)
+    if config is None:
+        raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
+    config = ml_collections.ConfigDict(config)
+    try:
+        validate_config(config)
+    except ConfigError as e:
+        raise DataError(f"{path} is not a valid run config: {e}") from None
+    return config
+
+
+def eval_config(workdir: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """The run's own config with the command line's `overrides` of what is evaluated
+    (rundir.EVAL_FIELDS); an override of any other field that differs from the run is refused."""
+    return rundir.apply_eval_overrides(load_config(workdir), workdir, overrides)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from alexnet_jax import predict, rundir, runtime, weights_io
+from alexnet_jax import config_lib, load, predict, rundir, runtime, weights_io
 from alexnet_jax.errors import UserError, reported_as_exit
 
 
@@ -45,7 +45,7 @@ def export_run(workdir: str, out_path: str) -> str:
     """Writes the latest checkpoint's params of the run in `workdir`, with the run's conventions,
     to exactly `out_path`; returns it."""
     weights_io.check_output_path(out_path)  # a bad suffix or place fails before restoring
-    config = rundir.load_config(workdir)
+    config = config_lib.load_config(workdir)
     if config.normalization == "mean_image":
         raise UserError(
             f"The run in {workdir} subtracts its training set's mean image "
@@ -53,7 +53,7 @@ def export_run(workdir: str, out_path: str) -> str:
             "workdir directly (predict --workdir, --mode=eval); its mean image is "
             f"{workdir}/{rundir.MEAN_IMAGE_FILE}."
         )
-    config, params = rundir.load_run(workdir)
+    config, params = load.load_run(workdir)
     conventions = weights_io.conventions_of(config, predict.known_class_names(config))
     return weights_io.save_weights(params, conventions, out_path)
 

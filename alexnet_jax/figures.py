@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_jax import errors, imagenet_stats, rundir, sharding
+from alexnet_jax import errors, imagenet_stats, load, sharding
 from alexnet_jax.errors import UserError, reported_as_exit
 from alexnet_jax.models import create_model
 
@@ -312,7 +312,7 @@ def make_figures(workdir: str, out_dir: str = "", **figure4_options: Any) -> lis
     `workdir/figures`)."""
     out_dir = out_dir or os.path.join(workdir, DEFAULT_OUT)
     check_options(out_dir, **figure4_options)
-    config, params, step = rundir.load_params_and_step(workdir, sharding.single_device_mesh())
+    config, params, step = load.load_params_and_step(workdir, sharding.single_device_mesh())
     errors.make_directory(out_dir, "--out")  # once the run loaded: a wrong --workdir makes none
     return [
         write_figure3(params, config, out_dir, step),

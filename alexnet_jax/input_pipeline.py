@@ -81,7 +81,6 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import (
-    config_lib,
     data_sources,
     image_store,
     imagenet_stats,
@@ -545,9 +544,9 @@ def prepare(config, training: bool = True) -> DatasetInfo:
 
     Raises DataError with what to do when the data is missing, ConfigError for bad fields (also
     a data directory that is a file, or a split the data does not have).
-    Call it on every host before creating iterators.
+    Call it on every host before creating iterators, with a validated config
+    (config_lib.validate_config, at the entry points).
     """
-    config_lib.validate_config(config)
     if config.dataset == "synthetic":
         return DatasetInfo(
             int(config.synthetic_train_examples),

@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import parallel, rules, sharding
+from alexnet_jax import parallel, rules
 from alexnet_jax.lrn import IMPLEMENTATIONS as LRN_IMPLEMENTATIONS
 from alexnet_jax.lrn import default_implementation, local_response_norm, spatial_response_norm
 
@@ -267,7 +267,7 @@ class GroupedConv(nn.Module):
         conv = functools.partial(_conv_groups, stride=self.stride, pads=pads)
         if self.mesh is None or self.is_initializing():
             return conv(x, kernel, self.groups) + bias
-        towers = sharding.tower_size(self.mesh)
+        towers = parallel.tower_size(self.mesh)
         if self.groups > 1 and (self.groups % towers or not self.input_split):
             raise ValueError(f"{self.groups} groups cannot be split over {towers} tower devices")
         local_groups = self.groups // towers if self.groups > 1 else 1
@@ -309,7 +309,7 @@ class TowerDense(nn.Module):
         dense = lambda x, k, b: lax.dot_general(x, k, (((1,), (0,)), ((), ()))) + b
         if self.is_initializing():
             return dense(x.reshape((x.shape[0], -1)), kernel, bias)
-        split = sharding.splits_over_towers(self.features, sharding.tower_size(self.mesh))
+        split = parallel.splits_over_towers(self.features, parallel.tower_size(self.mesh))
         # An unsplit layer needs the same whole input on each tower device: an invariant gather.
         gather = parallel.all_gather_towers if split else parallel.all_gather_towers_invariant
 
@@ -536,7 +536,7 @@ class AlexNet(nn.Module):
         towers = 2 if self.variant == "paper" else 1
         if self.mesh is None or self.is_initializing():
             return _split_apply(fn, x, towers)
-        local_towers = towers // sharding.tower_size(self.mesh)
+        local_towers = towers // parallel.tower_size(self.mesh)
         spec = parallel.channel_spec(x.ndim)
         return parallel.tower_map(
             lambda y: _split_apply(fn, y, local_towers), self.mesh, spec, spec
@@ -546,7 +546,7 @@ class AlexNet(nn.Module):
         """fc8's tower-split outputs -> all logits on every device (identity off-mesh)."""
         if self.mesh is None or self.is_initializing():
             return x
-        if not sharding.splits_over_towers(self.num_classes, sharding.tower_size(self.mesh)):
+        if not parallel.splits_over_towers(self.num_classes, parallel.tower_size(self.mesh)):
             return x
         return parallel.gather_towers(x, self.mesh)
 

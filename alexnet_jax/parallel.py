@@ -25,7 +25,18 @@ import jax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax.sharding import DATA, TOWER
+DATA, TOWER = "data", "tower"  # the mesh's axes: the batch is split over "data"
+
+
+def tower_size(mesh: jax.sharding.Mesh | None) -> int:
+    """Size of the mesh's "tower" axis (1 without one)."""
+    return 1 if mesh is None else dict(mesh.shape).get(TOWER, 1)
+
+
+def splits_over_towers(features: int, towers: int) -> bool:
+    """Whether a layer's `features` outputs are split over a "tower" axis of size `towers`."""
+    return towers > 1 and features % towers == 0
+
 
 # ---- Per-device computation over the tower axis (used by models.AlexNet) ----------------------
 

@@ -27,15 +27,20 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
-from alexnet_jax import imagenet_classes, imagenet_stats, miniature, rundir, runtime, weights_io
+from alexnet_jax import (
+    image_files,
+    imagenet_classes,
+    load,
+    miniature,
+    rundir,
+    runtime,
+    weights_io,
+)
 from alexnet_jax.errors import DataError, UserError, reported_as_exit
-from alexnet_jax.models import VARIANTS, AlexNet, create_model, default_input_size, model_fields
-from alexnet_jax.recipe import Recipe
+from alexnet_jax.models import VARIANTS, create_model
 
 
 class Prediction(NamedTuple):
@@ -45,111 +50,6 @@ class Prediction(NamedTuple):
     synset: str | None
     name: str
     prob: float
-
-
-# ---- Preprocessing ----------------------------------------------------------------------------
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of any Pillow mode; transparency is composited over white, 16-bit is rescaled."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
-        pixels = np.asarray(image, np.float32)
-        scale = 255.0 / max(float(pixels.max()), 255.0) if image.mode == "I" else 1.0 / 257.0
-        image = Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def center_crop_geometry(height: int, width: int, resize_size: int, crop_size: int):
-    """((resized height, width), (top, left)) of torchvision's Resize(resize_size) +
-    CenterCrop(crop_size), as `preprocessing.center_crop_plan`: the longer side becomes
-    floor(resize_size * long / short), the offsets round((resized - crop_size) / 2)."""
-    short = min(height, width)
-    resized = (resize_size * height // short, resize_size * width // short)
-    return resized, tuple(round((r - crop_size) / 2.0) for r in resized)
-
-
-def _triangle_weights(in_size: int, out_size: int, scale, translation: float) -> np.ndarray:
-    """float32 [out_size, in_size] weights of TensorFlow's ScaleAndTranslate on one axis with
-    the antialiased triangle kernel (`preprocessing.resample`), in its float32 arithmetic."""
-    inv_scale = np.float32(1.0 / float(scale))
-    kernel_scale = max(inv_scale, np.float32(1.0))
-    sample = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * inv_scale
-    sample = sample + (-inv_scale * np.float32(translation))
-    position = np.arange(in_size, dtype=np.float32)[None] + np.float32(0.5) - sample[:, None]
-    weights = np.maximum(np.float32(0.0), 1 - np.abs(position) * (np.float32(1.0) / kernel_scale))
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def resize_center_crop(pixels: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
-    """uint8 [h, w, 3] -> uint8 [crop_size, crop_size, 3]: the shorter side resized to
-    resize_size with antialiased bilinear filtering, then the center crop (the pipeline's
-    single eval view, torchvision's Resize + CenterCrop). Only the rows and columns that the
-    crop's kernels reach enter the matrix products."""
-    x = pixels.astype(np.float32)
-    resized, top_left = center_crop_geometry(*x.shape[:2], resize_size, crop_size)
-    for axis in (0, 1):  # rows, then columns
-        scale = np.float32(resized[axis]) / np.float32(x.shape[axis])
-        weights = _triangle_weights(x.shape[axis], crop_size, scale, -top_left[axis])
-        used = np.flatnonzero(weights.any(axis=0))
-        used = np.arange(used[0], used[-1] + 1)
-        x = np.tensordot(weights[:, used], np.take(x, used, axis), axes=(1, axis))
-        x = np.moveaxis(x, 0, axis)
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
-
-
-def normalize(
-    pixels: np.ndarray, normalization: str, mean_image: np.ndarray | None = None
-) -> np.ndarray:
-    """uint8 RGB -> float32 model input, as `preprocessing.normalize_batch` (no lighting offset).
-
-    "mean": minus the ImageNet mean on the 0-255 scale; "mean_std": also divided by 255 * std;
-    "mean_image": minus the center crop of `mean_image` (a run's, rundir.read_mean_image).
-    """
-    if normalization == "mean_image":
-        if mean_image is None:
-            raise UserError(
-                "This model subtracts its training set's mean image (normalization='mean_image'): "
-                "pass mean_image=rundir.read_mean_image(workdir) (predict --workdir does)."
-            )
-        size = pixels.shape[-2]
-        top, left = (mean_image.shape[0] - size) // 2, (mean_image.shape[1] - size) // 2
-        crop = mean_image[top : top + size, left : left + size]
-        return pixels.astype(np.float32) - crop.astype(np.float32)
-    x = pixels.astype(np.float32) - np.float32(255.0) * imagenet_stats.RGB_MEAN
-    if normalization == "mean_std":
-        x = x * (np.float32(1.0) / (np.float32(255.0) * imagenet_stats.RGB_STD))
-    return x
-
-
-def preprocess_image(
-    image: Image.Image, config: Any, mean_image: np.ndarray | None = None
-) -> np.ndarray:
-    """(input_size, input_size, 3) float32 model input from a PIL image: the eval center view.
-
-    The input pipeline's single-view evaluation (preprocessing.eval_views, normalize_batch) in
-    NumPy: shorter side resized to resize_size (antialiased bilinear), center crop input_size,
-    then normalized.
-    """
-    pixels = np.asarray(_to_rgb(image))  # (h, w, 3) uint8
-    crop = resize_center_crop(pixels, config.resize_size, config.input_size)
-    return normalize(crop, config.normalization, mean_image)
-
-
-def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> np.ndarray:
-    """Reads and preprocesses one image file; unreadable files raise DataError naming the path."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return preprocess_image(image, config, mean_image)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"Cannot read image {path}: {e}") from e
 
 
 # ---- Class names ------------------------------------------------------------------------------
@@ -198,55 +98,6 @@ def class_names(config: Any) -> list[tuple[str | None, str]]:
 # ---- Inference --------------------------------------------------------------------------------
 
 
-# The variant of a weights file that records no conventions when --variant is not given.
-DEFAULT_IMPORT_VARIANT = "torchvision"
-
-
-def weights_config(conventions: Any) -> ml_collections.ConfigDict:
-    """The model and preprocessing fields of weights with these conventions
-    (weights_io.CONVENTION_FIELDS, the forward options recorded or their defaults; CLASS_FIELDS
-    kept when present, else no class names)."""
-    recorded = weights_io.with_option_defaults(conventions)
-    model = AlexNet(
-        conventions["variant"],
-        num_classes=conventions["num_classes"],
-        input_size=conventions["input_size"],
-        lrn_convention=conventions["lrn_convention"],
-        pool_impl="reduce_window",
-        **{field: recorded[field] for field in weights_io.OPTION_DEFAULTS},
-    )
-    recipe = Recipe(
-        input_size=model.input_size,
-        resize_size=conventions["resize_size"],
-        normalization=conventions["normalization"],
-    )
-    classes = {field: conventions.get(field) for field in weights_io.CLASS_FIELDS}
-    return ml_collections.ConfigDict(
-        {"dataset": "", **model_fields(model), **recipe.config_fields(), **classes}
-    )
-
-
-def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collections.ConfigDict:
-    """The model and preprocessing fields for PyTorch-trained weights of `variant` (a file that
-    records no conventions).
-
-    PyTorch models take mean/std-normalized 224 (torchvision) crops of 256-resized images, and
-    torch.nn.LocalResponseNorm divides alpha by n (convert.py), hence "cuda_convnet". Class names:
-    the ImageNet table for 1000 classes.
-    """
-    config = weights_config(
-        {
-            "variant": variant,
-            "num_classes": num_classes,
-            "input_size": default_input_size(variant),
-            **weights_io.PYTORCH_CONVENTIONS,
-        }
-    )
-    del config["class_names"], config["class_synsets"]  # none recorded: the dataset's
-    config.dataset = "imagenet2012" if num_classes == 1000 else ""
-    return config
-
-
 def _top_k(probs: np.ndarray, names: Sequence[tuple[str | None, str]], k: int) -> list:
     order = np.argsort(-probs, kind="stable")[:k]
     return [Prediction(int(i), names[i][0], names[i][1], float(probs[i])) for i in order]
@@ -265,7 +116,7 @@ def predict(
 
     Args:
       params: the model's Flax params ({"conv1": {...}, ...}).
-      config: a run's config (rundir.load_config) or `imported_weights_config(...)`.
+      config: a run's config (config_lib.load_config) or `weights_io.imported_weights_config(...)`.
       images: image file paths.
       batch_size: images per device call; the last batch is padded, so one compilation serves all.
       top_k: how many classes to return per image (at most the number of classes).
@@ -280,7 +131,9 @@ def predict(
     results = []
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
-        batch = np.stack([load_image(path, config, mean_image) for path in paths])  # (b,S,S,3)
+        batch = np.stack(
+            [image_files.load_image(path, config, mean_image) for path in paths]
+        )  # (b,S,S,3)
         padded = np.zeros((batch_size, *batch.shape[1:]), batch.dtype)
         padded[: len(paths)] = batch
         probs = np.asarray(apply(params, jnp.asarray(padded, dtype)))[: len(paths)]
@@ -302,7 +155,7 @@ def define_flags() -> None:
         None,
         list(VARIANTS),
         "Variant of a --weights file that does not record it (default: "
-        f"{DEFAULT_IMPORT_VARIANT}); a file exported here records its own.",
+        f"{weights_io.DEFAULT_IMPORT_VARIANT}); a file exported here records its own.",
     )
     flags.DEFINE_integer("batch_size", 32, "Images per device call.")
     flags.DEFINE_integer("top_k", 5, "Classes to print per image.")
@@ -320,14 +173,16 @@ def _check_variant_flag(variant: str | None, actual: str, source: str) -> None:
 def load_weights_file(path: str, variant: str | None = None) -> tuple[Any, Any]:
     """(config, params) from a weights file, run by the conventions it records (`variant`, if
     given, must agree with them); a file that records none: `imported_weights_config` of
-    `variant` (default DEFAULT_IMPORT_VARIANT)."""
+    `variant` (default weights_io.DEFAULT_IMPORT_VARIANT)."""
     conventions = weights_io.read_conventions(path)
     if conventions is None:
-        variant = variant or DEFAULT_IMPORT_VARIANT
+        variant = variant or weights_io.DEFAULT_IMPORT_VARIANT
         params = weights_io.load_weights(path, variant)
-        return imported_weights_config(variant, int(params["fc8"]["bias"].shape[0])), params
+        return weights_io.imported_weights_config(
+            variant, int(params["fc8"]["bias"].shape[0])
+        ), params
     _check_variant_flag(variant, conventions["variant"], path)
-    config = weights_config(conventions)
+    config = weights_io.weights_config(conventions)
     params = weights_io.load_weights(path, config.variant, config.num_classes, config.width)
     return config, params
 
@@ -340,7 +195,7 @@ def load_model(
         raise UserError("Give exactly one of --workdir (a training run) or --weights (a file).")
     if weights:
         return load_weights_file(weights, variant)
-    config, params = rundir.load_run(workdir)
+    config, params = load.load_run(workdir)
     _check_variant_flag(variant, config.variant, f"the run in {workdir}")
     return config, params
 

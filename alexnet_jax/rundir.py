@@ -1,4 +1,4 @@
-"""The run directory (`--workdir`): its files, and loading a run's config and parameters.
+"""The run directory (`--workdir`): its files and records.
 
     <workdir>/config.json            the config the run trains with (process 0 writes it)
     <workdir>/config_history.jsonl   every start (its step, host, the fields that changed) and
@@ -10,9 +10,9 @@
     <workdir>/training_curves.png    plots.plot_training_curves, at the end of every run
     <workdir>/checkpoints/<step>/    Orbax checkpoints: the train state and the input position
 
-Every module that reads or writes these names goes through here. The tools (predict, figures,
-export, plots) load runs through this module, which imports neither the training loop nor
-TensorFlow, and never create files in a run they read.
+Every module that reads or writes these names goes through here. It imports neither the training
+loop nor TensorFlow; the tools load a run's parameters through tools/load.py and never create
+files in a run they read.
 
 A run is one experiment: its first start records the config and the data's identity; a later
 start in the same workdir may change only the fields that do not change what is trained
@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint, config_lib, errors, experiment, models, sharding
+from alexnet_jax import errors, models
 from alexnet_jax.errors import ConfigError, DataError, UserError
 
 CONFIG_FILE = "config.json"
@@ -120,12 +120,6 @@ def curves_path(workdir: str) -> str:
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
-
-
-def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> Any:
-    """The Orbax manager of the run's checkpoints (keeps the last `keep`); `read_only` for
-    tools, which must not create or clean anything in a run."""
-    return checkpoint.create_manager(checkpoint_dir(workdir), keep, read_only=read_only)
 
 
 def check_is_directory(workdir: str) -> None:
@@ -290,10 +284,11 @@ def check_resume(
     return changed
 
 
-def eval_config(workdir: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
-    """The run's own config with the command line's `overrides` of what is evaluated
+def apply_eval_overrides(
+    config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+    """The run's own `config` with the command line's `overrides` of what is evaluated
     (EVAL_FIELDS); an override of any other field that differs from the run is refused."""
-    config = load_config(workdir)
     overrides = dict(overrides or {})
     refused = _differences(
         {k: v for k, v in _as_json(config).items() if k in overrides},
@@ -443,23 +438,6 @@ def read_config_dict(workdir: str) -> dict[str, Any] | None:
     return {**ADDED_FIELDS, **config}
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was trained with (saved by train.train_and_evaluate),
-    checked against the rules of every field (a damaged or foreign file is one message)."""
-    check_is_directory(workdir)
-    config = read_config_dict(workdir)
-    if config is None:
-        raise UserError(
-            f"{config_path(workdir)} not found: --workdir must be a directory written by main.py."
-        )
-    config = ml_collections.ConfigDict(config)
-    try:
-        config_lib.validate_config(config)
-    except ConfigError as e:
-        raise DataError(f"{config_path(workdir)} is not a valid run config: {e}") from None
-    return config
-
-
 # ---- Metrics ---------------------------------------------------------------------------------
 
 
@@ -541,51 +519,6 @@ def read_sweep_plan(sweep_dir: str) -> dict | None:
     return plan
 
 
-# ---- Parameters ------------------------------------------------------------------------------
-
-
-def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
-    """(config, params) of the latest checkpoint in `workdir`, without touching the dataset.
-
-    The params come back replicated over `mesh` (default: every device on one "data" axis,
-    whatever mesh the run was trained on: checkpoints restore onto any topology).
-    """
-    config, params, _ = load_params_and_step(workdir, mesh)
-    return config, params
-
-
-def load_params_and_step(
-    workdir: str, mesh: Any = None
-) -> tuple[ml_collections.ConfigDict, Any, int]:
-    """`load_params`, plus the training step of the checkpoint the params come from."""
-    config = load_config(workdir)
-    if mesh is None:
-        mesh = jax.make_mesh((jax.device_count(),), (sharding.DATA,))
-    # Shapes from a one-device build (any mesh has the same shapes; the schedule changes none),
-    # then every leaf replicated over `mesh`.
-    target = experiment.build(config, sharding.single_device_mesh()).abstract_state()
-    replicated = sharding.replicated(mesh)
-    target = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target
-    )
-    restored = read_latest_checkpoint(workdir, target)
-    if restored is None:
-        raise UserError(f"No checkpoint in {checkpoint_dir(workdir)}: train first.")
-    return config, restored[0].params, int(restored[0].step)
-
-
-def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None:
-    """(state, data state) of the run's latest readable checkpoint restored into `target`
-    (ShapeDtypeStructs with shardings), or None; creates and cleans nothing in the run."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
-        return None
-    manager = checkpoint_manager(workdir, keep=1, read_only=True)
-    try:
-        return checkpoint.restore_latest(manager, target, already_abstract=True)
-    finally:
-        manager.close()
-
-
 def save_mean_image(workdir: str, source_path: str) -> None:
     """Copies the training set's mean image (input_pipeline.build_mean_image) into the run
     (process 0, atomically), so the tools can preprocess like the run without its data."""
@@ -611,12 +544,3 @@ def read_mean_image(workdir: str) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] != 3:
         raise DataError(f"{path} is damaged: shape {image.shape}, not [size, size, 3].")
     return image
-
-
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
-    """(config, params) of the latest checkpoint of a training run, placed on one device.
-
-    The tools (predict, figures, export) run the model on a single device, and restoring
-    replicated over all of them would copy the parameters (and momentum) once per device.
-    """
-    return load_params(workdir, mesh=sharding.single_device_mesh())

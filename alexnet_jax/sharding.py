@@ -20,8 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.errors import ConfigError
-
-DATA, TOWER = "data", "tower"
+from alexnet_jax.parallel import DATA, TOWER, splits_over_towers, tower_size
 
 # Layers whose output features (kernel's last axis and bias) are split over "tower".
 TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -49,11 +48,6 @@ def make_mesh(config: Any, devices: Any = None) -> jax.sharding.Mesh:
 def single_device_mesh() -> jax.sharding.Mesh:
     """A "data" mesh of the first device: where the tools (predict, figures, export) run."""
     return jax.sharding.Mesh(np.array(jax.devices()[:1]), (DATA,))
-
-
-def tower_size(mesh: jax.sharding.Mesh | None) -> int:
-    """Size of the mesh's "tower" axis (1 without one)."""
-    return 1 if mesh is None else dict(mesh.shape).get(TOWER, 1)
 
 
 def tower_mesh(config: Any, mesh: jax.sharding.Mesh) -> jax.sharding.Mesh | None:
@@ -85,11 +79,6 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def splits_over_towers(features: int, towers: int) -> bool:
-    """Whether a layer's `features` outputs are split over a "tower" axis of size `towers`."""
-    return towers > 1 and features % towers == 0
 
 
 def _layer_and_name(path: tuple) -> tuple[str | None, str | None]:

@@ -41,7 +41,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from alexnet_jax import convert, lrn, models, predict, rules, weights_io
+from alexnet_jax import convert, image_files, lrn, models, rules, weights_io
 from alexnet_jax.models import LRN_CONVENTIONS, VARIANTS, conv_specs, default_input_size
 
 # The paper's LRN: n, alpha as written, beta, k (lrn.local_response_norm's defaults).
@@ -242,7 +242,7 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
     import torch
 
     conventions = weights_io.read_conventions(path)
-    variant = conventions["variant"] if conventions else predict.DEFAULT_IMPORT_VARIANT
+    variant = conventions["variant"] if conventions else weights_io.DEFAULT_IMPORT_VARIANT
     width = weights_io.with_option_defaults(conventions or {})["width"]
     if weights_io.file_format(path) == ".npz":  # Flax params: checked, then converted
         num_classes = (conventions or {}).get("num_classes")
@@ -254,7 +254,7 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
             for key, value in weights_io.read_state_dict(path).items()
         }
     if conventions is None:
-        config = predict.imported_weights_config(variant, _num_classes(state_dict, path))
+        config = weights_io.imported_weights_config(variant, _num_classes(state_dict, path))
         conventions = {field: config[field] for field in weights_io.CONVENTION_FIELDS}
     recorded = weights_io.with_option_defaults(conventions)
     options = {field: recorded[field] for field in models.FORWARD_OPTIONS}
@@ -285,8 +285,8 @@ def _num_classes(state_dict: dict[str, Any], path: str) -> int:
 
 def normalize(images: np.ndarray, conventions: dict[str, Any]) -> np.ndarray:
     """uint8 RGB crops (B, H, W, 3) -> the NCHW float32 model input (B, 3, H, W), normalized by
-    conventions["normalization"] exactly as the JAX evaluation does (predict.normalize)."""
-    x = predict.normalize(np.asarray(images), conventions["normalization"])
+    conventions["normalization"] exactly as the JAX evaluation does (image_files.normalize)."""
+    x = image_files.normalize(np.asarray(images), conventions["normalization"])
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
@@ -294,5 +294,5 @@ def load_image(path: str, conventions: dict[str, Any]) -> np.ndarray:
     """An image file as the (1, 3, input_size, input_size) float32 model input: the JAX
     evaluation's center view (shorter side to resize_size, center crop, normalization), as
     predict does."""
-    x = predict.load_image(path, predict.weights_config(conventions))  # (S, S, 3)
+    x = image_files.load_image(path, weights_io.weights_config(conventions))  # (S, S, 3)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])

@@ -216,7 +216,7 @@ def evaluate_checkpoint(
     workdir's metrics.
     """
     if rundir.read_config_dict(workdir) is not None:
-        config = rundir.eval_config(workdir, overrides)
+        config = config_lib.eval_config(workdir, overrides)
     elif not config.torch_weights:
         raise UserError(
             f"{workdir} holds no run (no {rundir.CONFIG_FILE}): train first (--mode=train), point "
@@ -232,7 +232,7 @@ def evaluate_checkpoint(
             params = jax.device_put(weights, exp.params_sharding)
             step = 0
         else:
-            restored = rundir.read_latest_checkpoint(workdir, exp.abstract_state())
+            restored = checkpoint.read_latest_checkpoint(workdir, exp.abstract_state())
             if restored is None:
                 raise UserError(
                     f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first "
@@ -279,7 +279,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     eval_every = config.eval_every_steps or steps_per_epoch
 
     # -- Restore the latest readable checkpoint, if any; else a fresh state.
-    manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
+    manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
     examples_consumed = 0
     if restored is not None:

@@ -486,3 +486,55 @@ def save_weights(
             "the directory's permissions or choose another path, then rerun the same command."
         ) from e
     return path
+
+
+# ---- Configs of weights files ------------------------------------------------------------------
+
+
+# The variant of a weights file that records no conventions when --variant is not given.
+DEFAULT_IMPORT_VARIANT = "torchvision"
+
+
+def weights_config(conventions: Any) -> ml_collections.ConfigDict:
+    """The model and preprocessing fields of weights with these conventions
+    (CONVENTION_FIELDS, the forward options recorded or their defaults; CLASS_FIELDS
+    kept when present, else no class names)."""
+    recorded = with_option_defaults(conventions)
+    model = models.AlexNet(
+        conventions["variant"],
+        num_classes=conventions["num_classes"],
+        input_size=conventions["input_size"],
+        lrn_convention=conventions["lrn_convention"],
+        pool_impl="reduce_window",
+        **{field: recorded[field] for field in OPTION_DEFAULTS},
+    )
+    preprocessing = recipe.Recipe(
+        input_size=model.input_size,
+        resize_size=conventions["resize_size"],
+        normalization=conventions["normalization"],
+    )
+    classes = {field: conventions.get(field) for field in CLASS_FIELDS}
+    return ml_collections.ConfigDict(
+        {"dataset": "", **models.model_fields(model), **preprocessing.config_fields(), **classes}
+    )
+
+
+def imported_weights_config(variant: str, num_classes: int = 1000) -> ml_collections.ConfigDict:
+    """The model and preprocessing fields for PyTorch-trained weights of `variant` (a file that
+    records no conventions).
+
+    PyTorch models take mean/std-normalized 224 (torchvision) crops of 256-resized images, and
+    torch.nn.LocalResponseNorm divides alpha by n (convert.py), hence "cuda_convnet". Class names:
+    the ImageNet table for 1000 classes.
+    """
+    config = weights_config(
+        {
+            "variant": variant,
+            "num_classes": num_classes,
+            "input_size": models.default_input_size(variant),
+            **PYTORCH_CONVENTIONS,
+        }
+    )
+    del config["class_names"], config["class_synsets"]  # none recorded: the dataset's
+    config.dataset = "imagenet2012" if num_classes == 1000 else ""
+    return config

@@ -94,7 +94,7 @@ def write_tiny_run(root: str, **overrides) -> str:
     from alexnet_jax import checkpoint, rundir
 
     config, workdir = tiny_config(root, **overrides), os.path.join(root, "run")
-    manager = rundir.checkpoint_manager(workdir, config.keep_checkpoints)
+    manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
     checkpoint.save(
         manager, 1, random_train_state(config), {"examples_consumed": 8, "batch_size": 8}
     )
@@ -113,9 +113,9 @@ def run_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def run_params(run_dir):
     """(config, params) restored from `run_dir`, as the tools restore it."""
-    from alexnet_jax import rundir
+    from alexnet_jax import load
 
-    return rundir.load_run(run_dir)
+    return load.load_run(run_dir)
 
 
 @pytest.fixture(scope="session")

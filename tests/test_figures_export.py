@@ -2,7 +2,7 @@
 
 The run (conftest.py's `run_dir` and `run_params`) is a real checkpoint and config.json in a
 temporary workdir over a generated miniature dataset (4 classes, 64 px crops), so the tools go
-through `rundir.load_run` and the input pipeline exactly as they do after `python main.py`.
+through `load.load_run` and the input pipeline exactly as they do after `python main.py`.
 """
 
 import json

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from alexnet_jax import image_store, miniature, rundir
+from alexnet_jax import config_lib, image_store, miniature, rundir
 from tests.conftest import QUICK_COMPILES
 from tests.test_main import REPO, _jsonl, _run_main
 
@@ -52,7 +52,7 @@ def test_both_imagenet_configs_run_end_to_end_on_a_miniature_ilsvrc_archive(
         eval_line = [x for x in _jsonl(workdir) if x["split"] == "eval"][-1]
         assert eval_line["step"] == 2
         assert eval_line["num_examples"] == 6  # 3 classes x 2 validation images, 10 crops each
-        config = rundir.load_config(workdir)
+        config = config_lib.load_config(workdir)
         assert (config.variant, config.eval_crops, config.num_classes) == ("paper", 10, 1000)
         assert config.normalization == "mean_image"
         assert rundir.read_mean_image(workdir).shape == (256, 256, 3)  # the run's own copy

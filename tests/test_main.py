@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, config_lib, rundir, runtime
+from alexnet_jax import checkpoint, config_lib, load, runtime
 from alexnet_jax.errors import ConfigError, is_storage_error, reported_as_exit
 from configs import default
 from tests import multihost_worker
@@ -188,8 +188,8 @@ def test_ctrl_c_then_sigterm_then_resume_is_bitwise_identical(
     assert f"Resumed at step {saved[-1]}" in err
     assert not os.path.exists(planted)
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # the model the runs trained
-    _, params_a = rundir.load_params(uninterrupted_run)
-    _, params_b = rundir.load_params(workdir)
+    _, params_a = load.load_params(uninterrupted_run)
+    _, params_b = load.load_params(workdir)
     jax.tree_util.tree_map(
         np.testing.assert_array_equal, jax.device_get(params_b), jax.device_get(params_a)
     )

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, experiment, input_pipeline, launch, rundir, sharding
+from alexnet_jax import checkpoint, experiment, input_pipeline, launch, sharding
 from configs import default
 from tests import multihost_worker
 
@@ -91,7 +91,7 @@ def reference(narrow_model, tmp_path_factory):
     exp = _build(config, 4)
     state = exp.init_state()
     workdir = str(tmp_path_factory.mktemp("reference"))
-    manager = rundir.checkpoint_manager(workdir, keep=2)
+    manager = checkpoint.checkpoint_manager(workdir, keep=2)
     batches, losses, params_at = _two_process_batches(config), [], {}
     for step in range(1, STEPS + 1):
         state, metrics = exp.train_step(state, sharding.to_global_batch(next(batches), exp.mesh))
@@ -124,7 +124,7 @@ def test_checkpoint_from_4_devices_resumes_on_2_4_and_8(reference, num_devices):
     config = _config()
     # The reference's own experiment on 4 devices: same topology, same program.
     exp = reference["experiment"] if num_devices == 4 else _build(config, num_devices)
-    manager = rundir.checkpoint_manager(reference["workdir"], keep=2)
+    manager = checkpoint.checkpoint_manager(reference["workdir"], keep=2)
     state, data_state = checkpoint.restore_latest(
         manager, exp.abstract_state(), already_abstract=True
     )
@@ -233,7 +233,7 @@ def test_two_processes_match_one_process_and_resume_after_sigterm(reference, tmp
     logged = [losses[s] for s in range(1, STEPS + 1)]
     np.testing.assert_allclose(logged, reference["losses"], rtol=TOL)
 
-    manager = rundir.checkpoint_manager(workdir, keep=2)
+    manager = checkpoint.checkpoint_manager(workdir, keep=2)
     target = reference["experiment"].abstract_state()
     state, data_state = checkpoint.restore_latest(manager, target, already_abstract=True)
     manager.close()

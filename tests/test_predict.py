@@ -18,7 +18,15 @@ import torch
 from PIL import Image
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
-from alexnet_jax import convert, imagenet_classes, predict, preprocessing, weights_io
+from alexnet_jax import (
+    convert,
+    image_files,
+    imagenet_classes,
+    load,
+    predict,
+    preprocessing,
+    weights_io,
+)
 from alexnet_jax.predict import Prediction
 from alexnet_jax.recipe import Recipe
 
@@ -152,9 +160,9 @@ def test_single_image_preprocessing_equals_the_pipeline_eval_view():
         recipe = Recipe(input_size=crop, resize_size=resize, normalization=norm)
         views = preprocessing.eval_views(tf.constant(buffer.getvalue()), recipe)
         expected = preprocessing.normalize_batch(views[None], recipe).numpy()[0, 0]
-        config = predict.imported_weights_config("torchvision")
+        config = weights_io.imported_weights_config("torchvision")
         config.resize_size, config.input_size, config.normalization = resize, crop, norm
-        got = predict.preprocess_image(Image.open(buffer), config)
+        got = image_files.preprocess_image(Image.open(buffer), config)
         level = 1.0 if norm == "mean" else 1.0 / (255 * 0.224)
         assert got.shape == expected.shape == (crop, crop, 3)
         assert np.abs(got - expected).max() <= level * 1.01 + 1e-4
@@ -164,7 +172,7 @@ def test_single_image_preprocessing_equals_the_pipeline_eval_view():
 @pytest.mark.parametrize("mode", ["I;16", "LA", "1", "F"])
 def test_unusual_modes_become_rgb(mode):
     image = Image.new(mode, (40, 30))
-    rgb = predict._to_rgb(image)
+    rgb = image_files._to_rgb(image)
     assert rgb.mode == "RGB"
     assert rgb.size == (40, 30)
 
@@ -172,9 +180,9 @@ def test_unusual_modes_become_rgb(mode):
 def test_unreadable_image_is_one_data_error(tmp_path):
     bad = tmp_path / "not_an_image.jpg"
     bad.write_bytes(b"definitely not a JPEG")
-    config = predict.imported_weights_config("torchvision")
+    config = weights_io.imported_weights_config("torchvision")
     with pytest.raises(predict.DataError, match=r"not_an_image\.jpg"):
-        predict.load_image(str(bad), config)
+        image_files.load_image(str(bad), config)
 
 
 # ---- Weight files never run code --------------------------------------------------------------
@@ -261,15 +269,15 @@ def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(t
     rundir.save_mean_image(workdir, str(tmp_path / "mean.npy"))
     np.testing.assert_array_equal(rundir.read_mean_image(workdir), mean)
 
-    config, params = rundir.load_run(workdir)
+    config, params = load.load_run(workdir)
     photo = str(tmp_path / "photo.png")
     Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(photo)
     with pytest.raises(UserError, match=r"mean_image=rundir\.read_mean_image"):
         predict.predict(params, config, [photo])
-    got = predict.load_image(photo, config, mean)
+    got = image_files.load_image(photo, config, mean)
     config.normalization = "mean"
     crop = mean[4:68, 4:68]  # the central 64 of 72
-    want = predict.load_image(photo, config) + 255.0 * imagenet_stats.RGB_MEAN - crop
+    want = image_files.load_image(photo, config) + 255.0 * imagenet_stats.RGB_MEAN - crop
     np.testing.assert_allclose(got, want, atol=1e-4)
     pixels = np.clip(np.round(got + crop), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(figures.to_display(got, "mean_image", crop), pixels)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, errors, rundir
+from alexnet_jax import checkpoint, config_lib, errors, load, rundir
 from alexnet_jax.errors import ConfigError, DataError, UserError
 from configs import default
 from tests.conftest import QUICK_COMPILES
@@ -56,7 +56,7 @@ def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(fi
     with open(rundir.config_path(finished_run)) as f:
         before = f.read()
     checkpoints = sorted(os.listdir(rundir.checkpoint_dir(finished_run)))
-    config = rundir.load_config(finished_run)
+    config = config_lib.load_config(finished_run)
     config.batch_size, config.seed = 16, 5
     with pytest.raises(ConfigError) as refused:
         train.train_and_evaluate(config, finished_run)
@@ -99,7 +99,7 @@ def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metr
     assert [h["step"] for h in history] == [0, 8, 8, 10]
     assert history[2]["changed"]["learning_rate"] == {"old": 0.001, "new": 0.002}
     assert history[2]["changed"]["num_train_steps"] == {"old": 8, "new": 10}
-    assert rundir.load_config(workdir).learning_rate == 0.002
+    assert config_lib.load_config(workdir).learning_rate == 0.002
     with open(rundir.metrics_path(workdir)) as f:
         lines = f.read().splitlines()
     assert all(json.loads(line) for line in lines)
@@ -117,8 +117,8 @@ def test_eval_overrides_may_change_only_what_is_evaluated(tmp_path):
         ("variant", "paper", "variant: 'one_tower' -> 'paper'"),
     ):
         with pytest.raises(ConfigError, match=re.escape(shown)):
-            rundir.eval_config(str(tmp_path), {field: value})
-    config = rundir.eval_config(
+            config_lib.eval_config(str(tmp_path), {field: value})
+    config = config_lib.eval_config(
         str(tmp_path), {"eval_crops": 10, "eval_batch_size": 80, "eval_split": "train[:10]"}
     )
     assert (config.eval_crops, config.eval_batch_size, config.eval_split) == (10, 80, "train[:10]")
@@ -250,7 +250,7 @@ def test_append_jsonl_cuts_back_a_failed_write(tmp_path, monkeypatch):
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     """Traceback case: a latest checkpoint that cannot be read is reported by step and path and
     the previous intact one is restored; when none can be read, one DataError names each."""
-    manager = rundir.checkpoint_manager(str(tmp_path), keep=3)
+    manager = checkpoint.checkpoint_manager(str(tmp_path), keep=3)
     tree = {"w": np.arange(6, dtype=np.float32)}
     for step in (4, 8):
         checkpoint.save(manager, step, {"w": tree["w"] * step}, {"step": step})
@@ -262,7 +262,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
     target = {"w": jax.ShapeDtypeStruct((6,), np.float32, sharding=_one_device())}
-    restored = rundir.read_latest_checkpoint(str(tmp_path), target)
+    restored = checkpoint.read_latest_checkpoint(str(tmp_path), target)
     np.testing.assert_array_equal(restored[0]["w"], tree["w"] * 4)
     assert restored[1] == {"step": 4}
     warnings = " ".join(r.getMessage() for r in caplog.records)
@@ -275,7 +275,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
     with pytest.raises(DataError, match=r"step 8 .*; step 4 "):
-        rundir.read_latest_checkpoint(str(tmp_path), target)
+        checkpoint.read_latest_checkpoint(str(tmp_path), target)
 
 
 def _one_device():
@@ -288,7 +288,7 @@ def test_read_only_tools_create_nothing_in_a_run_without_checkpoints(tmp_path):
     config = default.get_config()
     rundir.save_config(config, str(tmp_path))
     with pytest.raises(UserError, match="No checkpoint in"):
-        rundir.load_run(str(tmp_path))
+        load.load_run(str(tmp_path))
     assert os.listdir(tmp_path) == [rundir.CONFIG_FILE]
 
 
@@ -298,10 +298,10 @@ def test_a_damaged_config_json_is_one_message(tmp_path):
     path = tmp_path / rundir.CONFIG_FILE
     path.write_text('{"variant": "paper", ')
     with pytest.raises(DataError, match=r"config\.json is damaged"):
-        rundir.load_config(str(tmp_path))
+        config_lib.load_config(str(tmp_path))
     path.write_text(json.dumps({"variant": "paper"}))
     with pytest.raises(DataError, match=r"config.json is not a valid run config: config\.\w+"):
-        rundir.load_config(str(tmp_path))
+        config_lib.load_config(str(tmp_path))
 
 
 # ---- Divergence is never silent -----------------------------------------------------------------

@@ -19,7 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_jax import errors, export, figures, predict, rundir, weights_io
+from alexnet_jax import (
+    config_lib,
+    errors,
+    export,
+    figures,
+    image_files,
+    load,
+    predict,
+    rundir,
+    weights_io,
+)
 from benchmarks import torch_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,7 +156,7 @@ def test_forward_options_are_recorded_only_where_a_run_changed_them(tmp_path):
     assert weights_io._from_safetensors_metadata(metadata, "m.safetensors") == conventions
     full = weights_io.with_option_defaults(conventions)
     assert (full["spatial_norm2"], full["block1_order"]) == (False, "conv_relu_lrn_pool")
-    model_config = predict.weights_config(conventions)
+    model_config = weights_io.weights_config(conventions)
     assert (model_config.width, model_config.lrn, model_config.pool_stride) == ("half", False, 2)
     damaged = weights_io._safetensors_metadata({**conventions, "variant": "paper"})
     with pytest.raises(weights_io.WeightsFileError, match=r"m\.safetensors refused.*config\.width"):
@@ -177,7 +187,7 @@ def test_predict_from_exported_weights_equals_predict_from_the_run(lrn_run_dir, 
     images = [write_photo(tmp_path / f"{i}.png", seed=i) for i in range(6)]
     for image in images:
         np.testing.assert_array_equal(
-            predict.load_image(image, config), predict.load_image(image, run_config)
+            image_files.load_image(image, config), image_files.load_image(image, run_config)
         )
     got = predict.predict(params, config, images)
     want = predict.predict(run_params, run_config, images)
@@ -194,7 +204,7 @@ def test_a_file_without_conventions_gets_the_torchvision_conventions(tmp_path):
     path = str(tmp_path / "alexnet-owt.pth")
     torch.save(torch_models.torchvision_alexnet(1000).state_dict(), path)
     config, params = predict.load_model(None, path, None)  # no --variant: torchvision
-    assert config.to_dict() == predict.imported_weights_config("torchvision").to_dict()
+    assert config.to_dict() == weights_io.imported_weights_config("torchvision").to_dict()
     assert (config.normalization, config.resize_size, config.input_size) == ("mean_std", 256, 224)
     assert predict.class_names(config)[0] == ("n01440764", "tench, Tinca tinca")
     assert params["fc8"]["kernel"].shape == (4096, 1000)
@@ -321,7 +331,7 @@ def no_model_loading(monkeypatch):
     def load_run(workdir):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(rundir, "load_run", load_run)
+    monkeypatch.setattr(load, "load_run", load_run)
 
 
 @pytest.mark.parametrize(
@@ -389,7 +399,7 @@ def test_eval_of_exported_weights_equals_predict_on_the_same_images(run_dir, tmp
 
     from alexnet_jax import input_pipeline, miniature, train
 
-    config = rundir.load_config(run_dir)
+    config = config_lib.load_config(run_dir)
     input_pipeline.prepare(config)  # the tiny miniature archive of the run's config
     path = export.export_run(run_dir, str(tmp_path / "model.pth"))
     evaluated = ml_collections.ConfigDict(config.to_dict())
