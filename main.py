@@ -81,7 +81,7 @@ _LOG_ALL_PROCESSES = flags.DEFINE_bool(
 _PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "project_xla_flags",
     True,
-    "Add the XLA flags measured for this project (alexnet_jax/runtime.py) to XLA_FLAGS; "
+    "Add the XLA flags measured for this project (alexnet_jax/core/runtime.py) to XLA_FLAGS; "
     "flags already in XLA_FLAGS keep their values.",
 )
 
@@ -121,8 +121,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
 
-    from alexnet_jax import config_lib, runtime  # after absl parsed the flags
-    from alexnet_jax.errors import reported_as_exit
+    from alexnet_jax.core import runtime  # after absl parsed the flags
+    from alexnet_jax.core.errors import reported_as_exit
+    from alexnet_jax.train import config_lib
 
     runtime.quiet_native_logs()
     if _PROJECT_XLA_FLAGS.value:
@@ -139,11 +140,11 @@ def main(argv):
             config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
         # TensorFlow is imported where the data is first read (runtime.tensorflow).
         if _MODE.value == "prepare":
-            from alexnet_jax import input_pipeline
+            from alexnet_jax.data import input_pipeline
 
             input_pipeline.describe_prepared(_CONFIG.value, input_pipeline.prepare(_CONFIG.value))
             return
-        from alexnet_jax import train
+        from alexnet_jax.train import loop
 
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if jax.process_index() != 0 and not _LOG_ALL_PROCESSES.value:
@@ -151,10 +152,10 @@ def main(argv):
         logging.info("workdir: %s", workdir)
         logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", ""))
         if _MODE.value == "train":
-            train.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
+            loop.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:
             overrides = config_flags.get_override_values(flags.FLAGS["config"])
-            train.evaluate_checkpoint(_CONFIG.value, workdir, overrides)
+            loop.evaluate_checkpoint(_CONFIG.value, workdir, overrides)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Measured in this order, each as long as the time budget allows (below):
 2. PyTorch eager (when a CUDA PyTorch is installed and JAX runs on a GPU): the same networks and
    SGD step (benchmarks/torch_models.py), channels_last with cudnn.benchmark on, bf16 by
    autocast; the ratio JAX / PyTorch per configuration.
-3. The training loop: `train.train_and_evaluate` (what main.py runs) with augment_on="device"
+3. The training loop: `loop.train_and_evaluate` (what main.py runs) with augment_on="device"
    (uint8 batches, the augmentation in the step) for --loop_steps steps of one configuration
    (--loop_variant/dtype/batch_size), twice: on synthetic uint8 data, then on the miniature
    dataset's image store (generated, built and stored once under --store_dir, which a rerun
@@ -263,7 +263,7 @@ def _config(case: Case, settings: Settings):
 
 def _speed(case: Case, config, timing: common.Timing, peaks: dict[str, float]) -> dict[str, Any]:
     """Median step time, images/s, TFLOP/s and MFU (None without a peak for the dtype)."""
-    from alexnet_jax import models
+    from alexnet_jax.model import models
 
     summary = timing.summary(case.batch_size)
     flops = models.train_flops_per_image(case.variant, config.input_size, config.num_classes)
@@ -407,12 +407,14 @@ def _store_config(config, case: Case, settings: Settings):
 
 
 def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dict[str, Any]:
-    """train.train_and_evaluate for settings.loop_steps steps on `data`, "synthetic" or "store"
+    """loop.train_and_evaluate for settings.loop_steps steps on `data`, "synthetic" or "store"
     (docstring, 3)."""
-    from alexnet_jax import runtime
+    from alexnet_jax.core import runtime
 
     runtime.load_tensorflow()
-    from alexnet_jax import input_pipeline, rundir, train
+    from alexnet_jax.data import input_pipeline
+    from alexnet_jax.runs import rundir
+    from alexnet_jax.train import loop
 
     config = _config(case, settings)
     config.augment_on = "device"
@@ -429,7 +431,7 @@ def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dic
         prepare_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="alexnet_jax_loop_") as workdir:
         start = time.perf_counter()
-        train.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
         wall = time.perf_counter() - start
         lines = [r for r in rundir.read_metrics(workdir) if r.get("split") == "train"]
     rates = [line["images_per_sec"] for line in lines[1:]]
@@ -595,7 +597,7 @@ def markdown(payload: dict[str, Any]) -> str:
             built = f"; data prepared in {r['prepare_s']:.1f} s" if r.get("prepare_s") else ""
             lines += [
                 "",
-                f"Training loop (train.train_and_evaluate, {data_names[r['data']]}, "
+                f"Training loop (loop.train_and_evaluate, {data_names[r['data']]}, "
                 f"augmentation on the device), {r['variant']} "
                 f"{r['dtype']} batch {r['batch_size']}: **{r['img_s']:,.0f} img/s**{ratio} "
                 f"(median of {len(r['interval_img_s'])} intervals of {r['log_every']} steps; "
@@ -629,7 +631,7 @@ def main(argv):
     common.check_output_folder("--out_dir", _OUT.value)
     import jax
 
-    from alexnet_jax import runtime
+    from alexnet_jax.core import runtime
 
     settings = settings_from_flags()
     if settings.smoke:  # fc6/fc7 at 64 units as in the tests' quick runs; XLA's quick compiles

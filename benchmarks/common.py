@@ -2,7 +2,7 @@
 jitted train/eval steps on synthetic device-resident batches, timing, tables and JSON.
 
 Order matters on the CPU: `setup_process` must run before JAX starts its backends (it pins the
-threads and sets the project's XLA flags from alexnet_jax/runtime.py), so every script calls it
+threads and sets the project's XLA flags from alexnet_jax/core/runtime.py), so every script calls it
 first thing in `main`, before anything touches a device.
 """
 
@@ -27,12 +27,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from alexnet_jax import errors, runtime  # noqa: E402
+from alexnet_jax.core import errors, runtime  # noqa: E402
 
 PROJECT_XLA_FLAGS = flags.DEFINE_bool(
     "project_xla_flags",
     True,
-    "Set alexnet_jax.runtime.XLA_FLAGS (--noproject_xla_flags: XLA's defaults, for comparison).",
+    "Set alexnet_jax.core.runtime.XLA_FLAGS (--noproject_xla_flags: XLA's defaults, for "
+    "comparison).",
 )
 
 THREADS = flags.DEFINE_integer(
@@ -147,7 +148,7 @@ def load_average() -> float:
 def bench_config(variant: str, batch_size: int, dtype: str, **overrides: Any):
     """configs/default.py set up for a speed run: ImageNet's 1000 classes, synthetic data, the
     variant's published input size, `dtype` for computation and input images."""
-    from alexnet_jax import models
+    from alexnet_jax.model import models
     from configs import default
 
     if dtype not in DTYPES:
@@ -191,7 +192,7 @@ class Bench:
 
 def synthetic_batches(config: Any, mesh: Any, seed: int = 0) -> tuple[dict, dict]:
     """(train batch, eval batch) of random normalized-looking images, placed on the mesh."""
-    from alexnet_jax import sharding
+    from alexnet_jax.train import sharding
 
     rng = np.random.default_rng(seed)
     b, size = config.batch_size, config.input_size
@@ -208,7 +209,7 @@ def synthetic_batches(config: Any, mesh: Any, seed: int = 0) -> tuple[dict, dict
 def build_experiment(config: Any):
     """experiment.build with the schedule's epoch length of the synthetic train split: the setup
     exactly as the training loop builds it."""
-    from alexnet_jax import experiment
+    from alexnet_jax.train import experiment
 
     steps_per_epoch = max(1, config.synthetic_train_examples // config.batch_size)
     return experiment.build(config, steps_per_epoch=steps_per_epoch)
@@ -232,7 +233,7 @@ def build(config: Any) -> Bench:
 
 def forward_flops_per_image(config: Any) -> float:
     """2 x the multiply-accumulates of the conv and FC layers (models.layer_macs)."""
-    from alexnet_jax import models
+    from alexnet_jax.model import models
 
     options = {field: config[field] for field in models.FORWARD_OPTIONS}
     macs = models.layer_macs(config.variant, config.input_size, config.num_classes, **options)

@@ -38,7 +38,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-from alexnet_jax import runtime
+from alexnet_jax.core import runtime
 
 _VARIANT = flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")

@@ -9,7 +9,7 @@ reads epochs of them in a random order, batch by batch, and reports images per C
 whole reading process tree (worker processes included) and wall-clock images/s, median over
 --repeats trials of one epoch each (--warmup batches first):
 
-- `image store (preadv)`: alexnet_jax.image_store, what training uses: .npy shards, one preadv
+- `image store (preadv)`: alexnet_jax.data.image_store, what training uses: .npy shards, one preadv
   per square into the batch, plus the labels, ids and epochs of each batch (`train_batches`).
 - `numpy memmap, fancy index`: the same .npy shards mapped, a batch gathered by sorted fancy
   indexing (freshly mapped each trial, as a store larger than memory is).
@@ -99,7 +99,7 @@ def write_formats(directory: str, num_images: int, size: int) -> dict[str, str]:
     """The same random squares as an image store and as an ArrayRecord file (kept between runs)."""
     from array_record.python import array_record_module
 
-    from alexnet_jax import image_store
+    from alexnet_jax.data import image_store
 
     paths = {"store": os.path.join(directory, "store"), "array_record": directory}
     record_path = os.path.join(directory, "squares.array_record")
@@ -132,7 +132,7 @@ def write_formats(directory: str, num_images: int, size: int) -> dict[str, str]:
 
 def _orders(num_images: int, batch_size: int):
     """Endless batches of random indices, a new permutation per epoch (image_store's)."""
-    from alexnet_jax import image_store
+    from alexnet_jax.data import image_store
 
     epoch = 0
     while True:
@@ -143,7 +143,7 @@ def _orders(num_images: int, batch_size: int):
 
 
 def store_reader(directory: str, batch_size: int):
-    from alexnet_jax import image_store
+    from alexnet_jax.data import image_store
 
     store = image_store.open_split_dir(directory)
     positions = np.arange(store.num_examples)
@@ -152,7 +152,7 @@ def store_reader(directory: str, batch_size: int):
 
 
 def memmap_reader(directory: str, num_images: int, batch_size: int, size: int):
-    from alexnet_jax import image_store
+    from alexnet_jax.data import image_store
 
     names = sorted(n for n in os.listdir(directory) if n.startswith("images-"))
     maps = None
@@ -189,7 +189,7 @@ class _GrainSource:
         return self._num_images
 
     def __getitem__(self, index):
-        from alexnet_jax import image_store
+        from alexnet_jax.data import image_store
 
         if self._maps is None:  # opened in each worker process
             names = sorted(n for n in os.listdir(self._directory) if n.startswith("images-"))

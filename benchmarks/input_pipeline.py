@@ -9,10 +9,10 @@ the host or on the device.
 --augment_on=device times the host's part of config.augment_on="device" (decoding the uint8 256
 square, no crop, flip, lighting or normalization: those run in the jitted step, not timed here);
 the `bytes/img` column is what each image costs to ship to the device. The image store
-(config.image_store_dir, alexnet_jax/image_store.py) is timed with augment_on="device" only
+(config.image_store_dir, alexnet_jax/data/image_store.py) is timed with augment_on="device" only
 (the store holds the squares the device crops); `disk/img` is what each source stores per image.
 
-Generates --num_images miniature pictures (alexnet_jax.miniature) whose sides are drawn from
+Generates --num_images miniature pictures (alexnet_jax.data.miniature) whose sides are drawn from
 --image_sides, builds them with the real tfds imagenet2012 builder and the 256 cache under
 --bench_dir (kept for the next run), then times `input_pipeline.create_train_iterator` with the
 config's training recipe: --warmup batches, then --repeats trials of --num_batches batches; the
@@ -76,7 +76,7 @@ def time_train_pipeline(
     which is the per-core rate when the cores are saturated and is less sensitive than wall time
     to other processes sharing the machine.
     """
-    from alexnet_jax import input_pipeline
+    from alexnet_jax.data import input_pipeline
 
     iterator = input_pipeline.create_train_iterator(config, local_batch_size=batch_size)
     for _ in range(warmup):
@@ -120,7 +120,7 @@ def benchmark(
     imagenet2012 builder and the pre-resize cache under bench_dir, then times the config's training
     preprocessing on both, once per `augment_on` value (alternated, so load changes hit each).
     """
-    from alexnet_jax import data_sources, image_store, input_pipeline, miniature
+    from alexnet_jax.data import data_sources, image_store, input_pipeline, miniature
 
     config = ml_collections.ConfigDict(config.to_dict())
     config.dataset, config.num_classes = "miniature", 4
@@ -163,7 +163,7 @@ def benchmark(
 
 
 def _source(config):
-    from alexnet_jax import data_sources
+    from alexnet_jax.data import data_sources
 
     return data_sources.open_source(config, build=False)
 
@@ -171,7 +171,7 @@ def _source(config):
 def main(argv) -> None:
     del argv
     threads = common.setup_process(common.THREADS.value)
-    from alexnet_jax import runtime
+    from alexnet_jax.core import runtime
 
     runtime.load_tensorflow()
     sides = tuple(int(v) for v in _IMAGE_SIDES.value)

@@ -1,12 +1,12 @@
-"""Local response normalization: every implementation of alexnet_jax.lrn against PyTorch's.
+"""Local response normalization: every implementation of alexnet_jax.model.lrn against PyTorch's.
 
     python benchmarks/lrn.py --batch_size=32,64 --repeats=10
 
 On the conv1 (B, 55, 55, 96) and conv2 (B, 27, 27, 256) activations: forward, and forward +
 backward (the vector-Jacobian product with a random cotangent, as in training), of each
 implementation ("conv", "reduce_window", "slices": how the windowed sum of squares is computed,
-all with the hand-derived JVP of alexnet_jax/lrn.py), of the same formula left to JAX's automatic
-differentiation ("<impl> autodiff": the library before its custom JVP), and of
+all with the hand-derived JVP of alexnet_jax/model/lrn.py), of the same formula left to JAX's
+automatic differentiation ("<impl> autodiff": the library before its custom JVP), and of
 torch.nn.functional.local_response_norm on NCHW tensors (its native layout). All use the
 cuda-convnet convention (alpha / n) that torch computes, and each JAX result is checked against
 torch's. Contenders are timed round-robin; medians are reported with the speed-up over torch.
@@ -52,7 +52,7 @@ def autodiff_lrn(x, impl: str):
     import jax.numpy as jnp
     from jax import lax
 
-    from alexnet_jax import lrn
+    from alexnet_jax.model import lrn
 
     size = PAPER["size"]
     base = PAPER["k"] + PAPER["alpha"] / size * lrn._WINDOW_SUMS[impl](x * x, size)
@@ -63,7 +63,7 @@ def contenders(x, g):
     """{name: (forward fn, forward+backward fn)}, each a jitted JAX function of (x, g)."""
     import jax
 
-    from alexnet_jax import lrn
+    from alexnet_jax.model import lrn
 
     fns = {}
     for impl in lrn.IMPLEMENTATIONS:
@@ -155,7 +155,7 @@ def measure(layer: str, batch_size: int) -> list[dict]:
 
 def fastest(rows: list[dict]) -> list[str]:
     """Lines naming, per shape, the fastest correct library implementation (forward+backward)."""
-    from alexnet_jax import lrn
+    from alexnet_jax.model import lrn
 
     lines = []
     default = lrn.default_implementation()

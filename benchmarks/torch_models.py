@@ -1,4 +1,5 @@
-"""The benchmarks' PyTorch peers, built from the library's modules (alexnet_jax/torch_models.py).
+"""The benchmarks' PyTorch peers, built from the library's modules
+(alexnet_jax/interop/torch_models.py).
 
 `build(variant)` is the network compare_torch.py and accelerator.py time: the library's PyTorch
 AlexNet of the variant with stock nn.LocalResponseNorm (alpha 1e-4, PyTorch's alpha / n), and for
@@ -12,10 +13,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alexnet_jax.models import VARIANTS
-from alexnet_jax.torch_models import LRN_BETA, LRN_K, LRN_SIZE, torch_alexnet, torch_lrn_alpha
+from alexnet_jax.interop.torch_models import (
+    LRN_BETA,
+    LRN_K,
+    LRN_SIZE,
+    torch_alexnet,
+    torch_lrn_alpha,
+)
+from alexnet_jax.model.models import VARIANTS
 
-_LRN_INDICES = (2, 6)  # features.2 and features.6 in the LRN stacks (alexnet_jax/convert.py)
+# features.2 and features.6 in the LRN stacks (alexnet_jax/interop/convert.py)
+_LRN_INDICES = (2, 6)
 
 
 def torchvision_alexnet(num_classes: int) -> nn.Module:

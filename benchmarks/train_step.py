@@ -13,7 +13,7 @@ forward's 2 x multiply-accumulates), MFU against --peak_tflops when given, and t
 (inference) step's images/s. The steps are `experiment.build`'s train_step / eval_step,
 the ones the training loop runs, with the state donated. The config is configs/default.py with
 1000 classes, synthetic data and --pool_impl (default "auto"); the process gets the project's XLA
-flags (alexnet_jax/runtime.py; --noproject_xla_flags measures with XLA's defaults).
+flags (alexnet_jax/core/runtime.py; --noproject_xla_flags measures with XLA's defaults).
 
 With --config=configs/default.py (any config file) the step timed is that config's own, every
 field as main.py would train it (its classes, clipping, schedule, dtype, batch), on synthetic
@@ -40,7 +40,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-from alexnet_jax import runtime
+from alexnet_jax.core import runtime
 
 _VARIANT = flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants.")
 _DTYPE = flags.DEFINE_list("dtype", ["float32"], "Computation dtypes: float32, bfloat16.")

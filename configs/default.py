@@ -44,14 +44,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.resized_cache_dir = ""  # if set, a one-time cache of images pre-resized to resize_size.
     # If set, prepare() writes each split once there as uint8 resize_size squares (the paper's
     # 256x256 images; ~250 GB for ImageNet's training set) and training reads them with no
-    # decoding (alexnet_jax/image_store.py). Needs augment_on="device".
+    # decoding (alexnet_jax/data/image_store.py). Needs augment_on="device".
     c.image_store_dir = ""
     c.shuffle_buffer_size = 4096  # examples in the tf.data shuffle buffer (per host).
     c.eval_crops = 1  # 1 (center crop) or 10 (corners + center, each flipped; softmax averaged).
     c.input_dtype = "float32"  # dtype of the images handed to the model: float32 or bfloat16.
     # Where the training augmentation (crop, flip, lighting) and the normalization run: "host"
     # (tf.data ships float crops) or "device" (tf.data ships uint8 256 squares, 1/3 the bytes;
-    # the jitted steps crop, flip, light and normalize: alexnet_jax/augment.py). Paper crop only.
+    # the jitted steps crop, flip, light and normalize: alexnet_jax/data/augment.py). Paper crop
+    # only.
     c.augment_on = "host"
     c.miniature_image_sides = (150, 500)  # miniature: each image side is drawn from this range.
     c.miniature_corrupt_files = 0  # miniature: extra undecodable files per split (for tests).
@@ -65,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     # "cuda_convnet": the paper's, but N(0, 0.03) in conv3-5 as in the original run.
     c.bias_one = 1.0  # the paper's "1" bias constant (conv2/4/5, fc6/7); Caffe used 0.1.
     c.lrn_convention = "paper"  # "paper": alpha=1e-4 as written; "cuda_convnet": alpha / n.
-    c.lrn_impl = "auto"  # "auto", "conv", "reduce_window" or "slices" (alexnet_jax/lrn.py).
+    c.lrn_impl = "auto"  # "auto", "conv", "reduce_window" or "slices" (alexnet_jax/model/lrn.py).
     # "auto": "slices" on CPU (its gradient is 5x faster there than select-and-scatter's, and
     # equal bit for bit), "reduce_window" elsewhere; "slices" gives a deterministic GPU gradient.
     c.pool_impl = "auto"

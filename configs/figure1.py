@@ -3,9 +3,9 @@ training error six times sooner than the same net with tanh units.
 
     python main.py --config=configs/figure1.py --workdir=runs/figure1/relu \
         --config.data_dir=/path/to/tfds              # the folder holding tfds' cifar10
-    python -m alexnet_jax.sweep --sweep=sweeps/figure1.py \
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py \
         --sweep_dir=runs/figure1                     # both arms: relu and tanh
-    python -m alexnet_jax.figure1 --sweep_dir=runs/figure1   # the figure and the ratio
+    python -m alexnet_jax.tools.figure1 --sweep_dir=runs/figure1   # the figure and the ratio
 
 CIFAR-10 comes from tfds (`cifar10` in config.data_dir), never downloaded by a run: build it once
 with `tfds.builder('cifar10', data_dir=...).download_and_prepare()` (about 170 MB); without it

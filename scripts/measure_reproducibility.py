@@ -31,8 +31,8 @@ def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, _REPO)
     import jax
 
-    from alexnet_jax import experiment, sharding
-    from alexnet_jax.models import default_input_size
+    from alexnet_jax.model.models import default_input_size
+    from alexnet_jax.train import experiment, sharding
     from configs import default
 
     config = default.get_config()

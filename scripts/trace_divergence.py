@@ -65,8 +65,8 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from alexnet_jax import experiment, sharding
-    from alexnet_jax.models import default_input_size
+    from alexnet_jax.model.models import default_input_size
+    from alexnet_jax.train import experiment, sharding
     from configs import default
 
     config = default.get_config()

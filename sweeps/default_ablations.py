@@ -1,7 +1,7 @@
 """Ablations of the default miniature run: dropout, the LRN alpha convention, the SGD form.
 
-    python -m alexnet_jax.sweep --sweep=sweeps/default_ablations.py   # runs/default_ablations/
-    python -m alexnet_jax.compare runs/default_ablations               # the table again, later
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/default_ablations.py  # runs/default_ablations
+    python -m alexnet_jax.tools.compare runs/default_ablations  # the table again, later
 
 Each of the 4 arms x 2 seeds is `python main.py` (configs/default.py: 6 epochs of the miniature
 dataset, about 2 min 16 s on 2 CPU cores) with the arm's overrides, in

@@ -1,7 +1,7 @@
 """The paper's Figure 1: the four-layer CIFAR-10 net with ReLU and with tanh units.
 
-    python -m alexnet_jax.sweep --sweep=sweeps/figure1.py --sweep_dir=runs/figure1
-    python -m alexnet_jax.figure1 --sweep_dir=runs/figure1   # the figure, epochs to 25%, ratio
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py --sweep_dir=runs/figure1
+    python -m alexnet_jax.tools.figure1 --sweep_dir=runs/figure1  # the figure, epochs to 25%
 
 Each arm is configs/figure1.py: CIFAR-10 from tfds in its data_dir, ~/tensorflow_datasets (tfds'
 own default), which the user builds once (see that file; elsewhere: edit c.data_dir there); then

@@ -1,8 +1,8 @@
 """The paper's ablation table (sweeps/paper_ablations.py) on the built-in miniature data, on a
 CPU in under 15 minutes: the whole flow (five runs, the comparison table and curves) at once.
 
-    python -m alexnet_jax.sweep --sweep=sweeps/miniature_ablations.py   # runs/miniature_ablations/
-    python -m alexnet_jax.compare runs/miniature_ablations               # the table again, later
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/miniature_ablations.py
+    python -m alexnet_jax.tools.compare runs/miniature_ablations  # the table again, later
 
 Each arm is configs/default.py (the miniature ILSVRC2012 set: 4 classes, 400 training images, 12
 steps of 32 per epoch) shortened to 4 epochs (48 steps, the lr divided by 10 after epoch 3), with

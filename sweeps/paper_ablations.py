@@ -1,8 +1,9 @@
 """The paper's ablations on ImageNet (sections 3.2-3.4, 4.2): each a change to the run behind
 40.7% / 18.2% (configs/imagenet.py), one arm per row of docs/PAPER.md's "Ablations claimed".
 
-    python -m alexnet_jax.sweep --sweep=sweeps/paper_ablations.py --sweep_dir=runs/paper_ablations
-    python -m alexnet_jax.sweep --sweep=sweeps/paper_ablations.py --print_commands  # for a cluster
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/paper_ablations.py \
+        --sweep_dir=runs/paper_ablations
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/paper_ablations.py --print_commands  # cluster
 
 configs/imagenet.py needs the ILSVRC2012 archives: set its manual_dir and data_dir (edit the file
 or a copy; the sweep gives every arm the same base config). The paper's claims (top-1 / top-5

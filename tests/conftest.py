@@ -74,7 +74,7 @@ def random_train_state(config, seed: int = 0):
     shape, so nothing is compiled), params uniform with He-uniform scale, everything else zero."""
     import numpy as np
 
-    from alexnet_jax import experiment, sharding
+    from alexnet_jax.train import experiment, sharding
 
     abstract = experiment.build(config, sharding.single_device_mesh()).abstract_state()
     rng = np.random.default_rng(seed)
@@ -91,7 +91,8 @@ def random_train_state(config, seed: int = 0):
 def write_tiny_run(root: str, **overrides) -> str:
     """A workdir holding config.json and an Orbax checkpoint of a random TrainState (step 1), as
     a run leaves it; no training, no data read."""
-    from alexnet_jax import checkpoint, rundir
+    from alexnet_jax.runs import rundir
+    from alexnet_jax.train import checkpoint
 
     config, workdir = tiny_config(root, **overrides), os.path.join(root, "run")
     manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
@@ -113,7 +114,7 @@ def run_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def run_params(run_dir):
     """(config, params) restored from `run_dir`, as the tools restore it."""
-    from alexnet_jax import load
+    from alexnet_jax.tools import load
 
     return load.load_run(run_dir)
 

@@ -3,7 +3,7 @@
 The full 4096-unit layers hold 55M parameters: with several fake CPU devices per process each
 training step and checkpoint would take seconds. Narrowing them (and nothing else) keeps every
 code path of main.py -> train.train_and_evaluate while a test runs in seconds. Run as
-`python tests/multihost_worker.py <main.py flags>`; alexnet_jax.launch adds the process flags.
+`python tests/multihost_worker.py <main.py flags>`; alexnet_jax.tools.launch adds the process flags.
 """
 
 import os
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax import models
+from alexnet_jax.model import models
 
 FC_WIDTH = 64  # units of fc6 and fc7 instead of 4096
 _ORIGINAL_DENSE = models.AlexNet._dense

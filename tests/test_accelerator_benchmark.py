@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import models
+from alexnet_jax.model import models
 
 PEAK = 0.237  # any number: the MFU must follow from it
 TIMEOUT_S = 240
@@ -84,8 +84,8 @@ def test_smoke_markdown_has_the_table_and_the_loop(smoke):
     assert text.startswith("# Accelerator benchmark (--smoke: tiny sizes, not measurements)")
     table = [line for line in text.splitlines() if line.startswith("| torchvision | float32")]
     assert [line.split(" | ")[3] for line in table] == ["jax", "torch eager", "torch.compile"]
-    assert "Training loop (train.train_and_evaluate, synthetic uint8 data, augmentation" in text
-    assert "Training loop (train.train_and_evaluate, the miniature image store, 4 classes" in text
+    assert "Training loop (loop.train_and_evaluate, synthetic uint8 data, augmentation" in text
+    assert "Training loop (loop.train_and_evaluate, the miniature image store, 4 classes" in text
     assert "Not measured" not in text
 
 

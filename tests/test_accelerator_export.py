@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import experiment, models
+from alexnet_jax.model import models
+from alexnet_jax.train import experiment
 from configs import imagenet, imagenet_paper, imagenet_torchvision
 
 NUM_DEVICES = 8

@@ -1,4 +1,4 @@
-"""The device path (config.augment_on="device", alexnet_jax/augment.py): uint8 batches from the
+"""The device path (config.augment_on="device", alexnet_jax/data/augment.py): uint8 batches from the
 host, the paper's augmentation and the normalization in jitted JAX on the mesh.
 
 Proves: the device draws have the host path's distributions (the same statistical checks pass on
@@ -16,18 +16,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_jax import (
-    augment,
-    config_lib,
-    data_sources,
-    experiment,
-    imagenet_stats,
-    input_pipeline,
-    preprocessing,
-    sharding,
-)
-from alexnet_jax.errors import ConfigError
-from alexnet_jax.recipe import Recipe
+from alexnet_jax.core.errors import ConfigError
+from alexnet_jax.data import augment, data_sources, imagenet_stats, input_pipeline, preprocessing
+from alexnet_jax.data.recipe import Recipe
+from alexnet_jax.train import config_lib, experiment, sharding
 from configs import default
 
 MEAN_255 = 255.0 * imagenet_stats.RGB_MEAN

@@ -14,7 +14,8 @@ import sys
 import jax
 import pytest
 
-from alexnet_jax import lrn, models, runtime
+from alexnet_jax.core import runtime
+from alexnet_jax.model import lrn, models
 
 QUICK = ("--repeats=1", "--warmup=0", "--threads=0")
 SCRIPTS = {
@@ -174,7 +175,7 @@ def test_set_xla_flags_adds_the_project_flags_but_keeps_the_users(repo_root):
     """runtime.set_xla_flags appends the project's flags to XLA_FLAGS, leaves a flag the user
     set as the user set it, and refuses once JAX's backends are running (as in this process)."""
     script = (
-        "import os; from alexnet_jax import runtime; "
+        "import os; from alexnet_jax.core import runtime; "
         "print(runtime.set_xla_flags(('--a=1', '--b=2', '--xla_c=3')))"
     )
     env = {**os.environ, "XLA_FLAGS": "--b=user --d=4"}

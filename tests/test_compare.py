@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from alexnet_jax import compare, rundir
+from alexnet_jax.runs import rundir
+from alexnet_jax.tools import compare
 
 
 def _write_metrics(workdir, evals, speeds, step_time_ms=100.0):

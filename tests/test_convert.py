@@ -1,7 +1,7 @@
 """PyTorch <-> Flax weight conversion: logit parity with the PyTorch models of
-alexnet_jax/torch_models.py (torchvision's alexnet, and the LocalResponseNorm re-implementation
-stack in one- and two-tower form, with per-tower LRN), exact round trips, and refusal of
-mismatched state dicts.
+alexnet_jax/interop/torch_models.py (torchvision's alexnet, and the LocalResponseNorm
+re-implementation stack in one- and two-tower form, with per-tower LRN), exact round trips, and
+refusal of mismatched state dicts.
 
 Relative error: max |jax - torch| / max |torch| over all logits of the batch.
 """
@@ -15,15 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_jax.convert import (
+from alexnet_jax.interop.convert import (
     flax_param_shapes,
     from_torch_state_dict,
     to_torch_state_dict,
     torch_param_shapes,
 )
-from alexnet_jax.models import VARIANTS, AlexNet
-from alexnet_jax.torch_models import torch_alexnet
-from alexnet_jax.weights_io import load_weights
+from alexnet_jax.interop.torch_models import torch_alexnet
+from alexnet_jax.interop.weights_io import load_weights
+from alexnet_jax.model.models import VARIANTS, AlexNet
 
 LOGIT_TOL = 1e-4
 NUM_CLASSES = {"torchvision": 1000, "one_tower": 10, "paper": 7}

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import data_sources, input_pipeline, miniature
-from alexnet_jax.errors import ConfigError, DataError, UserError
+from alexnet_jax.core.errors import ConfigError, DataError, UserError
+from alexnet_jax.data import data_sources, input_pipeline, miniature
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def _folder_config(tmp, root, **overrides):
 _WORKER = """
 import json, os, sys, time
 sys.path.insert(0, {repo!r})
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from configs import default
 
 config = default.get_config()

@@ -3,7 +3,7 @@
 main.py run through tests/multihost_worker.py (fc6/fc7 narrowed to 64 units: the same code paths
 with 3M instead of 58M parameters, a third of the CPU time, as tests/test_multihost.py runs it).
 
-    python -m alexnet_jax.launch --num_processes=2 --devices_per_process=2 -- \
+    python -m alexnet_jax.tools.launch --num_processes=2 --devices_per_process=2 -- \
         main.py --workdir=runs/two_processes
 
 The full demo (72 steps, >= 95% held-out top-1 from the second epoch) is measured in the README;
@@ -31,7 +31,7 @@ def test_the_two_process_demo_command_trains_and_learns(tmp_path, repo_root, jax
         f"--config.num_train_steps={STEPS}",
         "--config.log_every_steps=1",
     ]
-    command = [sys.executable, "-m", "alexnet_jax.launch", "--num_processes=2"]
+    command = [sys.executable, "-m", "alexnet_jax.tools.launch", "--num_processes=2"]
     worker = os.path.join("tests", "multihost_worker.py")  # main.py, fc6/fc7 narrowed
     command += ["--devices_per_process=2", "--", worker, f"--workdir={workdir}", *shortened]
     env = dict(os.environ, ALEXNET_JAX_CACHE_DIR=jax_cache_dir)

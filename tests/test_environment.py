@@ -71,7 +71,7 @@ def test_requirements_txt_pins_exact_versions():
 def test_pinned_jaxlib_is_in_xla_flags_range():
     """The pinned jaxlib lies in runtime.XLA_FLAGS_JAXLIB [first, end), so the XLA flags that the
     project measured are really set in the pinned environment (outside it they are skipped)."""
-    from alexnet_jax import runtime
+    from alexnet_jax.core import runtime
 
     pin = _pins()["jaxlib"]
     first, end = runtime.XLA_FLAGS_JAXLIB

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import config_lib, experiment, models, optim, sharding
+from alexnet_jax.model import models
+from alexnet_jax.train import config_lib, experiment, optim, sharding
 from configs import imagenet, imagenet_paper
 
 STEPS_PER_EPOCH = 10  # any epoch length: the schedules are checked at epoch boundaries

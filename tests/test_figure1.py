@@ -1,5 +1,5 @@
-"""Figure 1 (configs/figure1.py, models' `cifar4`, alexnet_jax/figure1.py) and the ablation sweep
-presets (sweeps/paper_ablations.py, sweeps/miniature_ablations.py).
+"""Figure 1 (configs/figure1.py, models' `cifar4`, alexnet_jax/tools/figure1.py) and the ablation
+sweep presets (sweeps/paper_ablations.py, sweeps/miniature_ablations.py).
 
 The cifar4 net against its hand count, cuda-convnet's pooling on hand-made inputs, CIFAR-10's tfds
 records read whole at 32x32, the 25% marking on hand-made metrics.jsonl files, the Figure 1 config
@@ -19,8 +19,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import data_sources, figure1, models, preprocessing, rundir, sharding, sweep
-from alexnet_jax.recipe import Recipe
+from alexnet_jax.data import data_sources, preprocessing
+from alexnet_jax.data.recipe import Recipe
+from alexnet_jax.model import models
+from alexnet_jax.runs import rundir
+from alexnet_jax.tools import figure1, sweep
+from alexnet_jax.train import sharding
 from configs import figure1 as figure1_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,8 +112,8 @@ def test_cifar10_records_are_read_whole_without_crop_or_flip(tmp_path):
 def test_missing_cifar10_is_one_data_error_saying_how_to_build_it(tmp_path):
     """Without tfds' cifar10 in data_dir, prepare() downloads nothing: a DataError naming the
     folder and the one command that builds it; the folder stays empty."""
-    from alexnet_jax import input_pipeline
-    from alexnet_jax.errors import DataError
+    from alexnet_jax.core.errors import DataError
+    from alexnet_jax.data import input_pipeline
 
     config = figure1_config.get_config()
     config.data_dir = str(tmp_path / "tfds")
@@ -125,7 +129,7 @@ def test_missing_cifar10_is_one_data_error_saying_how_to_build_it(tmp_path):
 def test_the_figure1_config_trains_on_synthetic_32px_data(tmp_path):
     """configs/figure1.py with synthetic 32x32 data for 3 steps: it trains, the loss is finite,
     and each train line carries the epoch figure1.py plots against."""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
     config = figure1_config.get_config()
     config.dataset, config.normalization = "synthetic", "mean_std"
@@ -134,7 +138,7 @@ def test_the_figure1_config_trains_on_synthetic_32px_data(tmp_path):
     config.num_train_steps, config.log_every_steps = 3, 1
     config.eval_every_steps, config.checkpoint_every_steps = 3, 100
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     records = rundir.read_metrics(workdir)
     lines = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in lines] == [1, 2, 3]

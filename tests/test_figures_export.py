@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from alexnet_jax import export, figures, plots, rundir, weights_io
-from alexnet_jax.errors import UserError
-from alexnet_jax.models import create_model
+from alexnet_jax.core.errors import UserError
+from alexnet_jax.interop import weights_io
+from alexnet_jax.model.models import create_model
+from alexnet_jax.runs import plots, rundir
+from alexnet_jax.tools import export, figures
 
 
 def read_png(path: str) -> np.ndarray:
@@ -229,17 +231,19 @@ def _run_without_tensorflow(module: str, *args: str) -> subprocess.CompletedProc
 
 
 def test_export_and_predict_run_where_tensorflow_cannot_be_imported(run_dir, tmp_path):
-    """`python -m alexnet_jax.export` and `python -m alexnet_jax.predict --workdir=...` read a
-    run and finish without TensorFlow: they go through rundir.py, not the training loop."""
+    """`python -m alexnet_jax.tools.export` and `python -m alexnet_jax.tools.predict --workdir=...`
+    read a run and finish without TensorFlow: they go through rundir.py, not the training loop."""
     out = str(tmp_path / "model.npz")
-    exported = _run_without_tensorflow("alexnet_jax.export", f"--workdir={run_dir}", f"--to={out}")
+    exported = _run_without_tensorflow(
+        "alexnet_jax.tools.export", f"--workdir={run_dir}", f"--to={out}"
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert f"wrote {out}" in exported.stdout
     assert os.path.getsize(out) > 0
 
     image = str(tmp_path / "square.png")
     Image.fromarray(np.full((80, 100, 3), 200, np.uint8)).save(image)
-    predicted = _run_without_tensorflow("alexnet_jax.predict", f"--workdir={run_dir}", image)
+    predicted = _run_without_tensorflow("alexnet_jax.tools.predict", f"--workdir={run_dir}", image)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = predicted.stdout.splitlines()
     assert lines[1] == image

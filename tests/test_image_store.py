@@ -1,4 +1,4 @@
-"""The image store (alexnet_jax/image_store.py): the decoded squares written once, read back
+"""The image store (alexnet_jax/data/image_store.py): the decoded squares written once, read back
 with no decoding, against the tf.data device path that decodes them every epoch.
 
 The module fixture builds a miniature imagenet2012 (4 classes x 6 training images, 3 validation
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from alexnet_jax import image_store, input_pipeline, rundir
-from alexnet_jax.errors import ConfigError, DataError
+from alexnet_jax.core.errors import ConfigError, DataError
+from alexnet_jax.data import image_store, input_pipeline
+from alexnet_jax.runs import rundir
+from alexnet_jax.train import config_lib
 
 RESIZE = 72
 
@@ -269,8 +271,9 @@ def test_damaged_store_is_one_clear_error(tmp_path):
     ],
 )
 def test_config_rules(tmp_path, overrides, match):
+    """The store's rules, checked where every entry point validates a config, before any data."""
     with pytest.raises(ConfigError, match=match):
-        input_pipeline.prepare(_config(tmp_path, **overrides))
+        config_lib.validate_config(_config(tmp_path, **overrides))
 
 
 def test_resume_may_move_the_store_not_turn_it_off(tmp_path):
@@ -288,11 +291,11 @@ def test_resume_may_move_the_store_not_turn_it_off(tmp_path):
 
 
 def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeypatch):
-    """train.train_and_evaluate with a store: its batches come from Store.read (2 steps of 8
+    """loop.train_and_evaluate with a store: its batches come from Store.read (2 steps of 8
     examples), the losses are finite; its evaluation (--mode=eval) builds no store or cache.
     (Exact resume is the iterator's: the loop restarts it at step * batch, tested above; the
     loop's own resume is tested in test_main.py.)"""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
     reads = []
     real_read = image_store.Store.read
@@ -305,7 +308,7 @@ def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeyp
     config.num_train_steps, config.log_every_steps = 2, 1
     config.eval_every_steps, config.checkpoint_every_steps = 100, 100
     config.variant, config.input_size, config.dropout_rate = "cifar4", 32, 0.0  # small
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
     losses = [
         r["loss"] for r in rundir.read_metrics(str(tmp_path / "run")) if r["split"] == "train"
     ]
@@ -318,7 +321,7 @@ def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeyp
     # run's own final evaluation.
     reads.clear()
     elsewhere = {"image_store_dir": str(tmp_path / "gone")}
-    metrics = train.evaluate_checkpoint(config, str(tmp_path / "run"), elsewhere)
+    metrics = loop.evaluate_checkpoint(config, str(tmp_path / "run"), elsewhere)
     final = [r for r in rundir.read_metrics(str(tmp_path / "run")) if r["split"] == "eval"][-2]
     assert metrics["top1"] == final["top1"]
     assert metrics["loss"] == pytest.approx(final["loss"], rel=1e-6)

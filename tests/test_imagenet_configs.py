@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from alexnet_jax import config_lib, image_store, miniature, rundir
+from alexnet_jax.data import image_store, miniature
+from alexnet_jax.runs import rundir
+from alexnet_jax.train import config_lib
 from tests.conftest import QUICK_COMPILES
 from tests.test_main import REPO, _jsonl, _run_main
 

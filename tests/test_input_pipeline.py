@@ -15,9 +15,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from alexnet_jax import data_sources, imagenet_stats, input_pipeline, miniature, preprocessing
-from alexnet_jax.errors import DataError
-from alexnet_jax.recipe import Recipe
+from alexnet_jax.core.errors import DataError
+from alexnet_jax.data import data_sources, imagenet_stats, input_pipeline, miniature, preprocessing
+from alexnet_jax.data.recipe import Recipe
 from configs import default
 
 NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 8, 5

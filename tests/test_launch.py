@@ -1,4 +1,4 @@
-"""The local multi-process launcher (alexnet_jax/launch.py) and multi-host start-up
+"""The local multi-process launcher (alexnet_jax/tools/launch.py) and multi-host start-up
 (runtime.initialize_distributed) under misuse: bad flags, Ctrl-C, a worker that dies, a peer that
 never arrives.
 
@@ -20,7 +20,8 @@ import time
 import jax
 import pytest
 
-from alexnet_jax import errors, launch, runtime
+from alexnet_jax.core import errors, runtime
+from alexnet_jax.tools import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,12 +46,12 @@ SAVES_ON_TERM = PRELUDE + (
 
 
 class Launcher:
-    """`python -m alexnet_jax.launch FLAGS -- python -c WORKER` in its own session, as a shell
+    """`python -m alexnet_jax.tools.launch FLAGS -- python -c WORKER` in its own session, as a shell
     starts a foreground job; its output is collected by a thread. Worker processes it leaves
     behind are killed by `close`."""
 
     def __init__(self, *flags: str, worker: str):
-        command = [sys.executable, "-m", "alexnet_jax.launch", *flags, "--"]
+        command = [sys.executable, "-m", "alexnet_jax.tools.launch", *flags, "--"]
         command += [sys.executable, "-c", worker]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -133,7 +134,7 @@ def test_a_flag_out_of_range_is_refused_before_anything_runs(flag, allowed):
     """--num_processes=0 used to run nothing and exit 0, --devices_per_process=0 crashed every
     worker, a port outside 0..65535 reached the workers: each is refused at start with one
     `error:` line naming the flag and its allowed range, exit code 2, and no worker runs."""
-    command = [sys.executable, "-m", "alexnet_jax.launch", flag, "--"]
+    command = [sys.executable, "-m", "alexnet_jax.tools.launch", flag, "--"]
     command += [sys.executable, "-c", "print('worker ran')"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
@@ -242,7 +243,7 @@ def test_a_peer_that_never_arrives_is_one_error_after_the_timeout(process_id):
     and what to check; process 0 (the coordinator) and process 1 (which cannot reach it) alike."""
     address = f"localhost:{launch.free_port()}"
     script = (
-        "from alexnet_jax import errors, runtime\n"
+        "from alexnet_jax.core import errors, runtime\n"
         "with errors.reported_as_exit():\n"
         f"    runtime.initialize_distributed({address!r}, 2, {process_id}, timeout_s=3)\n"
         "print('initialized')\n"

@@ -14,7 +14,7 @@ import tensorflow as tf
 import torch
 from jax.test_util import check_grads
 
-from alexnet_jax.lrn import (
+from alexnet_jax.model.lrn import (
     IMPLEMENTATIONS,
     LocalResponseNorm,
     default_implementation,

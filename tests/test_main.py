@@ -21,8 +21,10 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, config_lib, load, runtime
-from alexnet_jax.errors import ConfigError, is_storage_error, reported_as_exit
+from alexnet_jax.core import runtime
+from alexnet_jax.core.errors import ConfigError, is_storage_error, reported_as_exit
+from alexnet_jax.tools import load
+from alexnet_jax.train import checkpoint, config_lib
 from configs import default
 from tests import multihost_worker
 from tests.conftest import QUICK_COMPILES

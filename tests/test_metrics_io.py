@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from alexnet_jax import metrics_io
+from alexnet_jax.train import metrics_io
 
 
 def test_speed_leaves_out_evaluations_and_saves_the_eta_keeps_them(monkeypatch):

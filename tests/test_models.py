@@ -15,8 +15,8 @@ import pytest
 import torch
 from jax import lax
 
-from alexnet_jax.lrn import local_response_norm, spatial_response_norm
-from alexnet_jax.models import (
+from alexnet_jax.model.lrn import local_response_norm, spatial_response_norm
+from alexnet_jax.model.models import (
     FORWARD_OPTIONS,
     MODEL_FIELDS,
     POOLINGS,
@@ -490,7 +490,8 @@ def test_options_are_refused_where_they_mean_nothing(overrides, message):
     """A forward option outside its variants, sizes or companions is one ConfigError naming the
     field (the config's rule, also for a config read from JSON, which has no types); the model
     refuses the same values with the same message."""
-    from alexnet_jax import config_lib, errors
+    from alexnet_jax.core import errors
+    from alexnet_jax.train import config_lib
     from configs import default
 
     config = ml_collections.ConfigDict({**default.get_config().to_dict(), **overrides})
@@ -630,7 +631,7 @@ def test_ablation_arms_train_and_dropout_rate_zero_turns_dropout_off(monkeypatch
 def test_old_runs_get_the_default_network():
     """A config.json written before the forward options existed reads back with each option at
     the value of the network it trained (rundir.ADDED_FIELDS), which are AlexNet's defaults."""
-    from alexnet_jax import rundir
+    from alexnet_jax.runs import rundir
 
     defaults = {name: getattr(AlexNet(), name) for name in FORWARD_OPTIONS}
     assert {name: rundir.ADDED_FIELDS[name] for name in FORWARD_OPTIONS} == defaults

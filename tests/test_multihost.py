@@ -15,7 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, experiment, input_pipeline, launch, sharding
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.tools import launch
+from alexnet_jax.train import checkpoint, experiment, sharding
 from configs import default
 from tests import multihost_worker
 

@@ -1,4 +1,5 @@
-"""Tests for alexnet_jax/optim.py: optimizers against float64 NumPy loops, schedules, validation."""
+"""Tests for alexnet_jax/train/optim.py: optimizers against float64 NumPy loops, schedules,
+validation."""
 
 import importlib.util
 import os
@@ -11,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import optim
-from alexnet_jax.errors import ConfigError, UserError
+from alexnet_jax.core.errors import ConfigError, UserError
+from alexnet_jax.train import optim
 
 MOMENTUM = 0.9
 

@@ -13,9 +13,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpoint, experiment, runtime, sharding
-from alexnet_jax.errors import ConfigError
-from alexnet_jax.models import AlexNet, GroupedConv
+from alexnet_jax.core import runtime
+from alexnet_jax.core.errors import ConfigError
+from alexnet_jax.model.models import AlexNet, GroupedConv
+from alexnet_jax.train import checkpoint, experiment, sharding
 from configs import default
 
 pytestmark = pytest.mark.usefixtures("quick_compiles")  # compile time dominates here

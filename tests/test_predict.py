@@ -18,17 +18,11 @@ import torch
 from PIL import Image
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
-from alexnet_jax import (
-    convert,
-    image_files,
-    imagenet_classes,
-    load,
-    predict,
-    preprocessing,
-    weights_io,
-)
-from alexnet_jax.predict import Prediction
-from alexnet_jax.recipe import Recipe
+from alexnet_jax.data import image_files, imagenet_classes, preprocessing
+from alexnet_jax.data.recipe import Recipe
+from alexnet_jax.interop import convert, weights_io
+from alexnet_jax.tools import load, predict
+from alexnet_jax.tools.predict import Prediction
 
 
 def random_params(variant: str = "torchvision", num_classes: int = 1000, seed: int = 0):
@@ -126,7 +120,7 @@ def test_predict_command_line_prints_top5_with_names(weights_path, tmp_path):
         [
             sys.executable,
             "-m",
-            "alexnet_jax.predict",
+            "alexnet_jax.tools.predict",
             f"--weights={weights_path}",
             "--variant=torchvision",
             image,
@@ -258,8 +252,10 @@ def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(t
     predict subtracts its center crop (exactly "mean" preprocessing plus the RGB mean minus that
     crop), refuses to guess without it, figures undo it, and export refuses the run (no weights
     format here carries the image) instead of writing a file that preprocesses wrongly."""
-    from alexnet_jax import export, figures, imagenet_stats, rundir
-    from alexnet_jax.errors import UserError
+    from alexnet_jax.core.errors import UserError
+    from alexnet_jax.data import imagenet_stats
+    from alexnet_jax.runs import rundir
+    from alexnet_jax.tools import export, figures
     from tests.conftest import write_tiny_run
 
     workdir = write_tiny_run(str(tmp_path), normalization="mean_image")

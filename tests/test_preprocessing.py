@@ -16,8 +16,8 @@ import tensorflow as tf
 from matplotlib import cbook
 from PIL import Image
 
-from alexnet_jax import preprocessing
-from alexnet_jax.recipe import Recipe
+from alexnet_jax.data import preprocessing
+from alexnet_jax.data.recipe import Recipe
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:

@@ -18,8 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, config_lib, errors, load, rundir
-from alexnet_jax.errors import ConfigError, DataError, UserError
+from alexnet_jax.core import errors
+from alexnet_jax.core.errors import ConfigError, DataError, UserError
+from alexnet_jax.runs import rundir
+from alexnet_jax.tools import load
+from alexnet_jax.train import checkpoint, config_lib
 from configs import default
 from tests.conftest import QUICK_COMPILES
 from tests.test_main import REPO, _env, _narrow_main
@@ -51,7 +54,7 @@ def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(fi
     """Case 7: resuming with another batch size and seed is refused before anything is built,
     naming each field with its old and new value; config.json and the checkpoints are
     untouched. (In process: main.py turns the ConfigError into one line and exit 2.)"""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
     with open(rundir.config_path(finished_run)) as f:
         before = f.read()
@@ -59,7 +62,7 @@ def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(fi
     config = config_lib.load_config(finished_run)
     config.batch_size, config.seed = 16, 5
     with pytest.raises(ConfigError) as refused:
-        train.train_and_evaluate(config, finished_run)
+        loop.train_and_evaluate(config, finished_run)
     assert "batch_size: 8 -> 16" in str(refused.value)
     assert "seed: 0 -> 5" in str(refused.value)
     assert "--allow_config_change" in str(refused.value)
@@ -216,13 +219,13 @@ def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, cap
 def test_train_and_evaluate_takes_the_lock_first(tmp_path):
     """Case 2: a second training run on a workdir in use is refused before it reads or writes
     anything (main.py turns the UserError into one message and exit 2)."""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "now"}
     holder["started"] = rundir._process_start_time(os.getpid())
     (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))  # this process is "the first"
     with pytest.raises(UserError, match=f"in use by process {os.getpid()} on host"):
-        train.train_and_evaluate(default.get_config(), str(tmp_path))
+        loop.train_and_evaluate(default.get_config(), str(tmp_path))
     assert os.listdir(tmp_path) == [rundir.LOCK_FILE]
 
 
@@ -330,11 +333,11 @@ def test_skipping_nonfinite_steps_stops_after_too_many_in_a_row(dirs, tmp_path):
 
 def test_a_nan_evaluation_ends_the_run():
     """Case 3/6: an evaluation whose loss is NaN raises NonFiniteError naming the step."""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
-    train._check_finite_eval(8, {"loss": 1.0})
+    loop._check_finite_eval(8, {"loss": 1.0})
     with pytest.raises(errors.NonFiniteError, match="evaluation at step 8 gave a NaN"):
-        train._check_finite_eval(8, {"loss": float("nan")})
+        loop._check_finite_eval(8, {"loss": float("nan")})
 
 
 # ---- Every bad input: one message, exit 2 -------------------------------------------------------
@@ -373,23 +376,23 @@ def test_bad_command_lines_are_one_message_with_exit_code_2(dirs, tmp_path, args
 
 
 def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
     path = tmp_path / "file"
     path.write_text("x")
     with pytest.raises(DataError, match="is a file, not a directory"):
-        train.train_and_evaluate(default.get_config(), str(path))
+        loop.train_and_evaluate(default.get_config(), str(path))
 
 
 def test_a_workdir_that_cannot_be_created_is_one_message(tmp_path):
     """A name the file system refuses (here too long, ENAMETOOLONG; the same path as a missing
     mount, a read-only disk or no rights) is one message naming --workdir and the reason, before
     anything is built or trained."""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
 
     workdir = tmp_path / ("w" * 300) / "run"
     with pytest.raises(UserError, match=r"--workdir=.* cannot be created \(File name too long"):
-        train.train_and_evaluate(default.get_config(), str(workdir))
+        loop.train_and_evaluate(default.get_config(), str(workdir))
 
 
 def test_eval_uses_the_runs_config_and_prints_the_result_before_a_failed_write(dirs, finished_run):
@@ -411,7 +414,7 @@ def test_eval_uses_the_runs_config_and_prints_the_result_before_a_failed_write(d
 def test_config_errors_are_config_errors_in_process():
     """Traceback cases, in process: a seed beyond 2**31 (an OverflowError in JAX), a mesh_shape
     of (-1, -1), torch_weights in train mode (silently ignored before)."""
-    from alexnet_jax import config_lib, train
+    from alexnet_jax.train import config_lib, loop
 
     config = default.get_config()
     config.seed = 2**40
@@ -424,7 +427,7 @@ def test_config_errors_are_config_errors_in_process():
     config = default.get_config()
     config.torch_weights = "x.pth"
     with pytest.raises(ConfigError, match=r"config\.torch_weights='x\.pth' is only read by"):
-        train.train_and_evaluate(config, "/nonexistent/never/created")
+        loop.train_and_evaluate(config, "/nonexistent/never/created")
 
 
 def test_eval_of_exported_weights_refuses_a_config_that_contradicts_them(run_params, tmp_path):
@@ -433,16 +436,17 @@ def test_eval_of_exported_weights_refuses_a_config_that_contradicts_them(run_par
     ConfigError naming each field (it evaluated them silently on the wrong inputs)."""
     import ml_collections
 
-    from alexnet_jax import train, weights_io
+    from alexnet_jax.interop import weights_io
+    from alexnet_jax.train import loop
 
     config, params = run_params
     path = weights_io.save_weights(params, config, str(tmp_path / "model.npz"))
     evaluated = ml_collections.ConfigDict(config.to_dict())
     evaluated.torch_weights = path
-    train._check_weights_conventions(evaluated)  # the run's own conventions: fine
+    loop._check_weights_conventions(evaluated)  # the run's own conventions: fine
     evaluated.normalization = "mean"
     with pytest.raises(ConfigError, match="normalization: file 'mean_std', config 'mean'"):
-        train._check_weights_conventions(evaluated)
+        loop._check_weights_conventions(evaluated)
 
 
 @pytest.mark.parametrize("variant", ["one_tower", "torchvision"])
@@ -453,7 +457,8 @@ def test_eval_of_pytorch_weights_without_conventions_needs_pytorchs(variant, tmp
     import ml_collections
     import torch
 
-    from alexnet_jax import torch_models, train
+    from alexnet_jax.interop import torch_models
+    from alexnet_jax.train import loop
 
     path = str(tmp_path / "plain.pth")
     torch.save(torch_models.torch_alexnet(variant, num_classes=4).state_dict(), path)
@@ -466,13 +471,13 @@ def test_eval_of_pytorch_weights_without_conventions_needs_pytorchs(variant, tmp
             lrn_convention="cuda_convnet",
         )
     )
-    train._check_weights_conventions(config)  # PyTorch's conventions: fine
+    loop._check_weights_conventions(config)  # PyTorch's conventions: fine
     config.normalization, config.lrn_convention = "mean", "paper"
     expected = ["normalization: file 'mean_std', config 'mean'"]
     if variant != "torchvision":
         expected.append("lrn_convention: file 'cuda_convnet', config 'paper'")
     with pytest.raises(ConfigError, match="taken as PyTorch-trained") as error:
-        train._check_weights_conventions(config)
+        loop._check_weights_conventions(config)
     for difference in expected:
         assert difference in str(error.value)
     assert ("lrn_convention" in str(error.value)) == (variant != "torchvision")

@@ -1,5 +1,5 @@
-"""The package's structure: no import cycle among alexnet_jax modules (function-level imports
-included), and the tools that read a run import no TensorFlow."""
+"""The package's structure: folders by concern whose imports run one way (function-level imports
+included), no import cycle among modules, and the tools that read a run import no TensorFlow."""
 
 import ast
 import os
@@ -9,9 +9,14 @@ import sys
 PACKAGE = "alexnet_jax"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The package's folders, lowest first: a module imports only from its own folder or one listed
+# before it (README, "Layout").
+FOLDERS = ("core", "model", "data", "interop", "runs", "train", "tools")
 
-def _imported_modules(path: str) -> set[str]:
-    """The alexnet_jax modules a source file imports anywhere (top level or inside functions)."""
+
+def _imported_modules(path: str, modules: set[str]) -> set[str]:
+    """The package's modules ("folder.module") a source file imports anywhere (top level or
+    inside functions), out of `modules`."""
     with open(path) as f:
         tree = ast.parse(f.read(), path)
     found = set()
@@ -19,33 +24,49 @@ def _imported_modules(path: str) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from alexnet_jax import a, b` imports modules a and b; `from alexnet_jax.a import
-            # x` imports module a.
-            if node.module == PACKAGE:
-                names = [f"{PACKAGE}.{alias.name}" for alias in node.names]
-            else:
-                names = [node.module]
+            # `from alexnet_jax.f import a, b` imports modules f.a and f.b (or names of the
+            # package f); `from alexnet_jax.f.a import x` imports module f.a.
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
         else:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] == PACKAGE and len(parts) > 1:
-                found.add(parts[1])
+            if parts[0] == PACKAGE and ".".join(parts[1:3]) in modules:
+                found.add(".".join(parts[1:3]))
     return found
+
+
+def package_modules() -> set[str]:
+    """Every module of the package as "folder.module" (top-level modules as "module")."""
+    modules = set()
+    for folder, _, files in os.walk(os.path.join(ROOT, PACKAGE)):
+        relative = os.path.relpath(folder, os.path.join(ROOT, PACKAGE))
+        for name in files:
+            if name.endswith(".py") and name != "__init__.py":
+                module = name.removesuffix(".py")
+                modules.add(module if relative == "." else f"{relative}.{module}")
+    return modules
 
 
 def import_graph() -> dict[str, set[str]]:
     """{module: modules of the package it imports}, for every module of alexnet_jax/."""
-    package_dir = os.path.join(ROOT, PACKAGE)
-    modules = {
-        name.removesuffix(".py")
-        for name in os.listdir(package_dir)
-        if name.endswith(".py") and name != "__init__.py"
-    }
+    modules = package_modules()
     return {
-        module: _imported_modules(os.path.join(package_dir, f"{module}.py")) & modules
+        module: _imported_modules(os.path.join(ROOT, PACKAGE, *module.split(".")) + ".py", modules)
+        & modules
         for module in modules
     }
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a module from a folder above its own ("a.x -> b.y"), sorted."""
+    rank = {folder: i for i, folder in enumerate(FOLDERS)}
+    return sorted(
+        f"{module} -> {dep}"
+        for module, deps in graph.items()
+        for dep in deps
+        if rank[dep.split(".")[0]] > rank[module.split(".")[0]]
+    )
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -75,12 +96,12 @@ def test_find_cycle_finds_a_planted_cycle():
     """The checker itself: a cycle through a function-level import is found and named."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    source = "def f():\n    from alexnet_jax import train\n"
+    source = "def f():\n    from alexnet_jax.train import loop\n"
     tree_path = os.path.join(ROOT, "tests", "_cycle_probe.py")
     try:
         with open(tree_path, "w") as f:
             f.write(source)
-        assert _imported_modules(tree_path) == {"train"}
+        assert _imported_modules(tree_path, {"train.loop"}) == {"train.loop"}
     finally:
         os.remove(tree_path)
 
@@ -89,20 +110,39 @@ def test_no_import_cycle_among_package_modules():
     """No module of alexnet_jax imports itself through others, counting imports inside
     functions (a lazy import hides a cycle from Python but not from the design)."""
     graph = import_graph()
-    assert {"rundir", "train", "experiment", "sharding"} <= set(graph)  # the walk saw the package
+    assert {"runs.rundir", "train.loop", "train.experiment"} <= set(graph)  # the walk saw them
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_folders_import_one_way_only():
+    """Every module lives in one of the folders, and no module imports from a folder above its
+    own (so no two folders import each other), counting imports inside functions."""
+    graph = import_graph()
+    assert {module.split(".")[0] for module in graph} == set(FOLDERS)
+    assert upward_imports(graph) == []
+
+
+def test_the_folder_check_sees_an_upward_import_inside_a_function(tmp_path):
+    """The checker itself: an import of train/ from model/, hidden in a function, is reported."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from alexnet_jax.train import sharding\n")
+    deps = _imported_modules(str(probe), {"train.sharding", "model.models"})
+    assert deps == {"train.sharding"}
+    graph = {"model.models": deps, "train.sharding": set()}
+    assert upward_imports(graph) == ["model.models -> train.sharding"]
 
 
 def test_run_readers_import_neither_the_training_loop_nor_tensorflow():
     """Importing the tools that read a run (predict, export, plots, figures, compare, sweep,
-    figure1) and the run directory module loads neither alexnet_jax.train, the input pipeline nor
-    TensorFlow."""
+    figure1) and the run directory module loads neither alexnet_jax.train.loop, the input pipeline
+    nor TensorFlow."""
     code = (
         "import sys\n"
-        "import alexnet_jax.predict, alexnet_jax.export, alexnet_jax.plots, alexnet_jax.figures\n"
-        "import alexnet_jax.rundir, alexnet_jax.compare, alexnet_jax.sweep, alexnet_jax.figure1\n"
-        "loaded = [m for m in ('tensorflow', 'tensorflow_datasets', 'alexnet_jax.train',\n"
-        "          'alexnet_jax.input_pipeline', 'alexnet_jax.data_sources') if m in sys.modules]\n"
+        "from alexnet_jax.runs import plots, rundir\n"
+        "from alexnet_jax.tools import compare, export, figure1, figures, load, predict, sweep\n"
+        "loaded = [m for m in ('tensorflow', 'tensorflow_datasets', 'alexnet_jax.train.loop',\n"
+        "          'alexnet_jax.data.input_pipeline', 'alexnet_jax.data.data_sources')\n"
+        "          if m in sys.modules]\n"
         "print(loaded)\n"
     )
     proc = subprocess.run(
@@ -118,7 +158,9 @@ def test_tensorflow_is_imported_on_first_use_quietly_and_kept_off_the_accelerato
     stderr) and then hide_accelerators_from_tensorflow, before any TensorFlow op runs."""
     code = (
         "import sys\n"
-        "from alexnet_jax import data_sources, input_pipeline, runtime, train\n"
+        "from alexnet_jax.core import runtime\n"
+        "from alexnet_jax.data import data_sources, input_pipeline\n"
+        "from alexnet_jax.train import loop\n"
         "print('tensorflow' in sys.modules, runtime._tensorflow_hidden.is_set())\n"
         "value = int(data_sources.tf.constant(41) + 1)\n"
         "tf = sys.modules['tensorflow']\n"
@@ -141,7 +183,7 @@ def test_readme_layout_table_names_every_module_once():
     layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ")]
     rows = [line.split("|")[1].strip().strip("`") for line in layout.splitlines() if "| `" in line]
-    modules = sorted(f"{module}.py" for module in import_graph())
+    modules = sorted(f"{module.replace('.', '/')}.py" for module in import_graph())
     assert sorted(rows) == modules
 
 

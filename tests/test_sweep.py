@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from alexnet_jax import rundir, sweep
-from alexnet_jax.errors import UserError
+from alexnet_jax.core.errors import UserError
+from alexnet_jax.runs import rundir
+from alexnet_jax.tools import sweep
 from tests.conftest import QUICK_COMPILES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +77,7 @@ def _env(jax_cache_dir):
 
 def _start_sweep(args, jax_cache_dir):
     return subprocess.Popen(
-        [sys.executable, "-m", "alexnet_jax.sweep", *args],
+        [sys.executable, "-m", "alexnet_jax.tools.sweep", *args],
         cwd=REPO,
         env=_env(jax_cache_dir),
         stdout=subprocess.PIPE,

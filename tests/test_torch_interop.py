@@ -1,4 +1,5 @@
-"""Exported weights run in PyTorch from the file alone: alexnet_jax.torch_models.load_exported reads
+"""Exported weights run in PyTorch from the file alone:
+alexnet_jax.interop.torch_models.load_exported reads
 the conventions a .pth or .safetensors file records, builds the variant's module with the LRN
 alpha of that convention (per tower for `paper`), and gives the JAX model's logits.
 
@@ -17,8 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_jax import convert, imagenet_stats, torch_models, weights_io
-from alexnet_jax.models import FORWARD_OPTIONS, VARIANTS, AlexNet
+from alexnet_jax.data import imagenet_stats
+from alexnet_jax.interop import convert, torch_models, weights_io
+from alexnet_jax.model.models import FORWARD_OPTIONS, VARIANTS, AlexNet
 
 LOGIT_TOL = 1e-4
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,9 +208,9 @@ def test_normalize_gives_the_nchw_float_input():
 
 
 def test_importing_torch_models_does_not_import_torch():
-    """PyTorch stays a test-only dependency: alexnet_jax.torch_models imports torch only inside
-    its functions."""
-    code = "import sys, alexnet_jax.torch_models; print('torch' in sys.modules)"
+    """PyTorch stays a test-only dependency: alexnet_jax.interop.torch_models imports torch only
+    inside its functions."""
+    code = "import sys, alexnet_jax.interop.torch_models; print('torch' in sys.modules)"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

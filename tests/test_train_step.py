@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, experiment, sharding, steps, train
+from alexnet_jax.core import errors
+from alexnet_jax.train import experiment, loop, sharding, steps
 from configs import default
 from tests import conftest, multihost_worker
 
@@ -113,8 +114,8 @@ def test_check_finite_names_the_first_bad_step():
     good = {"finite": np.bool_(True), "loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
     bad = {"finite": np.bool_(False), "loss": np.float32(np.nan), "grad_norm": np.float32(np.inf)}
     with pytest.raises(errors.NonFiniteError, match=r"^Step 7: the loss or gradient is NaN/Inf"):
-        train._check_finite([(6, good), (7, bad), (8, bad)], skip_nonfinite=False)
-    train._check_finite([(7, bad)], skip_nonfinite=True)  # skipping: no error
+        loop._check_finite([(6, good), (7, bad), (8, bad)], skip_nonfinite=False)
+    loop._check_finite([(7, bad)], skip_nonfinite=True)  # skipping: no error
 
 
 def test_device_path_steps_begin_with_the_augmentation(monkeypatch):

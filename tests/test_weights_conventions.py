@@ -19,17 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_jax import (
-    config_lib,
-    errors,
-    export,
-    figures,
-    image_files,
-    load,
-    predict,
-    rundir,
-    weights_io,
-)
+from alexnet_jax.core import errors
+from alexnet_jax.data import image_files
+from alexnet_jax.interop import weights_io
+from alexnet_jax.runs import rundir
+from alexnet_jax.tools import export, figures, load, predict
+from alexnet_jax.train import config_lib
 from benchmarks import torch_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +137,7 @@ def test_forward_options_are_recorded_only_where_a_run_changed_them(tmp_path):
     integers) and reads back typed; an option a file does not record reads as its default (for
     predict too); a recorded option its variant refuses is refused naming the file and field;
     --mode=eval refuses a config whose option contradicts the file's."""
-    from alexnet_jax import train
+    from alexnet_jax.train import loop
     from configs import default
 
     config = default.get_config()
@@ -167,7 +162,7 @@ def test_forward_options_are_recorded_only_where_a_run_changed_them(tmp_path):
     np.savez(path, __conventions__=np.frombuffer(json.dumps(conventions).encode(), np.uint8))
     config.update(torch_weights=path, activation="relu")
     with pytest.raises(errors.ConfigError, match="activation: file 'tanh', config 'relu'"):
-        train._check_weights_conventions(config)
+        loop._check_weights_conventions(config)
 
 
 # ---- 2. predict --weights runs by the file's conventions ----------------------------------------
@@ -275,7 +270,7 @@ def test_export_to_a_full_disk_is_one_error_and_keeps_the_earlier_file(run_dir, 
     out = tmp_path / "model.npz"
     out.write_bytes(b"an earlier good export")
     proc = _with_file_size_limit(
-        2**20, "-m", "alexnet_jax.export", f"--workdir={run_dir}", f"--to={out}"
+        2**20, "-m", "alexnet_jax.tools.export", f"--workdir={run_dir}", f"--to={out}"
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert out.read_bytes() == b"an earlier good export"
@@ -289,7 +284,7 @@ def test_export_to_a_full_disk_is_one_error_and_keeps_the_earlier_file(run_dir, 
 _SAVE_EVERY_FORMAT = """
 import json, sys
 import numpy as np
-from alexnet_jax import convert, weights_io
+from alexnet_jax.interop import convert, weights_io
 
 params = {
     layer: {name: np.ones(shape, np.float32) for name, shape in leaves.items()}
@@ -397,14 +392,15 @@ def test_eval_of_exported_weights_equals_predict_on_the_same_images(run_dir, tmp
 
     import ml_collections
 
-    from alexnet_jax import input_pipeline, miniature, train
+    from alexnet_jax.data import input_pipeline, miniature
+    from alexnet_jax.train import loop
 
     config = config_lib.load_config(run_dir)
     input_pipeline.prepare(config)  # the tiny miniature archive of the run's config
     path = export.export_run(run_dir, str(tmp_path / "model.pth"))
     evaluated = ml_collections.ConfigDict(config.to_dict())
     evaluated.torch_weights = path
-    metrics = train.evaluate_checkpoint(evaluated, str(tmp_path / "eval"))
+    metrics = loop.evaluate_checkpoint(evaluated, str(tmp_path / "eval"))
 
     synsets = miniature.imagenet_synsets()[: config.num_classes]
     names = miniature.validation_file_names(synsets, config.miniature_val_per_class)

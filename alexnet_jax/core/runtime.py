@@ -1,0 +1,418 @@
+"""Process-level setup done once by entry points (main.py, the tools, benchmarks), never at import
+time: XLA flags, the compilation cache, TensorFlow kept off the accelerators, library log levels,
+and multi-host start-up (`initialize_distributed`).
+
+Multi-host. `initialize_distributed` starts JAX's distributed runtime (`jax.distributed`) when this
+process is one of several, from main.py's --coordinator_address/--num_processes/--process_id or
+from a cluster that jax.distributed detects by itself (SLURM's srun, Open MPI's mpirun). Then
+`jax.devices()` lists the devices of all hosts and the train loop's one mesh spans them: each host
+feeds its own data shard (input_pipeline) into global arrays (sharding.to_global_batch), process 0
+writes the logs, every process writes and restores its part of each Orbax checkpoint, and a SIGTERM
+to any process makes all of them save at the same step (checkpoint.PreemptionWatcher).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import types
+from collections.abc import Callable, Mapping
+
+import jax
+
+from alexnet_jax.core.errors import ConfigError, is_storage_error
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
+
+# The XLA flags this project sets, each measured on its own workload (benchmarks/RESULTS.md).
+# `set_xla_flags` adds them to XLA_FLAGS; a flag the user already set there keeps the user's value.
+XLA_FLAGS = (
+    # XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by default.
+    # Convolutions: YNNPACK's were 2-7x slower than XLA's own (Eigen) ones on AlexNet's weight
+    # gradients and on the strided 11x11 conv1, and about even elsewhere; without them the
+    # float32 train step ran about 1.35x faster. Reductions: YNNPACK fuses the eval step's
+    # log-softmax sums together with fc6-fc8 into one subgraph that ran 4x slower at batch 8
+    # (no change at 64). Dots stay with YNNPACK (about 25% faster than Eigen on the FC layers).
+    # A CPU compiler option: GPU compilation ignores it.
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce",
+)
+# The jaxlib releases XLA_FLAGS was measured with: [first, end). XLA aborts the process on a flag
+# it does not know, and experimental flags come and go between releases, so outside this range
+# the flags are not set (a warning says so); set XLA_FLAGS by hand to try them there.
+XLA_FLAGS_JAXLIB = ((0, 10, 2), (0, 11, 0))
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def project_xla_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:
+    """XLA_FLAGS if the installed jaxlib (or `jaxlib_version`) is in XLA_FLAGS_JAXLIB, else ()."""
+    if jaxlib_version is None:
+        import jaxlib
+
+        jaxlib_version = jaxlib.__version__
+    first, end = XLA_FLAGS_JAXLIB
+    if first <= _version_tuple(jaxlib_version) < end:
+        return XLA_FLAGS
+    logging.warning(
+        "Not setting the project's XLA flags %s: they were measured with jaxlib %s to %s and this "
+        "is jaxlib %s, which may not know them (XLA aborts on unknown flags). To try them, set "
+        "XLA_FLAGS yourself.",
+        " ".join(XLA_FLAGS),
+        ".".join(map(str, first)),
+        f"<{'.'.join(map(str, end))}",
+        jaxlib_version,
+    )
+    return ()
+
+
+def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
+    """Adds `flags` (default: `project_xla_flags()`) to the XLA_FLAGS environment variable;
+    returns its new value.
+
+    XLA reads XLA_FLAGS once, when JAX starts its backends (the first computation or
+    `jax.devices()`): call this before, or it raises RuntimeError. A flag whose name is already
+    in XLA_FLAGS keeps the value given there.
+    """
+    from jax._src import xla_bridge  # no public API tells whether the backends have started
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            "set_xla_flags() must run before JAX starts its backends (before the first JAX "
+            "computation or jax.devices())."
+        )
+    if flags is None:
+        flags = project_xla_flags()
+    current = os.environ.get("XLA_FLAGS", "")
+    names = {flag.split("=", 1)[0] for flag in current.split()}
+    added = [flag for flag in flags if flag.split("=", 1)[0] not in names]
+    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return os.environ["XLA_FLAGS"]
+
+
+_tensorflow_hidden = threading.Event()
+_tensorflow_import = threading.RLock()  # TensorFlow's import and its device setup
+
+
+def hide_accelerators_from_tensorflow() -> None:
+    """TensorFlow only feeds data: keep it off the GPUs/TPUs so it takes none of their memory.
+
+    Once per process, before TensorFlow's first op (`load_tensorflow` calls it)."""
+    with _tensorflow_import:  # one thread sets it, before any thread's first op
+        if _tensorflow_hidden.is_set():
+            return
+        import tensorflow as tf  # heavy import, only for entry points
+
+        tf.config.set_visible_devices([], "GPU")
+        with contextlib.suppress(ValueError, RuntimeError):  # no TPU support in this TF build
+            tf.config.set_visible_devices([], "TPU")
+        _tensorflow_hidden.set()
+
+
+class LazyModule(types.ModuleType):
+    """Module `name`, imported by `load()` on its first attribute access."""
+
+    def __init__(self, name: str, load: Callable[[], types.ModuleType]):
+        super().__init__(name)
+        self.__dict__["_load"] = load
+
+    def __getattr__(self, attribute: str):
+        module = self.__dict__.get("_module")
+        if module is None:  # the first use: import it (load is idempotent and thread-safe)
+            module = self.__dict__["_module"] = self._load()
+        return getattr(module, attribute)
+
+
+def load_tensorflow() -> types.ModuleType:
+    """TensorFlow, imported quietly and kept off the accelerators (once; what the lazy
+    `tensorflow` below does on first use). Entry points that time or use TensorFlow call it
+    up front."""
+    import_tensorflow_quietly()
+    hide_accelerators_from_tensorflow()
+    return sys.modules["tensorflow"]
+
+
+def load_tensorflow_datasets() -> types.ModuleType:
+    """tfds, with TensorFlow imported quietly and kept off the accelerators first (call it
+    before importing a tfds submodule directly)."""
+    load_tensorflow()
+    import tensorflow_datasets
+
+    return tensorflow_datasets
+
+
+# What the data modules use as `tf` and `tfds`: TensorFlow is imported on first use, quietly and
+# kept off the accelerators, so runs on synthetic data, runs that stop at a bad config and the
+# tools that read a run never pay its ~5 s of CPU.
+tensorflow = LazyModule("tensorflow", load_tensorflow)
+tensorflow_datasets = LazyModule("tensorflow_datasets", load_tensorflow_datasets)
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str:
+    """Turns on JAX's persistent compilation cache in a workdir-independent folder.
+
+    The thresholds are lowered so that even small CPU programs are cached (a cached train step
+    loads in well under a second instead of compiling for seconds).
+    """
+    cache_dir = cache_dir or os.environ.get("ALEXNET_JAX_CACHE_DIR", DEFAULT_CACHE_DIR)
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return cache_dir
+
+
+def _echoes_a_write_failure(error: BaseException | None) -> bool:  # None: no exception
+    """Whether `error` only repeats a failed checkpoint write, which checkpoint.save / close
+    report as one DataError: the storage error itself as Orbax's background tasks re-raise and
+    log it, or asyncio's "Event loop is closed" from their callbacks that outlive the event loop
+    of the failed save (an Orbax/TensorStore shutdown race)."""
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    return is_storage_error(error)
+
+
+class _DropLibraryNoise(logging.Filter):
+    """Drops INFO-level records of chatty libraries (Orbax logs every file it renames), and
+    their error records that repeat a failed checkpoint write (one per array and task)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in _QUIET_LIBRARIES)
+        if record.exc_info and (noisy or f"{os.sep}asyncio{os.sep}" in record.pathname):
+            return not _echoes_a_write_failure(record.exc_info[1])
+        if noisy and any(text in record.getMessage() for text in _HARMLESS_WARNINGS):
+            return False
+        return record.levelno >= logging.WARNING or not noisy
+
+
+_QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
+# Warnings that say nothing is wrong. tfds, on every imagenet2012 build: the folder it is about
+# to build into has no dataset_info.json yet, and the test archive (never needed) is absent.
+# Orbax, whenever a tool (predict, figures, export) opens a run's checkpoints read-only.
+_HARMLESS_WARNINGS = (
+    "has no dataset_info.json",
+    "Challenge test split not found",
+    "read_only=True, setting save_interval_steps=0",
+    "Given directory is read only",
+)
+
+
+def quiet_native_logs() -> None:
+    """Turns off the INFO lines of TensorFlow's and XLA's C++ code (Gloo's connection lines and
+    the like; their warnings and errors still print). Call it before JAX starts its backends; a
+    TF_CPP_MIN_LOG_LEVEL the user set wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ stderr muted: TensorFlow 2.21 prints its oneDNN notice and
+    absl's "before absl::InitializeLog()" warning at import whatever TF_CPP_MIN_LOG_LEVEL says.
+    A failed import still raises, with its traceback. Call it before anything else imports
+    TensorFlow (`load_tensorflow` calls it)."""
+    with _tensorflow_import:  # one thread at a time swaps file descriptor 2
+        if "tensorflow" in sys.modules:
+            return
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        try:
+            import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
+
+
+def quiet_library_logs() -> None:
+    """Keeps the console to this project's progress lines, every library warning, and one
+    message per error (see `_echoes_a_write_failure`)."""
+    from absl import logging as absl_logging  # absl's handler is what prints the records
+
+    absl_logging.get_absl_handler().addFilter(_DropLibraryNoise())
+    previous_hook = sys.unraisablehook  # errors in TensorStore's callbacks are reported here
+
+    def unraisablehook(unraisable):
+        if not _echoes_a_write_failure(unraisable.exc_value):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
+# ---- Multi-host start-up ----------------------------------------------------------------------
+
+
+def _cluster_process_count(env: Mapping[str, str]) -> int:
+    """Processes in this SLURM step (srun) or Open MPI job (mpirun); 1 outside of both."""
+    if "SLURM_STEP_NODELIST" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_NTASKS"])
+    if "OMPI_MCA_orte_hnp_uri" in env and "OMPI_COMM_WORLD_SIZE" in env:
+        return int(env["OMPI_COMM_WORLD_SIZE"])
+    return 1
+
+
+DEFAULT_DISTRIBUTED_TIMEOUT_S = 300.0  # jax.distributed's own default wait for all processes
+# jax.distributed aborts the process (a C++ check failure, no Python exception) when its
+# initialization_timeout passes, so it gets this much longer than timeout_s: the watchdog of
+# `_start_jax_distributed` ends the process first, with a message that says what to check.
+JAX_ABORT_MARGIN_S = 30
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> bool:
+    """Starts jax.distributed if this is one of several processes; returns whether it did.
+
+    Explicit arguments win; `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+    fill those left out; with none at all, a SLURM or Open MPI job of more than one process is
+    detected and jax.distributed finds its own parameters. A single process is a no-op (it catches
+    SIGTERM itself). Must run before anything initializes a JAX backend.
+
+    timeout_s: how long to wait for every process to join (default: `JAX_DISTRIBUTED_TIMEOUT_S`,
+    else 300). When it passes, the process prints one `error:` paragraph and exits with code 2:
+    jax's wait cannot be interrupted from Python (it would abort the process with a C++ stack).
+    """
+    env = os.environ if env is None else env
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    explicit = (coordinator_address, num_processes, process_id)
+    if all(v is None for v in explicit):
+        if _cluster_process_count(env) <= 1:
+            return False
+        # SLURM / Open MPI: parameters detected by jax
+        job = "this process of the SLURM / Open MPI job waited for the others"
+        _start_jax_distributed(_distributed_timeout_s(timeout_s, env), job)
+        return True
+    if num_processes == 1 and coordinator_address is None:
+        return False
+    if None in explicit:
+        raise ConfigError(
+            "A multi-process run needs --coordinator_address (host:port of process 0), "
+            "--num_processes and --process_id together; got "
+            f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r}."
+        )
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
+        )
+    timeout_s = _distributed_timeout_s(timeout_s, env)
+    port = _coordinator_port(coordinator_address)
+    if process_id == 0:  # jax.distributed crashes (segfault) if it cannot bind the port
+        _check_port_free(coordinator_address, port)
+    job = (
+        f"process {process_id} of {num_processes} processes waited for the others at the "
+        f"coordinator {coordinator_address}"
+    )
+    _start_jax_distributed(timeout_s, job, coordinator_address, num_processes, process_id)
+    return True
+
+
+def _distributed_timeout_s(timeout_s: float | None, env: Mapping[str, str]) -> float:
+    """`timeout_s`, else JAX_DISTRIBUTED_TIMEOUT_S, else the default; a positive number."""
+    name = "timeout_s"
+    if timeout_s is None and env.get("JAX_DISTRIBUTED_TIMEOUT_S"):
+        name, timeout_s = "JAX_DISTRIBUTED_TIMEOUT_S", env["JAX_DISTRIBUTED_TIMEOUT_S"]
+    if timeout_s is None:
+        return DEFAULT_DISTRIBUTED_TIMEOUT_S
+    try:
+        value = float(timeout_s)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"{name}={timeout_s!r}: the seconds to wait for all processes to join must be a "
+            "positive number."
+        )
+    return value
+
+
+def _coordinator_port(coordinator_address: str) -> int:
+    """The port of `host:port`; a ConfigError unless it is one in 1..65535."""
+    _, _, port = coordinator_address.rpartition(":")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"--coordinator_address={coordinator_address} must be host:port with a port in "
+            "1..65535 (process 0 listens there), e.g. host0:8476."
+        )
+    return int(port)
+
+
+def _check_port_free(coordinator_address: str, port: int) -> None:
+    """A ConfigError if another program holds `port`, which process 0's coordinator binds on
+    every address of this host."""
+    family, everywhere = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((everywhere, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"Port {port} of --coordinator_address={coordinator_address} is in use on this "
+                "host (process 0 runs the coordinator there): stop what holds it, or start every "
+                "process with another free port."
+            ) from e
+        # Anything else (no IPv6 on this host, say): jax.distributed reports it itself.
+
+
+def mute_native_stdout() -> None:
+    """Sends what C++ code writes to stdout (fd 1) to /dev/null for the rest of the process,
+    while Python's sys.stdout keeps writing where stdout went. Gloo, the CPU collectives of a
+    multi-process job, prints "[Gloo] Rank i is connected to n peer ranks" with printf on every
+    connection, at start-up and at the first collectives; no log level turns that off. Call it
+    only in multi-process runs, whose every useful line comes from Python."""
+    sys.stdout.flush()
+    python_stdout = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = os.fdopen(python_stdout, "w", buffering=1)
+
+
+def _start_jax_distributed(timeout_s: float, job: str, *args) -> None:
+    """jax.distributed.initialize(*args); if not every process joined within `timeout_s`, one
+    `error:` paragraph with `job` (who waited where) and exit code 2. jax's wait releases the GIL
+    but cannot be interrupted (at its own deadline it aborts the process): a thread ends it.
+    Gloo's connection lines are muted first (mute_native_stdout)."""
+    mute_native_stdout()
+
+    def give_up() -> None:
+        print(
+            f"error: the multi-process job did not start within {timeout_s:g} s: {job}. "
+            "Start every process with the same --coordinator_address "
+            "(process 0's host:port) and --num_processes, each with its own --process_id; "
+            "process 0 must be running and its port reachable from every host (no firewall in "
+            "between). To wait longer, set JAX_DISTRIBUTED_TIMEOUT_S (seconds).",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(2)  # no exception can reach the main thread, blocked inside jax
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax_timeout = math.ceil(timeout_s) + JAX_ABORT_MARGIN_S
+        jax.distributed.initialize(*args, initialization_timeout=jax_timeout)
+    finally:
+        watchdog.cancel()

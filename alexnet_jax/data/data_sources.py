@@ -1,0 +1,884 @@
+"""Where the input pipeline's examples come from: tfds imagenet2012 builds, image folders, caches.
+
+A *source* is a prepared dataset (the real or the miniature imagenet2012 build, or an image folder);
+its `shard(split, index, count)` is one host's part of a split as raw records in a fixed order:
+`RecordShard` (TFRecord files: tfds builds and the pre-resize cache) or `FileShard` (image files).
+A shard's `epoch_records(order_seed)` gives one epoch of raw records (shuffled by stateless ops when
+a seed is given) and `materialize(records)` turns a batch of them into encoded images, labels and
+keys (file names); the input pipeline skips records before materializing, so resuming reads but
+never decodes the skipped part.
+
+This module also builds what is missing: imagenet2012 from the user's archives (raising DataError
+with instructions when they are absent), the miniature archive and its build (runs that share a
+miniature_dir or data_dir take turns under file locks), and the one-time pre-resize cache; it
+checks the data fields against the files (`check_before_build`, `check_splits`) and says what
+identifies the data a run trains on (`dataset_identity`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import numpy as np
+from absl import logging
+
+from alexnet_jax.core import errors, runtime
+from alexnet_jax.data import miniature, preprocessing
+from alexnet_jax.core.errors import ConfigError, DataError
+
+tf = runtime.tensorflow  # imported on first use
+tfds = runtime.tensorflow_datasets
+
+IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IMAGENET_SPLITS = ("train", "validation", "test")  # "test" only when its archive was given
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+CACHE_VERSION = 2  # bump when the cache format or its re-encoding changes (2: resample, floor rule)
+CACHE_JPEG_QUALITY = 90
+CACHE_SHARD_SIZE = 1024  # examples per cache file (many files let each epoch shuffle file order)
+CACHE_MANIFEST = "cache.json"
+# tfds imagenet2012 records and the resize cache share this tf.train.Example layout.
+RECORD_FIELDS = {"image": "string", "label": "int64", "file_name": "string"}
+
+
+def record_spec(fields: dict[str, str] = RECORD_FIELDS) -> dict:
+    """The tf.io.parse_example spec of `fields` (name -> dtype name), all scalars."""
+    return {name: tf.io.FixedLenFeature([], dtype) for name, dtype in fields.items()}
+
+
+# tfds cifar10 records: a PNG, its label and an id ("train_16399"), which keys the augmentation.
+CIFAR10_KEY = "id"
+CIFAR10_CLASSES = 10
+_FILE_ORDER, _RECORD_ORDER = 1, 2  # seed purposes, so their streams never coincide
+
+
+# ---- Seeds and options --------------------------------------------------------------------------
+
+
+def fold_seed(key: tf.Tensor, value) -> tf.Tensor:
+    """A new int64 [2] stateless seed that hashes `key` with an integer `value` (Philox)."""
+    mixed = tf.stack([key[0], tf.bitwise.bitwise_xor(key[1], tf.cast(value, tf.int64))])
+    return tf.random.stateless_uniform([2], seed=mixed, minval=None, maxval=None, dtype=tf.int64)
+
+
+def _permutation(n, seed: tf.Tensor) -> tf.Tensor:
+    """A stateless random permutation of range(n)."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
+def example_ids(keys: tf.Tensor) -> tf.Tensor:
+    """int64 [N] stable ids of examples from their keys (file names): a FarmHash fingerprint."""
+    return tf.strings.to_hash_bucket_fast(keys, 2**62)
+
+
+def example_id_words(ids: tf.Tensor) -> tf.Tensor:
+    """int64 ids in [0, 2^62) [N] -> uint32 [N, 2] (high word, low word), for the device path."""
+    words = tf.stack([ids // 2**32, ids % 2**32], axis=1)
+    return tf.cast(words, tf.uint32)
+
+
+def dataset_options() -> tf.data.Options:
+    """Deterministic element order; parallelism across elements (tf.data), not inside ops."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def image_bytes(example: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The encoded image of a materialized example; image folders read their file here."""
+    return tf.io.read_file(example["path"]) if "path" in example else example["image"]
+
+
+def fixed_order_examples(shard) -> tf.data.Dataset:
+    """A shard's materialized examples in their fixed order (evaluation, cache building)."""
+    return shard.epoch_records(None).batch(256).map(shard.materialize).unbatch()
+
+
+UNDECODABLE = "undecodable"  # field of a decoded chunk: keys (file names) of its failed examples
+
+
+def decode_chunk(
+    chunk: dict[str, tf.Tensor], example_fn, placeholder_fn, size: int | None = None
+) -> tf.data.Dataset:
+    """One batch from a chunk of `size` materialized examples (None: however many it holds):
+    example_fn of each one that decodes, in order, then placeholder_fn() for each one that failed
+    (or has 'valid' False), so the batch has the chunk's size.
+
+    Field UNDECODABLE of the batch holds the keys (file names) of the failed examples, [K] strings,
+    so that warnings can name them.
+    """
+    if size is None:
+        size = tf.shape(chunk["key"], out_type=tf.int64)[0]
+    positions = tf.range(size, dtype=tf.int64)
+    items = tf.data.Dataset.from_tensor_slices((positions, chunk))
+    if "valid" in chunk:
+        items = items.filter(lambda _, example: example["valid"])
+    decoded = items.map(lambda i, example: (i, example_fn(example))).ignore_errors(log_warning=True)
+    filler = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), placeholder_fn()))
+
+    def name_failures(done, batch):
+        done = tf.boolean_mask(done, done >= 0)
+        hits = tf.scatter_nd(
+            done[:, None], tf.ones_like(done, tf.int32), tf.shape(positions, out_type=tf.int64)
+        )
+        failed = hits == 0
+        if "valid" in chunk:
+            failed &= chunk["valid"]
+        return {**batch, UNDECODABLE: tf.boolean_mask(chunk["key"], failed)}
+
+    batch = decoded.concatenate(filler.repeat(size)).take(size).batch(size)
+    return batch.map(name_failures)
+
+
+def name_list(keys, limit: int = 20) -> str:
+    """Keys (file names, bytes or str) for a warning: "a.JPEG, b.JPEG"; long lists are cut."""
+    names = [k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in keys]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+# ---- Shards: one host's part of a split, as raw records ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordShard:
+    """Part of a split stored as TFRecord files of tf.train.Examples (tfds data, resize cache)."""
+
+    filenames: tuple[str, ...]
+    skips: tuple[int, ...]
+    takes: tuple[int, ...]
+    window: int = 4096  # records permuted together per epoch (config.shuffle_buffer_size)
+    key_field: str = "file_name"  # the record's unique name (cifar10: "id")
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.takes)
+
+    def epoch_records(self, order_seed: tf.Tensor | None) -> tf.data.Dataset:
+        """Serialized records of one epoch: fixed order, or shuffled files then shuffled windows."""
+        files = tf.data.Dataset.from_tensor_slices(
+            (
+                tf.constant(self.filenames, tf.string, shape=[len(self.filenames)]),
+                tf.constant(self.skips, tf.int64, shape=[len(self.skips)]),
+                tf.constant(self.takes, tf.int64, shape=[len(self.takes)]),
+            )
+        )
+        if order_seed is not None and len(self.filenames) > 1:
+            order = _permutation(len(self.filenames), fold_seed(order_seed, _FILE_ORDER))
+            files = tf.data.Dataset.from_tensor_slices(order).map(
+                lambda i: (
+                    tf.constant(self.filenames)[i],
+                    tf.constant(self.skips, tf.int64)[i],
+                    tf.constant(self.takes, tf.int64)[i],
+                )
+            )
+        records = files.interleave(
+            lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take),
+            cycle_length=max(1, min(16, len(self.filenames))),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if order_seed is None:
+            return records
+        return _window_shuffle(records, self.window, fold_seed(order_seed, _RECORD_ORDER))
+
+    def materialize(self, records: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Raw records [N] -> {'image': bytes, 'label': int32, 'key': file name}, [N] each."""
+        spec = record_spec({**RECORD_FIELDS, self.key_field: "string"})
+        if self.key_field != "file_name":
+            del spec["file_name"]
+        example = tf.io.parse_example(records, spec)
+        return {
+            "image": example["image"],
+            "label": tf.cast(example["label"], tf.int32),
+            "key": example[self.key_field],
+        }
+
+
+def _window_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """Permutes consecutive windows of `window` records, each by its own stateless permutation.
+
+    Like a shuffle buffer of the same size, but a pure function of the seed (tf.data's shuffle also
+    depends on TensorFlow's global seed).
+    """
+
+    def permute(index, batch):
+        order = _permutation(tf.shape(batch)[0], fold_seed(seed, index))
+        return tf.data.Dataset.from_tensor_slices(tf.gather(batch, order))
+
+    return records.batch(window).enumerate().flat_map(permute)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileShard:
+    """Part of a split stored as image files (image folders); random access, so exact shuffles."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    keys: tuple[str, ...]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.paths)
+
+    def epoch_records(self, order_seed: tf.Tensor | None) -> tf.data.Dataset:
+        """Indices into the file list for one epoch: fixed order or a full random permutation."""
+        if order_seed is None:
+            return tf.data.Dataset.range(self.num_examples)
+        order = _permutation(self.num_examples, fold_seed(order_seed, _FILE_ORDER))
+        return tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+
+    def materialize(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
+        """File indices [N] -> {'path', 'label': int32, 'key': relative path}, each [N].
+
+        The file itself is read by the per-example decoding (`image_bytes`), in parallel.
+        """
+        return {
+            "path": tf.gather(tf.constant(self.paths, tf.string, shape=[len(self.paths)]), indices),
+            "label": tf.gather(
+                tf.constant(self.labels, tf.int32, shape=[len(self.labels)]), indices
+            ),
+            "key": tf.gather(tf.constant(self.keys, tf.string, shape=[len(self.keys)]), indices),
+        }
+
+
+def even_file_instructions(filenames, lengths, index: int, count: int, window: int):
+    """The RecordShard of host `index` of `count`: an even contiguous slice of all records."""
+    total = sum(lengths)
+    start, end = index * total // count, (index + 1) * total // count
+    names, skips, takes, position = [], [], [], 0
+    for name, length in zip(filenames, lengths, strict=True):
+        skip = max(start - position, 0)
+        take = min(end, position + length) - position - skip
+        if take > 0:
+            names.append(name)
+            skips.append(skip)
+            takes.append(take)
+        position += length
+    return RecordShard(tuple(names), tuple(skips), tuple(takes), window)
+
+
+# ---- Sources ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsSource:
+    """A prepared tfds build: imagenet2012 (the real one or the miniature one) or cifar10."""
+
+    builder: Any
+    num_classes: int
+    identity: str  # names the resize cache made from it
+    location: str  # the data_dir of the build (named in errors)
+    key_field: str = "file_name"  # the records' unique name (RecordShard.key_field)
+    split_hint = " (or a slice or sum of them, e.g. 'train[:10%]')"
+
+    def num_examples(self, split: str) -> int:
+        """Examples of a split (or slice); KeyError/ValueError from tfds for an unknown one."""
+        return self.builder.info.splits[split].num_examples
+
+    def split_names(self) -> list[str]:
+        return sorted(self.builder.info.splits.keys())
+
+    def describe(self) -> dict:
+        """What identifies this build, from its dataset_info.json (no pass over the data)."""
+        splits = self.builder.info.splits
+        return {
+            "builder": self.builder.name,
+            "version": str(self.builder.version),
+            "num_classes": self.num_classes,
+            "splits": {
+                name: {
+                    "num_examples": int(splits[name].num_examples),
+                    "num_shards": int(splits[name].num_shards),
+                }
+                for name in self.split_names()
+            },
+        }
+
+    def shard(self, split: str, index: int, count: int, window: int = 4096) -> RecordShard:
+        sub_split = tfds.split_for_jax_process(split, process_index=index, process_count=count)
+        instructions = self.builder.info.splits[sub_split].file_instructions
+        return RecordShard(
+            tuple(os.fspath(i.filename) for i in instructions),
+            tuple(int(i.skip) for i in instructions),
+            tuple(int(i.take) for i in instructions),
+            window,
+            self.key_field,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _FolderSource:
+    """root/<split>/<class>/<image>; labels are the sorted class directory names of train/."""
+
+    root: str
+    classes: tuple[str, ...]
+    identity: str
+    split_hint = " (sub-folders of the image folder; 'validation' means val/)"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def location(self) -> str:
+        return self.root
+
+    def split_names(self) -> list[str]:
+        return sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
+
+    def files(self, split: str) -> list[tuple[str, int, str]]:
+        """(path, label, key) of every image of a split, in a fixed pseudo-random order.
+
+        The fixed shuffle makes every host's strided shard (and the resize cache) cover all
+        classes; the per-epoch order is shuffled on top of it.
+        """
+        directory = _folder_split_dir(self.root, split)
+        found = []
+        for label, name in enumerate(self.classes):
+            class_dir = os.path.join(directory, name)
+            if not os.path.isdir(class_dir):
+                continue
+            for entry in sorted(os.listdir(class_dir)):
+                if entry.lower().endswith(IMAGE_EXTENSIONS):
+                    key = f"{os.path.basename(directory)}/{name}/{entry}"
+                    found.append((os.path.join(class_dir, entry), label, key))
+        order = np.random.default_rng(0).permutation(len(found))
+        return [found[i] for i in order]
+
+    def num_examples(self, split: str) -> int:
+        """Images of a split; KeyError when the image folder has no such sub-folder."""
+        if not os.path.isdir(_folder_split_dir(self.root, split)):
+            raise KeyError(f"no folder {_folder_split_dir(self.root, split)!r}")
+        return len(self.files(split))
+
+    def describe(self, splits: tuple[str, ...] = ("train", "validation")) -> dict:
+        """What identifies this folder: the class names (labels) and the files per split."""
+        return {
+            "classes": list(self.classes),
+            "num_files": {split: len(self.files(split)) for split in splits},
+        }
+
+    def shard(self, split: str, index: int, count: int, window: int = 4096) -> FileShard:
+        del window  # files are shuffled exactly
+        mine = self.files(split)[index::count]
+        return FileShard(
+            tuple(p for p, _, _ in mine),
+            tuple(lab for _, lab, _ in mine),
+            tuple(k for _, _, k in mine),
+        )
+
+
+def _folder_split_dir(root: str, split: str) -> str:
+    """tfds-style split names map onto the folder layout: "validation" is the val/ directory."""
+    name = {"validation": "val"}.get(split, split)
+    return os.path.join(root, re.sub(r"\[.*\]$", "", name))
+
+
+def _image_folder_error(root: str, problem: str) -> DataError:
+    return DataError(
+        f"The image folder {root!r} {problem}. Expected layout: <root>/train/<class>/<image> and "
+        f"<root>/val/<class>/<image> (JPEG, PNG, GIF, BMP or WebP files; one sub-directory per "
+        f"class, the same class names in both). Set --config.image_folder=/path/to/root."
+    )
+
+
+def _open_folder(root: str) -> _FolderSource:
+    """Checks the layout of an image folder; raises DataError naming what is missing."""
+    if not root:
+        raise _image_folder_error(root, "is not set (config.dataset is 'image_folder')")
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise _image_folder_error(root, "has no train/ directory")
+    classes = tuple(
+        sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    )
+    source = _FolderSource(os.path.abspath(root), classes, f"folder:{os.path.abspath(root)}")
+    if not classes or not source.files("train"):
+        raise _image_folder_error(root, "has no images under train/<class>/")
+    val_dir = os.path.join(root, "val")
+    if not os.path.isdir(val_dir) or not source.files("validation"):
+        raise _image_folder_error(root, "has no images under val/<class>/")
+    val_classes = {d for d in os.listdir(val_dir) if os.path.isdir(os.path.join(val_dir, d))}
+    unknown = val_classes - set(classes)
+    if unknown:
+        raise _image_folder_error(root, f"has val/ classes missing from train/: {sorted(unknown)}")
+    return source
+
+
+def _manual_dir_error(manual_dir: str, data_dir: str) -> DataError | None:
+    """The DataError for a manual_dir that cannot build imagenet2012, or None if it looks right."""
+    if not manual_dir:
+        problem = "--config.manual_dir is not set"
+    elif not os.path.isdir(manual_dir):
+        problem = f"the manual_dir {manual_dir!r} does not exist"
+    else:
+        missing = [
+            f
+            for f in IMAGENET_ARCHIVES
+            if not os.path.isfile(os.path.join(manual_dir, f))
+            or os.path.getsize(os.path.join(manual_dir, f)) == 0
+        ]
+        if not missing:
+            return None
+        problem = f"the manual_dir {manual_dir!r} lacks (or has empty) {' and '.join(missing)}"
+    return DataError(
+        f"ImageNet (ILSVRC2012) is not built in --config.data_dir={data_dir!r} yet, and {problem}. "
+        "Download ILSVRC2012_img_train.tar (about 138 GB) and ILSVRC2012_img_val.tar (about "
+        "6.3 GB) from https://image-net.org/download-images (free, after registering and "
+        "accepting the terms of access), put both files in one folder and pass it with "
+        "--config.manual_dir=/path/to/that/folder; the first run then builds the tfds dataset "
+        "into --config.data_dir once (hours). ILSVRC2012_img_test.tar is not needed."
+    )
+
+
+def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
+    """Builds an imagenet2012 dataset from the two archives in manual_dir (TFRecord files).
+
+    Without ILSVRC2012_img_test.tar the builder only logs that the test split is skipped. Its
+    progress bars are shown on a terminal only (in a log file they are raw escape codes).
+    """
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()
+    logging.info("Building the tfds dataset from %s into %s (once).", manual_dir, builder.data_dir)
+    start = time.monotonic()
+    # tfds prints its own two lines to stdout ("Downloading and preparing dataset Unknown size",
+    # "downloaded and prepared"): about a download that does not happen here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_dir=os.path.join(data_dir, "downloads"),
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
+            ),
+            file_format="tfrecord",
+        )
+    logging.info("Built the dataset in %.0f s.", time.monotonic() - start)
+
+
+def _labels_by_file_name(val_path: str) -> dict[str, str]:
+    """Validation synset per file of an archive, looked up by the number in its name.
+
+    tfds's own get_validation_labels zips the SORTED member names with the first len(members)
+    shipped labels, which is right only for the complete 50,000-file archive; by-number lookup
+    gives the same labels there and the right ones for a subset such as the miniature archive.
+    """
+    labels = miniature.validation_labels()
+    with tarfile.open(val_path) as tar:
+        names = tar.getnames()
+    return {name: labels[int(re.search(r"(\d{8})", name).group(1)) - 1] for name in names}
+
+
+@contextlib.contextmanager
+def _validation_labels_by_file_name():
+    """Makes the real imagenet2012 builder label any validation archive by file number."""
+    runtime.load_tensorflow_datasets()
+    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+    with mock.patch.object(imagenet_common, "get_validation_labels", _labels_by_file_name):
+        yield
+
+
+@contextlib.contextmanager
+def exclusive_build(directory: str):
+    """An exclusive file lock in `directory`: processes sharing it build data one at a time."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_incomplete_builds(builder) -> None:
+    """Removes tfds's temporary folders of builds that died (only called while holding the lock).
+
+    A killed imagenet2012 build leaves up to ~150 GB in <data_dir>/imagenet2012/incomplete.*/.
+    """
+    parent = os.fspath(builder.data_path.parent)
+    if not os.path.isdir(parent):
+        return
+    for entry in os.listdir(parent):
+        if entry.startswith("incomplete."):
+            logging.info("Removing an unfinished tfds build: %s", os.path.join(parent, entry))
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
+    """Builds imagenet2012 into data_dir (generating the miniature archive first if needed).
+
+    Readers never see a partial build: tfds's DatasetBuilder.download_and_prepare writes into
+    <data_dir>/imagenet2012/incomplete.XXXXXX_<version>/ and renames it to <version>/ when
+    complete (tensorflow_datasets/core/dataset_builder.py, via utils.incomplete_dir in
+    tensorflow_datasets/core/utils/file_utils.py), and is_prepared() ignores the temporary
+    folder. Two processes building the same data_dir take turns (the data_dir's lock); a miniature
+    build also holds the archive's lock while it reads the archive, so a run that wants another
+    spec in the same miniature_dir cannot replace the archive mid-build.
+    """
+    if config.dataset != "miniature":
+        error = _manual_dir_error(manual_dir, data_dir)
+        if error is not None:
+            raise error
+    with exclusive_build(data_dir), contextlib.ExitStack() as archive:
+        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+        if builder.is_prepared():  # another process built it while this one waited
+            return
+        _remove_incomplete_builds(builder)
+        if config.dataset == "miniature":
+            spec = miniature.MiniatureSpec.from_config(config)
+            archive.enter_context(miniature.generated(manual_dir, spec))
+        # By-number labels equal tfds's own for the full 50,000-image archive and stay right for
+        # a partial one (a miniature archive given as manual_dir, or a subset a user made).
+        with _validation_labels_by_file_name():
+            _download_and_prepare(builder, manual_dir, data_dir)
+
+
+def _check_miniature_build(builder, spec: miniature.MiniatureSpec, data_dir: str) -> None:
+    """Raises DataError when a miniature build does not hold its spec's number of examples.
+
+    Catches builds made while another run regenerated the archive (before the archive's lock).
+    """
+    expected = {
+        "train": spec.num_classes * spec.train_per_class + spec.num_corrupt,
+        "validation": spec.num_classes * spec.val_per_class + spec.num_corrupt,
+    }
+    found = {split: builder.info.splits[split].num_examples for split in expected}
+    if found != expected:
+        raise DataError(
+            f"The miniature build in {data_dir!r} holds {found} examples, but its spec asks for "
+            f"{expected}: it was built from another spec's archive (by an older version, while "
+            "another run regenerated it). Delete that folder and rerun: it is rebuilt."
+        )
+
+
+def open_tfds(config, build: bool) -> _TfdsSource:
+    """The imagenet2012 build of the config (real or miniature), building it first if allowed."""
+    if config.dataset == "miniature":
+        spec = miniature.MiniatureSpec.from_config(config)
+        data_dir = os.path.join(config.data_dir, "miniature", spec.fingerprint())
+        manual_dir, num_classes = config.miniature_dir, spec.num_classes
+    else:
+        data_dir, manual_dir, num_classes = config.data_dir, config.manual_dir, 1000
+    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    if not builder.is_prepared():
+        if not build:
+            raise DataError(
+                f"The {config.dataset} dataset is not built in {data_dir!r}; call "
+                "alexnet_jax.data.input_pipeline.prepare(config) first."
+            )
+        _build_tfds(config, data_dir, manual_dir)
+        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    if str(builder.info.file_format.value) != "tfrecord":
+        raise DataError(
+            f"{data_dir!r} holds imagenet2012 in {builder.info.file_format.value} "
+            "format; this pipeline reads TFRecord files. Use another --config.data_dir."
+        )
+    if config.dataset == "miniature":
+        _check_miniature_build(builder, spec, data_dir)
+    identity = f"imagenet2012:{os.path.abspath(data_dir)}:{builder.version}"
+    return _TfdsSource(builder, num_classes, identity, data_dir)
+
+
+def open_cifar10(config) -> _TfdsSource:
+    """The user's tfds cifar10 build in config.data_dir; never downloaded here (DataError)."""
+    data_dir = os.path.expanduser(config.data_dir)
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    if not builder.is_prepared():
+        raise DataError(
+            f"CIFAR-10 is not prepared in config.data_dir={config.data_dir!r} (tfds 'cifar10', "
+            f"version {builder.version}). Download and build it once (about 170 MB), then rerun: "
+            'python -c "import tensorflow_datasets as tfds; '
+            f"tfds.builder('cifar10', data_dir='{data_dir}').download_and_prepare()\"; or set "
+            "--config.data_dir to the folder that holds it."
+        )
+    if str(builder.info.file_format.value) != "tfrecord":
+        raise DataError(
+            f"{data_dir!r} holds cifar10 in {builder.info.file_format.value} format; this "
+            "pipeline reads TFRecord files. Use another --config.data_dir."
+        )
+    identity = f"cifar10:{os.path.abspath(data_dir)}:{builder.version}"
+    return _TfdsSource(builder, CIFAR10_CLASSES, identity, data_dir, key_field=CIFAR10_KEY)
+
+
+def open_source(config, build: bool):
+    """The source of config.dataset (not synthetic), checked and, if `build`, built."""
+    if config.dataset == "image_folder":
+        return _open_folder(config.image_folder)
+    if config.dataset == "cifar10":
+        return open_cifar10(config)
+    return open_tfds(config, build)
+
+
+def _directory_problem(path: str) -> str | None:
+    """Why `path` cannot be (or become) a directory: it, or a folder above it, is a file."""
+    path = os.path.expanduser(path)
+    if os.path.exists(path):
+        return None if os.path.isdir(path) else "is a file, not a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return None if os.path.isdir(parent) else f"lies inside {parent!r}, which is a file"
+
+
+def _check_tfds_split_names(config) -> None:
+    """Raises ConfigError for a split imagenet2012 can never have, before a build of hours."""
+    for field in ("train_split", "eval_split"):
+        names = {re.sub(r"\[.*?\]", "", part).strip() for part in str(config[field]).split("+")}
+        unknown = sorted(names - set(IMAGENET_SPLITS))
+        if unknown:
+            raise ConfigError(
+                f"config.{field}={config[field]!r} names {', '.join(map(repr, unknown))}, which "
+                f"is not a split of imagenet2012 (its splits: "
+                f"{', '.join(map(repr, IMAGENET_SPLITS))}; 'test' only with "
+                f"ILSVRC2012_img_test.tar): set --config.{field} to one of them."
+            )
+
+
+def check_before_build(config, training: bool = True) -> None:
+    """Raises ConfigError for a directory field of the config's dataset that names a file or
+    cannot be created (the missing ones are created), and for a tfds split name imagenet2012
+    never has; cheap, so prepare() runs it before any build. training=False leaves out the
+    training-only folders (resized_cache_dir, image_store_dir)."""
+    if config.dataset in ("imagenet2012", "miniature"):
+        _check_tfds_split_names(config)
+    fields = {
+        "imagenet2012": ["data_dir"],
+        "cifar10": ["data_dir"],
+        "miniature": ["data_dir", "miniature_dir"],
+        "image_folder": ["image_folder"],
+    }.get(config.dataset, [])
+    fields += [f for f in ("resized_cache_dir", "image_store_dir") if config[f] and training]
+    for field in fields:
+        if not config[field]:
+            continue
+        problem = _directory_problem(config[field])
+        if problem is None and field != "image_folder":  # image_folder must exist: not created
+            problem = errors.directory_creation_problem(config[field])
+        if problem:
+            raise ConfigError(
+                f"config.{field}={config[field]!r} {problem}: set --config.{field} to a directory "
+                + (
+                    "holding train/<class>/ and val/<class>/."
+                    if field == "image_folder"
+                    else "you can write (it is created if missing)."
+                )
+            )
+
+
+def check_splits(config, source) -> None:
+    """Raises ConfigError for a train_split / eval_split the source lacks (naming the ones it has),
+    DataError for one that selects no examples."""
+    for field in ("train_split", "eval_split"):
+        split = config[field]
+        try:
+            num_examples = source.num_examples(split)
+        except (KeyError, ValueError, AssertionError) as e:  # tfds: unknown split, bad slice
+            has = ", ".join(repr(s) for s in source.split_names())
+            raise ConfigError(
+                f"config.{field}={split!r} is not a split of the {config.dataset} data in "
+                f"{source.location!r}, which has {has}{source.split_hint}: set "
+                f"--config.{field} to one of them."
+            ) from e
+        if num_examples == 0:
+            raise DataError(
+                f"config.{field}={split!r} selects no examples of the {config.dataset} data in "
+                f"{source.location!r} (its splits: "
+                f"{', '.join(repr(s) for s in source.split_names())}); choose another split."
+            )
+
+
+def dataset_identity(config) -> dict:
+    """What identifies the data a run trains on, as JSON values; cheap (no pass over the data).
+
+    A resumed run should train on data with the same identity: for image folders the sorted class
+    names (label i is classes[i], so an added class folder shifts labels) and the files per split;
+    for tfds builds (imagenet2012, miniature) the builder's version and the split sizes and shard
+    counts of its dataset_info.json (plus the miniature spec's fingerprint); for synthetic data
+    the example counts. Raises DataError when the data is not prepared yet.
+    """
+    identity = {"dataset": str(config.dataset)}
+    if config.dataset == "synthetic":
+        identity.update(
+            num_train_examples=int(config.synthetic_train_examples),
+            num_eval_examples=int(config.synthetic_eval_examples),
+            num_classes=int(config.num_classes),
+        )
+        return identity
+    source = open_source(config, build=False)
+    if config.dataset == "image_folder":
+        identity.update(source.describe((str(config.train_split), str(config.eval_split))))
+        return identity
+    identity.update(source.describe())
+    if config.dataset == "miniature":
+        spec = miniature.MiniatureSpec.from_config(config)
+        identity["miniature_fingerprint"] = spec.fingerprint()
+    return identity
+
+
+# ---- Pre-resize cache ---------------------------------------------------------------------------
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: str, value) -> None:
+    """Writes `value` as JSON to `path` atomically (a temporary file, then a rename): a reader
+    sees the old file or the whole new one, so a manifest marks only complete data."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def cache_dir(config, source) -> str:
+    """The resize cache of this source, split and size: a hash of the three, under the root."""
+    blob = json.dumps(
+        [
+            CACHE_VERSION,
+            source.identity,
+            config.train_split,
+            int(config.resize_size),
+            CACHE_JPEG_QUALITY,
+        ]
+    )
+    return os.path.join(config.resized_cache_dir, hashlib.sha1(blob.encode()).hexdigest()[:16])
+
+
+def _serialize_example(image: bytes, label: int, key: bytes) -> bytes:
+    """A cache record, in the same tf.train.Example layout as tfds's imagenet2012 records."""
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_cache_files(directory: str, examples: Iterator) -> tuple[list[str], list[int]]:
+    """Writes (image, label, key) tuples into CACHE_SHARD_SIZE-record files, each atomically."""
+    names, lengths = [], []
+    while True:
+        chunk = [example for _, example in zip(range(CACHE_SHARD_SIZE), examples, strict=False)]
+        if not chunk:
+            return names, lengths
+        name = f"train-{len(names):05d}.tfrecord"
+        path = os.path.join(directory, name)
+        with tf.io.TFRecordWriter(path + ".tmp") as writer:
+            for image, label, key in chunk:
+                writer.write(_serialize_example(image, label, key))
+        os.replace(path + ".tmp", path)
+        names.append(name)
+        lengths.append(len(chunk))
+
+
+def build_resized_cache(config, source) -> str:
+    """Re-encodes the training split once with shorter side config.resize_size (JPEG).
+
+    Files no decoder can read are left out and their number is logged and kept in the manifest.
+    Returns the cache directory; does nothing when a complete cache is already there.
+    """
+    directory = cache_dir(config, source)
+    with exclusive_build(directory):
+        if read_json(os.path.join(directory, CACHE_MANIFEST)) is None:
+            _write_resized_cache(config, source, directory)
+    return directory
+
+
+def _reencoded_examples(shard, size: int, undecodable: list[str]) -> Iterator:
+    """(JPEG bytes, label, key) of every decodable example of a shard, re-encoded with shorter
+    side `size`, in fixed order; appends the keys of the undecodable ones to `undecodable`."""
+
+    def reencode(example):
+        image = preprocessing.reencode_resized(image_bytes(example), size, CACHE_JPEG_QUALITY)
+        return {"image": image, "label": example["label"], "key": example["key"], "ok": True}
+
+    def placeholder():
+        return {
+            "image": tf.constant(b""),
+            "label": tf.constant(0, tf.int32),
+            "key": tf.constant(b""),
+            "ok": tf.constant(False),
+        }
+
+    batches = (
+        shard.epoch_records(None)
+        .batch(256)
+        .map(shard.materialize)
+        .interleave(
+            lambda chunk: decode_chunk(chunk, reencode, placeholder),
+            cycle_length=max(2, os.cpu_count() or 2),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+        .with_options(dataset_options())
+    )
+    for batch in batches.as_numpy_iterator():
+        undecodable.extend(k.decode(errors="replace") for k in batch[UNDECODABLE])
+        for image, label, key, ok in zip(
+            batch["image"], batch["label"], batch["key"], batch["ok"], strict=True
+        ):
+            if ok:
+                yield image, label, key
+
+
+def _write_resized_cache(config, source, directory: str) -> None:
+    """Writes the cache files, then the manifest (whose presence marks a complete cache)."""
+    shard = source.shard(config.train_split, 0, 1)
+    logging.info("Building the pre-resize cache of %d images in %s.", shard.num_examples, directory)
+    undecodable = []
+    examples = _reencoded_examples(shard, int(config.resize_size), undecodable)
+    names, lengths = _write_cache_files(directory, examples)
+    manifest = {
+        "version": CACHE_VERSION,
+        "source": source.identity,
+        "split": config.train_split,
+        "resize_size": int(config.resize_size),
+        "files": names,
+        "lengths": lengths,
+        "num_undecodable": shard.num_examples - sum(lengths),
+        "undecodable_files": undecodable,
+    }
+    if manifest["num_undecodable"]:
+        logging.warning(
+            "The pre-resize cache left out %d undecodable image(s): %s",
+            manifest["num_undecodable"],
+            name_list(undecodable),
+        )
+    write_json(os.path.join(directory, CACHE_MANIFEST), manifest)
+
+
+def train_shard(config, process_index: int, process_count: int):
+    """This host's part of the training split: from the resize cache when one is configured."""
+    source = open_source(config, build=False)
+    window = int(config.shuffle_buffer_size)
+    if not config.resized_cache_dir:
+        return source.shard(config.train_split, process_index, process_count, window)
+    directory = cache_dir(config, source)
+    manifest = read_json(os.path.join(directory, CACHE_MANIFEST))
+    if manifest is None:
+        raise DataError(
+            f"The pre-resize cache {directory!r} (--config.resized_cache_dir) is not "
+            "built; call alexnet_jax.data.input_pipeline.prepare(config) first."
+        )
+    paths = [os.path.join(directory, name) for name in manifest["files"]]
+    return even_file_instructions(paths, manifest["lengths"], process_index, process_count, window)

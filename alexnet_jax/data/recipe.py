@@ -1,0 +1,145 @@
+"""The data fields of a config: which dataset, and the recipe that turns its images into inputs.
+
+A plain-Python module (no TensorFlow), so that config validation and the tools that rebuild a
+run's preprocessing (predict) read the same declaration as the tf.data pipeline
+(preprocessing.py, input_pipeline.py) without importing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from alexnet_jax.data import miniature
+from alexnet_jax.core import rules
+
+DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic", "cifar10")
+TRAIN_CROPS = ("paper", "random_resized")  # the paper's 256-square crop, or Inception-style
+# Minus the RGB mean (the usual reading of the paper), also divided by the RGB std, or minus the
+# training set's mean image (the paper's §2 and the original code: one value per pixel).
+NORMALIZATIONS = ("mean", "mean_std", "mean_image")
+EVAL_CROPS = (1, 10)  # the center crop, or the paper's 10 patches
+INPUT_DTYPES = ("float32", "bfloat16")  # dtype of the images handed to the model
+# Where the training augmentation and the normalization run: in tf.data on the host (float
+# batches), or in the jitted steps on the accelerator (uint8 batches; alexnet_jax/data/augment.py).
+AUGMENT_ON = ("host", "device")
+
+_CASTS = {"int": int, "float": float, "str": str, "bool": bool}  # Recipe's annotations
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The preprocessing settings of a config, as plain values TF functions can close over.
+
+    Each attribute is the config field of the same name, except `dtype` (config.input_dtype).
+    """
+
+    input_size: int = 227  # side of the crop handed to the model
+    resize_size: int = 256  # the paper's shorter-side rescale and center square
+    train_crop: str = "paper"  # one of TRAIN_CROPS
+    random_flip: bool = True
+    pca_lighting_std: float = 0.1  # std of the lighting alphas; 0 disables it
+    pca_lighting_stop_epoch: int = 0  # > 0: no lighting noise from this epoch on (0: never stops)
+    normalization: str = "mean"  # one of NORMALIZATIONS
+    eval_crops: int = 1  # one of EVAL_CROPS
+    dtype: str = "float32"  # dtype of the normalized images (config.input_dtype)
+    augment_on: str = "host"  # one of AUGMENT_ON
+
+    @staticmethod
+    def config_field(attribute: str) -> str:
+        """The config field behind a Recipe attribute."""
+        return "input_dtype" if attribute == "dtype" else attribute
+
+    @classmethod
+    def from_config(cls, config: Any) -> Recipe:
+        # Config values may be numpy scalars or tuples; the casts make them plain Python values.
+        return cls(
+            **{
+                f.name: _CASTS[f.type](config[cls.config_field(f.name)])
+                for f in dataclasses.fields(cls)
+            }
+        )
+
+    def config_fields(self) -> dict[str, Any]:
+        """The config fields (name -> value) that `from_config` turns back into this recipe."""
+        return {self.config_field(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def ten_crop_offsets(resize_size: int, crop_size: int) -> list[tuple[int, int]]:
+    """(top, left) of the five 10-crop views in the resize_size square: top-left, top-right,
+    bottom-left, bottom-right, center. Views 5..9 are the same five flipped horizontally."""
+    m = resize_size - crop_size
+    return [(0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2)]
+
+
+def _miniature_problem(c: Any) -> str | None:
+    """What is wrong with the miniature archive the config asks for (None: nothing)."""
+    if c.dataset != "miniature":
+        return None
+    try:
+        miniature.MiniatureSpec.from_config(c).validate()
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
+def _whole_split(field: str) -> rules.Rule:
+    return rules.Rule(
+        field,
+        "a whole split for image folders (no [start:end] slice)",
+        lambda c: c.dataset != "image_folder" or "[" not in c[field],
+    )
+
+
+# The data fields' rules (part of config_lib.RULES); checked in this order.
+RULES = (
+    rules.choice("dataset", DATASETS),
+    rules.choice("train_crop", TRAIN_CROPS),
+    rules.choice("normalization", NORMALIZATIONS),
+    rules.Rule(
+        "normalization",
+        "'mean' or 'mean_std' with synthetic data (it has no images to average)",
+        lambda c: c.normalization != "mean_image" or c.dataset != "synthetic",
+    ),
+    rules.choice("input_dtype", INPUT_DTYPES),
+    rules.choice("augment_on", AUGMENT_ON),
+    rules.Rule(
+        "augment_on",
+        "'host' with config.train_crop='random_resized' (the device path implements the paper's "
+        "crop only)",
+        lambda c: c.augment_on == "host" or c.train_crop == "paper",
+    ),
+    rules.Rule(
+        "image_store_dir",
+        "'' (no store) unless config.augment_on='device' (the store holds the uncropped "
+        "squares the device augments) and config.dataset is not 'synthetic'",
+        lambda c: not c.image_store_dir or (c.augment_on == "device" and c.dataset != "synthetic"),
+    ),
+    rules.Rule(
+        "image_store_dir",
+        "'' when config.resized_cache_dir is set (the store replaces the JPEG cache: set one)",
+        lambda c: not (c.image_store_dir and c.resized_cache_dir),
+    ),
+    rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
+    rules.positive_int("num_classes"),
+    rules.number_at_least("pca_lighting_std", 0),
+    rules.Rule(
+        "pca_lighting_stop_epoch",
+        "an integer >= 0 (0: lighting noise in every epoch)",
+        lambda c: rules.is_int(c.pca_lighting_stop_epoch) and c.pca_lighting_stop_epoch >= 0,
+    ),
+    rules.positive_int("shuffle_buffer_size"),
+    _whole_split("train_split"),
+    _whole_split("eval_split"),
+    rules.Rule(
+        "num_classes / config.miniature_train_per_class / config.miniature_val_per_class / "
+        "config.miniature_image_sides / config.miniature_corrupt_files",
+        lambda c: f"an archive that can be generated: {_miniature_problem(c)}",
+        lambda c: _miniature_problem(c) is None,
+    ),
+    rules.Rule(
+        "resize_size",
+        lambda c: f">= config.input_size={c.input_size} (the crop is taken from the resized image)",
+        lambda c: rules.is_int(c.resize_size) and c.resize_size >= c.input_size,
+    ),
+)

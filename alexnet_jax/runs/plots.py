@@ -1,0 +1,101 @@
+"""Training curves from a run's `metrics.jsonl`: loss and top-1/top-5 error against steps.
+
+`train.train_and_evaluate` calls `plot_training_curves(workdir)` at the end of every run, so each
+workdir holds `training_curves.png` next to its metrics. For ImageNet runs the paper's single-CNN
+validation errors (40.7% top-1, 18.2% top-5; docs/PAPER.md, "Results") are drawn for comparison.
+The run's files are read through rundir.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from alexnet_jax.runs import rundir
+
+PAPER_TOP1_ERROR = 0.407  # one CNN, ILSVRC2012 validation (docs/PAPER.md, "Results")
+PAPER_TOP5_ERROR = 0.182
+FIGSIZE_INCHES = (12.0, 4.5)
+DPI = 100  # the PNG is FIGSIZE_INCHES * DPI pixels: 1200 x 450
+
+
+def _series(records: Sequence[dict], split: str, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` for one split; errors are derived from accuracies when needed."""
+    steps, values = [], []
+    for r in records:
+        if r.get("split") != split:
+            continue
+        if key in r:
+            value = r[key]
+        elif key.endswith("_error") and key.removesuffix("_error") in r:
+            value = 1.0 - r[key.removesuffix("_error")]
+        else:
+            continue
+        steps.append(int(r["step"]))
+        values.append(float(value))
+    return steps, values
+
+
+_LABELS = {"loss": "loss", "top1_error": "top-1 error", "top5_error": "top-5 error"}
+_COLOURS = {"loss": "C0", "top1_error": "C0", "top5_error": "C1"}
+_STYLES = {  # train: every logged step, thin; eval: the points where it ran
+    "train": dict(alpha=0.5, linewidth=1),
+    "eval": dict(marker="o", markersize=3, linewidth=1.5),
+}
+
+
+def _plot_split(ax, records: Sequence[dict], split: str, key: str) -> None:
+    steps, values = _series(records, split, key)
+    if steps:
+        colour = "C3" if (split, key) == ("eval", "loss") else _COLOURS[key]
+        ax.plot(steps, values, label=f"{split} {_LABELS[key]}", color=colour, **_STYLES[split])
+
+
+def _draw_paper_errors(ax) -> None:
+    """Dashed lines at the paper's one-CNN validation errors, labelled at the left edge."""
+    for value, label in ((PAPER_TOP1_ERROR, "top-1"), (PAPER_TOP5_ERROR, "top-5")):
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"paper {label} {value:.1%}",
+            (0.0, value),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, 3),
+            textcoords="offset points",
+            color="gray",
+            fontsize="small",
+        )
+
+
+def plot_training_curves(workdir: str, out_path: str | None = None) -> str:
+    """Writes a PNG of train/eval loss and top-1/top-5 error against steps; returns its path.
+
+    Args:
+      workdir: a run directory with `metrics.jsonl` (and `config.json`, read for the dataset).
+      out_path: where to write; default `workdir/training_curves.png`.
+    """
+    records = rundir.read_metrics(workdir)
+    out_path = out_path or rundir.curves_path(workdir)
+    # A bare Figure renders with Agg and leaves pyplot's global state (and backend) untouched.
+    fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI)
+    ax_loss, ax_err = fig.subplots(1, 2)
+    for split in ("train", "eval"):
+        _plot_split(ax_loss, records, split, "loss")
+        _plot_split(ax_err, records, split, "top1_error")
+        _plot_split(ax_err, records, split, "top5_error")
+    config = rundir.read_config_dict(workdir) or {}  # curves need only the metrics
+    if config.get("dataset") == "imagenet2012":
+        _draw_paper_errors(ax_err)
+    ax_loss.set(title="Cross-entropy loss", xlabel="step", ylabel="loss")
+    ax_err.set(title="Top-1 / top-5 error", xlabel="step", ylabel="error", ylim=(0.0, 1.0))
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    details = ", ".join(str(config[k]) for k in ("dataset", "variant") if k in config)
+    fig.suptitle(os.path.basename(os.path.normpath(workdir)) + (f" ({details})" if details else ""))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path, dpi=DPI)
+    return out_path

@@ -1,0 +1,547 @@
+"""The run directory (`--workdir`): its files and records.
+
+    <workdir>/config.json            the config the run trains with (process 0 writes it)
+    <workdir>/config_history.jsonl   every start (its step, host, the fields that changed) and
+                                     every end of training ("finished": the final eval is saved)
+    <workdir>/run.json               what identifies the run's data (recorded at its first start)
+    <workdir>/.lock                  held by the process writing the run (host, pid)
+    <workdir>/metrics.jsonl          one JSON object per line: step, split ("train"/"eval"), metrics
+    <workdir>/events.out.tfevents.*  TensorBoard (metrics_io.ScalarEvents)
+    <workdir>/training_curves.png    plots.plot_training_curves, at the end of every run
+    <workdir>/checkpoints/<step>/    Orbax checkpoints: the train state and the input position
+
+Every module that reads or writes these names goes through here. It imports neither the training
+loop nor TensorFlow; the tools load a run's parameters through tools/load.py and never create
+files in a run they read.
+
+A run is one experiment: its first start records the config and the data's identity; a later
+start in the same workdir may change only the fields that do not change what is trained
+(RESUMABLE_FIELDS: logging and checkpoint cadence, length, where the data lives), else it is
+refused with the list of differences (`check_resume`), unless the user continues on purpose
+(`allow_change`), which the history records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from alexnet_jax.core import errors
+from alexnet_jax.model import models
+from alexnet_jax.core.errors import ConfigError, DataError, UserError
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "training_curves.png"
+CHECKPOINTS = "checkpoints"
+MEAN_IMAGE_FILE = "mean_image.npy"  # normalization "mean_image": the mean the run subtracts
+
+# Fields a resumed run may change without changing what it trains: logging, evaluation and
+# checkpoint cadence, its length, and where its data lives (the data's own identity is checked).
+RESUMABLE_FIELDS = frozenset(
+    {
+        "log_every_steps",
+        "eval_every_steps",
+        "eval_batch_size",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "num_epochs",
+        "num_train_steps",
+        "max_consecutive_skipped_steps",
+        "data_dir",
+        "manual_dir",
+        "miniature_dir",
+        "image_folder",
+        "resized_cache_dir",
+        "image_store_dir",
+    }
+)
+# Resumable locations that also decide the data's order (the JPEG cache's and the image store's
+# shards are not the dataset's): a resumed run may move them, not turn them on or off.
+ORDER_FIELDS = ("resized_cache_dir", "image_store_dir")
+# Fields added to the config after runs were made, with the value that keeps an older run's
+# behaviour: filled in when an older config.json is read. The model's forward options
+# (block1_order, spatial_norm2, conv1_padding, activation, lrn, pool_window, pool_stride, width)
+# default to the network those runs trained.
+ADDED_FIELDS = {
+    "max_consecutive_skipped_steps": 3,
+    "warmup_epochs": 0.0,
+    "grad_clip_norm": 0.0,
+    "param_groups": {},
+    "pca_lighting_stop_epoch": 0,
+    "augment_on": "host",
+    "image_store_dir": "",
+    **models.FORWARD_OPTIONS,
+}
+# Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
+# preprocessed or which model it is (augment_on moves the eval views' normalization between host
+# and device, bit for bit the same).
+EVAL_FIELDS = frozenset(
+    {
+        "augment_on",
+        "eval_split",
+        "eval_crops",
+        "eval_batch_size",
+        "data_dir",
+        "manual_dir",
+        "miniature_dir",
+        "image_folder",
+        "resized_cache_dir",
+        "image_store_dir",
+        "torch_weights",
+    }
+)
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, CONFIG_FILE)
+
+
+def metrics_path(workdir: str) -> str:
+    return os.path.join(workdir, METRICS_FILE)
+
+
+def curves_path(workdir: str) -> str:
+    return os.path.join(workdir, CURVES_FILE)
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def check_is_directory(workdir: str) -> None:
+    """DataError when `workdir` exists and is not a directory."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise DataError(
+            f"--workdir={workdir} is a file, not a directory: choose another --workdir."
+        )
+
+
+def make_workdir(workdir: str) -> None:
+    """Creates `workdir` if missing; one UserError when it is a file or cannot be created."""
+    check_is_directory(workdir)
+    errors.make_directory(workdir, "--workdir")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: never half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---- One writer -------------------------------------------------------------------------------
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _is_alive(holder: dict) -> bool | None:
+    """Whether the lock's holder still runs: None when that cannot be told (another host)."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    pid = int(holder.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("started")
+    return started is None or _process_start_time(pid) == started  # else: the pid was reused
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str) -> Iterator[None]:
+    """Holds the run's lock while the block writes to it (process 0; the other processes of a
+    multi-host run write only their checkpoint shards).
+
+    A second writer is refused with one message naming the holder's host and pid; the lock of a
+    process that died (kill -9) is taken over with a warning.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    make_workdir(workdir)
+    path = os.path.join(workdir, LOCK_FILE)
+    pid = os.getpid()
+    me = {"host": socket.gethostname(), "pid": pid, "started": _process_start_time(pid)}
+    me["since"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _take_over_if_stale(path, workdir)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            if json.load(f).get("pid") == pid:
+                os.remove(path)
+
+
+def _take_over_if_stale(path: str, workdir: str) -> None:
+    """Removes the lock file of a dead holder (with a warning); UserError for a live one."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+    except FileNotFoundError:
+        return  # released meanwhile
+    except (OSError, ValueError):
+        holder = {}  # written by a process killed mid-write
+    alive = _is_alive(holder) if holder else False
+    who = f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
+    if alive is False:
+        logging.warning("Taking over the lock of %s: %s is gone.", workdir, who if holder else "?")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    how = (
+        "wait for it to finish, or stop it (it saves on SIGTERM or Ctrl-C)"
+        if alive
+        else f"if that process is gone, delete {path}"
+    )
+    raise UserError(
+        f"{workdir} is in use by {who}: one run writes a workdir at a time. Use another "
+        f"--workdir, or {how}."
+    )
+
+
+# ---- One run, one experiment ------------------------------------------------------------------
+
+
+def _differences(old: dict, new: dict, ignore: frozenset = frozenset()) -> list[tuple]:
+    """(field, old value, new value) for each field that differs (JSON forms compared); fields
+    the old config lacks (added to the code since) are not differences."""
+    return [
+        (field, old[field], value)
+        for field, value in sorted(new.items())
+        if field in old and field not in ignore and old[field] != value
+    ]
+
+
+def _describe(differences: list[tuple], limit: int = 12) -> str:
+    shown = [f"{f}: {old!r} -> {new!r}" for f, old, new in differences[:limit]]
+    more = len(differences) - limit
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def check_resume(
+    config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False
+) -> list[tuple]:
+    """The differences between `config` and the run's config.json that change the experiment
+    ([] for a new run). Raises ConfigError listing them unless `allow_change`."""
+    old = read_config_dict(workdir)
+    if old is None:
+        return []
+    new = _as_json(config)
+    changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
+    changed += [  # moving these is a location change; turning them on or off is not
+        (field, old[field], new[field])
+        for field in ORDER_FIELDS
+        if field in old and bool(old[field]) != bool(new[field])
+    ]
+    if changed and not allow_change:
+        raise ConfigError(
+            f"{workdir} holds a run with another config; resuming it with this one would mix two "
+            f"experiments. Differences (run's -> now): {_describe(changed)}. To start a new run, "
+            "choose another --workdir; to resume this one, use its own config (--config="
+            f"{config_path(workdir)}); to continue it with these changes on purpose, add "
+            "--allow_config_change (recorded in its config_history.jsonl)."
+        )
+    return changed
+
+
+def apply_eval_overrides(
+    config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+    """The run's own `config` with the command line's `overrides` of what is evaluated
+    (EVAL_FIELDS); an override of any other field that differs from the run is refused."""
+    overrides = dict(overrides or {})
+    refused = _differences(
+        {k: v for k, v in _as_json(config).items() if k in overrides},
+        json.loads(json.dumps(overrides, default=list)),
+        ignore=EVAL_FIELDS,
+    )
+    if refused:
+        raise ConfigError(
+            f"--mode=eval evaluates the run in {workdir} with its own config; these overrides "
+            f"would change the model or its preprocessing: {_describe(refused)}. Only "
+            f"{', '.join(sorted(EVAL_FIELDS))} may be set for an evaluation."
+        )
+    with config.unlocked():
+        for field, value in overrides.items():
+            if field in EVAL_FIELDS:
+                config[field] = value
+    return config
+
+
+def record_start(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int,
+    changes: list[tuple],
+    dataset: dict | None = None,
+) -> None:
+    """Writes the run's config.json (atomically), appends this start to its history, and records
+    the data's identity at the first start (process 0)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    previous = read_config_dict(workdir)
+    resumable = _differences(previous or {}, _as_json(config))
+    entry = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "event": "start" if previous is None else "resume",
+        "changed": {f: {"old": old, "new": new} for f, old, new in resumable},
+    }
+    if changes:
+        entry["allowed_config_change"] = True
+    if resumable:
+        logging.info("Config changes on resume: %s", _describe(resumable, limit=100))
+    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
+    save_config(config, workdir)
+    if dataset is not None and read_run_record(workdir) is None:
+        _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
+
+
+# Fields that lengthen a finished run: main.py trains on when they change (is_finished).
+LENGTH_FIELDS = frozenset({"num_epochs", "num_train_steps"})
+
+
+def record_finished(workdir: str, step: int) -> None:
+    """Appends the run's end to its history (process 0): trained to `step`, evaluated and saved.
+    A later start (to train longer) appends after it, so `finished_step` is None again."""
+    if jax.process_index() != 0:
+        return
+    entry = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "event": "finished",
+    }
+    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
+
+
+def finished_step(workdir: str) -> int | None:
+    """The step the run finished at when its history's last entry is its end, else None (never
+    started, still training, stopped, crashed, or resumed to train longer)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    history = read_jsonl(path) if os.path.exists(path) else []
+    last = history[-1] if history else {}
+    return int(last["step"]) if last.get("event") == "finished" else None
+
+
+def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether main.py with `config` would have nothing to do in `workdir`, read from the run's
+    files alone: the run recorded its end, and `config` differs from its config.json at most in
+    fields that neither change the experiment nor lengthen it (logging cadence, data paths).
+    For tools that schedule runs (sweep.py) without starting a process to find out."""
+    if finished_step(workdir) is None:
+        return False
+    old = read_config_dict(workdir)
+    ignore = RESUMABLE_FIELDS - LENGTH_FIELDS
+    return old is not None and not _differences(old, _as_json(config), ignore=ignore)
+
+
+def read_run_record(workdir: str) -> dict | None:
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> None:
+    """ConfigError when the data's identity differs from the one the run started with (a class
+    folder added shifts every label), unless `allow_change`."""
+    record = read_run_record(workdir)
+    if record is None or "dataset" not in record:
+        return
+    old = record["dataset"]
+    new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
+    changed = _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
+    if changed and not allow_change:
+        raise DataError(
+            f"The data of the run in {workdir} changed since it started: {_describe(changed)}. "
+            "Its labels or examples would no longer mean what they meant: restore the data, or "
+            "start a new run in another --workdir (or add --allow_config_change on purpose)."
+        )
+
+
+# ---- Config ----------------------------------------------------------------------------------
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the run's config to `workdir/config.json` (process 0, atomically), for tools that
+    read the run."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        _write_atomically(config_path(workdir), config.to_json(indent=2))
+
+
+def _read_json(path: str, what: str) -> Any:
+    """The JSON value in `path`; DataError saying it is not `what` when it cannot be parsed."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is damaged ({e}): it is not {what}.") from None
+
+
+def read_config_dict(workdir: str) -> dict[str, Any] | None:
+    """The run's config.json as a plain dict, or None when the run has none."""
+    path = config_path(workdir)
+    if not os.path.exists(path):
+        return None
+    config = _read_json(
+        path,
+        "the JSON config main.py writes. Restore it from a copy (or from config_history.jsonl), "
+        "or start a new run in another --workdir",
+    )
+    if not isinstance(config, dict):
+        raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    return {**ADDED_FIELDS, **config}
+
+
+# ---- Metrics ---------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON records of a .jsonl file in order; blank lines skipped, and a line that is not
+    whole JSON (the last line of a crashed write) dropped with a warning."""
+    records = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                logging.warning(
+                    "%s: line %d is not whole JSON (a cut-off write); ignored.", path, number
+                )
+    return records
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    """Appends one whole line: one write call, and a write that fails part-way is cut back off,
+    so a reader never meets half a line from this process."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(28, "No space left on device (short write)", path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def rewrite_jsonl(path: str, records: list[dict]) -> None:
+    """Replaces a .jsonl file's records (atomically)."""
+    _write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The JSON records of `workdir/metrics.jsonl`, in file order (see read_jsonl)."""
+    path = metrics_path(workdir)
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
+    return read_jsonl(path)
+
+
+# ---- Sweeps: directories of runs --------------------------------------------------------------
+#
+#     <sweep_dir>/sweep.json                   the plan (sweep.py): base config, arms, seeds, and
+#                                              each run's arm, seed, workdir, log, command, outcome
+#     <sweep_dir>/<arm>[/seed_<s>]/            each run's workdir (the files above)
+#     <sweep_dir>/logs/<arm>[.seed_<s>].log    each run's console output (sweep.py)
+
+SWEEP_FILE = "sweep.json"
+SWEEP_LOGS = "logs"
+
+
+def write_sweep_plan(sweep_dir: str, plan: dict) -> None:
+    """Writes `sweep_dir/sweep.json` (atomically); paths in it are relative to `sweep_dir`, so a
+    copied sweep directory reads the same anywhere."""
+    errors.make_directory(sweep_dir, "--sweep_dir")
+    _write_atomically(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(plan, indent=2) + "\n")
+
+
+def read_sweep_plan(sweep_dir: str) -> dict | None:
+    """The plan of the sweep in `sweep_dir`, or None when it is not a sweep directory."""
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    if not os.path.isfile(path):
+        return None
+    plan = _read_json(path, "the plan sweep.py writes")
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        raise DataError(f"{path} is damaged: it holds no list of runs.")
+    return plan
+
+
+def save_mean_image(workdir: str, source_path: str) -> None:
+    """Copies the training set's mean image (input_pipeline.build_mean_image) into the run
+    (process 0, atomically), so the tools can preprocess like the run without its data."""
+    if jax.process_index() != 0:
+        return
+    target = os.path.join(workdir, MEAN_IMAGE_FILE)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    shutil.copyfile(source_path, tmp)
+    os.replace(tmp, target)
+
+
+def read_mean_image(workdir: str) -> np.ndarray:
+    """The run's mean image (float32 [R, R, 3], 0-255), for runs with normalization
+    "mean_image"; DataError when the run's copy is missing or damaged."""
+    path = os.path.join(workdir, MEAN_IMAGE_FILE)
+    try:
+        image = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{path} cannot be read ({e}): this run subtracts the training set's mean image and "
+            "keeps a copy there; rerun main.py on the run (it copies it again from data_dir)."
+        ) from None
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise DataError(f"{path} is damaged: shape {image.shape}, not [size, size, 3].")
+    return image

@@ -1,0 +1,431 @@
+"""Compares runs: one table of their evaluations, speed and time per arm, and their curves.
+
+    python -m alexnet_jax.tools.compare runs/ablations               # a sweep directory (sweep.py)
+    python -m alexnet_jax.tools.compare runs/a runs/b --out=cmp/ab   # run directories
+
+Per arm: the final and the best evaluation's top-1 / top-5 error (best: the evaluation with the
+lowest top-1 error), the steps trained, images/s (the median over the train lines: the first one
+includes compilation) and the training time, summed from the logged step times (step_time_ms x
+steps since the line before; start-up, data preparation, the final evaluation and steps redone
+after a stop are not counted: metrics.jsonl holds no timestamps). An arm with several runs (seeds:
+`<arm>/seed_<s>`) shows mean ± sample std (ddof=1) over its runs that have an evaluation.
+
+Writes `<out>.md` (the table, also printed), `<out>.csv` (one row per arm, means and stds in
+columns of their own, errors as fractions) and `<out>.png` (each run's eval top-1 error and train
+loss against steps, one colour per arm). `--out` defaults to `<DIR>/comparison` for one directory
+of runs (a sweep directory), else `comparison` here.
+
+A DIR is a sweep directory (its sweep.json lists every run, also those not started or failed), a
+run directory (metrics.jsonl), or a directory with run directories below it. Only metrics.jsonl,
+config_history.jsonl and config.json are read (through rundir.py, without TensorFlow), so runs
+copied from any machine, without their checkpoints, compare the same. A run without an evaluation
+yet is listed with its state; a named run directory without a metrics.jsonl, or one that is not
+the JSON lines main.py writes, is one `error:` line naming it (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import csv
+import dataclasses
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from absl import logging
+from matplotlib.figure import Figure
+
+from alexnet_jax.core import errors
+from alexnet_jax.core.errors import DataError, reported_as_exit
+from alexnet_jax.runs import rundir
+
+_SEED_DIR = re.compile(r"seed_(\d+)")
+FIGSIZE_INCHES = (12.0, 4.5)
+DPI = 100
+# (key, markdown header, scale, format): the table's numeric columns, in order.
+COLUMNS = (
+    ("final_top1_error", "final top-1 err %", 100.0, ".1f"),
+    ("final_top5_error", "final top-5 err %", 100.0, ".1f"),
+    ("best_top1_error", "best top-1 err %", 100.0, ".1f"),
+    ("best_top5_error", "best top-5 err %", 100.0, ".1f"),
+    ("steps", "steps", 1.0, ".0f"),
+    ("images_per_sec", "images/s", 1.0, ".1f"),
+    ("train_seconds", "train time s", 1.0, ".1f"),
+)
+NOTE = (
+    "Errors in %; with several runs: mean ± std (ddof=1) over the runs with an evaluation. Best: "
+    "the evaluation with the lowest top-1 error. images/s: median over the train lines. Train "
+    "time: the logged step times summed (without start-up and the final evaluation)."
+)
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What one run's metrics.jsonl says (None where it says nothing yet)."""
+
+    arm: str
+    seed: int | None
+    workdir: str
+    state: str
+    values: dict[str, float] = dataclasses.field(default_factory=dict)  # COLUMNS' keys
+    eval_curve: tuple[list[int], list[float]] = ([], [])  # steps, top-1 error
+    loss_curve: tuple[list[int], list[float]] = ([], [])  # steps, train loss
+
+
+# ---- One run ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+    """rundir.read_jsonl warns once per unreadable line; compare says it once per file."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def read_records(workdir: str) -> tuple[list[dict], int]:
+    """(the metrics records of `workdir`, the number of lines that are none); DataError when
+    metrics.jsonl is missing, unreadable, or holds lines but not one metrics record."""
+    path = rundir.metrics_path(workdir)
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{path} not found: {workdir} is not a run directory written by main.py, or the run "
+            "has not logged a step yet."
+        )
+    try:
+        with _absl_warnings_off():
+            records = rundir.read_metrics(workdir)
+        with open(path, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {e.strerror or e}.") from None
+    records = [
+        r
+        for r in records
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and "split" in r
+    ]
+    if lines and not records:
+        raise DataError(
+            f"{path} is damaged: none of its {lines} lines is a metrics record (JSON with 'step' "
+            "and 'split', as main.py writes). Restore it from a copy, or leave this run out."
+        )
+    return records, lines - len(records)
+
+
+def _train_seconds(train: Sequence[dict]) -> float | None:
+    """The logged step times summed: each line's step_time_ms covers the steps since the last."""
+    total, previous = 0.0, 0
+    for r in train:
+        if "step_time_ms" not in r:
+            return None
+        total += r["step_time_ms"] / 1000.0 * max(r["step"] - previous, 0)
+        previous = r["step"]
+    return total if train else None
+
+
+def summarize_records(records: Sequence[dict]) -> dict[str, float]:
+    """The COLUMNS' values of one run's records (keys missing where there is no value)."""
+    train = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
+    evals = sorted(
+        (r for r in records if r["split"] == "eval" and "top1" in r), key=lambda r: r["step"]
+    )
+    values: dict[str, float] = {}
+    if records:
+        values["steps"] = max(r["step"] for r in records)
+    if evals:
+        best = max(evals, key=lambda r: r["top1"])  # the first of equals: the earliest
+        for name, r in (("final", evals[-1]), ("best", best)):
+            values[f"{name}_top1_error"] = 1.0 - r["top1"]
+            if "top5" in r:
+                values[f"{name}_top5_error"] = 1.0 - r["top5"]
+    speeds = [r["images_per_sec"] for r in train if "images_per_sec" in r]
+    if speeds:
+        values["images_per_sec"] = float(np.median(speeds))
+    seconds = _train_seconds(train)
+    if seconds is not None:
+        values["train_seconds"] = seconds
+    return values
+
+
+def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | None) -> str:
+    finished = rundir.finished_step(workdir)
+    if finished is not None:
+        state = "finished"
+    elif outcome and outcome.get("status") == "failed":
+        state = f"failed (exit {outcome.get('exit_code')})"
+    else:
+        state = f"unfinished (step {values['steps']})" if records else "nothing logged yet"
+    if "final_top1_error" not in values:
+        state += ", no eval yet"
+    return state
+
+
+def summarize_run(
+    workdir: str, arm: str, seed: int | None, outcome: dict | None = None, required: bool = True
+) -> RunSummary:
+    """One run's summary; a run without metrics.jsonl is DataError when `required` (a directory
+    the user named), else listed as not started (or failed, from the sweep's `outcome`)."""
+    if not required and not os.path.isfile(rundir.metrics_path(workdir)):
+        if outcome and outcome.get("status") == "failed":
+            state = f"failed (exit {outcome.get('exit_code')}) before logging a step"
+        else:
+            state = "not started" if not os.path.isdir(workdir) else "nothing logged yet"
+        return RunSummary(arm, seed, workdir, state)
+    records, unreadable = read_records(workdir)
+    values = summarize_records(records)
+    state = _state(workdir, records, values, outcome)
+    if unreadable:
+        state += f", {unreadable} unreadable line(s) skipped"
+    evals = [r for r in records if r["split"] == "eval" and "top1" in r]
+    train = [r for r in records if r["split"] == "train" and "loss" in r]
+    return RunSummary(
+        arm,
+        seed,
+        workdir,
+        state,
+        values,
+        eval_curve=([r["step"] for r in evals], [1.0 - r["top1"] for r in evals]),
+        loss_curve=([r["step"] for r in train], [r["loss"] for r in train]),
+    )
+
+
+# ---- Finding the runs ------------------------------------------------------------------------
+
+
+def _is_run(path: str) -> bool:
+    return os.path.isfile(rundir.metrics_path(path)) or os.path.isfile(rundir.config_path(path))
+
+
+def _arm_and_seed(name: str) -> tuple[str, int | None]:
+    """'arm/seed_3' -> ('arm', 3); 'arm' -> ('arm', None)."""
+    head, tail = os.path.split(os.path.normpath(name))
+    match = _SEED_DIR.fullmatch(tail)
+    if match and head:
+        return head, int(match.group(1))
+    return os.path.normpath(name), None
+
+
+def _runs_below(directory: str) -> list[str]:
+    """Run directories under `directory` (sorted), not looking inside runs."""
+    found = []
+    for root, dirs, _ in os.walk(directory):
+        dirs.sort()
+        if root != directory and _is_run(root):
+            found.append(root)
+            dirs.clear()
+        dirs[:] = [d for d in dirs if d not in (rundir.CHECKPOINTS, rundir.SWEEP_LOGS)]
+    return found
+
+
+def collect(dirs: Sequence[str]) -> list[RunSummary]:
+    """The summaries of every run the command line's DIRs name, in order; arm names get their
+    DIR's name in front when two DIRs hold arms of the same name."""
+    groups = []
+    for directory in dirs:
+        plan = rundir.read_sweep_plan(directory) if os.path.isdir(directory) else None
+        if plan is not None:
+            group = [
+                summarize_run(
+                    os.path.join(directory, r["workdir"]),
+                    r["arm"],
+                    r.get("seed"),
+                    r.get("outcome"),
+                    required=False,
+                )
+                for r in plan["runs"]
+            ]
+        elif _is_run(directory):
+            group = [summarize_run(directory, *_arm_and_seed(os.path.basename(directory)))]
+        elif os.path.isdir(directory):
+            found = _runs_below(directory)
+            if not found:
+                raise DataError(f"{directory} holds no runs (no metrics.jsonl or config.json).")
+            group = [
+                summarize_run(path, *_arm_and_seed(os.path.relpath(path, directory)))
+                for path in found
+            ]
+        else:
+            raise DataError(f"{directory} is not a directory: name sweep or run directories.")
+        groups.append((directory, group))
+    owners: dict[str, set[str]] = {}
+    for directory, group in groups:
+        for run in group:
+            owners.setdefault(run.arm, set()).add(directory)
+    summaries = []
+    for directory, group in groups:
+        for run in group:
+            if len(owners[run.arm]) > 1:
+                run.arm = f"{os.path.basename(os.path.normpath(directory))}/{run.arm}"
+            summaries.append(run)
+    return summaries
+
+
+# ---- The table -------------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """(mean, sample std with ddof=1) of the values; std None for fewer than two."""
+    if not values:
+        return None, None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), std
+
+
+@dataclasses.dataclass
+class ArmRow:
+    arm: str
+    runs: list[RunSummary]
+    stats: dict[str, tuple[float | None, float | None]]  # key -> (mean, std)
+
+    @property
+    def state(self) -> str:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            counts[run.state] = counts.get(run.state, 0) + 1
+        if len(counts) == 1:  # every run in the same state
+            return self.runs[0].state
+        return "; ".join(f"{n}x {state}" for state, n in counts.items())
+
+    @property
+    def seeds(self) -> str:
+        seeds = [str(r.seed) for r in self.runs if r.seed is not None]
+        return ",".join(seeds)
+
+
+def arm_rows(summaries: Sequence[RunSummary]) -> list[ArmRow]:
+    """One row per arm (in order of first appearance): each column's mean ± std over the arm's
+    runs with an evaluation (all its runs for speed and time when none has one)."""
+    arms: dict[str, list[RunSummary]] = {}
+    for run in summaries:
+        arms.setdefault(run.arm, []).append(run)
+    rows = []
+    for arm, runs in arms.items():
+        evaluated = [r for r in runs if "final_top1_error" in r.values] or runs
+        stats = {
+            key: mean_std([r.values[key] for r in evaluated if key in r.values])
+            for key, *_ in COLUMNS
+        }
+        rows.append(ArmRow(arm, runs, stats))
+    return rows
+
+
+def _cell(mean: float | None, std: float | None, scale: float, fmt: str) -> str:
+    if mean is None:
+        return "-"
+    text = format(mean * scale, fmt)
+    return text if std is None else f"{text} ± {format(std * scale, fmt)}"
+
+
+def markdown_table(rows: Sequence[ArmRow]) -> str:
+    header = ["arm", "runs", "state", *(title for _, title, _, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        runs = f"{len(row.runs)}" + (f" (seeds {row.seeds})" if row.seeds else "")
+        cells = [row.arm, runs, row.state]
+        cells += [_cell(*row.stats[key], scale, fmt) for key, _, scale, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + NOTE + "\n"
+
+
+def csv_table(rows: Sequence[ArmRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    keys = [key for key, *_ in COLUMNS]
+    writer.writerow(["arm", "runs", "seeds", "state", *(n for k in keys for n in (k, f"{k}_std"))])
+    for row in rows:
+        cells = [row.arm, len(row.runs), row.seeds, row.state]
+        for key in keys:
+            mean, std = row.stats[key]
+            cells += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+# ---- The figure ------------------------------------------------------------------------------
+
+
+def plot_curves(summaries: Sequence[RunSummary], out_path: str) -> str:
+    """Each run's eval top-1 error and train loss against steps, one colour per arm."""
+    fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI)
+    ax_err, ax_loss = fig.subplots(1, 2)
+    runs_per_arm = collections.Counter(run.arm for run in summaries)
+    colours: dict[str, str] = {}
+    labelled: set[tuple[int, str]] = set()  # (axis, arm): each arm named once per axis
+    for run in summaries:
+        colour = colours.setdefault(run.arm, f"C{len(colours) % 10}")
+        n = runs_per_arm[run.arm]
+        name = run.arm if n == 1 else f"{run.arm} ({n} runs)"
+        for i, (ax, curve, style) in enumerate(
+            (
+                (ax_err, run.eval_curve, dict(marker="o", markersize=3)),
+                (ax_loss, run.loss_curve, dict(alpha=0.7, linewidth=1)),
+            )
+        ):
+            if curve[0]:
+                label = None if (i, run.arm) in labelled else name
+                labelled.add((i, run.arm))
+                ax.plot(*curve, color=colour, label=label, **style)
+    ax_err.set(title="Eval top-1 error", xlabel="step", ylabel="top-1 error", ylim=(0.0, 1.0))
+    ax_loss.set(title="Train loss", xlabel="step", ylabel="loss")
+    for ax in (ax_err, ax_loss):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=DPI)
+    return out_path
+
+
+# ---- Command line ----------------------------------------------------------------------------
+
+
+def default_out(dirs: Sequence[str]) -> str:
+    """`<DIR>/comparison` for one directory of runs, else `comparison` here."""
+    if len(dirs) == 1 and os.path.isdir(dirs[0]) and not _is_run(dirs[0]):
+        return os.path.join(dirs[0], "comparison")
+    return "comparison"
+
+
+def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, list[str]]:
+    """Writes `<out>.md`, `<out>.csv` and `<out>.png` for the runs of `dirs`; returns the
+    markdown table and the three paths."""
+    out = out or default_out(dirs)
+    summaries = collect(dirs)
+    rows = arm_rows(summaries)
+    table = markdown_table(rows)
+    problem = errors.directory_creation_problem(os.path.dirname(os.path.abspath(out)))
+    if problem:
+        raise errors.UserError(
+            f"--out={out}: its folder {problem}: choose another --out, in a folder you can write."
+        )
+    paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
+    for path, text in zip(paths, (table, csv_table(rows)), strict=False):
+        with open(path, "w") as f:
+            f.write(text)
+    plot_curves(summaries, paths[2])
+    return table, paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m alexnet_jax.tools.compare", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories")
+    parser.add_argument("--out", help="path prefix of the .md, .csv and .png written")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    with reported_as_exit():
+        table, paths = write_comparison(args.dirs, args.out)
+    print(table)
+    print(f"wrote {', '.join(paths)}")
+
+
+if __name__ == "__main__":
+    main()

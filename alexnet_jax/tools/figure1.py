@@ -1,0 +1,145 @@
+"""The paper's Figure 1 from a sweep's runs: training error against epochs, ReLU against tanh.
+
+    python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py --sweep_dir=runs/figure1
+    python -m alexnet_jax.tools.figure1 --sweep_dir=runs/figure1     # -> runs/figure1/figure1.png
+
+For each arm (default relu and tanh; `--arms`) the training error of each epoch is the training
+batches' top-1 error averaged over that epoch's steps, each train line of metrics.jsonl weighted
+by the steps it covers (a line counts for the epoch its last step is in), as cuda-convnet printed
+it. The first epoch whose error is at most `--threshold` (25%, the paper's) is marked on the
+curve, and printed with the ratio of the two arms' epochs (the paper: tanh about six times later
+than ReLU). An arm with several seeds uses the mean of its runs' first epochs. Runs are found as
+compare.py finds them (sweep.json, or run directories below --sweep_dir) and read through rundir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from alexnet_jax.core.errors import DataError, reported_as_exit
+from alexnet_jax.tools import compare
+
+THRESHOLD = 0.25  # the paper's "25% training error"
+FIGSIZE_INCHES = (6.5, 4.5)
+DPI = 100
+_STYLES = {"relu": "-", "tanh": "--"}  # the paper: solid ReLU, dashed tanh
+
+
+def training_error_by_epoch(records: Sequence[dict]) -> list[tuple[int, float]]:
+    """[(epoch, training top-1 error)] for epochs 1, 2, ... from a run's train records, each
+    line's top1 weighted by its steps since the line before; DataError for lines without
+    'epoch' (runs from before main.py logged it)."""
+    train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
+    sums: dict[int, list[float]] = {}
+    previous = 0
+    for r in train:
+        if "epoch" not in r or "top1" not in r:
+            raise DataError(
+                f"the train line of step {r['step']} has no 'epoch' or 'top1': rerun the arm "
+                "with this version of main.py, which logs them."
+            )
+        weight = max(r["step"] - previous, 0)
+        previous = r["step"]
+        epoch = max(1, math.ceil(r["epoch"] - 1e-9))  # epoch 1 covers (0, 1]
+        total = sums.setdefault(epoch, [0.0, 0.0])
+        total[0] += weight * (1.0 - r["top1"])
+        total[1] += weight
+    return [(e, s / w) for e, (s, w) in sorted(sums.items()) if w > 0]
+
+
+def first_epoch_at_most(curve: Sequence[tuple[int, float]], threshold: float = THRESHOLD):
+    """The first epoch whose training error is at most `threshold`, or None."""
+    return next((epoch for epoch, error in curve if error <= threshold), None)
+
+
+def arm_curves(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[tuple[int, float]]]]:
+    """arm -> each of its runs' curves; DataError for an arm without a run that logged."""
+    curves: dict[str, list] = {arm: [] for arm in arms}
+    for run in compare.collect([sweep_dir]):
+        if run.arm in curves and os.path.isfile(os.path.join(run.workdir, "metrics.jsonl")):
+            records, _ = compare.read_records(run.workdir)
+            curves[run.arm].append(training_error_by_epoch(records))
+    missing = [arm for arm, runs in curves.items() if not any(runs)]
+    if missing:
+        raise DataError(
+            f"{sweep_dir} has no logged run of arm(s) {', '.join(missing)}: run "
+            "`python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py "
+            f"--sweep_dir={sweep_dir}`."
+        )
+    return curves
+
+
+def summarize(curves: dict, threshold: float = THRESHOLD) -> tuple[dict, float | None]:
+    """(arm -> mean first epoch at most `threshold`, None if a run never got there; the ratio of
+    the second arm's to the first's, None unless both got there)."""
+    firsts = {}
+    for arm, runs in curves.items():
+        epochs = [first_epoch_at_most(c, threshold) for c in runs]
+        firsts[arm] = None if None in epochs else float(np.mean(epochs))
+    values = list(firsts.values())
+    ratio = values[1] / values[0] if len(values) == 2 and None not in values else None
+    return firsts, ratio
+
+
+def plot(curves: dict, firsts: dict, out_path: str, threshold: float = THRESHOLD) -> str:
+    """Training error against epochs, one colour per arm, each first epoch at `threshold` marked."""
+    fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI)
+    ax = fig.subplots()
+    for i, (arm, runs) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        for j, curve in enumerate(runs):
+            epochs, errors = zip(*curve, strict=True) if curve else ((), ())
+            label = arm if j == 0 else None
+            ax.plot(epochs, errors, _STYLES.get(arm, "-"), color=colour, label=label)
+        if firsts[arm] is not None:
+            ax.axvline(firsts[arm], color=colour, linestyle=":", linewidth=1)
+            ax.plot([firsts[arm]], [threshold], "o", color=colour)
+            ax.annotate(
+                f"epoch {firsts[arm]:g}",
+                (firsts[arm], threshold),
+                xytext=(4, 6),
+                textcoords="offset points",
+                color=colour,
+                fontsize="small",
+            )
+    ax.axhline(threshold, color="grey", linestyle="-.", linewidth=1)
+    ax.set(xlabel="epochs", ylabel="training error rate", ylim=(0.0, 1.0))
+    ax.set_title(f"Figure 1: epochs to {threshold:.0%} training error", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=DPI)
+    return out_path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m alexnet_jax.tools.figure1", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--sweep_dir", required=True, help="the sweep of sweeps/figure1.py")
+    parser.add_argument("--arms", default="relu,tanh", help="two arms: the first is the ratio's 1")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="training error mark")
+    parser.add_argument("--out", help="the PNG written (default: <sweep_dir>/figure1.png)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    with reported_as_exit():
+        curves = arm_curves(args.sweep_dir, args.arms.split(","))
+        firsts, ratio = summarize(curves, args.threshold)
+        out = plot(curves, firsts, args.out or os.path.join(args.sweep_dir, "figure1.png"))
+    for arm, epoch in firsts.items():
+        reached = f"epoch {epoch:g}" if epoch is not None else "not reached"
+        print(f"{arm}: {args.threshold:.0%} training error at {reached}")
+    if ratio is not None:
+        arms = list(firsts)
+        print(f"ratio {arms[1]} / {arms[0]}: {ratio:.2f} (the paper: about 6)")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

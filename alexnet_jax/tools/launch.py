@@ -1,0 +1,330 @@
+"""Starts N local processes as one multi-process JAX job: a multi-host run on one machine.
+
+    python -m alexnet_jax.tools.launch --num_processes=2 --devices_per_process=2 -- \\
+        main.py --config=configs/default.py --workdir=runs/two_processes
+
+Process i runs the command with `--coordinator_address=localhost:PORT --num_processes=N
+--process_id=i` appended (a free port is picked) and sees K CPU devices
+(`--xla_force_host_platform_device_count=K`, `JAX_PLATFORMS=cpu`): the same job as N hosts of K
+devices each, its collectives over gloo. A command ending in `.py` runs with this Python. Each
+process's output goes to the console prefixed with `[i]`, or to `process_<i>.log` files in
+`--process_log_dir`.
+
+Stopping. The processes run in sessions of their own, so a terminal's Ctrl-C reaches only the
+launcher, which sends every process one SIGTERM (main.py: all save at the same step and exit 0);
+a second Ctrl-C (or SIGTERM) kills them (SIGKILL). SIGTERM and SIGHUP to the launcher act like
+Ctrl-C. If a process dies (a non-zero exit code or a signal) while the others run, the launcher
+says which and stops the others: SIGTERM, then SIGKILL after `--grace_s`. Exit code: 130 after a
+Ctrl-C; else the dead process's code (128 + N for signal N); else the first non-zero code, or 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_POLL_S = 0.05
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the coordinator binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def process_env(devices_per_process: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of one local process: CPU only, with `devices_per_process` devices."""
+    env = dict(os.environ if base is None else base)
+    xla_flags = re.sub(rf"{_DEVICE_COUNT_FLAG}=\S+", "", env.get("XLA_FLAGS", "")).strip()
+    env["XLA_FLAGS"] = f"{xla_flags} {_DEVICE_COUNT_FLAG}={devices_per_process}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def process_command(command: Sequence[str], num_processes: int, process_id: int, port: int):
+    """`command` (a `.py` script runs with this Python) plus the multi-process flags of main.py."""
+    command = list(command)
+    if command[0].endswith(".py"):
+        command = [sys.executable, *command]
+    return [
+        *command,
+        f"--coordinator_address=localhost:{port}",
+        f"--num_processes={num_processes}",
+        f"--process_id={process_id}",
+    ]
+
+
+def start(
+    command: Sequence[str],
+    num_processes: int,
+    devices_per_process: int,
+    *,
+    port: int | None = None,
+    log_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> list[subprocess.Popen]:
+    """Starts the processes, each in a session of its own (a terminal's Ctrl-C does not reach
+    them); with `log_dir` each writes `process_<i>.log` there, else pipes. If one cannot be
+    started, the ones already running are killed."""
+    if num_processes < 1 or devices_per_process < 1:
+        raise ValueError(f"{num_processes=} and {devices_per_process=} must be 1 or more.")
+    port = port or free_port()
+    procs = []
+    try:
+        for i in range(num_processes):
+            if log_dir:
+                os.makedirs(log_dir, exist_ok=True)
+                out = open(os.path.join(log_dir, f"process_{i}.log"), "w")  # noqa: SIM115
+            else:
+                out = subprocess.PIPE
+            try:
+                procs.append(
+                    subprocess.Popen(
+                        process_command(command, num_processes, i, port),
+                        env=process_env(devices_per_process, env),
+                        cwd=cwd,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
+            finally:
+                if log_dir:
+                    out.close()  # the child holds its own descriptor
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    return procs
+
+
+def wait(procs: Sequence[subprocess.Popen], timeout: float | None = None) -> list[int]:
+    """Exit codes of all processes; on a timeout, kills the ones still running, then raises."""
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        raise
+
+
+def exit_code(returncode: int) -> int:
+    """A process's exit status as a shell gives it: 128 + N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with code 3' or 'was killed by SIGKILL'."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class Supervisor:
+    """Waits for the processes of one job and stops all of them together: on the launcher's
+    first SIGINT/SIGTERM/SIGHUP one SIGTERM each, on the second SIGKILL; when one process dies
+    while the others run, SIGTERM to the others and SIGKILL after `grace_s`.
+
+    Signal handlers only record the signal; `run`'s loop acts on it, so each process gets at
+    most one SIGTERM.
+    """
+
+    def __init__(
+        self,
+        procs: Sequence[subprocess.Popen],
+        grace_s: float = 30.0,
+        log_dir: str | None = None,
+        say: Callable[[str], None] | None = None,
+    ):
+        self.procs = list(procs)
+        self.grace_s = grace_s
+        self.log_dir = log_dir
+        self.say = say or (lambda text: print(f"[launch] {text}", flush=True))
+        self.pending: list[int] = []  # signals received, not yet acted on
+        self.interrupt: int | None = None  # the first stop signal
+        self.dead: int | None = None  # index of the process that died while the others ran
+        self.termed: set[int] = set()  # indices sent SIGTERM
+        self.kill_at: float | None = None  # when to SIGKILL the ones still running
+
+    def on_signal(self, signum: int, _frame=None) -> None:
+        self.pending.append(signum)
+
+    def run(self) -> int:
+        """Waits until every process has exited; returns the launcher's exit code."""
+        while True:
+            while self.pending:
+                self._on_stop_signal(self.pending.pop(0))
+            codes = [p.poll() for p in self.procs]
+            if self.dead is None:
+                self._check_for_a_death(codes)
+            if all(c is not None for c in codes):
+                break
+            if self.kill_at is not None and time.monotonic() >= self.kill_at:
+                self.kill_at = None
+                self._kill(f"still running --grace_s={self.grace_s:g} s after SIGTERM")
+            time.sleep(_POLL_S)
+        codes = [exit_code(p.returncode) for p in self.procs]
+        self.say(f"exit codes: {codes}")
+        if self.interrupt == signal.SIGINT:
+            return 130
+        if self.dead is not None:
+            return codes[self.dead]
+        return next((c for c in codes if c), 0)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.interrupt is None:
+            self.interrupt = signum
+            self.say(
+                f"{name}: asked every process to save and exit (SIGTERM); {name} again kills "
+                "them without saving."
+            )
+            self._terminate()
+        else:
+            self._kill(f"{name} again, before the processes finished saving")
+
+    def _check_for_a_death(self, codes: Sequence[int | None]) -> None:
+        """A process that exited non-zero (unasked) while others run: stop the others."""
+        running = [c is None for c in codes]
+        for i, code in enumerate(codes):
+            if code and i not in self.termed and any(running):
+                self.dead = i
+                where = (
+                    f"Its output: {os.path.join(self.log_dir, f'process_{i}.log')}."
+                    if self.log_dir
+                    else f"Its output is above, prefixed [{i}]."
+                )
+                self.say(
+                    f"process {i} (pid {self.procs[i].pid}) {describe_exit(code)} while the "
+                    f"others ran: stopping the other processes (SIGTERM now, SIGKILL after "
+                    f"--grace_s={self.grace_s:g} s). {where}"
+                )
+                self._terminate()
+                self.kill_at = time.monotonic() + self.grace_s
+                return
+
+    def _terminate(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p.poll() is None and i not in self.termed:
+                self.termed.add(i)
+                p.send_signal(signal.SIGTERM)
+
+    def _kill(self, why: str) -> None:
+        """SIGKILL to every process still running; one line names them and `why`."""
+        running = [i for i, p in enumerate(self.procs) if p.poll() is None]
+        for i in running:
+            self.procs[i].kill()
+        if running:
+            names = ", ".join(f"process {i} (pid {self.procs[i].pid})" for i in running)
+            self.say(f"{why}: killed {names} (SIGKILL).")
+
+
+def _echo(proc: subprocess.Popen, prefix: str) -> None:
+    for line in proc.stdout:
+        sys.stdout.write(f"{prefix}{line}")
+        sys.stdout.flush()
+
+
+def _checked(
+    cast: Callable[[str], Any], ok: Callable[[Any], bool], requirement: str
+) -> Callable[[str], Any]:
+    """An argparse type: `cast(text)` if that works and passes `ok`, else one error that says
+    what the flag must be."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}; got {text!r}")
+        return value
+
+    return parse
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    return _checked(int, lambda v: v >= low, f"an integer, {low} or more")
+
+
+_port = _checked(int, lambda v: 0 <= v <= 65535, "a TCP port in 0..65535 (0: pick a free one)")
+_seconds = _checked(float, lambda v: 0 <= v < float("inf"), "a number of seconds, 0 or more")
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m alexnet_jax.tools.launch", description=__doc__.split("\n")[0]
+    )
+    count = _int_at_least(1)
+    parser.add_argument("--num_processes", type=count, default=2, help="local processes (hosts)")
+    parser.add_argument("--devices_per_process", type=count, default=1, help="CPU devices each")
+    parser.add_argument("--port", type=_port, default=0, help="coordinator port (0: a free one)")
+    parser.add_argument("--process_log_dir", help="write process_<i>.log here, not to stdout")
+    parser.add_argument(
+        "--grace_s",
+        type=_seconds,
+        default=30.0,
+        help="when a process dies: seconds the others get to exit after SIGTERM before SIGKILL",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- main.py [its flags]")
+    args = parser.parse_args(argv)
+    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not args.command:
+        parser.error("give the command after --, e.g. `-- main.py --workdir=runs/x`")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    supervisor = Supervisor([], args.grace_s, args.process_log_dir)
+    for signum in _STOP_SIGNALS:  # before the start: no signal may leave processes orphaned
+        signal.signal(signum, supervisor.on_signal)
+    try:
+        procs = start(
+            args.command,
+            args.num_processes,
+            args.devices_per_process,
+            port=args.port,
+            log_dir=args.process_log_dir,
+        )
+    except OSError as e:
+        print(f"error: could not start {args.command[0]!r}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    supervisor.procs = procs
+    echoes = []
+    for i, p in enumerate(procs):
+        print(f"[launch] process {i}: pid {p.pid}", flush=True)
+        if p.stdout is not None:
+            echoes.append(threading.Thread(target=_echo, args=(p, f"[{i}] "), daemon=True))
+            echoes[-1].start()
+    try:
+        code = supervisor.run()
+    finally:
+        for p in procs:  # only after an error in the launcher itself
+            if p.poll() is None:
+                p.kill()
+    for echo in echoes:
+        echo.join(timeout=5)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Loading a trained run: its config and the parameters of its latest checkpoint, for the tools.
+
+    config, params = load.load_run("runs/default")  # on one device
+
+Reads only the run directory (config.json, checkpoints/): no dataset, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from alexnet_jax.core.errors import UserError
+from alexnet_jax.runs import rundir
+from alexnet_jax.train import checkpoint, config_lib, experiment, sharding
+
+
+def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, params) of the latest checkpoint in `workdir`, without touching the dataset.
+
+    The params come back replicated over `mesh` (default: every device on one "data" axis,
+    whatever mesh the run was trained on: checkpoints restore onto any topology).
+    """
+    config, params, _ = load_params_and_step(workdir, mesh)
+    return config, params
+
+
+def load_params_and_step(
+    workdir: str, mesh: Any = None
+) -> tuple[ml_collections.ConfigDict, Any, int]:
+    """`load_params`, plus the training step of the checkpoint the params come from."""
+    config = config_lib.load_config(workdir)
+    if mesh is None:
+        mesh = jax.make_mesh((jax.device_count(),), (sharding.DATA,))
+    # Shapes from a one-device build (any mesh has the same shapes; the schedule changes none),
+    # then every leaf replicated over `mesh`.
+    target = experiment.build(config, sharding.single_device_mesh()).abstract_state()
+    replicated = sharding.replicated(mesh)
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target
+    )
+    restored = checkpoint.read_latest_checkpoint(workdir, target)
+    if restored is None:
+        raise UserError(f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first.")
+    return config, restored[0].params, int(restored[0].step)
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, params) of the latest checkpoint of a training run, placed on one device.
+
+    The tools (predict, figures, export) run the model on a single device, and restoring
+    replicated over all of them would copy the parameters (and momentum) once per device.
+    """
+    return load_params(workdir, mesh=sharding.single_device_mesh())

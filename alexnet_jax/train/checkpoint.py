@@ -1,0 +1,216 @@
+"""Orbax checkpoints of the train state and the input position, and saving on preemption.
+
+The checkpoints of a run live in `workdir/checkpoints/<step>` (rundir.checkpoint_dir).
+
+Each checkpoint holds two items: "state" (the TrainState pytree, saved asynchronously by every
+process) and "data" (a small JSON record of the input pipeline's position: the number of training
+examples consumed, which is the whole state of the deterministic iterator). Orbax commits a step by
+renaming its temporary directory, so a half-written checkpoint is never restored and is removed at
+start (`cleanup_tmp_directories`). Restoring goes through an abstract target carrying the current
+mesh's shardings, so a checkpoint written on D devices restores onto any other device count.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from alexnet_jax.core.errors import DataError, is_storage_error, storage_error, storage_errors_as
+from alexnet_jax.runs import rundir
+
+
+def create_manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    """A manager of the checkpoints in `directory` that keeps the last `keep` steps; saving
+    cadence is decided by the caller. A run's directory: checkpoint_manager.
+
+    read_only: for tools that only read a run: creates nothing and leaves the temporary
+    directories of saves in flight (a run still training) alone.
+    """
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=not read_only,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+        read_only=read_only,
+    )
+    return ocp.CheckpointManager(directory, item_names=("state", "data"), options=options)
+
+
+def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    """The Orbax manager of a run's checkpoints (keeps the last `keep`); `read_only` for
+    tools, which must not create or clean anything in a run."""
+    return create_manager(rundir.checkpoint_dir(workdir), keep, read_only=read_only)
+
+
+def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None:
+    """(state, data state) of the run's latest readable checkpoint restored into `target`
+    (ShapeDtypeStructs with shardings), or None; creates and cleans nothing in the run."""
+    if not os.path.isdir(rundir.checkpoint_dir(workdir)):
+        return None
+    manager = checkpoint_manager(workdir, keep=1, read_only=True)
+    try:
+        return restore_latest(manager, target, already_abstract=True)
+    finally:
+        manager.close()
+
+
+def _storage_error(
+    manager: ocp.CheckpointManager, error: BaseException, step: int | None = None
+) -> DataError:
+    """The DataError of a failed save. An async save fails at the next call, so the step comes
+    from the temporary directory named in the error when it can."""
+    failed = re.search(r"(\d+)\.orbax-checkpoint-tmp", str(error))
+    step = int(failed.group(1)) if failed else step
+    what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    return storage_error(what, str(manager.directory), error)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
+    """Starts an async save of `state` and `data_state` at `step`.
+
+    Errors of an earlier async save surface here or in `close`. A full disk or an unwritable
+    directory becomes one DataError; earlier checkpoints stay intact because Orbax writes into a
+    temporary directory and renames it only when complete.
+    """
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+    )
+    with storage_errors_as(lambda e: _storage_error(manager, e, step)):
+        manager.save(step, args=args, force=True)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until the saves in flight are committed; a failed one raises DataError."""
+    with storage_errors_as(lambda e: _storage_error(manager, e)):
+        manager.wait_until_finished()
+
+
+def close(manager: ocp.CheckpointManager, raise_errors: bool = True) -> None:
+    """Commits the saves in flight and closes `manager`, whatever happens.
+
+    raise_errors: a failed save raises DataError (the run was ending normally), or is only
+    logged (another error is already on its way out and must not be replaced).
+    """
+    try:
+        wait(manager)
+    except DataError as e:
+        if raise_errors:
+            raise
+        logging.warning("%s", e)
+    finally:
+        try:
+            manager.close()
+        except Exception as e:  # the same failed save, reported above
+            if not is_storage_error(e):
+                raise
+            logging.warning("Closing the checkpoint manager: %s", str(e).splitlines()[0])
+
+
+def abstract_like(state: Any) -> Any:
+    """Shape/dtype/sharding structs of `state`: the restore target for the current topology."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["data"])
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, target_state: Any, already_abstract: bool = False
+) -> tuple[Any, dict] | None:
+    """(state, data_state) of the latest committed step that can be read, laid out like
+    `target_state`; None when there is no checkpoint.
+
+    `target_state` holds arrays (their shardings are copied) or, with `already_abstract`,
+    `jax.ShapeDtypeStruct`s with shardings. A step that fails to restore (a damaged file) is
+    reported by step and path with a warning and the previous one is tried; when none can be
+    read, DataError names each step and its reason.
+    """
+    target = target_state if already_abstract else abstract_like(target_state)
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = _restore(manager, step, target)
+        except Exception as e:  # a damaged checkpoint: any error of Orbax/TensorStore
+            path = f"{manager.directory}/{step}"
+            logging.warning("Checkpoint %s cannot be read (%s).", path, _first_line(e))
+            failures.append(f"step {step} ({path}): {_first_line(e)}")
+            continue
+        if failures:
+            logging.warning(
+                "Restored the previous intact checkpoint, step %d, instead of the latest.", step
+            )
+        return restored
+    if failures:
+        raise DataError(
+            "No checkpoint of this run can be read: "
+            + "; ".join(failures)
+            + ". If the files are damaged, move those step directories out of "
+            f"{manager.directory} to start over; if the config changed, use the run's own "
+            "config (its config.json)."
+        )
+    return None
+
+
+class PreemptionWatcher:
+    """Tells the loop when to save and exit: the job is being preempted (SIGTERM) or the user
+    pressed Ctrl-C (SIGINT). A second Ctrl-C while the run saves stops it at once.
+
+    With several processes Orbax's `reached_preemption` (JAX's distributed preemption sync) makes
+    every process agree on the same step; a SIGINT is turned into the SIGTERM that sync watches.
+    A single process catches both signals itself.
+    """
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+        self.event = threading.Event()
+        self.signal_name: str | None = None  # "SIGTERM" or "SIGINT" once one arrived
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if jax.process_count() == 1:
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+        self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:  # the second Ctrl-C
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+        if jax.process_count() > 1 and signum == signal.SIGINT:
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption sync listens for SIGTERM
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(self.manager.reached_preemption(step))
+        return self.event.is_set()
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the user pressed Ctrl-C (the run then exits with code 130)."""
+        return self.signal_name == "SIGINT"
+
+    def close(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}

@@ -1,0 +1,117 @@
+"""Config validation: one table of rules (RULES); each wrong value is one ConfigError naming
+the field.
+
+The rules stand next to the fields' owners (recipe.RULES for the data, models.RULES for the
+network, optim.RULES for the optimizer, LOOP_RULES below for the training loop), so the allowed
+values come from the module that uses them; rules.py says how a broken rule is reported. Run once
+at start (experiment.build, input_pipeline.prepare), before any data is read or compiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from alexnet_jax.core import rules
+from alexnet_jax.core.errors import ConfigError, DataError, UserError
+from alexnet_jax.data import recipe
+from alexnet_jax.model import models
+from alexnet_jax.runs import rundir
+from alexnet_jax.train import optim
+
+LOOP_RULES = (
+    rules.positive_int("batch_size"),
+    rules.positive_int("eval_batch_size"),
+    rules.Rule(
+        "num_epochs",
+        "a number > 0 (or config.num_train_steps > 0)",
+        lambda c: c.num_train_steps > 0 or (rules.is_number(c.num_epochs) and c.num_epochs > 0),
+    ),
+    rules.positive_int("log_every_steps"),
+    rules.positive_int("checkpoint_every_steps"),
+    rules.positive_int("keep_checkpoints"),
+    rules.Rule(
+        "eval_every_steps",
+        "an integer >= 0 (0: once per epoch)",
+        lambda c: rules.is_int(c.eval_every_steps) and c.eval_every_steps >= 0,
+    ),
+    rules.Rule(
+        "seed",
+        "an integer in [0, 2**31)",
+        lambda c: rules.is_int(c.seed) and 0 <= c.seed < 2**31,
+    ),
+    rules.Rule(
+        "max_consecutive_skipped_steps",
+        "an integer >= 0",
+        lambda c: (
+            rules.is_int(c.max_consecutive_skipped_steps) and c.max_consecutive_skipped_steps >= 0
+        ),
+    ),
+    rules.Rule(
+        "mesh_shape",
+        "() (all devices on 'data'), (data,) or (data, tower) with positive sizes",
+        lambda c: (
+            isinstance(c.mesh_shape, tuple | list)
+            and len(c.mesh_shape) <= 2
+            and all(rules.is_int(n) and n >= 1 for n in c.mesh_shape)
+        ),
+    ),
+    rules.Rule(
+        "torch_weights",
+        "a path (a string; empty: none)",
+        lambda c: isinstance(c.torch_weights, str),
+    ),
+)
+
+# Every rule of a config, checked in this order; the first one broken is reported.
+RULES = (*recipe.RULES, *models.RULES, *optim.RULES, *LOOP_RULES)
+
+
+def _divisible(config: Any, field: str, num_devices: int) -> None:
+    value = config[field]
+    if value % num_devices:
+        raise ConfigError(
+            f"config.{field}={value} is not divisible by the {num_devices} devices of the "
+            f"'data' mesh axis: choose a multiple of {num_devices} "
+            f"(e.g. --config.{field}={max(num_devices, value // num_devices * num_devices)})."
+        )
+
+
+def validate_config(config: Any, num_devices: int | None = None) -> None:
+    """Raises ConfigError (naming the field) for the first invalid value of `config`.
+
+    Args:
+      config: a ConfigDict with the fields of configs/default.py.
+      num_devices: size of the mesh's "data" axis, which the global batch sizes must divide
+        (None: not checked, as before the mesh exists).
+    """
+    rules.check(config, RULES)
+    if num_devices is not None:
+        for field in ("batch_size", "eval_batch_size"):
+            _divisible(config, field, num_devices)
+
+
+# ---- A run's config ----------------------------------------------------------------------------
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was trained with (its config.json), checked against the
+    rules of every field (a damaged or foreign file is one message)."""
+    rundir.check_is_directory(workdir)
+    config = rundir.read_config_dict(workdir)
+    path = rundir.config_path(workdir)
+    if config is None:
+        raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
+    config = ml_collections.ConfigDict(config)
+    try:
+        validate_config(config)
+    except ConfigError as e:
+        raise DataError(f"{path} is not a valid run config: {e}") from None
+    return config
+
+
+def eval_config(workdir: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """The run's own config with the command line's `overrides` of what is evaluated
+    (rundir.EVAL_FIELDS); an override of any other field that differs from the run is refused."""
+    return rundir.apply_eval_overrides(load_config(workdir), workdir, overrides)

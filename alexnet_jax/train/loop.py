@@ -1,0 +1,408 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, and `evaluate_checkpoint`.
+
+The setup (mesh, model, optimizer, shardings, jitted steps) comes from experiment.build, the
+pure steps from steps.py, the workdir's files from rundir.py. The state is replicated (on a
+("data", "tower") mesh the paper's tower layers are split over "tower", see sharding.py and
+parallel.py), the batch is split over the "data" axis and XLA inserts the gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from alexnet_jax.core.errors import ConfigError, Interrupted, NonFiniteError, UserError
+from alexnet_jax.data import data_sources, input_pipeline
+from alexnet_jax.interop import weights_io
+from alexnet_jax.model import models
+from alexnet_jax.runs import plots, report, rundir
+from alexnet_jax.train import checkpoint, config_lib, experiment, metrics_io, optim, sharding
+from alexnet_jax.train.train_state import TrainState
+
+# ---- Evaluation ------------------------------------------------------------------------------
+
+
+def evaluate(eval_step_fn, params: Any, batches, mesh: Any) -> dict[str, float]:
+    """Mean loss and top-1/top-5 accuracy over one pass of the eval split (padding excluded)."""
+    totals = None
+    for batch in sharding.prefetch_to_mesh(iter(batches), mesh):
+        sums = eval_step_fn(params, batch)
+        totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    if totals is None:
+        raise UserError("The evaluation split is empty: check config.eval_split and the data.")
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return {
+        "loss": float(totals["loss"]) / count,
+        "top1": float(totals["top1"]) / count,
+        "top5": float(totals["top5"]) / count,
+        "num_examples": float(totals["count"]),
+    }
+
+
+# ---- The loop ---------------------------------------------------------------------------------
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    if config.num_train_steps > 0:
+        return int(config.num_train_steps)
+    return int(np.ceil(config.num_epochs * steps_per_epoch))
+
+
+def _check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> None:
+    """Raises NonFiniteError naming the first step whose loss or gradient was NaN/Inf."""
+    if skip_nonfinite:
+        return
+    for step, metrics in step_metrics:
+        if not bool(metrics["finite"]):
+            raise NonFiniteError(
+                f"Step {step}: the loss or gradient is NaN/Inf (loss={float(metrics['loss'])}, "
+                f"grad_norm={float(metrics['grad_norm'])}). Stopped without saving; the last "
+                "good checkpoint is kept. Lower config.learning_rate, or set "
+                "config.skip_nonfinite_steps=True to skip such steps."
+            )
+
+
+class _SkipCounter:
+    """Steps skipped for non-finite values (config.skip_nonfinite_steps): each is logged, and more
+    than config.max_consecutive_skipped_steps in a row stop the run (NonFiniteError)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.enabled = bool(config.skip_nonfinite_steps)
+        self.limit = int(config.max_consecutive_skipped_steps)
+        self.total = self.in_a_row = 0
+
+    def update(self, step_metrics: list[tuple[int, dict]]) -> None:
+        if not self.enabled:
+            return
+        for step, metrics in step_metrics:
+            if bool(metrics["finite"]):
+                self.in_a_row = 0
+                continue
+            self.total += 1
+            self.in_a_row += 1
+            logging.warning(
+                "Step %d: the loss or gradient is NaN/Inf; update skipped (%d in a row, %d in "
+                "this session).",
+                step,
+                self.in_a_row,
+                self.total,
+            )
+            if self.in_a_row > self.limit:
+                raise NonFiniteError(
+                    f"Steps {step - self.in_a_row + 1}-{step}: {self.in_a_row} steps in a row had "
+                    f"a NaN/Inf loss or gradient (config.max_consecutive_skipped_steps="
+                    f"{self.limit}): the run has diverged. The last good checkpoint is kept; "
+                    "lower config.learning_rate."
+                )
+
+    def summarize(self) -> None:
+        if self.total:
+            logging.warning("%d step(s) were skipped for NaN/Inf values.", self.total)
+
+
+def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> TrainState:
+    """Host-side reduce-on-plateau: feeds the validation top-1 error, applies the new lr scale."""
+    if config.schedule != "plateau":
+        return state
+    plateau = optim.plateau_update(
+        jax.device_get(state.plateau),
+        1.0 - eval_metrics["top1"],
+        patience=config.plateau_patience,
+        factor=config.lr_drop_factor,
+        max_drops=config.plateau_max_drops,
+    )
+    opt_state = optim.set_lr_scale(state.opt_state, plateau.scale)
+    new = state.replace(plateau=plateau, opt_state=opt_state)
+    return jax.device_put(new, jax.tree.map(lambda x: x.sharding, state))
+
+
+def _build(
+    config: ml_collections.ConfigDict, training: bool = True
+) -> tuple[experiment.Experiment, input_pipeline.DatasetInfo]:
+    """Validates the config, prepares the data (training=False: what evaluation reads, see
+    input_pipeline.prepare) and builds the experiment over all devices."""
+    config_lib.validate_config(config)  # before the mesh and any data
+    mesh = sharding.make_mesh(config)
+    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])
+    info = input_pipeline.prepare(config, training)
+    steps_per_epoch = info.num_train_examples // config.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} exceeds the {info.num_train_examples} training "
+            "examples: lower the batch size."
+        )
+    mean = input_pipeline.load_mean_image(config) if config.augment_on == "device" else None
+    exp = experiment.build(config, mesh, steps_per_epoch=steps_per_epoch, mean_image=mean)
+    return exp, info
+
+
+def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalIterable:
+    """This host's part of the eval split, one pass per iteration."""
+    pc, pi = jax.process_count(), jax.process_index()
+    return input_pipeline.create_eval_iterator(
+        config, local_batch_size=config.eval_batch_size // pc, process_index=pi, process_count=pc
+    )
+
+
+def _check_finite_eval(step: int, metrics: dict[str, float]) -> None:
+    """NonFiniteError when an evaluation's loss is NaN/Inf: the parameters have diverged."""
+    if not np.isfinite(metrics["loss"]):
+        raise NonFiniteError(
+            f"The evaluation at step {step} gave a NaN/Inf loss ({metrics['loss']}): the "
+            "parameters have diverged. The last good checkpoint is kept; lower "
+            "config.learning_rate."
+        )
+
+
+def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
+    """ConfigError when the config contradicts the conventions config.torch_weights was trained
+    with: those the file records (exported here), or PyTorch's for a file that records none
+    (torchvision's), and the forward options (the default network for a file that records none):
+    the weights would be evaluated on inputs, or with an LRN or a network, they were not trained
+    for."""
+    recorded = weights_io.read_conventions(config.torch_weights)
+    if recorded is None:
+        expected = dict(weights_io.PYTORCH_CONVENTIONS)
+        if config.variant == "torchvision":  # no LRN layer: its convention does not matter
+            del expected["lrn_convention"]
+        source = "records no conventions, so it is taken as PyTorch-trained (torchvision's inputs, "
+        source += "nn.LocalResponseNorm's alpha / n)"
+    else:
+        expected = {field: recorded[field] for field in weights_io.CONVENTION_FIELDS}
+        source = "records the conventions it was trained with"
+    # The forward options: the default network where the file or the config has none.
+    options = weights_io.with_option_defaults(recorded or {})
+    expected.update((field, options[field]) for field in weights_io.OPTION_DEFAULTS)
+    configured = weights_io.with_option_defaults(config.to_dict())
+    differ = [
+        f"{field}: file {value!r}, config {configured[field]!r}"
+        for field, value in expected.items()
+        if value != configured[field]
+    ]
+    if differ:
+        raise ConfigError(
+            f"{config.torch_weights} {source}, and the config contradicts them "
+            f"({'; '.join(differ)}): set those --config fields to the file's values."
+        )
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """Evaluates the latest checkpoint of `workdir` (or `config.torch_weights`, a PyTorch file).
+
+    A run is evaluated with its own config (config.json); `overrides` (the command line's
+    --config.* values) may change only what is evaluated (rundir.EVAL_FIELDS: split, crops,
+    batch size, data paths). Without a run in `workdir`, `config` (with its torch_weights) is
+    used. Uses `config.eval_crops` views per image; the result is printed, then appended to the
+    workdir's metrics.
+    """
+    if rundir.read_config_dict(workdir) is not None:
+        config = config_lib.eval_config(workdir, overrides)
+    elif not config.torch_weights:
+        raise UserError(
+            f"{workdir} holds no run (no {rundir.CONFIG_FILE}): train first (--mode=train), point "
+            "--workdir at a run, or set --config.torch_weights."
+        )
+    with rundir.exclusive(workdir):
+        exp, _ = _build(config, training=False)  # no training-only cache or store is built
+        if config.torch_weights:
+            _check_weights_conventions(config)
+            weights = weights_io.load_weights(
+                config.torch_weights, config.variant, config.num_classes, config.width
+            )
+            params = jax.device_put(weights, exp.params_sharding)
+            step = 0
+        else:
+            restored = checkpoint.read_latest_checkpoint(workdir, exp.abstract_state())
+            if restored is None:
+                raise UserError(
+                    f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first "
+                    "(--mode=train), point --workdir at a run, or set --config.torch_weights."
+                )
+            params, step = restored[0].params, int(restored[0].step)
+        metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
+        if jax.process_index() == 0:
+            print(report.eval_line(step, metrics), flush=True)  # kept even if the write fails
+        writer = metrics_io.MetricsWriter(workdir, start_step=None)
+        writer.write_eval(step, metrics)
+        writer.close()
+    return metrics
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> dict[str, float]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final eval.
+
+    The workdir is locked while the run writes it. A resume must use the run's own config and
+    data (rundir.check_resume, check_dataset) unless `allow_config_change`. SIGTERM saves and
+    returns {}; Ctrl-C saves and raises errors.Interrupted.
+
+    Sections: setup -> restore -> loop (log, preemption, eval, checkpoint) -> final eval and save.
+    """
+    if config.torch_weights:
+        raise ConfigError(
+            f"config.torch_weights={config.torch_weights!r} is only read by --mode=eval; "
+            "training starts from config.init_scheme. Remove it, or add --mode=eval."
+        )
+    with rundir.exclusive(workdir):
+        return _train(config, workdir, allow_config_change)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> dict:
+    # -- Setup: the run's identity, mesh, config, data, model, optimizer, steps.
+    changes = rundir.check_resume(config, workdir, allow_change)  # before any data is built
+    exp, info = _build(config)
+    dataset = data_sources.dataset_identity(config)
+    rundir.check_dataset(workdir, dataset, allow_change)
+    mesh, steps_per_epoch = exp.mesh, exp.steps_per_epoch
+    num_steps = total_train_steps(config, steps_per_epoch)
+    eval_every = config.eval_every_steps or steps_per_epoch
+
+    # -- Restore the latest readable checkpoint, if any; else a fresh state.
+    manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
+    restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
+    examples_consumed = 0
+    if restored is not None:
+        state, data_state = restored
+        examples_consumed = int(data_state["examples_consumed"])
+        logging.info("Resumed at step %d (%d examples seen).", int(state.step), examples_consumed)
+    else:
+        state = exp.init_state()
+    start_step = int(state.step)
+    finished = report.final_eval(workdir, start_step) if start_step >= num_steps else None
+    if finished is not None:
+        checkpoint.close(manager)
+        if rundir.finished_step(workdir) is None:  # finished before runs recorded their end
+            with contextlib.suppress(OSError):  # best effort: this rerun only reports
+                rundir.record_finished(workdir, start_step)
+        logging.info("%s", report.already_finished(workdir, start_step, finished))
+        return finished
+    writer = metrics_io.MetricsWriter(workdir, start_step)
+    rundir.record_start(config, workdir, start_step, changes, dataset)
+    if config.normalization == "mean_image":
+        rundir.save_mean_image(workdir, input_pipeline.mean_image_path(config))
+    num_params = models.param_count(sharding.abstract_params(exp.model))
+    logging.info(
+        "\n%s",
+        report.banner(
+            config,
+            workdir,
+            mesh,
+            info.num_train_examples,
+            info.num_eval_examples,
+            steps_per_epoch,
+            num_steps,
+            start_step,
+            num_params,
+        ),
+    )
+    started = time.perf_counter()
+
+    # -- Loop.
+    pc, pi = jax.process_count(), jax.process_index()
+    train_iter = input_pipeline.create_train_iterator(
+        config,
+        local_batch_size=config.batch_size // pc,
+        start_example=examples_consumed,
+        process_index=pi,
+        process_count=pc,
+    )
+    eval_batches = _eval_batches(config)
+    train_step_fn, eval_step_fn = exp.train_step, exp.eval_step
+    preemption = checkpoint.PreemptionWatcher(manager)
+    progress = metrics_io.Progress(start_step, num_steps, config.batch_size)
+    skips = _SkipCounter(config)
+    pending: list[tuple[int, dict]] = []
+    eval_metrics: dict[str, float] = {}
+
+    def flush_train_metrics(step: int) -> None:
+        host = [(s, jax.device_get(m)) for s, m in pending]
+        pending.clear()
+        _check_finite(host, config.skip_nonfinite_steps)
+        skips.update(host)
+        if host:
+            counts = {
+                "skipped_steps": int(state.skipped_steps),
+                "undecodable_images": train_iter.num_undecodable,
+                "epoch": step / steps_per_epoch,  # epochs trained (figure1.py's x axis)
+            }
+            writer.write_train(step, host, progress.update(step), counts)
+
+    def run_eval(step: int) -> dict[str, float]:
+        began = time.perf_counter()
+        metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
+        writer.write_eval(step, metrics)
+        _check_finite_eval(step, metrics)
+        progress.exclude(time.perf_counter() - began)  # not training time
+        return metrics
+
+    def save(step: int) -> None:
+        flush_train_metrics(step)  # never save after an unnoticed NaN
+        began = time.perf_counter()
+        checkpoint.save(
+            manager,
+            step,
+            state,
+            {
+                "examples_consumed": examples_consumed + (step - start_step) * config.batch_size,
+                "batch_size": config.batch_size,
+            },
+        )
+        progress.exclude(time.perf_counter() - began)  # its blocking part: not training time
+
+    batches = sharding.prefetch_to_mesh(train_iter, mesh)
+    step, preempted = start_step, False
+    # Also on errors, in this order: commit the saves in flight (so the last good checkpoint is
+    # kept), close the metrics, restore the signal handlers. A failed close raises only if the
+    # run was ending without an error, which it must not replace.
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(preemption.close)
+        cleanup.push(lambda kind, *_: writer.close(raise_errors=kind is None))
+        cleanup.push(lambda kind, *_: checkpoint.close(manager, raise_errors=kind is None))
+        while step < num_steps:
+            state, metrics = train_step_fn(state, next(batches))
+            step += 1
+            pending.append((step, metrics))
+            if step % config.log_every_steps == 0:
+                flush_train_metrics(step)
+            if preemption.reached(step):
+                why = preemption.signal_name or "a signal to another process"
+                logging.warning("Preemption signal: saving step %d and exiting (%s).", step, why)
+                save(step)
+                preempted = True
+                break
+            if step % eval_every == 0 and step < num_steps:
+                flush_train_metrics(step)
+                eval_metrics = run_eval(step)
+                state = _update_plateau(state, eval_metrics, config, mesh)
+            if step % config.checkpoint_every_steps == 0 and step < num_steps:
+                save(step)
+
+        # -- Final evaluation and checkpoint.
+        if not preempted:
+            flush_train_metrics(step)
+            eval_metrics = run_eval(step)
+            if manager.latest_step() != step:
+                save(step)
+    skips.summarize()
+    if jax.process_index() == 0:
+        seconds = time.perf_counter() - started
+        logging.info("\n%s", report.summary(workdir, start_step, step, seconds, config.batch_size))
+    if preempted and preemption.interrupted:
+        raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
+    if preempted:
+        return {}
+    rundir.record_finished(workdir, step)  # the final eval is written and its checkpoint saved
+    if jax.process_index() == 0:
+        plots.plot_training_curves(workdir)
+    return eval_metrics
