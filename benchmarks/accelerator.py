@@ -453,8 +453,8 @@ def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dic
 
 NO_ACCELERATOR = (
     "JAX sees no GPU or TPU (backend cpu): these are this CPU's figures at full sizes, seconds per "
-    "step, so the budget runs out after a few. For an accelerator install CUDA JAX (README, GPU "
-    "section); for a quick check that the script works, --smoke."
+    "step, so the budget runs out after a few. For an accelerator install CUDA JAX (docs/USAGE.md, "
+    '"Speed and accelerators"); for a quick check that the script works, --smoke.'
 )
 
 

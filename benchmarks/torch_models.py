@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alexnet_jax.interop.convert import VARIANTS
 from alexnet_jax.interop.torch_models import (
     LRN_BETA,
     LRN_K,
@@ -20,7 +21,6 @@ from alexnet_jax.interop.torch_models import (
     torch_alexnet,
     torch_lrn_alpha,
 )
-from alexnet_jax.model.models import VARIANTS
 
 # features.2 and features.6 in the LRN stacks (alexnet_jax/interop/convert.py)
 _LRN_INDICES = (2, 6)

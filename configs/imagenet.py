@@ -10,7 +10,7 @@ Table 2, one CNN; layer-params-145.cfg ends with `logprob: 1.741473, 0.406640, 0
 paper trained 5-6 days on two GTX 580s; on current GPUs this config takes hours to a day, and the
 host's JPEG decoding is the usual bottleneck (benchmarks/RESULTS.md). On an accelerator, store
 the training images once as the paper did, 256x256 uint8 (~252 GB), and feed them undecoded with
-the augmentation on the device (README, "Feeding an accelerator"):
+the augmentation on the device (docs/DATA.md, "Feeding an accelerator"):
 
     python main.py --config=configs/imagenet.py --mode=prepare --config.augment_on=device \
         --config.image_store_dir=/fast/disk/store ...   # once; then the same flags to train

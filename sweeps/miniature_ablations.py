@@ -15,7 +15,8 @@ quiet cores (72 steps per 6 epochs, configs/default.py). The two-tower arms are 
 1.4 s (fewer FLOPs, 4.3 against 6.8 GFLOP per image, so this bounds them), the half net at 0.7 s
 (2.3 GFLOP), plus about 40 s per run for start-up, compilation and four evaluations and 30 s for
 building the miniature dataset once: ESTIMATED_SECONDS below, about 9 minutes. Run as a whole
-on 2026-12-02: 1549 s on 2 cores shared with other jobs (load 12-28); the README has its table.
+on 2026-12-02: 1549 s on 2 cores shared with other jobs (load 12-28); benchmarks/RESULTS.md
+has its table.
 Disk: one checkpoint per run kept, up to ~0.5 GB each.
 """
 

@@ -11,20 +11,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax.model import models
+from alexnet_jax.model import layers
 
 FC_WIDTH = 64  # units of fc6 and fc7 instead of 4096
-_ORIGINAL_DENSE = models.AlexNet._dense
+_ORIGINAL_DENSE = layers.Net.dense
 
 
 def narrow_dense(self, name, features, x):
-    """AlexNet._dense with fc6/fc7 at FC_WIDTH units (installed by `narrow_fc_layers`)."""
+    """Net.dense with fc6/fc7 at FC_WIDTH units (installed by `narrow_fc_layers`)."""
     return _ORIGINAL_DENSE(self, name, FC_WIDTH if name in ("fc6", "fc7") else features, x)
 
 
 def narrow_fc_layers(setattr_fn=setattr):
     """Installs `narrow_dense`; pass pytest's monkeypatch.setattr to undo it after a test."""
-    setattr_fn(models.AlexNet, "_dense", narrow_dense)
+    setattr_fn(layers.Net, "dense", narrow_dense)
 
 
 if __name__ == "__main__":

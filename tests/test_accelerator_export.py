@@ -17,7 +17,7 @@ configs/imagenet.py (run 145's forward options: conv1's overhang at 224, LRN bef
 CPU devices of conftest.py: the 1-D "data" mesh, and for `paper` (the only variant with towers,
 sharding.tower_mesh) the (data=4, tower=2) mesh. lrn_impl / pool_impl "auto" are resolved at
 trace time from the tracing process's backend (here the CPU's "reduce_window" LRN and "slices"
-pooling), so they are pinned to what "auto" picks on the target (models.auto_implementations).
+pooling), so they are pinned to what "auto" picks on the target (layers.auto_implementations).
 """
 
 import json
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax.model import models
+from alexnet_jax.model import layers
 from alexnet_jax.train import experiment
 from configs import imagenet, imagenet_paper, imagenet_torchvision
 
@@ -67,7 +67,7 @@ def gpu_run_config(variant: str, platform: str, mesh_shape: tuple = ()):
         dtype="bfloat16",
         input_dtype="bfloat16",
         mesh_shape=mesh_shape,
-        **models.auto_implementations(BACKENDS[platform]),
+        **layers.auto_implementations(BACKENDS[platform]),
     )
     return c
 
@@ -229,12 +229,12 @@ def test_custom_call_finder_sees_a_real_custom_call():
 
 def test_auto_implementations_differ_between_cpu_and_the_accelerators():
     """Why the export pins them: "auto" traced here would lower the CPU's choices."""
-    assert models.auto_implementations("cpu") == {
+    assert layers.auto_implementations("cpu") == {
         "lrn_impl": "reduce_window",
         "pool_impl": "slices",
     }
     for backend in ("gpu", "tpu"):
-        assert models.auto_implementations(backend) == {
+        assert layers.auto_implementations(backend) == {
             "lrn_impl": "conv",
             "pool_impl": "reduce_window",
         }

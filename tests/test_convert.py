@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from alexnet_jax.interop.convert import (
+    VARIANTS,
     flax_param_shapes,
     from_torch_state_dict,
     to_torch_state_dict,
@@ -23,7 +24,7 @@ from alexnet_jax.interop.convert import (
 )
 from alexnet_jax.interop.torch_models import torch_alexnet
 from alexnet_jax.interop.weights_io import load_weights
-from alexnet_jax.model.models import VARIANTS, AlexNet
+from alexnet_jax.model.models import create
 
 LOGIT_TOL = 1e-4
 NUM_CLASSES = {"torchvision": 1000, "one_tower": 10, "paper": 7}
@@ -67,7 +68,7 @@ def relative_error(actual, expected) -> float:
 
 
 def jax_logits(variant: str, params, x_nchw: torch.Tensor, lrn_convention: str) -> np.ndarray:
-    model = AlexNet(
+    model = create(
         variant,
         num_classes=NUM_CLASSES[variant],
         input_size=INPUT_SIZE[variant],
@@ -131,7 +132,7 @@ def test_converter_shapes_match_the_model(variant):
     """The shapes the converter expects are the model's own param shapes, and its torch shapes
     hold the same number of values, for 1000 and 5 classes."""
     for num_classes in (1000, 5):
-        model = AlexNet(variant, num_classes=num_classes)
+        model = create(variant, num_classes=num_classes)
         x = jnp.zeros((1, INPUT_SIZE[variant], INPUT_SIZE[variant], 3))
         abstract = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
         assert jax.tree.map(lambda s: s.shape, abstract) == flax_param_shapes(variant, num_classes)

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from alexnet_jax.data import data_sources, preprocessing
 from alexnet_jax.data.recipe import Recipe
-from alexnet_jax.model import models
+from alexnet_jax.model import cifar4, models
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import figure1, sweep
 from alexnet_jax.train import sharding
@@ -65,11 +65,11 @@ def test_cifar4_pooling_is_cuda_convnets_overhanging_windows():
     """cuda-convnet pools to ceil((n - 3) / 2) + 1 outputs (5 -> 2 here, where VALID gives 2 and
     6 -> 3 where VALID gives 2): the last window hangs past the edge; a max ignores the overhang,
     an average divides by the cells inside the image."""
-    assert [models.cifar4_pool_size(n, 3, 2) for n in (32, 16, 8, 6, 5)] == [16, 8, 4, 3, 2]
+    assert [cifar4.pool_size(n, 3, 2) for n in (32, 16, 8, 6, 5)] == [16, 8, 4, 3, 2]
     x = jnp.arange(36.0).reshape(1, 6, 6, 1)
-    got_max = models.cifar4_pool(x, "max", 3, 2, "reduce_window")[0, :, :, 0]
+    got_max = cifar4.pool(x, "max", 3, 2, "reduce_window")[0, :, :, 0]
     np.testing.assert_array_equal(got_max, [[14, 16, 17], [26, 28, 29], [32, 34, 35]])
-    got_avg = models.cifar4_pool(x, "avg", 3, 2, "reduce_window")[0, :, :, 0]
+    got_avg = cifar4.pool(x, "avg", 3, 2, "reduce_window")[0, :, :, 0]
     # Window (rows 4-5, cols 4-5) holds 28, 29, 34, 35: mean 31.5; rows 0-2 x cols 4-5: 4 5 10 11
     # 16 17, mean 10.5.
     assert got_avg[2, 2] == pytest.approx(31.5)

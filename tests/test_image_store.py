@@ -330,7 +330,7 @@ def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeyp
 
 
 def test_main_mode_prepare_builds_the_store_and_refuses_a_host_path(tmp_path, repo_root):
-    """`main.py --mode=prepare` (README): builds the data and the store, says where, exits 0;
+    """`main.py --mode=prepare` (docs/DATA.md): builds the data and the store, says where, exits 0;
     with augment_on=host it is one `error:` line naming the field, exit 2, nothing built."""
     flags = [
         f"--config.data_dir={tmp_path / 'tfds'}",

@@ -23,7 +23,7 @@ def test_both_imagenet_configs_run_end_to_end_on_a_miniature_ilsvrc_archive(
     shared_dirs, tmp_path, monkeypatch
 ):
     """configs/imagenet.py (run 145: paper variant at 224 with conv1's overhang, the mean image,
-    parameter groups, 10-crop eval) as the README feeds an accelerator (augment_on=device, from
+    parameter groups, 10-crop eval) as docs/DATA.md feeds an accelerator (augment_on=device, from
     the 256x256 image store) and configs/imagenet_paper.py (the text; host augmentation) with
     manual_dir pointing at two generated ILSVRC2012 tars: built once by the real imagenet2012
     builder, the mean image computed once, each trained 2 steps and evaluated."""

@@ -5,6 +5,8 @@ layer order, normalization, initialization and conv1 geometry; the ablations of 
 Relative error, where used: max |actual - expected| / max |expected| over the whole array.
 """
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,19 +17,16 @@ import pytest
 import torch
 from jax import lax
 
+from alexnet_jax.interop.convert import VARIANTS, conv_specs
+from alexnet_jax.model.alexnet import OneTowerAlexNet
+from alexnet_jax.model.layers import ConvSpec, GroupedConv, Net, adaptive_avg_pool, max_pool
 from alexnet_jax.model.lrn import local_response_norm, spatial_response_norm
 from alexnet_jax.model.models import (
     FORWARD_OPTIONS,
     MODEL_FIELDS,
     POOLINGS,
-    VARIANTS,
-    AlexNet,
-    ConvSpec,
-    GroupedConv,
-    adaptive_avg_pool,
-    conv_specs,
+    create,
     layer_macs,
-    max_pool,
     param_count,
     train_flops_per_image,
 )
@@ -55,12 +54,12 @@ def images(batch: int, size: int, seed: int = 0, scale: float = 50.0) -> jax.Arr
     return scale * jax.random.normal(jax.random.key(seed), (batch, size, size, 3), jnp.float32)
 
 
-def abstract_variables(model: AlexNet, size: int, batch: int = 1):
+def abstract_variables(model: Net, size: int, batch: int = 1):
     """Shapes and dtypes of model.init's variables, without computing anything."""
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((batch, size, size, 3)))
 
 
-def intermediate_shapes(model: AlexNet, size: int, batch: int = 1) -> dict[str, tuple]:
+def intermediate_shapes(model: Net, size: int, batch: int = 1) -> dict[str, tuple]:
     """Output shape of every named submodule (conv1..fc8), by abstract evaluation."""
 
     def run(x):
@@ -76,7 +75,7 @@ def intermediate_shapes(model: AlexNet, size: int, batch: int = 1) -> dict[str, 
 def paper_apply():
     """The float32 paper net's apply, jitted once: (variables, x, dropout key, train) ->
     (logits, {"intermediates": outputs of every submodule})."""
-    model = AlexNet("paper")
+    model = create("paper")
     return jax.jit(
         lambda variables, x, key, train: model.apply(
             variables, x, train=train, rngs={"dropout": key}, capture_intermediates=True,
@@ -89,7 +88,7 @@ def paper_apply():
 @pytest.fixture(scope="module")
 def paper_variables():
     """The paper variant's variables under the paper initialization (one jitted init)."""
-    model = AlexNet("paper")
+    model = create("paper")
     variables = jax.jit(model.init)(init_key(), jnp.zeros((1, 227, 227, 3)))
     return jax.tree.map(np.asarray, variables)
 
@@ -102,7 +101,7 @@ def test_exact_parameter_count_per_variant(variant):
     """60,965,224 (paper), 62,378,344 (one_tower), 61,100,840 (torchvision) at 1000 classes,
     all float32, and fc8 scales as 4097 * num_classes."""
     for num_classes in (1000, 10):
-        model = AlexNet(variant, num_classes=num_classes)
+        model = create(variant, num_classes=num_classes)
         variables = abstract_variables(model, INPUT_SIZE[variant])
         expected = PARAM_COUNTS[variant] - 4097 * (1000 - num_classes)
         assert param_count(variables["params"]) == expected
@@ -116,7 +115,7 @@ def test_exact_parameter_count_per_variant(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_output_shape_for_any_positive_num_classes(variant, num_classes):
     """The logits are (B, num_classes) float32 for every variant and any positive num_classes."""
-    model = AlexNet(variant, num_classes=num_classes)
+    model = create(variant, num_classes=num_classes)
     x = jnp.zeros((3, INPUT_SIZE[variant], INPUT_SIZE[variant], 3))
     variables = abstract_variables(model, INPUT_SIZE[variant])
     out = jax.eval_shape(model.apply, variables, x)
@@ -126,9 +125,10 @@ def test_output_shape_for_any_positive_num_classes(variant, num_classes):
 
 @pytest.mark.parametrize("num_classes", [0, -5])
 def test_non_positive_num_classes_is_refused(num_classes):
-    """num_classes < 1 is a ValueError that names the field."""
-    with pytest.raises(ValueError, match="num_classes"):
-        abstract_variables(AlexNet("one_tower", num_classes=num_classes), 227)
+    """num_classes < 1 is a ValueError (ConfigError) that names the field, when the model is
+    built."""
+    with pytest.raises(ValueError, match=r"config\.num_classes must be a positive integer"):
+        create("one_tower", num_classes=num_classes)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_non_positive_num_classes_is_refused(num_classes):
 )
 def test_feature_map_sizes_55_27_13_and_fc_widths(variant, input_size):
     """conv1 gives 55x55 at 227 unpadded and at 224 padded; then 27, 13, 13, 13; FCs 4096 wide."""
-    model = AlexNet(variant, input_size=input_size)
+    model = create(variant, input_size=input_size)
     shapes = intermediate_shapes(model, input_size, batch=2)
     widths = [spec.features for spec in conv_specs(variant, input_size)]
     for name, hw, width in zip(LAYERS[:5], (55, 27, 13, 13, 13), widths, strict=True):
@@ -247,7 +247,7 @@ def test_paper_initialization_statistics(paper_variables):
 
 def test_bias_one_is_configurable():
     """bias_one=0.1 (Caffe's value) puts exactly 0.1 where the paper puts 1, and 0 elsewhere."""
-    model = AlexNet("one_tower", bias_one=0.1)
+    model = create("one_tower", bias_one=0.1)
     biases_only = lambda key: {
         layer: leaves["bias"]
         for layer, leaves in model.init(key, jnp.zeros((1, 227, 227, 3)))["params"].items()
@@ -261,7 +261,7 @@ def test_bias_one_is_configurable():
 def test_he_initialization_zero_biases_and_fan_in_std():
     """init_scheme="he": every bias is 0, and kernels have std sqrt(2 / fan_in) within 5% (checked
     on conv1 and fc8, a convolution and a dense layer; each kernel costs a compile)."""
-    model = AlexNet("torchvision", init_scheme="he")
+    model = create("torchvision", init_scheme="he")
     checked = ("conv1", "fc8")
 
     def stats(key, x):  # reduced inside jit; unchecked kernels are never generated
@@ -290,7 +290,7 @@ def test_dropout_only_in_training_and_deterministic_given_the_rng(paper_variable
     variant drops about half of the (ReLU'd) fc6 outputs and scales the rest by 2."""
     x = images(2, 227, seed=1)
     apply = lambda train, key: paper_apply(paper_variables, x, key, train=train)
-    jax.eval_shape(AlexNet("paper").apply, paper_variables, x)  # traces with no rng: no error
+    jax.eval_shape(create("paper").apply, paper_variables, x)  # traces with no rng: no error
     eval_a, state_eval = apply(False, jax.random.key(8))
     eval_b, _ = apply(False, jax.random.key(9))
     train_a, state_train = apply(True, jax.random.key(1))
@@ -314,7 +314,7 @@ def test_dropout_only_in_training_and_deterministic_given_the_rng(paper_variable
 def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(paper_variables, paper_apply):
     """dtype=bfloat16: params stay float32, activations are bf16, logits float32 and within 2e-2
     (relative) of the float32 model's logits."""
-    model16 = AlexNet("paper", dtype=jnp.bfloat16)
+    model16 = create("paper", dtype=jnp.bfloat16)
     params16 = abstract_variables(model16, 227)["params"]
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params16))
     x = images(2, 227, seed=3)
@@ -396,7 +396,7 @@ def test_layer_macs_totals_and_agreement_with_the_model(variant, input_size, gig
     macs = layer_macs(variant, input_size)
     assert round(sum(macs.values()) / 1e9, 3) == giga_macs
     assert train_flops_per_image(variant, input_size) == 6 * sum(macs.values())
-    model = AlexNet(variant, input_size=input_size)
+    model = create(variant, input_size=input_size)
     outputs = intermediate_shapes(model, input_size)
     params = abstract_variables(model, input_size)["params"]
     for layer in LAYERS:
@@ -444,7 +444,7 @@ def test_forward_options_shapes_parameter_counts_and_macs():
     """Each option's maps (conv1..conv5; pool5 through fc6's inputs), widths and parameter count
     against the hand counts above, and layer_macs with the options against the model's shapes."""
     for variant, size, options, count, maps, widths in OPTION_CASES:
-        model = AlexNet(variant, input_size=size, **options)
+        model = create(variant, input_size=size, **options)
 
         def run(x, model=model):
             variables = model.init(jax.random.key(0), x)
@@ -467,8 +467,8 @@ def test_forward_options_shapes_parameter_counts_and_macs():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(variant="paper", width="half"), "config.width must be 'full' unless"),
-        (dict(variant="torchvision", width="half_code"), "config.width must be 'full' unless"),
+        (dict(variant="paper", width="half"), "config.width must be 'full' for variant"),
+        (dict(variant="torchvision", width="half_code"), "config.width must be 'full' for variant"),
         (dict(variant="paper", input_size=227, conv1_padding="overhang"),
          "config.conv1_padding must be 'symmetric' unless config.input_size is 224"),
         (dict(variant="torchvision", input_size=224, conv1_padding="overhang"),
@@ -488,8 +488,9 @@ def test_forward_options_shapes_parameter_counts_and_macs():
 )  # fmt: skip
 def test_options_are_refused_where_they_mean_nothing(overrides, message):
     """A forward option outside its variants, sizes or companions is one ConfigError naming the
-    field (the config's rule, also for a config read from JSON, which has no types); the model
-    refuses the same values with the same message."""
+    field (the config's rule, also for a config read from JSON, which has no types); building the
+    model (models.create, once, not at every trace) refuses the same values with the same
+    message."""
     from alexnet_jax.core import errors
     from alexnet_jax.train import config_lib
     from configs import default
@@ -497,10 +498,8 @@ def test_options_are_refused_where_they_mean_nothing(overrides, message):
     config = ml_collections.ConfigDict({**default.get_config().to_dict(), **overrides})
     with pytest.raises(errors.ConfigError, match=message):
         config_lib.validate_config(config)
-    if "init_scheme" not in overrides:  # the model checks its forward options when called
-        model = AlexNet(**{"variant": config.variant, **overrides})
-        with pytest.raises(errors.ConfigError, match=message):
-            abstract_variables(model, config.input_size)
+    with pytest.raises(errors.ConfigError, match=message):
+        create(**{"variant": config.variant, **overrides})
 
 
 def test_conv1_overhang_is_zero_padding_below_and_right_of_the_image():
@@ -534,7 +533,7 @@ def test_cuda_convnet_initialization_per_layer_statistics(monkeypatch):
     sqrt(n) of 0. fc6/fc7 narrowed to 64 units and a 67x67 input (pool5 1x1): fc6 and fc7 still
     have 16k and 4k draws."""
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)
-    model = AlexNet("paper", num_classes=10, init_scheme="cuda_convnet")
+    model = create("paper", num_classes=10, init_scheme="cuda_convnet")
 
     def stats(key, x):  # reduced inside jit: only statistics leave it
         params = model.init(key, x)["params"]
@@ -567,20 +566,20 @@ def test_block_orders_spatial_norm_and_ablations_compose_the_right_layers():
     pool = lambda y, window=3: max_pool(y, "reduce_window", window, 2)
 
     def block(method, **options):
-        model = AlexNet("one_tower", lrn_impl="reduce_window", pool_impl="reduce_window", **options)
+        model = create("one_tower", lrn_impl="reduce_window", pool_impl="reduce_window", **options)
         return model.apply({}, u, method=method)
 
     @jax.jit
     def blocks_and_references():  # one compile for all
         return {
-            "paper": (block(AlexNet._block1), pool(lrn(nn.relu(u)))),
-            "code": (block(AlexNet._block1, block1_order="conv_lrn_pool_relu"),
+            "paper": (block(OneTowerAlexNet.block1), pool(lrn(nn.relu(u)))),
+            "code": (block(OneTowerAlexNet.block1, block1_order="conv_lrn_pool_relu"),
                      nn.relu(pool(lrn(u)))),
-            "block2": (block(AlexNet._block2), pool(lrn(nn.relu(u)))),
-            "spatial": (block(AlexNet._block2, spatial_norm2=True),
+            "block2": (block(OneTowerAlexNet.block2), pool(lrn(nn.relu(u)))),
+            "spatial": (block(OneTowerAlexNet.block2, spatial_norm2=True),
                         pool(spatial_response_norm(lrn(nn.relu(u))))),
-            "no_lrn": (block(AlexNet._block1, lrn=False), pool(nn.relu(u))),
-            "tanh_2_2": (block(AlexNet._block1, activation="tanh", pool_window=2),
+            "no_lrn": (block(OneTowerAlexNet.block1, lrn=False), pool(nn.relu(u))),
+            "tanh_2_2": (block(OneTowerAlexNet.block1, activation="tanh", pool_window=2),
                          pool(lrn(jnp.tanh(u)), window=2)),
         }  # fmt: skip
 
@@ -599,7 +598,8 @@ def test_ablation_arms_train_and_dropout_rate_zero_turns_dropout_off(monkeypatch
     arms, He-scaled NumPy params: each compile costs seconds on 2 cores.)"""
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)
     arms = dict(activation="tanh", lrn=False, pool_window=2, dropout_rate=0.0, width="half")
-    model = AlexNet("one_tower", num_classes=4, input_size=35, pool_impl="reduce_window", **arms)
+    # The class itself (models.create would refuse the 35 px input that keeps this test fast).
+    model = OneTowerAlexNet(num_classes=4, input_size=35, pool_impl="reduce_window", **arms)
     shapes = abstract_variables(model, 35)["params"]
     assert shapes["conv5"]["kernel"].shape == (3, 3, 192, 128)  # half width
     assert shapes["fc6"]["kernel"].shape == (128, 64)  # 35 -> conv1 8 -> 4 -> 2 -> pool5 1x1
@@ -633,6 +633,52 @@ def test_old_runs_get_the_default_network():
     the value of the network it trained (rundir.ADDED_FIELDS), which are AlexNet's defaults."""
     from alexnet_jax.runs import rundir
 
-    defaults = {name: getattr(AlexNet(), name) for name in FORWARD_OPTIONS}
+    defaults = {name: getattr(create(), name) for name in FORWARD_OPTIONS}
     assert {name: rundir.ADDED_FIELDS[name] for name in FORWARD_OPTIONS} == defaults
     assert set(FORWARD_OPTIONS) <= set(MODEL_FIELDS)
+
+
+class _TinyNet(Net):
+    """A variant written outside the package: one 3x3 convolution, a max-pool and fc8."""
+
+    default_input_size = 32
+    options = frozenset({"activation", "pool_window", "pool_stride"})
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = self.act(self.conv(ConvSpec("conv1", 8, 3, 1, 1), x.astype(self.dtype)))  # (B,32,32,8)
+        x = self.pool(x)  # (B, 15, 15, 8)
+        return self.dense("fc8", self.num_classes, x).astype(jnp.float32)
+
+
+def test_a_variant_registered_from_outside_the_package_trains_and_is_checked(monkeypatch, tmp_path):
+    """Adding a variant is one Net subclass and one registration, here in this test file: the
+    config's rules take its name and input size and refuse options it does not implement, and
+    the training loop trains it (2 steps on synthetic data, an evaluation, a checkpoint) with no
+    change to the package."""
+    from alexnet_jax.core import errors
+    from alexnet_jax.model import models
+    from alexnet_jax.train import config_lib, loop
+    from configs import default
+
+    monkeypatch.setitem(models.REGISTRY, "tiny", _TinyNet)
+    config = default.get_config()
+    config.update(
+        variant="tiny", input_size=32, num_classes=4, init_scheme="he", dataset="synthetic",
+        synthetic_train_examples=64, synthetic_eval_examples=8, batch_size=8, eval_batch_size=8,
+        num_train_steps=2, log_every_steps=1,
+    )  # fmt: skip
+    for field, value, message in [
+        ("input_size", 64, "config.input_size must be 32 for variant 'tiny'"),
+        ("lrn", False, "config.lrn must be True for variant 'tiny', which has no LRN"),
+    ]:
+        bad = config.copy_and_resolve_references()
+        bad[field] = value
+        with pytest.raises(errors.ConfigError, match=message):
+            config_lib.validate_config(bad)
+    config_lib.validate_config(config)
+    final = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert set(final) >= {"loss"}
+    assert np.isfinite(final["loss"])
+    assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
+    assert models.model_fields(models.create_model(config))["variant"] == "tiny"

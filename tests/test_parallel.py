@@ -15,7 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.core import runtime
 from alexnet_jax.core.errors import ConfigError
-from alexnet_jax.model.models import AlexNet, GroupedConv
+from alexnet_jax.model.layers import GroupedConv
+from alexnet_jax.model.models import create
 from alexnet_jax.train import checkpoint, experiment, sharding
 from configs import default
 
@@ -45,7 +46,7 @@ def _relative_error(a, b) -> float:
 @pytest.fixture(scope="module")
 def paper_params():
     """He-scaled random params and biases N(0, 0.1) from NumPy (a compiled init costs seconds)."""
-    shapes = sharding.abstract_params(AlexNet("paper", num_classes=NUM_CLASSES))
+    shapes = sharding.abstract_params(create("paper", num_classes=NUM_CLASSES))
     rng = np.random.default_rng(0)
 
     def draw(path, leaf):
@@ -73,11 +74,11 @@ def test_tower_mesh_gives_single_device_logits_and_gradients(paper_params):
     labels = np.arange(BATCH, dtype=np.int32) % NUM_CLASSES
     grad_fn = jax.jit(jax.value_and_grad(_loss_and_logits, has_aux=True), static_argnums=1)
 
-    plain = AlexNet("paper", num_classes=NUM_CLASSES)
+    plain = create("paper", num_classes=NUM_CLASSES)
     (loss_1, logits_1), grads_1 = grad_fn(paper_params, plain, images, labels)
 
     mesh = _tower_mesh()
-    tower = AlexNet("paper", num_classes=NUM_CLASSES, mesh=mesh)
+    tower = create("paper", num_classes=NUM_CLASSES, mesh=mesh)
     params = jax.device_put(paper_params, sharding.params_sharding(tower, mesh))
     assert params["conv2"]["kernel"].addressable_shards[0].data.shape == (5, 5, 48, 128)
     assert params["fc6"]["kernel"].addressable_shards[0].data.shape == (9216, 2048)
@@ -116,8 +117,8 @@ def test_tower_mesh_runs_the_forward_options_like_one_device():
 
     def loss(inputs, mesh):
         u1, u2, params = inputs
-        model = AlexNet("paper", mesh=mesh, **PAPER_OPTIONS)
-        blocks = lambda m: (m._per_tower(m._block1, u1), m._per_tower(m._block2, u2))
+        model = create("paper", mesh=mesh, **PAPER_OPTIONS)
+        blocks = lambda m: (m.per_tower(m.block1, u1), m.per_tower(m.block2, u2))
         b1, b2 = model.apply({}, method=blocks)
         conv1 = GroupedConv(8, 11, 4, (0, 3), mesh=mesh, input_split=False)
         y = conv1.apply({"params": params}, image)

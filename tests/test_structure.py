@@ -177,14 +177,26 @@ def test_tensorflow_is_imported_on_first_use_quietly_and_kept_off_the_accelerato
 
 
 def test_readme_layout_table_names_every_module_once():
-    """The README's layout table has one row for each module of alexnet_jax/, no more."""
+    """The README's layout table has one row per folder, in FOLDERS' order, whose backticked
+    `name.py` cells name each module of alexnet_jax/ exactly once and no other: a module added or
+    removed without the README is caught."""
+    import re
+
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ")]
-    rows = [line.split("|")[1].strip().strip("`") for line in layout.splitlines() if "| `" in line]
+    folders, named = [], []
+    for line in layout.splitlines():
+        row = re.match(r"\|\s*`(\w+)/`\s*\|([^|]*)\|", line)
+        if row:
+            folder, cell = row.groups()
+            folders.append(folder)
+            named += [f"{folder}/{name}" for name in re.findall(r"`(\w+\.py)`", cell)]
+    assert tuple(folders) == FOLDERS
     modules = sorted(f"{module.replace('.', '/')}.py" for module in import_graph())
-    assert sorted(rows) == modules
+    assert len(named) == len(set(named)), sorted(name for name in named if named.count(name) > 1)
+    assert sorted(named) == modules
 
 
 def test_every_test_named_in_the_reliability_table_exists():

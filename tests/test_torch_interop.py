@@ -20,7 +20,9 @@ from torch import nn
 
 from alexnet_jax.data import imagenet_stats
 from alexnet_jax.interop import convert, torch_models, weights_io
-from alexnet_jax.model.models import FORWARD_OPTIONS, VARIANTS, AlexNet
+from alexnet_jax.interop.convert import VARIANTS
+from alexnet_jax.model.layers import Net
+from alexnet_jax.model.models import FORWARD_OPTIONS, create
 
 LOGIT_TOL = 1e-4
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,10 +55,10 @@ def conventions_for(variant: str, with_options: bool = False) -> dict:
     return {**conventions, **ALL_OPTIONS[variant]} if with_options else conventions
 
 
-def jax_model(conventions: dict) -> AlexNet:
+def jax_model(conventions: dict) -> Net:
     """The JAX model a run with these conventions evaluates (create_model's fields)."""
     options = {key: conventions[key] for key in FORWARD_OPTIONS if key in conventions}
-    return AlexNet(
+    return create(
         conventions["variant"],
         num_classes=conventions["num_classes"],
         input_size=conventions["input_size"],

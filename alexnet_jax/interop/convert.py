@@ -45,8 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.model.models import VARIANTS, conv_specs
+from alexnet_jax.model import alexnet, torchvision
+from alexnet_jax.model.layers import ConvSpec
 
+# The variants with a PyTorch layout (the ImageNet nets; Figure 1's cifar4 has none).
+VARIANTS = ("paper", "one_tower", "torchvision")
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DENSE_LAYERS = ("fc6", "fc7", "fc8")
 
@@ -80,6 +83,17 @@ _POOL5_GRID = 6  # fc6 sees a (6, 6, C) grid: pool5 output, or torchvision's ada
 def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def conv_specs(
+    variant: str, input_size: int = 227, width: str = "full", conv1_padding: str = "symmetric"
+) -> tuple[ConvSpec, ...]:
+    """The five convolutions of an ImageNet variant (VARIANTS), which its PyTorch layout follows."""
+    _check_variant(variant)
+    if variant == "torchvision":
+        return torchvision.CONVS
+    towers = 2 if variant == "paper" else 1
+    return alexnet.conv_specs(towers, input_size, width, conv1_padding)
 
 
 def flax_param_shapes(

@@ -45,8 +45,10 @@ import numpy as np
 from alexnet_jax.core import rules
 from alexnet_jax.data import image_files
 from alexnet_jax.interop import convert, weights_io
+from alexnet_jax.interop.convert import VARIANTS, conv_specs
 from alexnet_jax.model import lrn, models
-from alexnet_jax.model.models import LRN_CONVENTIONS, VARIANTS, conv_specs, default_input_size
+from alexnet_jax.model.layers import LRN_CONVENTIONS, ConvSpec, padding_pair
+from alexnet_jax.model.models import default_input_size
 
 # The paper's LRN: n, alpha as written, beta, k (lrn.local_response_norm's defaults).
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
@@ -126,10 +128,10 @@ def _option_classes() -> tuple[type, type]:
     return SpatialResponseNorm, OverhangConv2d
 
 
-def _conv(spec: models.ConvSpec, in_channels: int) -> Any:
+def _conv(spec: ConvSpec, in_channels: int) -> Any:
     from torch import nn
 
-    before, after = models.padding_pair(spec.padding)
+    before, after = padding_pair(spec.padding)
     args = (in_channels, spec.features, spec.kernel, spec.stride)
     if before == after:
         return nn.Conv2d(*args, before, groups=spec.groups)

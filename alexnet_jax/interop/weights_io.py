@@ -503,7 +503,7 @@ def weights_config(conventions: Any) -> ml_collections.ConfigDict:
     (CONVENTION_FIELDS, the forward options recorded or their defaults; CLASS_FIELDS
     kept when present, else no class names)."""
     recorded = with_option_defaults(conventions)
-    model = models.AlexNet(
+    model = models.create(
         conventions["variant"],
         num_classes=conventions["num_classes"],
         input_size=conventions["input_size"],

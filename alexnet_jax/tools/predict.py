@@ -34,7 +34,8 @@ from alexnet_jax.core import runtime
 from alexnet_jax.core.errors import DataError, UserError, reported_as_exit
 from alexnet_jax.data import image_files, imagenet_classes, miniature
 from alexnet_jax.interop import weights_io
-from alexnet_jax.model.models import VARIANTS, create_model
+from alexnet_jax.interop.convert import VARIANTS
+from alexnet_jax.model.models import create_model
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import load
 

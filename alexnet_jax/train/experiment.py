@@ -26,7 +26,8 @@ import optax
 
 from alexnet_jax.data import augment
 from alexnet_jax.data.recipe import Recipe
-from alexnet_jax.model.models import AlexNet, create_model
+from alexnet_jax.model.layers import Net
+from alexnet_jax.model.models import create_model
 from alexnet_jax.train import config_lib, optim, sharding, steps
 from alexnet_jax.train.train_state import TrainState, create_train_state, state_sharding
 
@@ -37,7 +38,7 @@ class Experiment:
 
     config: Any
     mesh: jax.sharding.Mesh
-    model: AlexNet
+    model: Net
     tx: optax.GradientTransformation
     steps_per_epoch: int  # the optimizer schedule's epoch length
     state_sharding: Any  # a TrainState-shaped pytree prefix of NamedShardings

@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.core.errors import ConfigError
+from alexnet_jax.model import models
 from alexnet_jax.model.parallel import DATA, TOWER, splits_over_towers, tower_size
 
 # Layers whose output features (kernel's last axis and bias) are split over "tower".
@@ -59,7 +60,7 @@ def tower_mesh(config: Any, mesh: jax.sharding.Mesh) -> jax.sharding.Mesh | None
     towers = tower_size(mesh)
     if towers == 1:
         return None
-    if config.variant != "paper" or towers != 2:
+    if towers != models.get_variant(config.variant).towers:  # the paper's net has two towers
         raise ConfigError(
             f"config.mesh_shape={tuple(config.mesh_shape)} has a 'tower' axis of size {towers}, "
             f"which needs config.variant='paper' (two towers) and size 2; got variant "
