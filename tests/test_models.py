@@ -682,3 +682,39 @@ def test_a_variant_registered_from_outside_the_package_trains_and_is_checked(mon
     assert np.isfinite(final["loss"])
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
     assert models.model_fields(models.create_model(config))["variant"] == "tiny"
+
+
+def test_a_new_net_field_is_a_model_field_and_a_forward_option_with_no_list_to_edit(tmp_path):
+    """Model fields are declared once, on layers.Net: MODEL_FIELDS, the forward options, the
+    defaults older runs get and the options an export records all derive from its fields. A field
+    added to Net (here on a subclass, as `net_fields` sees it) is a forward option; a run whose
+    config.json lacks the forward options (made before they existed) loads with their defaults."""
+    import dataclasses
+    import json
+
+    from alexnet_jax.interop import weights_io
+    from alexnet_jax.model import layers, models
+    from alexnet_jax.runs import rundir
+    from alexnet_jax.train import config_lib
+    from configs import default
+
+    declared = [f.name for f in dataclasses.fields(Net) if f.init]
+    expected = ("variant", *(n for n in declared if n not in ("parent", "name", "mesh")))
+    assert expected == models.MODEL_FIELDS
+    assert set(layers.FORWARD_OPTIONS) <= set(models.MODEL_FIELDS)
+    assert weights_io.OPTION_DEFAULTS == layers.FORWARD_OPTIONS
+    assert {k: rundir.ADDED_FIELDS[k] for k in layers.FORWARD_OPTIONS} == layers.FORWARD_OPTIONS
+
+    class WithGain(Net):
+        gain: float = 1.0
+
+    fields = layers.net_fields(WithGain)
+    assert list(fields)[-1] == "gain"
+    assert "gain" not in layers._NOT_OPTIONS  # so it would be a forward option, default 1.0
+
+    old = default.get_config().to_dict()
+    for option in layers.FORWARD_OPTIONS:
+        del old[option]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = config_lib.load_config(str(tmp_path))
+    assert {k: config[k] for k in layers.FORWARD_OPTIONS} == layers.FORWARD_OPTIONS

@@ -12,8 +12,9 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax.core import rules
 from alexnet_jax.core.errors import ConfigError, UserError
-from alexnet_jax.train import optim
+from alexnet_jax.train import config_lib, optim
 
 MOMENTUM = 0.9
 
@@ -37,6 +38,15 @@ def _config(**overrides) -> ml_collections.ConfigDict:
     )
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
+
+
+def _full_config(**overrides) -> ml_collections.ConfigDict:
+    """configs/default.py with the optimizer fields of `_config` and overrides."""
+    from configs import default
+
+    return ml_collections.ConfigDict(
+        {**default.get_config().to_dict(), **_config(**overrides).to_dict()}
+    )
 
 
 def _params(seed: int = 0) -> dict:
@@ -362,9 +372,10 @@ def test_lr_helpers_reject_a_state_without_the_hyperparameters():
 def test_invalid_optimizer_config_raises_config_error_naming_the_field(field, value):
     config = _config(**{field: value})
     with pytest.raises(ConfigError, match=rf"config\.{field}\b"):
-        optim.validate_optimizer_config(config)
-    with pytest.raises(UserError, match=rf"config\.{field}\b"):
-        optim.create_optimizer(config, steps_per_epoch=10)
+        rules.check(config, optim.RULES)
+    full = _full_config(**{field: value})
+    with pytest.raises(UserError, match=rf"config\.{field}\b"):  # where every entry point checks
+        config_lib.validate_config(full)
 
 
 # ---- Warm-up, clipping, parameter groups ---------------------------------------------------------
@@ -466,7 +477,7 @@ def test_lr_scale_reaches_every_parameter_group():
 def test_invalid_param_groups_are_one_config_error(groups, message):
     config = _config(param_groups=ml_collections.ConfigDict(groups))
     with pytest.raises(ConfigError, match=rf"config\.param_groups must be .*{message}"):
-        optim.validate_optimizer_config(config)
+        rules.check(config, optim.RULES)
 
 
 @pytest.mark.parametrize(
@@ -487,7 +498,7 @@ def test_missing_optimizer_field_raises_config_error():
     config = _config()
     del config["plateau_max_drops"]
     with pytest.raises(ConfigError, match=r"config\.plateau_max_drops is missing"):
-        optim.validate_optimizer_config(config)
+        rules.check(config, optim.RULES)
 
 
 def test_default_config_is_valid_and_makes_an_optimizer(repo_root):
@@ -496,9 +507,27 @@ def test_default_config_is_valid_and_makes_an_optimizer(repo_root):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    optim.validate_optimizer_config(config)
+    rules.check(config, optim.RULES)
     tx = optim.create_optimizer(config, steps_per_epoch=10)
     state = tx.init(_params())
     # The demo recipe's warm-up: the first update of a 10-step epoch uses a tenth of the lr.
     first = config.learning_rate * min(1.0, 1.0 / (config.warmup_epochs * 10))
     np.testing.assert_allclose(float(optim.current_learning_rate(state)), first, rtol=1e-6)
+
+
+def test_a_schedule_registered_from_outside_the_package_is_accepted_and_used(monkeypatch):
+    """Adding a schedule is one function and one SCHEDULES entry (here from this test file): the
+    config's rule takes the new name and create_optimizer runs it, warm-up and all."""
+    cosine = lambda lr, setting, steps_per_epoch: optax.cosine_decay_schedule(
+        lr, 4 * steps_per_epoch
+    )
+    monkeypatch.setitem(optim.SCHEDULES, "cosine", cosine)
+    config = _full_config(schedule="cosine", learning_rate=0.1, warmup_epochs=0.0)
+    config_lib.validate_config(config)
+    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    _, _, lrs = _run(tx, _params(), _grads(40, _params()))  # the lr each update used
+    np.testing.assert_allclose(lrs, [float(cosine(0.1, None, 10)(i)) for i in range(40)], rtol=1e-6)
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[-1] < 0.001
+    with pytest.raises(ConfigError, match=r"config\.schedule must be one of"):
+        config_lib.validate_config(_full_config(schedule="cosine_typo"))

@@ -233,3 +233,17 @@ def test_a_file_that_does_not_fit_the_variant_is_refused_naming_the_keys(tmp_pat
     assert "partial.pth refused for variant 'torchvision'" in message
     assert '"classifier.6.bias"' in message  # missing
     assert "size mismatch for features.0.bias" in message
+
+
+def test_a_forward_option_the_pytorch_module_does_not_mirror_is_refused(monkeypatch):
+    """Every forward option is mirrored in PyTorch today; one added to the JAX model only (here
+    `gain`, added to FORWARD_OPTIONS by the test) builds at its default and is refused at any
+    other value, instead of a PyTorch model whose logits silently differ."""
+    from alexnet_jax.interop import torch_models
+    from alexnet_jax.model import layers
+
+    assert set(layers.FORWARD_OPTIONS) == torch_models.TORCH_OPTIONS
+    monkeypatch.setitem(layers.FORWARD_OPTIONS, "gain", 1.0)
+    torch_models.torch_alexnet("torchvision", num_classes=3, gain=1.0)
+    with pytest.raises(ValueError, match=r"does not implement the forward options \['gain'\]"):
+        torch_models.torch_alexnet("torchvision", num_classes=3, gain=2.0)

@@ -47,7 +47,7 @@ from alexnet_jax.data import image_files
 from alexnet_jax.interop import convert, weights_io
 from alexnet_jax.interop.convert import VARIANTS, conv_specs
 from alexnet_jax.model import lrn, models
-from alexnet_jax.model.layers import LRN_CONVENTIONS, ConvSpec, padding_pair
+from alexnet_jax.model.layers import FORWARD_OPTIONS, LRN_CONVENTIONS, ConvSpec, padding_pair
 from alexnet_jax.model.models import default_input_size
 
 # The paper's LRN: n, alpha as written, beta, k (lrn.local_response_norm's defaults).
@@ -145,6 +145,14 @@ def _activation(options: dict[str, Any]) -> Any:
     return (lambda: nn.ReLU(inplace=True)) if options["activation"] == "relu" else nn.Tanh
 
 
+# The forward options this module mirrors (all of models.FORWARD_OPTIONS when it was written); a
+# new one must be implemented here too, or torch_alexnet refuses a non-default value of it.
+TORCH_OPTIONS = frozenset(
+    {"block1_order", "spatial_norm2", "conv1_padding", "activation", "lrn", "pool_window"}
+    | {"pool_stride", "width"}
+)
+
+
 def _features(variant: str, specs: tuple, alpha: float, options: dict[str, Any]) -> list:
     """The `features` modules: each conv followed by its parameterless modules, 3 after conv1 and
     conv2 (2 in torchvision, which has no LRN), 1 after conv3 and conv4, 2 after conv5 under every
@@ -211,6 +219,12 @@ def torch_alexnet(
     if unknown:
         raise ValueError(f"unknown options {unknown}; known: {list(models.FORWARD_OPTIONS)}")
     options = {**models.FORWARD_OPTIONS, **options}
+    missing = [k for k, v in options.items() if k not in TORCH_OPTIONS and v != FORWARD_OPTIONS[k]]
+    if missing:  # a forward option added to the JAX model but not mirrored here
+        raise ValueError(
+            f"the PyTorch module does not implement the forward options {missing} (set to "
+            f"{[options[k] for k in missing]}): its logits would not be the JAX model's."
+        )
     fields = dict(variant=variant, input_size=input_size, **options)
     rules.check(ml_collections.ConfigDict(fields), models.OPTION_RULES)
     specs = conv_specs(variant, input_size, options["width"], options["conv1_padding"])

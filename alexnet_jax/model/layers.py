@@ -29,21 +29,6 @@ LRN_CONVENTIONS = ("paper", "cuda_convnet")
 POOL_IMPLS = ("reduce_window", "slices", "auto")
 ACTIVATIONS = ("relu", "tanh")
 
-# The forward options added after runs and weights files were made, each with the value that gives
-# the network they were made with: rundir.ADDED_FIELDS fills them into older run configs, and a
-# weights file records one only where it differs from this (weights_io). A variant lists the ones
-# it implements in `Net.options`; the others must keep these values (models.RULES).
-FORWARD_OPTIONS = {
-    "block1_order": "conv_relu_lrn_pool",
-    "spatial_norm2": False,
-    "conv1_padding": "symmetric",
-    "activation": "relu",
-    "lrn": True,
-    "pool_window": 3,
-    "pool_stride": 2,
-    "width": "full",
-}
-
 # The paper's bias constants (section 5): 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
 _BIAS_ONE_LAYERS = frozenset({"conv2", "conv4", "conv5", "fc6", "fc7"})
 # The original run's weight scales (layers-145.cfg `initW`; docs/PAPER.md, departure 4): 0.03 in
@@ -421,3 +406,29 @@ class Net(nn.Module):
         if not parallel.splits_over_towers(self.num_classes, parallel.tower_size(self.mesh)):
             return x
         return parallel.gather_towers(x, self.mesh)
+
+
+# The Net fields that are not forward options: the conventions a weights file records as such
+# (num_classes, input_size, lrn_convention), and how the network is computed or initialized
+# (no trained network's outputs change with them). Every other Net field is a forward option.
+_NOT_OPTIONS = frozenset(
+    {"num_classes", "input_size", "lrn_convention", "lrn_impl", "pool_impl", "init_scheme"}
+    | {"bias_one", "dropout_rate", "dtype"}
+)
+
+
+def net_fields(cls: type[Net] = Net) -> dict[str, Any]:
+    """{field: default} of a Net's config fields, in declaration order (not `mesh`)."""
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in ("parent", "name", "mesh")
+    }
+
+
+# The forward options, each with the value that gives the network runs and weights files had
+# before it existed (a new Net field must default to that): rundir.ADDED_FIELDS fills them into
+# older run configs, and a weights file records one only where it differs from this (weights_io).
+# A variant lists the ones it implements in `Net.options`; the others must keep these values
+# (models.RULES).
+FORWARD_OPTIONS = {k: v for k, v in net_fields().items() if k not in _NOT_OPTIONS}

@@ -31,6 +31,7 @@ from alexnet_jax.model.layers import (
     LRN_CONVENTIONS,
     POOL_IMPLS,
     Net,
+    net_fields,
 )
 from alexnet_jax.model.lrn import IMPLEMENTATIONS as LRN_IMPLEMENTATIONS
 from alexnet_jax.model.torchvision import TorchvisionAlexNet
@@ -59,22 +60,10 @@ CONV1_PADDINGS = ("symmetric", "overhang")
 POOLINGS = ((3, 2), (2, 2))  # (window, stride): overlapping, and section 3.4's comparison
 WIDTHS = ("full", "half", "half_code")
 
-# The config fields that define the network: the variant's name and one per Net field (all but
-# `mesh`, which is where it runs). create_model, the tools that rebuild a run's model and imported
-# weights' configs read exactly these.
-MODEL_FIELDS = (
-    "variant",
-    "num_classes",
-    "input_size",
-    "lrn_convention",
-    "lrn_impl",
-    "pool_impl",
-    "init_scheme",
-    "bias_one",
-    "dropout_rate",
-    "dtype",
-    *FORWARD_OPTIONS,
-)
+# The config fields that define the network: the variant's name and the Net fields (declared
+# once, on layers.Net). create_model, the tools that rebuild a run's model and imported weights'
+# configs read exactly these.
+MODEL_FIELDS = ("variant", *net_fields())
 
 
 def get_variant(name: str) -> type[Net]:

@@ -27,7 +27,6 @@ from alexnet_jax.core import rules
 from alexnet_jax.core.errors import ConfigError
 
 OPTIMIZERS = ("paper_sgd", "sgd")
-SCHEDULES = ("constant", "step", "plateau")
 
 ScalarOrSchedule = float | jax.Array | optax.Schedule
 
@@ -205,32 +204,49 @@ def epochs_to_step_boundaries(
     return boundaries
 
 
+def constant_schedule(lr: float, setting: Callable[[str], Any], steps_per_epoch: int):
+    """The lr unchanged ("constant"; also "plateau", whose drops come from `lr_scale`, set
+    host-side from `plateau_update`)."""
+    return optax.constant_schedule(lr)
+
+
+def step_schedule(lr: float, setting: Callable[[str], Any], steps_per_epoch: int):
+    """lr multiplied by `lr_drop_factor` at each epoch in `lr_drop_epochs` (one factor for all
+    drops, or one per drop): the paper's "divided by 10" (section 5)."""
+    drop_epochs, factors = setting("lr_drop_epochs"), setting("lr_drop_factor")
+    if len(drop_epochs) == 0:
+        return optax.constant_schedule(lr)
+    if rules.is_number(factors):
+        factors = [factors] * len(drop_epochs)
+    boundaries: dict[int, float] = {}
+    for epoch, factor in zip(drop_epochs, factors, strict=True):
+        for step, f in epochs_to_step_boundaries([epoch], steps_per_epoch, factor).items():
+            boundaries[step] = boundaries.get(step, 1.0) * f
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+# The lr schedules by name (`config.schedule`): (lr, setting, steps_per_epoch) -> an optax
+# schedule of the update count, where setting(name) reads a config field (or a parameter group's
+# own value of it). A new schedule is one function and one entry here.
+SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
+    "constant": constant_schedule,
+    "step": step_schedule,
+    "plateau": constant_schedule,
+}
+HOST_SCHEDULES = ("plateau",)  # driven by the training loop from evaluations: not per group
+
+
 def make_schedule(
     config: Any, steps_per_epoch: int, group: Mapping[str, Any] | None = None
 ) -> optax.Schedule:
-    """The lr schedule of `config.schedule`, a function of the update count (0 = first).
-
-    "constant" and "plateau" are constant (plateau drops come from `lr_scale`, set host-side from
-    `plateau_update`); "step" multiplies by `lr_drop_factor` at each epoch in `lr_drop_epochs`
-    (one factor for all drops, or one per drop). Then the warm-up ramp, if any. `group`: a
-    parameter group's settings, which replace the config's (see `param_groups`).
-    """
+    """The lr schedule of `config.schedule` (SCHEDULES), a function of the update count (0 =
+    first), then the warm-up ramp, if any. `group`: a parameter group's settings, which replace
+    the config's (see `param_groups`). The config is validated (RULES) at the entry point."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
     setting = lambda name: (group or {}).get(name, config[name])
-    lr, schedule = float(setting("learning_rate")), setting("schedule")
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"config.schedule must be one of {SCHEDULES}, got {schedule!r}.")
-    base = optax.constant_schedule(lr)
-    drop_epochs, factors = setting("lr_drop_epochs"), setting("lr_drop_factor")
-    if schedule == "step" and len(drop_epochs) > 0:
-        if rules.is_number(factors):
-            factors = [factors] * len(drop_epochs)
-        boundaries: dict[int, float] = {}
-        for epoch, factor in zip(drop_epochs, factors, strict=True):
-            for step, f in epochs_to_step_boundaries([epoch], steps_per_epoch, factor).items():
-                boundaries[step] = boundaries.get(step, 1.0) * f
-        base = optax.piecewise_constant_schedule(lr, boundaries)
+    schedule = SCHEDULES[setting("schedule")]
+    base = schedule(float(setting("learning_rate")), setting, steps_per_epoch)
     return with_warmup(base, round(float(config.warmup_epochs) * steps_per_epoch))
 
 
@@ -325,7 +341,8 @@ def _group_problem(config: Any) -> str | None:
             and setting("learning_rate") >= 0,
             "weight_decay": rules.is_number(setting("weight_decay"))
             and setting("weight_decay") >= 0,
-            "schedule": setting("schedule") in ("constant", "step"),
+            "schedule": setting("schedule") in SCHEDULES
+            and setting("schedule") not in HOST_SCHEDULES,
             "lr_drop_epochs": _increasing_epochs(setting("lr_drop_epochs")),
             "lr_drop_factor": _factors_ok(setting("lr_drop_factor"), setting("lr_drop_epochs")),
         }
@@ -464,23 +481,17 @@ RULES = (
 )
 
 
-def validate_optimizer_config(config: Any) -> None:
-    """Checks the optimizer fields of `config` (RULES) so a bad value fails with a message naming
-    the field instead of deep inside Optax or after hours of training. Raises ConfigError."""
-    rules.check(config, RULES)
-
-
 def create_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer of `config`, its lr visible and scalable in the state (see `with_lr_scale`).
 
-    Validates the optimizer fields first. For the "plateau" schedule the training loop feeds
-    validation errors to `plateau_update` and hands the resulting scale to `set_lr_scale`. With
+    The config is validated (RULES) at the entry point. For the "plateau" schedule the training
+    loop feeds validation errors to `plateau_update` and hands the resulting scale to
+    `set_lr_scale`. With
     `param_groups`, each group's parameters get their own lr, weight decay and schedule (an
     `optax.partition` by parameter name); the warm-up, momentum and clipping are shared. With
     `grad_clip_norm` > 0 the gradient is first rescaled to at most that global norm (before the
     weight decay is added).
     """
-    validate_optimizer_config(config)
 
     def group_tx(group: Any) -> optax.GradientTransformation:
         momentum = float(config.momentum)
