@@ -66,9 +66,12 @@ def get_config() -> ml_collections.ConfigDict:
     # "cuda_convnet": the paper's, but N(0, 0.03) in conv3-5 as in the original run.
     c.bias_one = 1.0  # the paper's "1" bias constant (conv2/4/5, fc6/7); Caffe used 0.1.
     c.lrn_convention = "paper"  # "paper": alpha=1e-4 as written; "cuda_convnet": alpha / n.
-    c.lrn_impl = "auto"  # "auto", "conv", "reduce_window" or "slices" (alexnet_jax/model/lrn.py).
-    # "auto": "slices" on CPU (its gradient is 5x faster there than select-and-scatter's, and
-    # equal bit for bit), "reduce_window" elsewhere; "slices" gives a deterministic GPU gradient.
+    # How LRN's windowed sum of squares is computed: "auto" (the fastest measured for the
+    # backend), "conv", "reduce_window" or "slices" (alexnet_jax/model/lrn.py); same results.
+    c.lrn_impl = "auto"
+    # Max-pooling: "auto", "reduce_window" or "slices" (alexnet_jax/model/layers.py). "auto":
+    # "slices" on CPU (its gradient is 5x faster there than select-and-scatter's, and equal bit
+    # for bit), "reduce_window" elsewhere; "slices" gives a deterministic GPU gradient.
     c.pool_impl = "auto"
     c.dropout_rate = 0.5  # dropout on fc6 and fc7 outputs while training; 0 turns it off.
     c.dtype = "float32"  # computation dtype (float32 or bfloat16); parameters stay float32.

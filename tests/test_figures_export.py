@@ -248,3 +248,20 @@ def test_export_and_predict_run_where_tensorflow_cannot_be_imported(run_dir, tmp
     lines = predicted.stdout.splitlines()
     assert lines[1] == image
     assert len([line for line in lines if line.startswith("  ")]) == 4  # 4 classes, top-5
+
+
+def test_captions_wrap_by_measured_width_in_a_font_with_visible_spaces():
+    """A caption's words are kept in order, separated by one space, each line fits the band
+    (measured in the caption font), and a space is at least 3 pixels wide (Pillow's default font
+    ran "kernels of" together)."""
+    text = (
+        "Figure 3 layout: the 96 conv1 kernels of the one_tower net after 72 training steps on "
+        "miniature data. A short run on small data: the paper's figure shows a net trained for 90 "
+        "epochs on ImageNet."
+    )
+    font = figures.caption_font()
+    lines = figures.wrap_to_width(text, font, 300)
+    assert " ".join(lines) == text
+    assert len(lines) > 2
+    assert all(font.getlength(line) <= 300 for line in lines)
+    assert font.getlength("kernels of") - font.getlength("kernelsof") >= 3

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -49,8 +48,8 @@ GAP = 2  # pixels between patches (Figure 3) ...
 TOWER_GAP = 12  # ... and between the two towers' blocks
 CELL_GAP = 4  # pixels between images in Figure 4 ...
 QUERY_GAP = 12  # ... plus this after the query column
-CAPTION_LINE = 14  # pixels per caption line (Pillow's default font)
-CAPTION_CHAR = 6  # its approximate width per character, for wrapping
+CAPTION_SIZE = 12  # caption font size in pixels (DejaVu Sans, shipped with matplotlib)
+CAPTION_LINE = 16  # pixels per caption line
 DEFAULT_OUT = "figures"  # the PNGs' directory inside the run, unless --out says otherwise
 
 # ---- Figure 3 ---------------------------------------------------------------------------------
@@ -209,12 +208,31 @@ def neighbours_image(queries: np.ndarray, neighbours: np.ndarray, dist: np.ndarr
 # ---- Putting it together ----------------------------------------------------------------------
 
 
+def caption_font() -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib ships: Pillow's default bitmap font runs words together."""
+    import matplotlib
+
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    return ImageFont.truetype(path, CAPTION_SIZE)
+
+
+def wrap_to_width(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """`text`'s words in lines no wider than `width` pixels in `font` (a longer word alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def with_caption(pixels: np.ndarray, caption: str) -> np.ndarray:
     """`pixels` with a white band below holding `caption` in black, wrapped to the width."""
-    width = pixels.shape[1]
-    lines = textwrap.wrap(caption, width=max(20, (width - 2 * GAP) // CAPTION_CHAR))
+    width, font = pixels.shape[1], caption_font()
+    lines = wrap_to_width(caption, font, width - 2 * GAP)
     band = Image.new("RGB", (width, 2 * GAP + CAPTION_LINE * len(lines)), "white")
-    draw, font = ImageDraw.Draw(band), ImageFont.load_default()
+    draw = ImageDraw.Draw(band)
     for i, line in enumerate(lines):
         draw.text((GAP, GAP + i * CAPTION_LINE), line, fill="black", font=font)
     return np.concatenate([pixels, np.asarray(band)], axis=0)
