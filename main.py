@@ -2,14 +2,16 @@
 (`--mode=eval` evaluates a run's latest checkpoint, `--mode=prepare` only prepares the data).
 
 All logic lives in alexnet_jax/; this file parses flags, prepares the process and reports errors
-the user must fix as one paragraph with exit code 2.
+the user must fix as one paragraph with exit code 2. Progress and results go to stdout as plain
+lines, warnings and errors to stderr (alexnet_jax/core/console.py); the libraries' INFO lines
+show only with --verbosity=1 or more.
 """
 
 import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,7 +123,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
 
-    from alexnet_jax.core import runtime  # after absl parsed the flags
+    from alexnet_jax.core import console, runtime  # after absl parsed the flags
     from alexnet_jax.core.errors import reported_as_exit
     from alexnet_jax.train import config_lib
 
@@ -148,9 +150,9 @@ def main(argv):
 
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if jax.process_index() != 0 and not _LOG_ALL_PROCESSES.value:
-            logging.set_verbosity(logging.WARNING)  # process 0 tells the progress
-        logging.info("workdir: %s", workdir)
-        logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", ""))
+            console.show_progress(False)  # process 0 tells the progress
+        console.info(f"workdir: {workdir}")
+        console.info(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')}")
         if _MODE.value == "train":
             loop.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:

@@ -409,7 +409,7 @@ def _store_config(config, case: Case, settings: Settings):
 def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dict[str, Any]:
     """loop.train_and_evaluate for settings.loop_steps steps on `data`, "synthetic" or "store"
     (docstring, 3)."""
-    from alexnet_jax.core import runtime
+    from alexnet_jax.core import console, runtime
 
     runtime.load_tensorflow()
     from alexnet_jax.data import input_pipeline
@@ -427,11 +427,13 @@ def measure_loop(case: Case, settings: Settings, data: str = "synthetic") -> dic
     if data == "store":
         config = _store_config(config, case, settings)
         start = time.perf_counter()
-        input_pipeline.prepare(config)  # once per --store_dir
+        with console.progress_off():  # the rows are this script's output, not the loop's lines
+            input_pipeline.prepare(config)  # once per --store_dir
         prepare_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="alexnet_jax_loop_") as workdir:
         start = time.perf_counter()
-        loop.train_and_evaluate(config, workdir)
+        with console.progress_off():
+            loop.train_and_evaluate(config, workdir)
         wall = time.perf_counter() - start
         lines = [r for r in rundir.read_metrics(workdir) if r.get("split") == "train"]
     rates = [line["images_per_sec"] for line in lines[1:]]

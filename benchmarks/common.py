@@ -48,8 +48,9 @@ DTYPES = ("float32", "bfloat16")
 
 
 def setup_process(threads: int = 0) -> int:
-    """Pins this process to `threads` CPUs (0: all it may use) and sets the project's XLA flags
-    (unless --noproject_xla_flags); returns the CPU count both JAX and PyTorch then use.
+    """Pins this process to `threads` CPUs (0: all it may use), keeps the libraries' INFO lines
+    off the console (as main.py does) and sets the project's XLA flags (unless
+    --noproject_xla_flags); returns the CPU count both JAX and PyTorch then use.
 
     XLA:CPU sizes its thread pool from the CPUs the process may run on when the backend starts,
     so pinning with sched_setaffinity before that is what sets its intra-op threads; PyTorch gets
@@ -63,6 +64,8 @@ def setup_process(threads: int = 0) -> int:
         os.sched_setaffinity(0, cpus)
     if JSON.value:
         check_output_folder("--json", os.path.dirname(os.path.abspath(JSON.value)))
+    runtime.quiet_native_logs()  # no library INFO lines: the tables are the output
+    runtime.quiet_library_logs()
     if PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()
     return len(cpus)
@@ -302,21 +305,43 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 # ---- Output ---------------------------------------------------------------------------------
 
 
+def _cell(row: dict[str, Any], key: str, spec: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    return format(value, spec) if spec else str(value)
+
+
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:
     """Prints `rows` as an aligned table; columns are (key, header, format spec)."""
-
-    def cell(row, key, spec):
-        value = row.get(key)
-        if value is None:
-            return "-"
-        return format(value, spec) if spec else str(value)
-
-    cells = [[cell(r, k, s) for k, _, s in columns] for r in rows]
+    cells = [[_cell(r, k, s) for k, _, s in columns] for r in rows]
     headers = [h for _, h, _ in columns]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+
+
+class RowPrinter:
+    """Prints a table one row at a time, as each is measured (a long benchmark shows its
+    results as they come, and the table once): the header with the first row, each column as
+    wide as its header or its widest `examples` value (a wider cell only shifts its own row)."""
+
+    def __init__(self, columns: Sequence[tuple[str, str, str]], examples: dict[str, Sequence]):
+        self.columns = columns
+        self.widths = [
+            max([len(header), *(len(str(v)) for v in examples.get(key, ()))])
+            for key, header, _ in columns
+        ]
+        self.started = False
+
+    def print_row(self, row: dict[str, Any]) -> None:
+        if not self.started:
+            headers = [h for _, h, _ in self.columns]
+            print("  ".join(h.rjust(w) for h, w in zip(headers, self.widths, strict=True)))
+            self.started = True
+        cells = [_cell(row, k, s) for k, _, s in self.columns]
+        print("  ".join(c.rjust(w) for c, w in zip(cells, self.widths, strict=True)), flush=True)
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

@@ -178,8 +178,9 @@ def main(argv):
         for contender, note in notes.items():
             if note:
                 print(f"  {contender}: {note}")
-    print()
-    common.print_table(rows, COLUMNS)
+    if len(_VARIANT.value) > 1:  # all variants in one table (one was printed just above)
+        print()
+        common.print_table(rows, COLUMNS)
     if common.JSON.value:
         common.write_json(
             common.JSON.value,

@@ -195,8 +195,9 @@ def main(argv):
                 [r for r in rows if r["layer"] == layer and r["batch_size"] == batch_size], COLUMNS
             )
     summary = fastest(rows)
-    print()
-    common.print_table(rows, COLUMNS)
+    if len(_LAYERS.value) * len(_BATCH.value) > 1:  # all in one table (one was printed above)
+        print()
+        common.print_table(rows, COLUMNS)
     print("\n".join(summary))
     if common.JSON.value:
         common.write_json(common.JSON.value, {"environment": env, "rows": rows, "fastest": summary})

@@ -239,9 +239,11 @@ def main(argv):
     env = common.environment(threads)
     print(
         f"# {env['cpu_model']} x{threads}, {env['backend']}, jax {env['jax']}, "
-        f"XLA_FLAGS={env['xla_flags']!r}, load {env['load_average']}"
+        f"XLA_FLAGS={env['xla_flags']!r}, load {env['load_average']}",
+        flush=True,
     )
     rows = []
+    table = common.RowPrinter(COLUMNS, {"variant": _VARIANT.value, "dtype": _DTYPE.value})
     if _CONFIG_FILE.value:
         config = _file_config(_CONFIG_FILE.value)
         row = {"variant": config.variant, "dtype": config.dtype, "batch_size": config.batch_size}
@@ -250,13 +252,12 @@ def main(argv):
         row.update(measure_steps(config))
         row["load"] = row["load_after"] = common.load_average()
         rows.append(row)
+        table.print_row(row)
     for variant in [] if _CONFIG_FILE.value else _VARIANT.value:
         for dtype in _DTYPE.value:
             for batch_size in batch_sizes:
                 rows.append(measure(variant, dtype, batch_size))
-                common.print_table(rows[-1:], COLUMNS)
-    print()
-    common.print_table(rows, COLUMNS)
+                table.print_row(rows[-1])  # the table grows as the rows are measured
     if common.JSON.value:
         payload = {"environment": env, "peak_tflops": _PEAK.value, "rows": rows}
         common.write_json(common.JSON.value, payload)

@@ -40,8 +40,8 @@ TIMEOUT_S = 150
 
 
 @pytest.fixture(scope="module")
-def results(repo_root, tmp_path_factory):
-    """{script: its JSON output}, the scripts run concurrently."""
+def runs(repo_root, tmp_path_factory):
+    """{script: (its JSON output, its stdout, its stderr)}, the scripts run concurrently."""
     out_dir = tmp_path_factory.mktemp("benchmarks")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one real CPU device
     procs = {}
@@ -53,15 +53,36 @@ def results(repo_root, tmp_path_factory):
         if name == "image_store":  # its squares in each format
             cmd.append(f"--store_dir={out_dir / 'bench_store'}")
         procs[name] = subprocess.Popen(
-            cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
     outputs = {}
     for name, proc in procs.items():
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == 0, f"benchmarks/{name}.py failed:\n{log[-4000:]}"
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, f"benchmarks/{name}.py failed:\n{out[-2000:]}{err[-3000:]}"
         with open(out_dir / f"{name}.json") as f:
-            outputs[name] = json.load(f)
+            outputs[name] = (json.load(f), out, err)
     return outputs
+
+
+@pytest.fixture(scope="module")
+def results(runs):
+    """{script: its JSON output}."""
+    return {name: result for name, (result, _, _) in runs.items()}
+
+
+def test_train_step_prints_its_table_once_and_nothing_on_stderr(runs):
+    """A normal run prints the machine line and its table (the header once, one row per config,
+    as they are measured) on stdout; stderr holds nothing: no library INFO line (JAX's "Unable
+    to initialize backend 'tpu'", absl's, XLA's), no warning."""
+    _, out, err = runs["train_step"]
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("# ")
+    assert "jax " in lines[0]
+    assert lines[1].split()[:3] == ["variant", "dtype", "batch"]
+    assert lines[1].endswith(" load")
+    assert lines[2].split()[:3] == ["one_tower", "float32", "1"]
+    assert len(lines) == 3
 
 
 def test_train_step_reports_compile_times_speed_and_mfu(results):
@@ -120,13 +141,15 @@ def test_lrn_benchmark_checks_every_implementation_against_torch(results):
     ],
 )
 def test_project_xla_flags_only_for_the_jaxlib_releases_they_were_measured_with(
-    version, applied, caplog
+    version, applied, capsys
 ):
     """XLA aborts on a flag it does not know: outside XLA_FLAGS_JAXLIB nothing is set, and a
-    warning names the flags and the jaxlib version."""
+    warning (stderr) names the flags and the jaxlib version."""
     flags_ = runtime.project_xla_flags(version)
     assert flags_ == (runtime.XLA_FLAGS if applied else ())
-    assert (f"this is jaxlib {version}" in caplog.text) is not applied
+    err = capsys.readouterr().err
+    assert (f"this is jaxlib {version}" in err) is not applied
+    assert err == "" or err.startswith("warning: Not setting the project's XLA flags")
 
 
 def test_input_pipeline_benchmark_times_full_size_jpegs_the_256_cache_and_the_store(results):

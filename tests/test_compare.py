@@ -1,6 +1,8 @@
 """compare.py on hand-made metrics.jsonl files: mean ± std over seeds against values computed by
-hand, a run without an evaluation listed with its state, a missing or damaged metrics file named.
-(tests/test_sweep.py runs compare at the end of a real sweep.)"""
+hand, files of this version (error rates) and of earlier ones (accuracies) alike, re-evaluations
+left out, top-5 only for more than 5 classes, a run without an evaluation listed with its state,
+a missing or damaged metrics file named. (tests/test_sweep.py runs compare at the end of a real
+sweep.)"""
 
 import csv
 import json
@@ -12,9 +14,17 @@ from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare
 
 
-def _write_metrics(workdir, evals, speeds, step_time_ms=100.0):
+def _eval_line(step, top1_error, top5_error, version):
+    """An eval line as main.py writes it now ("new": error rates), or wrote it before errors were
+    the convention ("old": accuracies, and eval lines with the errors too)."""
+    if version == "new":
+        return {"step": step, "split": "eval", "top1_error": top1_error, "top5_error": top5_error}
+    return {"step": step, "split": "eval", "top1": 1 - top1_error, "top5": 1 - top5_error}
+
+
+def _write_metrics(workdir, evals, speeds, step_time_ms=100.0, version="new", num_classes=None):
     """metrics.jsonl with a train line per step (speed, step time, loss) and eval lines at the
-    given steps: evals = [(step, top1 error, top5 error)]."""
+    given steps: evals = [(step, top1 error, top5 error)]; with `num_classes`, a config.json."""
     os.makedirs(workdir)
     last = max(step for step, *_ in evals) if evals else len(speeds)
     lines = []
@@ -24,22 +34,26 @@ def _write_metrics(workdir, evals, speeds, step_time_ms=100.0):
         lines[-1].update(images_per_sec=speed, step_time_ms=step_time_ms)
         for eval_step, top1_error, top5_error in evals:
             if eval_step == step:
-                lines.append(
-                    {"step": step, "split": "eval", "top1": 1 - top1_error, "top5": 1 - top5_error}
-                )
+                lines.append(_eval_line(step, top1_error, top5_error, version))
     with open(rundir.metrics_path(workdir), "w") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
+    if num_classes is not None:
+        with open(rundir.config_path(workdir), "w") as f:
+            json.dump({"num_classes": num_classes}, f)
 
 
-def test_compare_gives_mean_and_std_over_seeds_as_computed_by_hand(tmp_path, capsys):
+@pytest.mark.parametrize("version", ["new", "old"])
+def test_compare_gives_mean_and_std_over_seeds_as_computed_by_hand(tmp_path, capsys, version):
     """Arm x has three seeds with final top-1 errors 30/40/50% (mean 40, std 10 with ddof=1) and
     best 20/40/30% (mean 30, std 10); arm y has one run without an evaluation: listed, with its
-    state and speed. images/s is each run's median; train time its step times summed."""
+    state and speed. images/s is each run's median; train time its step times summed. The same
+    from metrics.jsonl files written before errors were the convention (accuracies)."""
     root = str(tmp_path / "runs")
     for seed, (final, best) in enumerate(((0.3, 0.2), (0.5, 0.4), (0.4, 0.3))):
         evals = [(2, 0.9, 0.5), (4, best, 0.1), (6, final, 0.2)]
-        _write_metrics(os.path.join(root, "x", f"seed_{seed}"), evals, speeds=[10.0, 40.0 + seed])
-    _write_metrics(os.path.join(root, "y"), [], speeds=[5.0, 7.0, 6.0])
+        workdir = os.path.join(root, "x", f"seed_{seed}")
+        _write_metrics(workdir, evals, speeds=[10.0, 40.0 + seed], version=version)
+    _write_metrics(os.path.join(root, "y"), [], speeds=[5.0, 7.0, 6.0], version=version)
 
     compare.main([root])
     out = capsys.readouterr().out
@@ -56,8 +70,96 @@ def test_compare_gives_mean_and_std_over_seeds_as_computed_by_hand(tmp_path, cap
     assert float(x["final_top1_error"]) == pytest.approx(0.4)
     assert float(x["final_top1_error_std"]) == pytest.approx(0.1)
     assert float(x["best_top1_error_std"]) == pytest.approx(0.1)
-    assert x["final_top5_error_std"] == "0.0"
+    assert float(x["final_top5_error_std"]) == pytest.approx(0.0, abs=1e-12)
     assert os.path.getsize(os.path.join(root, "comparison.png")) > 0
+
+
+def test_metrics_of_earlier_versions_read_as_error_rates_and_repeated_evals_as_reevals(tmp_path):
+    """rundir.read_metrics, every reader's one door: accuracies of earlier files ("top1",
+    "top5") come back as errors (eval lines that held both keep their errors), nothing else
+    changes; an eval line of a step evaluated before (an earlier --mode=eval appended it
+    unmarked) is marked "reeval", as --mode=eval marks it now; files of this version read as
+    written."""
+    old = [
+        {"step": 1, "split": "train", "loss": 2.0, "top1": 0.25, "top5": 0.5, "epoch": 0.5},
+        {
+            "step": 1,
+            "split": "eval",
+            "top1": 0.5,
+            "top5": 1.0,
+            "top1_error": 0.5,
+            "top5_error": 0.0,
+        },
+        {"step": 2, "split": "eval", "top1": 0.75, "top5": 1.0, "num_examples": 8.0},
+        {"step": 2, "split": "eval", "top1": 0.625, "top5": 1.0, "num_examples": 8.0},
+    ]
+    rundir.rewrite_jsonl(rundir.metrics_path(str(tmp_path)), old)
+    assert rundir.read_metrics(str(tmp_path)) == [
+        {
+            "step": 1,
+            "split": "train",
+            "loss": 2.0,
+            "top1_error": 0.75,
+            "top5_error": 0.5,
+            "epoch": 0.5,
+        },
+        {"step": 1, "split": "eval", "top1_error": 0.5, "top5_error": 0.0},
+        {"step": 2, "split": "eval", "top1_error": 0.25, "top5_error": 0.0, "num_examples": 8.0},
+        {
+            "step": 2,
+            "split": "eval",
+            "top1_error": 0.375,
+            "top5_error": 0.0,
+            "num_examples": 8.0,
+            "reeval": True,
+        },
+    ]
+    new = [
+        {"step": 2, "split": "train", "loss": 2.0, "top1_error": 0.25, "top5_error": 0.5},
+        {"step": 2, "split": "eval", "top1_error": 0.5, "top5_error": 0.0},
+        {"step": 2, "split": "eval", "top1_error": 0.25, "top5_error": 0.0, "reeval": True},
+    ]
+    rundir.rewrite_jsonl(rundir.metrics_path(str(tmp_path)), new)
+    records = rundir.read_metrics(str(tmp_path))
+    assert records == new
+    assert rundir.run_evals(records) == [new[1]]
+
+
+@pytest.mark.parametrize("version", ["new", "old"])
+def test_compare_leaves_out_reevaluations_and_shows_top5_only_beyond_5_classes(
+    tmp_path, capsys, version
+):
+    """A re-evaluation (--mode=eval of step 4, here better than any evaluation of the run) is
+    neither the run's final nor its best evaluation, nor a point of its curve. The top-5 columns
+    are shown when a run has more than 5 classes (or no config says), not when every run has 4:
+    its top-5 error is always 0 (the CSV keeps its columns, empty)."""
+    evals = [(2, 0.6, 0.3), (4, 0.4, 0.2)]
+    few, many = str(tmp_path / "few"), str(tmp_path / "many")
+    _write_metrics(few, evals, speeds=[10.0], version=version, num_classes=4)
+    _write_metrics(many, evals, speeds=[10.0], version=version, num_classes=10)
+    for workdir in (few, many):
+        with open(rundir.metrics_path(workdir), "a") as f:
+            reeval = _eval_line(4, 0.1, 0.05, version)
+            f.write(json.dumps({**reeval, "reeval": True} if version == "new" else reeval) + "\n")
+    run = compare.summarize_run(many, "many", None)
+    assert run.values["final_top1_error"] == pytest.approx(0.4)
+    assert run.values["best_top1_error"] == pytest.approx(0.4)
+    assert run.values["final_top5_error"] == pytest.approx(0.2)
+    assert run.eval_curve == ([2, 4], [pytest.approx(0.6), pytest.approx(0.4)])
+
+    compare.main([few, f"--out={tmp_path / 'few_only'}"])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "top-1 err" in header
+    assert "top-5" not in header
+    with open(tmp_path / "few_only.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["final_top1_error"]) == pytest.approx(0.4)
+    assert row["final_top5_error"] == row["best_top5_error"] == ""
+    compare.main([few, many, f"--out={tmp_path / 'both'}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "final top-5 err %" in lines[0]
+    assert lines[2].split(" | ")[3:7] == ["40.0", "-", "40.0", "-"]  # few: 4 classes
+    assert lines[3].split(" | ")[3:7] == ["40.0", "20.0", "40.0", "20.0"]
 
 
 def test_compare_names_a_missing_or_damaged_metrics_file(tmp_path, capsys):

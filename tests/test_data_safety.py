@@ -7,7 +7,6 @@ about a second.
 """
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -283,7 +282,7 @@ def test_synthetic_accepts_any_split_name():
 # ---- 3. Undecodable files are named --------------------------------------------------------------
 
 
-def test_undecodable_training_file_is_named_in_the_warning(tmp_path, caplog):
+def test_undecodable_training_file_is_named_in_the_warning(tmp_path, capsys):
     config = _config(str(tmp_path), miniature_corrupt_files=1)
     info = input_pipeline.prepare(config)
     special = miniature.read_manifest(config.miniature_dir)["special_files"]
@@ -291,24 +290,23 @@ def test_undecodable_training_file_is_named_in_the_warning(tmp_path, caplog):
     iterator = input_pipeline.create_train_iterator(
         config, local_batch_size=info.num_train_examples
     )
-    with caplog.at_level(logging.WARNING):
-        batches = [next(iterator), next(iterator)]  # two epochs: the file fails twice
+    capsys.readouterr()
+    batches = [next(iterator), next(iterator)]  # two epochs: the file fails twice
     assert sorted(batches[0]) == ["image", "label", "mask"]  # the names are not in the batch
-    warnings = [m for m in caplog.messages if "undecodable training image" in m]
+    warnings = [m for m in capsys.readouterr().err.splitlines() if "undecodable training" in m]
     assert len(warnings) == 2
-    assert all(corrupt in w for w in warnings), warnings
+    assert all(w.startswith("warning: ") and corrupt in w for w in warnings), warnings
     assert iterator.num_undecodable == 2
     # The pre-resize cache leaves the file out, and says which one.
-    caplog.clear()
     config.resized_cache_dir = str(tmp_path / "cache")
-    with caplog.at_level(logging.WARNING):
-        input_pipeline.prepare(config)
+    input_pipeline.prepare(config)
     source = data_sources.open_source(config, build=False)
     manifest = data_sources.read_json(
         os.path.join(data_sources.cache_dir(config, source), data_sources.CACHE_MANIFEST)
     )
     assert manifest["undecodable_files"] == [corrupt]
-    assert any("pre-resize cache left out 1" in m and corrupt in m for m in caplog.messages)
+    warnings = capsys.readouterr().err.splitlines()
+    assert any("warning: The pre-resize cache left out 1" in m and corrupt in m for m in warnings)
 
 
 # ---- 4. What identifies the data a run trains on -------------------------------------------------

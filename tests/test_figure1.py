@@ -150,25 +150,29 @@ def test_the_figure1_config_trains_on_synthetic_32px_data(tmp_path):
 # ---- The figure --------------------------------------------------------------------------------
 
 
-def _write_run(workdir, lines):
-    """metrics.jsonl of (step, epoch, training top-1 error) train lines."""
+def _write_run(workdir, lines, version="new"):
+    """metrics.jsonl of (step, epoch, training top-1 error) train lines, as main.py writes them
+    now ("new": error rates) or wrote them before errors were the convention ("old": accuracy)."""
     os.makedirs(workdir)
     with open(rundir.metrics_path(workdir), "w") as f:
         for step, epoch, error in lines:
-            record = {"step": step, "split": "train", "loss": 1.0, "top1": 1.0 - error}
+            record = {"step": step, "split": "train", "loss": 1.0}
+            record.update({"top1_error": error} if version == "new" else {"top1": 1.0 - error})
             f.write(json.dumps({**record, "epoch": epoch}) + "\n")
 
 
-def test_figure1_marks_the_first_epoch_at_25_percent_as_computed_by_hand(tmp_path, capsys):
+@pytest.mark.parametrize("version", ["new", "old"])
+def test_figure1_marks_the_first_epoch_at_25_percent_as_computed_by_hand(tmp_path, capsys, version):
     """4 steps per epoch; each line weighted by the steps it covers. relu: epoch 1 (0.7 + 0.5) / 2
     = 0.6, epoch 2 (0.3 + 0.16) / 2 = 0.23: reached at epoch 2. tanh: epoch 1 0.8, epoch 2 one
     line of 4 steps at 0.26 (not reached), epoch 3 a line of 1 step at 0.36 and one of 3 at 0.2:
-    (0.36 + 3 * 0.2) / 4 = 0.24, reached at epoch 3 (unweighted, 0.28 would not be). Ratio 1.5."""
+    (0.36 + 3 * 0.2) / 4 = 0.24, reached at epoch 3 (unweighted, 0.28 would not be). Ratio 1.5.
+    The same from runs written before errors were the convention."""
     sweep_dir = tmp_path / "figure1"
     relu = [(2, 0.5, 0.7), (4, 1.0, 0.5), (6, 1.5, 0.3), (8, 2.0, 0.16)]
     tanh = [(2, 0.5, 0.9), (4, 1.0, 0.7), (8, 2.0, 0.26), (9, 2.25, 0.36), (12, 3.0, 0.2)]
-    _write_run(str(sweep_dir / "relu"), relu)
-    _write_run(str(sweep_dir / "tanh"), tanh)
+    _write_run(str(sweep_dir / "relu"), relu, version)
+    _write_run(str(sweep_dir / "tanh"), tanh, version)
     figure1.main([f"--sweep_dir={sweep_dir}"])
     out = capsys.readouterr().out
     assert "relu: 25% training error at epoch 2\n" in out

@@ -323,7 +323,7 @@ def test_the_training_loop_trains_from_the_store(store_config, tmp_path, monkeyp
     elsewhere = {"image_store_dir": str(tmp_path / "gone")}
     metrics = loop.evaluate_checkpoint(config, str(tmp_path / "run"), elsewhere)
     final = [r for r in rundir.read_metrics(str(tmp_path / "run")) if r["split"] == "eval"][-2]
-    assert metrics["top1"] == final["top1"]
+    assert metrics["top1_error"] == final["top1_error"]
     assert metrics["loss"] == pytest.approx(final["loss"], rel=1e-6)
     assert reads == []
     assert not os.path.exists(tmp_path / "gone")
@@ -354,8 +354,8 @@ def test_main_mode_prepare_builds_the_store_and_refuses_a_host_path(tmp_path, re
         [*main, *flags, "--config.augment_on=device"], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Prepared the miniature data: 12 training and 4 eval examples, 4 classes." in done.stderr
-    assert "Image store of the train split: " in done.stderr
+    assert "Prepared the miniature data: 12 training and 4 eval examples, 4 classes." in done.stdout
+    assert "Image store of the train split: " in done.stdout
     (store,) = os.listdir(tmp_path / "store")
     assert os.path.exists(tmp_path / "store" / store / image_store.MANIFEST)
 

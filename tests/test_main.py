@@ -12,6 +12,7 @@ tests and the configs/imagenet.py run use main.py itself.
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,12 +119,12 @@ def _wait_for_train_step(workdir, step, proc, timeout=240):
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(shared_dirs):
-    """A complete 16-step run (also builds the shared miniature dataset); its console output is
-    kept in shared_dirs["uninterrupted_output"]."""
+    """A complete 16-step run (also builds the shared miniature dataset); its stdout and stderr
+    are kept in shared_dirs["uninterrupted_stdout"] and ["uninterrupted_stderr"]."""
     workdir = str(shared_dirs["root"] / "uninterrupted")
     code, out, err = _run_main(shared_dirs, _tiny_flags(shared_dirs, workdir), narrow=True)
     assert code == 0, err[-3000:]
-    shared_dirs["uninterrupted_output"] = out + err
+    shared_dirs["uninterrupted_stdout"], shared_dirs["uninterrupted_stderr"] = out, err
     return workdir
 
 
@@ -139,8 +140,12 @@ def test_run_writes_metrics_events_checkpoints_and_config(uninterrupted_run):
     eval_lines = [x for x in lines if x["split"] == "eval"]
     assert [x["step"] for x in train_lines] == list(range(1, 17))
     assert [x["step"] for x in eval_lines] == [8, 16]
-    for key in ("loss", "top1", "top5", "learning_rate", "grad_norm", "images_per_sec"):
+    for key in ("loss", "top1_error", "top5_error", "learning_rate", "grad_norm", "images_per_sec"):
         assert all(np.isfinite(x[key]) for x in train_lines), key
+    for line in train_lines + eval_lines:  # error rates, the paper's convention; no accuracies
+        assert 0 <= line["top1_error"] <= 1
+        assert "top1" not in line
+        assert "top5" not in line
     assert eval_lines[-1]["num_examples"] == 12  # 4 classes x 3: every example exactly once
 
 
@@ -172,9 +177,9 @@ def test_ctrl_c_then_sigterm_then_resume_is_bitwise_identical(
     proc = _main(shared_dirs, flags, narrow=True)
     _wait_for_train_step(workdir, first[-1] + 2, proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    assert f"Resumed at step {first[-1]}" in err
+    assert f"Resumed at step {first[-1]}" in out
     saved = saved_steps()
     assert saved[-1] > first[-1], "SIGTERM must save a checkpoint"
     assert saved[-1] < 16, f"SIGTERM came too late to test a resume: {saved}"
@@ -185,9 +190,9 @@ def test_ctrl_c_then_sigterm_then_resume_is_bitwise_identical(
     with open(os.path.join(planted, "state", "garbage"), "w") as f:
         f.write("partial")
 
-    code, _, err = _run_main(shared_dirs, flags, narrow=True)
+    code, out, err = _run_main(shared_dirs, flags, narrow=True)
     assert code == 0, err[-3000:]
-    assert f"Resumed at step {saved[-1]}" in err
+    assert f"Resumed at step {saved[-1]}" in out
     assert not os.path.exists(planted)
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # the model the runs trained
     _, params_a = load.load_params(uninterrupted_run)
@@ -219,7 +224,7 @@ def test_console_is_quiet_tells_the_run_and_a_finished_run_says_so(shared_dirs, 
     schedule, workdir, new or resumed) and a final summary (steps, time, final and best eval,
     where the files are). Rerunning the finished run says so and exits 0 without evaluating
     again."""
-    output = shared_dirs["uninterrupted_output"]
+    output = shared_dirs["uninterrupted_stdout"] + shared_dirs["uninterrupted_stderr"]
     assert [n for n in _NOISE if n in output] == []
     for line in ("run: ", "(new run)", "devices: 2 CPU device(s)", "mesh data=2"):
         assert line in output, line
@@ -227,14 +232,64 @@ def test_console_is_quiet_tells_the_run_and_a_finished_run_says_so(shared_dirs, 
     assert "model: torchvision" in output
     assert "batch 8, 4 steps per epoch, 16 steps in all" in output
     assert "done: steps 0-16" in output
-    assert "final eval: top-1 error" in output
+    assert "final eval: top-1 err " in output
 
     evals = [x for x in _jsonl(uninterrupted_run) if x["split"] == "eval"]
     flags = _tiny_flags(shared_dirs, uninterrupted_run)
-    code, _, err = _run_main(shared_dirs, flags, narrow=True)
+    code, out, err = _run_main(shared_dirs, flags, narrow=True)
     assert code == 0, err[-3000:]
-    assert "already finished at step 16" in err
+    assert "already finished at step 16: final eval top-1 err " in out
+    assert err == ""
     assert [x for x in _jsonl(uninterrupted_run) if x["split"] == "eval"] == evals
+
+
+_ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
+_STEP_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d step (\d+)  loss \d+\.\d{4}  top-1 err (\d+\.\d\d)%  lr \S+  \|g\| \S+  "
+    r"\d+\.\d img/s  \d+ ms/step  ETA \dh\d\dm\d\ds$"
+)
+_EVAL_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d eval at step (\d+): loss (\d+\.\d{4})  top-1 err (\d+\.\d\d)%  "
+    r"\(12 examples\)$"
+)
+
+
+def test_progress_and_results_go_to_stdout_as_plain_lines_and_stderr_stays_empty(
+    shared_dirs, uninterrupted_run
+):
+    """`python main.py > log` keeps the run's story: the banner, one time-stamped line per
+    logged step and per evaluation (error rates, as metrics.jsonl holds them; no top-5 for 4
+    classes, where it is always 0) and the summary, in that order, as plain lines without a
+    logging prefix; stderr, where warnings and errors go, holds nothing from TensorFlow, Orbax,
+    absl or XLA (a run on the miniature dataset: tfds builds it and tf.data reads it)."""
+    out, err = shared_dirs["uninterrupted_stdout"], shared_dirs["uninterrupted_stderr"]
+    assert err == ""
+    lines = out.splitlines()
+    assert [line for line in lines if _ABSL_PREFIX.match(line)] == []
+    assert "top-5" not in out
+    records = _jsonl(uninterrupted_run)
+    train = {r["step"]: r for r in records if r["split"] == "train"}
+    evals = {r["step"]: r for r in records if r["split"] == "eval"}
+    steps = [m for m in map(_STEP_LINE.match, lines) if m]
+    assert [int(m[1]) for m in steps] == list(range(1, 17))
+    for m in steps:
+        assert m[2] == f"{100 * train[int(m[1])]['top1_error']:.2f}"
+    eval_lines = [m for m in map(_EVAL_LINE.match, lines) if m]
+    assert [int(m[1]) for m in eval_lines] == [8, 16]
+    for m in eval_lines:
+        assert m[2] == f"{evals[int(m[1])]['loss']:.4f}"
+        assert m[3] == f"{100 * evals[int(m[1])]['top1_error']:.2f}"
+    (banner,) = [i for i, line in enumerate(lines) if line.startswith("run: ")]
+    starts = ("devices: ", "data: ", "model: ", "schedule: ")
+    assert [line.split(" ")[0] + " " for line in lines[banner + 1 : banner + 5]] == list(starts)
+    (summary,) = [i for i, line in enumerate(lines) if line.startswith("done: steps 0-16 in ")]
+    assert banner + 4 < lines.index(steps[0].string)
+    assert lines.index(steps[-1].string) < lines.index(eval_lines[-1].string) < summary
+    final = f"final eval: top-1 err {100 * evals[16]['top1_error']:.2f}% (step 16)"
+    assert lines[summary + 1] == final
+    assert lines[summary + 2].startswith("best eval: top-1 err ")
+    assert lines[summary + 3].startswith("files: ")
+    assert summary + 3 == len(lines) - 1
 
 
 def test_nan_stops_with_the_step_named_and_saves_nothing_new(shared_dirs, tmp_path):
@@ -327,10 +382,10 @@ def test_default_workdir_is_runs_slash_config_name(shared_dirs, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "workdir: runs/default" in proc.stderr
+    assert "workdir: runs/default" in proc.stdout
     # The project's XLA flags were added after the caller's (runtime.set_xla_flags).
     xla_flags = " ".join(runtime.XLA_FLAGS)
-    assert f"XLA_FLAGS: --xla_force_host_platform_device_count=2 {xla_flags}" in proc.stderr
+    assert f"XLA_FLAGS: --xla_force_host_platform_device_count=2 {xla_flags}" in proc.stdout
     assert "config.batch_size=7 is not divisible" in proc.stderr
 
 
@@ -408,7 +463,7 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
 
     resumed = _narrow_main(shared_dirs, workdir, steps=12)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resumed at step 4" in resumed.stderr
+    assert "Resumed at step 4" in resumed.stdout
     assert sorted(os.listdir(ckpt_dir)) == ["12"]  # 8 saved again, then only the last kept
 
 

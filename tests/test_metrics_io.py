@@ -35,7 +35,7 @@ def test_speed_leaves_out_evaluations_and_saves_the_eta_keeps_them(monkeypatch):
 
 
 def _eval(loss: float) -> dict:
-    return {"loss": loss, "top1": 0.5, "top5": 0.75, "num_examples": 8}
+    return {"loss": loss, "top1_error": 0.5, "top5_error": 0.25, "num_examples": 8}
 
 
 def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(tmp_path):

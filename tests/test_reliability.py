@@ -72,7 +72,7 @@ def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(fi
 
 
 def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metrics_line(
-    dirs, finished_run, tmp_path, caplog
+    dirs, finished_run, tmp_path, capsys
 ):
     """Cases 7 and 4: with --allow_config_change the run continues with the new value, config.json
     holds it and config_history.jsonl records each start and end and the change (old and new); the
@@ -85,7 +85,9 @@ def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metr
         f.write('{"step": 9, "split": "tra')
     logged = [r["step"] for r in rundir.read_metrics(workdir) if r["split"] == "train"]
     assert max(logged) == 8
-    assert any("not whole JSON" in r.getMessage() for r in caplog.records)
+    (warning,) = capsys.readouterr().err.splitlines()  # on stderr, as a warning
+    assert warning.startswith("warning: ")
+    assert "is not whole JSON" in warning
 
     proc = _narrow_main(
         dirs,
@@ -96,7 +98,7 @@ def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metr
         extra_flags=["--allow_config_change"],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Config changes on resume" in proc.stderr
+    assert "Config changes on resume" in proc.stdout
     history = rundir.read_jsonl(os.path.join(workdir, rundir.HISTORY_FILE))
     assert [h["event"] for h in history] == ["start", "finished", "resume", "finished"]
     assert [h["step"] for h in history] == [0, 8, 8, 10]
@@ -200,7 +202,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         sleeper.wait()
 
 
-def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, caplog):
+def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, capsys):
     """Case 2: a lock left by a process killed with SIGKILL is taken over (with a warning) and
     released at the end of the block; a lock holds while the block runs."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -213,7 +215,8 @@ def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, cap
         with refused, rundir.exclusive(str(tmp_path)):
             pass
     assert not lock.exists()
-    assert any("Taking over the lock" in r.getMessage() for r in caplog.records)
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: Taking over the lock of {tmp_path}: process ")
 
 
 def test_train_and_evaluate_takes_the_lock_first(tmp_path):
@@ -250,7 +253,7 @@ def test_append_jsonl_cuts_back_a_failed_write(tmp_path, monkeypatch):
         assert f.read() == '{"step": 1}\n'
 
 
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     """Traceback case: a latest checkpoint that cannot be read is reported by step and path and
     the previous intact one is restored; when none can be read, one DataError names each."""
     manager = checkpoint.checkpoint_manager(str(tmp_path), keep=3)
@@ -268,7 +271,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     restored = checkpoint.read_latest_checkpoint(str(tmp_path), target)
     np.testing.assert_array_equal(restored[0]["w"], tree["w"] * 4)
     assert restored[1] == {"step": 4}
-    warnings = " ".join(r.getMessage() for r in caplog.records)
+    warnings = [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning: ")]
+    assert len(warnings) == 2, warnings
+    warnings = " ".join(warnings)
     assert "checkpoints/8 cannot be read" in warnings
     assert "previous intact checkpoint, step 4" in warnings
 
@@ -405,10 +410,51 @@ def test_eval_uses_the_runs_config_and_prints_the_result_before_a_failed_write(d
     size = os.path.getsize(rundir.metrics_path(finished_run))
     proc = _narrow_main(dirs, finished_run, steps=8, mode="eval", limit_file_bytes=size)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"eval at step 8: top-1 error {1 - final['top1']:.4f}" in proc.stdout
-    assert f"loss {final['loss']:.4f}" in proc.stdout
+    eval_line = f"eval at step 8: loss {final['loss']:.4f}  top-1 err "
+    eval_line += f"{100 * final['top1_error']:.2f}%  top-5 err {100 * final['top5_error']:.2f}%"
+    assert eval_line in proc.stdout
     assert len(_error_lines(proc.stderr)) == 1
     assert os.path.getsize(rundir.metrics_path(finished_run)) == size
+
+
+def test_eval_of_an_evaluated_step_is_one_line_and_a_marked_reeval_row(
+    dirs, finished_run, tmp_path
+):
+    """`--mode=eval` of step 8, which the run evaluated at its end: one eval line on stdout in
+    the run's convention (error rates; top-5 too, for 10 classes), nothing on stderr (no Orbax
+    warning about the read-only checkpoint directory), and one row appended to metrics.jsonl
+    marked "reeval", which every reader leaves out: the run's final and best evaluation
+    (report, compare) and its curves stay those of training."""
+    from alexnet_jax.runs import plots, report
+    from alexnet_jax.tools import compare
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished_run, workdir)
+    before = rundir.read_metrics(workdir)
+    (final,) = [r for r in rundir.run_evals(before) if r["step"] == 8]
+    summary = report.summary(workdir, 0, 8, 1.0, 8, num_classes=10)
+    compared = compare.summarize_run(workdir, "run", None)
+    proc = _narrow_main(dirs, workdir, steps=8, mode="eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""
+    (line,) = [x for x in proc.stdout.splitlines() if "eval at step" in x]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d eval at step 8: .*", line)
+    assert line.endswith(
+        f"eval at step 8: loss {final['loss']:.4f}  top-1 err {100 * final['top1_error']:.2f}%  "
+        f"top-5 err {100 * final['top5_error']:.2f}%  (8 examples; a re-evaluation, kept apart "
+        "from the run's own)"
+    )
+    after = rundir.read_metrics(workdir)
+    assert after[:-1] == before
+    assert after[-1] == {**final, "loss": pytest.approx(final["loss"], rel=1e-6), "reeval": True}
+    # A re-evaluation that differs (other eval_crops, say) changes no reader either.
+    rundir.rewrite_jsonl(rundir.metrics_path(workdir), [*before, {**after[-1], "top1_error": 0.0}])
+    assert report.final_eval(workdir, 8) == final
+    assert report.summary(workdir, 0, 8, 1.0, 8, num_classes=10) == summary
+    assert compare.summarize_run(workdir, "run", None) == compared
+    assert plots._series(rundir.read_metrics(workdir), "eval", "top1_error") == plots._series(
+        before, "eval", "top1_error"
+    )
 
 
 def test_config_errors_are_config_errors_in_process():
@@ -481,3 +527,51 @@ def test_eval_of_pytorch_weights_without_conventions_needs_pytorchs(variant, tmp
     for difference in expected:
         assert difference in str(error.value)
     assert ("lrn_convention" in str(error.value)) == (variant != "torchvision")
+
+
+def test_a_preemption_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed_run(
+    tmp_path, monkeypatch
+):
+    """SIGTERM agreed on at an evaluation step saves before evaluating (a preemption notice is
+    short); the checkpoint says so, and the resumed run evaluates that step first, so its
+    metrics equal an uninterrupted run's, evaluation for evaluation (synthetic data, in-process;
+    the preemption is the watcher's agreement at step 2, made deterministic here)."""
+    from alexnet_jax.train import loop
+    from tests import multihost_worker
+
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # fc6/fc7 at 64 units: quick
+
+    def config():
+        c = default.get_config()
+        c.update(
+            variant="torchvision", input_size=64, num_classes=10, dataset="synthetic",
+            synthetic_train_examples=64, seed=3, synthetic_eval_examples=8, batch_size=8,
+            eval_batch_size=8, num_train_steps=4, eval_every_steps=2, log_every_steps=1,
+            checkpoint_every_steps=100,
+        )  # fmt: skip
+        return c
+
+    def evals(workdir):
+        rows = rundir.run_evals(rundir.read_metrics(workdir))
+        return [(r["step"], r["loss"], r["top1_error"]) for r in rows]
+
+    optimizations = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # quick compiles (conftest)
+    try:
+        _train_cut_and_whole(loop, config, tmp_path, monkeypatch)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", optimizations)
+    assert evals(str(tmp_path / "cut")) == evals(str(tmp_path / "whole"))
+    assert [step for step, _, _ in evals(str(tmp_path / "whole"))] == [2, 4]
+
+
+def _train_cut_and_whole(loop, config, tmp_path, monkeypatch):
+    """An uninterrupted run in whole/; in cut/ a run preempted at step 2, then its resume."""
+    loop.train_and_evaluate(config(), str(tmp_path / "whole"))
+    original = checkpoint.PreemptionWatcher.reached
+    monkeypatch.setattr(checkpoint.PreemptionWatcher, "reached", lambda self, step: step == 2)
+    assert loop.train_and_evaluate(config(), str(tmp_path / "cut")) == {}  # saved, then exit
+    assert rundir.run_evals(rundir.read_metrics(str(tmp_path / "cut"))) == []
+    assert os.path.isdir(tmp_path / "cut" / "checkpoints" / "2")
+    monkeypatch.setattr(checkpoint.PreemptionWatcher, "reached", original)
+    loop.train_and_evaluate(config(), str(tmp_path / "cut"))

@@ -416,5 +416,5 @@ def test_eval_of_exported_weights_equals_predict_on_the_same_images(run_dir, tmp
         for f, r in zip(files, results, strict=True)
     ]
     assert metrics["num_examples"] == len(files) == 12
-    assert metrics["top1"] == pytest.approx(top1, abs=1e-9)
+    assert 1 - metrics["top1_error"] == pytest.approx(top1, abs=1e-9)
     assert metrics["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-3)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 
+from alexnet_jax.core import console
 from alexnet_jax.core.errors import ConfigError, is_storage_error
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
@@ -66,14 +67,11 @@ def project_xla_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:
     first, end = XLA_FLAGS_JAXLIB
     if first <= _version_tuple(jaxlib_version) < end:
         return XLA_FLAGS
-    logging.warning(
-        "Not setting the project's XLA flags %s: they were measured with jaxlib %s to %s and this "
-        "is jaxlib %s, which may not know them (XLA aborts on unknown flags). To try them, set "
-        "XLA_FLAGS yourself.",
-        " ".join(XLA_FLAGS),
-        ".".join(map(str, first)),
-        f"<{'.'.join(map(str, end))}",
-        jaxlib_version,
+    console.warning(
+        f"Not setting the project's XLA flags {' '.join(XLA_FLAGS)}: they were measured with "
+        f"jaxlib {'.'.join(map(str, first))} to <{'.'.join(map(str, end))} and this is jaxlib "
+        f"{jaxlib_version}, which may not know them (XLA aborts on unknown flags). To try them, "
+        "set XLA_FLAGS yourself."
     )
     return ()
 
@@ -184,17 +182,39 @@ def _echoes_a_write_failure(error: BaseException | None) -> bool:  # None: no ex
     return is_storage_error(error)
 
 
+def _from_library(record: logging.LogRecord) -> bool:
+    return any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in _QUIET_LIBRARIES)
+
+
+def _is_harmless(record: logging.LogRecord) -> bool:
+    return _from_library(record) and any(t in record.getMessage() for t in _HARMLESS_WARNINGS)
+
+
 class _DropLibraryNoise(logging.Filter):
-    """Drops INFO-level records of chatty libraries (Orbax logs every file it renames), and
-    their error records that repeat a failed checkpoint write (one per array and task)."""
+    """What absl's handler (the libraries' log records) prints at the default verbosity: their
+    warnings and errors, less the known-harmless warnings (_HARMLESS_WARNINGS) and the error
+    records that repeat a failed checkpoint write (one per array and task). Their INFO and DEBUG
+    lines (TensorFlow, Orbax, absl, JAX/XLA: "Unable to initialize backend 'tpu'", file
+    renames, ...) only with --verbosity=1 or more, for those who ask. This project's own lines
+    never come here (console.py)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in _QUIET_LIBRARIES)
-        if record.exc_info and (noisy or f"{os.sep}asyncio{os.sep}" in record.pathname):
+        from absl import logging as absl_logging
+
+        if record.exc_info and (
+            _from_library(record) or f"{os.sep}asyncio{os.sep}" in record.pathname
+        ):
             return not _echoes_a_write_failure(record.exc_info[1])
-        if noisy and any(text in record.getMessage() for text in _HARMLESS_WARNINGS):
+        if _is_harmless(record):
             return False
-        return record.levelno >= logging.WARNING or not noisy
+        return record.levelno >= logging.WARNING or absl_logging.get_verbosity() >= 1
+
+
+class _DropHarmlessWarnings(logging.Filter):
+    """Drops the libraries' records of _HARMLESS_WARNINGS (see `harmless_warnings_muted`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_harmless(record)
 
 
 _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
@@ -207,6 +227,20 @@ _HARMLESS_WARNINGS = (
     "read_only=True, setting save_interval_steps=0",
     "Given directory is read only",
 )
+
+
+@contextlib.contextmanager
+def harmless_warnings_muted():
+    """Inside the block, the libraries' known-harmless warnings (Orbax's about a checkpoint
+    directory opened read-only, tfds's about a build) print nowhere: not through absl's handler
+    (main.py, the tools) nor through Python's last-resort handler (the Python API: load_run in a
+    notebook). They reach Python's logging through absl's logger, where this filter sits."""
+    absl_logger, noise = logging.getLogger("absl"), _DropHarmlessWarnings()
+    absl_logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(noise)
 
 
 def quiet_native_logs() -> None:
@@ -236,8 +270,10 @@ def import_tensorflow_quietly() -> None:
 
 
 def quiet_library_logs() -> None:
-    """Keeps the console to this project's progress lines, every library warning, and one
-    message per error (see `_echoes_a_write_failure`)."""
+    """Keeps the console to this project's progress lines (console.py), the libraries' warnings
+    (less the harmless ones) and one message per error (see `_echoes_a_write_failure`): no
+    library INFO line unless --verbosity is 1 or more. For entry points, after absl parsed the
+    flags (absl's handler prints the libraries' records)."""
     from absl import logging as absl_logging  # absl's handler is what prints the records
 
     absl_logging.get_absl_handler().addFilter(_DropLibraryNoise())

@@ -34,9 +34,8 @@ from typing import Any
 from unittest import mock
 
 import numpy as np
-from absl import logging
 
-from alexnet_jax.core import errors, runtime
+from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.data import miniature, preprocessing
 from alexnet_jax.core.errors import ConfigError, DataError
 
@@ -455,7 +454,7 @@ def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
     """
     if not sys.stderr.isatty():
         tfds.disable_progress_bar()
-    logging.info("Building the tfds dataset from %s into %s (once).", manual_dir, builder.data_dir)
+    console.info(f"Building the tfds dataset from {manual_dir} into {builder.data_dir} (once).")
     start = time.monotonic()
     # tfds prints its own two lines to stdout ("Downloading and preparing dataset Unknown size",
     # "downloaded and prepared"): about a download that does not happen here.
@@ -467,7 +466,7 @@ def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
             ),
             file_format="tfrecord",
         )
-    logging.info("Built the dataset in %.0f s.", time.monotonic() - start)
+    console.info(f"Built the dataset in {time.monotonic() - start:.0f} s.")
 
 
 def _labels_by_file_name(val_path: str) -> dict[str, str]:
@@ -515,7 +514,7 @@ def _remove_incomplete_builds(builder) -> None:
         return
     for entry in os.listdir(parent):
         if entry.startswith("incomplete."):
-            logging.info("Removing an unfinished tfds build: %s", os.path.join(parent, entry))
+            console.info(f"Removing an unfinished tfds build: {os.path.join(parent, entry)}")
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
@@ -844,7 +843,7 @@ def _reencoded_examples(shard, size: int, undecodable: list[str]) -> Iterator:
 def _write_resized_cache(config, source, directory: str) -> None:
     """Writes the cache files, then the manifest (whose presence marks a complete cache)."""
     shard = source.shard(config.train_split, 0, 1)
-    logging.info("Building the pre-resize cache of %d images in %s.", shard.num_examples, directory)
+    console.info(f"Building the pre-resize cache of {shard.num_examples} images in {directory}.")
     undecodable = []
     examples = _reencoded_examples(shard, int(config.resize_size), undecodable)
     names, lengths = _write_cache_files(directory, examples)
@@ -859,10 +858,9 @@ def _write_resized_cache(config, source, directory: str) -> None:
         "undecodable_files": undecodable,
     }
     if manifest["num_undecodable"]:
-        logging.warning(
-            "The pre-resize cache left out %d undecodable image(s): %s",
-            manifest["num_undecodable"],
-            name_list(undecodable),
+        console.warning(
+            f"The pre-resize cache left out {manifest['num_undecodable']} undecodable image(s): "
+            f"{name_list(undecodable)}"
         )
     write_json(os.path.join(directory, CACHE_MANIFEST), manifest)
 

@@ -50,10 +50,9 @@ import weakref
 from collections.abc import Iterator
 
 import numpy as np
-from absl import logging
 
 from alexnet_jax.data import data_sources, preprocessing
-from alexnet_jax.core import runtime
+from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import DataError
 
 tf = runtime.tensorflow  # imported on first use
@@ -199,12 +198,10 @@ def _build_split(config, source, split: str, directory: str) -> None:
     shard = source.shard(split, 0, 1)
     _remove_partial(directory)
     _check_free_space(directory, shard.num_examples, size)
-    logging.info(
-        "Writing the %s split's image store (%d images, %.1f GB) to %s.",
-        split,
-        shard.num_examples,
-        shard.num_examples * bytes_per_image(size) / 1e9,
-        directory,
+    gigabytes = shard.num_examples * bytes_per_image(size) / 1e9
+    console.info(
+        f"Writing the {split} split's image store ({shard.num_examples} images, "
+        f"{gigabytes:.1f} GB) to {directory}."
     )
     undecodable: list[str] = []
 
@@ -216,12 +213,11 @@ def _build_split(config, source, split: str, directory: str) -> None:
 
     write(directory, chunks(), split, size, undecodable, expected=shard.num_examples)
     if undecodable:
-        logging.warning(
-            "The image store left out %d undecodable image(s): %s",
-            len(undecodable),
-            data_sources.name_list(undecodable),
+        console.warning(
+            f"The image store left out {len(undecodable)} undecodable image(s): "
+            f"{data_sources.name_list(undecodable)}"
         )
-    logging.info("Image store of the %s split complete: %s.", split, directory)
+    console.info(f"Image store of the {split} split complete: {directory}.")
 
 
 def write(
@@ -243,7 +239,7 @@ def write(
             ids.append(chunk_ids)
             if len(writer.names) >= logged + 100:  # every ~100 k images
                 logged = len(writer.names)
-                logging.info("Image store: %d of %d images written.", sum(writer.lengths), expected)
+                console.info(f"Image store: {sum(writer.lengths)} of {expected} images written.")
         writer.flush()
         _save_npy(directory, "labels.npy", np.concatenate(labels).astype(np.int32))
         _save_npy(directory, "example_ids.npy", np.concatenate(ids).astype(np.uint32))

@@ -78,10 +78,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
 from alexnet_jax.data import data_sources, image_store, imagenet_stats, preprocessing
-from alexnet_jax.core import runtime
+from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import ConfigError, DataError
 from alexnet_jax.data.recipe import Recipe
 
@@ -354,7 +353,7 @@ def build_mean_image(config, source) -> str:
     path = mean_image_path(config)
     with data_sources.exclusive_build(os.path.dirname(path)):
         if not os.path.exists(path):
-            logging.info("Computing the training set's mean image once, into %s.", path)
+            console.info(f"Computing the training set's mean image once, into {path}.")
             mean = compute_mean_image(config, source)
             temporary = f"{path}.tmp{os.getpid()}"
             with open(temporary, "wb") as f:
@@ -468,11 +467,9 @@ class TrainIterator:
         skipped = self._batch_size - int(np.count_nonzero(batch["mask"]))
         if skipped:
             self.num_undecodable += skipped
-            logging.warning(
-                "Skipped %d undecodable training image(s) (%d since start): %s",
-                skipped,
-                self.num_undecodable,
-                data_sources.name_list(names),
+            console.warning(
+                f"Skipped {skipped} undecodable training image(s) ({self.num_undecodable} since "
+                f"start): {data_sources.name_list(names)}"
             )
         return batch
 
@@ -501,10 +498,9 @@ class EvalIterable:
             yield batch
         self.num_undecodable = self._num_examples - seen
         if self.num_undecodable:
-            logging.warning(
-                "Evaluation skipped %d undecodable image(s): %s",
-                self.num_undecodable,
-                data_sources.name_list(names),
+            console.warning(
+                f"Evaluation skipped {self.num_undecodable} undecodable image(s): "
+                f"{data_sources.name_list(names)}"
             )
 
 
@@ -582,24 +578,21 @@ def prepare(config, training: bool = True) -> DatasetInfo:
 
 def describe_prepared(config, info: DatasetInfo) -> None:
     """Logs what prepare() made ready (main.py --mode=prepare): sizes and where each part is."""
-    logging.info(
-        "Prepared the %s data: %d training and %d eval examples, %d classes.",
-        config.dataset,
-        info.num_train_examples,
-        info.num_eval_examples,
-        info.num_classes,
+    console.info(
+        f"Prepared the {config.dataset} data: {info.num_train_examples} training and "
+        f"{info.num_eval_examples} eval examples, {info.num_classes} classes."
     )
     if config.resized_cache_dir:
         source = data_sources.open_source(config, build=False)
-        logging.info("Pre-resize JPEG cache: %s", data_sources.cache_dir(config, source))
+        console.info(f"Pre-resize JPEG cache: {data_sources.cache_dir(config, source)}")
     if config.image_store_dir:
         directory = image_store.split_dir(config, config.train_split)
         size = sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
-        logging.info(
-            "Image store of the %s split: %s (%.2f GB)", config.train_split, directory, size / 1e9
+        console.info(
+            f"Image store of the {config.train_split} split: {directory} ({size / 1e9:.2f} GB)"
         )
     if config.normalization == "mean_image":
-        logging.info("Mean image: %s", mean_image_path(config))
+        console.info(f"Mean image: {mean_image_path(config)}")
 
 
 def create_train_iterator(

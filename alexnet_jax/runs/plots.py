@@ -1,4 +1,6 @@
-"""Training curves from a run's `metrics.jsonl`: loss and top-1/top-5 error against steps.
+"""Training curves from a run's `metrics.jsonl`: loss and top-1/top-5 error against steps
+(top-5 only for more than 5 classes; the run's own evaluations, not `--mode=eval`'s
+re-evaluations; metrics.jsonl of any version, read through rundir.read_metrics).
 
 `train.train_and_evaluate` calls `plot_training_curves(workdir)` at the end of every run, so each
 workdir holds `training_curves.png` next to its metrics. For ImageNet runs the paper's single-CNN
@@ -22,20 +24,9 @@ DPI = 100  # the PNG is FIGSIZE_INCHES * DPI pixels: 1200 x 450
 
 
 def _series(records: Sequence[dict], split: str, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of `key` for one split; errors are derived from accuracies when needed."""
-    steps, values = [], []
-    for r in records:
-        if r.get("split") != split:
-            continue
-        if key in r:
-            value = r[key]
-        elif key.endswith("_error") and key.removesuffix("_error") in r:
-            value = 1.0 - r[key.removesuffix("_error")]
-        else:
-            continue
-        steps.append(int(r["step"]))
-        values.append(float(value))
-    return steps, values
+    """(steps, values) of `key` for one split, without re-evaluations."""
+    chosen = [r for r in records if r.get("split") == split and key in r and not r.get("reeval")]
+    return [int(r["step"]) for r in chosen], [float(r[key]) for r in chosen]
 
 
 _LABELS = {"loss": "loss", "top1_error": "top-1 error", "top5_error": "top-5 error"}
@@ -53,9 +44,10 @@ def _plot_split(ax, records: Sequence[dict], split: str, key: str) -> None:
         ax.plot(steps, values, label=f"{split} {_LABELS[key]}", color=colour, **_STYLES[split])
 
 
-def _draw_paper_errors(ax) -> None:
+def _draw_paper_errors(ax, top5: bool) -> None:
     """Dashed lines at the paper's one-CNN validation errors, labelled at the left edge."""
-    for value, label in ((PAPER_TOP1_ERROR, "top-1"), (PAPER_TOP5_ERROR, "top-5")):
+    lines = ((PAPER_TOP1_ERROR, "top-1"), (PAPER_TOP5_ERROR, "top-5"))
+    for value, label in lines if top5 else lines[:1]:
         ax.axhline(value, color="gray", linestyle="--", linewidth=1)
         ax.annotate(
             f"paper {label} {value:.1%}",
@@ -77,18 +69,21 @@ def plot_training_curves(workdir: str, out_path: str | None = None) -> str:
     """
     records = rundir.read_metrics(workdir)
     out_path = out_path or rundir.curves_path(workdir)
+    config = rundir.read_config_dict(workdir) or {}  # curves need only the metrics
+    top5 = rundir.shows_top5(config.get("num_classes"))
     # A bare Figure renders with Agg and leaves pyplot's global state (and backend) untouched.
     fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI)
     ax_loss, ax_err = fig.subplots(1, 2)
     for split in ("train", "eval"):
         _plot_split(ax_loss, records, split, "loss")
-        _plot_split(ax_err, records, split, "top1_error")
-        _plot_split(ax_err, records, split, "top5_error")
-    config = rundir.read_config_dict(workdir) or {}  # curves need only the metrics
+        _plot_split(ax_err, records, split, rundir.TOP1_ERROR)
+        if top5:
+            _plot_split(ax_err, records, split, rundir.TOP5_ERROR)
     if config.get("dataset") == "imagenet2012":
-        _draw_paper_errors(ax_err)
+        _draw_paper_errors(ax_err, top5)
     ax_loss.set(title="Cross-entropy loss", xlabel="step", ylabel="loss")
-    ax_err.set(title="Top-1 / top-5 error", xlabel="step", ylabel="error", ylim=(0.0, 1.0))
+    title = "Top-1 / top-5 error" if top5 else "Top-1 error"
+    ax_err.set(title=title, xlabel="step", ylabel="error", ylim=(0.0, 1.0))
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

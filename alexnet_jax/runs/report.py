@@ -1,10 +1,14 @@
-"""What a run tells its user on the console: a start banner and a final summary.
+"""What a run tells its user on the console: a start banner, a line per logged step and per
+evaluation, and a final summary (printed on stdout through core/console.py).
 
 The banner says where the run computes (devices, mesh, processes), on what (dataset sizes,
 classes), for how long (steps per epoch, total), in which workdir and whether it is new or
 resumed; the summary says what it did (steps, time, images/s), how well (final and best
-evaluation) and where its files are. Both read only the config, the experiment and the run
+evaluation) and where its files are. All read only the config, the experiment and the run
 directory (rundir.py).
+
+Quality is told as the paper tells it, in error rates, one format everywhere:
+`top-1 err 37.50%  top-5 err 12.50%` (top-5 only for more than 5 classes).
 """
 
 from __future__ import annotations
@@ -52,33 +56,69 @@ def banner(
     return "\n".join(lines)
 
 
-def _eval_records(workdir: str) -> list[dict]:
-    return [r for r in rundir.read_metrics(workdir) if r.get("split") == "eval"]
+def format_errors(metrics: dict, num_classes: int | None) -> str:
+    """`top-1 err 37.50%  top-5 err 12.50%`: the run's error rates as every console line shows
+    them (top-5 only where it means something: rundir.shows_top5)."""
+    text = f"top-1 err {100 * metrics[rundir.TOP1_ERROR]:.2f}%"
+    if rundir.shows_top5(num_classes) and rundir.TOP5_ERROR in metrics:
+        text += f"  top-5 err {100 * metrics[rundir.TOP5_ERROR]:.2f}%"
+    return text
 
 
-def _format_eval(record: dict) -> str:
+def step_line(step: int, scalars: dict, num_classes: int | None, eta: str) -> str:
+    """One logged training interval: the training batches' loss and errors, the optimizer,
+    speed and ETA."""
     return (
-        f"top-1 error {1 - record['top1']:.4f}, top-5 error {1 - record['top5']:.4f} "
-        f"(step {record['step']})"
+        f"step {step}  loss {scalars['loss']:.4f}  {format_errors(scalars, num_classes)}  "
+        f"lr {scalars['learning_rate']:.2g}  |g| {scalars['grad_norm']:.3g}  "
+        f"{scalars['images_per_sec']:.1f} img/s  {scalars['step_time_ms']:.0f} ms/step  "
+        f"ETA {eta}"
     )
 
 
+def eval_line(step: int, metrics: dict, num_classes: int | None, reeval: bool = False) -> str:
+    """One evaluation, as training and `--mode=eval` print it."""
+    examples = f"{int(metrics['num_examples'])} examples"
+    if reeval:
+        examples += "; a re-evaluation, kept apart from the run's own"
+    return (
+        f"eval at step {step}: loss {metrics['loss']:.4f}  "
+        f"{format_errors(metrics, num_classes)}  ({examples})"
+    )
+
+
+def _run_evals(workdir: str) -> list[dict]:
+    return rundir.run_evals(rundir.read_metrics(workdir))
+
+
+def _format_eval(record: dict, num_classes: int | None) -> str:
+    return f"{format_errors(record, num_classes)} (step {record['step']})"
+
+
 def final_eval(workdir: str, step: int) -> dict | None:
-    """The run's evaluation at `step` or later from metrics.jsonl, or None."""
-    done = [r for r in _eval_records(workdir) if r["step"] >= step]
+    """The run's own evaluation at `step` or later from metrics.jsonl, or None."""
+    done = [r for r in _run_evals(workdir) if r["step"] >= step]
     return done[-1] if done else None
 
 
-def summary(workdir: str, start_step: int, step: int, seconds: float, batch_size: int) -> str:
-    """What the run did, how well, and where its files are."""
-    evals = _eval_records(workdir) if os.path.exists(rundir.metrics_path(workdir)) else []
+def summary(
+    workdir: str,
+    start_step: int,
+    step: int,
+    seconds: float,
+    batch_size: int,
+    num_classes: int | None = None,
+) -> str:
+    """What the run did, how well (its final and its best evaluation: the lowest top-1 error,
+    the earliest of equals), and where its files are."""
+    evals = _run_evals(workdir) if os.path.exists(rundir.metrics_path(workdir)) else []
     images = (step - start_step) * batch_size
     speed = f", {images / seconds:.1f} img/s" if seconds > 0 and images else ""
     lines = [f"done: steps {start_step}-{step} in {seconds:.0f} s{speed}"]
     if evals:
-        best = max(evals, key=lambda r: r["top1"])
-        lines.append(f"final eval: {_format_eval(evals[-1])}")
-        lines.append(f"best eval: {_format_eval(best)}")
+        best = min(evals, key=lambda r: r[rundir.TOP1_ERROR])
+        lines.append(f"final eval: {_format_eval(evals[-1], num_classes)}")
+        lines.append(f"best eval: {_format_eval(best, num_classes)}")
     lines.append(
         f"files: {os.path.abspath(workdir)} (metrics.jsonl, {rundir.CURVES_FILE}, checkpoints/, "
         "TensorBoard: tensorboard --logdir " + os.path.dirname(os.path.abspath(workdir)) + ")"
@@ -86,19 +126,10 @@ def summary(workdir: str, start_step: int, step: int, seconds: float, batch_size
     return "\n".join(lines)
 
 
-def eval_line(step: int, metrics: dict[str, float]) -> str:
-    """One evaluation's result as `--mode=eval` prints it."""
-    return (
-        f"eval at step {step}: top-1 error {1 - metrics['top1']:.4f}, top-5 error "
-        f"{1 - metrics['top5']:.4f}, loss {metrics['loss']:.4f} "
-        f"({int(metrics['num_examples'])} examples)"
-    )
-
-
-def already_finished(workdir: str, step: int, record: dict) -> str:
+def already_finished(workdir: str, step: int, record: dict, num_classes: int | None) -> str:
     """The message of a rerun of a run that finished at `step` with final eval `record`."""
     return (
         f"The run in {os.path.abspath(workdir)} already finished at step {step}: final eval "
-        f"{_format_eval(record)}. Nothing to do; to evaluate again use --mode=eval, to train "
-        "longer raise --config.num_epochs (or num_train_steps)."
+        f"{_format_eval(record, num_classes)}. Nothing to do; to evaluate again use --mode=eval, "
+        "to train longer raise --config.num_epochs (or num_train_steps)."
     )

@@ -35,9 +35,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
-from alexnet_jax.core import errors
+from alexnet_jax.core import console, errors
 from alexnet_jax.model import models
 from alexnet_jax.core.errors import ConfigError, DataError, UserError
 
@@ -221,7 +220,7 @@ def _take_over_if_stale(path: str, workdir: str) -> None:
     alive = _is_alive(holder) if holder else False
     who = f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
     if alive is False:
-        logging.warning("Taking over the lock of %s: %s is gone.", workdir, who if holder else "?")
+        console.warning(f"Taking over the lock of {workdir}: {who if holder else '?'} is gone.")
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         return
@@ -333,7 +332,7 @@ def record_start(
     if changes:
         entry["allowed_config_change"] = True
     if resumable:
-        logging.info("Config changes on resume: %s", _describe(resumable, limit=100))
+        console.info(f"Config changes on resume: {_describe(resumable, limit=100)}")
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
     save_config(config, workdir)
     if dataset is not None and read_run_record(workdir) is None:
@@ -442,9 +441,9 @@ def read_config_dict(workdir: str) -> dict[str, Any] | None:
 # ---- Metrics ---------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str, warn: bool = True) -> list[dict]:
     """The JSON records of a .jsonl file in order; blank lines skipped, and a line that is not
-    whole JSON (the last line of a crashed write) dropped with a warning."""
+    whole JSON (the last line of a crashed write) dropped, with a warning when `warn`."""
     records = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
@@ -453,9 +452,10 @@ def read_jsonl(path: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except ValueError:
-                logging.warning(
-                    "%s: line %d is not whole JSON (a cut-off write); ignored.", path, number
-                )
+                if warn:
+                    console.warning(
+                        f"{path}: line {number} is not whole JSON (a cut-off write); ignored."
+                    )
     return records
 
 
@@ -483,12 +483,77 @@ def rewrite_jsonl(path: str, records: list[dict]) -> None:
     _write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """The JSON records of `workdir/metrics.jsonl`, in file order (see read_jsonl)."""
+# metrics.jsonl's metric names. A run reports error rates, as the paper does: "top1_error" and
+# "top5_error" (fractions: 0.25 is 25%) on its train and eval lines. An eval line whose
+# "reeval" is true is a later `--mode=eval` of a step the run had already evaluated (perhaps with
+# other eval_crops or eval_split): kept in the file, left out of the run's curves, final and
+# best evaluation (`run_evals`).
+TOP1_ERROR, TOP5_ERROR = "top1_error", "top5_error"
+# Files written before errors were the convention hold accuracies under these names.
+_OLD_ACCURACIES = {"top1": TOP1_ERROR, "top5": TOP5_ERROR}
+
+
+def _upgrade_metrics(records: list) -> list:
+    """Records of any version of metrics.jsonl as this version writes them: accuracies ("top1",
+    "top5") become errors ("top1_error", "top5_error"; old eval lines held both); an eval line
+    of a step evaluated before it, which older `--mode=eval`s appended unmarked, is marked
+    "reeval". Anything that is not a metrics record passes unchanged."""
+    upgraded, evaluated = [], set()
+    for record in records:
+        if not isinstance(record, dict):
+            upgraded.append(record)
+            continue
+        record = dict(record)
+        for old, new in _OLD_ACCURACIES.items():
+            value = record.pop(old, None)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                record.setdefault(new, 1.0 - value)
+        if record.get("split") == "eval" and not record.get("reeval"):
+            if record.get("step") in evaluated:
+                record["reeval"] = True
+            evaluated.add(record.get("step"))
+        upgraded.append(record)
+    return upgraded
+
+
+def read_metrics(workdir: str, warn: bool = True) -> list[dict]:
+    """The metrics records of `workdir/metrics.jsonl` in file order, in this version's names
+    whatever version wrote them (error rates: see `_upgrade_metrics`); a cut-off line is skipped
+    (with a warning when `warn`, see read_jsonl)."""
     path = metrics_path(workdir)
     if not os.path.exists(path):
         raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
-    return read_jsonl(path)
+    return _upgrade_metrics(read_jsonl(path, warn))
+
+
+def run_evals(records: list[dict]) -> list[dict]:
+    """The run's own evaluations among `records` (read_metrics'), in file order: its eval lines
+    with a top-1 error, less the re-evaluations of a step already evaluated ("reeval")."""
+    return [
+        r for r in records if r.get("split") == "eval" and TOP1_ERROR in r and not r.get("reeval")
+    ]
+
+
+def is_evaluated(workdir: str, step: int) -> bool:
+    """Whether the run's metrics.jsonl holds an evaluation of `step` already."""
+    if not os.path.exists(metrics_path(workdir)):
+        return False
+    return any(r.get("step") == step for r in run_evals(read_metrics(workdir, warn=False)))
+
+
+def shows_top5(num_classes: int | None) -> bool:
+    """Whether a model's top-5 error is worth showing: only with more than 5 classes (with 5 or
+    fewer it is always 0). Unknown (None): shown."""
+    return not isinstance(num_classes, int) or num_classes > 5
+
+
+def read_num_classes(workdir: str) -> int | None:
+    """The run's num_classes from its config.json; None without a readable one."""
+    try:
+        config = read_config_dict(workdir)
+    except (OSError, DataError):
+        return None
+    return (config or {}).get("num_classes")
 
 
 # ---- Sweeps: directories of runs --------------------------------------------------------------

@@ -4,10 +4,12 @@
     python -m alexnet_jax.tools.compare runs/a runs/b --out=cmp/ab   # run directories
 
 Per arm: the final and the best evaluation's top-1 / top-5 error (best: the evaluation with the
-lowest top-1 error), the steps trained, images/s (the median over the train lines: the first one
-includes compilation) and the training time, summed from the logged step times (step_time_ms x
-steps since the line before; start-up, data preparation, the final evaluation and steps redone
-after a stop are not counted: metrics.jsonl holds no timestamps). An arm with several runs (seeds:
+lowest top-1 error; a run's own evaluations, not the re-evaluations `--mode=eval` appends; top-5
+only for runs of more than 5 classes, whose top-5 error is not always 0), the steps trained,
+images/s (the median over the train lines: the first one includes compilation) and the training
+time, summed from the logged step times (step_time_ms x steps since the line before; start-up,
+data preparation, the final evaluation and steps redone after a stop are not counted:
+metrics.jsonl holds no timestamps). An arm with several runs (seeds:
 `<arm>/seed_<s>`) shows mean ± sample std (ddof=1) over its runs that have an evaluation.
 
 Writes `<out>.md` (the table, also printed), `<out>.csv` (one row per arm, means and stds in
@@ -27,17 +29,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import csv
 import dataclasses
 import io
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from absl import logging
 from matplotlib.figure import Figure
 
 from alexnet_jax.core import errors
@@ -80,20 +80,10 @@ class RunSummary:
 # ---- One run ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _absl_warnings_off() -> Iterator[None]:
-    """rundir.read_jsonl warns once per unreadable line; compare says it once per file."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-
-
 def read_records(workdir: str) -> tuple[list[dict], int]:
     """(the metrics records of `workdir`, the number of lines that are none); DataError when
-    metrics.jsonl is missing, unreadable, or holds lines but not one metrics record."""
+    metrics.jsonl is missing, unreadable, or holds lines but not one metrics record. Files of
+    any version read alike (error rates: rundir.read_metrics)."""
     path = rundir.metrics_path(workdir)
     if not os.path.isfile(path):
         raise DataError(
@@ -101,8 +91,7 @@ def read_records(workdir: str) -> tuple[list[dict], int]:
             "has not logged a step yet."
         )
     try:
-        with _absl_warnings_off():
-            records = rundir.read_metrics(workdir)
+        records = rundir.read_metrics(workdir, warn=False)  # said once per file, in its state
         with open(path, "rb") as f:
             lines = sum(1 for line in f if line.strip())
     except OSError as e:
@@ -131,21 +120,21 @@ def _train_seconds(train: Sequence[dict]) -> float | None:
     return total if train else None
 
 
-def summarize_records(records: Sequence[dict]) -> dict[str, float]:
-    """The COLUMNS' values of one run's records (keys missing where there is no value)."""
+def summarize_records(records: Sequence[dict], num_classes: int | None = None) -> dict[str, float]:
+    """The COLUMNS' values of one run's records (keys missing where there is no value; top-5
+    only where rundir.shows_top5). Its evaluations are its own (rundir.run_evals: not the
+    re-evaluations of `--mode=eval`)."""
     train = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
-    evals = sorted(
-        (r for r in records if r["split"] == "eval" and "top1" in r), key=lambda r: r["step"]
-    )
+    evals = sorted(rundir.run_evals(records), key=lambda r: r["step"])
     values: dict[str, float] = {}
     if records:
         values["steps"] = max(r["step"] for r in records)
     if evals:
-        best = max(evals, key=lambda r: r["top1"])  # the first of equals: the earliest
+        best = min(evals, key=lambda r: r[rundir.TOP1_ERROR])  # the first of equals: earliest
         for name, r in (("final", evals[-1]), ("best", best)):
-            values[f"{name}_top1_error"] = 1.0 - r["top1"]
-            if "top5" in r:
-                values[f"{name}_top5_error"] = 1.0 - r["top5"]
+            values[f"{name}_top1_error"] = r[rundir.TOP1_ERROR]
+            if rundir.TOP5_ERROR in r and rundir.shows_top5(num_classes):
+                values[f"{name}_top5_error"] = r[rundir.TOP5_ERROR]
     speeds = [r["images_per_sec"] for r in train if "images_per_sec" in r]
     if speeds:
         values["images_per_sec"] = float(np.median(speeds))
@@ -180,11 +169,11 @@ def summarize_run(
             state = "not started" if not os.path.isdir(workdir) else "nothing logged yet"
         return RunSummary(arm, seed, workdir, state)
     records, unreadable = read_records(workdir)
-    values = summarize_records(records)
+    values = summarize_records(records, rundir.read_num_classes(workdir))
     state = _state(workdir, records, values, outcome)
     if unreadable:
         state += f", {unreadable} unreadable line(s) skipped"
-    evals = [r for r in records if r["split"] == "eval" and "top1" in r]
+    evals = rundir.run_evals(records)
     train = [r for r in records if r["split"] == "train" and "loss" in r]
     return RunSummary(
         arm,
@@ -192,7 +181,7 @@ def summarize_run(
         workdir,
         state,
         values,
-        eval_curve=([r["step"] for r in evals], [1.0 - r["top1"] for r in evals]),
+        eval_curve=([r["step"] for r in evals], [r[rundir.TOP1_ERROR] for r in evals]),
         loss_curve=([r["step"] for r in train], [r["loss"] for r in train]),
     )
 
@@ -324,13 +313,27 @@ def _cell(mean: float | None, std: float | None, scale: float, fmt: str) -> str:
     return text if std is None else f"{text} ± {format(std * scale, fmt)}"
 
 
+_TOP5_COLUMNS = ("final_top5_error", "best_top5_error")
+
+
+def _shown_columns(rows: Sequence[ArmRow]) -> list[tuple]:
+    """COLUMNS, less the top-5 ones when no run has a top-5 error to show (every run with an
+    evaluation has 5 classes or fewer: its top-5 error is always 0)."""
+    has_top5 = any(key in run.values for row in rows for run in row.runs for key in _TOP5_COLUMNS)
+    evaluated = any("final_top1_error" in run.values for row in rows for run in row.runs)
+    if has_top5 or not evaluated:
+        return list(COLUMNS)
+    return [column for column in COLUMNS if column[0] not in _TOP5_COLUMNS]
+
+
 def markdown_table(rows: Sequence[ArmRow]) -> str:
-    header = ["arm", "runs", "state", *(title for _, title, _, _ in COLUMNS)]
+    columns = _shown_columns(rows)
+    header = ["arm", "runs", "state", *(title for _, title, _, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         runs = f"{len(row.runs)}" + (f" (seeds {row.seeds})" if row.seeds else "")
         cells = [row.arm, runs, row.state]
-        cells += [_cell(*row.stats[key], scale, fmt) for key, _, scale, fmt in COLUMNS]
+        cells += [_cell(*row.stats[key], scale, fmt) for key, _, scale, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + NOTE + "\n"
 

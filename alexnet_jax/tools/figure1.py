@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from alexnet_jax.core.errors import DataError, reported_as_exit
+from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare
 
 THRESHOLD = 0.25  # the paper's "25% training error"
@@ -33,23 +34,24 @@ _STYLES = {"relu": "-", "tanh": "--"}  # the paper: solid ReLU, dashed tanh
 
 
 def training_error_by_epoch(records: Sequence[dict]) -> list[tuple[int, float]]:
-    """[(epoch, training top-1 error)] for epochs 1, 2, ... from a run's train records, each
-    line's top1 weighted by its steps since the line before; DataError for lines without
-    'epoch' (runs from before main.py logged it)."""
+    """[(epoch, training top-1 error)] for epochs 1, 2, ... from a run's train records (as
+    rundir.read_metrics gives them, of any version), each line's top1_error weighted by its
+    steps since the line before; DataError for lines without 'epoch' (runs from before main.py
+    logged it)."""
     train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
     sums: dict[int, list[float]] = {}
     previous = 0
     for r in train:
-        if "epoch" not in r or "top1" not in r:
+        if "epoch" not in r or rundir.TOP1_ERROR not in r:
             raise DataError(
-                f"the train line of step {r['step']} has no 'epoch' or 'top1': rerun the arm "
-                "with this version of main.py, which logs them."
+                f"the train line of step {r['step']} has no 'epoch' or '{rundir.TOP1_ERROR}': "
+                "rerun the arm with this version of main.py, which logs them."
             )
         weight = max(r["step"] - previous, 0)
         previous = r["step"]
         epoch = max(1, math.ceil(r["epoch"] - 1e-9))  # epoch 1 covers (0, 1]
         total = sums.setdefault(epoch, [0.0, 0.0])
-        total[0] += weight * (1.0 - r["top1"])
+        total[0] += weight * r[rundir.TOP1_ERROR]
         total[1] += weight
     return [(e, s / w) for e, (s, w) in sorted(sums.items()) if w > 0]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
+from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import DataError, is_storage_error, storage_error, storage_errors_as
 from alexnet_jax.runs import rundir
 
@@ -51,14 +51,16 @@ def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.
 
 def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None:
     """(state, data state) of the run's latest readable checkpoint restored into `target`
-    (ShapeDtypeStructs with shardings), or None; creates and cleans nothing in the run."""
+    (ShapeDtypeStructs with shardings), or None; creates and cleans nothing in the run, and
+    prints none of Orbax's warnings about opening it read-only."""
     if not os.path.isdir(rundir.checkpoint_dir(workdir)):
         return None
-    manager = checkpoint_manager(workdir, keep=1, read_only=True)
-    try:
-        return restore_latest(manager, target, already_abstract=True)
-    finally:
-        manager.close()
+    with runtime.harmless_warnings_muted():
+        manager = checkpoint_manager(workdir, keep=1, read_only=True)
+        try:
+            return restore_latest(manager, target, already_abstract=True)
+        finally:
+            manager.close()
 
 
 def _storage_error(
@@ -103,14 +105,14 @@ def close(manager: ocp.CheckpointManager, raise_errors: bool = True) -> None:
     except DataError as e:
         if raise_errors:
             raise
-        logging.warning("%s", e)
+        console.warning(str(e))
     finally:
         try:
             manager.close()
         except Exception as e:  # the same failed save, reported above
             if not is_storage_error(e):
                 raise
-            logging.warning("Closing the checkpoint manager: %s", str(e).splitlines()[0])
+            console.warning(f"Closing the checkpoint manager: {str(e).splitlines()[0]}")
 
 
 def abstract_like(state: Any) -> Any:
@@ -153,12 +155,12 @@ def restore_latest(
             restored = _restore(manager, step, target)
         except Exception as e:  # a damaged checkpoint: any error of Orbax/TensorStore
             path = f"{manager.directory}/{step}"
-            logging.warning("Checkpoint %s cannot be read (%s).", path, _first_line(e))
+            console.warning(f"Checkpoint {path} cannot be read ({_first_line(e)}).")
             failures.append(f"step {step} ({path}): {_first_line(e)}")
             continue
         if failures:
-            logging.warning(
-                "Restored the previous intact checkpoint, step %d, instead of the latest.", step
+            console.warning(
+                f"Restored the previous intact checkpoint, step {step}, instead of the latest."
             )
         return restored
     if failures:

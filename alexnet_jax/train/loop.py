@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
+from alexnet_jax.core import console
 from alexnet_jax.core.errors import ConfigError, Interrupted, NonFiniteError, UserError
 from alexnet_jax.data import data_sources, input_pipeline
 from alexnet_jax.interop import weights_io
@@ -30,7 +30,8 @@ from alexnet_jax.train.train_state import TrainState
 
 
 def evaluate(eval_step_fn, params: Any, batches, mesh: Any) -> dict[str, float]:
-    """Mean loss and top-1/top-5 accuracy over one pass of the eval split (padding excluded)."""
+    """Mean loss and top-1/top-5 error rates over one pass of the eval split (padding
+    excluded): the device sums correct predictions, turned into errors here, once."""
     totals = None
     for batch in sharding.prefetch_to_mesh(iter(batches), mesh):
         sums = eval_step_fn(params, batch)
@@ -41,8 +42,8 @@ def evaluate(eval_step_fn, params: Any, batches, mesh: Any) -> dict[str, float]:
     count = max(float(totals["count"]), 1.0)
     return {
         "loss": float(totals["loss"]) / count,
-        "top1": float(totals["top1"]) / count,
-        "top5": float(totals["top5"]) / count,
+        "top1_error": 1.0 - float(totals["top1"]) / count,
+        "top5_error": 1.0 - float(totals["top5"]) / count,
         "num_examples": float(totals["count"]),
     }
 
@@ -88,12 +89,9 @@ class _SkipCounter:
                 continue
             self.total += 1
             self.in_a_row += 1
-            logging.warning(
-                "Step %d: the loss or gradient is NaN/Inf; update skipped (%d in a row, %d in "
-                "this session).",
-                step,
-                self.in_a_row,
-                self.total,
+            console.warning(
+                f"Step {step}: the loss or gradient is NaN/Inf; update skipped ({self.in_a_row} "
+                f"in a row, {self.total} in this session)."
             )
             if self.in_a_row > self.limit:
                 raise NonFiniteError(
@@ -105,7 +103,7 @@ class _SkipCounter:
 
     def summarize(self) -> None:
         if self.total:
-            logging.warning("%d step(s) were skipped for NaN/Inf values.", self.total)
+            console.warning(f"{self.total} step(s) were skipped for NaN/Inf values.")
 
 
 def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> TrainState:
@@ -114,7 +112,7 @@ def _update_plateau(state: TrainState, eval_metrics: dict, config, mesh) -> Trai
         return state
     plateau = optim.plateau_update(
         jax.device_get(state.plateau),
-        1.0 - eval_metrics["top1"],
+        eval_metrics["top1_error"],
         patience=config.plateau_patience,
         factor=config.lr_drop_factor,
         max_drops=config.plateau_max_drops,
@@ -203,7 +201,8 @@ def evaluate_checkpoint(
     --config.* values) may change only what is evaluated (rundir.EVAL_FIELDS: split, crops,
     batch size, data paths). Without a run in `workdir`, `config` (with its torch_weights) is
     used. Uses `config.eval_crops` views per image; the result is printed, then appended to the
-    workdir's metrics.
+    workdir's metrics, marked "reeval" when the run evaluated that step before (its own
+    evaluation stays the one its curves and summaries show).
     """
     if rundir.read_config_dict(workdir) is not None:
         config = config_lib.eval_config(workdir, overrides)
@@ -230,10 +229,11 @@ def evaluate_checkpoint(
                 )
             params, step = restored[0].params, int(restored[0].step)
         metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
-        if jax.process_index() == 0:
-            print(report.eval_line(step, metrics), flush=True)  # kept even if the write fails
+        reeval = rundir.is_evaluated(workdir, step)
+        line = report.eval_line(step, metrics, config.num_classes, reeval)
+        console.info(console.stamped(line))  # before the writes: kept even if they fail
         writer = metrics_io.MetricsWriter(workdir, start_step=None)
-        writer.write_eval(step, metrics)
+        writer.write_eval(step, metrics, reeval=reeval, echo=False)
         writer.close()
     return metrics
 
@@ -272,10 +272,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
     examples_consumed = 0
+    eval_pending = False  # a preemption saved an evaluation step before its evaluation
     if restored is not None:
         state, data_state = restored
         examples_consumed = int(data_state["examples_consumed"])
-        logging.info("Resumed at step %d (%d examples seen).", int(state.step), examples_consumed)
+        eval_pending = bool(data_state.get("eval_pending", False))
+        console.info(f"Resumed at step {int(state.step)} ({examples_consumed} examples seen).")
     else:
         state = exp.init_state()
     start_step = int(state.step)
@@ -285,15 +287,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
         if rundir.finished_step(workdir) is None:  # finished before runs recorded their end
             with contextlib.suppress(OSError):  # best effort: this rerun only reports
                 rundir.record_finished(workdir, start_step)
-        logging.info("%s", report.already_finished(workdir, start_step, finished))
+        console.info(report.already_finished(workdir, start_step, finished, config.num_classes))
         return finished
-    writer = metrics_io.MetricsWriter(workdir, start_step)
+    writer = metrics_io.MetricsWriter(workdir, start_step, config.num_classes)
     rundir.record_start(config, workdir, start_step, changes, dataset)
     if config.normalization == "mean_image":
         rundir.save_mean_image(workdir, input_pipeline.mean_image_path(config))
     num_params = models.param_count(sharding.abstract_params(exp.model))
-    logging.info(
-        "\n%s",
+    console.info(
         report.banner(
             config,
             workdir,
@@ -346,7 +347,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
         progress.exclude(time.perf_counter() - began)  # not training time
         return metrics
 
-    def save(step: int) -> None:
+    def save(step: int, eval_pending: bool = False) -> None:
         flush_train_metrics(step)  # never save after an unnoticed NaN
         began = time.perf_counter()
         checkpoint.save(
@@ -356,6 +357,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
             {
                 "examples_consumed": examples_consumed + (step - start_step) * config.batch_size,
                 "batch_size": config.batch_size,
+                "eval_pending": eval_pending,  # the resumed run evaluates this step first
             },
         )
         progress.exclude(time.perf_counter() - began)  # its blocking part: not training time
@@ -369,6 +371,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
         cleanup.callback(preemption.close)
         cleanup.push(lambda kind, *_: writer.close(raise_errors=kind is None))
         cleanup.push(lambda kind, *_: checkpoint.close(manager, raise_errors=kind is None))
+        if eval_pending and step < num_steps:  # the evaluation the preempted run owed
+            eval_metrics = run_eval(step)
+            state = _update_plateau(state, eval_metrics, config, mesh)
         while step < num_steps:
             state, metrics = train_step_fn(state, next(batches))
             step += 1
@@ -377,8 +382,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
                 flush_train_metrics(step)
             if preemption.reached(step):
                 why = preemption.signal_name or "a signal to another process"
-                logging.warning("Preemption signal: saving step %d and exiting (%s).", step, why)
-                save(step)
+                console.warning(f"Preemption signal: saving step {step} and exiting ({why}).")
+                save(step, eval_pending=step % eval_every == 0 and step < num_steps)
                 preempted = True
                 break
             if step % eval_every == 0 and step < num_steps:
@@ -397,7 +402,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
     skips.summarize()
     if jax.process_index() == 0:
         seconds = time.perf_counter() - started
-        logging.info("\n%s", report.summary(workdir, start_step, step, seconds, config.batch_size))
+        console.info(
+            report.summary(
+                workdir, start_step, step, seconds, config.batch_size, config.num_classes
+            )
+        )
     if preempted and preemption.interrupted:
         raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
     if preempted:

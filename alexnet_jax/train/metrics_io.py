@@ -1,6 +1,10 @@
 """Metric output (TensorBoard, console, metrics.jsonl) and progress/ETA.
 
-Only process 0 writes files; every process logs to its console.
+Quality is written as error rates (rundir.TOP1_ERROR, TOP5_ERROR), the paper's convention, under
+the same names in metrics.jsonl and TensorBoard ("train/top1_error", "eval/top5_error") and in
+the console lines (report.step_line, report.eval_line). Only process 0 writes files; every
+process prints its lines (console.py; main.py shows process 0's only, unless
+--log_all_processes).
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ import time
 
 import jax
 import numpy as np
-from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.scalar import summary_v2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from alexnet_jax.core import console
 from alexnet_jax.core.errors import DataError, storage_error, storage_errors_as
-from alexnet_jax.runs import rundir
+from alexnet_jax.runs import report, rundir
 
-TRAIN_METRICS = ("loss", "top1", "top5", "learning_rate", "grad_norm")
+# What the train step returns for each step, averaged over the steps of a logged interval.
+TRAIN_METRICS = ("loss", rundir.TOP1_ERROR, rundir.TOP5_ERROR, "learning_rate", "grad_norm")
 
 
 class Progress:
@@ -122,10 +127,11 @@ class ScalarEvents:
 class MetricsWriter:
     """Writes train/eval metrics to TensorBoard, `workdir/metrics.jsonl` and the console."""
 
-    def __init__(self, workdir: str, start_step: int | None = 0):
-        """`start_step`: lines after it (from an interrupted run) are dropped; None keeps all."""
+    def __init__(self, workdir: str, start_step: int | None = 0, num_classes: int | None = None):
+        """`start_step`: lines after it (from an interrupted run) are dropped; None keeps all.
+        `num_classes`: the model's, for the console lines (top-5 error only for more than 5)."""
         self.is_writer = jax.process_index() == 0
-        self.workdir = workdir
+        self.workdir, self.num_classes = workdir, num_classes
         self.jsonl_path = rundir.metrics_path(workdir)
         self.summary = None
         if self.is_writer:
@@ -135,52 +141,48 @@ class MetricsWriter:
             with storage_errors_as(lambda e: storage_error("the TensorBoard events", workdir, e)):
                 self.summary = ScalarEvents(workdir, start_step)
 
-    def _write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+    def _write(
+        self, step: int, split: str, scalars: dict[str, float], reeval: bool = False
+    ) -> None:
+        """One line of metrics.jsonl and the scalars in TensorBoard, tagged "<split>/<name>"
+        ("reeval/<name>" for a re-evaluation, so that the run's curve keeps one point a step)."""
         if not self.is_writer:
             return
         what = f"the {split} metrics of step {step}"
+        tag = "reeval" if reeval else split
+        record = {"step": step, "split": split, **scalars, **({"reeval": True} if reeval else {})}
         with storage_errors_as(lambda e: storage_error(what, self.workdir, e)):
-            self.summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
-            rundir.append_jsonl(self.jsonl_path, {"step": step, "split": split, **scalars})
+            self.summary.write_scalars(step, {f"{tag}/{k}": v for k, v in scalars.items()})
+            rundir.append_jsonl(self.jsonl_path, record)
 
     def write_train(
         self, step: int, step_metrics: list[tuple[int, dict]], speed: dict, counts: dict
     ) -> None:
-        """Averages the per-step metrics since the last call; writes them with speed and counts.
+        """Averages the per-step metrics since the last call; prints them and writes them with
+        speed and counts.
 
         `counts` are running totals: skipped non-finite steps, undecodable images seen, epochs.
         """
         scalars = {k: float(np.mean([m[k] for _, m in step_metrics])) for k in TRAIN_METRICS}
         scalars.update(speed)
         scalars.update(counts)
+        eta = _format_seconds(speed["eta_seconds"])
+        console.info(console.stamped(report.step_line(step, scalars, self.num_classes, eta)))
         self._write(step, "train", scalars)
-        logging.info(
-            "step %d  loss %.4f  top1 %.3f  top5 %.3f  lr %.2g  |g| %.3g  %.1f img/s  "
-            "%.0f ms/step  ETA %s",
-            step,
-            scalars["loss"],
-            scalars["top1"],
-            scalars["top5"],
-            scalars["learning_rate"],
-            scalars["grad_norm"],
-            speed["images_per_sec"],
-            speed["step_time_ms"],
-            _format_seconds(speed["eta_seconds"]),
-        )
 
-    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
-        scalars = dict(metrics)
-        scalars["top1_error"] = 1.0 - metrics["top1"]
-        scalars["top5_error"] = 1.0 - metrics["top5"]
-        self._write(step, "eval", scalars)
-        logging.info(
-            "eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)",
-            step,
-            metrics["loss"],
-            metrics["top1"],
-            metrics["top5"],
-            metrics["num_examples"],
-        )
+    def write_eval(
+        self, step: int, metrics: dict[str, float], reeval: bool = False, echo: bool = True
+    ) -> None:
+        """Prints (unless not `echo`) then writes one evaluation (`loop.evaluate`'s metrics).
+
+        reeval: `--mode=eval` of a step the run evaluated before: the line is marked
+        "reeval" in metrics.jsonl (readers keep the run's own, rundir.run_evals) and its
+        TensorBoard tags are "reeval/..." (the run's eval curve stays one point per step).
+        """
+        if echo:
+            line = report.eval_line(step, metrics, self.num_classes, reeval)
+            console.info(console.stamped(line))
+        self._write(step, "eval", dict(metrics), reeval)
 
     def close(self, raise_errors: bool = True) -> None:
         """Flushes and closes the TensorBoard file. raise_errors=False (another error is on its
@@ -196,7 +198,7 @@ class MetricsWriter:
         except DataError as e:
             if raise_errors:
                 raise
-            logging.warning("%s", e)
+            console.warning(str(e))
 
 
 def _format_seconds(seconds: float) -> str:

@@ -38,7 +38,8 @@ def train_step(
     tx: optax.GradientTransformation,
     skip_nonfinite: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on a global batch; returns the new state and this step's metrics."""
+    """One SGD step on a global batch; returns the new state and this step's metrics (the
+    batch's loss and top-1/top-5 error rates, the learning rate, the gradient norm)."""
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     labels, mask = batch["label"], batch["mask"]
 
@@ -65,8 +66,8 @@ def train_step(
         )
     metrics = {
         "loss": loss,
-        "top1": _masked_mean(_topk_correct(logits, labels, 1), mask),
-        "top5": _masked_mean(_topk_correct(logits, labels, 5), mask),
+        "top1_error": _masked_mean(1.0 - _topk_correct(logits, labels, 1), mask),
+        "top5_error": _masked_mean(1.0 - _topk_correct(logits, labels, 5), mask),
         "learning_rate": optim.current_learning_rate(opt_state),
         "grad_norm": grad_norm,
         "finite": finite,
@@ -75,7 +76,9 @@ def train_step(
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any) -> dict[str, jax.Array]:
-    """Sums of loss/top-1/top-5 over the real (mask=True) examples of a batch of V views each.
+    """Sums of loss and of top-1/top-5 correct predictions ("top1", "top5": counts, turned into
+    error rates once on the host by loop.evaluate) over the real (mask=True) examples of a
+    batch of V views each.
 
     `image` is (B, V, H, W, 3); the softmax of the V views is averaged (the paper's 10-patch test),
     and the loss is the cross-entropy of that average.

@@ -1,0 +1,87 @@
+"""What the project tells its user: progress and results as plain lines on stdout, warnings on
+stderr, so that `python main.py > log` keeps the run's story and a terminal still shows what
+went wrong.
+
+    console.info("step 12  loss 2.3026 ...")  # stdout, flushed, no logging prefix
+    console.warning("Step 12: ... skipped")    # stderr: "warning: Step 12: ... skipped"
+
+Both go through the standard logger named "alexnet_jax" with a handler of its own (installed on
+first use, not propagated to the root logger, so absl's handler never prints them a second time
+with its prefix). Errors the user must fix are no log lines: errors.reported_as_exit prints them
+as one `error:` paragraph. A multi-process run shows progress on process 0 only
+(`show_progress(False)` on the others: main.py); warnings always show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+LOGGER_NAME = "alexnet_jax"
+
+
+class _ConsoleHandler(logging.Handler):
+    """INFO to the current sys.stdout as the bare message; WARNING and above to the current
+    sys.stderr as "warning: message" (looked up at each line: a test's capture or
+    runtime.mute_native_stdout may have replaced them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                stream = sys.stderr
+                text = f"{record.levelname.lower()}: {text}"
+            else:
+                stream = sys.stdout
+            stream.write(text + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _logger() -> logging.Logger:
+    """The project's logger, with the console handler installed on first use."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+        logger.propagate = False
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    return logger
+
+
+def info(message: str) -> None:
+    """A progress or result line on stdout (flushed)."""
+    _logger().info("%s", message)
+
+
+def warning(message: str) -> None:
+    """A warning on stderr, prefixed with `warning: `."""
+    _logger().warning("%s", message)
+
+
+def show_progress(show: bool) -> None:
+    """Whether `info` lines are printed (warnings always are): False on the processes of a
+    multi-process run other than process 0, unless the user asks for every process's progress."""
+    _logger().setLevel(logging.INFO if show else logging.WARNING)
+
+
+@contextlib.contextmanager
+def progress_off() -> Iterator[None]:
+    """No `info` lines inside the block (a benchmark that runs the training loop prints its own
+    results, not the loop's progress); warnings still show."""
+    logger = _logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def stamped(message: str) -> str:
+    """`message` after the wall-clock time, `12:00:17 message`: for step and eval lines."""
+    return f"{time.strftime('%H:%M:%S')} {message}"
