@@ -20,7 +20,8 @@ jax.config.update("jax_threefry_partitionable", True)
 @pytest.fixture(scope="session")
 def jax_cache_dir(tmp_path_factory) -> str:
     """One persistent compilation cache for the main.py subprocesses of the whole session: the
-    many small runs of tests/test_main.py and tests/test_reliability.py compile the same steps."""
+    many small runs of tests/train/test_main.py and tests/train/test_reliability.py compile the
+    same steps."""
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
@@ -34,8 +35,8 @@ QUICK_COMPILES = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 def quick_compiles():
     """jax_disable_most_optimizations for a module's tests: for files of many one-off programs,
     each run once or twice, where XLA's optimization passes cost more than they save (measured:
-    tests/test_train_step.py 68 -> 37 CPU-s, tests/test_parallel.py 30 -> 22; other files got
-    slower, so it is not global). Results are compared with references within stated
+    tests/train/test_train_step.py 68 -> 37 CPU-s, tests/model/test_parallel.py 30 -> 22; other
+    files got slower, so it is not global). Results are compared with references within stated
     tolerances, never bit for bit with an optimized compile."""
     previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
@@ -142,13 +143,13 @@ def lrn_run_dir(tmp_path_factory) -> str:
 # training run, the benchmark scripts' output) is built once. (Not --dist loadgroup: with pytest
 # 9.2 and pytest-xdist 3.8.0 its xdist_group marks have no effect, pytest-dev/pytest-xdist#1386.)
 _LONGEST_FIRST = (
-    "tests/test_main.py",
-    "tests/test_imagenet_configs.py",
+    "tests/train/test_main.py",
+    "tests/train/test_imagenet_configs.py",
     "tests/test_demo.py",
-    "tests/test_multihost.py",
+    "tests/train/test_multihost.py",
     "tests/test_benchmarks.py",
-    "tests/test_reliability.py",
-    "tests/test_sweep.py",
+    "tests/train/test_reliability.py",
+    "tests/tools/test_sweep.py",
     "tests/test_accelerator_benchmark.py",
 )
 

@@ -1,4 +1,4 @@
-"""main.py with AlexNet's fc6 and fc7 narrowed to 64 units, for tests/test_multihost.py.
+"""main.py with AlexNet's fc6 and fc7 narrowed to 64 units, for tests/train/test_multihost.py.
 
 The full 4096-unit layers hold 55M parameters: with several fake CPU devices per process each
 training step and checkpoint would take seconds. Narrowing them (and nothing else) keeps every
@@ -32,7 +32,9 @@ if __name__ == "__main__":
 
     from absl import app
 
-    if os.environ.get("REPORT_TENSORFLOW_IMPORT"):  # tests/test_main.py: synthetic runs skip TF
+    if os.environ.get(
+        "REPORT_TENSORFLOW_IMPORT"
+    ):  # tests/train/test_main.py: synthetic runs skip TF
         atexit.register(lambda: print(f"tensorflow imported: {'tensorflow' in sys.modules}"))
 
     import main

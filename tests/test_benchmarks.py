@@ -232,3 +232,11 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_before_measuring(
     assert "Traceback" not in proc.stderr
     assert f"error: {name}: the folder " in errors[0]
     assert "cannot be created (File name too long" in errors[0]
+
+
+def test_every_benchmark_script_keeps_stderr_empty_on_a_normal_run(runs):
+    """Each script's normal (tiny) run: its results on stdout, nothing on stderr (no line from
+    TensorFlow, Orbax, absl, XLA or PyTorch)."""
+    for name, (_, out, err) in runs.items():
+        assert out.strip(), name
+        assert err == "", f"benchmarks/{name}.py wrote to stderr:\n{err[-2000:]}"

@@ -1,7 +1,8 @@
 """The README's local 2-process demo, shortened: the same launcher command and the default config
 (the one_tower net, the demo recipe), on a smaller miniature archive for fewer steps, with
 main.py run through tests/multihost_worker.py (fc6/fc7 narrowed to 64 units: the same code paths
-with 3M instead of 58M parameters, a third of the CPU time, as tests/test_multihost.py runs it).
+with 3M instead of 58M parameters, a third of the CPU time, as tests/train/test_multihost.py runs
+it).
 
     python -m alexnet_jax.tools.launch --num_processes=2 --devices_per_process=2 -- \
         main.py --workdir=runs/two_processes

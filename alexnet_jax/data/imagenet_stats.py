@@ -12,7 +12,7 @@ Orientation: fb.resnet.torch's `Lighting` transform computes
 eigenvector. `PCA_EIGVECS` below stores them as rows (`PCA_EIGVECS[i]` is the i-th eigenvector,
 matching `PCA_EIGVALS[i]`), i.e. it is the transpose of the published matrix. The first eigenvector
 is the luminance direction, close to (1, 1, 1) / sqrt(3) up to sign, as expected for natural images
-(tests/test_input_pipeline.py checks this and C v_i = lambda_i v_i).
+(tests/data/test_input_pipeline.py checks this and C v_i = lambda_i v_i).
 """
 
 import numpy as np

@@ -1,7 +1,7 @@
 """The training loop: `train_and_evaluate(config, workdir)`, and `evaluate_checkpoint`.
 
-The setup (mesh, model, optimizer, shardings, jitted steps) comes from experiment.build, the
-pure steps from steps.py, the workdir's files from rundir.py. The state is replicated (on a
+The setup (mesh, model, optimizer, shardings, jitted steps) and the pure steps come from
+experiment.py; the run's records from runs/run.py. The state is replicated (on a
 ("data", "tower") mesh the paper's tower layers are split over "tower", see sharding.py and
 parallel.py), the batch is split over the "data" axis and XLA inserts the gradient all-reduce.
 """
@@ -22,9 +22,10 @@ from alexnet_jax.core.errors import ConfigError, Interrupted, NonFiniteError, Us
 from alexnet_jax.data import data_sources, input_pipeline
 from alexnet_jax.interop import weights_io
 from alexnet_jax.model import models
-from alexnet_jax.runs import plots, report, rundir
+from alexnet_jax.runs import report, rundir
+from alexnet_jax.runs.run import Run
 from alexnet_jax.train import checkpoint, config_lib, experiment, metrics_io, optim, sharding
-from alexnet_jax.train.train_state import TrainState
+from alexnet_jax.train.experiment import TrainState
 
 # ---- Evaluation ------------------------------------------------------------------------------
 
@@ -243,127 +244,128 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final eval.
 
-    The workdir is locked while the run writes it. A resume must use the run's own config and
-    data (rundir.check_resume, check_dataset) unless `allow_config_change`. SIGTERM saves and
-    returns {}; Ctrl-C saves and raises errors.Interrupted.
-
-    Sections: setup -> restore -> loop (log, preemption, eval, checkpoint) -> final eval and save.
+    The run's records (lock, identity, start and end, banner, summary, curves) are runs.run.Run's;
+    a resume must use the run's own config and data unless `allow_config_change`. SIGTERM saves
+    and returns {}; Ctrl-C saves and raises errors.Interrupted.
     """
     if config.torch_weights:
         raise ConfigError(
             f"config.torch_weights={config.torch_weights!r} is only read by --mode=eval; "
             "training starts from config.init_scheme. Remove it, or add --mode=eval."
         )
-    with rundir.exclusive(workdir):
-        return _train(config, workdir, allow_config_change)
+    with Run(workdir, config, allow_config_change) as run:
+        exp, info = _build(config)
+        run.check_dataset(data_sources.dataset_identity(config))
+        num_steps = total_train_steps(config, exp.steps_per_epoch)
+        manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
+        state, data_state = _restore(exp, manager)
+        start_step = int(state.step)
+        if (done := run.finished_before(start_step, num_steps)) is not None:
+            checkpoint.close(manager)
+            return done
+        num_params = models.param_count(sharding.abstract_params(exp.model))
+        sizes = (info.num_train_examples, info.num_eval_examples, exp.steps_per_epoch)
+        banner = report.banner(config, workdir, exp.mesh, *sizes, num_steps, start_step, num_params)
+        mean_image = config.normalization == "mean_image"
+        writer = metrics_io.MetricsWriter(workdir, start_step, config.num_classes)
+        run.start(
+            start_step, banner, input_pipeline.mean_image_path(config) if mean_image else None
+        )
+        began = time.perf_counter()
+        eval_metrics, step, signal = train_loop(config, exp, state, data_state, manager, writer)
+        run.summary(start_step, step, time.perf_counter() - began)
+        if signal == "SIGINT":
+            raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
+        if signal is not None:
+            return {}
+        run.finish(step)
+    return eval_metrics
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> dict:
-    # -- Setup: the run's identity, mesh, config, data, model, optimizer, steps.
-    changes = rundir.check_resume(config, workdir, allow_change)  # before any data is built
-    exp, info = _build(config)
-    dataset = data_sources.dataset_identity(config)
-    rundir.check_dataset(workdir, dataset, allow_change)
-    mesh, steps_per_epoch = exp.mesh, exp.steps_per_epoch
-    num_steps = total_train_steps(config, steps_per_epoch)
-    eval_every = config.eval_every_steps or steps_per_epoch
-
-    # -- Restore the latest readable checkpoint, if any; else a fresh state.
-    manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
+def _restore(exp: experiment.Experiment, manager: Any) -> tuple[TrainState, dict]:
+    """(state, data state) of the latest readable checkpoint, or a fresh state at step 0."""
     restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
-    examples_consumed = 0
-    eval_pending = False  # a preemption saved an evaluation step before its evaluation
-    if restored is not None:
-        state, data_state = restored
-        examples_consumed = int(data_state["examples_consumed"])
-        eval_pending = bool(data_state.get("eval_pending", False))
-        console.info(f"Resumed at step {int(state.step)} ({examples_consumed} examples seen).")
-    else:
-        state = exp.init_state()
-    start_step = int(state.step)
-    finished = report.final_eval(workdir, start_step) if start_step >= num_steps else None
-    if finished is not None:
-        checkpoint.close(manager)
-        if rundir.finished_step(workdir) is None:  # finished before runs recorded their end
-            with contextlib.suppress(OSError):  # best effort: this rerun only reports
-                rundir.record_finished(workdir, start_step)
-        console.info(report.already_finished(workdir, start_step, finished, config.num_classes))
-        return finished
-    writer = metrics_io.MetricsWriter(workdir, start_step, config.num_classes)
-    rundir.record_start(config, workdir, start_step, changes, dataset)
-    if config.normalization == "mean_image":
-        rundir.save_mean_image(workdir, input_pipeline.mean_image_path(config))
-    num_params = models.param_count(sharding.abstract_params(exp.model))
-    console.info(
-        report.banner(
-            config,
-            workdir,
-            mesh,
-            info.num_train_examples,
-            info.num_eval_examples,
-            steps_per_epoch,
-            num_steps,
-            start_step,
-            num_params,
-        ),
-    )
-    started = time.perf_counter()
+    if restored is None:
+        return exp.init_state(), {"examples_consumed": 0}
+    state, data_state = restored
+    seen = int(data_state["examples_consumed"])
+    console.info(f"Resumed at step {int(state.step)} ({seen} examples seen).")
+    return state, data_state
 
-    # -- Loop.
+
+class _TrainLog:
+    """The train metrics since the last log line, read back from the device only when written
+    (every config.log_every_steps, and before each evaluation and save), and checked then: a
+    NaN/Inf stops the run (or is counted, with config.skip_nonfinite_steps)."""
+
+    def __init__(self, config: Any, writer: Any, progress: Any, steps_per_epoch: int):
+        self.config, self.writer, self.progress = config, writer, progress
+        self.steps_per_epoch = steps_per_epoch
+        self.skips = _SkipCounter(config)
+        self.pending: list[tuple[int, dict]] = []
+
+    def flush(self, step: int, state: TrainState, undecodable: int) -> None:
+        host = [(s, jax.device_get(m)) for s, m in self.pending]
+        self.pending.clear()
+        _check_finite(host, self.config.skip_nonfinite_steps)
+        self.skips.update(host)
+        if host:
+            counts = {
+                "skipped_steps": int(state.skipped_steps),
+                "undecodable_images": undecodable,
+                "epoch": step / self.steps_per_epoch,  # epochs trained (figure1.py's x axis)
+            }
+            self.writer.write_train(step, host, self.progress.update(step), counts)
+
+
+def train_loop(
+    config: Any,
+    exp: experiment.Experiment,
+    state: TrainState,
+    data_state: dict,
+    manager: Any,
+    writer: metrics_io.MetricsWriter,
+) -> tuple[dict[str, float], int, str | None]:
+    """Trains from `state` to the config's last step: steps, log lines, evaluations and
+    checkpoints at their intervals, the final evaluation and checkpoint. Returns (the last
+    evaluation, the last step, the name of the signal that stopped it early, or None)."""
+    # -- Data, schedule of the intervals, bookkeeping.
+    start_step, mesh = int(state.step), exp.mesh
+    num_steps = total_train_steps(config, exp.steps_per_epoch)
+    eval_every = config.eval_every_steps or exp.steps_per_epoch
     pc, pi = jax.process_count(), jax.process_index()
     train_iter = input_pipeline.create_train_iterator(
         config,
         local_batch_size=config.batch_size // pc,
-        start_example=examples_consumed,
+        start_example=int(data_state["examples_consumed"]),
         process_index=pi,
         process_count=pc,
     )
-    eval_batches = _eval_batches(config)
-    train_step_fn, eval_step_fn = exp.train_step, exp.eval_step
-    preemption = checkpoint.PreemptionWatcher(manager)
+    batches, eval_batches = sharding.prefetch_to_mesh(train_iter, mesh), _eval_batches(config)
     progress = metrics_io.Progress(start_step, num_steps, config.batch_size)
-    skips = _SkipCounter(config)
-    pending: list[tuple[int, dict]] = []
+    log = _TrainLog(config, writer, progress, exp.steps_per_epoch)
+    preemption = checkpoint.PreemptionWatcher(manager)
     eval_metrics: dict[str, float] = {}
 
-    def flush_train_metrics(step: int) -> None:
-        host = [(s, jax.device_get(m)) for s, m in pending]
-        pending.clear()
-        _check_finite(host, config.skip_nonfinite_steps)
-        skips.update(host)
-        if host:
-            counts = {
-                "skipped_steps": int(state.skipped_steps),
-                "undecodable_images": train_iter.num_undecodable,
-                "epoch": step / steps_per_epoch,  # epochs trained (figure1.py's x axis)
-            }
-            writer.write_train(step, host, progress.update(step), counts)
-
-    def run_eval(step: int) -> dict[str, float]:
+    def evaluate_now(step: int, state: TrainState) -> dict[str, float]:
+        log.flush(step, state, train_iter.num_undecodable)
         began = time.perf_counter()
-        metrics = evaluate(eval_step_fn, state.params, eval_batches, mesh)
+        metrics = evaluate(exp.eval_step, state.params, eval_batches, mesh)
         writer.write_eval(step, metrics)
         _check_finite_eval(step, metrics)
         progress.exclude(time.perf_counter() - began)  # not training time
         return metrics
 
-    def save(step: int, eval_pending: bool = False) -> None:
-        flush_train_metrics(step)  # never save after an unnoticed NaN
+    def save(step: int, state: TrainState, eval_pending: bool = False) -> None:
+        log.flush(step, state, train_iter.num_undecodable)  # never save after an unnoticed NaN
         began = time.perf_counter()
-        checkpoint.save(
-            manager,
-            step,
-            state,
-            {
-                "examples_consumed": examples_consumed + (step - start_step) * config.batch_size,
-                "batch_size": config.batch_size,
-                "eval_pending": eval_pending,  # the resumed run evaluates this step first
-            },
-        )
+        examples = int(data_state["examples_consumed"]) + (step - start_step) * config.batch_size
+        # eval_pending: the resumed run evaluates this step first.
+        record = {"examples_consumed": examples, "batch_size": config.batch_size}
+        checkpoint.save(manager, step, state, {**record, "eval_pending": eval_pending})
         progress.exclude(time.perf_counter() - began)  # its blocking part: not training time
 
-    batches = sharding.prefetch_to_mesh(train_iter, mesh)
-    step, preempted = start_step, False
+    step, signal = start_step, None
     # Also on errors, in this order: commit the saves in flight (so the last good checkpoint is
     # kept), close the metrics, restore the signal handlers. A failed close raises only if the
     # run was ending without an error, which it must not replace.
@@ -371,47 +373,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) 
         cleanup.callback(preemption.close)
         cleanup.push(lambda kind, *_: writer.close(raise_errors=kind is None))
         cleanup.push(lambda kind, *_: checkpoint.close(manager, raise_errors=kind is None))
-        if eval_pending and step < num_steps:  # the evaluation the preempted run owed
-            eval_metrics = run_eval(step)
+        if data_state.get("eval_pending") and step < num_steps:  # a preempted run's, owed
+            eval_metrics = evaluate_now(step, state)
             state = _update_plateau(state, eval_metrics, config, mesh)
         while step < num_steps:
-            state, metrics = train_step_fn(state, next(batches))
+            # -- Step.
+            state, metrics = exp.train_step(state, next(batches))
             step += 1
-            pending.append((step, metrics))
+            log.pending.append((step, metrics))
+            # -- Log.
             if step % config.log_every_steps == 0:
-                flush_train_metrics(step)
+                log.flush(step, state, train_iter.num_undecodable)
+            # -- Preemption: every process saves this step and stops.
             if preemption.reached(step):
-                why = preemption.signal_name or "a signal to another process"
-                console.warning(f"Preemption signal: saving step {step} and exiting ({why}).")
-                save(step, eval_pending=step % eval_every == 0 and step < num_steps)
-                preempted = True
+                signal = preemption.signal_name or "a signal to another process"
+                console.warning(f"Preemption signal: saving step {step} and exiting ({signal}).")
+                save(step, state, eval_pending=step % eval_every == 0 and step < num_steps)
                 break
+            # -- Evaluate.
             if step % eval_every == 0 and step < num_steps:
-                flush_train_metrics(step)
-                eval_metrics = run_eval(step)
+                eval_metrics = evaluate_now(step, state)
                 state = _update_plateau(state, eval_metrics, config, mesh)
+            # -- Save.
             if step % config.checkpoint_every_steps == 0 and step < num_steps:
-                save(step)
-
+                save(step, state)
         # -- Final evaluation and checkpoint.
-        if not preempted:
-            flush_train_metrics(step)
-            eval_metrics = run_eval(step)
+        if signal is None:
+            eval_metrics = evaluate_now(step, state)
             if manager.latest_step() != step:
-                save(step)
-    skips.summarize()
-    if jax.process_index() == 0:
-        seconds = time.perf_counter() - started
-        console.info(
-            report.summary(
-                workdir, start_step, step, seconds, config.batch_size, config.num_classes
-            )
-        )
-    if preempted and preemption.interrupted:
-        raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
-    if preempted:
-        return {}
-    rundir.record_finished(workdir, step)  # the final eval is written and its checkpoint saved
-    if jax.process_index() == 0:
-        plots.plot_training_curves(workdir)
-    return eval_metrics
+                save(step, state)
+    log.skips.summarize()
+    return eval_metrics, step, signal

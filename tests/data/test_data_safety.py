@@ -21,7 +21,7 @@ from alexnet_jax.core.errors import ConfigError, DataError, UserError
 from alexnet_jax.data import data_sources, input_pipeline, miniature
 from configs import default
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 1
 
 

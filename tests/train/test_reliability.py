@@ -25,7 +25,7 @@ from alexnet_jax.tools import load
 from alexnet_jax.train import checkpoint, config_lib
 from configs import default
 from tests.conftest import QUICK_COMPILES
-from tests.test_main import REPO, _env, _narrow_main
+from tests.train.test_main import REPO, _env, _narrow_main
 
 
 @pytest.fixture(scope="module")
@@ -575,3 +575,24 @@ def _train_cut_and_whole(loop, config, tmp_path, monkeypatch):
     assert os.path.isdir(tmp_path / "cut" / "checkpoints" / "2")
     monkeypatch.setattr(checkpoint.PreemptionWatcher, "reached", original)
     loop.train_and_evaluate(config(), str(tmp_path / "cut"))
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path):
+    """A new run stopped by its data (here an image folder that does not exist) after taking
+    the workdir's lock leaves no empty workdir behind; in an existing workdir nothing is
+    removed, and a file keeps its folder."""
+    from alexnet_jax.train import loop
+
+    config = default.get_config()
+    config.update(dataset="image_folder", image_folder=str(tmp_path / "no_such_folder"))
+    workdir = tmp_path / "new" / "run"
+    with pytest.raises(UserError):
+        loop.train_and_evaluate(config, str(workdir))
+    assert not (tmp_path / "new").exists()  # nor the parent folder it made
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)
+    (kept / "notes" / "readme.txt").write_text("mine")
+    with pytest.raises(UserError):
+        loop.train_and_evaluate(config, str(kept))
+    assert (kept / "notes" / "readme.txt").read_text() == "mine"
+    assert not (kept / ".lock").exists()

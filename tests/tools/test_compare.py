@@ -1,8 +1,8 @@
 """compare.py on hand-made metrics.jsonl files: mean ± std over seeds against values computed by
 hand, files of this version (error rates) and of earlier ones (accuracies) alike, re-evaluations
 left out, top-5 only for more than 5 classes, a run without an evaluation listed with its state,
-a missing or damaged metrics file named. (tests/test_sweep.py runs compare at the end of a real
-sweep.)"""
+a missing or damaged metrics file named. (tests/tools/test_sweep.py runs compare at the end of a
+real sweep.)"""
 
 import csv
 import json

@@ -220,7 +220,7 @@ _WITHOUT_TENSORFLOW = (
 
 
 def _run_without_tensorflow(module: str, *args: str) -> subprocess.CompletedProcess:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return subprocess.run(
         [sys.executable, "-c", _WITHOUT_TENSORFLOW, module, *args],
         cwd=root,

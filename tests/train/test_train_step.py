@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.core import errors
-from alexnet_jax.train import experiment, loop, sharding, steps
+from alexnet_jax.train import experiment, loop, sharding
 from configs import default
 from tests import conftest, multihost_worker
 
@@ -124,8 +124,8 @@ def test_device_path_steps_begin_with_the_augmentation(monkeypatch):
     steps replaced by ones that return the batch they are given; the state is a random one, fc6/fc7
     narrowed)."""
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)
-    monkeypatch.setattr(steps, "train_step", lambda state, batch, **_: (state, batch))
-    monkeypatch.setattr(steps, "eval_step", lambda params, batch, **_: batch)
+    monkeypatch.setattr(experiment, "train_step", lambda state, batch, **_: (state, batch))
+    monkeypatch.setattr(experiment, "eval_step", lambda params, batch, **_: batch)
     fields = dict(variant="torchvision", input_size=64, resize_size=72, num_classes=5)
     config = _config(augment_on="device", batch_size=4, eval_crops=10, **fields)
     exp = experiment.build(config, sharding.make_mesh(config, jax.devices()[:2]))

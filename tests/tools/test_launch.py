@@ -4,7 +4,7 @@ never arrives.
 
 The workers here are tiny `python -c` scripts that print, sleep, exit or trap signals (the
 launcher appends --coordinator_address/--num_processes/--process_id to their argv), so every test
-takes seconds; tests/test_multihost.py runs main.py itself.
+takes seconds; tests/train/test_multihost.py runs main.py itself.
 """
 
 import contextlib
@@ -23,7 +23,7 @@ import pytest
 from alexnet_jax.core import errors, runtime
 from alexnet_jax.tools import launch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Every worker script starts with this: its process index from the flags the launcher appends.
 PRELUDE = (

@@ -1,7 +1,7 @@
 """The console of the tools and of the Python API a user calls: results on stdout as plain lines,
 and nothing on stderr when nothing is wrong (no line from TensorFlow, Orbax, absl or XLA), each
 run as a user runs it, in a fresh process on the session's tiny run (tests/conftest.py run_dir).
-main.py's own console: tests/test_main.py; a benchmark script's: tests/test_benchmarks.py."""
+main.py's own console: tests/train/test_main.py; a benchmark script's: tests/test_benchmarks.py."""
 
 import os
 import shutil
@@ -84,3 +84,22 @@ def test_the_python_api_loads_a_run_and_an_exported_file_silently(run_dir, expor
     )
     out, err = _run(repo_root, "-c", script, run_dir, exported[0])
     assert (out, err) == ("torchvision torchvision\n", "")
+
+
+def test_figures_say_where_they_wrote_and_nothing_else(run_dir, repo_root, tmp_path):
+    """The figures tool reads the run's data through TensorFlow (Figure 4's neighbours): still
+    no TensorFlow, Orbax or XLA line on stderr, and its stdout names the two files."""
+    out_dir = str(tmp_path / "figs")
+    out, err = _run(
+        repo_root,
+        "-m",
+        "alexnet_jax.tools.figures",
+        f"--workdir={run_dir}",
+        f"--out={out_dir}",
+        "--num_queries=2",
+        "--max_train_images=8",
+    )
+    assert err == ""
+    written = sorted(os.listdir(out_dir))
+    assert len(written) == 2
+    assert all(name.endswith(".png") and name in out for name in written)

@@ -20,11 +20,11 @@ from alexnet_jax.runs import rundir
 from alexnet_jax.tools import sweep
 from tests.conftest import QUICK_COMPILES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(REPO, "tests", "multihost_worker.py")
 
 BASE_CONFIG = '''
-"""A 4-step run on synthetic 64 px data (tests/test_sweep.py)."""
+"""A 4-step run on synthetic 64 px data (tests/tools/test_sweep.py)."""
 
 from configs import default
 

@@ -25,7 +25,7 @@ from alexnet_jax.model.layers import Net
 from alexnet_jax.model.models import FORWARD_OPTIONS, create
 
 LOGIT_TOL = 1e-4
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What a run of each variant records (weights_io.conventions_of): the paper's LRN convention for
 # the LRN variants, PyTorch's for torchvision.
 CONVENTIONS = {

@@ -27,7 +27,7 @@ from alexnet_jax.tools import figure1, sweep
 from alexnet_jax.train import sharding
 from configs import figure1 as figure1_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---- The net -----------------------------------------------------------------------------------

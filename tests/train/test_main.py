@@ -30,7 +30,7 @@ from configs import default
 from tests import multihost_worker
 from tests.conftest import QUICK_COMPILES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

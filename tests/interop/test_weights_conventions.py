@@ -27,7 +27,7 @@ from alexnet_jax.tools import export, figures, load, predict
 from alexnet_jax.train import config_lib
 from benchmarks import torch_models
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FORMATS = (".pth", ".safetensors", ".npz")
 
 

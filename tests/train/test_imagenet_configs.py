@@ -1,5 +1,5 @@
 """Both ImageNet configs end to end through main.py on a generated ILSVRC2012 archive (in a file
-of its own so that pytest-xdist's --dist loadfile can run it beside tests/test_main.py)."""
+of its own so that pytest-xdist's --dist loadfile can run it beside tests/train/test_main.py)."""
 
 import os
 
@@ -9,12 +9,12 @@ from alexnet_jax.data import image_store, miniature
 from alexnet_jax.runs import rundir
 from alexnet_jax.train import config_lib
 from tests.conftest import QUICK_COMPILES
-from tests.test_main import REPO, _jsonl, _run_main
+from tests.train.test_main import REPO, _jsonl, _run_main
 
 
 @pytest.fixture(scope="module")
 def shared_dirs(tmp_path_factory, jax_cache_dir):
-    """What tests/test_main.py's helpers take: a data folder and the compilation cache."""
+    """What tests/train/test_main.py's helpers take: a data folder and the compilation cache."""
     root = tmp_path_factory.mktemp("imagenet_configs")
     return {"data": str(root / "data"), "cache": jax_cache_dir, "root": root}
 
