@@ -228,3 +228,24 @@ def test_every_test_named_in_hacking_exists():
     for path, name in named:
         with open(os.path.join(ROOT, path)) as f:
             assert f"def {name}(" in f.read(), f"{path}::{name}"
+
+
+def test_no_source_file_matches_a_gitignore_pattern():
+    """Every .py file of the package, the tests, configs, sweeps, benchmarks and scripts would
+    be committed: none matches a .gitignore pattern (`runs/` once matched alexnet_jax/runs/, and
+    a new module there was never committed)."""
+    sources = [
+        os.path.relpath(os.path.join(folder, name), ROOT)
+        for top in ("alexnet_jax", "tests", "configs", "sweeps", "benchmarks", "scripts")
+        for folder, _, names in os.walk(os.path.join(ROOT, top))
+        for name in names
+        if name.endswith(".py")
+    ]
+    assert len(sources) > 80
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", *sources],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, f"ignored by .gitignore: {proc.stdout.split()}"
