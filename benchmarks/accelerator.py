@@ -350,6 +350,7 @@ def measure_torch(
     import torch
     import torch_models
 
+    common.quiet_torch()
     device = torch_device(settings.smoke)
     config = _config(case, settings)
     rng = np.random.default_rng(0)

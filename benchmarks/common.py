@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import platform
 import statistics
@@ -125,11 +126,21 @@ def setup_torch(threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
+    quiet_torch()
     env = environment(threads)
     env["torch"] = torch.__version__
     env["torch_threads"] = torch.get_num_threads()
     env["torch_device"] = torch_device()
     return env
+
+
+def quiet_torch() -> None:
+    """PyTorch's own log lines (torch.compile's notices, e.g. "Profiler record function ... will
+    be ignored") only with --verbosity >= 1, as the libraries' INFO lines."""
+    import torch
+
+    if flags.FLAGS.verbosity < 1:
+        torch._logging.set_logs(all=logging.ERROR)
 
 
 def torch_device() -> str:

@@ -21,7 +21,8 @@ TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def smoke(repo_root, tmp_path_factory):
-    """(accelerator.json, accelerator.md) of `accelerator.py --smoke`."""
+    """(accelerator.json, accelerator.md) of `accelerator.py --smoke`, a normal run: nothing on
+    stderr (no Orbax, absl, XLA or torch.compile line)."""
     out = tmp_path_factory.mktemp("accelerator")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one real CPU device
     cmd = [
@@ -36,6 +37,7 @@ def smoke(repo_root, tmp_path_factory):
         cmd, env=env, cwd=repo_root, capture_output=True, text=True, timeout=TIMEOUT_S
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr == "", proc.stderr[-4000:]
     with open(out / "accelerator.json") as f:
         payload = json.load(f)
     return payload, (out / "accelerator.md").read_text()
