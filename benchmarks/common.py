@@ -48,6 +48,19 @@ DTYPES = ("float32", "bfloat16")
 # ---- Process --------------------------------------------------------------------------------
 
 
+def run(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)` for a benchmark script: a bad flag, or a value the library refuses (a batch
+    size of 0, an unknown variant: a UserError), is one `error:` line and exit code 2, never a
+    traceback (core/errors.py); a failed write of the results names the path."""
+    from absl import app
+
+    def guarded(argv: list[str]) -> Any:
+        with errors.reported_as_exit():
+            return main(argv)
+
+    app.run(guarded, flags_parser=errors.parse_flags)
+
+
 def setup_process(threads: int = 0) -> int:
     """Pins this process to `threads` CPUs (0: all it may use), keeps the libraries' INFO lines
     off the console (as main.py does) and sets the project's XLA flags (unless
@@ -163,10 +176,13 @@ def bench_config(variant: str, batch_size: int, dtype: str, **overrides: Any):
     """configs/default.py set up for a speed run: ImageNet's 1000 classes, synthetic data, the
     variant's published input size, `dtype` for computation and input images."""
     from alexnet_jax.model import models
+    from alexnet_jax.train import config_lib
     from configs import default
 
+    if variant not in models.REGISTRY:
+        raise errors.ConfigError(f"--variant={variant}: use one of {list(models.REGISTRY)}.")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise errors.ConfigError(f"--dtype={dtype}: use one of {list(DTYPES)}.")
     config = default.get_config()
     config.dataset = "synthetic"
     config.num_classes = 1000
@@ -179,6 +195,10 @@ def bench_config(variant: str, batch_size: int, dtype: str, **overrides: Any):
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
+    try:  # a batch size of 0, a pool_impl the library lacks: one message, before any work
+        config_lib.validate_config(config)
+    except errors.ConfigError as e:
+        raise errors.ConfigError(f"the benchmark's flags give an invalid config: {e}") from None
     return config
 
 

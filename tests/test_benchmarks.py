@@ -240,3 +240,31 @@ def test_every_benchmark_script_keeps_stderr_empty_on_a_normal_run(runs):
     for name, (_, out, err) in runs.items():
         assert out.strip(), name
         assert err == "", f"benchmarks/{name}.py wrote to stderr:\n{err[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--batch_size=0", "config.batch_size must be a positive integer, got 0"),
+        ("--variant=bogus", "--variant=bogus: use one of ['paper', 'one_tower'"),
+        ("--bogus=1", "Unknown command line flag 'bogus'"),
+    ],
+)
+def test_a_bad_benchmark_flag_is_one_error_line_and_exit_2(repo_root, flag, message):
+    """benchmarks/train_step.py (every script runs through common.run) with a value the library
+    refuses, an unknown variant or an unknown flag: one `error:` line naming it, exit 2, before
+    anything is measured; no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = os.path.join(repo_root, "benchmarks", "train_step.py")
+    proc = subprocess.run(
+        [sys.executable, script, flag, "--compile=none"],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert message in line

@@ -145,6 +145,18 @@ def reported_as_exit(
         _exit(f"error: could not write{where}: {storage_error_reason(e)}. {write_advice}", 2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for the tools and the benchmarks (`app.run(main, flags_parser=...)`):
+    an unknown, malformed or missing flag is one `error:` line naming it and exit code 2, where
+    absl prints its whole help or a FATAL line and exits 1."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
+
+
 def _exit(message: str, code: int) -> None:
     print(message, file=sys.stderr)
     sys.exit(code)

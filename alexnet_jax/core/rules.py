@@ -22,7 +22,10 @@ class Rule(NamedTuple):
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    """A finite int or float (not a bool): no config field means anything at inf or NaN (an
+    infinite number of epochs or learning rate overflows, or diverges, later)."""
+    numeric = isinstance(value, int | float | np.integer | np.floating)
+    return numeric and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def is_int(value: Any) -> bool:

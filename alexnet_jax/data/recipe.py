@@ -120,6 +120,18 @@ RULES = (
         "'' when config.resized_cache_dir is set (the store replaces the JPEG cache: set one)",
         lambda c: not (c.image_store_dir and c.resized_cache_dir),
     ),
+    # An empty path would build in the current directory, without a word.
+    rules.Rule("data_dir", "a folder (not empty)", lambda c: bool(str(c.data_dir).strip())),
+    rules.Rule(
+        "miniature_dir",
+        "a folder (not empty) for the miniature dataset",
+        lambda c: c.dataset != "miniature" or bool(str(c.miniature_dir).strip()),
+    ),
+    rules.Rule(
+        "image_folder",
+        "a folder (not empty) for dataset 'image_folder'",
+        lambda c: c.dataset != "image_folder" or bool(str(c.image_folder).strip()),
+    ),
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
     rules.positive_int("num_classes"),
     rules.number_at_least("pca_lighting_std", 0),

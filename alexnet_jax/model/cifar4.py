@@ -66,6 +66,7 @@ class Cifar4(Net):
     # layers-80sec.cfg's initW ("cuda_convnet") or He; the paper's scheme names AlexNet's layers.
     init_schemes: ClassVar[tuple[str, ...]] = ("cuda_convnet", "he")
     has_dropout: ClassVar[bool] = False  # layers-80sec.cfg has no dropout
+    feature_layer: ClassVar[str] = "fc64"
 
     @classmethod
     def input_size_problem(cls, size: Any) -> str | None:

@@ -305,6 +305,7 @@ class Net(nn.Module):
     options: ClassVar[frozenset[str]] = frozenset()  # the FORWARD_OPTIONS it implements
     init_schemes: ClassVar[tuple[str, ...]] = INITS
     has_dropout: ClassVar[bool] = True
+    feature_layer: ClassVar[str] = "fc7"  # the last hidden layer (Figure 4's features)
 
     @classmethod
     def input_size_problem(cls, size: Any) -> str | None:

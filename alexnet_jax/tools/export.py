@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from alexnet_jax.core import runtime
+from alexnet_jax.core import errors, runtime
 from alexnet_jax.core.errors import UserError, reported_as_exit
-from alexnet_jax.interop import weights_io
+from alexnet_jax.interop import convert, weights_io
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import load, predict
 from alexnet_jax.train import config_lib
@@ -50,6 +50,12 @@ def export_run(workdir: str, out_path: str) -> str:
     to exactly `out_path`; returns it."""
     weights_io.check_output_path(out_path)  # a bad suffix or place fails before restoring
     config = config_lib.load_config(workdir)
+    if config.variant not in convert.VARIANTS:
+        raise UserError(
+            f"The run in {workdir} trains variant {config.variant!r}, which has no PyTorch layout "
+            f"(export writes the ImageNet variants {list(convert.VARIANTS)}): use its workdir "
+            "directly (predict --workdir, --mode=eval, figures)."
+        )
     if config.normalization == "mean_image":
         raise UserError(
             f"The run in {workdir} subtracts its training set's mean image "
@@ -63,15 +69,15 @@ def export_run(workdir: str, out_path: str) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     runtime.quiet_native_logs()
     runtime.quiet_library_logs()
     with reported_as_exit():
+        if len(argv) > 1:
+            raise UserError(f"unexpected arguments {argv[1:]}: export takes only flags.")
         path = export_run(flags.FLAGS.workdir, flags.FLAGS.to)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=errors.parse_flags)

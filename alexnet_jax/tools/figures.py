@@ -89,21 +89,23 @@ def conv1_kernel_image(kernel: np.ndarray, towers: int = 1) -> np.ndarray:
 
 
 def make_fc7_fn(model: Any):
-    """A jitted (params, images [B, S, S, 3]) -> fc7 activations [B, 4096] (post-ReLU, eval mode).
+    """A jitted (params, images [B, S, S, 3]) -> the last hidden layer's activations, post-ReLU,
+    eval mode: fc7 [B, 4096] of the AlexNets (the variant's `feature_layer`; cifar4's fc64).
 
-    Flax's `capture_intermediates` records the output of the Dense layer named "fc7"; the ReLU that
-    follows it in the model is applied here.
+    Flax's `capture_intermediates` records the output of that Dense layer; the ReLU that follows
+    it in the model is applied here.
     """
+    layer = model.feature_layer
 
     def fc7(params, images):
         _, state = model.apply(
             {"params": params},
             images,
             train=False,
-            capture_intermediates=lambda mdl, method: mdl.name == "fc7" and method == "__call__",
+            capture_intermediates=lambda mdl, method: mdl.name == layer and method == "__call__",
             mutable=["intermediates"],
         )
-        return jax.nn.relu(state["intermediates"]["fc7"]["__call__"][0].astype(jnp.float32))
+        return jax.nn.relu(state["intermediates"][layer]["__call__"][0].astype(jnp.float32))
 
     return jax.jit(fc7)
 
@@ -293,7 +295,8 @@ def write_figure4(
     val = input_pipeline.create_eval_iterator(val_config, local_batch_size=batch_size)
     queries = select_queries(val, num_queries)  # (Q, S, S, 3)
     train = input_pipeline.create_eval_iterator(train_config, local_batch_size=batch_size)
-    fc7_fn = make_fc7_fn(create_model(config))
+    model = create_model(config)
+    fc7_fn = make_fc7_fn(model)
     dist, neighbours = nearest_training_images(fc7_fn, params, queries, train, k, max_train_images)
     norm, mean = config.normalization, input_pipeline.load_mean_image(config)
     pixels = neighbours_image(
@@ -301,8 +304,8 @@ def write_figure4(
     )
     caption = (
         f"Figure 4 layout: {len(queries)} {config.eval_split} images (left) and the {k} "
-        f"{config.train_split} images nearest to each in fc7 activations, for the "
-        + _trained_on(config, step)
+        f"{config.train_split} images nearest to each in {model.feature_layer} activations, "
+        "for the " + _trained_on(config, step)
     )
     return save_png(with_caption(pixels, caption), os.path.join(out_dir, FIGURE4))
 
@@ -380,4 +383,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=errors.parse_flags)

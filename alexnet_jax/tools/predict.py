@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from alexnet_jax.core import runtime
-from alexnet_jax.core.errors import DataError, UserError, reported_as_exit
+from alexnet_jax.core.errors import DataError, UserError, parse_flags, reported_as_exit
 from alexnet_jax.data import image_files, imagenet_classes, miniature
 from alexnet_jax.interop import weights_io
 from alexnet_jax.interop.convert import VARIANTS
@@ -208,11 +208,14 @@ def format_predictions(path: str, predictions: Sequence[Prediction]) -> str:
 def main(argv: Sequence[str]) -> None:
     FLAGS = flags.FLAGS
     images = list(argv[1:])
-    if not images:
-        raise app.UsageError("Give one or more image files after the flags.")
     runtime.quiet_native_logs()
     runtime.quiet_library_logs()
     with reported_as_exit():
+        if not images:
+            raise UserError(
+                "no image given: name one or more image files after the flags, e.g. "
+                "python -m alexnet_jax.tools.predict --workdir=runs/default photo.jpg"
+            )
         missing = [path for path in images if not os.path.isfile(path)]
         if missing:  # before the model is loaded
             raise DataError(f"No such image file(s): {', '.join(missing)}")
@@ -235,4 +238,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -103,3 +103,28 @@ def test_figures_say_where_they_wrote_and_nothing_else(run_dir, repo_root, tmp_p
     written = sorted(os.listdir(out_dir))
     assert len(written) == 2
     assert all(name.endswith(".png") and name in out for name in written)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "alexnet_jax.tools.predict", "--workdir=runs/x"], "error: no image given"),
+        (["-m", "alexnet_jax.tools.export", "--workdir=runs/x"], "Flag --to must have a value"),
+        (["-m", "alexnet_jax.tools.figures"], "Flag --workdir must have a value"),
+        (["-m", "alexnet_jax.tools.export", "--workdir=x", "--to=y.pth", "--bogus=1"], "Unknown"),
+    ],
+)
+def test_a_missing_or_unknown_argument_is_one_error_line_and_exit_2(repo_root, args, message):
+    """predict without an image (absl printed its whole help, exit 1), export without --to (an
+    absl FATAL line, exit 1), figures without --workdir, an unknown flag: one `error:` line
+    naming what is missing, exit 2."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = repo_root
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert message in line
+    assert proc.stdout == ""

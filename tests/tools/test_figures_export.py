@@ -265,3 +265,21 @@ def test_captions_wrap_by_measured_width_in_a_font_with_visible_spaces():
     assert len(lines) > 2
     assert all(font.getlength(line) <= 300 for line in lines)
     assert font.getlength("kernels of") - font.getlength("kernelsof") >= 3
+
+
+def test_figure1s_cifar4_net_gets_both_figures_and_a_one_line_export_refusal(tmp_path):
+    """The Figure 1 variant in the tools: figures draws its 32 conv1 kernels and Figure 4 from its
+    last hidden layer (fc64, its `feature_layer`; the figure asked for a missing "fc7" before),
+    and export, whose formats are the ImageNet variants' PyTorch layouts, refuses it with one
+    message saying why (it raised from convert before)."""
+    from tests.conftest import write_tiny_run
+
+    cifar4 = dict(variant="cifar4", input_size=32, resize_size=32, init_scheme="he")
+    workdir = write_tiny_run(str(tmp_path), dropout_rate=0.0, random_flip=False, **cifar4)
+    paths = figures.make_figures(workdir, num_queries=2, k=3, max_train_images=8)
+    assert [os.path.basename(p) for p in paths] == [figures.FIGURE3, figures.FIGURE4]
+    for path in paths:  # pictures, not blank
+        assert read_png(path)[:40].astype(np.float32).var() > 0
+    with pytest.raises(UserError, match="variant 'cifar4', which has no PyTorch layout"):
+        export.export_run(workdir, str(tmp_path / "model.pth"))
+    assert not os.path.exists(tmp_path / "model.pth")

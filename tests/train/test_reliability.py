@@ -596,3 +596,38 @@ def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path):
         loop.train_and_evaluate(config, str(kept))
     assert (kept / "notes" / "readme.txt").read_text() == "mine"
     assert not (kept / ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"num_epochs": float("inf"), "num_train_steps": -1}, "num_epochs"),
+        ({"warmup_epochs": float("inf")}, "warmup_epochs"),
+        ({"pca_lighting_std": float("inf")}, "pca_lighting_std"),
+        ({"weight_decay": float("nan")}, "weight_decay"),
+    ],
+)
+def test_an_infinite_or_nan_number_is_refused_naming_the_field(overrides, field):
+    """inf passed the rules (`learning_rate=inf` trained into NaN and blamed the lr; `num_epochs`
+    and `warmup_epochs` overflowed into tracebacks later): every number must be finite."""
+    config = default.get_config()
+    config.update(overrides)
+    with pytest.raises(ConfigError, match=rf"config\.{field} must be .*, got (inf|nan)"):
+        config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"data_dir": ""}, "data_dir"),
+        ({"miniature_dir": " "}, "miniature_dir"),
+        ({"dataset": "image_folder", "image_folder": "", "num_classes": 3}, "image_folder"),
+    ],
+)
+def test_an_empty_data_path_is_refused_naming_the_field(overrides, field):
+    """`--config.data_dir=` built the dataset in the current directory without a word."""
+    config = default.get_config()
+    config.update(overrides)
+    with pytest.raises(ConfigError, match=rf"config\.{field} must be a folder \(not empty\)"):
+        config_lib.validate_config(config)
