@@ -21,11 +21,15 @@ class Rule(NamedTuple):
     ok: Callable[[Any], bool]
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool): no config field means anything at inf or NaN (an
-    infinite number of epochs or learning rate overflows, or diverges, later)."""
+    """An int or float (not a bool) that is finite even in float32, the devices' precision: no
+    config field means anything at inf or NaN (an infinite number of epochs or learning rate
+    overflows, or diverges, later), and 1e300 becomes inf on the device."""
     numeric = isinstance(value, int | float | np.integer | np.floating)
-    return numeric and not isinstance(value, bool) and bool(np.isfinite(value))
+    return numeric and not isinstance(value, bool) and abs(float(value)) <= _FLOAT32_MAX
 
 
 def is_int(value: Any) -> bool:

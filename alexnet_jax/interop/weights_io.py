@@ -374,14 +374,33 @@ def load_weights(
             found = convert.check_flax_params(params, variant, width=width)  # names and shapes
             if num_classes is not None and found != num_classes:
                 raise ValueError(f"fc8 has {found} classes, expected {num_classes}")
-            return params
-        return convert.from_torch_state_dict(
-            read_state_dict(path), variant, num_classes=num_classes, width=width
-        )
+        else:
+            state_dict = read_state_dict(path)
+            _check_values(state_dict.items(), path)
+            params = convert.from_torch_state_dict(
+                state_dict, variant, num_classes=num_classes, width=width
+            )
     except WeightsFileError:
         raise
     except ValueError as e:
         raise WeightsFileError(f"{path} refused for variant {variant!r}: {e}") from e
+    _check_values(((f"{k}/{n}", v) for k, d in params.items() for n, v in d.items()), path)
+    return params
+
+
+def _check_values(tensors: Any, path: str) -> None:
+    """WeightsFileError naming the first tensor that is not floating point, or holds NaN/Inf:
+    the weights of a model are finite floats (an int32 tensor or a NaN evaluates to nonsense)."""
+    for name, value in tensors:
+        if hasattr(value, "is_floating_point") and value.is_floating_point():
+            value = value.float()  # a torch tensor (bfloat16 has no NumPy dtype)
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise WeightsFileError(
+                f"{path} refused: tensor {name!r} holds {array.dtype}, not floating-point weights."
+            )
+        if not np.isfinite(array).all():
+            raise WeightsFileError(f"{path} refused: tensor {name!r} holds NaN or Inf values.")
 
 
 # ---- Writing ----------------------------------------------------------------------------------

@@ -19,10 +19,17 @@ import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from alexnet_jax.core import console, runtime
-from alexnet_jax.core.errors import DataError, is_storage_error, storage_error, storage_errors_as
+from alexnet_jax.core.errors import (
+    DataError,
+    NonFiniteError,
+    is_storage_error,
+    storage_error,
+    storage_errors_as,
+)
 from alexnet_jax.runs import rundir
 
 
@@ -58,9 +65,18 @@ def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None
     with runtime.harmless_warnings_muted():
         manager = checkpoint_manager(workdir, keep=1, read_only=True)
         try:
-            return restore_latest(manager, target, already_abstract=True)
+            restored = restore_latest(manager, target, already_abstract=True)
         finally:
             manager.close()
+    if restored is not None and not all_finite(_weights(restored[0])):
+        step = int(restored[0].step) if hasattr(restored[0], "step") else "latest"
+        raise NonFiniteError(
+            f"The checkpoint of step {step} in {rundir.checkpoint_dir(workdir)} "
+            "holds NaN/Inf parameters (the run diverged before runs refused to save such "
+            "parameters): nothing sensible to predict, export or evaluate. Train again with a "
+            "lower config.learning_rate."
+        )
+    return restored
 
 
 def _storage_error(
@@ -74,13 +90,41 @@ def _storage_error(
     return storage_error(what, str(manager.directory), error)
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every number of a pytree is finite: one reduction on the devices, one scalar read
+    back."""
+    return bool(jax.device_get(_all_finite(tree)))
+
+
+def _weights(state: Any) -> Any:
+    """What must be finite in a train state: the parameters and the optimizer's state (the
+    momentum); not the plateau bookkeeping, whose best error starts at inf."""
+    return (state.params, state.opt_state) if hasattr(state, "params") else state
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
     """Starts an async save of `state` and `data_state` at `step`.
 
+    A state that is not all finite is never saved (a diverged update can leave NaN parameters
+    after a finite loss and gradient): NonFiniteError names the last finite checkpoint.
     Errors of an earlier async save surface here or in `close`. A full disk or an unwritable
     directory becomes one DataError; earlier checkpoints stay intact because Orbax writes into a
     temporary directory and renames it only when complete.
     """
+    if not all_finite(_weights(state)):
+        last = manager.latest_step()
+        kept = f"the last checkpoint, step {last}, is kept" if last is not None else "none saved"
+        raise NonFiniteError(
+            f"Step {step}: the parameters are NaN/Inf after the update, so they were not saved "
+            f"({kept}): the run has diverged. Lower config.learning_rate (a huge learning rate "
+            "or lighting noise, config.pca_lighting_std, can do it)."
+        )
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
     )

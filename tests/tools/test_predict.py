@@ -239,6 +239,30 @@ def test_a_file_holding_anything_but_tensors_is_refused_naming_the_key(tmp_path,
         weights_io.load_weights(str(tmp_path / "list.pth"), "torchvision")
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda t: t.to(torch.int32), r"'features\.3\.weight' holds int32, not floating-point"),
+        (lambda t: t.fill_(float("nan")), r"'features\.3\.weight' holds NaN or Inf values"),
+    ],
+)
+def test_weights_that_are_not_finite_floats_are_refused_naming_the_tensor(
+    tmp_path, state_dict, bad, message
+):
+    """A .pth whose tensor is int32 (once cast silently) or holds NaN (predict printed `nan%`,
+    --mode=eval a NaN loss, both exit 0), and the same in .npz (Flax layout): one refusal."""
+    changed = {**state_dict, "features.3.weight": bad(state_dict["features.3.weight"].clone())}
+    torch.save(changed, tmp_path / "bad.pth")
+    with pytest.raises(weights_io.WeightsFileError, match=message):
+        weights_io.load_weights(str(tmp_path / "bad.pth"), "torchvision")
+    params = convert.from_torch_state_dict(state_dict, "torchvision")
+    params["conv2"]["kernel"] = bad(torch.from_numpy(params["conv2"]["kernel"].copy())).numpy()
+    flat = {f"{layer}/{name}": v for layer, d in params.items() for name, v in d.items()}
+    np.savez(tmp_path / "bad.npz", **flat)
+    with pytest.raises(weights_io.WeightsFileError, match=r"'conv2/kernel' holds"):
+        weights_io.load_weights(str(tmp_path / "bad.npz"), "torchvision")
+
+
 def test_wrong_variant_is_refused_naming_the_keys(weights_path):
     with pytest.raises(weights_io.WeightsFileError, match=r"missing key 'features\.4\.weight'"):
         weights_io.load_weights(weights_path, "one_tower")

@@ -606,6 +606,7 @@ def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path):
         ({"warmup_epochs": float("inf")}, "warmup_epochs"),
         ({"pca_lighting_std": float("inf")}, "pca_lighting_std"),
         ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"learning_rate": 1e300}, "learning_rate"),  # inf in float32, on the device
     ],
 )
 def test_an_infinite_or_nan_number_is_refused_naming_the_field(overrides, field):
@@ -613,7 +614,7 @@ def test_an_infinite_or_nan_number_is_refused_naming_the_field(overrides, field)
     and `warmup_epochs` overflowed into tracebacks later): every number must be finite."""
     config = default.get_config()
     config.update(overrides)
-    with pytest.raises(ConfigError, match=rf"config\.{field} must be .*, got (inf|nan)"):
+    with pytest.raises(ConfigError, match=rf"config\.{field} must be .*, got (inf|nan|1e\+300)"):
         config_lib.validate_config(config)
 
 
@@ -631,3 +632,49 @@ def test_an_empty_data_path_is_refused_naming_the_field(overrides, field):
     config.update(overrides)
     with pytest.raises(ConfigError, match=rf"config\.{field} must be a folder \(not empty\)"):
         config_lib.validate_config(config)
+
+
+def test_a_diverged_update_saves_no_nan_checkpoint(tmp_path, monkeypatch):
+    """learning_rate=3e38 (finite in float32, no warm-up): step 1's loss and gradient are
+    finite, its update overflows the parameters to Inf. The save refuses it: the run stops naming
+    the step, and no checkpoint of NaN/Inf parameters is written as "the last good one"."""
+    from alexnet_jax.core.errors import NonFiniteError
+    from alexnet_jax.train import loop
+    from tests import multihost_worker
+
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    config = default.get_config()
+    config.update(
+        variant="torchvision", input_size=64, num_classes=10, dataset="synthetic",
+        synthetic_train_examples=64, synthetic_eval_examples=8, batch_size=8, eval_batch_size=8,
+        num_train_steps=3, checkpoint_every_steps=1, learning_rate=3e38, grad_clip_norm=0.0,
+        warmup_epochs=0.0,
+    )  # fmt: skip
+    workdir = tmp_path / "diverged"
+    with pytest.raises(NonFiniteError, match=r"Step 1: the parameters are NaN/Inf"):
+        loop.train_and_evaluate(config, str(workdir))
+    saved = os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []
+    assert not [s for s in saved if s.isdigit()]
+    assert (workdir / "metrics.jsonl").exists()  # the run's records are kept
+
+
+def test_readers_refuse_a_checkpoint_of_nan_parameters(tmp_path, monkeypatch):
+    """A checkpoint of NaN parameters written before saves refused them: load_run (predict,
+    export, figures) and --mode=eval's reader refuse it in one message naming the step."""
+    from alexnet_jax.core.errors import NonFiniteError
+    from alexnet_jax.train import experiment, sharding
+    from tests.conftest import write_tiny_run
+
+    run = write_tiny_run(str(tmp_path))  # a finite checkpoint at step 1
+    target = experiment.build(config_lib.load_config(run), sharding.single_device_mesh())
+    state, data = checkpoint.read_latest_checkpoint(run, target.abstract_state())
+    nan_state = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
+    nan_state = nan_state.replace(step=np.int32(2))
+    manager = checkpoint.checkpoint_manager(run, keep=2)
+    with monkeypatch.context() as m:  # as a run before the guard saved it
+        m.setattr(checkpoint, "all_finite", lambda tree: True)
+        checkpoint.save(manager, 2, nan_state, data)
+        checkpoint.wait(manager)
+    manager.close()
+    with pytest.raises(NonFiniteError, match=r"checkpoint of step 2 .* holds NaN/Inf parameters"):
+        load.load_run(run)
