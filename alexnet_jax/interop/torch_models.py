@@ -207,6 +207,7 @@ def torch_alexnet(
       ValueError: an unknown variant, size, convention or option, or an option where it does
         not apply (the config rule's message).
     """
+    weights_io.import_optional("torch", "Building a PyTorch model")  # one line, not a traceback
     from torch import nn
 
     if variant not in VARIANTS:
@@ -259,7 +260,7 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
       WeightsFileError: the file is missing or unreadable, or its names or shapes do not fit the
         variant (naming each offending key).
     """
-    import torch
+    torch = weights_io.import_optional("torch", f"Loading {path} into PyTorch")
 
     conventions = weights_io.read_conventions(path)
     variant = conventions["variant"] if conventions else weights_io.DEFAULT_IMPORT_VARIANT

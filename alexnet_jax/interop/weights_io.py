@@ -104,7 +104,7 @@ def file_format(path: str) -> str:
     raise WeightsFileError(f"{path}: unknown weights format {suffix!r}; use one of {FORMATS}.")
 
 
-def _import_optional(module: str, purpose: str) -> Any:
+def import_optional(module: str, purpose: str) -> Any:
     """Imports torch or safetensors only when a file of that format is read or written."""
     try:
         return importlib.import_module(module)
@@ -255,7 +255,7 @@ def read_conventions(path: str) -> dict[str, Any] | None:
             raise WeightsFileError(f"{path} refused: {NPZ_CONVENTIONS} is not UTF-8 bytes.")
         return _from_json(raw.tobytes(), path)
     if fmt == ".safetensors":
-        safetensors = _import_optional("safetensors", f"Reading {path}")
+        safetensors = import_optional("safetensors", f"Reading {path}")
         try:
             with safetensors.safe_open(path, framework="numpy") as f:
                 metadata = f.metadata()
@@ -292,7 +292,7 @@ def _read_torch(path: str, mmap: bool = False) -> Mapping[str, Any]:
 
     mmap: map the tensors instead of reading them (zip-format files only), to read metadata.
     """
-    torch = _import_optional("torch", f"Reading {path}")
+    torch = import_optional("torch", f"Reading {path}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # UnpicklingError, RuntimeError, KeyError, EOFError, ...
@@ -313,7 +313,7 @@ def _read_torch(path: str, mmap: bool = False) -> Mapping[str, Any]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    st_numpy = _import_optional("safetensors.numpy", f"Reading {path}")
+    st_numpy = import_optional("safetensors.numpy", f"Reading {path}")
     try:
         return dict(st_numpy.load_file(path))
     except Exception as e:  # SafetensorError, OSError: a corrupt or foreign file
@@ -444,10 +444,10 @@ def _serialized(
         np.savez(buffer, **flat)  # a file object: numpy appends no ".npz" to the name
         return buffer.getbuffer()
     if fmt == ".safetensors":
-        st_numpy = _import_optional("safetensors.numpy", f"Writing {path}")
+        st_numpy = import_optional("safetensors.numpy", f"Writing {path}")
         state_dict = convert.to_torch_state_dict(params, variant, as_torch=False, width=width)
         return st_numpy.save(state_dict, metadata=_safetensors_metadata(conventions))
-    torch = _import_optional("torch", f"Writing {path}")
+    torch = import_optional("torch", f"Writing {path}")
     state_dict = collections.OrderedDict(
         convert.to_torch_state_dict(params, variant, as_torch=True, width=width)
     )

@@ -247,3 +247,27 @@ def test_a_forward_option_the_pytorch_module_does_not_mirror_is_refused(monkeypa
     torch_models.torch_alexnet("torchvision", num_classes=3, gain=1.0)
     with pytest.raises(ValueError, match=r"does not implement the forward options \['gain'\]"):
         torch_models.torch_alexnet("torchvision", num_classes=3, gain=2.0)
+
+
+def test_without_pytorch_the_pytorch_api_says_what_to_install(tmp_path):
+    """torch_alexnet and load_exported without PyTorch installed (hidden by a module that fails
+    to import): a WeightsFileError saying to install it, not a ModuleNotFoundError."""
+    (tmp_path / "torch.py").write_text("raise ImportError('torch hidden by the test')\n")
+    code = (
+        "from alexnet_jax.interop import torch_models, weights_io\n"
+        "for call in (lambda: torch_models.torch_alexnet('paper'),\n"
+        "             lambda: torch_models.load_exported('model.pth')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except weights_io.WeightsFileError as e:\n"
+        "        print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        "Building a PyTorch model needs the `torch` package: pip install torch",
+        "Loading model.pth into PyTorch needs the `torch` package: pip install torch",
+    ]
