@@ -529,6 +529,18 @@ def test_eval_of_pytorch_weights_without_conventions_needs_pytorchs(variant, tmp
     assert ("lrn_convention" in str(error.value)) == (variant != "torchvision")
 
 
+def _synthetic_config(**overrides):
+    """A run of seconds, in-process: torchvision at 64 px, 10 classes, synthetic data (64 train and
+    8 eval examples), batch 8 (with fc6/fc7 narrowed by the caller: multihost_worker)."""
+    config = default.get_config()
+    config.update(
+        variant="torchvision", input_size=64, num_classes=10, dataset="synthetic",
+        synthetic_train_examples=64, synthetic_eval_examples=8, batch_size=8, eval_batch_size=8,
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
 def test_a_preemption_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed_run(
     tmp_path, monkeypatch
 ):
@@ -542,14 +554,10 @@ def test_a_preemption_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # fc6/fc7 at 64 units: quick
 
     def config():
-        c = default.get_config()
-        c.update(
-            variant="torchvision", input_size=64, num_classes=10, dataset="synthetic",
-            synthetic_train_examples=64, seed=3, synthetic_eval_examples=8, batch_size=8,
-            eval_batch_size=8, num_train_steps=4, eval_every_steps=2, log_every_steps=1,
+        return _synthetic_config(
+            seed=3, num_train_steps=4, eval_every_steps=2, log_every_steps=1,
             checkpoint_every_steps=100,
         )  # fmt: skip
-        return c
 
     def evals(workdir):
         rows = rundir.run_evals(rundir.read_metrics(workdir))
@@ -643,10 +651,7 @@ def test_a_diverged_update_saves_no_nan_checkpoint(tmp_path, monkeypatch):
     from tests import multihost_worker
 
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)
-    config = default.get_config()
-    config.update(
-        variant="torchvision", input_size=64, num_classes=10, dataset="synthetic",
-        synthetic_train_examples=64, synthetic_eval_examples=8, batch_size=8, eval_batch_size=8,
+    config = _synthetic_config(
         num_train_steps=3, checkpoint_every_steps=1, learning_rate=3e38, grad_clip_norm=0.0,
         warmup_epochs=0.0,
     )  # fmt: skip
