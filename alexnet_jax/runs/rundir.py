@@ -265,6 +265,7 @@ def check_resume(
     ([] for a new run). Raises ConfigError listing them unless `allow_change`."""
     old = read_config_dict(workdir)
     if old is None:
+        _refuse_unrecorded(workdir, CONFIG_FILE, "config", allow_change)
         return []
     new = _as_json(config)
     changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
@@ -379,18 +380,47 @@ def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
 
 def read_run_record(workdir: str) -> dict | None:
+    """The run's run.json (None when it has none); DataError when it is damaged: not JSON, or
+    not an object whose "dataset" (when present) is an object."""
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    record = _read_json(path, "a run record")
+    if not isinstance(record, dict) or not isinstance(record.get("dataset", {}), dict):
+        raise DataError(f"{path} is damaged: it is not a run record (an object with a dataset).")
+    return record
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The committed checkpoint steps of the run (their folders' names), oldest first."""
+    folder = checkpoint_dir(workdir)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def _refuse_unrecorded(workdir: str, name: str, what: str, allow_change: bool) -> None:
+    """A workdir with checkpoints but without the record `name` (deleted, or never copied) cannot
+    be checked: resuming it unchecked could silently make another experiment of it."""
+    steps = saved_steps(workdir)
+    if steps and not allow_change:
+        raise DataError(
+            f"{workdir} holds checkpoints (up to step {steps[-1]}) but no {name}, so this resume "
+            f"cannot be checked against the run's {what}. Restore {os.path.join(workdir, name)} "
+            "(from a copy of the run), start a new run in another --workdir, or add "
+            "--allow_config_change to continue it with this config and data on purpose "
+            "(recorded in its config_history.jsonl)."
+        )
 
 
 def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> None:
     """ConfigError when the data's identity differs from the one the run started with (a class
-    folder added shifts every label), unless `allow_change`."""
+    folder added shifts every label), unless `allow_change`; DataError when a run with
+    checkpoints has no run.json to compare with."""
     record = read_run_record(workdir)
-    if record is None or "dataset" not in record:
+    if record is None:
+        _refuse_unrecorded(workdir, RUN_FILE, "data", allow_change)
+        return
+    if "dataset" not in record:
         return
     old = record["dataset"]
     new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded

@@ -683,3 +683,27 @@ def test_readers_refuse_a_checkpoint_of_nan_parameters(tmp_path, monkeypatch):
     manager.close()
     with pytest.raises(NonFiniteError, match=r"checkpoint of step 2 .* holds NaN/Inf parameters"):
         load.load_run(run)
+
+
+def test_a_run_with_checkpoints_but_no_record_is_refused_unless_continued_on_purpose(tmp_path):
+    """config.json or run.json deleted from a run that has checkpoints: a resume with another
+    seed or other data ran without a word. Now each missing record is one message naming it and
+    the flag that continues on purpose; an empty or foreign run.json is one message, not a
+    JSONDecodeError traceback."""
+    from tests.conftest import tiny_config, write_tiny_run
+
+    run = write_tiny_run(str(tmp_path))  # config.json and a checkpoint of step 1, no run.json
+    config = tiny_config(str(tmp_path), seed=7)
+    dataset = {"kind": "miniature", "fingerprint": "abc"}
+    with pytest.raises(DataError, match=r"holds checkpoints \(up to step 1\) but no run\.json"):
+        rundir.check_dataset(run, dataset)
+    rundir.check_dataset(run, dataset, allow_change=True)
+    os.remove(rundir.config_path(run))
+    with pytest.raises(DataError, match=r"but no config\.json, so this resume cannot be checked"):
+        rundir.check_resume(config, run)
+    assert rundir.check_resume(config, run, allow_change=True) == []
+    for text in ("", "[1, 2]", '{"dataset": 3}'):
+        with open(os.path.join(run, rundir.RUN_FILE), "w") as f:
+            f.write(text)
+        with pytest.raises(DataError, match=r"run\.json is damaged"):
+            rundir.check_dataset(run, dataset)
