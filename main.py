@@ -11,8 +11,12 @@ import os
 import re
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from alexnet_jax.core import errors
+
+errors.exit_on_ctrl_c()  # before the slow imports: one line and exit code 130 at any moment
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -101,7 +105,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
             _usage_error(f"{e}: see `python main.py --helpshort`.")
         _no_such_field(name.removeprefix("config."))
     except flags.Error as e:
-        _usage_error(f"{e}.")
+        text = str(e)
+        if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
+            lines = [line.strip() for line in text.splitlines() if line.strip(" .")]
+            text = f"{text.split(': Error whilst', 1)[0]}: {lines[-1]}"
+        _usage_error(f"{text.rstrip('.')}.")
     except Exception as e:  # the config file could not be loaded
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         what = f"{type(e).__name__}: {'; '.join(lines[:4]) or type(e).__name__}"
@@ -113,9 +121,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _default_workdir() -> str:
-    filename = config_flags.get_config_filename(flags.FLAGS["config"])
+    """runs/<config name>; with configs/run.py:<run directory>, that run's directory."""
+    filename, _, argument = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
     name = os.path.splitext(os.path.basename(filename))[0]
-    return os.path.join("runs", name)
+    return argument if name == "run" and argument else os.path.join("runs", name)
 
 
 def main(argv):

@@ -97,9 +97,9 @@ def write_tiny_run(root: str, **overrides) -> str:
 
     config, workdir = tiny_config(root, **overrides), os.path.join(root, "run")
     manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
-    checkpoint.save(
-        manager, 1, random_train_state(config), {"examples_consumed": 8, "batch_size": 8}
-    )
+    state = random_train_state(config)
+    state = state.replace(step=state.step.dtype.type(1))  # a checkpoint holds its own step
+    checkpoint.save(manager, 1, state, {"examples_consumed": 8, "batch_size": 8})
     checkpoint.wait(manager)
     manager.close()
     rundir.save_config(config, workdir)

@@ -1,11 +1,14 @@
 """Errors the user must fix, and how every entry point reports them: one paragraph, exit code 2
 (`reported_as_exit`)."""
 
+import argparse
 import contextlib
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 
@@ -73,10 +76,14 @@ def storage_errors_as(to_data_error: Callable[[BaseException], DataError]) -> It
         raise
 
 
-def storage_error_reason(error: BaseException) -> str:
+def storage_error_reason(error: BaseException, with_file: bool = True) -> str:
     """The system's reason for a failed write, short: "No space left on device (errno 28)" from
-    TensorStore's long status text; otherwise the error's first line (long ones shortened from
-    the middle, where the paths are)."""
+    TensorStore's long status text or an OSError (then with its file, unless `with_file` is
+    False); otherwise the error's first line (long ones shortened from the middle, where the
+    paths are)."""
+    if isinstance(error, OSError) and error.strerror and error.errno:
+        file = f": {error.filename}" if with_file and error.filename else ""
+        return f"{error.strerror} (errno {error.errno}){file}"
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).strip()  # TensorFlow's
     system = _SYSTEM_ERRNO.search(text)
     if system:  # the text before it varies with where TensorStore failed; the errno does not
@@ -125,7 +132,8 @@ def reported_as_exit(
     """Every entry point's error report: a UserError, a diverged run (NonFiniteError) and a failed
     write anywhere in the block (a full disk, a quota, permissions: data builds, plots, exports)
     become one `error: ...` paragraph on stderr and exit code 2 (1 for divergence); a Ctrl-C
-    that was saved (Interrupted) one `interrupted: ...` line and exit code 130; every other
+    (Interrupted when a run saved, KeyboardInterrupt otherwise) one `interrupted: ...` line and
+    exit code 130; every other
     exception passes unchanged, with its traceback.
 
     write_advice: what to do about a failed write (the paragraph's last sentence).
@@ -138,11 +146,83 @@ def reported_as_exit(
         _exit(f"error: {e}", 1)
     except Interrupted as e:
         _exit(f"interrupted: {e}", 130)
+    except KeyboardInterrupt:  # a Ctrl-C outside a training loop, or a second one during a save
+        _exit(f"interrupted: {CTRL_C}", 130)
     except Exception as e:
         if not is_storage_error(e, any_os_error=False):
             raise
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
-        _exit(f"error: could not write{where}: {storage_error_reason(e)}. {write_advice}", 2)
+        reason = storage_error_reason(e, with_file=False)
+        _exit(f"error: could not write{where}: {reason}. {write_advice}", 2)
+
+
+CTRL_C = "stopped by Ctrl-C; what was saved before is intact (rerun the same command to resume)."
+
+
+class _CtrlC(SystemExit):
+    """The exit of a first Ctrl-C (exit_on_ctrl_c)."""
+
+
+def exit_on_ctrl_c() -> None:
+    """From now on a Ctrl-C ends the process with one `interrupted:` line and exit code 130,
+    whatever it is doing (importing, building the data, compiling): the first unwinds the
+    program (its `finally` blocks close files and release the run's lock), a second one while
+    that runs exits at once. A training loop takes SIGINT over to save first
+    (checkpoint.PreemptionWatcher) and gives it back after.
+
+    An exception raised where Python cannot pass it on is not raised there: during an import (a
+    C extension's initialisation turns it into an ImportError) the Ctrl-C waits for the import
+    to end; in a garbage-collector callback or a `__del__` (JAX registers one), where Python
+    drops it and the program went on, it is raised again at the program's next line.
+    """
+    resend = []
+
+    def at_once(signum, frame):
+        os._exit(130)
+
+    def again_soon():  # from a thread: the main thread handles it at its next line
+        if not resend or not resend[-1].is_alive():
+            resend.append(threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)))
+            resend[-1].start()
+
+    def unwind(signum, frame):
+        if _importing(frame):
+            again_soon()
+            return
+        signal.signal(signal.SIGINT, at_once)
+        stop_now()
+
+    previous_hook = sys.unraisablehook
+
+    def dropped(unraisable):
+        if isinstance(unraisable.exc_value, _CtrlC):
+            signal.signal(signal.SIGINT, unwind)
+            again_soon()
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = dropped
+    signal.signal(signal.SIGINT, unwind)
+
+
+_told = []
+
+
+def stop_now() -> None:
+    """Ends the process for a Ctrl-C: one `interrupted:` line (once), exit code 130, unwinding
+    (a SystemExit: `finally` blocks run; exit_on_ctrl_c raises it again if Python drops it)."""
+    if not _told:
+        _told.append(True)
+        print(f"interrupted: {CTRL_C}", file=sys.stderr, flush=True)
+    raise _CtrlC(130)
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -155,6 +235,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the tools: a bad, unknown or missing argument is one `error:` line naming it
+    and exit code 2 (argparse's own prints its usage too)."""
+
+    def error(self, message: str):
+        _exit(f"error: {message.rstrip('.')}. See --help.", 2)
 
 
 def _exit(message: str, code: int) -> None:

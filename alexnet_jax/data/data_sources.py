@@ -17,6 +17,7 @@ identifies the data a run trains on (`dataset_identity`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -44,7 +45,9 @@ tfds = runtime.tensorflow_datasets
 
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGENET_SPLITS = ("train", "validation", "test")  # "test" only when its archive was given
+# What tf.io.decode_image reads (not TIFF): files of other extensions are not read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 CACHE_VERSION = 2  # bump when the cache format or its re-encoding changes (2: resample, floor rule)
 CACHE_JPEG_QUALITY = 90
 CACHE_SHARD_SIZE = 1024  # examples per cache file (many files let each epoch shuffle file order)
@@ -350,15 +353,31 @@ class _FolderSource:
         directory = _folder_split_dir(self.root, split)
         found = []
         for label, name in enumerate(self.classes):
-            class_dir = os.path.join(directory, name)
-            if not os.path.isdir(class_dir):
-                continue
-            for entry in sorted(os.listdir(class_dir)):
-                if entry.lower().endswith(IMAGE_EXTENSIONS):
-                    key = f"{os.path.basename(directory)}/{name}/{entry}"
-                    found.append((os.path.join(class_dir, entry), label, key))
+            for entry in _image_entries(os.path.join(directory, name)):
+                key = f"{os.path.basename(directory)}/{name}/{entry}"
+                found.append((os.path.join(directory, name, entry), label, key))
         order = np.random.default_rng(0).permutation(len(found))
         return [found[i] for i in order]
+
+    def check_classes(self) -> None:
+        """Every class must have a training image that decodes (else its output would never see
+        an example): DataError naming the first class without one, and what its folder holds.
+        Decodes at most a few files per class (the first that decodes ends the search)."""
+        for name in self.classes:
+            class_dir = os.path.join(self.root, "train", name)
+            entries = _image_entries(class_dir)
+            if not any(_decodes(os.path.join(class_dir, entry)) for entry in entries):
+                others = collections.Counter(
+                    os.path.splitext(e)[1].lower() or "no extension" for e in os.listdir(class_dir)
+                )
+                held = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items())) or "nothing"
+                what = "no image that decodes" if entries else "no image in a format read here"
+                raise _image_folder_error(
+                    self.root,
+                    f"has a class, train/{name}/, with {what} (it holds: {held}); its output "
+                    "would never see an example. Add images of it, convert them, or remove the "
+                    "folder",
+                )
 
     def num_examples(self, split: str) -> int:
         """Images of a split; KeyError when the image folder has no such sub-folder."""
@@ -383,6 +402,22 @@ class _FolderSource:
         )
 
 
+def _image_entries(class_dir: str) -> list[str]:
+    """The file names in `class_dir` that the pipeline reads (IMAGE_EXTENSIONS), sorted."""
+    if not os.path.isdir(class_dir):
+        return []
+    return sorted(e for e in os.listdir(class_dir) if e.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _decodes(path: str) -> bool:
+    """Whether TensorFlow, the training pipeline's decoder, reads the image file `path`."""
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError):
+        return False
+    return True
+
+
 def _folder_split_dir(root: str, split: str) -> str:
     """tfds-style split names map onto the folder layout: "validation" is the val/ directory."""
     name = {"validation": "val"}.get(split, split)
@@ -392,7 +427,7 @@ def _folder_split_dir(root: str, split: str) -> str:
 def _image_folder_error(root: str, problem: str) -> DataError:
     return DataError(
         f"The image folder {root!r} {problem}. Expected layout: <root>/train/<class>/<image> and "
-        f"<root>/val/<class>/<image> (JPEG, PNG, GIF, BMP or WebP files; one sub-directory per "
+        f"<root>/val/<class>/<image> ({FORMATS} files; one sub-directory per "
         f"class, the same class names in both). Set --config.image_folder=/path/to/root."
     )
 
@@ -617,7 +652,10 @@ def open_cifar10(config) -> _TfdsSource:
 def open_source(config, build: bool):
     """The source of config.dataset (not synthetic), checked and, if `build`, built."""
     if config.dataset == "image_folder":
-        return _open_folder(config.image_folder)
+        source = _open_folder(config.image_folder)
+        if build:
+            source.check_classes()
+        return source
     if config.dataset == "cifar10":
         return open_cifar10(config)
     return open_tfds(config, build)

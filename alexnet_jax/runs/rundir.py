@@ -123,10 +123,24 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def check_is_directory(workdir: str) -> None:
-    """DataError when `workdir` exists and is not a directory."""
+    """DataError when `workdir` exists and is not a directory, or holds a directory (or other
+    non-file) under the name of one of a run's files, or a file named like its checkpoints."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise DataError(
             f"--workdir={workdir} is a file, not a directory: choose another --workdir."
+        )
+    for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, LOCK_FILE, METRICS_FILE, CURVES_FILE):
+        path = os.path.join(workdir, name)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise DataError(
+                f"{path} is not a file (a directory?), but a run writes its {name} there: move "
+                "it out of the way, or choose another --workdir."
+            )
+    path = checkpoint_dir(workdir)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise DataError(
+            f"{path} is not a directory, but a run keeps its checkpoints there: move it out of "
+            "the way, or choose another --workdir."
         )
 
 
@@ -136,11 +150,22 @@ def make_workdir(workdir: str) -> None:
     errors.make_directory(workdir, "--workdir")
 
 
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """A failed write in the block names `path` (a write call's OSError names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
+
+
 def _write_atomically(path: str, text: str) -> None:
     """Writes `text` to `path` through a temporary file and a rename: never half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
+        with _named(path), open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:
@@ -279,7 +304,7 @@ def check_resume(
             f"{workdir} holds a run with another config; resuming it with this one would mix two "
             f"experiments. Differences (run's -> now): {_describe(changed)}. To start a new run, "
             "choose another --workdir; to resume this one, use its own config (--config="
-            f"{config_path(workdir)}); to continue it with these changes on purpose, add "
+            f"configs/run.py:{workdir}); to continue it with these changes on purpose, add "
             "--allow_config_change (recorded in its config_history.jsonl)."
         )
     return changed
@@ -334,8 +359,8 @@ def record_start(
         entry["allowed_config_change"] = True
     if resumable:
         console.info(f"Config changes on resume: {_describe(resumable, limit=100)}")
-    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
     save_config(config, workdir)
+    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
     if dataset is not None and read_run_record(workdir) is None:
         _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
@@ -497,7 +522,8 @@ def append_jsonl(path: str, record: dict) -> None:
     try:
         size = os.fstat(fd).st_size
         try:
-            written = os.write(fd, line)
+            with _named(path):
+                written = os.write(fd, line)
             if written != len(line):
                 raise OSError(28, "No space left on device (short write)", path)
         except OSError:

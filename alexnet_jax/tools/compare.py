@@ -27,7 +27,6 @@ the JSON lines main.py writes, is one `error:` line naming it (exit code 2).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import dataclasses
@@ -418,7 +417,7 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m alexnet_jax.tools.compare", description=__doc__.split("\n")[0]
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories")

@@ -14,7 +14,6 @@ compare.py finds them (sweep.json, or run directories below --sweep_dir) and rea
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from alexnet_jax.core import errors
 from alexnet_jax.core.errors import DataError, reported_as_exit
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare
@@ -122,7 +122,7 @@ def plot(curves: dict, firsts: dict, out_path: str, threshold: float = THRESHOLD
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m alexnet_jax.tools.figure1", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--sweep_dir", required=True, help="the sweep of sweeps/figure1.py")

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from alexnet_jax.core import errors
+
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _POLL_S = 0.05
@@ -270,7 +272,7 @@ _seconds = _checked(float, lambda v: 0 <= v < float("inf"), "a number of seconds
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m alexnet_jax.tools.launch", description=__doc__.split("\n")[0]
     )
     count = _int_at_least(1)

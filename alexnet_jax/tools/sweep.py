@@ -53,6 +53,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from alexnet_jax.core import errors
 from alexnet_jax.core.errors import ConfigError, UserError, make_directory, reported_as_exit
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare, launch
@@ -453,7 +454,7 @@ def _report(runs: Sequence[Run], outcomes: dict, sweep_dir: str, say: Callable) 
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m alexnet_jax.tools.sweep", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--sweep", help="sweep file: a Python file with get_sweep()")

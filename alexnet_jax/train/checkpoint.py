@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from alexnet_jax.core import console, runtime
+from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.core.errors import (
     DataError,
     NonFiniteError,
@@ -122,8 +122,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
         kept = f"the last checkpoint, step {last}, is kept" if last is not None else "none saved"
         raise NonFiniteError(
             f"Step {step}: the parameters are NaN/Inf after the update, so they were not saved "
-            f"({kept}): the run has diverged. Lower config.learning_rate (a huge learning rate "
-            "or lighting noise, config.pca_lighting_std, can do it)."
+            f"({kept}): the run has diverged."
         )
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
@@ -181,41 +180,83 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into a step before it commits the step
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: the steps a run set aside
+
+
 def restore_latest(
-    manager: ocp.CheckpointManager, target_state: Any, already_abstract: bool = False
+    manager: ocp.CheckpointManager,
+    target_state: Any,
+    already_abstract: bool = False,
+    set_aside: bool = False,
 ) -> tuple[Any, dict] | None:
     """(state, data_state) of the latest committed step that can be read, laid out like
     `target_state`; None when there is no checkpoint.
 
     `target_state` holds arrays (their shardings are copied) or, with `already_abstract`,
-    `jax.ShapeDtypeStruct`s with shardings. A step that fails to restore (a damaged file) is
-    reported by step and path with a warning and the previous one is tried; when none can be
-    read, DataError names each step and its reason.
+    `jax.ShapeDtypeStruct`s with shardings. A step folder without Orbax's commit marker, or one
+    that fails to restore (a damaged file) or holds another step's state, is reported by step and
+    path with a warning and the previous one is tried; when none can be read, DataError names each
+    step and its reason. With `set_aside` (a training run, which will save those steps again) the
+    refused folders newer than the one restored are moved to `damaged_checkpoints/` beside the
+    checkpoints, named in a warning.
     """
     target = target_state if already_abstract else abstract_like(target_state)
-    failures = []
+    failures, refused = [], []
     for step in sorted(manager.all_steps(), reverse=True):
+        path = os.path.join(str(manager.directory), str(step))
         try:
+            if not os.path.exists(os.path.join(path, COMMIT_MARKER)):
+                raise DataError(f"no {COMMIT_MARKER}: the save of this step never completed")
             restored = _restore(manager, step, target)
+            held = getattr(restored[0], "step", step)
+            if int(held) != step:
+                raise DataError(f"it holds the state of step {int(held)}")
         except Exception as e:  # a damaged checkpoint: any error of Orbax/TensorStore
-            path = f"{manager.directory}/{step}"
             console.warning(f"Checkpoint {path} cannot be read ({_first_line(e)}).")
             failures.append(f"step {step} ({path}): {_first_line(e)}")
+            refused.append(step)
             continue
         if failures:
             console.warning(
                 f"Restored the previous intact checkpoint, step {step}, instead of the latest."
             )
-        return restored
-    if failures:
+        break
+    else:
+        restored = None
+    if refused and set_aside and restored is not None:
+        _set_aside(manager, refused)  # (when none can be read, nothing moves: a wrong config?)
+    if failures and restored is None:
         raise DataError(
             "No checkpoint of this run can be read: "
             + "; ".join(failures)
             + ". If the files are damaged, move those step directories out of "
             f"{manager.directory} to start over; if the config changed, use the run's own "
-            "config (its config.json)."
+            f"config: --config=configs/run.py:{os.path.dirname(str(manager.directory))}."
         )
-    return None
+    return restored
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Moves the step folders `steps` out of the checkpoints (the first process; the others
+    wait) so that the run can save those steps again, and makes `manager` forget them."""
+    directory = str(manager.directory)
+    aside = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+    if jax.process_index() == 0:
+        for step in steps:
+            destination, n = os.path.join(aside, str(step)), 1
+            while os.path.exists(destination):
+                n += 1
+                destination = os.path.join(aside, f"{step}-{n}")
+            with storage_errors_as(lambda e: storage_error("a damaged checkpoint", aside, e)):
+                os.makedirs(aside, exist_ok=True)
+                os.rename(os.path.join(directory, str(step)), destination)
+            console.warning(f"Moved the unreadable checkpoint of step {step} to {destination}.")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("alexnet_jax: damaged checkpoints set aside")
+    manager.reload()
 
 
 class PreemptionWatcher:
@@ -240,7 +281,7 @@ class PreemptionWatcher:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.event.is_set() and signum == signal.SIGINT:  # the second Ctrl-C
-            raise KeyboardInterrupt
+            errors.stop_now()
         self.signal_name = signal.Signals(signum).name
         self.event.set()
         if jax.process_count() > 1 and signum == signal.SIGINT:

@@ -72,6 +72,31 @@ def _check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) ->
             )
 
 
+def likely_causes(config: Any) -> str:
+    """What in `config` can make a run diverge, for the message that says it did."""
+    causes = []
+    if config.learning_rate > 0.1:
+        causes.append(f"config.learning_rate={config.learning_rate:g} is high (the paper's: 0.01)")
+    if config.pca_lighting_std > 1:
+        causes.append(
+            f"config.pca_lighting_std={config.pca_lighting_std:g} is large (the paper's: 0.1)"
+        )
+    if config.weight_decay * config.learning_rate > 1e-3:
+        causes.append(
+            f"config.weight_decay={config.weight_decay:g} is large for this learning rate "
+            "(the paper's: 5e-4 at 0.01)"
+        )
+    if not config.grad_clip_norm and config.learning_rate > 0.01:
+        causes.append("no gradient clipping (config.grad_clip_norm=0)")
+    if not causes:
+        return (
+            f"Nothing in the config stands out (config.learning_rate={config.learning_rate:g}); "
+            "a lower learning rate, a longer config.warmup_epochs or config.grad_clip_norm may "
+            "help."
+        )
+    return f"Likely causes in this config: {'; '.join(causes)}."
+
+
 class _SkipCounter:
     """Steps skipped for non-finite values (config.skip_nonfinite_steps): each is logged, and more
     than config.max_consecutive_skipped_steps in a row stop the run (NonFiniteError)."""
@@ -272,7 +297,10 @@ def train_and_evaluate(
             start_step, banner, input_pipeline.mean_image_path(config) if mean_image else None
         )
         began = time.perf_counter()
-        eval_metrics, step, signal = train_loop(config, exp, state, data_state, manager, writer)
+        try:
+            eval_metrics, step, signal = train_loop(config, exp, state, data_state, manager, writer)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"{e} {likely_causes(config)}") from None
         run.summary(start_step, step, time.perf_counter() - began)
         if signal == "SIGINT":
             raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
@@ -284,7 +312,9 @@ def train_and_evaluate(
 
 def _restore(exp: experiment.Experiment, manager: Any) -> tuple[TrainState, dict]:
     """(state, data state) of the latest readable checkpoint, or a fresh state at step 0."""
-    restored = checkpoint.restore_latest(manager, exp.abstract_state(), already_abstract=True)
+    restored = checkpoint.restore_latest(
+        manager, exp.abstract_state(), already_abstract=True, set_aside=True
+    )
     if restored is None:
         return exp.init_state(), {"examples_consumed": 0}
     state, data_state = restored

@@ -8,6 +8,7 @@ about a second.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -271,6 +272,34 @@ def test_image_folder_with_other_than_num_classes_folders_is_refused(tmp_path, f
     with pytest.raises(ConfigError, match=r"config\.num_classes.*--config\.num_classes=2\."):
         input_pipeline.prepare(config)
     assert input_pipeline.prepare(_folder_config(str(tmp_path), folder)).num_classes == 2
+
+
+@pytest.mark.parametrize(
+    "contents, held",
+    [
+        ({}, "it holds: nothing"),  # an empty class folder
+        ({"c0.tif": "tiff", "c1.TIFF": "tiff"}, "it holds: 1 .tif, 1 .tiff"),  # not read here
+        ({"c0.png": b"not an image", "notes.txt": b"x"}, "no image that decodes"),
+    ],
+)
+def test_a_class_without_a_decodable_training_image_is_refused_by_name(
+    tmp_path, folder, contents, held
+):
+    """Silent-wrong case: an empty class folder, or one whose images are all TIFF (Pillow reads
+    them, the training decoder does not) or all undecodable, trained an output that never sees an
+    example. Now the run stops at start naming the class and what its folder holds."""
+    cicada = os.path.join(folder, "train", "cicada")
+    os.makedirs(cicada)
+    for name, content in contents.items():
+        path = os.path.join(cicada, name)
+        if content == "tiff":
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path, format="TIFF")
+        else:
+            with open(path, "wb") as f:
+                f.write(content)
+    config = _folder_config(str(tmp_path), folder, num_classes=3)
+    with pytest.raises(DataError, match=rf"class, train/cicada/, with .*{re.escape(held)}"):
+        input_pipeline.prepare(config)
 
 
 def test_synthetic_accepts_any_split_name():

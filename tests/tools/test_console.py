@@ -112,12 +112,19 @@ def test_figures_say_where_they_wrote_and_nothing_else(run_dir, repo_root, tmp_p
         (["-m", "alexnet_jax.tools.export", "--workdir=runs/x"], "Flag --to must have a value"),
         (["-m", "alexnet_jax.tools.figures"], "Flag --workdir must have a value"),
         (["-m", "alexnet_jax.tools.export", "--workdir=x", "--to=y.pth", "--bogus=1"], "Unknown"),
+        (["-m", "alexnet_jax.tools.sweep", "--bogus"], "unrecognized arguments: --bogus"),
+        (["-m", "alexnet_jax.tools.sweep"], "give --sweep_dir"),
+        (["-m", "alexnet_jax.tools.compare"], "arguments are required: DIR"),
+        (["-m", "alexnet_jax.tools.figure1"], "arguments are required: --sweep_dir"),
+        (["-m", "alexnet_jax.tools.figure1", "--sweep_dir=x", "--threshold=a"], "--threshold"),
+        (["-m", "alexnet_jax.tools.launch", "--bogus"], "unrecognized arguments: --bogus"),
+        (["-m", "alexnet_jax.tools.launch"], "give the command after --"),
     ],
 )
 def test_a_missing_or_unknown_argument_is_one_error_line_and_exit_2(repo_root, args, message):
     """predict without an image (absl printed its whole help, exit 1), export without --to (an
-    absl FATAL line, exit 1), figures without --workdir, an unknown flag: one `error:` line
-    naming what is missing, exit 2."""
+    absl FATAL line, exit 1), figures without --workdir, an unknown flag, and the argparse tools'
+    mistakes (argparse printed its usage too): one `error:` line naming what is missing, exit 2."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = repo_root
     proc = subprocess.run(

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core import runtime
+from alexnet_jax.core import errors, runtime
 from alexnet_jax.core.errors import ConfigError, is_storage_error, reported_as_exit
 from alexnet_jax.tools import load
 from alexnet_jax.train import checkpoint, config_lib
@@ -201,6 +201,70 @@ def test_ctrl_c_then_sigterm_then_resume_is_bitwise_identical(
         np.testing.assert_array_equal, jax.device_get(params_b), jax.device_get(params_a)
     )
     assert _deterministic_metrics(workdir) == _deterministic_metrics(uninterrupted_run)
+
+
+def test_ctrl_c_during_start_up_or_twice_during_the_save_is_one_line(
+    shared_dirs, uninterrupted_run
+):
+    """Traceback cases: Ctrl-C during the imports printed a 50-line KeyboardInterrupt traceback,
+    and a second Ctrl-C during the save one more. Now each ends with one `interrupted:` line and
+    exit code 130 (or death by SIGINT, which a shell also reports as 130) and the checkpoints
+    saved before stay readable. (uninterrupted_run: the miniature data is built.)"""
+    workdir = str(shared_dirs["root"] / "ctrl_c")
+    flags = _tiny_flags(shared_dirs, workdir)
+    proc = _main(shared_dirs, flags)  # Ctrl-C while main.py imports its libraries
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == [f"interrupted: {errors.CTRL_C}"]
+
+    proc = _main(shared_dirs, flags, narrow=True)
+    _wait_for_train_step(workdir, 2, proc)
+    proc.send_signal(signal.SIGINT)  # saves at the next step ...
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # ... and the second stops it
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "Exception" not in err, err[-3000:]
+    assert len([x for x in err.splitlines() if x.startswith("interrupted:")]) == 1, err
+    code, _, err = _run_main(shared_dirs, flags, narrow=True)  # resumes (or starts) and ends
+    assert code == 0, err[-3000:]
+
+
+_DROPPED = """
+import gc, os, signal, sys, threading, time
+sys.path.insert(0, {repo!r})
+from alexnet_jax.core import errors
+errors.exit_on_ctrl_c()
+sys.path.insert(0, {tmp!r})
+threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+if {where!r} == "gc":  # a Ctrl-C inside a garbage-collector callback, as JAX registers one
+    gc.callbacks.append(lambda *_: time.sleep(0.3))
+    gc.collect()
+else:  # a Ctrl-C while a module is imported
+    import slow_module
+    print("imported", flush=True)
+time.sleep(2)
+print("went on")
+"""
+
+
+@pytest.mark.parametrize("where", ["gc", "import"])
+def test_a_ctrl_c_where_python_cannot_raise_is_raised_at_the_next_line(tmp_path, where):
+    """Python drops an exception raised in a gc callback (the program went on, with an
+    'Exception ignored' traceback) and a C extension's initialisation turns it into an
+    ImportError; exit_on_ctrl_c raises the Ctrl-C's exit at the next line instead (after the
+    import), with one line."""
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(0.3)\n")
+    script = _DROPPED.format(repo=REPO, tmp=str(tmp_path), where=where)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == [f"interrupted: {errors.CTRL_C}"]
+    assert proc.stdout == ("imported\n" if where == "import" else "")
 
 
 # Lines of the libraries' own chatter that a run must not print at the default verbosity.
@@ -499,7 +563,7 @@ _TENSORSTORE_ENOSPC = (
         (
             OSError(28, "No space left on device", "/w/x"),
             True,
-            "step 12 in /w/checkpoints failed: [Errno 28] No space left on device: '/w/x'.",
+            "step 12 in /w/checkpoints failed: No space left on device (errno 28): /w/x.",
         ),
         (
             ValueError("PERMISSION_DENIED: Error opening file"),

@@ -71,6 +71,35 @@ def test_resume_with_another_batch_size_or_seed_is_refused_listing_each_field(fi
     assert sorted(os.listdir(rundir.checkpoint_dir(finished_run))) == checkpoints
 
 
+def test_the_refusals_remedy_resumes_the_run_with_its_own_config(dirs, finished_run):
+    """Traceback case: the refusal told the user to pass --config=<run>/config.json, which failed
+    (NameError). Its remedy is now --config=configs/run.py:<run>, which loads the run's own config:
+    main.py run as printed (without --workdir: it defaults to that run) says the run finished.
+    A missing run is one `error:` line."""
+    from alexnet_jax.train import loop
+
+    config = config_lib.load_config(finished_run)
+    config.seed = 5
+    with pytest.raises(ConfigError) as refused:
+        loop.train_and_evaluate(config, finished_run)
+    remedy = re.search(r"\(--config=(\S+)\);", str(refused.value)).group(1)
+    assert remedy == f"configs/run.py:{finished_run}"
+    worker = os.path.join(REPO, "tests", "multihost_worker.py")
+    cases = ((remedy, 0, "already finished at step 8"), ("configs/run.py:/x", 2, ""))
+    for flag, code, out in cases:
+        proc = subprocess.run(
+            [sys.executable, worker, f"--config={flag}"],
+            cwd=REPO, env=_env(dirs), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == code, proc.stderr[-3000:]
+        assert out in proc.stdout
+    assert _error_lines(proc.stderr) == [
+        "error: flag --config=configs/run.py:/x: ValueError: /x/config.json not found: it is "
+        "written by main.py."
+    ]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:")
+
+
 def test_an_allowed_config_change_continues_is_recorded_and_drops_a_cut_off_metrics_line(
     dirs, finished_run, tmp_path, capsys
 ):
@@ -389,6 +418,38 @@ def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
         loop.train_and_evaluate(default.get_config(), str(path))
 
 
+@pytest.mark.parametrize(
+    "name", [rundir.CURVES_FILE, rundir.METRICS_FILE, rundir.CONFIG_FILE, rundir.LOCK_FILE]
+)
+def test_a_directory_named_like_a_runs_file_is_one_message(tmp_path, name):
+    """Traceback case: a directory named training_curves.png or metrics.jsonl in the workdir gave
+    IsADirectoryError tracebacks (the first after the run trained). Now training and the tools
+    refuse it at start, naming the path; a file named like checkpoints/ too."""
+    from alexnet_jax.train import loop
+
+    (tmp_path / name).mkdir()
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is not a file \(a directory\?\)"):
+        loop.train_and_evaluate(default.get_config(), str(tmp_path))
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is not a file"):
+        load.load_run(str(tmp_path))
+    (tmp_path / name).rmdir()
+    (tmp_path / rundir.CHECKPOINTS).write_text("x")
+    with pytest.raises(DataError, match=r"checkpoints is not a directory"):
+        loop.train_and_evaluate(default.get_config(), str(tmp_path))
+
+
+def test_a_full_disk_at_start_names_the_file(dirs, tmp_path):
+    """A write that fails at start (here a file size limit, EFBIG; a full disk, ENOSPC, takes
+    the same path) said `could not write: [Errno 27] File too large` without the file. Now the
+    one line names it, and config.json is written before the history that says the run began."""
+    workdir = str(tmp_path / "full")
+    proc = _narrow_main(dirs, workdir, steps=2, limit_file_bytes=100)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith(f"error: could not write {workdir}/config.json: File too large"), line
+    assert not os.path.exists(os.path.join(workdir, rundir.HISTORY_FILE))
+
+
 def test_a_workdir_that_cannot_be_created_is_one_message(tmp_path):
     """A name the file system refuses (here too long, ENAMETOOLONG; the same path as a missing
     mount, a read-only disk or no rights) is one message naming --workdir and the reason, before
@@ -656,11 +717,29 @@ def test_a_diverged_update_saves_no_nan_checkpoint(tmp_path, monkeypatch):
         warmup_epochs=0.0,
     )  # fmt: skip
     workdir = tmp_path / "diverged"
-    with pytest.raises(NonFiniteError, match=r"Step 1: the parameters are NaN/Inf"):
+    with pytest.raises(NonFiniteError, match=r"Step 1: the parameters are NaN/Inf") as diverged:
         loop.train_and_evaluate(config, str(workdir))
+    assert str(diverged.value).endswith(
+        "Likely causes in this config: config.learning_rate=3e+38 is high (the paper's: 0.01); "
+        "config.weight_decay=0.0005 is large for this learning rate (the paper's: 5e-4 at 0.01); "
+        "no gradient clipping (config.grad_clip_norm=0)."
+    )
     saved = os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []
     assert not [s for s in saved if s.isdigit()]
     assert (workdir / "metrics.jsonl").exists()  # the run's records are kept
+
+
+def test_the_divergence_message_names_what_the_config_shows():
+    """The NaN message blamed the learning rate even when the lighting noise was 500x the
+    paper's; it names what the config shows, or says that nothing stands out."""
+    from alexnet_jax.train import loop
+
+    config = default.get_config()
+    assert loop.likely_causes(config).startswith("Nothing in the config stands out")
+    config.pca_lighting_std = 50.0
+    assert loop.likely_causes(config) == (
+        "Likely causes in this config: config.pca_lighting_std=50 is large (the paper's: 0.1)."
+    )
 
 
 def test_readers_refuse_a_checkpoint_of_nan_parameters(tmp_path, monkeypatch):
@@ -707,3 +786,39 @@ def test_a_run_with_checkpoints_but_no_record_is_refused_unless_continued_on_pur
             f.write(text)
         with pytest.raises(DataError, match=r"run\.json is damaged"):
             rundir.check_dataset(run, dataset)
+
+
+def test_a_damaged_or_uncommitted_latest_step_is_set_aside_and_saved_again(tmp_path, monkeypatch):
+    """Silent-wrong/traceback case: after falling back from a damaged latest checkpoint, saving
+    that step again raised StepAlreadyExistsError on every rerun; a step folder without Orbax's
+    commit marker (a copy) was restored as a checkpoint. Now both are moved to
+    damaged_checkpoints/ (named in a warning) and the resumed run saves those steps again. When no
+    step can be read (another model's config, say) nothing is moved."""
+    from alexnet_jax.train import loop
+    from tests import multihost_worker
+
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    workdir = str(tmp_path / "run")
+    checkpoints = rundir.checkpoint_dir(workdir)
+    optimizations = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # quick compiles (conftest)
+    try:
+        config = _synthetic_config(num_train_steps=2, checkpoint_every_steps=1, keep_checkpoints=3)
+        loop.train_and_evaluate(config, workdir)
+        for root, _, files in os.walk(os.path.join(checkpoints, "2", "state")):
+            for name in files:
+                os.truncate(os.path.join(root, name), 10)
+        shutil.copytree(os.path.join(checkpoints, "1"), os.path.join(checkpoints, "3"))
+        os.remove(os.path.join(checkpoints, "3", checkpoint.COMMIT_MARKER))
+        config = _synthetic_config(num_train_steps=3, checkpoint_every_steps=1, keep_checkpoints=3)
+        assert "top1_error" in loop.train_and_evaluate(config, workdir)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", optimizations)
+    assert sorted(os.listdir(os.path.join(workdir, checkpoint.DAMAGED_DIR))) == ["2", "3"]
+    manager = checkpoint.checkpoint_manager(workdir, keep=3)
+    assert manager.all_steps() == [1, 2, 3]
+    wrong = {"w": jax.ShapeDtypeStruct((6,), np.float32, sharding=_one_device())}  # another model
+    with pytest.raises(DataError, match="No checkpoint of this run can be read"):
+        checkpoint.restore_latest(manager, wrong, already_abstract=True, set_aside=True)
+    assert manager.all_steps() == [1, 2, 3]  # when none can be read, none is moved aside
+    manager.close()
