@@ -69,7 +69,9 @@ import numpy as np  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes on any device (CI): every code path.")
 _OUT = flags.DEFINE_string("out_dir", "accelerator_results", "Where the JSON and markdown go.")
-_BUDGET = flags.DEFINE_float("budget_s", 480.0, "Stop measuring before this many seconds.")
+_BUDGET = flags.DEFINE_float(
+    "budget_s", 480.0, "Stop measuring before this many seconds.", lower_bound=1.0
+)
 _VARIANT = flags.DEFINE_list("variant", ["paper", "one_tower", "torchvision"], "Model variants.")
 _DTYPE = flags.DEFINE_list("dtype", ["float32", "bfloat16"], "Computation (and input) dtypes.")
 _BATCH = flags.DEFINE_list("batch_size", ["128", "512"], "Global batch sizes.")

@@ -25,7 +25,9 @@ of each format and loader, not a disk.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -39,11 +41,13 @@ import common
 _STORE_DIR = flags.DEFINE_string(
     "store_dir", "data/bench_store", "Where the squares are written in each format."
 )
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 4096, "Squares in the store.")
-_SIZE = flags.DEFINE_integer("size", 256, "Side of the squares (the paper's 256).")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed epochs (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed batches first.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 4096, "Squares in the store.", lower_bound=1)
+_SIZE = flags.DEFINE_integer("size", 256, "Side of the squares (the paper's 256).", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Timed epochs (the median is reported).", lower_bound=1
+)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed batches first.", lower_bound=0)
 _GRAIN_WORKERS = flags.DEFINE_list(
     "grain_workers", ["0", "2"], "Grain worker process counts to time (0: in this process)."
 )
@@ -96,17 +100,22 @@ def _time_batches(batches, num_batches: int, batch_size: int, repeats: int, warm
 
 
 def write_formats(directory: str, num_images: int, size: int) -> dict[str, str]:
-    """The same random squares as an image store and as an ArrayRecord file (kept between runs)."""
+    """The same random squares as an image store and as an ArrayRecord file (kept between runs
+    of the same --num_images and --size; written again for others)."""
     from array_record.python import array_record_module
 
     from alexnet_jax.data import image_store
 
     paths = {"store": os.path.join(directory, "store"), "array_record": directory}
     record_path = os.path.join(directory, "squares.array_record")
-    os.makedirs(paths["store"], exist_ok=True)
     manifest = os.path.join(paths["store"], image_store.MANIFEST)
-    if os.path.exists(manifest) and os.path.exists(record_path):
-        return {**paths, "record_file": record_path}
+    shape_path, shape = os.path.join(directory, "squares.json"), {"num": num_images, "size": size}
+    if os.path.exists(manifest) and os.path.exists(record_path) and os.path.exists(shape_path):
+        with open(shape_path) as f:
+            if json.load(f) == shape:
+                return {**paths, "record_file": record_path}
+    shutil.rmtree(paths["store"], ignore_errors=True)  # another shape's squares
+    os.makedirs(paths["store"], exist_ok=True)
     rng = np.random.default_rng(0)
     chunk = 256
 
@@ -127,6 +136,8 @@ def write_formats(directory: str, num_images: int, size: int) -> dict[str, str]:
     writer.close()
     os.replace(record_path + ".tmp", record_path)
     store.close()
+    with open(shape_path, "w") as f:
+        json.dump(shape, f)
     return {**paths, "record_file": record_path}
 
 
@@ -263,6 +274,10 @@ def benchmark(
 
 def main(argv) -> None:
     del argv
+    if _NUM_IMAGES.value < _BATCH.value:  # an epoch of no whole batch: nothing to time
+        raise common.errors.UserError(
+            f"--num_images={_NUM_IMAGES.value} must be at least --batch_size={_BATCH.value}."
+        )
     threads = common.setup_process(common.THREADS.value)
     rows = benchmark(
         _STORE_DIR.value,

@@ -29,7 +29,7 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -174,9 +174,13 @@ def main(argv) -> None:
     from alexnet_jax.core import runtime
 
     runtime.load_tensorflow()
-    sides = tuple(int(v) for v in _IMAGE_SIDES.value)
+    try:
+        sides = tuple(int(v) for v in _IMAGE_SIDES.value)
+    except ValueError:
+        sides = ()
     if len(sides) != 2 or not 0 < sides[0] <= sides[1]:
-        raise app.UsageError(f"--image_sides must be two sides MIN,MAX, got {_IMAGE_SIDES.value}")
+        sides_text = ",".join(_IMAGE_SIDES.value)
+        raise common.errors.UserError(f"--image_sides must be two sides MIN,MAX, got {sides_text}")
     rows = benchmark(
         _CONFIG.value,
         _BENCH_DIR.value,

@@ -187,6 +187,14 @@ def main(argv):
         f"# {env['cpu_model']} x{threads}, jax {env['jax']}, torch {env['torch']}, "
         f"load {env['load_average']}"
     )
+    unknown = sorted(set(_LAYERS.value) - set(SHAPES))
+    if unknown:
+        raise common.errors.UserError(
+            f"--layers: no activation shape {unknown}; choose from {sorted(SHAPES)}"
+        )
+    if not all(b.isdigit() and int(b) > 0 for b in _BATCH.value):
+        batches = ",".join(_BATCH.value)
+        raise common.errors.UserError(f"--batch_size must be integers >= 1, got {batches}")
     rows = []
     for layer in _LAYERS.value:
         for batch_size in (int(b) for b in _BATCH.value):

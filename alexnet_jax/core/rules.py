@@ -7,6 +7,7 @@ of them. A broken rule is one ConfigError: `config.<field> must be <requirement>
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -57,5 +58,12 @@ def check(config: Any, rules: Sequence[Rule]) -> None:
                 raise ConfigError(f"config.{name} is missing (see configs/default.py).")
         if not ok(config):
             text = requirement(config) if callable(requirement) else requirement
-            got = f", got {config[field]!r}" if len(names) == 1 else ""
+            got = f", got {_one_line(config[field])}" if len(names) == 1 else ""
             raise ConfigError(f"config.{field} must be {text}{got}.")
+
+
+def _one_line(value: Any) -> str:
+    """`value` for a one-line message: a nested section (param_groups) as compact JSON."""
+    if hasattr(value, "to_dict"):
+        return json.dumps(value.to_dict(), default=str)
+    return repr(value)

@@ -158,14 +158,25 @@ tensorflow = LazyModule("tensorflow", load_tensorflow)
 tensorflow_datasets = LazyModule("tensorflow_datasets", load_tensorflow_datasets)
 
 
-def enable_compilation_cache(cache_dir: str | None = None) -> str:
+def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     """Turns on JAX's persistent compilation cache in a workdir-independent folder.
 
     The thresholds are lowered so that even small CPU programs are cached (a cached train step
-    loads in well under a second instead of compiling for seconds).
+    loads in well under a second instead of compiling for seconds). A folder that cannot be made
+    or written (a HOME without rights, a file in the way) only costs the cache: a warning, and
+    None.
     """
     cache_dir = cache_dir or os.environ.get("ALEXNET_JAX_CACHE_DIR", DEFAULT_CACHE_DIR)
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), cache_dir)
+    except OSError as e:
+        console.warning(
+            f"No compilation cache: {cache_dir} cannot be used ({e.strerror or e}); every run "
+            "compiles afresh. Set ALEXNET_JAX_CACHE_DIR to a writable folder."
+        )
+        return None
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -10,6 +10,7 @@ PyTorch loader (torch_models).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -113,8 +114,9 @@ def preprocess_image(
 
 def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> np.ndarray:
     """Reads and preprocesses one image file; unreadable files raise DataError naming the path."""
-    try:
-        with Image.open(path) as image:
+    try:  # a large photo (over Pillow's 89 Mpx) is read without its 2-line warning
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
             return preprocess_image(image, config, mean_image)
     except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -61,6 +61,7 @@ RESUMABLE_FIELDS = frozenset(
         "num_epochs",
         "num_train_steps",
         "max_consecutive_skipped_steps",
+        "mesh_shape",  # the layout over the devices: a checkpoint restores onto any
         "data_dir",
         "manual_dir",
         "miniature_dir",
@@ -216,21 +217,39 @@ def exclusive(workdir: str) -> Iterator[None]:
     pid = os.getpid()
     me = {"host": socket.gethostname(), "pid": pid, "started": _process_start_time(pid)}
     me["since"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            _take_over_if_stale(path, workdir)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+    # The lock appears with its contents (a hard link of a whole file): a reader never sees it
+    # empty, which would read as a holder killed mid-write and be taken over.
+    mine = f"{path}.{pid}"
+    with open(mine, "w") as f:
+        json.dump(me, f)
+    try:
+        while True:
+            try:
+                _link_or_create(mine, path, me)
+            except FileExistsError:
+                _take_over_if_stale(path, workdir)
+                continue
+            break
+    finally:
+        os.remove(mine)
     try:
         yield
     finally:
-        with contextlib.suppress(OSError, ValueError), open(path) as f:
+        with contextlib.suppress(OSError, ValueError, AttributeError), open(path) as f:
             if json.load(f).get("pid") == pid:
                 os.remove(path)
+
+
+def _link_or_create(source: str, path: str, contents: dict) -> None:
+    """Makes `path` a hard link of `source`, or (a file system without hard links) creates it
+    exclusively and writes `contents`; FileExistsError when it exists."""
+    try:
+        os.link(source, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
+            json.dump(contents, f)
 
 
 def _take_over_if_stale(path: str, workdir: str) -> None:
@@ -242,6 +261,8 @@ def _take_over_if_stale(path: str, workdir: str) -> None:
         return  # released meanwhile
     except (OSError, ValueError):
         holder = {}  # written by a process killed mid-write
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        holder = {}  # not a lock this code wrote (an edited or foreign file): nobody holds it
     alive = _is_alive(holder) if holder else False
     who = f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
     if alive is False:
@@ -292,6 +313,7 @@ def check_resume(
     if old is None:
         _refuse_unrecorded(workdir, CONFIG_FILE, "config", allow_change)
         return []
+    _refuse_lost_checkpoints(workdir, allow_change)
     new = _as_json(config)
     changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
     changed += [  # moving these is a location change; turning them on or off is not
@@ -437,6 +459,24 @@ def _refuse_unrecorded(workdir: str, name: str, what: str, allow_change: bool) -
         )
 
 
+def _refuse_lost_checkpoints(workdir: str, allow_change: bool) -> None:
+    """A run whose history shows it trained past step 0 (it finished, or resumed from a
+    checkpoint) but that holds no checkpoint any more would start over and overwrite its
+    metrics: refused unless `allow_change`."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    history = read_jsonl(path, warn=False) if os.path.exists(path) else []
+    reached = max(
+        (r["step"] for r in history if r.get("event") in ("finished", "resume")), default=0
+    )
+    if reached > 0 and not saved_steps(workdir) and not allow_change:
+        raise DataError(
+            f"{workdir} holds a run that reached step {reached} (config_history.jsonl) but no "
+            "checkpoint: training would start over from step 0 and overwrite its metrics. "
+            f"Restore {checkpoint_dir(workdir)} (from a copy of the run), start a new run in "
+            "another --workdir, or add --allow_config_change to start this one over on purpose."
+        )
+
+
 def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> None:
     """ConfigError when the data's identity differs from the one the run started with (a class
     folder added shifts every label), unless `allow_change`; DataError when a run with
@@ -498,19 +538,26 @@ def read_config_dict(workdir: str) -> dict[str, Any] | None:
 
 def read_jsonl(path: str, warn: bool = True) -> list[dict]:
     """The JSON records of a .jsonl file in order; blank lines skipped, and a line that is not
-    whole JSON (the last line of a crashed write) dropped, with a warning when `warn`."""
+    whole JSON (the last line of a crashed write), not an object, or whose "step" is not an
+    integer (an edited file) dropped, with a warning when `warn`."""
     records = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
+                problem = None
             except ValueError:
-                if warn:
-                    console.warning(
-                        f"{path}: line {number} is not whole JSON (a cut-off write); ignored."
-                    )
+                problem = "is not whole JSON (a cut-off write)"
+            if problem is None and not isinstance(record, dict):
+                problem = f"holds a {type(record).__name__}, not a record"
+            elif problem is None and type(record.get("step", 0)) is not int:
+                problem = f"has a step that is not an integer ({record['step']!r})"
+            if problem is None:
+                records.append(record)
+            elif warn:
+                console.warning(f"{path}: line {number} {problem}; ignored.")
     return records
 
 

@@ -130,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="training error mark")
     parser.add_argument("--out", help="the PNG written (default: <sweep_dir>/figure1.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not 0 < args.threshold < 1:
+        parser.error(
+            f"argument --threshold: a training error as a fraction in (0, 1), e.g. 0.25 for the "
+            f"paper's 25%; got {args.threshold:g}"
+        )
     with reported_as_exit():
         curves = arm_curves(args.sweep_dir, args.arms.split(","))
         firsts, ratio = summarize(curves, args.threshold)

@@ -329,6 +329,11 @@ def check_options(
     ):
         if value < low:
             raise UserError(f"--{flag} must be an integer >= {low}, got {value}.")
+    if 0 < max_train_images < k:
+        raise UserError(
+            f"--neighbours={k} needs at least as many training images: --max_train_images="
+            f"{max_train_images} (0: all)."
+        )
 
 
 def make_figures(workdir: str, out_dir: str = "", **figure4_options: Any) -> list[str]:

@@ -291,6 +291,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not args.command:
         parser.error("give the command after --, e.g. `-- main.py --workdir=runs/x`")
+    if args.process_log_dir:
+        problem = errors.directory_creation_problem(args.process_log_dir)
+        if problem:
+            parser.error(f"argument --process_log_dir={args.process_log_dir}: {problem}")
     return args
 
 

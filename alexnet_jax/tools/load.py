@@ -30,8 +30,15 @@ def load_params(workdir: str, mesh: Any = None) -> tuple[ml_collections.ConfigDi
 def load_params_and_step(
     workdir: str, mesh: Any = None
 ) -> tuple[ml_collections.ConfigDict, Any, int]:
-    """`load_params`, plus the training step of the checkpoint the params come from."""
+    """`load_params`, plus the training step of the checkpoint the params come from. An image
+    folder run's config carries its class names as recorded at its start (run.json):
+    `config.class_folders`, which the tools use even when the folder has moved or changed."""
     config = config_lib.load_config(workdir)
+    record = rundir.read_run_record(workdir) or {}
+    classes = record.get("dataset", {}).get("classes")
+    if config.dataset == "image_folder" and isinstance(classes, list):
+        with config.unlocked():
+            config.class_folders = [str(c) for c in classes]
     if mesh is None:
         mesh = jax.make_mesh((jax.device_count(),), (sharding.DATA,))
     # Shapes from a one-device build (any mesh has the same shapes; the schedule changes none),

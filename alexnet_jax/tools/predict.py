@@ -53,7 +53,11 @@ class Prediction(NamedTuple):
 
 
 def _image_folder_classes(config: Any) -> list[str] | None:
-    """Sorted class folder names of an image_folder dataset, when they match the model."""
+    """Sorted class folder names of an image_folder dataset, when they match the model: as the
+    run recorded them at its start (tools/load.py), else as the folder holds them now."""
+    recorded = config.get("class_folders")
+    if recorded and len(recorded) == config.num_classes:
+        return list(recorded)
     train_dir = os.path.join(config.get("image_folder", ""), "train")  # as input_pipeline
     if not os.path.isdir(train_dir):
         return None
@@ -154,8 +158,8 @@ def define_flags() -> None:
         "Variant of a --weights file that does not record it (default: "
         f"{weights_io.DEFAULT_IMPORT_VARIANT}); a file exported here records its own.",
     )
-    flags.DEFINE_integer("batch_size", 32, "Images per device call.")
-    flags.DEFINE_integer("top_k", 5, "Classes to print per image.")
+    flags.DEFINE_integer("batch_size", 32, "Images per device call.", lower_bound=1)
+    flags.DEFINE_integer("top_k", 5, "Classes to print per image.", lower_bound=1)
 
 
 def _check_variant_flag(variant: str | None, actual: str, source: str) -> None:

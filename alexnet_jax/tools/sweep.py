@@ -246,6 +246,11 @@ def load_sweep_file(path: str) -> Sweep:
             raise ConfigError(f"--sweep={path}: arm {name!r}: {e}.") from None
     seeds = spec.get("seeds")
     if seeds is not None:
+        if not isinstance(seeds, (list, tuple)) or not all(type(s) is int for s in seeds):
+            raise ConfigError(
+                f"--sweep={path}: 'seeds' must be a list of integers, e.g. [0, 1, 2]; got "
+                f"{seeds!r}."
+            )
         seeds = parse_seeds(",".join(str(s) for s in seeds))
     return Sweep(config=str(spec.get("config", "")), arms=rendered, seeds=seeds)
 

@@ -212,6 +212,9 @@ def restore_latest(
             held = getattr(restored[0], "step", step)
             if int(held) != step:
                 raise DataError(f"it holds the state of step {int(held)}")
+            consumed = restored[1].get("examples_consumed", 0)
+            if type(consumed) is not int or consumed < 0:
+                raise DataError(f"its data record is damaged (examples_consumed={consumed!r})")
         except Exception as e:  # a damaged checkpoint: any error of Orbax/TensorStore
             console.warning(f"Checkpoint {path} cannot be read ({_first_line(e)}).")
             failures.append(f"step {step} ({path}): {_first_line(e)}")

@@ -230,7 +230,8 @@ def evaluate_checkpoint(
     workdir's metrics, marked "reeval" when the run evaluated that step before (its own
     evaluation stays the one its curves and summaries show).
     """
-    if rundir.read_config_dict(workdir) is not None:
+    own = rundir.read_config_dict(workdir)
+    if own is not None:
         config = config_lib.eval_config(workdir, overrides)
     elif not config.torch_weights:
         raise UserError(
@@ -255,11 +256,15 @@ def evaluate_checkpoint(
                 )
             params, step = restored[0].params, int(restored[0].step)
         metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
-        reeval = rundir.is_evaluated(workdir, step)
+        # What was evaluated is recorded; one that is not the run's own (another split or crop
+        # count) never counts as the run's evaluation of that step.
+        views = {"eval_split": str(config.eval_split), "eval_crops": int(config.eval_crops)}
+        elsewhere = own is not None and any(own.get(k) != v for k, v in views.items())
+        reeval = elsewhere or rundir.is_evaluated(workdir, step)
         line = report.eval_line(step, metrics, config.num_classes, reeval)
         console.info(console.stamped(line))  # before the writes: kept even if they fail
         writer = metrics_io.MetricsWriter(workdir, start_step=None)
-        writer.write_eval(step, metrics, reeval=reeval, echo=False)
+        writer.write_eval(step, metrics, reeval=reeval, echo=False, labels=views)
         writer.close()
     return metrics
 

@@ -136,13 +136,23 @@ class MetricsWriter:
         self.summary = None
         if self.is_writer:
             os.makedirs(workdir, exist_ok=True)
+            if start_step and not os.path.exists(self.jsonl_path):
+                console.warning(
+                    f"{self.jsonl_path} is missing: the metrics of steps 0-{start_step} are lost, "
+                    "and the run's final and best evaluations count from here on."
+                )
             if start_step is not None:
                 _truncate_jsonl(self.jsonl_path, start_step)
             with storage_errors_as(lambda e: storage_error("the TensorBoard events", workdir, e)):
                 self.summary = ScalarEvents(workdir, start_step)
 
     def _write(
-        self, step: int, split: str, scalars: dict[str, float], reeval: bool = False
+        self,
+        step: int,
+        split: str,
+        scalars: dict[str, float],
+        reeval: bool = False,
+        labels: dict | None = None,
     ) -> None:
         """One line of metrics.jsonl and the scalars in TensorBoard, tagged "<split>/<name>"
         ("reeval/<name>" for a re-evaluation, so that the run's curve keeps one point a step)."""
@@ -150,7 +160,8 @@ class MetricsWriter:
             return
         what = f"the {split} metrics of step {step}"
         tag = "reeval" if reeval else split
-        record = {"step": step, "split": split, **scalars, **({"reeval": True} if reeval else {})}
+        record = {"step": step, "split": split, **scalars, **(labels or {})}
+        record.update({"reeval": True} if reeval else {})
         with storage_errors_as(lambda e: storage_error(what, self.workdir, e)):
             self.summary.write_scalars(step, {f"{tag}/{k}": v for k, v in scalars.items()})
             rundir.append_jsonl(self.jsonl_path, record)
@@ -171,10 +182,16 @@ class MetricsWriter:
         self._write(step, "train", scalars)
 
     def write_eval(
-        self, step: int, metrics: dict[str, float], reeval: bool = False, echo: bool = True
+        self,
+        step: int,
+        metrics: dict[str, float],
+        reeval: bool = False,
+        echo: bool = True,
+        labels: dict | None = None,
     ) -> None:
         """Prints (unless not `echo`) then writes one evaluation (`loop.evaluate`'s metrics).
 
+        labels: what was evaluated (`--mode=eval`: eval_split, eval_crops), kept in the line.
         reeval: `--mode=eval` of a step the run evaluated before: the line is marked
         "reeval" in metrics.jsonl (readers keep the run's own, rundir.run_evals) and its
         TensorBoard tags are "reeval/..." (the run's eval curve stays one point per step).
@@ -182,7 +199,7 @@ class MetricsWriter:
         if echo:
             line = report.eval_line(step, metrics, self.num_classes, reeval)
             console.info(console.stamped(line))
-        self._write(step, "eval", dict(metrics), reeval)
+        self._write(step, "eval", dict(metrics), reeval, labels)
 
     def close(self, raise_errors: bool = True) -> None:
         """Flushes and closes the TensorBoard file. raise_errors=False (another error is on its

@@ -507,7 +507,10 @@ def test_eval_of_an_evaluated_step_is_one_line_and_a_marked_reeval_row(
     )
     after = rundir.read_metrics(workdir)
     assert after[:-1] == before
-    assert after[-1] == {**final, "loss": pytest.approx(final["loss"], rel=1e-6), "reeval": True}
+    views = {"eval_split": "validation", "eval_crops": 1}  # what was evaluated is recorded
+    assert after[-1] == {
+        **final, "loss": pytest.approx(final["loss"], rel=1e-6), **views, "reeval": True
+    }  # fmt: skip
     # A re-evaluation that differs (other eval_crops, say) changes no reader either.
     rundir.rewrite_jsonl(rundir.metrics_path(workdir), [*before, {**after[-1], "top1_error": 0.0}])
     assert report.final_eval(workdir, 8) == final
@@ -516,6 +519,14 @@ def test_eval_of_an_evaluated_step_is_one_line_and_a_marked_reeval_row(
     assert plots._series(rundir.read_metrics(workdir), "eval", "top1_error") == plots._series(
         before, "eval", "top1_error"
     )
+    # Silent-wrong case: an evaluation of another split, of a step the run never evaluated, was
+    # an "eval" row like the run's own (and counted as its final evaluation).
+    unevaluated = [r for r in before if not (r["split"] == "eval" and r["step"] == 8)]
+    rundir.rewrite_jsonl(rundir.metrics_path(workdir), unevaluated)
+    proc = _narrow_main(dirs, workdir, steps=8, mode="eval", eval_split="train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = rundir.read_metrics(workdir)[-1]
+    assert (row["eval_split"], row["reeval"]) == ("train", True)
 
 
 def test_config_errors_are_config_errors_in_process():
