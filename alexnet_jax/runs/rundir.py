@@ -47,6 +47,7 @@ LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 CHECKPOINTS = "checkpoints"
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into a step folder before committing it
 MEAN_IMAGE_FILE = "mean_image.npy"  # normalization "mean_image": the mean the run subtracts
 
 # Fields a resumed run may change without changing what it trains: logging, evaluation and
@@ -438,11 +439,18 @@ def read_run_record(workdir: str) -> dict | None:
     return record
 
 
+def is_committed(step_dir: str) -> bool:
+    """Whether the checkpoint folder `step_dir` was committed (a copy or a save cut short lacks
+    the marker)."""
+    return os.path.exists(os.path.join(step_dir, COMMIT_MARKER))
+
+
 def saved_steps(workdir: str) -> list[int]:
     """The committed checkpoint steps of the run (their folders' names), oldest first."""
     folder = checkpoint_dir(workdir)
     names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted(int(name) for name in names if name.isdigit())
+    steps = [name for name in names if name.isdigit() and is_committed(os.path.join(folder, name))]
+    return sorted(int(name) for name in steps)
 
 
 def _refuse_unrecorded(workdir: str, name: str, what: str, allow_change: bool) -> None:

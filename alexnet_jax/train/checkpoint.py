@@ -180,7 +180,6 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into a step before it commits the step
 DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: the steps a run set aside
 
 
@@ -206,8 +205,8 @@ def restore_latest(
     for step in sorted(manager.all_steps(), reverse=True):
         path = os.path.join(str(manager.directory), str(step))
         try:
-            if not os.path.exists(os.path.join(path, COMMIT_MARKER)):
-                raise DataError(f"no {COMMIT_MARKER}: the save of this step never completed")
+            if not rundir.is_committed(path):
+                raise DataError(f"no {rundir.COMMIT_MARKER}: the save of this step never completed")
             restored = _restore(manager, step, target)
             held = getattr(restored[0], "step", step)
             if int(held) != step:

@@ -24,6 +24,7 @@ import pytest
 
 from alexnet_jax.core import errors, runtime
 from alexnet_jax.core.errors import ConfigError, is_storage_error, reported_as_exit
+from alexnet_jax.runs import rundir
 from alexnet_jax.tools import load
 from alexnet_jax.train import checkpoint, config_lib
 from configs import default
@@ -233,7 +234,7 @@ def test_ctrl_c_during_start_up_or_twice_during_the_save_is_one_line(
     steps = [s for s in os.listdir(checkpoints) if s.isdigit()]
     assert steps  # checkpoint 4, or the one the first Ctrl-C asked for (keep_checkpoints=1)
     for step in steps:
-        assert os.path.exists(os.path.join(checkpoints, step, checkpoint.COMMIT_MARKER))
+        assert rundir.is_committed(os.path.join(checkpoints, step))
 
 
 _DROPPED = """

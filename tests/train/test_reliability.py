@@ -820,7 +820,7 @@ def test_a_damaged_or_uncommitted_latest_step_is_set_aside_and_saved_again(tmp_p
             for name in files:
                 os.truncate(os.path.join(root, name), 10)
         shutil.copytree(os.path.join(checkpoints, "1"), os.path.join(checkpoints, "3"))
-        os.remove(os.path.join(checkpoints, "3", checkpoint.COMMIT_MARKER))
+        os.remove(os.path.join(checkpoints, "3", rundir.COMMIT_MARKER))
         config = _synthetic_config(num_train_steps=3, checkpoint_every_steps=1, keep_checkpoints=3)
         assert "top1_error" in loop.train_and_evaluate(config, workdir)
     finally:
