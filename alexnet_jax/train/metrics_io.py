@@ -94,7 +94,7 @@ class ScalarEvents:
             f"{time.time():.0f}",
             socket.gethostname(),
             str(os.getpid()),
-            str(next(self._opened)),
+            f"{next(self._opened):06d}",  # padded: TensorBoard reads files in name order
         )
         self.path = os.path.join(logdir, "events.out.tfevents." + ".".join(names) + ".v2")
         self._file = open(self.path, "xb")  # noqa: SIM115 (closed by close(); never overwrites)

@@ -3,6 +3,7 @@
 TensorBoard's and TensorFlow's own readers, and a resumed run's events replace the interrupted
 run's from its checkpoint on."""
 
+import itertools
 import json
 import os
 
@@ -38,14 +39,21 @@ def _eval(loss: float) -> dict:
     return {"loss": loss, "top1_error": 0.5, "top5_error": 0.25, "num_examples": 8}
 
 
-def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(tmp_path):
+@pytest.mark.parametrize("files_opened_before", [0, 8])
+def test_tensorboard_events_read_back_and_a_resume_replaces_the_cut_off_steps(
+    tmp_path, monkeypatch, files_opened_before
+):
     """A run logs steps 1-3 and is killed after its checkpoint at step 2; the resumed run logs
     step 3 again with another value; then an evaluation (--mode=eval) appends step 4.
     TensorBoard's reader gives each step once, with the resumed run's value, and loses nothing
-    to the evaluation, as metrics.jsonl; TensorFlow's record reader checks every record's CRC."""
+    to the evaluation, as metrics.jsonl; TensorFlow's record reader checks every record's CRC.
+    With 8 files opened before in the process, the three are its 9th-11th: their names sort in
+    that order (an unpadded "10" sorted before "8" and TensorBoard lost the resume; CI saw it)."""
     import tensorflow as tf
     from tensorboard.backend.event_processing import plugin_event_accumulator
 
+    opened = itertools.count(files_opened_before)
+    monkeypatch.setattr(metrics_io.ScalarEvents, "_opened", opened)
     workdir = str(tmp_path)
     first = metrics_io.MetricsWriter(workdir)
     for step, loss in [(1, 3.0), (2, 2.5), (3, 2.25)]:
