@@ -214,7 +214,26 @@ def stop_now() -> None:
     if not _told:
         _told.append(True)
         print(f"interrupted: {CTRL_C}", file=sys.stderr, flush=True)
+        _cancel_timers_at_exit()
     raise _CtrlC(130)
+
+
+def _cancel_timers_at_exit() -> None:
+    """A Ctrl-C between a library's `Timer.start()` and its `try: ... finally: t.cancel()` (JAX's
+    backend start-up warning) left the timer running, and the interpreter waited for it at exit:
+    60 s, then the warning. At exit, before Python waits for its threads, pending timers are
+    cancelled (other threads, an asynchronous checkpoint save, are still waited for)."""
+
+    def cancel():
+        for thread in threading.enumerate():
+            if isinstance(thread, threading.Timer):
+                thread.cancel()
+
+    register = getattr(threading, "_register_atexit", None)  # runs before threads are joined
+    try:
+        register(cancel)
+    except (TypeError, RuntimeError):  # no such hook, or already shutting down
+        cancel()
 
 
 def _importing(frame) -> bool:
