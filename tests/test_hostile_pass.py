@@ -71,6 +71,29 @@ def test_a_checkpoint_whose_data_record_is_damaged_is_not_restored(tmp_path, cap
     assert "examples_consumed='lots'" in " ".join(_warnings(capsys))
 
 
+def test_a_plausible_edit_of_a_checkpoints_data_record_is_refused(tmp_path, capsys):
+    """#33: examples_consumed edited from 64 to 72 (a number the run could have reached) was
+    restored: the run went on with another data order, silently. The record carries a digest of
+    itself and its step; an edited record is refused and the previous checkpoint restored."""
+    manager = checkpoint.checkpoint_manager(str(tmp_path), keep=3)
+    for step in (4, 8):
+        tree = {"w": np.full(3, step, np.float32)}
+        checkpoint.save(manager, step, tree, {"examples_consumed": step * 8, "batch_size": 8})
+    checkpoint.wait(manager)
+    manager.close()
+    data = tmp_path / "checkpoints" / "8" / "data" / "metadata"
+    record = json.loads(data.read_text())
+    assert record["examples_consumed"] == 64
+    assert "digest" in record
+    data.write_text(json.dumps({**record, "examples_consumed": 72}))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+    state, record = checkpoint.read_latest_checkpoint(str(tmp_path), target)
+    np.testing.assert_array_equal(state["w"], np.full(3, 4, np.float32))
+    assert record == {"examples_consumed": 32, "batch_size": 8}  # the digest is not handed on
+    assert "its data record was edited" in " ".join(_warnings(capsys))
+
+
 def test_a_run_that_lost_its_checkpoints_is_not_started_over(tmp_path):
     """#37: checkpoints/ deleted from a finished run; the same command retrained from step 0 as
     a new run and overwrote its metrics. Now it is refused, naming the step the run reached."""
@@ -174,3 +197,72 @@ def test_an_image_folder_runs_class_names_come_from_its_record(tmp_path):
     (tmp_path / "run" / rundir.RUN_FILE).write_text(json.dumps(record))
     config, _ = load.load_run(run)  # the folder does not exist
     assert predict.known_class_names(config) == [(None, c) for c in classes]
+
+
+def _as_if_read_only(monkeypatch, read_only: str) -> None:
+    """What a user without write rights meets at `read_only` and below (these tests run as root,
+    whom chmod does not stop): os.access says no, and creating a file there fails with EACCES."""
+    access, open_ = os.access, os.open
+
+    def no_access(path, mode, *args, **kwargs):
+        if os.fspath(path).startswith(read_only) and mode & os.W_OK:
+            return False
+        return access(path, mode, *args, **kwargs)
+
+    def no_create(path, flags, *args, **kwargs):
+        if os.fspath(path).startswith(read_only) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return open_(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", no_access)
+    monkeypatch.setattr(os, "open", no_create)
+
+
+def test_a_read_only_checkpoints_folder_is_one_message_at_start(tmp_path, monkeypatch):
+    """#39: with checkpoints/ read-only (the rest of the run writable) the first save waited 300 s
+    in Orbax, then printed 12 RuntimeWarning lines. The folder is tried when the run opens it."""
+    checkpoints = rundir.checkpoint_dir(str(tmp_path))
+    os.makedirs(checkpoints)
+    _as_if_read_only(monkeypatch, checkpoints)
+    with pytest.raises(DataError, match=r"Writing checkpoints in .* Permission denied \(errno 13\)"):
+        checkpoint.checkpoint_manager(str(tmp_path), keep=1)
+    assert os.listdir(checkpoints) == []
+
+
+def test_export_over_a_read_only_file_is_refused(run_dir, tmp_path, monkeypatch):
+    """#59: export over a file the user may not write (in a folder they may) replaced it, as the
+    rename allows. It is refused with one message; the file is kept."""
+    from alexnet_jax.interop import weights_io
+    from alexnet_jax.tools import export
+
+    out = tmp_path / "theirs.npz"
+    out.write_bytes(b"someone else's weights")
+    _as_if_read_only(monkeypatch, str(out))
+    with pytest.raises(weights_io.WeightsFileError, match="exists and is read-only"):
+        export.export_run(run_dir, str(out))
+    assert out.read_bytes() == b"someone else's weights"
+
+
+def test_mode_eval_of_a_read_only_run_prints_the_evaluation_and_records_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    """#38b: `--mode=eval` of a run in a read-only folder was refused (its lock could not be
+    written) with a remedy about resuming training. It evaluates and prints, and says in a
+    warning that nothing is recorded."""
+    from alexnet_jax.train import loop
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(
+        str(tmp_path), dataset="synthetic", synthetic_eval_examples=8, num_classes=4
+    )
+    before = sorted(os.listdir(workdir))
+    _as_if_read_only(monkeypatch, workdir)
+    metrics = loop.evaluate_checkpoint(config_lib.load_config(workdir), workdir)
+    assert np.isfinite(metrics["loss"])
+    out, err = capsys.readouterr()
+    assert "eval at step 1: loss" in out
+    assert err.splitlines() == [
+        f"warning: {workdir} is read-only: the evaluation is printed, not recorded in its "
+        "metrics.jsonl."
+    ]
+    assert sorted(os.listdir(workdir)) == before

@@ -362,7 +362,21 @@ class _FolderSource:
     def check_classes(self) -> None:
         """Every class must have a training image that decodes (else its output would never see
         an example): DataError naming the first class without one, and what its folder holds.
-        Decodes at most a few files per class (the first that decodes ends the search)."""
+        Decodes at most a few files per class (the first that decodes ends the search). Entries
+        named like images that are not files are named in one warning."""
+        not_files = [
+            f"{split}/{name}/{entry}"
+            for split in self.split_names()
+            for name in self.classes
+            for entry in _image_entries(os.path.join(self.root, split, name), files=False)
+        ]
+        if not_files:
+            console.warning(
+                f"{len(not_files)} entr{'y' if len(not_files) == 1 else 'ies'} of "
+                f"{self.root!r} named like an image {'is' if len(not_files) == 1 else 'are'} "
+                f"not a file (a folder, or a broken link) and left out: "
+                f"{', '.join(not_files[:5])}{' ...' if len(not_files) > 5 else ''}"
+            )
         for name in self.classes:
             class_dir = os.path.join(self.root, "train", name)
             entries = _image_entries(class_dir)
@@ -402,11 +416,26 @@ class _FolderSource:
         )
 
 
-def _image_entries(class_dir: str) -> list[str]:
-    """The file names in `class_dir` that the pipeline reads (IMAGE_EXTENSIONS), sorted."""
-    if not os.path.isdir(class_dir):
+def _image_entries(class_dir: str, files: bool = True) -> list[str]:
+    """The file names in `class_dir` that the pipeline reads (IMAGE_EXTENSIONS), sorted; with
+    `files=False` the entries named like images that are not files (a directory, a broken or
+    looping link), which the pipeline leaves out (check_classes names them)."""
+    try:
+        with os.scandir(class_dir) as entries:  # is_file() needs no stat for a plain file
+            return sorted(
+                e.name
+                for e in entries
+                if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is_file(e) == files
+            )
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(e for e in os.listdir(class_dir) if e.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a link TensorFlow could not read either
+        return False
 
 
 def _decodes(path: str) -> bool:
@@ -683,6 +712,21 @@ def _check_tfds_split_names(config) -> None:
                 f"is not a split of imagenet2012 (its splits: "
                 f"{', '.join(map(repr, IMAGENET_SPLITS))}; 'test' only with "
                 f"ILSVRC2012_img_test.tar): set --config.{field} to one of them."
+            )
+
+
+def check_synthetic_splits(config) -> None:
+    """Synthetic data has a training pool and an evaluation pool, no splits: train_split must be
+    'train' and eval_split a split name the real data sources have ('validation', 'test' or
+    'train'; the evaluation pool stands for each); another name (a typo) is a ConfigError rather
+    than numbers labelled with a split no source has."""
+    evaluated = ("validation", "test", "train")
+    for field, names in (("train_split", ("train",)), ("eval_split", evaluated)):
+        if config[field] not in names:
+            raise ConfigError(
+                f"config.{field}={config[field]!r}: synthetic data has no splits, only a training "
+                f"and an evaluation pool, which config.{field} names as "
+                f"{' or '.join(map(repr, names))}; set --config.{field}={names[0]!r}."
             )
 
 

@@ -539,6 +539,7 @@ def prepare(config, training: bool = True) -> DatasetInfo:
     (config_lib.validate_config, at the entry points).
     """
     if config.dataset == "synthetic":
+        data_sources.check_synthetic_splits(config)
         return DatasetInfo(
             int(config.synthetic_train_examples),
             int(config.synthetic_eval_examples),

@@ -408,8 +408,8 @@ def _check_values(tensors: Any, path: str) -> None:
 
 def check_output_path(path: str) -> str:
     """The format of an output path that can be written, else one WeightsFileError: an unknown
-    suffix, a directory, or a parent that is a file. Cheap: call it before computing what to
-    write."""
+    suffix, a directory, a parent that is a file, or an existing file the user may not write.
+    Cheap: call it before computing what to write."""
     fmt = file_format(path)
     if os.path.isdir(path):
         raise WeightsFileError(
@@ -420,6 +420,11 @@ def check_output_path(path: str) -> str:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise WeightsFileError(f"Cannot write {path}: {parent} is a file, not a directory.")
+    if os.path.exists(path) and not os.access(path, os.W_OK):  # the rename would replace it
+        raise WeightsFileError(
+            f"{path} exists and is read-only (you may not write it): remove it first, or choose "
+            "another path."
+        )
     return fmt
 
 

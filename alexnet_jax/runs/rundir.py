@@ -315,13 +315,7 @@ def check_resume(
         _refuse_unrecorded(workdir, CONFIG_FILE, "config", allow_change)
         return []
     _refuse_lost_checkpoints(workdir, allow_change)
-    new = _as_json(config)
-    changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
-    changed += [  # moving these is a location change; turning them on or off is not
-        (field, old[field], new[field])
-        for field in ORDER_FIELDS
-        if field in old and bool(old[field]) != bool(new[field])
-    ]
+    changed = config_changes(config, old)
     if changed and not allow_change:
         raise ConfigError(
             f"{workdir} holds a run with another config; resuming it with this one would mix two "
@@ -331,6 +325,18 @@ def check_resume(
             "--allow_config_change (recorded in its config_history.jsonl)."
         )
     return changed
+
+
+def config_changes(config: ml_collections.ConfigDict, old: dict) -> list[tuple]:
+    """(field, old, new) for each difference between `config` and a run's config.json `old`
+    that changes the experiment (not the RESUMABLE_FIELDS)."""
+    new = _as_json(config)
+    changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
+    return changed + [  # moving these is a location change; turning them on or off is not
+        (field, old[field], new[field])
+        for field in ORDER_FIELDS
+        if field in old and bool(old[field]) != bool(new[field])
+    ]
 
 
 def apply_eval_overrides(

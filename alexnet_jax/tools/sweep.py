@@ -392,6 +392,7 @@ def run_sweep(
                 say(f"{run.name}: finished at step {step}; not run again.")
                 outcomes[run.name] = {"status": "finished", "step": step}
                 continue
+            _set_aside_if_changed(run, sweep_dir, say)
             say(f"{run.name}: running ({i}/{len(runs)}); log {run.log}")
             rundir.write_sweep_plan(sweep_dir, _plan(sweep, runs, sweep_dir, outcomes))
             started = time.monotonic()
@@ -404,6 +405,33 @@ def run_sweep(
     if stop.received:
         return _stopped(stop.received[0], runs, outcomes, say)
     return _report(runs, outcomes, sweep_dir, say)
+
+
+SET_ASIDE = "set_aside"  # in the sweep directory: earlier attempts of arms whose config changed
+
+
+def _set_aside_if_changed(run: Run, sweep_dir: str, say: Callable[[str], None]) -> None:
+    """An arm that failed before its first checkpoint (it diverged, say) and was then changed in
+    the sweep file has nothing to resume, and main.py refuses its folder as another experiment:
+    the earlier attempt is moved to <sweep_dir>/set_aside/ (kept, not deleted) so that the arm
+    starts over. An arm with a checkpoint is left to main.py's refusal (its remedy applies)."""
+    old = rundir.read_config_dict(run.workdir) if os.path.isdir(run.workdir) else None
+    if old is None or rundir.saved_steps(run.workdir):
+        return
+    changed = rundir.config_changes(run.config, old)
+    if not changed:
+        return
+    destination, n = os.path.join(sweep_dir, SET_ASIDE, run.name.replace("/", ".")), 1
+    while os.path.exists(destination if n == 1 else f"{destination}-{n}"):
+        n += 1
+    destination = destination if n == 1 else f"{destination}-{n}"
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.rename(run.workdir, destination)
+    shown = "; ".join(f"{f}: {a!r} -> {b!r}" for f, a, b in changed[:4])
+    say(
+        f"{run.name}: its earlier attempt saved no checkpoint and its config changed ({shown}): "
+        f"moved to {destination}; starting it over."
+    )
 
 
 def _outcome(run: Run, code: int, seconds: float, say: Callable[[str], None]) -> dict:

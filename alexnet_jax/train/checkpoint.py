@@ -12,6 +12,8 @@ mesh's shardings, so a checkpoint written on D devices restores onto any other d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
@@ -40,6 +42,12 @@ def create_manager(directory: str, keep: int, read_only: bool = False) -> ocp.Ch
     read_only: for tools that only read a run: creates nothing and leaves the temporary
     directories of saves in flight (a run still training) alone.
     """
+    if not read_only:  # else Orbax's first save waits 300 s, then prints a dozen warnings
+        with storage_errors_as(lambda e: storage_error("checkpoints", directory, e)):
+            os.makedirs(directory, exist_ok=True)
+            probe = os.path.join(directory, f".write_test.{os.getpid()}")
+            os.close(os.open(probe, os.O_CREAT | os.O_WRONLY))
+            os.remove(probe)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         enable_async_checkpointing=not read_only,
@@ -124,9 +132,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
             f"Step {step}: the parameters are NaN/Inf after the update, so they were not saved "
             f"({kept}): the run has diverged."
         )
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-    )
+    record = {**data_state, _DIGEST: _digest(step, data_state)}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(record))
     with storage_errors_as(lambda e: _storage_error(manager, e, step)):
         manager.save(step, args=args, force=True)
 
@@ -172,7 +179,18 @@ def _restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[An
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
         ),
     )
-    return restored["state"], dict(restored["data"])
+    record = dict(restored["data"])
+    digest = record.pop(_DIGEST, None)  # (checkpoints written before the digest have none)
+    if digest is not None and digest != _digest(step, record):
+        raise DataError(f"its data record was edited: {record} does not match its digest")
+    return restored["state"], record
+
+
+_DIGEST = "digest"  # of the data record and its step: a hand edit of the JSON is refused
+
+
+def _digest(step: int, record: dict) -> str:
+    return hashlib.sha256(json.dumps([step, record], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _first_line(error: BaseException) -> str:

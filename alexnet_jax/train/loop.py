@@ -9,6 +9,7 @@ parallel.py), the batch is split over the "data" axis and XLA inserts the gradie
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -238,7 +239,13 @@ def evaluate_checkpoint(
             f"{workdir} holds no run (no {rundir.CONFIG_FILE}): train first (--mode=train), point "
             "--workdir at a run, or set --config.torch_weights."
         )
-    with rundir.exclusive(workdir):
+    recorded = own is None or os.access(workdir, os.W_OK)  # a run shared read-only: print only
+    if not recorded:
+        console.warning(
+            f"{workdir} is read-only: the evaluation is printed, not recorded in its "
+            f"{rundir.METRICS_FILE}."
+        )
+    with rundir.exclusive(workdir) if recorded else contextlib.nullcontext():
         exp, _ = _build(config, training=False)  # no training-only cache or store is built
         if config.torch_weights:
             _check_weights_conventions(config)
@@ -263,9 +270,10 @@ def evaluate_checkpoint(
         reeval = elsewhere or rundir.is_evaluated(workdir, step)
         line = report.eval_line(step, metrics, config.num_classes, reeval)
         console.info(console.stamped(line))  # before the writes: kept even if they fail
-        writer = metrics_io.MetricsWriter(workdir, start_step=None)
-        writer.write_eval(step, metrics, reeval=reeval, echo=False, labels=views)
-        writer.close()
+        if recorded:
+            writer = metrics_io.MetricsWriter(workdir, start_step=None)
+            writer.write_eval(step, metrics, reeval=reeval, echo=False, labels=views)
+            writer.close()
     return metrics
 
 

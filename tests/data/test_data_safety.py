@@ -302,10 +302,39 @@ def test_a_class_without_a_decodable_training_image_is_refused_by_name(
         input_pipeline.prepare(config)
 
 
-def test_synthetic_accepts_any_split_name():
+def test_entries_named_like_images_that_are_not_files_are_left_out_and_named(
+    tmp_path, folder, capsys
+):
+    """Hostile pass #95: a directory named `dir.jpg` and a looping link `loop.jpg` in a class
+    folder were handed to TensorFlow, which printed 18 lines of C++ logs. They are left out of
+    the data (TensorFlow never reads them), named in one warning."""
+    os.makedirs(os.path.join(folder, "train", "ant", "dir.jpg"))
+    os.symlink("loop.jpg", os.path.join(folder, "train", "bee", "loop.jpg"))
+    os.symlink("gone.png", os.path.join(folder, "val", "bee", "dangling.png"))
+    info = input_pipeline.prepare(_folder_config(str(tmp_path), folder, num_classes=2))
+    assert (info.num_train_examples, info.num_eval_examples) == (4, 2)
+    (warning,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: ")]
+    assert "3 entries of" in warning and "not a file (a folder, or a broken link)" in warning
+    for entry in ("train/ant/dir.jpg", "train/bee/loop.jpg", "val/bee/dangling.png"):
+        assert entry in warning
+
+
+@pytest.mark.parametrize(
+    ("field", "split", "accepted"),
+    [("eval_split", "test", True), ("eval_split", "validation", True),
+     ("eval_split", "bogus_split", False), ("eval_split", "train[:10]", False),
+     ("train_split", "train[:10]", False)],
+)  # fmt: skip
+def test_synthetic_data_accepts_only_the_split_names_its_pools_stand_for(field, split, accepted):
+    """Hostile pass #85: `--mode=eval --config.eval_split=bogus_split` on synthetic data was
+    accepted, and its numbers were labelled with a split that was never read."""
     config = default.get_config()
-    config.dataset, config.eval_split = "synthetic", "test"
-    assert input_pipeline.prepare(config).num_classes == config.num_classes
+    config.dataset, config[field] = "synthetic", split
+    if accepted:
+        assert input_pipeline.prepare(config).num_classes == config.num_classes
+    else:
+        with pytest.raises(ConfigError, match=rf"config\.{field}='{re.escape(split)}': synthetic"):
+            input_pipeline.prepare(config)
 
 
 # ---- 3. Undecodable files are named --------------------------------------------------------------

@@ -214,3 +214,43 @@ def test_a_sweep_dir_that_cannot_be_created_is_one_message_before_any_run(tmp_pa
     with pytest.raises(UserError, match=r"--sweep_dir=.* cannot be created \(File name too long"):
         sweep.run_sweep(None, [object()], str(bad), say=said.append)
     assert said == []
+
+
+def test_an_arm_changed_after_it_failed_before_any_checkpoint_starts_over(tmp_path):
+    """Hostile pass #72: an arm that diverged before its first checkpoint, fixed in the sweep
+    file and rerun, was refused by main.py as another experiment (its folder had to be removed
+    by hand). The earlier attempt is moved to set_aside/ (kept) and the arm starts over; an arm
+    with a checkpoint, or one whose config did not change, is left to main.py."""
+    from configs import default
+
+    said = []
+    old = default.get_config()
+    sweep_dir = str(tmp_path / "sweep")
+    workdir = os.path.join(sweep_dir, "lr", "seed_0")
+    rundir.make_workdir(workdir)
+    rundir.save_config(old, workdir)
+    (tmp_path / "sweep" / "lr" / "seed_0" / "metrics.jsonl").write_text('{"step": 1}\n')
+    run = sweep.Run("lr/seed_0", "lr", 0, workdir, "unused.log", (), old)
+    sweep._set_aside_if_changed(run, sweep_dir, said.append)  # unchanged: left alone
+    assert os.path.isdir(workdir)
+    assert said == []
+    new = default.get_config()
+    new.learning_rate = old.learning_rate / 10
+    changed = sweep.Run("lr/seed_0", "lr", 0, workdir, "unused.log", (), new)
+    step_dir = os.path.join(rundir.checkpoint_dir(workdir), "8")
+    os.makedirs(step_dir)
+    open(os.path.join(step_dir, rundir.COMMIT_MARKER), "w").close()
+    sweep._set_aside_if_changed(changed, sweep_dir, said.append)  # a checkpoint: left alone
+    assert os.path.isdir(step_dir)
+    assert said == []
+    os.remove(os.path.join(step_dir, rundir.COMMIT_MARKER))  # a save cut short: no checkpoint
+    for n in (1, 2):
+        sweep._set_aside_if_changed(changed, sweep_dir, said.append)
+        destination = os.path.join(sweep_dir, "set_aside", "lr.seed_0" + ("" if n == 1 else "-2"))
+        assert not os.path.exists(workdir)
+        assert {rundir.CONFIG_FILE, "metrics.jsonl"} <= set(os.listdir(destination))
+        assert f"learning_rate: {old.learning_rate!r} -> {new.learning_rate!r}" in said[-1]
+        assert f"moved to {destination}; starting it over." in said[-1]
+        rundir.make_workdir(workdir)  # the next attempt fails before a checkpoint as well
+        rundir.save_config(old, workdir)
+        open(os.path.join(workdir, "metrics.jsonl"), "w").close()
