@@ -25,6 +25,15 @@ def jax_cache_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache_in_process(jax_cache_dir):
+    """The same persistent cache for the tests' own compiles: a program built again by another
+    test (the same tiny step, a new jit) loads instead of compiling."""
+    from alexnet_jax.core import runtime
+
+    runtime.enable_compilation_cache(jax_cache_dir)
+
+
 # The environment of a subprocess run whose own program is compiled for a few steps only (cold
 # in the cache): its compile is the cost, and XLA's optimizations cost more than they save
 # (-4 CPU-s per run measured; the in-process twin is the `quick_compiles` fixture below).
