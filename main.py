@@ -96,6 +96,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with every mistake in the command line (an unknown or malformed
     --config.FIELD, a --config file that is missing or not a Python config) reported as one
     `error:` line and exit code 2 instead of a traceback."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # no absl chatter about a broken config file
     try:
         rest = flags.FLAGS(argv)
         _CONFIG.value.keys()  # a config file that failed to load raises here
@@ -106,10 +109,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _no_such_field(name.removeprefix("config."))
     except flags.Error as e:
         text = str(e)
+        if "Unexpected None value for flag config" in text:
+            text = (
+                "--config: its get_config() returned None; it must return an "
+                "ml_collections.ConfigDict (see configs/default.py)"
+            )
         if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
             lines = [line.strip() for line in text.splitlines() if line.strip(" .")]
             text = f"{text.split(': Error whilst', 1)[0]}: {lines[-1]}"
         _usage_error(f"{text.rstrip('.')}.")
+    except errors.UserError as e:  # configs/run.py: the run's config.json is missing or damaged
+        _usage_error(str(e))
     except Exception as e:  # the config file could not be loaded
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         what = f"{type(e).__name__}: {'; '.join(lines[:4]) or type(e).__name__}"
@@ -117,6 +127,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
             f"--config could not be loaded ({what}). It must be a Python file with a "
             "get_config() function, e.g. --config=configs/imagenet.py."
         )
+    absl_logging.set_verbosity(flags.FLAGS.verbosity)  # what --verbosity says (default: WARNING)
     return rest
 
 
@@ -136,12 +147,17 @@ def main(argv):
     from alexnet_jax.core.errors import reported_as_exit
     from alexnet_jax.train import config_lib
 
+    if _WORKDIR.value is not None and not _WORKDIR.value.strip():  # an unset shell variable
+        _usage_error("--workdir is empty: name a directory, or leave the flag out (runs/<config>).")
+    workdir = os.path.expanduser(_WORKDIR.value) if _WORKDIR.value else _default_workdir()
     runtime.quiet_native_logs()
+    with reported_as_exit():
+        runtime.check_xla_flags()
+        runtime.check_address_space()
     if _PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()  # before anything starts JAX's backends
     runtime.enable_compilation_cache()
     runtime.quiet_library_logs()
-    workdir = _WORKDIR.value or _default_workdir()
     with reported_as_exit(
         "Free disk space (or fix the permissions) or choose another --workdir / "
         "--config.data_dir, then rerun the same command: training resumes from the last "
@@ -158,6 +174,7 @@ def main(argv):
         from alexnet_jax.train import loop
 
         runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        runtime.start_backend()  # JAX_PLATFORMS naming a platform this machine lacks: one line
         if jax.process_index() != 0 and not _LOG_ALL_PROCESSES.value:
             console.show_progress(False)  # process 0 tells the progress
         console.info(f"workdir: {workdir}")

@@ -75,8 +75,10 @@ _BUDGET = flags.DEFINE_float(
 _VARIANT = flags.DEFINE_list("variant", ["paper", "one_tower", "torchvision"], "Model variants.")
 _DTYPE = flags.DEFINE_list("dtype", ["float32", "bfloat16"], "Computation (and input) dtypes.")
 _BATCH = flags.DEFINE_list("batch_size", ["128", "512"], "Global batch sizes.")
-_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed steps (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps after the first.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 20, "Timed steps (the median is reported).", lower_bound=1
+)
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps after the first.", lower_bound=0)
 _TORCH = flags.DEFINE_bool("torch", True, "Also time PyTorch (needs a CUDA PyTorch; --smoke: CPU).")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "Also time torch.compile'd PyTorch.")
 _LOOP = flags.DEFINE_bool("loop", True, "Also time the training loop.")

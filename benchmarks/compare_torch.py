@@ -45,8 +45,10 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _DTYPE = flags.DEFINE_enum(
     "dtype", "float32", common.DTYPES, "JAX computation dtype; PyTorch autocasts to it."
 )
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed rounds (medians are reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 10, "Timed rounds (medians are reported).", lower_bound=1
+)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.", lower_bound=0)
 _COMPILE = flags.DEFINE_bool("torch_compile", True, "Also time torch.compile'd PyTorch.")
 _CHANNELS_LAST = flags.DEFINE_bool("channels_last", True, "Also time PyTorch in channels_last.")
 _EVAL = flags.DEFINE_bool("eval", True, "Also compare inference.")

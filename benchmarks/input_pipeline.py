@@ -48,8 +48,10 @@ _IMAGE_SIDES = flags.DEFINE_list(
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1200, "Generated training images.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterator.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed trials (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Timed trials (the median is reported).", lower_bound=1
+)
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.", lower_bound=0)
 _AUGMENT_ON = flags.DEFINE_list(
     "augment_on", ["host"], "config.augment_on values to time (host, device), one row each."
 )

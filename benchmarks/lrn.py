@@ -27,8 +27,10 @@ import common
 
 _BATCH = flags.DEFINE_list("batch_size", ["32", "64"], "Batch sizes.")
 _LAYERS = flags.DEFINE_list("layers", ["conv1", "conv2"], "Activation shapes: conv1, conv2.")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed rounds (medians are reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 10, "Timed rounds (medians are reported).", lower_bound=1
+)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.", lower_bound=0)
 _AUTODIFF = flags.DEFINE_bool("autodiff", True, "Also time the formula under plain autodiff.")
 
 SHAPES = {"conv1": (55, 55, 96), "conv2": (27, 27, 256)}  # (H, W, C) after conv1 / conv2

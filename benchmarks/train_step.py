@@ -45,8 +45,10 @@ from alexnet_jax.core import runtime
 _VARIANT = flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants.")
 _DTYPE = flags.DEFINE_list("dtype", ["float32"], "Computation dtypes: float32, bfloat16.")
 _BATCH = flags.DEFINE_list("batch_size", ["64"], "Global batch sizes.")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 10, "Timed steps (the median is reported).", lower_bound=1
+)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
 _EVAL = flags.DEFINE_bool("eval", True, "Also time the eval (inference) step.")
 _COMPILE = flags.DEFINE_enum(
     "compile",

@@ -62,7 +62,8 @@ def test_a_checkpoint_whose_data_record_is_damaged_is_not_restored(tmp_path, cap
     checkpoint.wait(manager)
     manager.close()
     data = tmp_path / "checkpoints" / "8" / "data" / "metadata"
-    data.write_text(json.dumps({"examples_consumed": "lots"}))
+    damaged = {"examples_consumed": "lots"}  # (with a digest that matches: the type is checked)
+    data.write_text(json.dumps({**damaged, "digest": checkpoint._digest(8, damaged)}))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
     state, record = checkpoint.read_latest_checkpoint(str(tmp_path), target)
@@ -92,6 +93,11 @@ def test_a_plausible_edit_of_a_checkpoints_data_record_is_refused(tmp_path, caps
     np.testing.assert_array_equal(state["w"], np.full(3, 4, np.float32))
     assert record == {"examples_consumed": 32, "batch_size": 8}  # the digest is not handed on
     assert "its data record was edited" in " ".join(_warnings(capsys))
+    # Hostile pass 3, #18: the digest deleted as well. A record without one is refused too.
+    data.write_text(json.dumps({"examples_consumed": 72, "batch_size": 8}))
+    state, record = checkpoint.read_latest_checkpoint(str(tmp_path), target)
+    assert record == {"examples_consumed": 32, "batch_size": 8}
+    assert "its data record has no digest" in " ".join(_warnings(capsys))
 
 
 def test_a_run_that_lost_its_checkpoints_is_not_started_over(tmp_path):
@@ -165,6 +171,7 @@ def test_config_and_option_messages_are_one_line(tmp_path):
         (["benchmarks/input_pipeline.py", "--image_sides=abc"], "--image_sides must be two"),
         (["benchmarks/image_store.py", "--num_images=4"], "must be at least --batch_size=256"),
         (["benchmarks/accelerator.py", "--smoke", "--budget_s=-1"], "--budget_s=-1"),
+        (["benchmarks/train_step.py", "--repeats=0"], "--repeats=0"),  # pass 3, #86
     ],
 )
 def test_bad_values_of_the_tools_and_benchmarks_are_one_error_line(tmp_path, command, message):
@@ -224,7 +231,9 @@ def test_a_read_only_checkpoints_folder_is_one_message_at_start(tmp_path, monkey
     checkpoints = rundir.checkpoint_dir(str(tmp_path))
     os.makedirs(checkpoints)
     _as_if_read_only(monkeypatch, checkpoints)
-    with pytest.raises(DataError, match=r"Writing checkpoints in .* Permission denied \(errno 13\)"):
+    with pytest.raises(
+        DataError, match=r"Writing checkpoints in .* Permission denied \(errno 13\)"
+    ):
         checkpoint.checkpoint_manager(str(tmp_path), keep=1)
     assert os.listdir(checkpoints) == []
 
@@ -266,3 +275,194 @@ def test_mode_eval_of_a_read_only_run_prints_the_evaluation_and_records_nothing(
         "metrics.jsonl."
     ]
     assert sorted(os.listdir(workdir)) == before
+
+
+# ---- Hostile pass 3 (2026-12-05, 91 cases at cf65c6d) -------------------------------------------
+
+
+def test_eval_cadence_is_part_of_a_plateau_runs_experiment():
+    """#3: with schedule "plateau" the evaluations drive the learning rate, so another
+    eval_every_steps on resume changed the lr silently (1e-4 instead of 1e-5 from step 5). It is
+    a change of the experiment there (refused unless --allow_config_change); elsewhere not."""
+    config = default.get_config()
+    old = json.loads(config.to_json())
+    config.eval_every_steps = 4
+    assert rundir.config_changes(config, old) == []
+    config.schedule, old["schedule"] = "plateau", "plateau"
+    assert rundir.config_changes(config, old) == [("eval_every_steps", 0, 4)]
+
+
+def _started_run(tmp_path) -> str:
+    """A workdir as a run leaves it at its start: config.json, the history, run.json and a
+    committed checkpoint folder."""
+    workdir = str(tmp_path / "run")
+    rundir.record_start(default.get_config(), workdir, 0, [], {"dataset": "image_folder"})
+    step = os.path.join(rundir.checkpoint_dir(workdir), "4")
+    os.makedirs(step)
+    open(os.path.join(step, rundir.COMMIT_MARKER), "w").close()
+    return workdir
+
+
+def test_a_run_json_without_the_data_identity_is_refused_like_a_missing_one(tmp_path):
+    """#24: run.json emptied to {} switched the data check off: a renamed class folder (every
+    label shifted) was accepted without a word."""
+    workdir = _started_run(tmp_path)
+    (tmp_path / "run" / rundir.RUN_FILE).write_text("{}")
+    with pytest.raises(DataError, match=r"holds checkpoints .* but no data identity in run\.json"):
+        rundir.check_dataset(workdir, {"dataset": "image_folder", "classes": ["b", "a"]})
+    rundir.check_dataset(workdir, {"dataset": "image_folder"}, allow_change=True)
+
+
+def test_a_hand_edited_config_json_is_refused(tmp_path):
+    """#27: config.json edited by hand (normalization) was trusted: --mode=eval scored 14.55
+    instead of 0.79, and a resume was accepted with nothing in the history. Each start records
+    the config's digest; a config.json that differs from it is refused by every reader."""
+    workdir = _started_run(tmp_path)
+    assert rundir.read_config_dict(workdir)["normalization"] == "mean_std"
+    path = tmp_path / "run" / rundir.CONFIG_FILE
+    path.write_text(path.read_text().replace('"mean_std"', '"mean"'))
+    with pytest.raises(
+        DataError, match="not the config the run recorded when it started at step 0"
+    ):
+        rundir.read_config_dict(workdir)
+    with pytest.raises(DataError, match="edited by hand"):
+        config_lib.load_config(workdir)
+
+
+def test_a_record_appended_after_a_cut_off_line_is_kept(tmp_path, capsys):
+    """#29: a cut-off last line of config_history.jsonl swallowed the next entry (the new
+    "finished" record was glued onto it and lost to every reader). The fragment is dropped, with
+    a warning, and the record is a whole line."""
+    path = tmp_path / rundir.HISTORY_FILE
+    path.write_text('{"step": 0, "event": "start"}\n{"step": 4, "time": "2026-12-05 05:3')
+    rundir.append_jsonl(str(path), {"step": 8, "event": "finished"})
+    assert rundir.read_jsonl(str(path)) == [
+        {"step": 0, "event": "start"}, {"step": 8, "event": "finished"}
+    ]  # fmt: skip
+    assert "its last line was cut off (36 bytes); dropped." in _warnings(capsys)[0]
+
+
+def test_a_figure_that_cannot_be_written_keeps_the_earlier_one_and_names_it(tmp_path):
+    """#70, #71: on a full disk figures and compare truncated the good PNGs they were replacing,
+    and the error named no file. Figures, tables and curves are written whole or not at all (a
+    temporary file renamed), and the error names the file."""
+    from matplotlib.figure import Figure
+
+    from alexnet_jax.runs import plots
+
+    path = tmp_path / "comparison.png"
+    path.write_bytes(b"the earlier, good figure")
+    os.makedirs(f"{path}.tmp-{os.getpid()}")  # the temporary file cannot be written
+    with pytest.raises(OSError) as failed:
+        plots.save_figure(Figure(), str(path))
+    assert failed.value.filename.startswith(str(path))  # (its temporary file)
+    assert path.read_bytes() == b"the earlier, good figure"
+
+
+def test_a_tool_does_not_write_over_a_runs_own_records(tmp_path):
+    """#79, #87: `compare --out=<run>/training_curves` replaced the run's curves, and
+    `benchmarks/train_step.py --json=<run>/config.json` its config (the run's identity: every
+    tool then refused the run). Both are refused in one line; the files are kept."""
+    from tests.conftest import write_tiny_run
+
+    run = write_tiny_run(str(tmp_path))
+    config = (tmp_path / "run" / rundir.CONFIG_FILE).read_text()
+    with pytest.raises(UserError, match=r"--out=.*training_curves\.png would replace the run's"):
+        rundir.refuse_run_file(os.path.join(run, rundir.CURVES_FILE), "--out")
+    rundir.refuse_run_file(os.path.join(run, "comparison.png"), "--out")  # a file of its own
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", f"--json={run}/config.json", "--repeats=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        f"error: --json={run}/config.json would replace the run's own config.json in {run}: "
+        "choose another file name or folder."
+    ]
+    assert (tmp_path / "run" / rundir.CONFIG_FILE).read_text() == config
+
+
+def test_allow_config_change_cannot_continue_a_run_as_another_network(tmp_path):
+    """#5: --allow_config_change with another num_classes failed in the restore with three lines
+    of Orbax's advice (`strict=False` in ArrayRestoreArgs...). Refused before anything is built,
+    in one message naming the field."""
+    workdir = _started_run(tmp_path)
+    config = default.get_config()
+    config.num_classes = 5
+    with pytest.raises(ConfigError, match=r"num_classes: 4 -> 5 changes the shapes"):
+        rundir.check_resume(config, workdir, allow_change=True)
+    config.num_classes, config.learning_rate = 4, 0.02
+    assert rundir.check_resume(config, workdir, allow_change=True) == [
+        ("learning_rate", 0.01, 0.02)
+    ]
+
+
+def test_the_benchmarks_build_a_valid_config_for_every_variant():
+    """#85: `benchmarks/train_step.py --variant=cifar4` always failed ("dropout_rate must be 0.0
+    for variant 'cifar4'"), and the benchmark has no flag for it."""
+    sys.path.insert(0, REPO)
+    from alexnet_jax.model import models
+    from benchmarks import common
+
+    for variant in models.REGISTRY:
+        assert common.bench_config(variant, 8, "float32").variant == variant
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (MemoryError(), "error: out of memory. Free memory, raise the process's limit"),
+        (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 607083780 bytes."),
+         "error: out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 607083780 bytes). "),
+        (ImportError("_tensorstore.so: failed to map segment from shared object"),
+         "error: out of memory while loading a library (_tensorstore.so: failed to map segment"),
+        (ImportError("No module named 'optax'"),
+         "error: a library cannot be loaded (No module named 'optax'): install the requirements"),
+    ],
+)  # fmt: skip
+def test_running_out_of_memory_is_one_line(capsys, error, line):
+    """#72: under a small `ulimit -v` a run ended in a 29-line ImportError traceback, or was told
+    "could not write: RESOURCE_EXHAUSTED: Out of memory ... Free disk space" (XLA's out of memory
+    taken for a full disk). One line saying what ran out and what to do, exit code 2. (A C++
+    std::bad_alloc abort inside XLA stays out of reach: it ends the process before Python.)"""
+    from alexnet_jax.core import errors
+
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        raise error
+    assert exited.value.code == 2
+    (printed,) = capsys.readouterr().err.splitlines()
+    assert printed.startswith(line)
+
+
+def test_too_small_an_address_space_limit_is_one_line_before_jax_starts():
+    """#72: under `ulimit -v` of 1.0-1.4 GB XLA aborted in C++ (std::bad_alloc, a crash dump),
+    at 1.6-1.8 GB it hung. main.py checks the limit first: one line, exit 2."""
+    script = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1000 * 2**20,) * 2); "
+    script += "import os, sys; os.execv(sys.executable, [sys.executable, 'main.py', '--mode=eval'])"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        "error: the process may use 1000 MB of address space (ulimit -v), too little for JAX and "
+        "TensorFlow to start (at least 2048 MB; they reserve more than they use): raise it, e.g. "
+        "ulimit -v unlimited."
+    ]
+
+
+def test_config_rules_found_in_pass_3_name_the_field():
+    """#61-#63: bias_one NaN or 1e30 trained a step, then diverged naming no field; an empty
+    synthetic evaluation set was found only after training; num_classes=1 trained a net with no
+    gradient and reported 0% error. Each is refused at start naming the field; and #9: on a
+    device count that does not divide the batch, the remedy works for a resumed run too."""
+    for field, value in (("bias_one", float("nan")), ("bias_one", 1e30), ("num_classes", 1),
+                         ("synthetic_eval_examples", 0)):  # fmt: skip
+        config = default.get_config()
+        config.dataset = "synthetic"
+        config[field] = value
+        with pytest.raises(ConfigError, match=rf"^config\.{field} must be"):
+            config_lib.validate_config(config)
+    config = default.get_config()
+    config.batch_size = 8
+    with pytest.raises(ConfigError, match="resume it on a device count that divides 8, or change"):
+        config_lib.validate_config(config, num_devices=3)

@@ -38,8 +38,21 @@ class _ConsoleHandler(logging.Handler):
                 stream = sys.stdout
             stream.write(text + "\n")
             stream.flush()
+        except BrokenPipeError:  # `python main.py | head`: the reader left; the run goes on
+            _discard_the_rest(stream)
         except Exception:
             self.handleError(record)
+
+
+def _discard_the_rest(stream) -> None:
+    """From now on what goes to `stream`'s file descriptor is dropped (/dev/null behind it), so
+    neither these lines nor Python's final flush raise BrokenPipeError again."""
+    import os
+
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _logger() -> logging.Logger:

@@ -57,11 +57,16 @@ def is_storage_error(error: BaseException, *, any_os_error: bool = True) -> bool
     a read-only or forbidden path) counts, so that a missing input file is not called a failed
     write.
     """
-    if isinstance(error, UserError):
+    if isinstance(error, UserError) or _is_out_of_memory(error):
         return False
     if isinstance(error, OSError):
         return any_os_error or error.errno in _STORAGE_ERRNOS
     return isinstance(error, Exception) and bool(_STORAGE_STATUS.search(str(error)))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """XLA's RESOURCE_EXHAUSTED for memory (host or accelerator), which is no failed write."""
+    return "Out of memory" in str(error) or "out of memory" in str(error).lower()[:200]
 
 
 @contextlib.contextmanager
@@ -148,7 +153,21 @@ def reported_as_exit(
         _exit(f"interrupted: {e}", 130)
     except KeyboardInterrupt:  # a Ctrl-C outside a training loop, or a second one during a save
         _exit(f"interrupted: {CTRL_C}", 130)
+    except MemoryError:
+        _exit(f"error: out of memory. {_MEMORY_ADVICE}", 2)
+    except ImportError as e:  # a library that cannot load: missing, or no memory to map it
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if "allocate memory" in reason or "map segment" in reason:
+            _exit(f"error: out of memory while loading a library ({reason}). {_MEMORY_ADVICE}", 2)
+        _exit(
+            f"error: a library cannot be loaded ({reason}): install the requirements "
+            "(pip install -r requirements.txt) in the Python that runs this.",
+            2,
+        )
     except Exception as e:
+        if _is_out_of_memory(e):
+            reason = str(e).strip().splitlines()[0][:300]
+            _exit(f"error: out of memory ({reason.rstrip('.')}). {_MEMORY_ADVICE}", 2)
         if not is_storage_error(e, any_os_error=False):
             raise
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
@@ -156,84 +175,95 @@ def reported_as_exit(
         _exit(f"error: could not write{where}: {reason}. {write_advice}", 2)
 
 
+_MEMORY_ADVICE = (
+    "Free memory, raise the process's limit (ulimit -v), or lower config.batch_size / "
+    "config.shuffle_buffer_size."
+)
 CTRL_C = "stopped by Ctrl-C; what was saved before is intact (rerun the same command to resume)."
+SIGTERM = "stopped by SIGTERM; what was saved before is intact (rerun the same command to resume)."
 
 
 class _CtrlC(SystemExit):
-    """The exit of a first Ctrl-C (exit_on_ctrl_c)."""
+    """The exit of a first Ctrl-C (or SIGTERM) (exit_on_ctrl_c): code 128 + the signal."""
 
 
-def exit_on_ctrl_c() -> None:
+def exit_on_ctrl_c(sigterm: bool = False) -> None:
     """From now on a Ctrl-C ends the process with one `interrupted:` line and exit code 130,
     whatever it is doing (importing, building the data, compiling): the first unwinds the
-    program (its `finally` blocks close files and release the run's lock), a second one while
-    that runs exits at once. A training loop takes SIGINT over to save first
-    (checkpoint.PreemptionWatcher) and gives it back after.
+    program (its `finally` blocks close files, remove temporary ones and release the run's
+    lock), a second one while that runs exits at once. With `sigterm` (the tools) a SIGTERM does
+    the same with a `terminated:` line and exit code 143. A training loop takes the signals over
+    to save first (checkpoint.PreemptionWatcher) and gives them back after.
 
     An exception raised where Python cannot pass it on is not raised there: during an import (a
-    C extension's initialisation turns it into an ImportError) the Ctrl-C waits for the import
+    C extension's initialisation turns it into an ImportError) the signal waits for the import
     to end; in a garbage-collector callback or a `__del__` (JAX registers one), where Python
     drops it and the program went on, it is raised again at the program's next line.
     """
+    signals = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
     resend = []
 
     def at_once(signum, frame):
-        os._exit(130)
+        os._exit(128 + signum)
 
-    def again_soon():  # from a thread: the main thread handles it at its next line
+    def again_soon(signum):  # from a thread: the main thread handles it at its next line
         if not resend or not resend[-1].is_alive():
-            resend.append(threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)))
+            resend.append(threading.Timer(0.05, os.kill, (os.getpid(), signum)))
             resend[-1].start()
 
     def unwind(signum, frame):
         if _importing(frame):
-            again_soon()
+            again_soon(signum)
             return
-        signal.signal(signal.SIGINT, at_once)
-        stop_now()
+        for each in signals:
+            signal.signal(each, at_once)
+        stop_now(signum)
 
     previous_hook = sys.unraisablehook
 
     def dropped(unraisable):
         if isinstance(unraisable.exc_value, _CtrlC):
-            signal.signal(signal.SIGINT, unwind)
-            again_soon()
+            for each in signals:
+                signal.signal(each, unwind)
+            again_soon(unraisable.exc_value.code - 128)
         else:
             previous_hook(unraisable)
 
     sys.unraisablehook = dropped
-    signal.signal(signal.SIGINT, unwind)
+    for each in signals:
+        signal.signal(each, unwind)
 
 
 _told = []
 
 
-def stop_now() -> None:
-    """Ends the process for a Ctrl-C: one `interrupted:` line (once), exit code 130, unwinding
-    (a SystemExit: `finally` blocks run; exit_on_ctrl_c raises it again if Python drops it)."""
+def stop_now(signum: int = signal.SIGINT) -> None:
+    """Ends the process for a Ctrl-C (or SIGTERM): one `interrupted:` (`terminated:`) line
+    (once), exit code 128 + signum, unwinding (a SystemExit: `finally` blocks run;
+    exit_on_ctrl_c raises it again if Python drops it)."""
     if not _told:
         _told.append(True)
-        print(f"interrupted: {CTRL_C}", file=sys.stderr, flush=True)
-        _cancel_timers_at_exit()
-    raise _CtrlC(130)
+        line = f"interrupted: {CTRL_C}" if signum == signal.SIGINT else f"terminated: {SIGTERM}"
+        print(line, file=sys.stderr, flush=True)
+        _exit_without_finalizing(128 + signum)
+    raise _CtrlC(128 + signum)
 
 
-def _cancel_timers_at_exit() -> None:
-    """A Ctrl-C between a library's `Timer.start()` and its `try: ... finally: t.cancel()` (JAX's
-    backend start-up warning) left the timer running, and the interpreter waited for it at exit:
-    60 s, then the warning. At exit, before Python waits for its threads, pending timers are
-    cancelled (other threads, an asynchronous checkpoint save, are still waited for)."""
+def _exit_without_finalizing(code: int) -> None:
+    """Once the unwinding is done, the process ends with `code` before Python waits for its
+    threads and tears down its modules: a library's timer the signal left running (JAX's 60 s
+    backend start-up warning, started just before its try/finally) kept the exit waiting, and a
+    native thread still at work during the teardown crashed it (a segmentation fault, once)."""
 
-    def cancel():
-        for thread in threading.enumerate():
-            if isinstance(thread, threading.Timer):
-                thread.cancel()
+    def end():
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
     register = getattr(threading, "_register_atexit", None)  # runs before threads are joined
-    try:
-        register(cancel)
-    except (TypeError, RuntimeError):  # no such hook, or already shutting down
-        cancel()
+    with contextlib.suppress(TypeError, RuntimeError):  # no such hook, or shutting down already
+        register(end)
 
 
 def _importing(frame) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 import jax
 
 from alexnet_jax.core import console
-from alexnet_jax.core.errors import ConfigError, is_storage_error
+from alexnet_jax.core.errors import ConfigError, UserError, is_storage_error
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
 
@@ -98,6 +98,49 @@ def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
     added = [flag for flag in flags if flag.split("=", 1)[0] not in names]
     os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return os.environ["XLA_FLAGS"]
+
+
+def check_xla_flags() -> None:
+    """UserError for an XLA_FLAGS value with a word that is not a flag (XLA reads such a value
+    as a file name and aborts)."""
+    words = [w for w in os.environ.get("XLA_FLAGS", "").split() if not w.startswith("--")]
+    if words:
+        raise UserError(
+            f"XLA_FLAGS holds {words[0]!r}, which is not a flag (XLA's flags read "
+            "--name=value): fix or unset XLA_FLAGS."
+        )
+
+
+_MIN_ADDRESS_SPACE = 2048 * 2**20  # below it JAX aborted in C++ (std::bad_alloc) or hung
+
+
+def check_address_space() -> None:
+    """UserError when the process's address-space limit (ulimit -v) is too small for JAX and
+    TensorFlow to start: below it XLA aborts in C++ (a crash dump, no Python error to report)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY and limit < _MIN_ADDRESS_SPACE:
+        raise UserError(
+            f"the process may use {limit // 2**20} MB of address space (ulimit -v), too little "
+            f"for JAX and TensorFlow to start (at least {_MIN_ADDRESS_SPACE // 2**20} MB; they "
+            "reserve more than they use): raise it, e.g. ulimit -v unlimited."
+        )
+
+
+def start_backend() -> None:
+    """Starts JAX's backends (after initialize_distributed); UserError naming JAX_PLATFORMS when
+    none of the platforms asked for can start (a GPU or TPU this machine or install lacks)."""
+    try:
+        jax.devices()
+    except RuntimeError as e:
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        asked = f"JAX_PLATFORMS={platforms!r} asks for" if platforms else "JAX asked for"
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{asked} a platform that cannot start here ({reason}): unset JAX_PLATFORMS (JAX "
+            "then uses what it finds), or install JAX for that platform (README, 'Speed')."
+        ) from None
 
 
 _tensorflow_hidden = threading.Event()

@@ -79,7 +79,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax.data import data_sources, image_store, imagenet_stats, preprocessing
+from alexnet_jax.data import augment, data_sources, image_store, imagenet_stats, preprocessing
 from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import ConfigError, DataError
 from alexnet_jax.data.recipe import Recipe
@@ -429,18 +429,42 @@ def _synthetic_train_batches(config, batch_size: int, local_position: int, proce
         step += 1
 
 
-def _synthetic_eval_batches(
-    config, batch_size: int, num_examples: int, num_batches: int, process_index: int
-):
-    """num_batches synthetic eval batches whose masks cover exactly num_examples examples."""
-    size, crops = int(config.input_size), int(config.eval_crops)
-    shape = (batch_size, crops, size, size, 3)
-    if config.augment_on == "device" and crops == 10:  # the squares the views are cut from
-        shape = (batch_size, int(config.resize_size), int(config.resize_size), 3)
-    images, labels = _synthetic_pool(config, shape, 1, process_index, salt=1)
-    for b in range(num_batches):
+_SYNTHETIC_EVAL_POOL = 8  # distinct synthetic evaluation examples; example i is entry i mod 8
+
+
+def _synthetic_eval_pool(config) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic evaluation examples as an eval batch holds them: (views, labels [K]).
+
+    Random uint8 squares seeded by config.seed alone, cut and normalized as real data is (the
+    center view or the ten views; normalized on the host, or left uint8 for the device), so an
+    evaluation gives the same numbers whatever the eval batch size, process count or augment_on.
+    """
+    recipe = Recipe.from_config(config)
+    rng = np.random.default_rng([int(config.seed), 1])
+    side, size = recipe.resize_size, recipe.input_size
+    squares = rng.integers(0, 256, (_SYNTHETIC_EVAL_POOL, side, side, 3), dtype=np.uint8)
+    labels = rng.integers(0, int(config.num_classes), _SYNTHETIC_EVAL_POOL, dtype=np.int32)
+    on_device = recipe.augment_on == "device"
+    if recipe.eval_crops == 10:
+        views = squares if on_device else np.asarray(augment.ten_views(squares, recipe))
+    else:
+        top = (side - size) // 2  # the center view (center_crop's offsets)
+        views = squares[:, None, top : top + size, top : top + size]
+    if not on_device:
+        if recipe.normalization == "mean_image":  # synthetic data has no mean image
+            recipe = dataclasses.replace(recipe, normalization="mean")
+        views = np.asarray(augment.normalize(views, recipe))
+    return views, labels
+
+
+def _synthetic_eval_batches(config, batch_size: int, first: int, num_examples: int, batches: int):
+    """`batches` batches of examples first, first + 1, ... whose masks cover exactly
+    `num_examples` of them (this host's part of the synthetic evaluation set)."""
+    views, labels = _synthetic_eval_pool(config)
+    for b in range(batches):
+        index = (first + b * batch_size + np.arange(batch_size)) % _SYNTHETIC_EVAL_POOL
         mask = np.arange(b * batch_size, (b + 1) * batch_size) < num_examples
-        yield {"image": images[0], "label": labels[0], "mask": mask}
+        yield {"image": views[index], "label": labels[index], "mask": mask}
 
 
 # ---- Iterators ----------------------------------------------------------------------------------
@@ -646,7 +670,11 @@ def create_eval_iterator(
         num_batches = math.ceil(max(sizes) / local_batch_size)
         return EvalIterable(
             lambda: _synthetic_eval_batches(
-                config, local_batch_size, sizes[process_index], num_batches, process_index
+                config,
+                local_batch_size,
+                sum(sizes[:process_index]),
+                sizes[process_index],
+                num_batches,
             ),
             sizes[process_index],
             num_batches,

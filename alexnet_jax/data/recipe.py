@@ -133,7 +133,23 @@ RULES = (
         lambda c: c.dataset != "image_folder" or bool(str(c.image_folder).strip()),
     ),
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
-    rules.positive_int("num_classes"),
+    rules.Rule(  # one output learns nothing: its softmax is 1 whatever the input
+        "num_classes", "an integer >= 2", lambda c: rules.is_int(c.num_classes) and c.num_classes >= 2
+    ),
+    rules.Rule(
+        "synthetic_eval_examples",
+        "a positive integer (synthetic data: the evaluation set's size)",
+        lambda c: c.dataset != "synthetic" or (
+            rules.is_int(c.synthetic_eval_examples) and c.synthetic_eval_examples >= 1
+        ),
+    ),
+    rules.Rule(
+        "synthetic_train_examples",
+        "a positive integer (synthetic data: the examples of an epoch)",
+        lambda c: c.dataset != "synthetic" or (
+            rules.is_int(c.synthetic_train_examples) and c.synthetic_train_examples >= 1
+        ),
+    ),
     rules.number_at_least("pca_lighting_std", 0),
     rules.Rule(
         "pca_lighting_stop_epoch",

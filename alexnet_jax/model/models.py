@@ -220,6 +220,11 @@ RULES = (
         lambda c: f"{_net(c).input_size_problem(c.input_size)} for variant {c.variant!r}",
         lambda c: _net(c).input_size_problem(c.input_size) is None,
     ),
+    rules.Rule(  # (1e30 or NaN trained one step, then diverged with no field named)
+        "bias_one",
+        "a number in [-10, 10] (the paper's 1, Caffe's 0.1)",
+        lambda c: rules.is_number(c.bias_one) and abs(c.bias_one) <= 10,
+    ),
     rules.Rule(
         "dropout_rate",
         "in [0, 1)",

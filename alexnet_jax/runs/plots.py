@@ -10,6 +10,7 @@ The run's files are read through rundir.py.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -92,5 +93,12 @@ def plot_training_curves(workdir: str, out_path: str | None = None) -> str:
     fig.suptitle(os.path.basename(os.path.normpath(workdir)) + (f" ({details})" if details else ""))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path, dpi=DPI)
+    save_figure(fig, out_path)
     return out_path
+
+
+def save_figure(fig, path: str) -> None:
+    """Saves `fig` as a PNG at `path` whole or not at all (rundir.write_atomically)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    rundir.write_atomically(path, buffer.getvalue())

@@ -24,6 +24,7 @@ refused with the list of differences (`check_resume`), unless the user continues
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 CHECKPOINTS = "checkpoints"
+DAMAGED_CHECKPOINTS = "damaged_checkpoints"  # beside checkpoints/: the steps a run set aside
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into a step folder before committing it
 MEAN_IMAGE_FILE = "mean_image.npy"  # normalization "mean_image": the mean the run subtracts
 
@@ -124,6 +126,22 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, RUN_FILE, LOCK_FILE, METRICS_FILE, CURVES_FILE,
+             MEAN_IMAGE_FILE)  # fmt: skip
+
+
+def refuse_run_file(path: str, flag: str) -> None:
+    """UserError when a tool's output `path` (given as `flag`) is one of a run's own records in a
+    run directory (a comparison's curves over training_curves.png, a benchmark's JSON over
+    config.json, the run's identity): those belong to main.py."""
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    if os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+        raise UserError(
+            f"{flag}={path} would replace the run's own {os.path.basename(path)} in {folder}: "
+            "choose another file name or folder."
+        )
+
+
 def check_is_directory(workdir: str) -> None:
     """DataError when `workdir` exists and is not a directory, or holds a directory (or other
     non-file) under the name of one of a run's files, or a file named like its checkpoints."""
@@ -138,11 +156,21 @@ def check_is_directory(workdir: str) -> None:
                 f"{path} is not a file (a directory?), but a run writes its {name} there: move "
                 "it out of the way, or choose another --workdir."
             )
-    path = checkpoint_dir(workdir)
-    if os.path.lexists(path) and not os.path.isdir(path):
+    for name, what in ((CHECKPOINTS, "its checkpoints"), (DAMAGED_CHECKPOINTS, "damaged ones")):
+        path = os.path.join(workdir, name)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise DataError(
+                f"{path} is not a directory, but a run keeps {what} there: move it out of the "
+                "way, or choose another --workdir."
+            )
+    folder = checkpoint_dir(workdir)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    links = sorted(n for n in names if os.path.islink(os.path.join(folder, n)))
+    if links:  # Orbax moves and deletes them as its own folders
         raise DataError(
-            f"{path} is not a directory, but a run keeps its checkpoints there: move it out of "
-            "the way, or choose another --workdir."
+            f"{os.path.join(folder, links[0])} is a link, but a run's checkpoint folders must be "
+            "its own (they are replaced and deleted as it trains): replace the link with a copy "
+            "of the folder it points to, or move it out of the way."
         )
 
 
@@ -163,12 +191,14 @@ def _named(path: str) -> Iterator[None]:
         raise OSError(e.errno, e.strerror, path) from e
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: never half a file."""
+def write_atomically(path: str, data: str | bytes) -> None:
+    """Writes `data` to `path` through a temporary file and a rename: never half a file, and an
+    earlier file at `path` stays whole when the write fails (a full disk); the OSError names
+    `path`."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with _named(path), open(tmp, "w") as f:
-            f.write(text)
+        with _named(path), open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -203,7 +233,7 @@ def _is_alive(holder: dict) -> bool | None:
 
 
 @contextlib.contextmanager
-def exclusive(workdir: str) -> Iterator[None]:
+def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
     """Holds the run's lock while the block writes to it (process 0; the other processes of a
     multi-host run write only their checkpoint shards).
 
@@ -228,7 +258,7 @@ def exclusive(workdir: str) -> Iterator[None]:
             try:
                 _link_or_create(mine, path, me)
             except FileExistsError:
-                _take_over_if_stale(path, workdir)
+                _take_over_if_stale(path, workdir, flag)
                 continue
             break
     finally:
@@ -253,7 +283,7 @@ def _link_or_create(source: str, path: str, contents: dict) -> None:
             json.dump(contents, f)
 
 
-def _take_over_if_stale(path: str, workdir: str) -> None:
+def _take_over_if_stale(path: str, workdir: str, flag: str) -> None:
     """Removes the lock file of a dead holder (with a warning); UserError for a live one."""
     try:
         with open(path) as f:
@@ -277,8 +307,8 @@ def _take_over_if_stale(path: str, workdir: str) -> None:
         else f"if that process is gone, delete {path}"
     )
     raise UserError(
-        f"{workdir} is in use by {who}: one run writes a workdir at a time. Use another "
-        f"--workdir, or {how}."
+        f"{workdir} is in use by {who}: one process writes a {flag[2:]} at a time. Use another "
+        f"{flag}, or {how}."
     )
 
 
@@ -316,6 +346,13 @@ def check_resume(
         return []
     _refuse_lost_checkpoints(workdir, allow_change)
     changed = config_changes(config, old)
+    reshaped = [c for c in changed if c[0] in SHAPE_FIELDS]
+    if reshaped and allow_change and saved_steps(workdir):
+        raise ConfigError(
+            f"{workdir} holds checkpoints of another network: {_describe(reshaped)} changes the "
+            "shapes of its parameters, which --allow_config_change cannot continue. Start a new "
+            "run in another --workdir."
+        )
     if changed and not allow_change:
         raise ConfigError(
             f"{workdir} holds a run with another config; resuming it with this one would mix two "
@@ -327,11 +364,18 @@ def check_resume(
     return changed
 
 
+SHAPE_FIELDS = ("variant", "num_classes", "width")  # a checkpoint cannot be resumed across them
+
+
 def config_changes(config: ml_collections.ConfigDict, old: dict) -> list[tuple]:
     """(field, old, new) for each difference between `config` and a run's config.json `old`
-    that changes the experiment (not the RESUMABLE_FIELDS)."""
+    that changes the experiment (not the RESUMABLE_FIELDS; eval_every_steps does with the
+    "plateau" schedule, whose learning rate the evaluations drive)."""
     new = _as_json(config)
-    changed = _differences(old, new, ignore=RESUMABLE_FIELDS)
+    resumable = RESUMABLE_FIELDS
+    if "plateau" in (old.get("schedule"), new.get("schedule")):
+        resumable = resumable - {"eval_every_steps"}
+    changed = _differences(old, new, ignore=resumable)
     return changed + [  # moving these is a location change; turning them on or off is not
         (field, old[field], new[field])
         for field in ORDER_FIELDS
@@ -343,12 +387,13 @@ def apply_eval_overrides(
     config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
 ) -> ml_collections.ConfigDict:
     """The run's own `config` with the command line's `overrides` of what is evaluated
-    (EVAL_FIELDS); an override of any other field that differs from the run is refused."""
+    (EVAL_FIELDS); the training's cadence and length (RESUMABLE_FIELDS) change nothing evaluated
+    and are ignored; an override of any other field that differs from the run is refused."""
     overrides = dict(overrides or {})
     refused = _differences(
         {k: v for k, v in _as_json(config).items() if k in overrides},
         json.loads(json.dumps(overrides, default=list)),
-        ignore=EVAL_FIELDS,
+        ignore=EVAL_FIELDS | RESUMABLE_FIELDS,
     )
     if refused:
         raise ConfigError(
@@ -383,6 +428,7 @@ def record_start(
         "host": socket.gethostname(),
         "event": "start" if previous is None else "resume",
         "changed": {f: {"old": old, "new": new} for f, old, new in resumable},
+        "config_digest": _config_digest(_as_json(config)),
     }
     if changes:
         entry["allowed_config_change"] = True
@@ -391,7 +437,7 @@ def record_start(
     save_config(config, workdir)
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
     if dataset is not None and read_run_record(workdir) is None:
-        _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
+        write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
 
 # Fields that lengthen a finished run: main.py trains on when they change (is_finished).
@@ -499,7 +545,8 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> No
     if record is None:
         _refuse_unrecorded(workdir, RUN_FILE, "data", allow_change)
         return
-    if "dataset" not in record:
+    if "dataset" not in record:  # emptied by hand: as good as missing
+        _refuse_unrecorded(workdir, f"data identity in {RUN_FILE}", "data", allow_change)
         return
     old = record["dataset"]
     new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
@@ -520,7 +567,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     read the run."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        _write_atomically(config_path(workdir), config.to_json(indent=2))
+        write_atomically(config_path(workdir), config.to_json(indent=2))
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -533,18 +580,44 @@ def _read_json(path: str, what: str) -> Any:
 
 
 def read_config_dict(workdir: str) -> dict[str, Any] | None:
-    """The run's config.json as a plain dict, or None when the run has none."""
+    """The run's config.json as a plain dict, or None when the run has none. DataError when it
+    is damaged, or differs from the config the run recorded at its last start (its digest in
+    config_history.jsonl): edited by hand, or copied from another run."""
     path = config_path(workdir)
     if not os.path.exists(path):
         return None
     config = _read_json(
         path,
-        "the JSON config main.py writes. Restore it from a copy (or from config_history.jsonl), "
-        "or start a new run in another --workdir",
+        "the JSON config main.py writes. Restore it from a copy of the run, or start a new run "
+        "in another --workdir",
     )
     if not isinstance(config, dict):
         raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    recorded = _recorded_config_digest(workdir)
+    if recorded is not None and recorded[1] != _config_digest(config):
+        raise DataError(
+            f"{path} is not the config the run recorded when it started at step {recorded[0]} "
+            f"({HISTORY_FILE} holds its digest): it was edited by hand or copied from another "
+            "run, so its checkpoints would be read (or resumed) with another config. Restore it "
+            "from a copy of the run, or start a new run in another --workdir; to change a field "
+            "of a run on purpose, give it on the command line with --allow_config_change."
+        )
     return {**ADDED_FIELDS, **config}
+
+
+def _config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recorded_config_digest(workdir: str) -> tuple[int, str] | None:
+    """(step, digest) of the config the run's last start or resume wrote (None: no history, or
+    one written before the digests)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    history = read_jsonl(path, warn=False) if os.path.exists(path) else []
+    starts = [r for r in history if r.get("event") in ("start", "resume")]
+    if not starts or not isinstance(starts[-1].get("config_digest"), str):
+        return None
+    return starts[-1]["step"], starts[-1]["config_digest"]
 
 
 # ---- Metrics ---------------------------------------------------------------------------------
@@ -579,6 +652,7 @@ def append_jsonl(path: str, record: dict) -> None:
     """Appends one whole line: one write call, and a write that fails part-way is cut back off,
     so a reader never meets half a line from this process."""
     line = (json.dumps(record) + "\n").encode()
+    _cut_off_partial_line(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -595,9 +669,31 @@ def append_jsonl(path: str, record: dict) -> None:
         os.close(fd)
 
 
+def _cut_off_partial_line(path: str) -> None:
+    """A last line without its newline (a write cut short by a crash or a full disk) is cut off,
+    with a warning, so that the next record starts a line of its own instead of being glued to
+    it (and lost to every reader)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    except FileNotFoundError:
+        return
+    if tail.endswith(b"\n"):
+        return
+    keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+    with _named(path):
+        os.truncate(path, keep)
+    console.warning(f"{path}: its last line was cut off ({size - keep} bytes); dropped.")
+
+
 def rewrite_jsonl(path: str, records: list[dict]) -> None:
     """Replaces a .jsonl file's records (atomically)."""
-    _write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 # metrics.jsonl's metric names. A run reports error rates, as the paper does: "top1_error" and
@@ -688,7 +784,7 @@ def write_sweep_plan(sweep_dir: str, plan: dict) -> None:
     """Writes `sweep_dir/sweep.json` (atomically); paths in it are relative to `sweep_dir`, so a
     copied sweep directory reads the same anywhere."""
     errors.make_directory(sweep_dir, "--sweep_dir")
-    _write_atomically(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(plan, indent=2) + "\n")
+    write_atomically(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(plan, indent=2) + "\n")
 
 
 def read_sweep_plan(sweep_dir: str) -> dict | None:
@@ -713,17 +809,21 @@ def save_mean_image(workdir: str, source_path: str) -> None:
     os.replace(tmp, target)
 
 
-def read_mean_image(workdir: str) -> np.ndarray:
-    """The run's mean image (float32 [R, R, 3], 0-255), for runs with normalization
-    "mean_image"; DataError when the run's copy is missing or damaged."""
+def read_mean_image(workdir: str, size: int, source: str) -> np.ndarray:
+    """The run's mean image (float32 [R, R, 3], 0-255, R >= `size`, the input size), for runs
+    with normalization "mean_image"; DataError when the run's copy is missing or damaged (the
+    remedy names `source`, the data build's copy it was made from)."""
     path = os.path.join(workdir, MEAN_IMAGE_FILE)
+    remedy = (
+        "this run subtracts the training set's mean image and keeps a copy there: copy it again "
+        f"from {source} (the data build's), or from a copy of the run"
+    )
     try:
         image = np.load(path)
     except (OSError, ValueError) as e:
-        raise DataError(
-            f"{path} cannot be read ({e}): this run subtracts the training set's mean image and "
-            "keeps a copy there; rerun main.py on the run (it copies it again from data_dir)."
-        ) from None
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise DataError(f"{path} is damaged: shape {image.shape}, not [size, size, 3].")
+        raise DataError(f"{path} cannot be read ({e}): {remedy}.") from None
+    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < size:
+        raise DataError(f"{path} is damaged: shape {image.shape}, not [>={size}, >={size}, 3]; {remedy}.")
+    if not (np.all(np.isfinite(image)) and image.min() >= 0 and image.max() <= 255):
+        raise DataError(f"{path} is damaged: its values are not all numbers in 0..255; {remedy}.")
     return image

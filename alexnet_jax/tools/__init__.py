@@ -1,0 +1,15 @@
+"""The command-line tools that read runs (README, "Tools").
+
+Run as `python -m alexnet_jax.tools.<tool>`, a tool answers a Ctrl-C or a SIGTERM at any moment,
+its imports included, with one line and exit code 130 or 143, its temporary files removed
+(errors.exit_on_ctrl_c). Python sets sys.argv[0] to "-m" while it imports the packages above
+the module it runs, so this happens before the tool's slow imports, and importing a tool from
+Python (a notebook, the tests) changes no signal handler.
+"""
+
+import sys
+
+if sys.argv[:1] == ["-m"]:
+    from alexnet_jax.core import errors
+
+    errors.exit_on_ctrl_c(sigterm=True)

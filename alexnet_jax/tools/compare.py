@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 
 from alexnet_jax.core import errors
 from alexnet_jax.core.errors import DataError, reported_as_exit
-from alexnet_jax.runs import rundir
+from alexnet_jax.runs import plots, rundir
 
 _SEED_DIR = re.compile(r"seed_(\d+)")
 FIGSIZE_INCHES = (12.0, 4.5)
@@ -382,7 +382,7 @@ def plot_curves(summaries: Sequence[RunSummary], out_path: str) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=DPI)
+    plots.save_figure(fig, out_path)
     return out_path
 
 
@@ -409,9 +409,10 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
             f"--out={out}: its folder {problem}: choose another --out, in a folder you can write."
         )
     paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
+    for path in paths:
+        rundir.refuse_run_file(path, "--out")
     for path, text in zip(paths, (table, csv_table(rows)), strict=False):
-        with open(path, "w") as f:
-            f.write(text)
+        rundir.write_atomically(path, text)
     plot_curves(summaries, paths[2])
     return table, paths
 

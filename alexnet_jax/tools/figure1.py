@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from alexnet_jax.core import errors
 from alexnet_jax.core.errors import DataError, reported_as_exit
-from alexnet_jax.runs import rundir
+from alexnet_jax.runs import plots, rundir
 from alexnet_jax.tools import compare
 
 THRESHOLD = 0.25  # the paper's "25% training error"
@@ -117,7 +117,7 @@ def plot(curves: dict, firsts: dict, out_path: str, threshold: float = THRESHOLD
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=DPI)
+    plots.save_figure(fig, out_path)
     return out_path
 
 

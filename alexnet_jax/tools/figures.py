@@ -21,6 +21,7 @@ on ImageNet).
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,7 @@ from alexnet_jax.core import errors
 from alexnet_jax.core.errors import UserError, reported_as_exit
 from alexnet_jax.data import imagenet_stats
 from alexnet_jax.model.models import create_model
+from alexnet_jax.runs import rundir
 from alexnet_jax.tools import load
 from alexnet_jax.train import sharding
 
@@ -252,7 +254,9 @@ def _trained_on(config: Any, step: int) -> str:
 
 def save_png(pixels: np.ndarray, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    rundir.write_atomically(path, buffer.getvalue())  # an earlier figure stays whole
     return path
 
 

@@ -226,7 +226,10 @@ def main(argv: Sequence[str]) -> None:
         config, params = load_model(FLAGS.workdir, FLAGS.weights, FLAGS.variant)
         mean_image = None
         if FLAGS.workdir and config.normalization == "mean_image":
-            mean_image = rundir.read_mean_image(FLAGS.workdir)
+            from alexnet_jax.data import input_pipeline  # (not at import: tools stay light)
+
+            source = input_pipeline.mean_image_path(config)
+            mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), source)
         results = predict(
             params,
             config,

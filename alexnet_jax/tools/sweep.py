@@ -380,6 +380,20 @@ def run_sweep(
     """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
     all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
     make_directory(sweep_dir, "--sweep_dir")  # before any run starts
+    if os.path.isfile(rundir.config_path(sweep_dir)):
+        raise UserError(
+            f"--sweep_dir={sweep_dir} holds a run (its {rundir.CONFIG_FILE}): a sweep keeps its "
+            "runs in folders of its own; choose another --sweep_dir."
+        )
+    with rundir.exclusive(
+        sweep_dir, "--sweep_dir"
+    ):  # a second sweep on this folder is refused, naming this one
+        return _run_sweep(sweep, runs, sweep_dir, say)
+
+
+def _run_sweep(
+    sweep: Sweep, runs: Sequence[Run], sweep_dir: str, say: Callable[[str], None]
+) -> int:
     stop = _Signals()
     previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
     outcomes: dict[str, dict] = {}
@@ -460,7 +474,7 @@ def _stopped(signum: int, runs: Sequence[Run], outcomes: dict, say: Callable) ->
 def _report(runs: Sequence[Run], outcomes: dict, sweep_dir: str, say: Callable) -> int:
     """Writes the comparison, prints it and names every run that did not finish."""
     try:
-        table, paths = compare.write_comparison([sweep_dir])
+        table, paths = compare.write_comparison([sweep_dir], os.path.join(sweep_dir, "comparison"))
         print(table, flush=True)
         say(f"comparison: {', '.join(paths)}")
     except UserError as e:

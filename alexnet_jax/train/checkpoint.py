@@ -180,8 +180,13 @@ def _restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[An
         ),
     )
     record = dict(restored["data"])
-    digest = record.pop(_DIGEST, None)  # (checkpoints written before the digest have none)
-    if digest is not None and digest != _digest(step, record):
+    digest = record.pop(_DIGEST, None)
+    if digest is None:
+        raise DataError(
+            "its data record has no digest: edited by hand, or written before 2026-12-05 "
+            "(such runs do not resume)"
+        )
+    if digest != _digest(step, record):
         raise DataError(f"its data record was edited: {record} does not match its digest")
     return restored["state"], record
 
@@ -196,9 +201,6 @@ def _digest(step: int, record: dict) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
-
-
-DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: the steps a run set aside
 
 
 def restore_latest(
@@ -261,7 +263,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     """Moves the step folders `steps` out of the checkpoints (the first process; the others
     wait) so that the run can save those steps again, and makes `manager` forget them."""
     directory = str(manager.directory)
-    aside = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+    aside = os.path.join(os.path.dirname(directory), rundir.DAMAGED_CHECKPOINTS)
     if jax.process_index() == 0:
         for step in steps:
             destination, n = os.path.join(aside, str(step)), 1

@@ -74,7 +74,13 @@ def _divisible(config: Any, field: str, num_devices: int) -> None:
         raise ConfigError(
             f"config.{field}={value} is not divisible by the {num_devices} devices of the "
             f"'data' mesh axis: choose a multiple of {num_devices} "
-            f"(e.g. --config.{field}={max(num_devices, value // num_devices * num_devices)})."
+            f"(e.g. --config.{field}={max(num_devices, value // num_devices * num_devices)})"
+            + (
+                f"; a resumed run keeps its batch size: resume it on a device count that divides "
+                f"{value}, or change it on purpose with --allow_config_change."
+                if field == "batch_size"
+                else "."
+            )
         )
 
 

@@ -276,7 +276,7 @@ def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(t
     predict subtracts its center crop (exactly "mean" preprocessing plus the RGB mean minus that
     crop), refuses to guess without it, figures undo it, and export refuses the run (no weights
     format here carries the image) instead of writing a file that preprocesses wrongly."""
-    from alexnet_jax.core.errors import UserError
+    from alexnet_jax.core.errors import DataError, UserError
     from alexnet_jax.data import imagenet_stats
     from alexnet_jax.runs import rundir
     from alexnet_jax.tools import export, figures
@@ -287,7 +287,22 @@ def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(t
     mean = rng.uniform(0, 255, (72, 72, 3)).astype(np.float32)  # resize_size 72
     np.save(tmp_path / "mean.npy", mean)
     rundir.save_mean_image(workdir, str(tmp_path / "mean.npy"))
-    np.testing.assert_array_equal(rundir.read_mean_image(workdir), mean)
+    np.testing.assert_array_equal(rundir.read_mean_image(workdir, 64, "src.npy"), mean)
+    # Hostile pass 3, #32-#34: a mean image of the wrong size, of NaN, or missing is one message
+    # naming the file and where to copy it from (predict printed nan%, or blamed the photo).
+    path = os.path.join(workdir, rundir.MEAN_IMAGE_FILE)
+    for damaged, problem in (
+        (np.zeros((16, 16, 3), np.float32), r"shape \(16, 16, 3\)"),
+        (np.full((72, 72, 3), np.nan, np.float32), "not all numbers in 0..255"),
+        (None, "cannot be read"),
+    ):
+        if damaged is None:
+            os.remove(path)
+        else:
+            np.save(path, damaged)
+        with pytest.raises(DataError, match=rf"{problem}.*copy it again from src\.npy"):
+            rundir.read_mean_image(workdir, 64, "src.npy")
+    rundir.save_mean_image(workdir, str(tmp_path / "mean.npy"))
 
     config, params = load.load_run(workdir)
     photo = str(tmp_path / "photo.png")

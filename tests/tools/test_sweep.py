@@ -254,3 +254,20 @@ def test_an_arm_changed_after_it_failed_before_any_checkpoint_starts_over(tmp_pa
         rundir.make_workdir(workdir)  # the next attempt fails before a checkpoint as well
         rundir.save_config(old, workdir)
         open(os.path.join(workdir, "metrics.jsonl"), "w").close()
+
+
+def test_a_sweep_refuses_a_run_folder_and_a_second_sweep_on_its_folder(tmp_path):
+    """Hostile pass 3, #43, #82: two sweeps on one folder interleaved their arms' logs and each
+    reported the other's finished arm as failed; a --sweep_dir holding a run was accepted and
+    its comparison written to the current directory. Both are one message before any run."""
+    from configs import default
+
+    plan = sweep.Sweep("configs/default.py", {"a": {}}, None)
+    run_dir = str(tmp_path / "run")
+    rundir.save_config(default.get_config(), run_dir)
+    with pytest.raises(UserError, match=r"holds a run \(its config\.json\)"):
+        sweep.run_sweep(plan, [], run_dir, print)
+    sweep_dir = str(tmp_path / "sweep")
+    held = pytest.raises(UserError, match=r"is in use by .*one process writes a sweep_dir")
+    with rundir.exclusive(sweep_dir, "--sweep_dir"), held:  # another sweep holds it
+        sweep.run_sweep(plan, [], sweep_dir, print)

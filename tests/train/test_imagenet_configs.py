@@ -57,7 +57,11 @@ def test_both_imagenet_configs_run_end_to_end_on_a_miniature_ilsvrc_archive(
         config = config_lib.load_config(workdir)
         assert (config.variant, config.eval_crops, config.num_classes) == ("paper", 10, 1000)
         assert config.normalization == "mean_image"
-        assert rundir.read_mean_image(workdir).shape == (256, 256, 3)  # the run's own copy
+        assert rundir.read_mean_image(workdir, 227, "src").shape == (
+            256,
+            256,
+            3,
+        )  # the run's own copy
     mean_images = os.listdir(os.path.join(flags["data_dir"], "mean_images"))
     assert len([f for f in mean_images if f.endswith(".npy")]) == 1  # once, for both runs
     (stored,) = os.listdir(store["image_store_dir"])  # the training split, 18 squares

@@ -422,7 +422,7 @@ def test_main_reports_user_errors_with_exit_code_2(shared_dirs, tmp_path, overri
         ("dtype", "float16", "config.dtype must be one of"),
         ("eval_crops", 5, "config.eval_crops must be 1 or 10"),
         ("input_size", 200, "config.input_size must be 227"),
-        ("num_classes", 0, "config.num_classes must be a positive integer"),
+        ("num_classes", 0, "config.num_classes must be an integer >= 2"),
         ("learning_rate", 0.0, "config.learning_rate"),
         ("num_epochs", 0.0, "config.num_epochs must be a number > 0"),
         ("log_every_steps", 0, "config.log_every_steps must be a positive integer"),
@@ -635,3 +635,126 @@ def test_main_reports_failed_writes_but_not_other_errors_as_one_message(
     else:
         with pytest.raises(type(error)), reported_as_exit():
             raise error
+
+
+_TOOL = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+sys.argv = ["-m"]  # what Python sets while it imports the packages of `python -m <tool>`
+import alexnet_jax.tools  # installs the handlers
+sys.argv = ["tool"]
+try:
+    os.kill(os.getpid(), signal.{name})
+    time.sleep(5)
+    print("went on")
+finally:
+    print("cleaned up", flush=True)  # a temporary file removed, a lock released
+"""
+
+
+@pytest.mark.parametrize(("name", "code", "line"), [
+    ("SIGINT", 130, f"interrupted: {errors.CTRL_C}"),
+    ("SIGTERM", 143, f"terminated: {errors.SIGTERM}"),
+])  # fmt: skip
+def test_a_tool_stopped_by_ctrl_c_or_sigterm_unwinds_with_one_line(name, code, line):
+    """Hostile pass 3, #45-#47: a Ctrl-C to export, predict, compare or figures printed a
+    KeyboardInterrupt traceback, or was dropped and the tool ran on; a SIGTERM to export left
+    its 228 MB temporary file. The tools (run with -m) unwind: `finally` blocks run, one line,
+    exit code 130 or 143."""
+    script = _TOOL.format(repo=REPO, name=name)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == "cleaned up\n"
+    assert proc.stderr.splitlines() == [line]
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"JAX_PLATFORMS": "bogus"}, [], "error: JAX_PLATFORMS='bogus' asks for a platform"),
+        ({"XLA_FLAGS": "garbage --x=1"}, [], "error: XLA_FLAGS holds 'garbage', which is not"),
+        ({}, ["--workdir="], "error: --workdir is empty: name a directory"),
+    ],
+)
+def test_the_environment_and_an_empty_workdir_are_one_line(tmp_path, env, args, message):
+    """Hostile pass 3, #54, #66-#68: JAX_PLATFORMS naming a platform this machine lacks was a
+    33-43 line traceback; an XLA_FLAGS word that is not a flag made XLA abort; an empty
+    --workdir (an unset shell variable) trained into runs/<config name>. One line each, exit 2."""
+    command = [sys.executable, os.path.join(REPO, "main.py"), "--config.dataset=synthetic"]
+    command += args or [f"--workdir={tmp_path / 'w'}"]
+    proc = subprocess.run(
+        command, cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(message), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_workdir_starting_with_a_tilde_is_the_home_folder(monkeypatch, tmp_path):
+    """Hostile pass 3, #52: --workdir=~/x (as bash passes it, unexpanded) created ~/x and then
+    failed with a FileNotFoundError traceback on '~/x/.lock'. main.py expands it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), "--workdir=~/w", "--mode=eval"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(f"error: {tmp_path / 'w'} holds no run")
+    assert not os.path.exists(os.path.join(REPO, "~"))
+
+
+def test_a_run_whose_reader_closed_stdout_goes_on_quietly(tmp_path):
+    """Hostile pass 3, #73: `python main.py ... | head -1` finished the run but printed 1,968
+    lines of "--- Logging error --- ... BrokenPipeError" on stderr. Lines after the reader left
+    are dropped; the run ends normally, with nothing on stderr."""
+    flags = ["--config.dataset=synthetic", "--config.variant=torchvision",
+             "--config.input_size=64", "--config.resize_size=72", "--config.num_classes=4",
+             "--config.batch_size=8", "--config.eval_batch_size=8",
+             "--config.synthetic_train_examples=64", "--config.synthetic_eval_examples=8",
+             "--config.num_train_steps=6", "--config.log_every_steps=1"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "main.py"), f"--workdir={tmp_path / 'w'}", *flags],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **QUICK_COMPILES, "XLA_FLAGS": ""},  # one device
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("workdir: ")
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err[-3000:]
+    assert err == ""
+    assert rundir.finished_step(str(tmp_path / "w")) == 6
+
+
+@pytest.mark.parametrize(
+    ("config_file", "message"),
+    [
+        ("none.py", "error: --config: its get_config() returned None; it must return an "),
+        ("run.py", "error: {tmp}/run/config.json is damaged (Expecting value"),
+    ],
+)
+def test_a_config_file_that_returns_none_or_a_damaged_run_config_is_one_line(
+    tmp_path, config_file, message
+):
+    """Hostile pass 3, #14, #58: a get_config() returning None printed 3 lines (absl's chatter
+    among them); configs/run.py on a damaged config.json added main.py's "It must be a Python
+    file" tail, and its remedy pointed at config_history.jsonl, which holds no config."""
+    (tmp_path / "none.py").write_text("def get_config():\n    return None\n")
+    os.makedirs(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text('{"a": ')
+    config = (
+        str(tmp_path / "none.py") if config_file == "none.py"
+        else f"{os.path.join(REPO, 'configs', 'run.py')}:{tmp_path / 'run'}"
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), f"--config={config}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(message.format(tmp=tmp_path))
+    assert "config_history" not in line
+    assert "Python file" not in line

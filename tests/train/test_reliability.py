@@ -157,6 +157,12 @@ def test_eval_overrides_may_change_only_what_is_evaluated(tmp_path):
     )
     assert (config.eval_crops, config.eval_batch_size, config.eval_split) == (10, 80, "train[:10]")
     assert config.normalization == "mean_std"  # the run's own
+    # Hostile pass 3, #37: the training's cadence and length change nothing evaluated: ignored
+    # (they were refused as changes "of the model or its preprocessing").
+    config = config_lib.eval_config(
+        str(tmp_path), {"checkpoint_every_steps": 3, "num_train_steps": 60}
+    )
+    assert (config.checkpoint_every_steps, config.num_train_steps) == (50, -1)
 
 
 def test_resume_with_another_variant_is_refused_before_anything_is_built(tmp_path):
@@ -435,6 +441,18 @@ def test_a_directory_named_like_a_runs_file_is_one_message(tmp_path, name):
     (tmp_path / name).rmdir()
     (tmp_path / rundir.CHECKPOINTS).write_text("x")
     with pytest.raises(DataError, match=r"checkpoints is not a directory"):
+        loop.train_and_evaluate(default.get_config(), str(tmp_path))
+    # Hostile pass 3, #21, #22: a file named damaged_checkpoints, and a step folder that is a
+    # link, failed after the training ("File exists ... Free disk space", "Cannot call rmtree").
+    (tmp_path / rundir.CHECKPOINTS).unlink()
+    (tmp_path / rundir.DAMAGED_CHECKPOINTS).write_text("x")
+    with pytest.raises(DataError, match=r"damaged_checkpoints is not a directory"):
+        loop.train_and_evaluate(default.get_config(), str(tmp_path))
+    (tmp_path / rundir.DAMAGED_CHECKPOINTS).unlink()
+    (tmp_path / rundir.CHECKPOINTS).mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / rundir.CHECKPOINTS / "4").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"checkpoints/4 is a link, but a run's checkpoint"):
         loop.train_and_evaluate(default.get_config(), str(tmp_path))
 
 
@@ -825,7 +843,7 @@ def test_a_damaged_or_uncommitted_latest_step_is_set_aside_and_saved_again(tmp_p
         assert "top1_error" in loop.train_and_evaluate(config, workdir)
     finally:
         jax.config.update("jax_disable_most_optimizations", optimizations)
-    assert sorted(os.listdir(os.path.join(workdir, checkpoint.DAMAGED_DIR))) == ["2", "3"]
+    assert sorted(os.listdir(os.path.join(workdir, rundir.DAMAGED_CHECKPOINTS))) == ["2", "3"]
     manager = checkpoint.checkpoint_manager(workdir, keep=3)
     assert manager.all_steps() == [1, 2, 3]
     wrong = {"w": jax.ShapeDtypeStruct((6,), np.float32, sharding=_one_device())}  # another model
