@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from alexnet_jax.core import runtime
+from alexnet_jax.data import objects
 
 GENERATOR_VERSION = 1  # bump when the pictures change, so cached archives are regenerated
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -52,6 +53,7 @@ INCOMPLETE_PREFIX = ".incomplete-"  # temporary folders of generation in progres
 HARD_KINDS = ("png", "cmyk", "gray", "tiny")  # each appears once per split (if there is room)
 MAX_VAL_PER_CLASS = 50  # ILSVRC2012 has exactly 50 validation images per class
 SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring", "star", "dots")
+TASKS = ("shapes", "objects")  # objects: the harder task of data/objects.py
 _TINY_SIDE_RANGE = (64, 120)  # "smaller than the crop" (227 or 224)
 
 
@@ -67,10 +69,17 @@ class MiniatureSpec:
     num_corrupt: int = 0  # extra undecodable files of class 0 per split (tests of skip-and-count)
     quality: int = 90  # JPEG quality
     seed: int = 2012  # the pictures never depend on the training seed
+    task: str = "shapes"  # "shapes": a shape and colour per class; "objects": data/objects.py
 
     def fingerprint(self) -> str:
-        """A short stable hash of the spec and the generator version."""
-        blob = json.dumps([GENERATOR_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        """A short stable hash of the spec and the generator version (the "shapes" task's as
+        before the task field existed, so that its earlier archives and runs are recognised)."""
+        fields = dataclasses.asdict(self)
+        if self.task == "shapes":
+            del fields["task"]
+        else:
+            fields["objects_version"] = objects.VERSION
+        blob = json.dumps([GENERATOR_VERSION, fields], sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     @classmethod
@@ -82,12 +91,19 @@ class MiniatureSpec:
             val_per_class=int(config.miniature_val_per_class),
             side_range=tuple(int(v) for v in config.miniature_image_sides),
             num_corrupt=int(config.miniature_corrupt_files),
+            task=str(config.miniature_task),
         )
 
     def validate(self) -> None:
         """Raises ValueError naming the field when the spec cannot be generated."""
-        if not 1 <= self.num_classes <= 1000:
-            raise ValueError(f"num_classes must be in 1..1000, got {self.num_classes}")
+        if self.task not in TASKS:
+            raise ValueError(f"miniature_task must be one of {TASKS}, got {self.task!r}")
+        most = objects.NUM_CLASSES if self.task == "objects" else 1000
+        if not 1 <= self.num_classes <= most:
+            raise ValueError(
+                f"num_classes must be in 1..{most} for the {self.task!r} task, got "
+                f"{self.num_classes}"
+            )
         if self.train_per_class < 1:
             raise ValueError(f"train_per_class must be >= 1, got {self.train_per_class}")
         if not 1 <= self.val_per_class + self.num_corrupt <= MAX_VAL_PER_CLASS:
@@ -266,7 +282,10 @@ def _picture_bytes(
         return corrupt_bytes(rng)
     low, high = _TINY_SIDE_RANGE if kind == "tiny" else spec.side_range
     height, width = (int(v) for v in rng.integers(low, high + 1, size=2))
-    pixels = draw_picture(class_index, spec.num_classes, rng, height, width)
+    if spec.task == "objects":
+        pixels = objects.draw_picture(class_index, rng, height, width)
+    else:
+        pixels = draw_picture(class_index, spec.num_classes, rng, height, width)
     return encode_picture(pixels, kind, spec.quality)
 
 

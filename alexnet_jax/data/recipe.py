@@ -161,7 +161,8 @@ RULES = (
     _whole_split("eval_split"),
     rules.Rule(
         "num_classes / config.miniature_train_per_class / config.miniature_val_per_class / "
-        "config.miniature_image_sides / config.miniature_corrupt_files",
+        "config.miniature_image_sides / config.miniature_corrupt_files / "
+        "config.miniature_task",
         lambda c: f"an archive that can be generated: {_miniature_problem(c)}",
         lambda c: _miniature_problem(c) is None,
     ),

@@ -88,6 +88,7 @@ ADDED_FIELDS = {
     "pca_lighting_stop_epoch": 0,
     "augment_on": "host",
     "image_store_dir": "",
+    "miniature_task": "shapes",
     **models.FORWARD_OPTIONS,
 }
 # Fields `--mode=eval` may take from the command line: what is evaluated, never how inputs are
