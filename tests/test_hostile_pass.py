@@ -327,6 +327,14 @@ def test_a_hand_edited_config_json_is_refused(tmp_path):
         rundir.read_config_dict(workdir)
     with pytest.raises(DataError, match="edited by hand"):
         config_lib.load_config(workdir)
+    # Pass 4, #9-#10: a start that crashed between config.json and its history entry leaves the
+    # same state. The remedy the message names works: a resume with --allow_config_change takes
+    # config.json as it is, and records it.
+    edited = default.get_config()
+    edited.normalization = "mean"
+    assert rundir.check_resume(edited, workdir, allow_change=True) == []
+    rundir.record_start(edited, workdir, 4, [], None)
+    assert rundir.read_config_dict(workdir)["normalization"] == "mean"
 
 
 def test_a_record_appended_after_a_cut_off_line_is_kept(tmp_path, capsys):
@@ -472,3 +480,25 @@ def test_config_rules_found_in_pass_3_name_the_field():
     config.batch_size = 8
     with pytest.raises(ConfigError, match="resume it on a device count that divides 8, or change"):
         config_lib.validate_config(config, num_devices=3)
+
+
+def test_figure1_refuses_to_write_over_a_runs_or_a_sweeps_records(tmp_path, capsys):
+    """Pass 4, #53-#55, #25: `figure1 --out=<sweep>/sweep.json` replaced the sweep's plan with a
+    PNG (and --out=<run>/metrics.jsonl the run's metrics), exit 0; an --out in a folder that does
+    not exist was a traceback after all the work. One line each, before any work."""
+    from alexnet_jax.tools import figure1
+
+    rundir.write_sweep_plan(str(tmp_path), {"runs": []})
+    plan = (tmp_path / rundir.SWEEP_FILE).read_text()
+    for out, message in (
+        (str(tmp_path / rundir.SWEEP_FILE), "would replace the sweep's own sweep.json"),
+        (str(tmp_path / "a file" / "x" / "f.png"), "cannot be created"),
+    ):
+        if "a file" in out:
+            (tmp_path / "a file").write_text("in the way")
+        with pytest.raises(SystemExit) as exited:
+            figure1.main(["--sweep_dir", str(tmp_path), "--out", out])
+        assert exited.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert message in line
+    assert (tmp_path / rundir.SWEEP_FILE).read_text() == plan

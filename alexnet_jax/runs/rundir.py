@@ -136,7 +136,13 @@ def refuse_run_file(path: str, flag: str) -> None:
     run directory (a comparison's curves over training_curves.png, a benchmark's JSON over
     config.json, the run's identity): those belong to main.py."""
     folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
-    if os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+    name = os.path.basename(path)
+    if name == SWEEP_FILE and os.path.isfile(os.path.join(folder, SWEEP_FILE)):  # a sweep's plan
+        raise UserError(
+            f"{flag}={path} would replace the sweep's own {SWEEP_FILE} in {folder}: choose "
+            "another file name or folder."
+        )
+    if name in RUN_FILES and os.path.isfile(os.path.join(folder, CONFIG_FILE)):
         raise UserError(
             f"{flag}={path} would replace the run's own {os.path.basename(path)} in {folder}: "
             "choose another file name or folder."
@@ -341,7 +347,7 @@ def check_resume(
 ) -> list[tuple]:
     """The differences between `config` and the run's config.json that change the experiment
     ([] for a new run). Raises ConfigError listing them unless `allow_change`."""
-    old = read_config_dict(workdir)
+    old = read_config_dict(workdir, check_digest=not allow_change)
     if old is None:
         _refuse_unrecorded(workdir, CONFIG_FILE, "config", allow_change)
         return []
@@ -421,7 +427,7 @@ def record_start(
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    previous = read_config_dict(workdir)
+    previous = read_config_dict(workdir, check_digest=False)  # (check_resume checked it)
     resumable = _differences(previous or {}, _as_json(config))
     entry = {
         "step": step,
@@ -580,10 +586,12 @@ def _read_json(path: str, what: str) -> Any:
         raise DataError(f"{path} is damaged ({e}): it is not {what}.") from None
 
 
-def read_config_dict(workdir: str) -> dict[str, Any] | None:
+def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] | None:
     """The run's config.json as a plain dict, or None when the run has none. DataError when it
-    is damaged, or differs from the config the run recorded at its last start (its digest in
-    config_history.jsonl): edited by hand, or copied from another run."""
+    is damaged, or (`check_digest`) differs from the config the run recorded at its last start
+    (its digest in config_history.jsonl): edited by hand, copied from another run, or written by
+    a start that crashed before its history entry (a resume with --allow_config_change takes it
+    as it is, and records it)."""
     path = config_path(workdir)
     if not os.path.exists(path):
         return None
@@ -594,14 +602,15 @@ def read_config_dict(workdir: str) -> dict[str, Any] | None:
     )
     if not isinstance(config, dict):
         raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
-    recorded = _recorded_config_digest(workdir)
+    recorded = _recorded_config_digest(workdir) if check_digest else None
     if recorded is not None and recorded[1] != _config_digest(config):
         raise DataError(
             f"{path} is not the config the run recorded when it started at step {recorded[0]} "
             f"({HISTORY_FILE} holds its digest): it was edited by hand or copied from another "
             "run, so its checkpoints would be read (or resumed) with another config. Restore it "
-            "from a copy of the run, or start a new run in another --workdir; to change a field "
-            "of a run on purpose, give it on the command line with --allow_config_change."
+            "from a copy of the run, or start a new run in another --workdir; if a start crashed "
+            "before recording it, or to keep the edit on purpose, resume the run with "
+            "--allow_config_change (it is then recorded)."
         )
     return {**ADDED_FIELDS, **config}
 

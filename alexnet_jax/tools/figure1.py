@@ -135,10 +135,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"argument --threshold: a training error as a fraction in (0, 1), e.g. 0.25 for the "
             f"paper's 25%; got {args.threshold:g}"
         )
+    out = args.out or os.path.join(args.sweep_dir, "figure1.png")
     with reported_as_exit():
+        rundir.refuse_run_file(out, "--out")  # before the work (hostile pass 4, #53-#54)
+        errors.make_directory(os.path.dirname(os.path.abspath(out)), "--out's folder")  # (#25)
         curves = arm_curves(args.sweep_dir, args.arms.split(","))
         firsts, ratio = summarize(curves, args.threshold)
-        out = plot(curves, firsts, args.out or os.path.join(args.sweep_dir, "figure1.png"))
+        out = plot(curves, firsts, out)
     for arm, epoch in firsts.items():
         reached = f"epoch {epoch:g}" if epoch is not None else "not reached"
         print(f"{arm}: {args.threshold:.0%} training error at {reached}")
