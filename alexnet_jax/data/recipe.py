@@ -136,19 +136,16 @@ RULES = (
     rules.Rule(  # one output learns nothing: its softmax is 1 whatever the input
         "num_classes", "an integer >= 2", lambda c: rules.is_int(c.num_classes) and c.num_classes >= 2
     ),
-    rules.Rule(
-        "synthetic_eval_examples",
-        "a positive integer (synthetic data: the evaluation set's size)",
-        lambda c: c.dataset != "synthetic" or (
-            rules.is_int(c.synthetic_eval_examples) and c.synthetic_eval_examples >= 1
-        ),
-    ),
-    rules.Rule(
-        "synthetic_train_examples",
-        "a positive integer (synthetic data: the examples of an epoch)",
-        lambda c: c.dataset != "synthetic" or (
-            rules.is_int(c.synthetic_train_examples) and c.synthetic_train_examples >= 1
-        ),
+    *(
+        rules.Rule(  # (an empty evaluation set was found only after the training)
+            field,
+            f"a positive integer (synthetic data: {what})",
+            lambda c, field=field: c.dataset != "synthetic" or rules.positive_int(field).ok(c),
+        )
+        for field, what in (
+            ("synthetic_eval_examples", "the evaluation set's size"),
+            ("synthetic_train_examples", "the examples of an epoch"),
+        )
     ),
     rules.number_at_least("pca_lighting_std", 0),
     rules.Rule(

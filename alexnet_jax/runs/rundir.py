@@ -465,11 +465,16 @@ def record_finished(workdir: str, step: int) -> None:
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
 
 
+def read_history(workdir: str, warn: bool = True) -> list[dict]:
+    """The records of the run's config_history.jsonl ([] when it has none)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    return read_jsonl(path, warn) if os.path.exists(path) else []
+
+
 def finished_step(workdir: str) -> int | None:
     """The step the run finished at when its history's last entry is its end, else None (never
     started, still training, stopped, crashed, or resumed to train longer)."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    history = read_jsonl(path) if os.path.exists(path) else []
+    history = read_history(workdir)
     last = history[-1] if history else {}
     return int(last["step"]) if last.get("event") == "finished" else None
 
@@ -530,8 +535,7 @@ def _refuse_lost_checkpoints(workdir: str, allow_change: bool) -> None:
     """A run whose history shows it trained past step 0 (it finished, or resumed from a
     checkpoint) but that holds no checkpoint any more would start over and overwrite its
     metrics: refused unless `allow_change`."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    history = read_jsonl(path, warn=False) if os.path.exists(path) else []
+    history = read_history(workdir, warn=False)
     reached = max(
         (r["step"] for r in history if r.get("event") in ("finished", "resume")), default=0
     )
@@ -622,8 +626,7 @@ def _config_digest(config: dict) -> str:
 def _recorded_config_digest(workdir: str) -> tuple[int, str] | None:
     """(step, digest) of the config the run's last start or resume wrote (None: no history, or
     one written before the digests)."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    history = read_jsonl(path, warn=False) if os.path.exists(path) else []
+    history = read_history(workdir, warn=False)
     starts = [r for r in history if r.get("event") in ("start", "resume")]
     if not starts or not isinstance(starts[-1].get("config_digest"), str):
         return None
