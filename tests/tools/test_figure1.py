@@ -248,3 +248,36 @@ def test_the_miniature_preset_prints_what_the_sweep_runs_within_its_budget(monke
     preset = _load(path)
     assert pytest.approx(5 * 40 + 30 + (4 * 1.4 + 0.7) * 48) == preset.ESTIMATED_SECONDS
     assert preset.ESTIMATED_SECONDS < 15 * 60
+
+
+def test_the_objects_ablation_sweep_is_the_preset_with_one_change_per_arm(monkeypatch):
+    """sweeps/objects_ablations.py (#26): 6 arms x 3 training seeds = 18 runs, each the preset
+    configs/objects.py with a final-only checkpoint and its arm's change; the arms differ from
+    the two-tower baseline only in the ablation's own fields."""
+    monkeypatch.chdir(REPO)
+    plan = sweep.make_sweep("sweeps/objects_ablations.py", None, [], None)
+    runs = sweep.plan_runs(plan, os.path.join("runs", "objects_ablations"))
+    arms = ["baseline", "no_lrn", "pool_2x2", "one_tower_half", "no_dropout", "tanh"]
+    assert [(r.arm, r.seed) for r in runs] == [(a, s) for a in arms for s in (0, 1, 2)]
+    preset = _load("configs/objects.py").get_config().to_dict()
+    base = next(r for r in runs if r.arm == "baseline" and r.seed == 0).config.to_dict()
+    assert sorted(k for k, v in base.items() if preset[k] != v) == [
+        "checkpoint_every_steps",
+        "variant",
+    ]
+    assert base["variant"] == "paper" and base["miniature_task"] == "objects"
+    changed = {
+        (r.arm, r.seed): sorted(k for k, v in r.config.to_dict().items() if base[k] != v)
+        for r in runs
+    }
+    expected = {
+        "baseline": [],
+        "no_lrn": ["lrn"],
+        "pool_2x2": ["pool_window"],  # the stride stays 2
+        "one_tower_half": ["variant", "width"],
+        "no_dropout": ["dropout_rate"],
+        "tanh": ["activation"],
+    }
+    assert changed == {
+        (a, s): sorted(expected[a] + (["seed"] if s else [])) for a in arms for s in (0, 1, 2)
+    }
