@@ -14,6 +14,8 @@ import sys
 from alexnet_jax.core import errors
 
 errors.exit_on_ctrl_c()  # before the slow imports: one line and exit code 130 at any moment
+with errors.reported_as_exit():  # ulimit -v too low: one line, not a failed import
+    errors.check_address_space()
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -47,6 +49,19 @@ def _field_error(error: Exception) -> tuple[str, str | None]:
     return field, suggestion.group(1) if suggestion else None
 
 
+def _refuse_repeated_fields(argv: list[str]) -> None:
+    """A --config.FIELD given twice: ml_collections joins two tuples into one (lr_drop_epochs
+    (2,) and (3,) became (2, 3)) and takes the last of other values; either is a guess."""
+    seen = set()
+    for arg in argv[1 : argv.index("--") if "--" in argv else None]:
+        if arg.startswith("--config.") and "=" in arg:
+            field = arg[len("--config.") :].split("=", 1)[0]
+            if field in seen:
+                _usage_error(f"--config.{field} is given twice: give it once.")
+            seen.add(field)
+
+
+_refuse_repeated_fields(sys.argv)
 try:  # ml_collections reads the --config.FIELD overrides of sys.argv already here
     _CONFIG = config_flags.DEFINE_config_file(
         "config",
@@ -152,8 +167,7 @@ def main(argv):
     workdir = os.path.expanduser(_WORKDIR.value) if _WORKDIR.value else _default_workdir()
     runtime.quiet_native_logs()
     with reported_as_exit():
-        runtime.check_xla_flags()
-        runtime.check_address_space()
+        runtime.check_environment()
     if _PROJECT_XLA_FLAGS.value:
         runtime.set_xla_flags()  # before anything starts JAX's backends
     runtime.enable_compilation_cache()

@@ -14,13 +14,8 @@ import torch
 from torch import nn
 
 from alexnet_jax.interop.convert import VARIANTS
-from alexnet_jax.interop.torch_models import (
-    LRN_BETA,
-    LRN_K,
-    LRN_SIZE,
-    torch_alexnet,
-    torch_lrn_alpha,
-)
+from alexnet_jax.interop.torch_models import torch_alexnet, torch_lrn_alpha
+from alexnet_jax.model import lrn
 
 # features.2 and features.6 in the LRN stacks (alexnet_jax/interop/convert.py)
 _LRN_INDICES = (2, 6)
@@ -40,7 +35,7 @@ def build(variant: str, num_classes: int = 1000, seed: int = 0) -> nn.Module:
     if variant == "paper":
         alpha = torch_lrn_alpha("cuda_convnet")
         for index in _LRN_INDICES:
-            model.features[index] = nn.LocalResponseNorm(LRN_SIZE, alpha, LRN_BETA, LRN_K)
+            model.features[index] = nn.LocalResponseNorm(lrn.SIZE, alpha, lrn.BETA, lrn.K)
     return model
 
 

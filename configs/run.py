@@ -16,7 +16,9 @@ from configs import default
 def get_config(workdir: str = "") -> ml_collections.ConfigDict:
     if not workdir:
         raise ValueError("name the run's directory after a colon: --config=configs/run.py:runs/x")
-    recorded = rundir.read_config_dict(workdir)
+    # Read as it is: a resume is checked against the run's history by main.py (and refused
+    # unless --allow_config_change), a new run in another workdir records it as its own.
+    recorded = rundir.read_config_dict(workdir, check_digest=False)
     if recorded is None:
         raise ValueError(f"{rundir.config_path(workdir)} not found: it is written by main.py")
     config = default.get_config()

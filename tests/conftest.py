@@ -111,7 +111,7 @@ def write_tiny_run(root: str, **overrides) -> str:
     checkpoint.save(manager, 1, state, {"examples_consumed": 8, "batch_size": 8})
     checkpoint.wait(manager)
     manager.close()
-    rundir.save_config(config, workdir)
+    rundir.record_start(config, workdir, 0, [])  # config.json and its digest, as main.py
     return workdir
 
 

@@ -337,6 +337,28 @@ def test_a_hand_edited_config_json_is_refused(tmp_path):
     assert rundir.read_config_dict(workdir)["normalization"] == "mean"
 
 
+def test_a_run_with_checkpoints_whose_history_is_gone_is_not_read_unchecked(tmp_path):
+    """Pass 4, #8: config.json edited and config_history.jsonl deleted: the digest check was
+    skipped and --mode=eval scored 294.50 instead of 5.13, without a word. A run holding
+    checkpoints must have the digest of its config; a resume with --allow_config_change takes
+    config.json as it is and records it."""
+    workdir = _started_run(tmp_path)
+    (tmp_path / "run" / rundir.HISTORY_FILE).unlink()
+    with pytest.raises(DataError, match=r"holds checkpoints but its config_history\.jsonl"):
+        rundir.read_config_dict(workdir)
+    with pytest.raises(DataError, match="records no start with the digest"):
+        config_lib.load_config(workdir)
+    with pytest.raises(DataError, match="records no start with the digest"):
+        rundir.check_resume(default.get_config(), workdir)
+    assert rundir.check_resume(default.get_config(), workdir, allow_change=True) == []
+    rundir.record_start(default.get_config(), workdir, 4, [], None)
+    assert rundir.read_config_dict(workdir)["normalization"] == "mean_std"
+    # A run without checkpoints has nothing to mismatch: read as it is.
+    os.remove(os.path.join(rundir.checkpoint_dir(workdir), "4", rundir.COMMIT_MARKER))
+    (tmp_path / "run" / rundir.HISTORY_FILE).unlink()
+    assert rundir.read_config_dict(workdir)["normalization"] == "mean_std"
+
+
 def test_a_record_appended_after_a_cut_off_line_is_kept(tmp_path, capsys):
     """#29: a cut-off last line of config_history.jsonl swallowed the next entry (the new
     "finished" record was glued onto it and lost to every reader). The fragment is dropped, with
@@ -502,3 +524,303 @@ def test_figure1_refuses_to_write_over_a_runs_or_a_sweeps_records(tmp_path, caps
         (line,) = capsys.readouterr().err.splitlines()
         assert message in line
     assert (tmp_path / rundir.SWEEP_FILE).read_text() == plan
+
+
+def _with_stdout_closed_after_one_line(command: list[str], cwd: str) -> tuple[int, str]:
+    """(exit code, stderr) of `command | head -1`: its stdout is closed after the first line."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=120), err
+
+
+def test_sweep_and_launch_go_on_when_their_reader_closes_stdout(tmp_path):
+    """Pass 4, #42-#43: `sweep ... | head -1` died with a BrokenPipeError traceback after the
+    first arm (the second never ran, sweep.json recorded no outcome); `launch ... | head -1`
+    did at its second line and left its workers unsupervised. The rest of stdout is dropped and
+    both go on to the end."""
+    fake_main = tmp_path / "fake_main.py"  # a "run" that prints lines and fails: quick
+    fake_main.write_text("import sys\nfor i in range(50): print('line', i)\nsys.exit(3)\n")
+    command = [
+        sys.executable,
+        "-m",
+        "alexnet_jax.tools.sweep",
+        "--config=configs/default.py",
+        "--arm=a",
+        "--arm=b:seed=1",
+        f"--sweep_dir={tmp_path / 's'}",
+        f"--main={fake_main}",
+    ]
+    code, err = _with_stdout_closed_after_one_line(command, REPO)  # fmt: skip
+    assert "Traceback" not in err, err
+    assert code == 1, err
+    assert "error: 2 of 2 runs did not finish" in err, err
+    runs = json.loads((tmp_path / "s" / rundir.SWEEP_FILE).read_text())["runs"]
+    assert [(r["name"], r["outcome"]["exit_code"]) for r in runs] == [("a", 3), ("b", 3)]
+
+    script = "import time\nfor i in range(20): print('x', i, flush=True); time.sleep(0.01)\n"
+    command = [sys.executable, "-m", "alexnet_jax.tools.launch", "--num_processes=2", "--",
+               sys.executable, "-c", script]  # fmt: skip
+    code, err = _with_stdout_closed_after_one_line(command, REPO)
+    assert (code, err) == (0, "")
+
+
+_LOW_ADDRESS_SPACE = (
+    "import resource; resource.setrlimit(resource.RLIMIT_AS, (1000 * 2**20,) * 2); "
+)
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "env", "message"),
+    [
+        ("predict", ["--workdir=w", "x.jpg"], {"JAX_PLATFORMS": "gpu"},
+         "error: JAX_PLATFORMS='gpu' asks for a platform that cannot start here"),
+        ("export", ["--workdir=w", "--to=x.pth"], {"XLA_FLAGS": "garbage words"},
+         "error: XLA_FLAGS holds 'garbage', which is not a flag"),
+        ("figures", ["--workdir=w"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=abc"},
+         "error: XLA_FLAGS holds '--xla_force_host_platform_device_count=abc': the number of"),
+        ("sweep", ["--config=configs/default.py", "--arm=a", "--sweep_dir=s"], None,
+         "error: the process may use 1000 MB of address space (ulimit -v), too little"),
+        ("compare", ["w"], None,  # pass 5, #25: checked before NumPy's import
+         "error: the process may use 1000 MB of address space (ulimit -v), too little"),
+    ],
+)  # fmt: skip
+def test_the_tools_answer_the_environment_in_one_line(tmp_path, tool, args, env, message):
+    """Pass 4, #32-#38: main.py's checks of JAX_PLATFORMS, XLA_FLAGS and ulimit -v were main.py's
+    alone: the tools printed 38-94 line tracebacks or XLA's C++ abort (sweep under ulimit -v:
+    exit 134 and an empty sweep folder). One line, exit 2, nothing written."""
+    (tmp_path / "x.jpg").write_bytes(b"")
+    if env is None:  # the address-space limit, then the tool
+        launcher = _LOW_ADDRESS_SPACE + "import os, sys; "
+        launcher += "os.execv(sys.executable, [sys.executable, '-m', *sys.argv[1:]])"
+        command = [sys.executable, "-c", launcher]
+    else:
+        command = [sys.executable, "-m"]
+    command += [f"alexnet_jax.tools.{tool}", *args]
+    proc = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO, **(env or {})},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(message), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["x.jpg"]
+
+
+def test_a_cpu_device_count_that_is_not_a_positive_integer_names_xla_flags(monkeypatch):
+    """Pass 4, #33-#34: device_count=0 was blamed on JAX_PLATFORMS (not set); =abc aborted in
+    C++ with 94 lines. Pass 5, #15-#17: a superscript two was a ValueError traceback, an
+    Arabic-Indic three and 99999999999 passed the check and XLA aborted."""
+    for value in ("0", "abc", "-1", "", "\u00b2", "\u0663", "99999999999", "1025", "1e1"):
+        monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={value}")
+        with pytest.raises(UserError, match="the number of CPU devices must be an integer from 1"):
+            runtime.check_environment()
+    for value in ("2", "08", "1024"):
+        monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={value}")
+        runtime.check_environment()
+
+
+@pytest.mark.parametrize(
+    ("env", "error", "message"),
+    [
+        ({"JAX_PLATFORM_NAME": "gpu"}, RuntimeError("Unknown backend gpu"),
+         "JAX_PLATFORM_NAME='gpu' asks for a platform that cannot start here (Unknown backend"),
+        ({"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "bogus"}, ValueError("bogus collectives"),
+         "JAX could not start here (bogus collectives): check the settings it starts with "
+         "(JAX_CPU_COLLECTIVES_IMPLEMENTATION, XLA_FLAGS)"),
+    ],
+)  # fmt: skip
+def test_a_backend_that_cannot_start_names_the_setting(monkeypatch, env, error, message):
+    """Pass 5, #18-#19: JAX_PLATFORM_NAME (JAX_PLATFORMS' old name) was blamed on XLA_FLAGS
+    (empty); an unknown JAX_CPU_COLLECTIVES_IMPLEMENTATION was a ValueError traceback."""
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def fails():
+        raise error
+
+    monkeypatch.setattr(runtime.jax, "devices", fails)
+    with pytest.raises(UserError) as refused:
+        runtime.start_backend()
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_a_comparison_stopped_while_drawn_keeps_the_earlier_set_whole(tmp_path, monkeypatch):
+    """Pass 4, #23: a Ctrl-C while compare drew its plot left the new .md and .csv beside the
+    old .png. The plot is drawn first; the tables follow in a moment."""
+    from alexnet_jax.tools import compare
+
+    out = tmp_path / "c"
+    for suffix in (".md", ".csv", ".png"):
+        (tmp_path / f"c{suffix}").write_text("earlier")
+
+    def stopped_while_drawing(summaries, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "collect", lambda dirs: [])
+    monkeypatch.setattr(compare, "plot_curves", stopped_while_drawing)
+    with pytest.raises(KeyboardInterrupt):
+        compare.write_comparison([str(tmp_path)], str(out))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "c.md": "earlier",
+        "c.csv": "earlier",
+        "c.png": "earlier",
+    }
+
+
+def test_nothing_is_written_inside_a_runs_checkpoints_or_over_a_sweep(tmp_path):
+    """Pass 4, #51 and #56: a --workdir (or figures' --out) inside a run's checkpoints/ step folder
+    was deleted with it when the run saved its next step; #12: main.py trained a run into a
+    sweep's folder, beside its arms, after which the sweep refused its own folder."""
+    workdir = _started_run(tmp_path)
+    step = os.path.join(rundir.checkpoint_dir(workdir), "4")
+    for path in (step, os.path.join(step, "nested", "deeper")):
+        with pytest.raises(UserError, match=r"lies inside the checkpoints of the run in .*/run,"):
+            rundir.make_workdir(path)
+        with pytest.raises(UserError, match=r"--out=.* lies inside the checkpoints"):
+            figures.make_figures(workdir, path)
+        with pytest.raises(UserError, match=r"--out=.* lies inside the checkpoints"):
+            rundir.refuse_run_file(os.path.join(path, "c.md"), "--out")
+    rundir.make_workdir(os.path.join(workdir, "figures"))  # beside the checkpoints: fine
+    sweep_dir = tmp_path / "sweep"
+    rundir.write_sweep_plan(str(sweep_dir), {"runs": []})
+    with (
+        pytest.raises(UserError, match=r"--workdir=.*/sweep is a sweep's folder"),
+        rundir.exclusive(str(sweep_dir)),
+    ):
+        pass
+    with rundir.exclusive(str(sweep_dir), "--sweep_dir"):  # the sweep's own lock
+        pass
+
+
+def test_a_finished_runs_refused_config_is_taken_with_the_remedy_the_message_names(tmp_path):
+    """Pass 5, #1-#3: a finished run whose history was deleted (or whose config.json was edited)
+    was refused by every reader, and the remedy named, a resume with --allow_config_change,
+    printed "already finished ... Nothing to do" and recorded nothing. It records config.json
+    as it is; the readers then accept it. #4: configs/run.py read it with the digest check, so
+    `--config=configs/run.py:<run> --allow_config_change` was refused by the config file itself;
+    it reads it as it is (a resume without the flag is still refused by main.py's check)."""
+    from alexnet_jax.runs import run as run_lib
+    from configs import run as run_config
+
+    workdir = _started_run(tmp_path)
+    line = {"step": 4, "split": "eval", "top1_error": 0.5, "top5_error": 0.1, "loss": 1.0}
+    (tmp_path / "run" / rundir.METRICS_FILE).write_text(json.dumps(line) + "\n")
+    rundir.record_finished(workdir, 4)
+    (tmp_path / "run" / rundir.HISTORY_FILE).unlink()
+    with pytest.raises(DataError, match="records no start with the digest"):
+        rundir.read_config_dict(workdir)
+    config = run_config.get_config(workdir)  # #4
+    with pytest.raises(DataError, match="records no start with the digest"):
+        rundir.check_resume(config, workdir)
+    with run_lib.Run(workdir, config, allow_change=True) as run:
+        assert run.finished_before(4, 4)["top1_error"] == 0.5
+    assert rundir.read_config_dict(workdir)["normalization"] == "mean_std"
+    assert rundir.finished_step(workdir) == 4
+    history = rundir.read_history(workdir)
+    assert [(r["event"], r.get("allowed_config_change")) for r in history] == [
+        ("resume", True),
+        ("finished", None),
+    ]
+    with run_lib.Run(workdir, config, allow_change=True) as run:  # nothing more to record
+        run.finished_before(4, 4)
+    assert len(rundir.read_history(workdir)) == 2
+    # #59, the same with run.json: taken with the data's identity of this command.
+    (tmp_path / "run" / rundir.RUN_FILE).unlink()
+    with run_lib.Run(workdir, config, allow_change=True) as run:
+        run.check_dataset({"dataset": "image_folder", "classes": ["a", "b"]})
+        run.finished_before(4, 4)
+    assert rundir.read_run_record(workdir)["dataset"]["classes"] == ["a", "b"]
+
+
+def test_a_sweep_arm_with_damaged_records_fails_alone(tmp_path):
+    """Pass 5, #10-#11: an arm whose records could not be read (a damaged config.json of a
+    finished arm) stopped the whole sweep with exit 2: the other arms never ran and sweep.json
+    kept stale outcomes. That arm fails, named with the reason; the others run. #28: an arm
+    stopped after it had finished is recorded finished."""
+    arm_a = tmp_path / "s" / "a"
+    arm_a.mkdir(parents=True)
+    (arm_a / rundir.CONFIG_FILE).write_text("{")
+    rundir.record_finished(str(arm_a), 4)
+    fake_main = tmp_path / "fake_main.py"
+    fake_main.write_text("import sys\nsys.exit(3)\n")
+    command = [
+        sys.executable,
+        "-m",
+        "alexnet_jax.tools.sweep",
+        "--config=configs/default.py",
+        "--arm=a",
+        "--arm=b:seed=1",
+        f"--sweep_dir={tmp_path / 's'}",
+        f"--main={fake_main}",
+    ]
+    proc = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "[sweep] a: FAILED before starting: " in proc.stdout
+    runs = json.loads((tmp_path / "s" / rundir.SWEEP_FILE).read_text())["runs"]
+    assert [(r["name"], r["outcome"]["status"]) for r in runs] == [("a", "failed"), ("b", "failed")]
+    assert runs[1]["outcome"]["exit_code"] == 3
+    said = []
+    finished = sweep.Run("a", "a", None, str(_started_run(tmp_path / "t")), "x.log", (), None)
+    rundir.record_finished(finished.workdir, 4)
+    outcome = sweep._outcome(finished, 143, 1.0, said.append, stopped=True)
+    assert (outcome["status"], outcome["step"]) == ("finished", 4)
+
+
+def test_no_tool_writes_inside_a_runs_checkpoints_even_through_a_link(tmp_path):
+    """Pass 5, #33-#38: a sweep_dir inside checkpoints/ was refused naming --workdir after its
+    folder was made; a link to checkpoints/ let main.py and figures in (the next save deleted
+    what they wrote); export --to and launch --process_log_dir were not checked; compare made
+    its --out folder inside damaged_checkpoints/ before refusing. Each is refused, naming its
+    flag, and makes nothing."""
+    from alexnet_jax.tools import compare, export, launch
+
+    workdir = _started_run(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(rundir.checkpoint_dir(workdir))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    inside = os.path.join(workdir, rundir.DAMAGED_CHECKPOINTS, "sub")
+    for call, flag in [
+        (lambda: rundir.make_workdir(str(link / "4" / "nest")), "--workdir"),
+        (lambda: figures.make_figures(workdir, str(link / "4" / "figs")), "--out"),
+        (lambda: sweep.run_sweep(None, [], str(link / "sw"), print), "--sweep_dir"),
+        (lambda: export.export_run(workdir, str(link / "4" / "m.npz")), "--to"),
+        (lambda: compare.write_comparison([workdir], os.path.join(inside, "c")), "--out"),
+    ]:
+        with pytest.raises(UserError, match=rf"^{flag}=.* lies inside the checkpoints of"):
+            call()
+    with pytest.raises(SystemExit):
+        launch._parse(["--process_log_dir", str(link / "4" / "logs"), "--", "main.py"])
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_miniature_sizes_that_cannot_be_generated_are_refused_by_the_rules():
+    """Pass 5, #50: miniature_image_sides (40, 48, 50) or (40,) were tracebacks at generation;
+    #53: a billion pictures per class ran the machine out of memory (killed, no message)."""
+    for field, value, message in [
+        ("miniature_image_sides", (40, 48, 50), "side_range must be a pair"),
+        ("miniature_image_sides", (40,), "side_range must be a pair"),
+        ("miniature_train_per_class", 10**9, "train_per_class must be in 1..1300"),
+    ]:
+        config = default.get_config()
+        config[field] = value
+        with pytest.raises(ConfigError, match=message):
+            config_lib.validate_config(config)
+
+
+def test_a_config_field_given_twice_is_refused():
+    """Pass 5, #51: `--config.lr_drop_epochs=(2,) --config.lr_drop_epochs=(3,)` trained with
+    (2, 3): ml_collections joins repeated tuples."""
+    command = [sys.executable, "main.py", "--config.lr_drop_epochs=(2,)",
+               "--config.lr_drop_epochs=(3,)", "--mode=eval"]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --config.lr_drop_epochs is given twice: give it once.\n"

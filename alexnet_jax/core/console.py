@@ -55,6 +55,16 @@ def _discard_the_rest(stream) -> None:
         os.close(devnull)
 
 
+def out(text: str, end: str = "\n") -> None:
+    """`text` on stdout as it is (a table, a child process's line), flushed; when the reader has
+    left (`| head`), the rest is dropped and the caller goes on, as with `info`."""
+    try:
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_the_rest(sys.stdout)
+
+
 def _logger() -> logging.Logger:
     """The project's logger, with the console handler installed on first use."""
     logger = logging.getLogger(LOGGER_NAME)

@@ -237,6 +237,25 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
 _told = []
 
 
+_MIN_ADDRESS_SPACE = 2048 * 2**20  # below it JAX aborted in C++ (std::bad_alloc) or hung
+
+
+def check_address_space() -> None:
+    """UserError when the process's address-space limit (ulimit -v) is too small for JAX and
+    TensorFlow to start: below it XLA aborts in C++ (a crash dump, no Python error to report),
+    and far below it NumPy's own import fails. Here, in the light module every entry point
+    imports first, so it runs before those imports."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY and limit < _MIN_ADDRESS_SPACE:
+        raise UserError(
+            f"the process may use {limit // 2**20} MB of address space (ulimit -v), too little "
+            f"for JAX and TensorFlow to start (at least {_MIN_ADDRESS_SPACE // 2**20} MB; they "
+            "reserve more than they use): raise it, e.g. ulimit -v unlimited."
+        )
+
+
 def stop_now(signum: int = signal.SIGINT) -> None:
     """Ends the process for a Ctrl-C (or SIGTERM): one `interrupted:` (`terminated:`) line
     (once), exit code 128 + signum, unwinding (a SystemExit: `finally` blocks run;

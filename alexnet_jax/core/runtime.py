@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 
-from alexnet_jax.core import console
+from alexnet_jax.core import console, errors
 from alexnet_jax.core.errors import ConfigError, UserError, is_storage_error
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
@@ -100,32 +101,40 @@ def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
     return os.environ["XLA_FLAGS"]
 
 
+_MAX_CPU_DEVICES = 1024  # fake CPU devices for tests; XLA aborts on counts it cannot make
+
+
 def check_xla_flags() -> None:
     """UserError for an XLA_FLAGS value with a word that is not a flag (XLA reads such a value
     as a file name and aborts)."""
-    words = [w for w in os.environ.get("XLA_FLAGS", "").split() if not w.startswith("--")]
-    if words:
+    words = os.environ.get("XLA_FLAGS", "").split()
+    odd = [w for w in words if not w.startswith("--")]
+    if odd:
         raise UserError(
-            f"XLA_FLAGS holds {words[0]!r}, which is not a flag (XLA's flags read "
+            f"XLA_FLAGS holds {odd[0]!r}, which is not a flag (XLA's flags read "
             "--name=value): fix or unset XLA_FLAGS."
         )
+    for word in words:  # XLA aborts in C++ on a count that is not a positive integer
+        name, _, value = word.partition("=")
+        if name == "--xla_force_host_platform_device_count" and not (
+            re.fullmatch(r"[0-9]{1,4}", value) and 1 <= int(value) <= _MAX_CPU_DEVICES
+        ):
+            raise UserError(
+                f"XLA_FLAGS holds {word!r}: the number of CPU devices must be an integer from 1 "
+                f"to {_MAX_CPU_DEVICES} (e.g. --xla_force_host_platform_device_count=8): fix or "
+                "unset XLA_FLAGS."
+            )
 
 
-_MIN_ADDRESS_SPACE = 2048 * 2**20  # below it JAX aborted in C++ (std::bad_alloc) or hung
+def check_environment() -> None:
+    """The checks of what the process inherits that JAX would otherwise answer with a C++ abort
+    or a traceback (check_xla_flags, check_address_space): for main.py and every tool, before
+    JAX starts."""
+    check_xla_flags()
+    check_address_space()
 
 
-def check_address_space() -> None:
-    """UserError when the process's address-space limit (ulimit -v) is too small for JAX and
-    TensorFlow to start: below it XLA aborts in C++ (a crash dump, no Python error to report)."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY and limit < _MIN_ADDRESS_SPACE:
-        raise UserError(
-            f"the process may use {limit // 2**20} MB of address space (ulimit -v), too little "
-            f"for JAX and TensorFlow to start (at least {_MIN_ADDRESS_SPACE // 2**20} MB; they "
-            "reserve more than they use): raise it, e.g. ulimit -v unlimited."
-        )
+check_address_space = errors.check_address_space  # (in errors: the tools check it first)
 
 
 def start_backend() -> None:
@@ -133,13 +142,20 @@ def start_backend() -> None:
     none of the platforms asked for can start (a GPU or TPU this machine or install lacks)."""
     try:
         jax.devices()
-    except RuntimeError as e:
-        platforms = os.environ.get("JAX_PLATFORMS", "")
-        asked = f"JAX_PLATFORMS={platforms!r} asks for" if platforms else "JAX asked for"
+    except (RuntimeError, ValueError) as e:  # ValueError: a JAX_* setting it does not know
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        for variable in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME"):  # (the second: its old name)
+            platforms = os.environ.get(variable, "")
+            if platforms:
+                raise UserError(
+                    f"{variable}={platforms!r} asks for a platform that cannot start here "
+                    f"({reason}): unset {variable} (JAX then uses what it finds), or install JAX "
+                    "for that platform (README, 'Speed')."
+                ) from None
+        settings = sorted(k for k in os.environ if k.startswith("JAX_") or k == "XLA_FLAGS")
         raise UserError(
-            f"{asked} a platform that cannot start here ({reason}): unset JAX_PLATFORMS (JAX "
-            "then uses what it finds), or install JAX for that platform (README, 'Speed')."
+            f"JAX could not start here ({reason}): check the settings it starts with "
+            f"({', '.join(settings) or 'none is set'}); unset the one the reason names."
         ) from None
 
 

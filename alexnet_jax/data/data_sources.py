@@ -717,10 +717,10 @@ def _check_tfds_split_names(config) -> None:
 
 def check_synthetic_splits(config) -> None:
     """Synthetic data has a training pool and an evaluation pool, no splits: train_split must be
-    'train' and eval_split a split name the real data sources have ('validation', 'test' or
-    'train'; the evaluation pool stands for each); another name (a typo) is a ConfigError rather
-    than numbers labelled with a split no source has."""
-    evaluated = ("validation", "test", "train")
+    'train' and eval_split 'validation' or 'test' (the evaluation pool stands for either);
+    another name (a typo, or 'train', whose numbers would be the evaluation pool's) is a
+    ConfigError rather than numbers labelled with a split they are not from."""
+    evaluated = ("validation", "test")  # not "train": the evaluation pool is not the training one
     for field, names in (("train_split", ("train",)), ("eval_split", evaluated)):
         if config[field] not in names:
             raise ConfigError(

@@ -313,9 +313,17 @@ MEAN_IMAGE_DIR = "mean_images"  # under config.data_dir: <hash of the data's ide
 
 def mean_image_path(config) -> str:
     """Where the mean image of the config's training data (split, resize_size) is kept: keyed by
-    the data's identity (its content, not its location), so it is computed once per dataset."""
+    the data's identity (its content, not its location), so it is computed once per dataset.
+    The identity is the training split's alone: an evaluation of another split, or Figure 4's
+    view of the training split, finds the same file."""
+    training_only = ml_collections.ConfigDict(config.to_dict())
+    training_only.eval_split = config.train_split
     blob = json.dumps(
-        [data_sources.dataset_identity(config), str(config.train_split), int(config.resize_size)],
+        [
+            data_sources.dataset_identity(training_only),
+            str(config.train_split),
+            int(config.resize_size),
+        ],
         sort_keys=True,
     )
     name = hashlib.sha1(blob.encode()).hexdigest()[:16] + ".npy"

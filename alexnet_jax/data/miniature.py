@@ -52,6 +52,7 @@ LOCK_FILE = ".archive.lock"  # in the archive's directory; see `generated`
 INCOMPLETE_PREFIX = ".incomplete-"  # temporary folders of generation in progress (or killed)
 HARD_KINDS = ("png", "cmyk", "gray", "tiny")  # each appears once per split (if there is room)
 MAX_VAL_PER_CLASS = 50  # ILSVRC2012 has exactly 50 validation images per class
+MAX_TRAIN_PER_CLASS = 1300  # ILSVRC2012's largest classes have 1,300 training images
 SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring", "star", "dots")
 TASKS = ("shapes", "objects")  # objects: the harder task of data/objects.py
 _TINY_SIDE_RANGE = (64, 120)  # "smaller than the crop" (227 or 224)
@@ -104,13 +105,17 @@ class MiniatureSpec:
                 f"num_classes must be in 1..{most} for the {self.task!r} task, got "
                 f"{self.num_classes}"
             )
-        if self.train_per_class < 1:
-            raise ValueError(f"train_per_class must be >= 1, got {self.train_per_class}")
+        if not 1 <= self.train_per_class <= MAX_TRAIN_PER_CLASS:  # (a billion: 18 GB, killed)
+            raise ValueError(
+                f"train_per_class must be in 1..{MAX_TRAIN_PER_CLASS}, got {self.train_per_class}"
+            )
         if not 1 <= self.val_per_class + self.num_corrupt <= MAX_VAL_PER_CLASS:
             raise ValueError(
                 f"val_per_class (+ num_corrupt) must be in 1..{MAX_VAL_PER_CLASS}, "
                 f"got {self.val_per_class} (+ {self.num_corrupt})"
             )
+        if len(self.side_range) != 2:
+            raise ValueError(f"side_range must be a pair (min, max), got {self.side_range}")
         if not 1 <= self.side_range[0] <= self.side_range[1]:
             raise ValueError(
                 f"side_range must be (min, max) with 1 <= min <= max: {self.side_range}"

@@ -51,7 +51,6 @@ from alexnet_jax.model.layers import FORWARD_OPTIONS, LRN_CONVENTIONS, ConvSpec,
 from alexnet_jax.model.models import default_input_size
 
 # The paper's LRN: n, alpha as written, beta, k (lrn.local_response_norm's defaults).
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 
 def torch_lrn_alpha(lrn_convention: str) -> float:
@@ -62,7 +61,7 @@ def torch_lrn_alpha(lrn_convention: str) -> float:
     """
     if lrn_convention not in LRN_CONVENTIONS:
         raise ValueError(f"lrn_convention must be one of {LRN_CONVENTIONS}, got {lrn_convention!r}")
-    return LRN_ALPHA * LRN_SIZE if lrn_convention == "paper" else LRN_ALPHA
+    return lrn.ALPHA * lrn.SIZE if lrn_convention == "paper" else lrn.ALPHA
 
 
 @functools.cache
@@ -78,7 +77,7 @@ def _tower_lrn_class() -> type:
         def __init__(self, towers: int, alpha: float):
             super().__init__()
             self.towers = towers
-            self.lrn = nn.LocalResponseNorm(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+            self.lrn = nn.LocalResponseNorm(lrn.SIZE, alpha=alpha, beta=lrn.BETA, k=lrn.K)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.cat([self.lrn(t) for t in torch.chunk(x, self.towers, dim=1)], dim=1)
@@ -93,7 +92,7 @@ def _lrn(towers: int, alpha: float) -> Any:
     from torch import nn
 
     if towers == 1:
-        return nn.LocalResponseNorm(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+        return nn.LocalResponseNorm(lrn.SIZE, alpha=alpha, beta=lrn.BETA, k=lrn.K)
     return _tower_lrn_class()(towers, alpha)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,16 +117,20 @@ def _response_norm_jvp(window_sum, size, k, scale, beta, primals, tangents):
     return y, dy
 
 
+# The paper's hyper-parameters (section 3.3): n = 5, k = 2, alpha = 1e-4, beta = 0.75.
+SIZE, K, ALPHA, BETA = 5, 2.0, 1e-4, 0.75
+
+
 @functools.partial(
     jax.jit, static_argnames=("size", "k", "alpha", "beta", "divide_alpha_by_size", "impl")
 )
 def local_response_norm(
     x: jax.Array,
     *,
-    size: int = 5,
-    k: float = 2.0,
-    alpha: float = 1e-4,
-    beta: float = 0.75,
+    size: int = SIZE,
+    k: float = K,
+    alpha: float = ALPHA,
+    beta: float = BETA,
     divide_alpha_by_size: bool = False,
     impl: str = "conv",
 ) -> jax.Array:
@@ -138,7 +141,7 @@ def local_response_norm(
         inputs in float64.
       size: n, the number of adjacent channels in the window (centred, i - n//2 .. i + n//2, and
         clipped at the edges; see the module docstring for even n).
-      k, alpha, beta: the paper's hyper-parameters (k=2, alpha=1e-4, beta=0.75).
+      k, alpha, beta: the paper's hyper-parameters (K, ALPHA, BETA: 2, 1e-4, 0.75).
       divide_alpha_by_size: False for the paper's formula (TensorFlow's convention), True for
         cuda-convnet/Caffe/PyTorch's alpha / n.
       impl: how the windowed sum of squares is computed: one of IMPLEMENTATIONS.
@@ -195,27 +198,3 @@ def spatial_response_norm(
     coefficient = float(scale) / size**2
     out = _response_norm(xf, _window_sum_spatial, size, float(k), coefficient, float(power))
     return out.astype(x.dtype)
-
-
-class LocalResponseNorm(nn.Module):
-    """Flax wrapper of `local_response_norm` (no parameters)."""
-
-    size: int = 5
-    k: float = 2.0
-    alpha: float = 1e-4
-    beta: float = 0.75
-    divide_alpha_by_size: bool = False
-    impl: str = "auto"  # "auto" picks default_implementation() for the current backend.
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        impl = default_implementation() if self.impl == "auto" else self.impl
-        return local_response_norm(
-            x,
-            size=self.size,
-            k=self.k,
-            alpha=self.alpha,
-            beta=self.beta,
-            divide_alpha_by_size=self.divide_alpha_by_size,
-            impl=impl,
-        )

@@ -60,6 +60,9 @@ class Run:
         done = report.final_eval(self.workdir, step) if step >= num_steps else None
         if done is None:
             return None
+        if self.allow_change:  # the remedies of a refused config.json or run.json work here too
+            rundir.accept_config_json(self.workdir, step)
+            rundir.record_dataset(self.workdir, self.dataset)
         if rundir.finished_step(self.workdir) is None:  # finished before runs recorded their end
             with contextlib.suppress(OSError):  # best effort: this rerun only reports
                 rundir.record_finished(self.workdir, step)

@@ -135,6 +135,7 @@ def refuse_run_file(path: str, flag: str) -> None:
     """UserError when a tool's output `path` (given as `flag`) is one of a run's own records in a
     run directory (a comparison's curves over training_curves.png, a benchmark's JSON over
     config.json, the run's identity): those belong to main.py."""
+    refuse_inside_checkpoints(path, flag)
     folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
     name = os.path.basename(path)
     if name == SWEEP_FILE and os.path.isfile(os.path.join(folder, SWEEP_FILE)):  # a sweep's plan
@@ -149,13 +150,32 @@ def refuse_run_file(path: str, flag: str) -> None:
         )
 
 
+def refuse_inside_checkpoints(path: str, flag: str) -> None:
+    """UserError when `path` lies inside a run's checkpoints/ (or damaged_checkpoints/) folder:
+    Orbax replaces and deletes the step folders there, and whatever was put in them with them."""
+    place = os.path.realpath(os.path.expanduser(path))  # through links to such a folder too
+    while os.path.dirname(place) != place:
+        parent = os.path.dirname(place)
+        if os.path.basename(place) in (CHECKPOINTS, DAMAGED_CHECKPOINTS) and os.path.isfile(
+            os.path.join(parent, CONFIG_FILE)
+        ):
+            raise UserError(
+                f"{flag}={path} lies inside the checkpoints of the run in {parent}, whose step "
+                "folders are replaced and deleted as it trains (with what is in them): choose a "
+                "folder outside it."
+            )
+        place = parent
+
+
 def check_is_directory(workdir: str) -> None:
     """DataError when `workdir` exists and is not a directory, or holds a directory (or other
-    non-file) under the name of one of a run's files, or a file named like its checkpoints."""
+    non-file) under the name of one of a run's files, or a file named like its checkpoints;
+    UserError when it lies inside another run's checkpoints."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise DataError(
             f"--workdir={workdir} is a file, not a directory: choose another --workdir."
         )
+    refuse_inside_checkpoints(workdir, "--workdir")
     for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, LOCK_FILE, METRICS_FILE, CURVES_FILE):
         path = os.path.join(workdir, name)
         if os.path.lexists(path) and not os.path.isfile(path):
@@ -251,6 +271,12 @@ def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
         yield
         return
     make_workdir(workdir)
+    if flag == "--workdir" and os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
+        raise UserError(
+            f"--workdir={workdir} is a sweep's folder (its {SWEEP_FILE}), which holds its runs in "
+            "folders of their own: choose another --workdir (one arm's run is "
+            f"{os.path.join(workdir, '<arm>')})."
+        )
     path = os.path.join(workdir, LOCK_FILE)
     pid = os.getpid()
     me = {"host": socket.gethostname(), "pid": pid, "started": _process_start_time(pid)}
@@ -443,8 +469,14 @@ def record_start(
         console.info(f"Config changes on resume: {_describe(resumable, limit=100)}")
     save_config(config, workdir)
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
-    if dataset is not None and read_run_record(workdir) is None:
-        write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
+    record_dataset(workdir, dataset)
+
+
+def record_dataset(workdir: str, dataset: dict | None) -> None:
+    """Writes the data's identity to run.json when the run has none (process 0)."""
+    if jax.process_index() != 0 or dataset is None or read_run_record(workdir) is not None:
+        return
+    write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
 
 # Fields that lengthen a finished run: main.py trains on when they change (is_finished).
@@ -463,6 +495,30 @@ def record_finished(workdir: str, step: int) -> None:
         "event": "finished",
     }
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
+
+
+def accept_config_json(workdir: str, step: int) -> bool:
+    """--allow_config_change on a run with nothing left to train: its config.json is taken as
+    it is, as a resume would take it, when the history lacks its digest or records another
+    (a resume entry at `step` that trains nothing; process 0). Whether it recorded one."""
+    if jax.process_index() != 0 or not os.path.isfile(config_path(workdir)):
+        return False
+    digest = _config_digest(_read_json(config_path(workdir), "the JSON config main.py writes"))
+    recorded = _recorded_config_digest(workdir)
+    if recorded is not None and recorded[1] == digest:
+        return False
+    entry = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "event": "resume",
+        "changed": {},
+        "config_digest": digest,
+        "allowed_config_change": True,
+    }
+    append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
+    console.info(f"{config_path(workdir)} taken as it is (--allow_config_change), and recorded.")
+    return True
 
 
 def read_history(workdir: str, warn: bool = True) -> list[dict]:
@@ -607,6 +663,14 @@ def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] 
     if not isinstance(config, dict):
         raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
     recorded = _recorded_config_digest(workdir) if check_digest else None
+    if check_digest and recorded is None and saved_steps(workdir):
+        raise DataError(
+            f"{workdir} holds checkpoints but its {HISTORY_FILE} records no start with the "
+            f"digest of {CONFIG_FILE} (deleted, cut short, or written before 2026-12-05), so "
+            f"{path} cannot be checked against the config the checkpoints were trained with. "
+            f"Restore {os.path.join(workdir, HISTORY_FILE)} from a copy of the run, or resume "
+            "the run with --allow_config_change to take config.json as it is (then recorded)."
+        )
     if recorded is not None and recorded[1] != _config_digest(config):
         raise DataError(
             f"{path} is not the config the run recorded when it started at step {recorded[0]} "

@@ -13,3 +13,5 @@ if sys.argv[:1] == ["-m"]:
     from alexnet_jax.core import errors
 
     errors.exit_on_ctrl_c(sigterm=True)
+    with errors.reported_as_exit():  # before NumPy, JAX and TensorFlow are imported
+        errors.check_address_space()

@@ -52,6 +52,8 @@ COLUMNS = (
     ("final_top5_error", "final top-5 err %", 100.0, ".1f"),
     ("best_top1_error", "best top-1 err %", 100.0, ".1f"),
     ("best_top5_error", "best top-5 err %", 100.0, ".1f"),
+    ("train_top1_error", "train top-1 err %", 100.0, ".1f"),
+    ("gap", "gap pts", 100.0, ".1f"),
     ("steps", "steps", 1.0, ".0f"),
     ("images_per_sec", "images/s", 1.0, ".1f"),
     ("train_seconds", "train time s", 1.0, ".1f"),
@@ -60,6 +62,11 @@ NOTE = (
     "Errors in %; with several runs: mean ± std (ddof=1) over the runs with an evaluation. Best: "
     "the evaluation with the lowest top-1 error. images/s: median over the train lines. Train "
     "time: the logged step times summed (without start-up and the final evaluation)."
+)
+GAP_NOTE = (
+    " Train: the top-1 error on the training images at the final step, from `main.py "
+    "--mode=eval --config.eval_split=train` run on the finished run; gap: final minus train, in "
+    "points."
 )
 
 
@@ -119,10 +126,13 @@ def _train_seconds(train: Sequence[dict]) -> float | None:
     return total if train else None
 
 
-def summarize_records(records: Sequence[dict], num_classes: int | None = None) -> dict[str, float]:
+def summarize_records(
+    records: Sequence[dict], num_classes: int | None = None, train_split: str = "train"
+) -> dict[str, float]:
     """The COLUMNS' values of one run's records (keys missing where there is no value; top-5
     only where rundir.shows_top5). Its evaluations are its own (rundir.run_evals: not the
-    re-evaluations of `--mode=eval`)."""
+    re-evaluations of `--mode=eval`), but for the error on the training images, which only a
+    re-evaluation of the final step on `train_split` gives (and the gap to the final one)."""
     train = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
     evals = sorted(rundir.run_evals(records), key=lambda r: r["step"])
     values: dict[str, float] = {}
@@ -134,6 +144,18 @@ def summarize_records(records: Sequence[dict], num_classes: int | None = None) -
             values[f"{name}_top1_error"] = r[rundir.TOP1_ERROR]
             if rundir.TOP5_ERROR in r and rundir.shows_top5(num_classes):
                 values[f"{name}_top5_error"] = r[rundir.TOP5_ERROR]
+    on_train = [  # `--mode=eval --config.eval_split=train` of the run's final step
+        r
+        for r in records
+        if r["split"] == "eval"
+        and r.get("eval_split") == train_split
+        and rundir.TOP1_ERROR in r
+        and evals
+        and r["step"] == evals[-1]["step"]
+    ]
+    if on_train:
+        values["train_top1_error"] = on_train[-1][rundir.TOP1_ERROR]
+        values["gap"] = values["final_top1_error"] - values["train_top1_error"]
     speeds = [r["images_per_sec"] for r in train if "images_per_sec" in r]
     if speeds:
         values["images_per_sec"] = float(np.median(speeds))
@@ -156,6 +178,14 @@ def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | 
     return state
 
 
+def _train_split(workdir: str) -> str:
+    """The run's train_split (config.json), "train" without a readable one."""
+    try:
+        return str((rundir.read_config_dict(workdir) or {}).get("train_split", "train"))
+    except (OSError, DataError):
+        return "train"
+
+
 def summarize_run(
     workdir: str, arm: str, seed: int | None, outcome: dict | None = None, required: bool = True
 ) -> RunSummary:
@@ -168,7 +198,7 @@ def summarize_run(
             state = "not started" if not os.path.isdir(workdir) else "nothing logged yet"
         return RunSummary(arm, seed, workdir, state)
     records, unreadable = read_records(workdir)
-    values = summarize_records(records, rundir.read_num_classes(workdir))
+    values = summarize_records(records, rundir.read_num_classes(workdir), _train_split(workdir))
     state = _state(workdir, records, values, outcome)
     if unreadable:
         state += f", {unreadable} unreadable line(s) skipped"
@@ -318,11 +348,12 @@ _TOP5_COLUMNS = ("final_top5_error", "best_top5_error")
 def _shown_columns(rows: Sequence[ArmRow]) -> list[tuple]:
     """COLUMNS, less the top-5 ones when no run has a top-5 error to show (every run with an
     evaluation has 5 classes or fewer: its top-5 error is always 0)."""
-    has_top5 = any(key in run.values for row in rows for run in row.runs for key in _TOP5_COLUMNS)
-    evaluated = any("final_top1_error" in run.values for row in rows for run in row.runs)
-    if has_top5 or not evaluated:
-        return list(COLUMNS)
-    return [column for column in COLUMNS if column[0] not in _TOP5_COLUMNS]
+    has = lambda key: any(key in run.values for row in rows for run in row.runs)
+    evaluated = has("final_top1_error")
+    left_out = set() if any(map(has, _TOP5_COLUMNS)) or not evaluated else set(_TOP5_COLUMNS)
+    if not has("gap"):  # no run was evaluated on its training images
+        left_out |= {"train_top1_error", "gap"}
+    return [column for column in COLUMNS if column[0] not in left_out]
 
 
 def markdown_table(rows: Sequence[ArmRow]) -> str:
@@ -334,7 +365,8 @@ def markdown_table(rows: Sequence[ArmRow]) -> str:
         cells = [row.arm, runs, row.state]
         cells += [_cell(*row.stats[key], scale, fmt) for key, _, scale, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + NOTE + "\n"
+    note = NOTE + (GAP_NOTE if any(key == "gap" for key, *_ in columns) else "")
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def csv_table(rows: Sequence[ArmRow]) -> str:
@@ -400,6 +432,9 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
     """Writes `<out>.md`, `<out>.csv` and `<out>.png` for the runs of `dirs`; returns the
     markdown table and the three paths."""
     out = out or default_out(dirs)
+    paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
+    for path in paths:  # before the work, and before its folder is made (hostile pass 5, #38)
+        rundir.refuse_run_file(path, "--out")
     summaries = collect(dirs)
     rows = arm_rows(summaries)
     table = markdown_table(rows)
@@ -408,12 +443,11 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
         raise errors.UserError(
             f"--out={out}: its folder {problem}: choose another --out, in a folder you can write."
         )
-    paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
-    for path in paths:
-        rundir.refuse_run_file(path, "--out")
+    # The plot (the slow part) first: a stop while it is drawn leaves the earlier set whole,
+    # rather than a new table beside an old plot (hostile pass 4, #23).
+    plot_curves(summaries, paths[2])
     for path, text in zip(paths, (table, csv_table(rows)), strict=False):
         rundir.write_atomically(path, text)
-    plot_curves(summaries, paths[2])
     return table, paths
 
 

@@ -48,6 +48,7 @@ def define_flags() -> None:
 def export_run(workdir: str, out_path: str) -> str:
     """Writes the latest checkpoint's params of the run in `workdir`, with the run's conventions,
     to exactly `out_path`; returns it."""
+    rundir.refuse_run_file(out_path, "--to")  # not over a run's records, not in checkpoints/
     weights_io.check_output_path(out_path)  # a bad suffix or place fails before restoring
     config = config_lib.load_config(workdir)
     if config.variant not in convert.VARIANTS:
@@ -74,6 +75,8 @@ def main(argv: Sequence[str]) -> None:
     with reported_as_exit():
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}: export takes only flags.")
+        runtime.check_environment()
+        runtime.start_backend()
         path = export_run(flags.FLAGS.workdir, flags.FLAGS.to)
     print(f"wrote {path}")
 

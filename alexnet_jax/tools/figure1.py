@@ -49,8 +49,7 @@ def training_error_by_epoch(records: Sequence[dict]) -> list[tuple[int, float]]:
             )
         weight = max(r["step"] - previous, 0)
         previous = r["step"]
-        epoch = max(1, math.ceil(r["epoch"] - 1e-9))  # epoch 1 covers (0, 1]
-        total = sums.setdefault(epoch, [0.0, 0.0])
+        total = sums.setdefault(_epoch_of(r), [0.0, 0.0])
         total[0] += weight * r[rundir.TOP1_ERROR]
         total[1] += weight
     return [(e, s / w) for e, (s, w) in sorted(sums.items()) if w > 0]
@@ -61,21 +60,51 @@ def first_epoch_at_most(curve: Sequence[tuple[int, float]], threshold: float = T
     return next((epoch for epoch, error in curve if error <= threshold), None)
 
 
-def arm_curves(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[tuple[int, float]]]]:
-    """arm -> each of its runs' curves; DataError for an arm without a run that logged."""
-    curves: dict[str, list] = {arm: [] for arm in arms}
+def _epoch_of(record: dict) -> int:
+    return max(1, math.ceil(record["epoch"] - 1e-9))  # epoch 1 covers (0, 1]
+
+
+def seconds_to_epoch(records: Sequence[dict], epoch: int) -> float | None:
+    """The training time of epochs 1..`epoch`: the logged step times (step_time_ms, each line's
+    covering the steps since the line before) summed, without start-up, compilation and
+    evaluations; None when a line lacks a step time."""
+    train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
+    total, previous = 0.0, 0
+    for r in train:
+        if _epoch_of(r) > epoch:
+            break
+        if "step_time_ms" not in r:
+            return None
+        total += r["step_time_ms"] / 1000.0 * max(r["step"] - previous, 0)
+        previous = r["step"]
+    return total
+
+
+def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict]]]:
+    """arm -> each of its runs' metrics records; DataError for an arm without a run that logged."""
+    found: dict[str, list] = {arm: [] for arm in arms}
     for run in compare.collect([sweep_dir]):
-        if run.arm in curves and os.path.isfile(os.path.join(run.workdir, "metrics.jsonl")):
+        if run.arm in found and os.path.isfile(os.path.join(run.workdir, "metrics.jsonl")):
             records, _ = compare.read_records(run.workdir)
-            curves[run.arm].append(training_error_by_epoch(records))
-    missing = [arm for arm, runs in curves.items() if not any(runs)]
+            if training_error_by_epoch(records):
+                found[run.arm].append(records)
+    missing = [arm for arm, runs in found.items() if not runs]
     if missing:
         raise DataError(
             f"{sweep_dir} has no logged run of arm(s) {', '.join(missing)}: run "
             "`python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py "
             f"--sweep_dir={sweep_dir}`."
         )
-    return curves
+    return found
+
+
+def mean_seconds(runs: Sequence[Sequence[dict]], epoch: float | None) -> float | None:
+    """The mean over an arm's runs of the training seconds to its (mean) first `epoch` at the
+    threshold, rounded up to a whole epoch; None when not reached or not timed."""
+    if epoch is None:
+        return None
+    seconds = [seconds_to_epoch(records, math.ceil(epoch)) for records in runs]
+    return None if None in seconds else float(np.mean(seconds))
 
 
 def summarize(curves: dict, threshold: float = THRESHOLD) -> tuple[dict, float | None]:
@@ -139,12 +168,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     with reported_as_exit():
         rundir.refuse_run_file(out, "--out")  # before the work (hostile pass 4, #53-#54)
         errors.make_directory(os.path.dirname(os.path.abspath(out)), "--out's folder")  # (#25)
-        curves = arm_curves(args.sweep_dir, args.arms.split(","))
+        runs = arm_records(args.sweep_dir, args.arms.split(","))
+        curves = {arm: [training_error_by_epoch(r) for r in found] for arm, found in runs.items()}
         firsts, ratio = summarize(curves, args.threshold)
-        out = plot(curves, firsts, out)
+        out = plot(curves, firsts, out, args.threshold)
     for arm, epoch in firsts.items():
         reached = f"epoch {epoch:g}" if epoch is not None else "not reached"
-        print(f"{arm}: {args.threshold:.0%} training error at {reached}")
+        seconds = mean_seconds(runs[arm], epoch)
+        timed = f" ({seconds:.0f} s of training)" if seconds is not None else ""
+        print(f"{arm}: {args.threshold:.0%} training error at {reached}{timed}")
     if ratio is not None:
         arms = list(firsts)
         print(f"ratio {arms[1]} / {arms[0]}: {ratio:.2f} (the paper: about 6)")

@@ -344,6 +344,7 @@ def make_figures(workdir: str, out_dir: str = "", **figure4_options: Any) -> lis
     """Figures 3 and 4 of the latest checkpoint in `workdir`, written to `out_dir` (default:
     `workdir/figures`)."""
     out_dir = out_dir or os.path.join(workdir, DEFAULT_OUT)
+    rundir.refuse_inside_checkpoints(out_dir, "--out")  # (hostile pass 4, #56)
     check_options(out_dir, **figure4_options)
     config, params, step = load.load_params_and_step(workdir, sharding.single_device_mesh())
     errors.make_directory(out_dir, "--out")  # once the run loaded: a wrong --workdir makes none
@@ -376,8 +377,10 @@ def main(argv: Sequence[str]) -> None:
 
     runtime.quiet_native_logs()
     runtime.quiet_library_logs()
-    runtime.load_tensorflow()
     with reported_as_exit():
+        runtime.check_environment()
+        runtime.start_backend()
+        runtime.load_tensorflow()
         paths = make_figures(
             FLAGS.workdir,
             FLAGS.out,

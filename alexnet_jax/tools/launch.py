@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from alexnet_jax.core import errors
+from alexnet_jax.core import console, errors
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -159,7 +159,7 @@ class Supervisor:
         self.procs = list(procs)
         self.grace_s = grace_s
         self.log_dir = log_dir
-        self.say = say or (lambda text: print(f"[launch] {text}", flush=True))
+        self.say = say or (lambda text: console.out(f"[launch] {text}"))
         self.pending: list[int] = []  # signals received, not yet acted on
         self.interrupt: int | None = None  # the first stop signal
         self.dead: int | None = None  # index of the process that died while the others ran
@@ -241,8 +241,7 @@ class Supervisor:
 
 def _echo(proc: subprocess.Popen, prefix: str) -> None:
     for line in proc.stdout:
-        sys.stdout.write(f"{prefix}{line}")
-        sys.stdout.flush()
+        console.out(f"{prefix}{line}", end="")
 
 
 def _checked(
@@ -292,6 +291,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     if not args.command:
         parser.error("give the command after --, e.g. `-- main.py --workdir=runs/x`")
     if args.process_log_dir:
+        from alexnet_jax.runs import rundir  # (only here: the launcher stays light)
+
+        try:
+            rundir.refuse_inside_checkpoints(args.process_log_dir, "--process_log_dir")
+        except errors.UserError as e:
+            parser.error(str(e))
         problem = errors.directory_creation_problem(args.process_log_dir)
         if problem:
             parser.error(f"argument --process_log_dir={args.process_log_dir}: {problem}")
@@ -317,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     supervisor.procs = procs
     echoes = []
     for i, p in enumerate(procs):
-        print(f"[launch] process {i}: pid {p.pid}", flush=True)
+        console.out(f"[launch] process {i}: pid {p.pid}")
         if p.stdout is not None:
             echoes.append(threading.Thread(target=_echo, args=(p, f"[{i}] "), daemon=True))
             echoes[-1].start()

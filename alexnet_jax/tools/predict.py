@@ -223,6 +223,8 @@ def main(argv: Sequence[str]) -> None:
         missing = [path for path in images if not os.path.isfile(path)]
         if missing:  # before the model is loaded
             raise DataError(f"No such image file(s): {', '.join(missing)}")
+        runtime.check_environment()
+        runtime.start_backend()
         config, params = load_model(FLAGS.workdir, FLAGS.weights, FLAGS.variant)
         mean_image = None
         if FLAGS.workdir and config.normalization == "mean_image":

@@ -53,8 +53,14 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax.core import errors
-from alexnet_jax.core.errors import ConfigError, UserError, make_directory, reported_as_exit
+from alexnet_jax.core import console, errors, runtime
+from alexnet_jax.core.errors import (
+    ConfigError,
+    DataError,
+    UserError,
+    make_directory,
+    reported_as_exit,
+)
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare, launch
 from alexnet_jax.train import config_lib
@@ -379,6 +385,7 @@ def run_sweep(
 ) -> int:
     """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
     all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
+    rundir.refuse_inside_checkpoints(sweep_dir, "--sweep_dir")  # (hostile pass 5, #33)
     make_directory(sweep_dir, "--sweep_dir")  # before any run starts
     if os.path.isfile(rundir.config_path(sweep_dir)):
         raise UserError(
@@ -401,23 +408,29 @@ def _run_sweep(
         for i, run in enumerate(runs, start=1):
             if stop.received:
                 break
-            if rundir.is_finished(run.config, run.workdir):
-                step = rundir.finished_step(run.workdir)
-                say(f"{run.name}: finished at step {step}; not run again.")
-                outcomes[run.name] = {"status": "finished", "step": step}
+            try:
+                if rundir.is_finished(run.config, run.workdir):
+                    step = rundir.finished_step(run.workdir)
+                    say(f"{run.name}: finished at step {step}; not run again.")
+                    outcomes[run.name] = {"status": "finished", "step": step}
+                    continue
+                _set_aside_if_changed(run, sweep_dir, say)
+            except (DataError, ConfigError) as e:  # its records are damaged: this arm fails
+                say(f"{run.name}: FAILED before starting: {e}")
+                outcomes[run.name] = {"status": "failed", "exit_code": None, "error": str(e)}
                 continue
-            _set_aside_if_changed(run, sweep_dir, say)
             say(f"{run.name}: running ({i}/{len(runs)}); log {run.log}")
             rundir.write_sweep_plan(sweep_dir, _plan(sweep, runs, sweep_dir, outcomes))
             started = time.monotonic()
             code = _run_one(run, stop, say)
-            outcomes[run.name] = _outcome(run, code, time.monotonic() - started, say)
+            seconds = time.monotonic() - started
+            outcomes[run.name] = _outcome(run, code, seconds, say, stopped=bool(stop.received))
         rundir.write_sweep_plan(sweep_dir, _plan(sweep, runs, sweep_dir, outcomes))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stop.received:
-        return _stopped(stop.received[0], runs, outcomes, say)
+        return _stopped(stop.received[0], runs, outcomes)
     return _report(runs, outcomes, sweep_dir, say)
 
 
@@ -429,8 +442,10 @@ def _set_aside_if_changed(run: Run, sweep_dir: str, say: Callable[[str], None]) 
     the sweep file has nothing to resume, and main.py refuses its folder as another experiment:
     the earlier attempt is moved to <sweep_dir>/set_aside/ (kept, not deleted) so that the arm
     starts over. An arm with a checkpoint is left to main.py's refusal (its remedy applies)."""
-    old = rundir.read_config_dict(run.workdir) if os.path.isdir(run.workdir) else None
-    if old is None or rundir.saved_steps(run.workdir):
+    if not os.path.isdir(run.workdir) or rundir.saved_steps(run.workdir):
+        return
+    old = rundir.read_config_dict(run.workdir, check_digest=False)  # (main.py checks it)
+    if old is None:
         return
     changed = rundir.config_changes(run.config, old)
     if not changed:
@@ -448,25 +463,32 @@ def _set_aside_if_changed(run: Run, sweep_dir: str, say: Callable[[str], None]) 
     )
 
 
-def _outcome(run: Run, code: int, seconds: float, say: Callable[[str], None]) -> dict:
+def _outcome(
+    run: Run, code: int, seconds: float, say: Callable[[str], None], stopped: bool = False
+) -> dict:
+    """The run's outcome for sweep.json: finished, stopped (by itself after a save, or by the
+    sweep's own stop signal, passed on to it) or failed."""
     outcome = {"exit_code": code, "seconds": round(seconds, 1)}
     finished = rundir.finished_step(run.workdir)
-    if code == 0 and finished is not None:
+    if finished is not None and (code == 0 or stopped):  # a stop after its end: finished
         say(f"{run.name}: finished at step {finished} ({seconds:.0f} s).")
         return {"status": "finished", "step": finished, **outcome}
-    if code == 0:
-        say(f"{run.name}: stopped before finishing (it saved; rerun the sweep to resume it).")
+    if code == 0 or stopped:
+        say(f"{run.name}: stopped before finishing (rerun the sweep to resume it).")
         return {"status": "stopped", **outcome}
     say(f"{run.name}: FAILED, exit code {code}; log {run.log}: {_last_error(run.log)}")
     return {"status": "failed", **outcome}
 
 
-def _stopped(signum: int, runs: Sequence[Run], outcomes: dict, say: Callable) -> int:
+def _stopped(signum: int, runs: Sequence[Run], outcomes: dict) -> int:
+    """The stop's one line on stderr, `interrupted:` or `terminated:` as the tools' (errors)."""
     left = [r.name for r in runs if outcomes.get(r.name, {}).get("status") != "finished"]
-    say(
-        f"stopped by {signal.Signals(signum).name}: {len(left)} of {len(runs)} runs not finished "
-        f"({', '.join(left)}). Rerun the same command to finish them; finished runs are not "
-        "run again, the others resume from their last checkpoint."
+    word = "interrupted" if signum == signal.SIGINT else "terminated"
+    print(
+        f"{word}: sweep stopped by {signal.Signals(signum).name}: {len(left)} of {len(runs)} "
+        f"runs not finished ({', '.join(left)}). Rerun the same command to finish them; finished "
+        "runs are not run again, the others resume from their last checkpoint.",
+        file=sys.stderr,
     )
     return 128 + signum
 
@@ -475,7 +497,7 @@ def _report(runs: Sequence[Run], outcomes: dict, sweep_dir: str, say: Callable) 
     """Writes the comparison, prints it and names every run that did not finish."""
     try:
         table, paths = compare.write_comparison([sweep_dir], os.path.join(sweep_dir, "comparison"))
-        print(table, flush=True)
+        console.out(table)
         say(f"comparison: {', '.join(paths)}")
     except UserError as e:
         say(f"no comparison: {e}")
@@ -536,6 +558,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     with reported_as_exit():
+        runtime.check_environment()  # what the runs inherit: one line here, not one per run
         sweep = make_sweep(args.sweep, args.config, args.arm, args.seeds)
         if not os.path.isfile(args.main):
             raise UserError(f"--main={args.main} is not a file.")
@@ -544,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for run in runs:
                 print(shlex.join(run.command))
             return
-        say = lambda text: print(f"[sweep] {text}", flush=True)
+        runtime.start_backend()  # (the sweep's lock asks JAX for the process index)
+        say = lambda text: console.out(f"[sweep] {text}")
         code = run_sweep(sweep, runs, args.sweep_dir, say)
     sys.exit(code)
 

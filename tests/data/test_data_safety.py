@@ -323,6 +323,7 @@ def test_entries_named_like_images_that_are_not_files_are_left_out_and_named(
     ("field", "split", "accepted"),
     [("eval_split", "test", True), ("eval_split", "validation", True),
      ("eval_split", "bogus_split", False), ("eval_split", "train[:10]", False),
+     ("eval_split", "train", False),  # pass 4, #45: the evaluation pool labelled train
      ("train_split", "train[:10]", False)],
 )  # fmt: skip
 def test_synthetic_data_accepts_only_the_split_names_its_pools_stand_for(field, split, accepted):

@@ -9,6 +9,7 @@ import io
 import math
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -371,6 +372,15 @@ def test_mean_image_is_computed_once_and_subtracted_per_pixel(gradient_folder, t
     modified = os.path.getmtime(path)
     input_pipeline.prepare(config)  # computed once
     assert os.path.getmtime(path) == modified
+    # Pass 4, #59/#61: the key was the identity of both splits, so an evaluation of the training
+    # split (and Figure 4, which reads it as eval views) asked for another file: computed again,
+    # or refused by figures with a remedy that looped. The training split's identity alone.
+    of_train = ml_collections.ConfigDict({**config.to_dict(), "eval_split": config.train_split})
+    assert input_pipeline.mean_image_path(of_train) == path
+    input_pipeline.prepare(of_train)
+    assert [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".npy")] == [
+        os.path.basename(path)
+    ]
 
     center = next(iter(input_pipeline.create_eval_iterator(config, local_batch_size=3)))
     for views, label in zip(center["image"], center["label"], strict=True):

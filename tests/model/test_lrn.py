@@ -16,8 +16,6 @@ from jax.test_util import check_grads
 
 from alexnet_jax.model.lrn import (
     IMPLEMENTATIONS,
-    LocalResponseNorm,
-    default_implementation,
     local_response_norm,
     spatial_response_norm,
 )
@@ -167,20 +165,6 @@ def test_lrn_bfloat16_within_1e_2_of_float32_and_returns_bfloat16(impl):
     reference = local_response_norm(x.astype(jnp.float32), **PAPER, impl=impl)
     assert out.dtype == jnp.bfloat16
     assert relative_error(out.astype(jnp.float32), reference) <= 1e-2
-
-
-@pytest.mark.parametrize("impl", [*IMPLEMENTATIONS, "auto"])
-def test_lrn_flax_module_has_no_params_and_equals_the_function(impl):
-    """The Flax wrapper has no variables, passes its fields on, and "auto" picks per backend."""
-    x = random_activations(96, seed=7)
-    module = LocalResponseNorm(divide_alpha_by_size=True, impl=impl)
-    out, variables = module.init_with_output(jax.random.key(0), x)
-    assert not variables
-    expected_impl = default_implementation() if impl == "auto" else impl
-    expected = local_response_norm(x, **PAPER, divide_alpha_by_size=True, impl=expected_impl)
-    np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(jax.jit(module.apply)({}, x), expected)
-    assert relative_error(out, lrn_torch(x, **PAPER)) <= F32_TOL
 
 
 def test_lrn_rejects_unknown_impl_and_bad_size():

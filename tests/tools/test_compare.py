@@ -188,3 +188,31 @@ def test_compare_names_an_out_folder_that_cannot_be_created(tmp_path, capsys):
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: --out={out}: its folder cannot be created (File name too long")
+
+
+def test_the_error_on_the_training_images_and_the_gap_come_from_an_evaluation_of_train(tmp_path):
+    """#26: the train/held-out gap. A run's error on its training images is the re-evaluation of
+    its final step on the training split (`--mode=eval --config.eval_split=train`, a reeval line
+    labelled eval_split "train"); gap = final held-out minus that, per run, then mean ± std
+    (by hand: gaps 0.10 and 0.20 -> 15.0 ± 7.1 points). An evaluation of train at another step
+    is not the final one's; without any, the two columns are left out."""
+    root = str(tmp_path / "runs")
+    for seed, (final, train) in enumerate(((0.3, 0.2), (0.5, 0.3))):
+        workdir = os.path.join(root, "x", f"seed_{seed}")
+        _write_metrics(workdir, [(2, 0.6, 0.1), (4, final, 0.1)], speeds=[10.0])
+        with open(rundir.metrics_path(workdir), "a") as f:
+            for step, error in ((2, 0.0), (4, train)):  # only step 4 is the final step
+                line = {"step": step, "split": "eval", "top1_error": error, "top5_error": 0.0}
+                f.write(json.dumps({**line, "reeval": True, "eval_split": "train"}) + "\n")
+    table, _ = compare.write_comparison([root], str(tmp_path / "c"))
+    header, _, row = table.splitlines()[:3]
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert cells["final top-1 err %"] == "40.0 ± 14.1"  # the reevals are not the run's own
+    assert cells["train top-1 err %"] == "25.0 ± 7.1"
+    assert cells["gap pts"] == "15.0 ± 7.1"
+    assert "Train: the top-1 error on the training images at the final step" in table
+
+    _write_metrics(str(tmp_path / "plain"), [(4, 0.3, 0.1)], speeds=[10.0])
+    table, _ = compare.write_comparison([str(tmp_path / "plain")], str(tmp_path / "d"))
+    assert "train top-1" not in table
+    assert "gap" not in table

@@ -158,6 +158,8 @@ def _write_run(workdir, lines, version="new"):
         for step, epoch, error in lines:
             record = {"step": step, "split": "train", "loss": 1.0}
             record.update({"top1_error": error} if version == "new" else {"top1": 1.0 - error})
+            if version == "new":  # 100 ms per step (older files: no step times)
+                record["step_time_ms"] = 100.0
             f.write(json.dumps({**record, "epoch": epoch}) + "\n")
 
 
@@ -175,8 +177,12 @@ def test_figure1_marks_the_first_epoch_at_25_percent_as_computed_by_hand(tmp_pat
     _write_run(str(sweep_dir / "tanh"), tanh, version)
     figure1.main([f"--sweep_dir={sweep_dir}"])
     out = capsys.readouterr().out
-    assert "relu: 25% training error at epoch 2\n" in out
-    assert "tanh: 25% training error at epoch 3\n" in out
+    timed = version == "new"  # steps 1-8 and 1-12 of 100 ms: the seconds of training to there
+    assert f"relu: 25% training error at epoch 2{' (1 s of training)' if timed else ''}\n" in out
+    assert f"tanh: 25% training error at epoch 3{' (1 s of training)' if timed else ''}\n" in out
+    records = rundir.read_metrics(str(sweep_dir / "tanh"))
+    assert figure1.seconds_to_epoch(records, 3) == (pytest.approx(1.2) if timed else None)
+    assert figure1.seconds_to_epoch(records, 2) == (pytest.approx(0.8) if timed else None)
     assert "ratio tanh / relu: 1.50" in out
     with open(sweep_dir / "figure1.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -265,7 +271,8 @@ def test_the_objects_ablation_sweep_is_the_preset_with_one_change_per_arm(monkey
         "checkpoint_every_steps",
         "variant",
     ]
-    assert base["variant"] == "paper" and base["miniature_task"] == "objects"
+    assert base["variant"] == "paper"
+    assert base["miniature_task"] == "objects"
     changed = {
         (r.arm, r.seed): sorted(k for k, v in r.config.to_dict().items() if base[k] != v)
         for r in runs
@@ -281,3 +288,47 @@ def test_the_objects_ablation_sweep_is_the_preset_with_one_change_per_arm(monkey
     assert changed == {
         (a, s): sorted(expected[a] + (["seed"] if s else [])) for a in arms for s in (0, 1, 2)
     }
+
+
+def test_figure1_draws_the_threshold_it_was_given(tmp_path, monkeypatch):
+    """--threshold=0.3 drew the 25% line and title (the plot took its default): the figure said
+    25% beside epochs counted at 30%. The title, the line and the marks follow the flag."""
+    sweep_dir = tmp_path / "figure1"
+    _write_run(str(sweep_dir / "relu"), [(4, 1.0, 0.5), (8, 2.0, 0.28)])
+    _write_run(str(sweep_dir / "tanh"), [(4, 1.0, 0.6), (8, 2.0, 0.4), (12, 3.0, 0.29)])
+    drawn = []
+    monkeypatch.setattr(figure1.plots, "save_figure", lambda fig, path: drawn.append(fig))
+    figure1.main([f"--sweep_dir={sweep_dir}", "--threshold=0.3"])
+    (ax,) = drawn[0].axes
+    assert ax.get_title() == "Figure 1: epochs to 30% training error"
+    marks = [tuple(line.get_xydata()[0]) for line in ax.get_lines() if line.get_marker() == "o"]
+    assert marks == [(2.0, 0.3), (3.0, 0.3)]
+    levels = {tuple(line.get_ydata()) for line in ax.get_lines() if line.get_linestyle() == "-."}
+    assert levels == {(0.3, 0.3)}
+
+
+def test_figure1_on_the_objects_task_is_figure1s_net_and_training_on_its_pictures(monkeypatch):
+    """configs/figure1_objects.py (#26): configs/figure1.py's net, rates, batch and
+    preprocessing; configs/objects.py's data (its task, classes, picture sides, held-out split),
+    with 500 pictures per class; sweeps/figure1_objects.py: the relu and tanh arms."""
+    monkeypatch.chdir(REPO)
+    plan = sweep.make_sweep("sweeps/figure1_objects.py", None, [], None)
+    runs = {r.arm: r.config.to_dict() for r in sweep.plan_runs(plan, "runs/x")}
+    assert list(runs) == ["relu", "tanh"]
+    net = figure1_config.get_config().to_dict()
+    task = _load("configs/objects.py").get_config().to_dict()
+    data = {"dataset", "data_dir", "miniature_dir", "miniature_task", "num_classes",
+            "miniature_image_sides", "eval_split", "miniature_train_per_class",
+            "miniature_val_per_class", "shuffle_buffer_size", "eval_batch_size",
+            "log_every_steps", "checkpoint_every_steps"}  # fmt: skip
+    relu = runs["relu"]
+    assert {k for k in net if net[k] != relu[k]} <= data  # the net and its training unchanged
+    own = {"miniature_train_per_class", "shuffle_buffer_size", "eval_batch_size",
+           "log_every_steps", "checkpoint_every_steps"}  # fmt: skip
+    assert {k: relu[k] for k in data - own} == {k: task[k] for k in data - own}
+    assert (relu["miniature_train_per_class"], relu["variant"], relu["input_size"]) == (
+        500,
+        "cifar4",
+        32,
+    )
+    assert {k for k in relu if relu[k] != runs["tanh"][k]} == {"activation"}

@@ -122,7 +122,14 @@ def test_a_sweep_stopped_by_sigterm_resumes_skips_finished_arms_and_reports_fail
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, out + err
-    assert "stopped by SIGTERM: 2 of 3 runs not finished (b, fails)" in out
+    assert err.splitlines()[-1].startswith(
+        "terminated: sweep stopped by SIGTERM: 2 of 3 runs not finished (b, fails)."
+    ), err  # pass 4, #27: on stderr, as every tool's stop, and arm b is "stopped", not failed
+    assert "[sweep] b: stopped before finishing" in out
+    assert [r["outcome"]["status"] for r in rundir.read_sweep_plan(sweep_dir)["runs"][:2]] == [
+        "finished",
+        "stopped",
+    ]
     a, b = os.path.join(sweep_dir, "a"), os.path.join(sweep_dir, "b")
     assert rundir.finished_step(a) == 4
     assert rundir.finished_step(b) is None

@@ -541,10 +541,10 @@ def test_eval_of_an_evaluated_step_is_one_line_and_a_marked_reeval_row(
     # an "eval" row like the run's own (and counted as its final evaluation).
     unevaluated = [r for r in before if not (r["split"] == "eval" and r["step"] == 8)]
     rundir.rewrite_jsonl(rundir.metrics_path(workdir), unevaluated)
-    proc = _narrow_main(dirs, workdir, steps=8, mode="eval", eval_split="train")
+    proc = _narrow_main(dirs, workdir, steps=8, mode="eval", eval_split="test")
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = rundir.read_metrics(workdir)[-1]
-    assert (row["eval_split"], row["reeval"]) == ("train", True)
+    assert (row["eval_split"], row["reeval"]) == ("test", True)
 
 
 def test_config_errors_are_config_errors_in_process():
