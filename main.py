@@ -49,16 +49,26 @@ def _field_error(error: Exception) -> tuple[str, str | None]:
     return field, suggestion.group(1) if suggestion else None
 
 
+_FIELD_FLAG = re.compile(r"^--?(?:no)?config\.([^=\s]+)")  # --config.F=V, -config.F V, --noconfig.F
+
+
 def _refuse_repeated_fields(argv: list[str]) -> None:
-    """A --config.FIELD given twice: ml_collections joins two tuples into one (lr_drop_epochs
-    (2,) and (3,) became (2, 3)) and takes the last of other values; either is a guess."""
+    """A config field given twice (in any spelling absl takes, or once more in a --flagfile):
+    ml_collections joins two tuples into one (lr_drop_epochs (2,) and (3,) became (2, 3)) and
+    takes the last of other values; either is a guess."""
+    try:
+        words = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+    except flags.Error as e:  # a --flagfile that cannot be read
+        _usage_error(f"{str(e).rstrip('.')}.")
     seen = set()
-    for arg in argv[1 : argv.index("--") if "--" in argv else None]:
-        if arg.startswith("--config.") and "=" in arg:
-            field = arg[len("--config.") :].split("=", 1)[0]
-            if field in seen:
-                _usage_error(f"--config.{field} is given twice: give it once.")
-            seen.add(field)
+    for word in words:
+        if word == "--":
+            break
+        match = _FIELD_FLAG.match(word)
+        if match:
+            if match.group(1) in seen:
+                _usage_error(f"--config.{match.group(1)} is given twice: give it once.")
+            seen.add(match.group(1))
 
 
 _refuse_repeated_fields(sys.argv)
@@ -154,8 +164,11 @@ def _default_workdir() -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if len(argv) > 1:  # (absl's UsageError would print the whole flag help)
+        _usage_error(
+            f"unexpected arguments {argv[1:]}: main.py takes only flags (--name=value), none "
+            "after a bare --."
+        )
     import jax
 
     from alexnet_jax.core import console, runtime  # after absl parsed the flags

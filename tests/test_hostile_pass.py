@@ -680,11 +680,13 @@ def test_nothing_is_written_inside_a_runs_checkpoints_or_over_a_sweep(tmp_path):
     workdir = _started_run(tmp_path)
     step = os.path.join(rundir.checkpoint_dir(workdir), "4")
     for path in (step, os.path.join(step, "nested", "deeper")):
-        with pytest.raises(UserError, match=r"lies inside the checkpoints of the run in .*/run,"):
+        with pytest.raises(
+            UserError, match=r"lies inside the checkpoint folder .*/run/checkpoints/4,"
+        ):
             rundir.make_workdir(path)
-        with pytest.raises(UserError, match=r"--out=.* lies inside the checkpoints"):
+        with pytest.raises(UserError, match=r"--out=.* lies inside the checkpoint folder"):
             figures.make_figures(workdir, path)
-        with pytest.raises(UserError, match=r"--out=.* lies inside the checkpoints"):
+        with pytest.raises(UserError, match=r"--out=.* lies inside the checkpoint folder"):
             rundir.refuse_run_file(os.path.join(path, "c.md"), "--out")
     rundir.make_workdir(os.path.join(workdir, "figures"))  # beside the checkpoints: fine
     sweep_dir = tmp_path / "sweep"
@@ -795,7 +797,7 @@ def test_no_tool_writes_inside_a_runs_checkpoints_even_through_a_link(tmp_path):
         (lambda: export.export_run(workdir, str(link / "4" / "m.npz")), "--to"),
         (lambda: compare.write_comparison([workdir], os.path.join(inside, "c")), "--out"),
     ]:
-        with pytest.raises(UserError, match=rf"^{flag}=.* lies inside the checkpoints of"):
+        with pytest.raises(UserError, match=rf"^{flag}=.* lies inside the checkpoint"):
             call()
     with pytest.raises(SystemExit):
         launch._parse(["--process_log_dir", str(link / "4" / "logs"), "--", "main.py"])
@@ -824,3 +826,158 @@ def test_a_config_field_given_twice_is_refused():
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "error: --config.lr_drop_epochs is given twice: give it once.\n"
+
+
+# ---- Hostile pass 6 (docs/RELIABILITY.md) ----------------------------------------------------
+
+
+def test_a_config_field_given_twice_in_any_spelling_is_refused(tmp_path):
+    """Pass 6, #1-#4, #7: the check saw only `--config.F=V` twice: `--config.F V` (two words),
+    `-config.F` (one dash), `--noconfig.F` and a --flagfile giving it again got through (tuples
+    joined: (2, 3)); #6: a stray word after `--` printed absl's whole flag help."""
+    (tmp_path / "ff.txt").write_text("--config.seed=7\n")
+    for args, line in [
+        (["--config.lr_drop_epochs=(2,)", "--config.lr_drop_epochs", "(3,)"], "lr_drop_epochs"),
+        (["-config.lr_drop_epochs=(2,)", "--config.lr_drop_epochs=(3,)"], "lr_drop_epochs"),
+        (["--config.random_flip", "--noconfig.random_flip"], "random_flip"),
+        ([f"--flagfile={tmp_path / 'ff.txt'}", "--config.seed=3"], "seed"),
+        (["--mode=eval", "--", "--config.seed=2"], None),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        expected = (
+            f"error: --config.{line} is given twice: give it once."
+            if line
+            else "error: unexpected arguments ['--config.seed=2']: main.py takes only flags"
+        )
+        assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]], proc.stderr
+        assert proc.stderr.startswith(expected), proc.stderr
+
+
+def test_stdout_closed_or_full_is_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """Pass 6, #24-#26, #51: started with stdout closed (`>&-`), main.py printed logging-error
+    tracebacks and sweep and launch died; with stdout on a full disk (/dev/full) compare and
+    predict ended in OSError tracebacks. Nothing is written where stdout is closed; on a full
+    disk one warning, then the rest is dropped; the work goes on."""
+    from alexnet_jax.core import console
+
+    monkeypatch.setattr(sys, "stdout", None)
+    console.out("a table")
+    console.info("a progress line")
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        console.out("a table")
+        console.out("its last line")
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        "warning: stdout cannot be written (No space left on device): the rest of the output "
+        "is dropped; the files are written as usual."
+    ]
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    (runs / "a" / rundir.METRICS_FILE).write_text('{"step": 1, "split": "train", "loss": 1.0}\n')
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "alexnet_jax.tools.compare", str(runs)], cwd=REPO,
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("warning: stdout cannot be written"), proc.stderr
+    assert (runs / "comparison.md").is_file()
+
+
+def test_a_checkpoints_folder_that_is_a_link_is_guarded_too(tmp_path):
+    """Pass 6, #13, #48: with a run's checkpoints/ a link to a folder elsewhere, main.py, figures,
+    compare, figure1 and launch wrote into its step folders (deleted by the next save); #46: a
+    run whose checkpoints/ linked to another run's deleted that run's steps, whose evaluation
+    then scored the other run's parameters. A committed step folder is guarded wherever it is,
+    and a link to another run's checkpoints is refused."""
+    store = tmp_path / "store"
+    (store / "4").mkdir(parents=True)
+    (store / "4" / rundir.COMMIT_MARKER).write_text("")
+    workdir = _started_run(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / rundir.CHECKPOINTS).symlink_to(store)
+    for path in (store / "4" / "nest", other / rundir.CHECKPOINTS / "4" / "figs"):
+        with pytest.raises(UserError, match=r"lies inside the checkpoint folder .*/store/4,"):
+            rundir.make_workdir(str(path))
+        with pytest.raises(UserError, match=r"^--out=.* lies inside the checkpoint folder"):
+            rundir.refuse_run_file(str(path / "figure1.png"), "--out")
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / rundir.CHECKPOINTS).symlink_to(rundir.checkpoint_dir(workdir))
+    with pytest.raises(DataError, match=r"is a link to the checkpoints of the run in .*/run:"):
+        rundir.check_is_directory(str(second))
+    rundir.check_is_directory(str(other))  # a link to a folder of its own: fine
+
+
+def test_hand_edited_numbers_and_sweep_entries_are_damaged_records(tmp_path, capsys):
+    """Pass 6, #37-#40: a metrics line whose error, epoch or loss is a string (an edit) made
+    compare, figure1 and the end of a resumed run fail with TypeError tracebacks (after the run
+    had trained and saved: no `finished` entry); a sweep.json run without its workdir was a
+    KeyError. The line is dropped with a warning; the plan is one DataError."""
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 1, "split": "eval", "top1_error": "0.9"}, {"step": 2, "epoch": "one"},
+             {"step": 3, "split": "eval", "top1_error": 0.5, "loss": True},
+             {"step": 4, "split": "eval", "top1_error": 0.25, "examples": 8}]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert rundir.read_jsonl(str(path)) == [lines[-1]]
+    warnings = _warnings(capsys)
+    assert [w.split(": line ")[1] for w in warnings] == [
+        "1 has top1_error that is not a number ('0.9'); ignored.",
+        "2 has epoch that is not a number ('one'); ignored.",
+        "3 has loss that is not a number (True); ignored.",
+    ]
+    rundir.write_sweep_plan(str(tmp_path / "s"), {"runs": [{"name": "a", "workdir": None}]})
+    with pytest.raises(DataError, match="a run of its list lacks its name or workdir"):
+        rundir.read_sweep_plan(str(tmp_path / "s"))
+
+
+def test_miniature_sides_are_whole_and_bounded():
+    """Pass 6, #29: (36.5, 40) was recorded as 36.5 and generated at 36; #31: (100000, 100000)
+    needed about 30 GB a picture and ended in an out-of-memory message naming other fields."""
+    for sides, message in [((36.5, 40), "must hold whole numbers"), ((100_000,) * 2, "<= 4096")]:
+        config = default.get_config()
+        config.miniature_image_sides = sides
+        with pytest.raises(ConfigError, match=message):
+            config_lib.validate_config(config)
+
+
+def test_a_lock_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path, monkeypatch):
+    """Pass 6, #32: on a full disk the start said `could not write: No space left on device`,
+    naming no file, and left an empty `.lock.<pid>` on each try."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.json, "dump", full)
+    with pytest.raises(OSError) as failed, rundir.exclusive(str(tmp_path / "w")):
+        pass
+    assert failed.value.filename == str(tmp_path / "w" / f"{rundir.LOCK_FILE}.{os.getpid()}")
+    assert os.listdir(tmp_path / "w") == []
+
+
+def test_a_data_change_allowed_on_purpose_is_recorded(tmp_path):
+    """Pass 6, #11: run.json edited (another data identity) and the run resumed with
+    --allow_config_change: accepted, but nothing recorded, so the next plain resume was refused
+    again. The new identity replaces run.json and the history says what changed."""
+    from alexnet_jax.runs import run as run_lib
+
+    workdir = _started_run(tmp_path)
+    config = default.get_config()
+    new = {"dataset": "miniature"}
+    with pytest.raises(DataError, match="The data of the run"):
+        rundir.check_dataset(workdir, new)
+    with run_lib.Run(workdir, config, allow_change=True) as run:
+        run.check_dataset(new)
+        run.start(4, "banner")
+    assert rundir.read_run_record(workdir)["dataset"] == new
+    assert rundir.read_history(workdir)[-1]["dataset_changed"] == {
+        "dataset": {"old": "image_folder", "new": "miniature"}
+    }
+    rundir.check_dataset(workdir, new)  # the next plain resume

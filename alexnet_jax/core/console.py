@@ -36,10 +36,16 @@ class _ConsoleHandler(logging.Handler):
                 text = f"{record.levelname.lower()}: {text}"
             else:
                 stream = sys.stdout
+            if stream is None:  # started with the stream closed (`>&-`): nowhere to write
+                return
             stream.write(text + "\n")
             stream.flush()
         except BrokenPipeError:  # `python main.py | head`: the reader left; the run goes on
             _discard_the_rest(stream)
+        except OSError as e:  # stdout on a full disk (or /dev/full): said once, then dropped
+            _discard_the_rest(stream)
+            if stream is sys.stdout:
+                _said_dropped(e)
         except Exception:
             self.handleError(record)
 
@@ -57,12 +63,26 @@ def _discard_the_rest(stream) -> None:
 
 def out(text: str, end: str = "\n") -> None:
     """`text` on stdout as it is (a table, a child process's line), flushed; when the reader has
-    left (`| head`), the rest is dropped and the caller goes on, as with `info`."""
+    left (`| head`), the rest is dropped and the caller goes on, as with `info` (on a full disk
+    with one warning on stderr); with stdout closed from the start, nothing is written."""
+    if sys.stdout is None:
+        return
     try:
         sys.stdout.write(text + end)
         sys.stdout.flush()
     except BrokenPipeError:
         _discard_the_rest(sys.stdout)
+    except OSError as e:
+        _discard_the_rest(sys.stdout)
+        _said_dropped(e)
+
+
+def _said_dropped(error: OSError) -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.write(
+            f"warning: stdout cannot be written ({error.strerror or error}): the rest of the "
+            "output is dropped; the files are written as usual.\n"
+        )
 
 
 def _logger() -> logging.Logger:

@@ -52,6 +52,7 @@ LOCK_FILE = ".archive.lock"  # in the archive's directory; see `generated`
 INCOMPLETE_PREFIX = ".incomplete-"  # temporary folders of generation in progress (or killed)
 HARD_KINDS = ("png", "cmyk", "gray", "tiny")  # each appears once per split (if there is room)
 MAX_VAL_PER_CLASS = 50  # ILSVRC2012 has exactly 50 validation images per class
+MAX_SIDE = 4096  # pixels: ILSVRC2012's pictures are smaller (100,000 needed 30 GB a picture)
 MAX_TRAIN_PER_CLASS = 1300  # ILSVRC2012's largest classes have 1,300 training images
 SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring", "star", "dots")
 TASKS = ("shapes", "objects")  # objects: the harder task of data/objects.py
@@ -90,7 +91,7 @@ class MiniatureSpec:
             num_classes=int(config.num_classes),
             train_per_class=int(config.miniature_train_per_class),
             val_per_class=int(config.miniature_val_per_class),
-            side_range=tuple(int(v) for v in config.miniature_image_sides),
+            side_range=tuple(_whole(v, "miniature_image_sides") for v in config.miniature_image_sides),
             num_corrupt=int(config.miniature_corrupt_files),
             task=str(config.miniature_task),
         )
@@ -116,10 +117,18 @@ class MiniatureSpec:
             )
         if len(self.side_range) != 2:
             raise ValueError(f"side_range must be a pair (min, max), got {self.side_range}")
-        if not 1 <= self.side_range[0] <= self.side_range[1]:
+        if not 1 <= self.side_range[0] <= self.side_range[1] <= MAX_SIDE:
             raise ValueError(
-                f"side_range must be (min, max) with 1 <= min <= max: {self.side_range}"
+                f"side_range must be (min, max) with 1 <= min <= max <= {MAX_SIDE}: "
+                f"{self.side_range}"
             )
+
+
+def _whole(value: Any, field: str) -> int:
+    """`value` as an int when it is a whole number (36.5 was generated as 36), else ValueError."""
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"{field} must hold whole numbers of pixels, got {value!r}")
+    return int(value)
 
 
 def _tfds_text_lines(name: str) -> list[str]:

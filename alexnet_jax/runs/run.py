@@ -32,6 +32,7 @@ class Run:
         self.workdir, self.config, self.allow_change = workdir, config, allow_change
         self.changes: list = []
         self.dataset: dict | None = None
+        self.dataset_changes: list = []
         self._stack = contextlib.ExitStack()
         self._new_top = _first_missing_folder(workdir)  # what making the workdir creates
 
@@ -51,7 +52,7 @@ class Run:
 
     def check_dataset(self, dataset: dict) -> None:
         """Refuses a resume on other data (rundir.check_dataset) unless `allow_change`."""
-        rundir.check_dataset(self.workdir, dataset, self.allow_change)
+        self.dataset_changes = rundir.check_dataset(self.workdir, dataset, self.allow_change)
         self.dataset = dataset
 
     def finished_before(self, step: int, num_steps: int) -> dict | None:
@@ -62,7 +63,7 @@ class Run:
             return None
         if self.allow_change:  # the remedies of a refused config.json or run.json work here too
             rundir.accept_config_json(self.workdir, step)
-            rundir.record_dataset(self.workdir, self.dataset)
+            rundir.record_dataset(self.workdir, self.dataset, replace=bool(self.dataset_changes))
         if rundir.finished_step(self.workdir) is None:  # finished before runs recorded their end
             with contextlib.suppress(OSError):  # best effort: this rerun only reports
                 rundir.record_finished(self.workdir, step)
@@ -72,7 +73,9 @@ class Run:
     def start(self, step: int, banner: str, mean_image_path: str | None = None) -> None:
         """Records the start at `step` (the config, what changed, the data), keeps a copy of
         the training set's mean image when the run subtracts it, and prints the banner."""
-        rundir.record_start(self.config, self.workdir, step, self.changes, self.dataset)
+        rundir.record_start(
+            self.config, self.workdir, step, self.changes, self.dataset, self.dataset_changes
+        )
         if mean_image_path:
             rundir.save_mean_image(self.workdir, mean_image_path)
         console.info(banner)

@@ -156,6 +156,11 @@ def refuse_inside_checkpoints(path: str, flag: str) -> None:
     place = os.path.realpath(os.path.expanduser(path))  # through links to such a folder too
     while os.path.dirname(place) != place:
         parent = os.path.dirname(place)
+        if os.path.basename(place).isdigit() and is_committed(place):  # a step folder, wherever
+            raise UserError(
+                f"{flag}={path} lies inside the checkpoint folder {place}, which is replaced and "
+                "deleted (with what is in it) as its run trains: choose a folder outside it."
+            )
         if os.path.basename(place) in (CHECKPOINTS, DAMAGED_CHECKPOINTS) and os.path.isfile(
             os.path.join(parent, CONFIG_FILE)
         ):
@@ -191,6 +196,18 @@ def check_is_directory(workdir: str) -> None:
                 "way, or choose another --workdir."
             )
     folder = checkpoint_dir(workdir)
+    target = os.path.realpath(folder)
+    owner = os.path.dirname(target)
+    if (
+        os.path.islink(folder)
+        and os.path.isfile(os.path.join(owner, CONFIG_FILE))
+        and owner != os.path.realpath(workdir)
+    ):  # two runs saving (and deleting) steps in one folder
+        raise DataError(
+            f"{folder} is a link to the checkpoints of the run in {owner}: this run would replace "
+            "and delete that run's steps, and each would read the other's. Give it a checkpoints "
+            "folder of its own (a link to an empty folder elsewhere is fine)."
+        )
     names = os.listdir(folder) if os.path.isdir(folder) else []
     links = sorted(n for n in names if os.path.islink(os.path.join(folder, n)))
     if links:  # Orbax moves and deletes them as its own folders
@@ -284,8 +301,13 @@ def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
     # The lock appears with its contents (a hard link of a whole file): a reader never sees it
     # empty, which would read as a holder killed mid-write and be taken over.
     mine = f"{path}.{pid}"
-    with open(mine, "w") as f:
-        json.dump(me, f)
+    try:  # a full disk: the message names the lock, and no empty lock file is left behind
+        with _named(mine), open(mine, "w") as f:
+            json.dump(me, f)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(mine)
+        raise
     try:
         while True:
             try:
@@ -447,9 +469,11 @@ def record_start(
     step: int,
     changes: list[tuple],
     dataset: dict | None = None,
+    dataset_changes: list[tuple] = (),
 ) -> None:
     """Writes the run's config.json (atomically), appends this start to its history, and records
-    the data's identity at the first start (process 0)."""
+    the data's identity at the first start, or again when it changed on purpose
+    (`dataset_changes`, allowed by --allow_config_change; process 0)."""
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
@@ -463,18 +487,23 @@ def record_start(
         "changed": {f: {"old": old, "new": new} for f, old, new in resumable},
         "config_digest": _config_digest(_as_json(config)),
     }
-    if changes:
+    if dataset_changes:
+        entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
+    if changes or dataset_changes:
         entry["allowed_config_change"] = True
     if resumable:
         console.info(f"Config changes on resume: {_describe(resumable, limit=100)}")
     save_config(config, workdir)
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
-    record_dataset(workdir, dataset)
+    record_dataset(workdir, dataset, replace=bool(dataset_changes))
 
 
-def record_dataset(workdir: str, dataset: dict | None) -> None:
-    """Writes the data's identity to run.json when the run has none (process 0)."""
-    if jax.process_index() != 0 or dataset is None or read_run_record(workdir) is not None:
+def record_dataset(workdir: str, dataset: dict | None, replace: bool = False) -> None:
+    """Writes the data's identity to run.json when the run has none, or (`replace`) when it
+    changed on purpose (process 0)."""
+    if jax.process_index() != 0 or dataset is None:
+        return
+    if not replace and read_run_record(workdir) is not None:
         return
     write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
@@ -604,17 +633,17 @@ def _refuse_lost_checkpoints(workdir: str, allow_change: bool) -> None:
         )
 
 
-def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> None:
-    """ConfigError when the data's identity differs from the one the run started with (a class
-    folder added shifts every label), unless `allow_change`; DataError when a run with
-    checkpoints has no run.json to compare with."""
+def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> list[tuple]:
+    """The differences (field, old, new) between the data's identity and the one the run
+    started with (a class folder added shifts every label): DataError listing them unless
+    `allow_change`; DataError when a run with checkpoints has no run.json to compare with."""
     record = read_run_record(workdir)
     if record is None:
         _refuse_unrecorded(workdir, RUN_FILE, "data", allow_change)
-        return
+        return []
     if "dataset" not in record:  # emptied by hand: as good as missing
         _refuse_unrecorded(workdir, f"data identity in {RUN_FILE}", "data", allow_change)
-        return
+        return []
     old = record["dataset"]
     new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
     changed = _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
@@ -624,6 +653,7 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> No
             "Its labels or examples would no longer mean what they meant: restore the data, or "
             "start a new run in another --workdir (or add --allow_config_change on purpose)."
         )
+    return changed
 
 
 # ---- Config ----------------------------------------------------------------------------------
@@ -700,6 +730,19 @@ def _recorded_config_digest(workdir: str) -> tuple[int, str] | None:
 # ---- Metrics ---------------------------------------------------------------------------------
 
 
+# The numbers of a metrics line: a line where one is not a number (an edited file) is dropped.
+NUMBER_FIELDS = ("loss", "top1_error", "top5_error", "top1", "top5", "epoch", "images_per_sec",
+                 "step_time_ms", "learning_rate", "grad_norm", "examples")  # fmt: skip
+
+
+def _non_numbers(record: dict) -> list[str]:
+    return [
+        k
+        for k in NUMBER_FIELDS
+        if k in record and (type(record[k]) is bool or not isinstance(record[k], int | float))
+    ]
+
+
 def read_jsonl(path: str, warn: bool = True) -> list[dict]:
     """The JSON records of a .jsonl file in order; blank lines skipped, and a line that is not
     whole JSON (the last line of a crashed write), not an object, or whose "step" is not an
@@ -718,6 +761,8 @@ def read_jsonl(path: str, warn: bool = True) -> list[dict]:
                 problem = f"holds a {type(record).__name__}, not a record"
             elif problem is None and type(record.get("step", 0)) is not int:
                 problem = f"has a step that is not an integer ({record['step']!r})"
+            elif problem is None and (odd := _non_numbers(record)):
+                problem = f"has {odd[0]} that is not a number ({record[odd[0]]!r})"
             if problem is None:
                 records.append(record)
             elif warn:
@@ -872,6 +917,12 @@ def read_sweep_plan(sweep_dir: str) -> dict | None:
     plan = _read_json(path, "the plan sweep.py writes")
     if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
         raise DataError(f"{path} is damaged: it holds no list of runs.")
+    for run in plan["runs"]:
+        if not (isinstance(run, dict) and all(isinstance(run.get(k), str) for k in ("name", "workdir"))):
+            raise DataError(
+                f"{path} is damaged: a run of its list lacks its name or workdir ({run!r:.80}). "
+                "Rerun the sweep's command, which writes it again."
+            )
     return plan
 
 

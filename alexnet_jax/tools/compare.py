@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from alexnet_jax.core import errors
+from alexnet_jax.core import console, errors
 from alexnet_jax.core.errors import DataError, reported_as_exit
 from alexnet_jax.runs import plots, rundir
 
@@ -127,7 +127,10 @@ def _train_seconds(train: Sequence[dict]) -> float | None:
 
 
 def summarize_records(
-    records: Sequence[dict], num_classes: int | None = None, train_split: str = "train"
+    records: Sequence[dict],
+    num_classes: int | None = None,
+    train_split: str = "train",
+    eval_crops: int = 1,
 ) -> dict[str, float]:
     """The COLUMNS' values of one run's records (keys missing where there is no value; top-5
     only where rundir.shows_top5). Its evaluations are its own (rundir.run_evals: not the
@@ -149,6 +152,7 @@ def summarize_records(
         for r in records
         if r["split"] == "eval"
         and r.get("eval_split") == train_split
+        and r.get("eval_crops", eval_crops) == eval_crops  # the same views as the final one
         and rundir.TOP1_ERROR in r
         and evals
         and r["step"] == evals[-1]["step"]
@@ -178,12 +182,13 @@ def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | 
     return state
 
 
-def _train_split(workdir: str) -> str:
-    """The run's train_split (config.json), "train" without a readable one."""
+def _views(workdir: str) -> tuple[str, int]:
+    """The run's train_split and eval_crops (config.json); ("train", 1) without a readable one."""
     try:
-        return str((rundir.read_config_dict(workdir) or {}).get("train_split", "train"))
-    except (OSError, DataError):
-        return "train"
+        config = rundir.read_config_dict(workdir) or {}
+        return str(config.get("train_split", "train")), int(config.get("eval_crops", 1))
+    except (OSError, DataError, TypeError, ValueError):
+        return "train", 1
 
 
 def summarize_run(
@@ -198,7 +203,7 @@ def summarize_run(
             state = "not started" if not os.path.isdir(workdir) else "nothing logged yet"
         return RunSummary(arm, seed, workdir, state)
     records, unreadable = read_records(workdir)
-    values = summarize_records(records, rundir.read_num_classes(workdir), _train_split(workdir))
+    values = summarize_records(records, rundir.read_num_classes(workdir), *_views(workdir))
     state = _state(workdir, records, values, outcome)
     if unreadable:
         state += f", {unreadable} unreadable line(s) skipped"
@@ -302,6 +307,8 @@ class ArmRow:
     arm: str
     runs: list[RunSummary]
     stats: dict[str, tuple[float | None, float | None]]  # key -> (mean, std)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> runs with a value
+    evaluated: int = 0  # the runs the stats are over
 
     @property
     def state(self) -> str:
@@ -331,7 +338,8 @@ def arm_rows(summaries: Sequence[RunSummary]) -> list[ArmRow]:
             key: mean_std([r.values[key] for r in evaluated if key in r.values])
             for key, *_ in COLUMNS
         }
-        rows.append(ArmRow(arm, runs, stats))
+        counts = {key: sum(key in r.values for r in evaluated) for key, *_ in COLUMNS}
+        rows.append(ArmRow(arm, runs, stats, counts, len(evaluated)))
     return rows
 
 
@@ -356,6 +364,13 @@ def _shown_columns(rows: Sequence[ArmRow]) -> list[tuple]:
     return [column for column in COLUMNS if column[0] not in left_out]
 
 
+def _of(row: ArmRow, key: str) -> str:
+    """' (k of n runs)' for a column only some of the arm's runs have (the training-set error:
+    not every run was evaluated on it), else ''."""
+    k = row.counts.get(key, 0)
+    return f" ({k} of {row.evaluated} runs)" if 0 < k < row.evaluated else ""
+
+
 def markdown_table(rows: Sequence[ArmRow]) -> str:
     columns = _shown_columns(rows)
     header = ["arm", "runs", "state", *(title for _, title, _, _ in columns)]
@@ -363,7 +378,9 @@ def markdown_table(rows: Sequence[ArmRow]) -> str:
     for row in rows:
         runs = f"{len(row.runs)}" + (f" (seeds {row.seeds})" if row.seeds else "")
         cells = [row.arm, runs, row.state]
-        cells += [_cell(*row.stats[key], scale, fmt) for key, _, scale, fmt in columns]
+        cells += [
+            _cell(*row.stats[key], scale, fmt) + _of(row, key) for key, _, scale, fmt in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     note = NOTE + (GAP_NOTE if any(key == "gap" for key, *_ in columns) else "")
     return "\n".join(lines) + "\n\n" + note + "\n"
@@ -465,8 +482,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"{directory} and {other} are the same directory: name each once")
     with reported_as_exit():
         table, paths = write_comparison(args.dirs, args.out)
-    print(table)
-    print(f"wrote {', '.join(paths)}")
+    console.out(table)
+    console.out(f"wrote {', '.join(paths)}")
 
 
 if __name__ == "__main__":

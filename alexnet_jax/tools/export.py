@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from alexnet_jax.core import errors, runtime
+from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.core.errors import UserError, reported_as_exit
 from alexnet_jax.interop import convert, weights_io
 from alexnet_jax.runs import rundir
@@ -78,7 +78,7 @@ def main(argv: Sequence[str]) -> None:
         runtime.check_environment()
         runtime.start_backend()
         path = export_run(flags.FLAGS.workdir, flags.FLAGS.to)
-    print(f"wrote {path}")
+    console.out(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from alexnet_jax.core import errors
+from alexnet_jax.core import console, errors
 from alexnet_jax.core.errors import DataError, reported_as_exit
 from alexnet_jax.runs import plots, rundir
 from alexnet_jax.tools import compare
@@ -176,11 +176,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         reached = f"epoch {epoch:g}" if epoch is not None else "not reached"
         seconds = mean_seconds(runs[arm], epoch)
         timed = f" ({seconds:.0f} s of training)" if seconds is not None else ""
-        print(f"{arm}: {args.threshold:.0%} training error at {reached}{timed}")
+        console.out(f"{arm}: {args.threshold:.0%} training error at {reached}{timed}")
     if ratio is not None:
         arms = list(firsts)
-        print(f"ratio {arms[1]} / {arms[0]}: {ratio:.2f} (the paper: about 6)")
-    print(f"wrote {out}")
+        console.out(f"ratio {arms[1]} / {arms[0]}: {ratio:.2f} (the paper: about 6)")
+    console.out(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_jax.core import errors
+from alexnet_jax.core import console, errors
 from alexnet_jax.core.errors import UserError, reported_as_exit
 from alexnet_jax.data import imagenet_stats
 from alexnet_jax.model.models import create_model
@@ -390,7 +390,7 @@ def main(argv: Sequence[str]) -> None:
             batch_size=FLAGS.batch_size,
         )
     for path in paths:
-        print(f"wrote {path}")
+        console.out(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax.core import runtime
+from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import DataError, UserError, parse_flags, reported_as_exit
 from alexnet_jax.data import image_files, imagenet_classes, miniature
 from alexnet_jax.interop import weights_io
@@ -240,9 +240,9 @@ def main(argv: Sequence[str]) -> None:
             top_k=FLAGS.top_k,
             mean_image=mean_image,
         )
-    print(f"# {jax.devices()[0].platform} device, variant {config.variant}")
+    console.out(f"# {jax.devices()[0].platform} device, variant {config.variant}")
     for path, predictions in zip(images, results, strict=True):
-        print(format_predictions(path, predictions))
+        console.out(format_predictions(path, predictions))
 
 
 if __name__ == "__main__":

@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = plan_runs(sweep, args.sweep_dir, args.main)
         if args.print_commands:
             for run in runs:
-                print(shlex.join(run.command))
+                console.out(shlex.join(run.command))
             return
         runtime.start_backend()  # (the sweep's lock asks JAX for the process index)
         say = lambda text: console.out(f"[sweep] {text}")

@@ -216,3 +216,24 @@ def test_the_error_on_the_training_images_and_the_gap_come_from_an_evaluation_of
     table, _ = compare.write_comparison([str(tmp_path / "plain")], str(tmp_path / "d"))
     assert "train top-1" not in table
     assert "gap" not in table
+
+
+def test_the_training_error_counts_only_views_like_the_final_ones_and_says_how_many_runs(tmp_path):
+    """Pass 6, #20: a 10-crop evaluation of the training split was compared with the one-crop
+    final one (the gap was 5.0 points, 2.5 with like views); #21: an arm with one of its two runs
+    evaluated on train showed that run's gap beside both runs' final error without a word."""
+    root = str(tmp_path / "runs")
+    for seed in (0, 1):
+        workdir = os.path.join(root, "x", f"seed_{seed}")
+        _write_metrics(workdir, [(4, 0.9, 0.1)], speeds=[10.0])
+        if seed == 0:
+            with open(rundir.metrics_path(workdir), "a") as f:
+                for crops, error in ((1, 0.875), (10, 0.85)):  # the 10-crop one is the last
+                    line = {"step": 4, "split": "eval", "top1_error": error, "reeval": True}
+                    line.update(eval_split="train", eval_crops=crops)
+                    f.write(json.dumps(line) + "\n")
+    table, _ = compare.write_comparison([root], str(tmp_path / "c"))
+    header, _, row = table.splitlines()[:3]
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert cells["train top-1 err %"] == "87.5 (1 of 2 runs)"
+    assert cells["gap pts"] == "2.5 (1 of 2 runs)"
