@@ -14,7 +14,8 @@ per epoch:
   seed 1: 21/43/50/47/49/56/54/59/56/64/62/67/67/68/70/70%, training set 81%
   seed 2: 25/42/47/54/57/56/63/62/55/65/62/60/60/64/70/69%, training set 80%
 i.e. well above chance (10%), well below 100%, with a ~10-point train/held-out gap. The build
-and the whole run took 5.6 minutes (338 s) at load ~1-2, ~55 s of it the 16 evaluations.
+and the whole run took 5.6 minutes (338 s) at load ~1-2, ~55 s of it the 16 evaluations; from
+a fresh clone of 56f94f9 on quiet cores, 276 s (seed 0: 29.5% held-out error again).
 Fewer steps or more images per class move the numbers: calibration notes in the commit log.
 
 It is a proxy for combining a fast colour cue with a coarse spatial one under nuisances, not for

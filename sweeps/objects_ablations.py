@@ -16,6 +16,8 @@ for the two-tower arms).
 
 The task was designed and calibrated on the one-tower net before any arm ran
 (docs/OBJECTS_CALIBRATION.md) and was not changed after; the README gives the table.
+Measured on 2026-12-05 on 2 CPU cores: 1 h 47 min for the 18 runs, other jobs sharing the cores
+for the first hour; 3.5-4.5 minutes a run on nearly quiet cores (benchmarks/RESULTS.md).
 """
 
 _EACH = {"checkpoint_every_steps": 240}  # the run's 240 steps: one save, at the end
