@@ -538,23 +538,22 @@ def _with_stdout_closed_after_one_line(command: list[str], cwd: str) -> tuple[in
     return proc.wait(timeout=120), err
 
 
+def _sweep_of_two_failing_arms(tmp_path, prints: str = "") -> list[str]:
+    """The command of a sweep of arms a and b (seed 1) into tmp_path/s whose "main.py" runs
+    `prints` and exits 3: quick, no JAX."""
+    fake_main = tmp_path / "fake_main.py"
+    fake_main.write_text(f"import sys\n{prints}sys.exit(3)\n")
+    sweep_dir, main = f"--sweep_dir={tmp_path / 's'}", f"--main={fake_main}"
+    tool = [sys.executable, "-m", "alexnet_jax.tools.sweep", "--config=configs/default.py"]
+    return [*tool, "--arm=a", "--arm=b:seed=1", sweep_dir, main]
+
+
 def test_sweep_and_launch_go_on_when_their_reader_closes_stdout(tmp_path):
     """Pass 4, #42-#43: `sweep ... | head -1` died with a BrokenPipeError traceback after the
     first arm (the second never ran, sweep.json recorded no outcome); `launch ... | head -1`
     did at its second line and left its workers unsupervised. The rest of stdout is dropped and
     both go on to the end."""
-    fake_main = tmp_path / "fake_main.py"  # a "run" that prints lines and fails: quick
-    fake_main.write_text("import sys\nfor i in range(50): print('line', i)\nsys.exit(3)\n")
-    command = [
-        sys.executable,
-        "-m",
-        "alexnet_jax.tools.sweep",
-        "--config=configs/default.py",
-        "--arm=a",
-        "--arm=b:seed=1",
-        f"--sweep_dir={tmp_path / 's'}",
-        f"--main={fake_main}",
-    ]
+    command = _sweep_of_two_failing_arms(tmp_path, "for i in range(50): print('line', i)\n")
     code, err = _with_stdout_closed_after_one_line(command, REPO)  # fmt: skip
     assert "Traceback" not in err, err
     assert code == 1, err
@@ -749,18 +748,7 @@ def test_a_sweep_arm_with_damaged_records_fails_alone(tmp_path):
     arm_a.mkdir(parents=True)
     (arm_a / rundir.CONFIG_FILE).write_text("{")
     rundir.record_finished(str(arm_a), 4)
-    fake_main = tmp_path / "fake_main.py"
-    fake_main.write_text("import sys\nsys.exit(3)\n")
-    command = [
-        sys.executable,
-        "-m",
-        "alexnet_jax.tools.sweep",
-        "--config=configs/default.py",
-        "--arm=a",
-        "--arm=b:seed=1",
-        f"--sweep_dir={tmp_path / 's'}",
-        f"--main={fake_main}",
-    ]
+    command = _sweep_of_two_failing_arms(tmp_path)
     proc = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "XLA_FLAGS": ""},
