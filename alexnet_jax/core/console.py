@@ -31,21 +31,15 @@ class _ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
-            if record.levelno >= logging.WARNING:
-                stream = sys.stderr
-                text = f"{record.levelname.lower()}: {text}"
-            else:
-                stream = sys.stdout
-            if stream is None:  # started with the stream closed (`>&-`): nowhere to write
+            if record.levelno < logging.WARNING:
+                out(text)  # `python main.py | head`: the reader left; the run goes on
                 return
-            stream.write(text + "\n")
-            stream.flush()
-        except BrokenPipeError:  # `python main.py | head`: the reader left; the run goes on
-            _discard_the_rest(stream)
-        except OSError as e:  # stdout on a full disk (or /dev/full): said once, then dropped
-            _discard_the_rest(stream)
-            if stream is sys.stdout:
-                _said_dropped(e)
+            if sys.stderr is None:  # started with stderr closed: nowhere to write
+                return
+            sys.stderr.write(f"{record.levelname.lower()}: {text}\n")
+            sys.stderr.flush()
+        except OSError:  # stderr gone too: nothing left to tell
+            _discard_the_rest(sys.stderr)
         except Exception:
             self.handleError(record)
 

@@ -463,6 +463,12 @@ def apply_eval_overrides(
     return config
 
 
+def _history_entry(step: int, event: str, **fields: Any) -> dict:
+    """A config_history.jsonl entry: the step, when, where, what happened, then `fields`."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    return {"step": step, "time": when, "host": socket.gethostname(), "event": event, **fields}
+
+
 def record_start(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -479,14 +485,12 @@ def record_start(
     os.makedirs(workdir, exist_ok=True)
     previous = read_config_dict(workdir, check_digest=False)  # (check_resume checked it)
     resumable = _differences(previous or {}, _as_json(config))
-    entry = {
-        "step": step,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "host": socket.gethostname(),
-        "event": "start" if previous is None else "resume",
-        "changed": {f: {"old": old, "new": new} for f, old, new in resumable},
-        "config_digest": _config_digest(_as_json(config)),
-    }
+    entry = _history_entry(
+        step,
+        "start" if previous is None else "resume",
+        changed={f: {"old": old, "new": new} for f, old, new in resumable},
+        config_digest=_config_digest(_as_json(config)),
+    )
     if dataset_changes:
         entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
     if changes or dataset_changes:
@@ -517,12 +521,7 @@ def record_finished(workdir: str, step: int) -> None:
     A later start (to train longer) appends after it, so `finished_step` is None again."""
     if jax.process_index() != 0:
         return
-    entry = {
-        "step": step,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "host": socket.gethostname(),
-        "event": "finished",
-    }
+    entry = _history_entry(step, "finished")
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
 
 
@@ -536,15 +535,9 @@ def accept_config_json(workdir: str, step: int) -> bool:
     recorded = _recorded_config_digest(workdir)
     if recorded is not None and recorded[1] == digest:
         return False
-    entry = {
-        "step": step,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "host": socket.gethostname(),
-        "event": "resume",
-        "changed": {},
-        "config_digest": digest,
-        "allowed_config_change": True,
-    }
+    entry = _history_entry(
+        step, "resume", changed={}, config_digest=digest, allowed_config_change=True
+    )
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
     console.info(f"{config_path(workdir)} taken as it is (--allow_config_change), and recorded.")
     return True
