@@ -739,6 +739,57 @@ def test_a_finished_runs_refused_config_is_taken_with_the_remedy_the_message_nam
     assert rundir.read_run_record(workdir)["dataset"]["classes"] == ["a", "b"]
 
 
+def test_an_edited_config_json_is_taken_only_when_valid_and_recorded_as_an_edit(tmp_path, capsys):
+    """Pass 6, #9: --allow_config_change on a finished run took a hand-edited config.json that
+    broke the rules (and had a field this version lacks) and recorded it with `"changed": {}`;
+    every reader then refused the run. It is refused by name and nothing is recorded; a valid
+    edit is taken and its entry says config_json_edited. #10: an allowed resume after a hand
+    edit listed the changes from the edit as if the run had trained with it; the entry is marked
+    config_json_edited and a warning says so."""
+    import functools
+
+    from alexnet_jax.runs import run as run_lib
+    from alexnet_jax.train import config_lib
+
+    workdir = _started_run(tmp_path)
+    line = {"step": 4, "split": "eval", "top1_error": 0.5, "top5_error": 0.1, "loss": 1.0}
+    (tmp_path / "run" / rundir.METRICS_FILE).write_text(json.dumps(line) + "\n")
+    rundir.record_finished(workdir, 4)
+    config = default.get_config()
+    validate = functools.partial(config_lib.check_like, like=config)
+    path = tmp_path / "run" / rundir.CONFIG_FILE
+    recorded = json.loads(path.read_text())
+    for edit, reason in [
+        ({"learning_rate": -1.0}, "config.learning_rate must be a number > 0"),
+        ({"unknown_field": 1}, r"fields this version lacks: \['unknown_field'\]"),
+    ]:
+        path.write_text(json.dumps({**recorded, **edit}))
+        with (
+            pytest.raises(DataError, match=f"is not a valid run config .*{reason}"),
+            run_lib.Run(workdir, config, allow_change=True, validate=validate) as run,
+        ):
+            run.finished_before(4, 4)
+        assert [r["event"] for r in rundir.read_history(workdir)] == ["start", "finished"]
+    path.write_text(json.dumps({**recorded, "learning_rate": 0.02}))
+    with run_lib.Run(workdir, config, allow_change=True, validate=validate) as run:
+        run.finished_before(4, 4)
+    entry = rundir.read_history(workdir)[2]
+    assert (entry["event"], entry["config_json_edited"]) == ("resume", True)
+    assert rundir.read_config_dict(workdir)["learning_rate"] == 0.02
+    # #10: edited again, then resumed to train on with the command line's config.
+    path.write_text(json.dumps({**recorded, "learning_rate": 0.03}))
+    with pytest.raises(DataError, match=r"--config=configs/run\.py:.*run --allow_config_change"):
+        rundir.read_config_dict(workdir)
+    changes = rundir.check_resume(config, workdir, allow_change=True)
+    rundir.record_start(config, workdir, 4, changes)
+    entry = rundir.read_history(workdir)[-1]
+    assert entry["config_json_edited"] is True
+    assert entry["changed"]["learning_rate"] == {"old": 0.03, "new": config.learning_rate}
+    assert "was not the config the run recorded" in " ".join(_warnings(capsys))
+    rundir.record_start(config, workdir, 4, [])  # a plain resume after it: no mark
+    assert "config_json_edited" not in rundir.read_history(workdir)[-1]
+
+
 def test_a_sweep_arm_with_damaged_records_fails_alone(tmp_path):
     """Pass 5, #10-#11: an arm whose records could not be read (a damaged config.json of a
     finished arm) stopped the whole sweep with exit 2: the other arms never ran and sweep.json

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,8 +29,17 @@ from alexnet_jax.runs import plots, report, rundir
 class Run:
     """The records of one training run in `workdir` (rundir.py names the files)."""
 
-    def __init__(self, workdir: str, config: Any, allow_change: bool = False):
+    def __init__(
+        self,
+        workdir: str,
+        config: Any,
+        allow_change: bool = False,
+        validate: Callable[[Any], None] | None = None,
+    ):
+        """`validate`: the config's rules (ConfigError), which a hand-edited config.json must
+        pass before --allow_config_change takes it as the run's (finished_before)."""
         self.workdir, self.config, self.allow_change = workdir, config, allow_change
+        self.validate = validate
         self.changes: list = []
         self.dataset: dict | None = None
         self.dataset_changes: list = []
@@ -62,7 +72,7 @@ class Run:
         if done is None:
             return None
         if self.allow_change:  # the remedies of a refused config.json or run.json work here too
-            rundir.accept_config_json(self.workdir, step)
+            rundir.accept_config_json(self.workdir, step, self.validate)
             rundir.record_dataset(self.workdir, self.dataset, replace=bool(self.dataset_changes))
         if rundir.finished_step(self.workdir) is None:  # finished before runs recorded their end
             with contextlib.suppress(OSError):  # best effort: this rerun only reports

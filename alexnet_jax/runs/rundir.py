@@ -30,7 +30,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -491,6 +491,16 @@ def record_start(
         changed={f: {"old": old, "new": new} for f, old, new in resumable},
         config_digest=_config_digest(_as_json(config)),
     )
+    if previous is not None and _config_json_unrecorded(workdir):
+        # Taken by --allow_config_change: "changed" is measured from a file the run never
+        # recorded (edited by hand, copied, or written by a start that crashed), not from the
+        # config its steps so far were trained with; the entry says so.
+        entry["config_json_edited"] = True
+        console.warning(
+            f"{config_path(workdir)} was not the config the run recorded at its last start (edited "
+            "by hand, copied, or written by a start that crashed): the changes are listed from "
+            f"it, and {HISTORY_FILE} marks this entry config_json_edited."
+        )
     if dataset_changes:
         entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
     if changes or dataset_changes:
@@ -525,21 +535,36 @@ def record_finished(workdir: str, step: int) -> None:
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
 
 
-def accept_config_json(workdir: str, step: int) -> bool:
+def accept_config_json(
+    workdir: str, step: int, validate: Callable[[ml_collections.ConfigDict], None] | None = None
+) -> bool:
     """--allow_config_change on a run with nothing left to train: its config.json is taken as
     it is, as a resume would take it, when the history lacks its digest or records another
-    (a resume entry at `step` that trains nothing; process 0). Whether it recorded one."""
-    if jax.process_index() != 0 or not os.path.isfile(config_path(workdir)):
+    (a resume entry at `step` that trains nothing; process 0), once `validate` (the config's
+    rules: ConfigError) accepts it. Whether it recorded one."""
+    path = config_path(workdir)
+    if jax.process_index() != 0 or not os.path.isfile(path):
         return False
-    digest = _config_digest(_read_json(config_path(workdir), "the JSON config main.py writes"))
+    config = _read_json(path, "the JSON config main.py writes")
+    if not isinstance(config, dict):
+        raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    digest = _config_digest(config)
     recorded = _recorded_config_digest(workdir)
     if recorded is not None and recorded[1] == digest:
         return False
+    if validate is not None:
+        try:
+            validate(ml_collections.ConfigDict({**ADDED_FIELDS, **config}))
+        except ConfigError as e:
+            raise DataError(
+                f"{path} is not a valid run config ({e}), so --allow_config_change cannot take "
+                "it as the run's config. Restore it from a copy of the run, or mend that field."
+            ) from None
     entry = _history_entry(
-        step, "resume", changed={}, config_digest=digest, allowed_config_change=True
+        step, "resume", config_json_edited=True, config_digest=digest, allowed_config_change=True
     )
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
-    console.info(f"{config_path(workdir)} taken as it is (--allow_config_change), and recorded.")
+    console.info(f"{path} taken as it is (--allow_config_change), and recorded.")
     return True
 
 
@@ -700,10 +725,19 @@ def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] 
             f"({HISTORY_FILE} holds its digest): it was edited by hand or copied from another "
             "run, so its checkpoints would be read (or resumed) with another config. Restore it "
             "from a copy of the run, or start a new run in another --workdir; if a start crashed "
-            "before recording it, or to keep the edit on purpose, resume the run with "
-            "--allow_config_change (it is then recorded)."
+            "before recording it, or to keep the edit on purpose, resume the run with its own "
+            f"config and --allow_config_change (--config=configs/run.py:{workdir} "
+            "--allow_config_change; it is then recorded)."
         )
     return {**ADDED_FIELDS, **config}
+
+
+def _config_json_unrecorded(workdir: str) -> bool:
+    """Whether the run's config.json differs from the config its history recorded last, or the
+    history records none (the file is then unchecked)."""
+    recorded = _recorded_config_digest(workdir)
+    config = _read_json(config_path(workdir), "the JSON config main.py writes")
+    return recorded is None or recorded[1] != _config_digest(config)
 
 
 def _config_digest(config: dict) -> str:

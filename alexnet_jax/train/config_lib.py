@@ -98,6 +98,15 @@ def validate_config(config: Any, num_devices: int | None = None) -> None:
             _divisible(config, field, num_devices)
 
 
+def check_like(config: Any, like: Any) -> None:
+    """Raises ConfigError when `config` (a run's config.json, read back) has a field that `like`
+    (a config of this version) lacks, or an invalid value (validate_config)."""
+    unknown = sorted(set(config) - set(like))
+    if unknown:
+        raise ConfigError(f"it has fields this version lacks: {unknown}")
+    validate_config(config)
+
+
 # ---- A run's config ----------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ parallel.py), the batch is split over the "data" axis and XLA inserts the gradie
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from typing import Any
@@ -291,7 +292,8 @@ def train_and_evaluate(
             f"config.torch_weights={config.torch_weights!r} is only read by --mode=eval; "
             "training starts from config.init_scheme. Remove it, or add --mode=eval."
         )
-    with Run(workdir, config, allow_config_change) as run:
+    validate = functools.partial(config_lib.check_like, like=config)
+    with Run(workdir, config, allow_config_change, validate) as run:
         exp, info = _build(config)
         run.check_dataset(data_sources.dataset_identity(config))
         num_steps = total_train_steps(config, exp.steps_per_epoch)
