@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core import runtime
+from alexnet_jax.core import errors, runtime
 from alexnet_jax.core.errors import ConfigError, DataError, UserError
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import figures, sweep
@@ -1020,3 +1020,26 @@ def test_a_data_change_allowed_on_purpose_is_recorded(tmp_path):
         "dataset": {"old": "image_folder", "new": "miniature"}
     }
     rundir.check_dataset(workdir, new)  # the next plain resume
+
+
+def test_a_library_logging_the_stop_on_its_way_up_is_not_heard():
+    """Seen in the suite (test_main's Ctrl-C twice): a second Ctrl-C while Orbax waited for a
+    save in progress was raised inside its wait, which logged "Save Finalize thread failed"
+    with the whole traceback after the `interrupted:` line. The line is the last word."""
+    code = (
+        "import os, signal\n"
+        "from absl import logging\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.exit_on_ctrl_c()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    signal.pause()\n"
+        "except BaseException:\n"
+        "    logging.exception('Save Finalize thread (save_finalize) failed.')  # as Orbax does\n"
+        "    raise\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == [f"interrupted: {errors.CTRL_C}"]

@@ -4,6 +4,7 @@
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -264,6 +265,10 @@ def stop_now(signum: int = signal.SIGINT) -> None:
         _told.append(True)
         line = f"interrupted: {CTRL_C}" if signum == signal.SIGINT else f"terminated: {SIGTERM}"
         print(line, file=sys.stderr, flush=True)
+        # The line is the last word: a library that logs the exception on its way up (Orbax's
+        # wait for a save in progress logs "Save Finalize thread failed" with a traceback) is
+        # not heard.
+        logging.disable(logging.CRITICAL)
         _exit_without_finalizing(128 + signum)
     raise _CtrlC(128 + signum)
 
