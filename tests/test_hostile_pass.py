@@ -1043,3 +1043,22 @@ def test_a_library_logging_the_stop_on_its_way_up_is_not_heard():
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.splitlines() == [f"interrupted: {errors.CTRL_C}"]
+
+
+def test_a_signal_after_the_work_during_python_s_shutdown_still_exits_130():
+    """Pass 4, #22: SIGINT or SIGTERM to `figures` after it had written its files and lines
+    printed the `interrupted:` line but exited 0 (now and then 130 with no line): the signal
+    came while Python was shutting down, where the exit could no longer be registered and the
+    exception was ignored. It exits 128 + the signal with its one line."""
+    code = (
+        "import atexit, os, signal\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.exit_on_ctrl_c(sigterm=True)\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))  # after threads joined\n"
+        "print('wrote figure.png')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout) == (143, "wrote figure.png\n"), proc.stderr
+    assert proc.stderr.splitlines() == [f"terminated: {errors.SIGTERM}"]

@@ -286,8 +286,12 @@ def _exit_without_finalizing(code: int) -> None:
         os._exit(code)
 
     register = getattr(threading, "_register_atexit", None)  # runs before threads are joined
-    with contextlib.suppress(TypeError, RuntimeError):  # no such hook, or shutting down already
+    if register is None:  # no such hook: the SystemExit ends the process
+        return
+    try:
         register(end)
+    except RuntimeError:  # Python is shutting down already (the signal came after the work):
+        end()  # nothing is left to unwind, and an exception raised now would be ignored (exit 0)
 
 
 def _importing(frame) -> bool:
