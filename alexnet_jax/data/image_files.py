@@ -21,19 +21,23 @@ from alexnet_jax.core.errors import DataError, UserError
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of any Pillow mode; transparency is composited over white, 16-bit is rescaled."""
+    """RGB view of any Pillow mode, as the input pipeline's `tf.io.decode_image(channels=3)`
+    sees it: an alpha channel is dropped (the colours under it kept; PNG, WebP), a GIF's
+    transparent pixels are black; 16-bit is rescaled."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
         pixels = np.asarray(image, np.float32)
         scale = 255.0 / max(float(pixels.max()), 255.0) if image.mode == "I" else 1.0 / 257.0
         image = Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if image.format == "GIF" and "transparency" in image.info:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert(
+            "RGB"
+        )
+    with warnings.catch_warnings():  # Pillow's advice to convert transparent palettes to RGBA
+        warnings.simplefilter("ignore", UserWarning)
+        return image.convert("RGB")
 
 
 def center_crop_geometry(height: int, width: int, resize_size: int, crop_size: int):

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,11 +33,16 @@ from alexnet_jax.train.experiment import TrainState
 # ---- Evaluation ------------------------------------------------------------------------------
 
 
-def evaluate(eval_step_fn, params: Any, batches, mesh: Any) -> dict[str, float]:
+def evaluate(
+    eval_step_fn, params: Any, batches, mesh: Any, stop: Callable[[], bool] | None = None
+) -> dict[str, float] | None:
     """Mean loss and top-1/top-5 error rates over one pass of the eval split (padding
-    excluded): the device sums correct predictions, turned into errors here, once."""
+    excluded): the device sums correct predictions, turned into errors here, once. None when
+    `stop()` turned true between two batches (a Ctrl-C or SIGTERM: the evaluation is left)."""
     totals = None
     for batch in sharding.prefetch_to_mesh(iter(batches), mesh):
+        if stop is not None and stop():
+            return None
         sums = eval_step_fn(params, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
@@ -303,6 +309,15 @@ def train_and_evaluate(
         if (done := run.finished_before(start_step, num_steps)) is not None:
             checkpoint.close(manager)
             return done
+        if start_step > num_steps:  # an unfinished run cannot end before the step it is at
+            checkpoint.close(manager)
+            raise ConfigError(
+                f"{workdir} holds a run at step {start_step}, past the {num_steps} steps this "
+                "config trains (config.num_train_steps / num_epochs): a run cannot be shortened. "
+                f"To end it at step {start_step}, rerun with "
+                f"--config.num_train_steps={start_step}; for a shorter run, choose another "
+                "--workdir."
+            )
         num_params = models.param_count(sharding.abstract_params(exp.model))
         sizes = (info.num_train_examples, info.num_eval_examples, exp.steps_per_epoch)
         banner = report.banner(config, workdir, exp.mesh, *sizes, num_steps, start_step, num_params)
@@ -392,10 +407,15 @@ def train_loop(
     preemption = checkpoint.PreemptionWatcher(manager)
     eval_metrics: dict[str, float] = {}
 
-    def evaluate_now(step: int, state: TrainState) -> dict[str, float]:
+    # A signal during an evaluation leaves it (one process; several finish it, in step).
+    stop = preemption.event.is_set if pc == 1 else None
+
+    def evaluate_now(step: int, state: TrainState) -> dict[str, float] | None:
         log.flush(step, state, train_iter.num_undecodable)
         began = time.perf_counter()
-        metrics = evaluate(exp.eval_step, state.params, eval_batches, mesh)
+        metrics = evaluate(exp.eval_step, state.params, eval_batches, mesh, stop)
+        if metrics is None:  # left for a signal: the resumed run evaluates this step
+            return None
         writer.write_eval(step, metrics)
         _check_finite_eval(step, metrics)
         progress.exclude(time.perf_counter() - began)  # not training time
@@ -410,6 +430,14 @@ def train_loop(
         checkpoint.save(manager, step, state, {**record, "eval_pending": eval_pending})
         progress.exclude(time.perf_counter() - began)  # its blocking part: not training time
 
+    def stopped(step: int, state: TrainState, eval_pending: bool = True) -> str:
+        """Saves `step` for a signal (its evaluation owed when `eval_pending`); its name."""
+        signal = preemption.signal_name or "a signal to another process"
+        console.warning(f"Preemption signal: saving step {step} and exiting ({signal}).")
+        if manager.latest_step() != step:
+            save(step, state, eval_pending=eval_pending)
+        return signal
+
     step, signal = start_step, None
     # Also on errors, in this order: commit the saves in flight (so the last good checkpoint is
     # kept), close the metrics, restore the signal handlers. A failed close raises only if the
@@ -419,9 +447,12 @@ def train_loop(
         cleanup.push(lambda kind, *_: writer.close(raise_errors=kind is None))
         cleanup.push(lambda kind, *_: checkpoint.close(manager, raise_errors=kind is None))
         if data_state.get("eval_pending") and step < num_steps:  # a preempted run's, owed
-            eval_metrics = evaluate_now(step, state)
-            state = _update_plateau(state, eval_metrics, config, mesh)
-        while step < num_steps:
+            if (owed := evaluate_now(step, state)) is None:
+                signal = stopped(step, state)
+            else:
+                eval_metrics = owed
+                state = _update_plateau(state, eval_metrics, config, mesh)
+        while signal is None and step < num_steps:
             # -- Step.
             state, metrics = exp.train_step(state, next(batches))
             step += 1
@@ -431,21 +462,25 @@ def train_loop(
                 log.flush(step, state, train_iter.num_undecodable)
             # -- Preemption: every process saves this step and stops.
             if preemption.reached(step):
-                signal = preemption.signal_name or "a signal to another process"
-                console.warning(f"Preemption signal: saving step {step} and exiting ({signal}).")
-                save(step, state, eval_pending=step % eval_every == 0 and step < num_steps)
+                signal = stopped(step, state, step % eval_every == 0 and step < num_steps)
                 break
             # -- Evaluate.
             if step % eval_every == 0 and step < num_steps:
-                eval_metrics = evaluate_now(step, state)
+                if (evaluated := evaluate_now(step, state)) is None:
+                    signal = stopped(step, state)
+                    break
+                eval_metrics = evaluated
                 state = _update_plateau(state, eval_metrics, config, mesh)
             # -- Save.
             if step % config.checkpoint_every_steps == 0 and step < num_steps:
                 save(step, state)
         # -- Final evaluation and checkpoint.
         if signal is None:
-            eval_metrics = evaluate_now(step, state)
-            if manager.latest_step() != step:
-                save(step, state)
+            if (evaluated := evaluate_now(step, state)) is None:
+                signal = stopped(step, state)
+            else:
+                eval_metrics = evaluated
+                if manager.latest_step() != step:
+                    save(step, state)
     log.skips.summarize()
     return eval_metrics, step, signal

@@ -512,6 +512,51 @@ def _narrow_main(
     )
 
 
+def test_ctrl_c_during_the_final_evaluation_saves_and_leaves_the_evaluation_owed(
+    shared_dirs, tmp_path
+):
+    """Pass 7, #13: one Ctrl-C during the final evaluation (minutes on ImageNet with 10 crops)
+    was noted and ignored: the evaluation ran to its end and the run exited 0. It is left
+    between two batches, the step saved with its evaluation owed, one `interrupted:` line and
+    exit code 130; the rerun evaluates that step and finishes. #24: a rerun of that unfinished
+    run with fewer steps than it is at is refused (it ended it there, recording the shorter
+    length)."""
+    workdir = str(tmp_path / "run")
+    flags = {
+        "dataset": "synthetic", "synthetic_train_examples": 100_000,
+        "synthetic_eval_examples": 400_000, "variant": "torchvision", "input_size": 64,
+        "num_classes": 10, "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 2,
+        "log_every_steps": 1,
+    }  # fmt: skip
+    args = [f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items())]
+    proc = _main(shared_dirs, args, narrow=True)
+    _wait_for_train_step(workdir, 2, proc)  # the final evaluation (50,000 batches) begins
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert [x for x in err.splitlines() if x.startswith(("interrupted:", "error:"))] == [
+        "interrupted: saved step 2 in " + workdir + "; rerun the same command to resume."
+    ], err[-3000:]
+    assert not [r for r in _jsonl(workdir) if r["split"] == "eval"]
+    assert rundir.finished_step(workdir) is None
+    # #24: a rerun with fewer steps than the run is at ended it there, config.json saying 1.
+    shorter = [a for a in args if "num_train_steps" not in a] + ["--config.num_train_steps=1"]
+    code, _, err = _run_main(shared_dirs, shorter, narrow=True)
+    assert code == 2, err[-3000:]
+    assert "holds a run at step 2, past the 1 steps" in err
+    assert "--config.num_train_steps=2;" in err
+    assert rundir.read_config_dict(workdir)["num_train_steps"] == 2
+    smaller_eval = [a for a in args if "eval_examples" not in a]
+    smaller_eval += ["--config.synthetic_eval_examples=8", "--allow_config_change"]
+    resumed = _main(shared_dirs, smaller_eval, narrow=True)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Resumed at step 2" in out
+    assert [r["step"] for r in _jsonl(workdir) if r["split"] == "eval"] == [2]
+    assert rundir.finished_step(workdir) == 2
+
+
 def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resumes(
     shared_dirs, tmp_path
 ):
