@@ -17,6 +17,7 @@ from alexnet_jax.runs import rundir
 from alexnet_jax.tools import figures, sweep
 from alexnet_jax.train import checkpoint, config_lib, metrics_io
 from configs import default
+from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1094,3 +1095,20 @@ def test_predict_reads_a_transparent_picture_as_the_input_pipeline_does(tmp_path
         with Image.open(io.BytesIO(buffer.getvalue())) as image:
             seen = np.asarray(image_files._to_rgb(image))
         np.testing.assert_array_equal(seen, expected.numpy(), err_msg=name)
+
+
+def test_a_refused_evaluation_of_weights_leaves_no_folders(tmp_path):
+    """Pass 7, #39: `--mode=eval --config.torch_weights=<not a torch file>` with a new
+    --workdir=new/sub/tw was refused in one line but left the folders new/sub/tw behind (pass 1
+    fixed this for training runs only)."""
+    from alexnet_jax.train import loop
+
+    weights = tmp_path / "text.pth"
+    weights.write_text("hi")
+    config = tiny_config(
+        str(tmp_path), dataset="synthetic", normalization="mean_std", synthetic_eval_examples=8,
+        torch_weights=str(weights),
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"text\.pth refused"):
+        loop.evaluate_checkpoint(config, str(tmp_path / "new" / "sub" / "tw"))
+    assert not (tmp_path / "new").exists()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -44,10 +44,10 @@ class Run:
         self.dataset: dict | None = None
         self.dataset_changes: list = []
         self._stack = contextlib.ExitStack()
-        self._new_top = _first_missing_folder(workdir)  # what making the workdir creates
 
     def __enter__(self) -> Run:
         with self._stack as stack:
+            stack.enter_context(removed_if_failed(self.workdir))  # left after the lock
             stack.enter_context(rundir.exclusive(self.workdir))
             # Before any data is built: another experiment in this workdir is refused.
             self.changes = rundir.check_resume(self.config, self.workdir, self.allow_change)
@@ -55,10 +55,7 @@ class Run:
         return self
 
     def __exit__(self, kind, value, traceback) -> bool:
-        suppressed = self._stack.__exit__(kind, value, traceback)
-        if kind is not None and self._new_top and jax.process_index() == 0:
-            _remove_empty_folders(self._new_top)
-        return suppressed
+        return self._stack.__exit__(kind, value, traceback)
 
     def check_dataset(self, dataset: dict) -> None:
         """Refuses a resume on other data (rundir.check_dataset) unless `allow_change`."""
@@ -101,6 +98,19 @@ class Run:
         rundir.record_finished(self.workdir, step)
         if jax.process_index() == 0:
             plots.plot_training_curves(self.workdir)
+
+
+@contextlib.contextmanager
+def removed_if_failed(workdir: str) -> Iterator[None]:
+    """Leaves no folder behind that making `workdir` created when the block fails (only empty
+    folders are removed, never a file): a refused command leaves the disk as it found it."""
+    new_top = _first_missing_folder(workdir)
+    try:
+        yield
+    except BaseException:
+        if new_top and jax.process_index() == 0:
+            _remove_empty_folders(new_top)
+        raise
 
 
 def _first_missing_folder(path: str) -> str | None:

@@ -26,6 +26,7 @@ from alexnet_jax.data import data_sources, input_pipeline
 from alexnet_jax.interop import weights_io
 from alexnet_jax.model import models
 from alexnet_jax.runs import report, rundir
+from alexnet_jax.runs import run as run_lib
 from alexnet_jax.runs.run import Run
 from alexnet_jax.train import checkpoint, config_lib, experiment, metrics_io, optim, sharding
 from alexnet_jax.train.experiment import TrainState
@@ -252,7 +253,10 @@ def evaluate_checkpoint(
             f"{workdir} is read-only: the evaluation is printed, not recorded in its "
             f"{rundir.METRICS_FILE}."
         )
-    with rundir.exclusive(workdir) if recorded else contextlib.nullcontext():
+    with (
+        run_lib.removed_if_failed(workdir),
+        rundir.exclusive(workdir) if recorded else contextlib.nullcontext(),
+    ):
         exp, _ = _build(config, training=False)  # no training-only cache or store is built
         if config.torch_weights:
             _check_weights_conventions(config)
@@ -276,6 +280,9 @@ def evaluate_checkpoint(
         elsewhere = own is not None and any(own.get(k) != v for k, v in views.items())
         reeval = elsewhere or rundir.is_evaluated(workdir, step)
         line = report.eval_line(step, metrics, config.num_classes, reeval)
+        if config.torch_weights:  # not the run's weights: never one of its evaluations
+            views["torch_weights"] = os.path.abspath(config.torch_weights)
+            reeval = True
         console.info(console.stamped(line))  # before the writes: kept even if they fail
         if recorded:
             writer = metrics_io.MetricsWriter(workdir, start_step=None)

@@ -401,6 +401,11 @@ def test_eval_of_exported_weights_equals_predict_on_the_same_images(run_dir, tmp
     evaluated = ml_collections.ConfigDict(config.to_dict())
     evaluated.torch_weights = path
     metrics = loop.evaluate_checkpoint(evaluated, str(tmp_path / "eval"))
+    # Pass 7, #40: the row of weights from elsewhere was the workdir's step-0 evaluation, which
+    # a run started there later reported as its best. It is kept apart, naming the file.
+    (row,) = rundir.read_metrics(str(tmp_path / "eval"))
+    assert (row["step"], row["reeval"], row["torch_weights"]) == (0, True, path)
+    assert rundir.run_evals([row]) == []
 
     synsets = miniature.imagenet_synsets()[: config.num_classes]
     names = miniature.validation_file_names(synsets, config.miniature_val_per_class)
