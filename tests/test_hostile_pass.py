@@ -2,6 +2,7 @@
 case that ended in a traceback, a silently wrong result or a lost record, pinned in process
 where it can be (seconds), by one subprocess line where the answer is the process's own."""
 
+import functools
 import json
 import os
 import subprocess
@@ -1112,3 +1113,37 @@ def test_a_refused_evaluation_of_weights_leaves_no_folders(tmp_path):
     with pytest.raises(UserError, match=r"text\.pth refused"):
         loop.evaluate_checkpoint(config, str(tmp_path / "new" / "sub" / "tw"))
     assert not (tmp_path / "new").exists()
+
+
+def test_a_decompression_bomb_is_an_undecodable_example_by_its_header(tmp_path, monkeypatch):
+    """Pass 7, #18: a 20000 x 20000 one-colour PNG (1.2 MB) in a training folder was decoded
+    whole (1.2 GB); under a memory limit TensorFlow aborted in C++ (exit 134, a stack, no
+    error line). Its header is read first: more than preprocessing.MAX_PIXELS (Pillow's limit,
+    which predict applies) makes it an undecodable example, skipped and counted. Golden: the
+    header's width x height equals Pillow's for each format the pipeline reads."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from alexnet_jax.data import preprocessing
+
+    rng = np.random.default_rng(0)
+    formats = [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {"lossless": True})]
+    formats += [("WEBP", {"quality": 80}), ("WEBP", {"quality": 80, "mode": "RGBA"})]
+    shapes = [(37, 53), (300, 17), (5, 4000)] * 3
+    for (fmt, options), (height, width) in zip(formats, shapes, strict=False):
+        mode = options.pop("mode", "RGB")
+        picture = Image.fromarray(rng.integers(0, 256, (height, width, len(mode)), np.uint8), mode)
+        buffer = io.BytesIO()
+        picture.save(buffer, fmt, **options)
+        pixels = preprocessing.header_pixels(tf.constant(buffer.getvalue()))
+        assert int(pixels) == height * width, (fmt, options)
+    assert int(preprocessing.header_pixels(tf.constant(b"not a picture"))) == 0
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buffer, "PNG")
+    monkeypatch.setattr(preprocessing, "MAX_PIXELS", 300 * 200 - 1)
+    plan = functools.partial(preprocessing.center_crop_plan, resize_size=64, crop_size=32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 59999 pixels"):
+        preprocessing.decode_view(tf.constant(buffer.getvalue()), plan)

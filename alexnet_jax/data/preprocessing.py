@@ -173,6 +173,51 @@ def resample(image: tf.Tensor, plan: ViewPlan) -> tf.Tensor:
     return tf.cond(identity, lambda: image, resize)
 
 
+# The most pixels a picture may have, as Pillow's decompression-bomb limit (predict refuses
+# larger ones through it): a larger one is an undecodable example. A 20000 x 20000 PNG of 1 MB
+# decodes to 1.2 GB, and under a memory limit TensorFlow aborted in C++.
+MAX_PIXELS = 2 * 89_478_485
+
+
+def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 width * height of an encoded picture, read from its header alone (JPEG, PNG, GIF,
+    BMP, WebP: lossy, lossless and extended); 0 for anything else (decode_image refuses it)."""
+    head = tf.strings.substr(tf.strings.join([image_bytes, "\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def le(i: int, n: int) -> tf.Tensor:  # little-endian unsigned of bytes i .. i + n - 1
+        return sum(b[i + k] * 256**k for k in range(n))
+
+    def be(i: int, n: int) -> tf.Tensor:
+        return sum(b[i + k] * 256 ** (n - 1 - k) for k in range(n))
+
+    def starts(text: bytes, at: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(image_bytes, at, len(text)), text)
+
+    bmp_w, bmp_h = le(18, 4), le(22, 4)  # int32: a top-down bitmap's height is negative
+    bmp_h = tf.where(bmp_h >= 2**31, 2**32 - bmp_h, bmp_h)
+    sizes = [  # (is this format, width, height)
+        (starts(b"\x89PNG\r\n\x1a\n"), be(16, 4), be(20, 4)),
+        (starts(b"GIF8"), le(6, 2), le(8, 2)),
+        (starts(b"BM"), bmp_w, bmp_h),
+        (starts(b"WEBPVP8X", 8), 1 + le(24, 3), 1 + le(27, 3)),
+        (
+            starts(b"WEBPVP8L", 8),
+            1 + le(21, 2) % 2**14,
+            1 + (le(22, 3) // 2**6) % 2**14,
+        ),
+        (starts(b"WEBPVP8 ", 8), le(26, 2) % 2**14, le(28, 2) % 2**14),
+    ]
+    pixels = tf.constant(0, tf.int64)
+    for is_format, width, height in sizes:
+        pixels = tf.where(is_format, width * height, pixels)
+
+    def jpeg() -> tf.Tensor:
+        return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: pixels)
+
+
 def decode_view(image_bytes: tf.Tensor, plan_fn) -> tf.Tensor:
     """Decodes the window of `plan_fn(shape)` from an encoded image and resamples it by the plan.
 
@@ -180,8 +225,8 @@ def decode_view(image_bytes: tf.Tensor, plan_fn) -> tf.Tensor:
     decodes the window, with the accurate integer IDCT (libjpeg's default, and PIL's: the fast
     one differs by about 1 grey level on average); anything else (PNG, GIF, BMP, WebP under any
     file name) is fully decoded by `tf.io.decode_image` and sliced. Returns the view, uint8
-    [*plan.size, 3]. An undecodable file raises an InvalidArgumentError, which the pipeline turns
-    into a skipped, counted example.
+    [*plan.size, 3]. An undecodable file, or one of more than MAX_PIXELS pixels by its header,
+    raises an InvalidArgumentError, which the pipeline turns into a skipped, counted example.
     """
 
     def from_jpeg():
@@ -197,7 +242,13 @@ def decode_view(image_bytes: tf.Tensor, plan_fn) -> tf.Tensor:
         begin, size = plan.window[:2], plan.window[2:]
         return tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [3]], 0)), plan
 
-    pixels, plan = tf.cond(tf.io.is_jpeg(image_bytes), from_jpeg, from_other)
+    too_large = tf.debugging.assert_less_equal(
+        header_pixels(image_bytes),
+        tf.constant(MAX_PIXELS, tf.int64),
+        message=f"a picture of more than {MAX_PIXELS} pixels (a decompression bomb?)",
+    )
+    with tf.control_dependencies([too_large]):
+        pixels, plan = tf.cond(tf.io.is_jpeg(image_bytes), from_jpeg, from_other)
     pixels = tf.ensure_shape(pixels, [None, None, 3])
     return tf.ensure_shape(resample(pixels, plan), [None, None, 3])
 
