@@ -296,6 +296,12 @@ class _TfdsSource:
     def split_names(self) -> list[str]:
         return sorted(self.builder.info.splits.keys())
 
+    def cache_key(self, split: str) -> str:
+        """What the caches made from `split` are keyed by: the build's location and version
+        (a tfds build is written once and never changes in place)."""
+        del split
+        return self.identity
+
     def describe(self) -> dict:
         """What identifies this build, from its dataset_info.json (no pass over the data)."""
         splits = self.builder.info.splits
@@ -330,7 +336,7 @@ class _FolderSource:
 
     root: str
     classes: tuple[str, ...]
-    identity: str
+    identity: str  # its location (cache_key names the caches made from it)
     split_hint = " (sub-folders of the image folder; 'validation' means val/)"
 
     @property
@@ -392,6 +398,28 @@ class _FolderSource:
                     "would never see an example. Add images of it, convert them, or remove the "
                     "folder",
                 )
+
+    def cache_key(self, split: str) -> str:
+        """What the caches made from `split` (the resize cache, the image store) are keyed by:
+        a hash of the class names (the labels), of each image's relative path, size and
+        modification time, and of the first bytes of each class's first image (a stat per file,
+        one short read per class). Renamed, added, removed or edited files, or another folder
+        with the same class names and counts, give another key, so a cache of other data is
+        never reused; the same files moved elsewhere keep it."""
+        entries = []
+        first = {}
+        for path, label, key in sorted(self.files(split), key=lambda found: found[2]):
+            try:
+                stat = os.stat(path)
+                entries.append([key, stat.st_size, stat.st_mtime_ns])
+            except OSError:  # vanished or unreadable: the pipeline leaves it out as undecodable
+                entries.append([key, -1, -1])
+            first.setdefault(label, path)
+        digest = hashlib.sha1(json.dumps([list(self.classes), entries]).encode())
+        for label in sorted(first):  # a class swapped with another of equal sizes and times
+            with contextlib.suppress(OSError), open(first[label], "rb") as f:
+                digest.update(f.read(4096))
+        return f"folder-files:{digest.hexdigest()}"
 
     def num_examples(self, split: str) -> int:
         """Images of a split; KeyError when the image folder has no such sub-folder."""
@@ -811,6 +839,17 @@ def dataset_identity(config) -> dict:
     return identity
 
 
+def content_identity(config, split: str) -> dict:
+    """What names the caches made from `split` (the image store, the mean image): the
+    dataset_identity plus, for an image folder, its files' identity (`cache_key`), since class
+    names and counts alone match another folder, or one with two classes swapped. For tfds and
+    synthetic data it is the dataset_identity, so their caches keep their names."""
+    identity = dataset_identity(config)
+    if config.dataset == "image_folder":
+        identity["files"] = open_source(config, build=False).cache_key(split)
+    return identity
+
+
 # ---- Pre-resize cache ---------------------------------------------------------------------------
 
 
@@ -831,11 +870,13 @@ def write_json(path: str, value) -> None:
 
 
 def cache_dir(config, source) -> str:
-    """The resize cache of this source, split and size: a hash of the three, under the root."""
+    """The resize cache of this source, split and size: a hash of the three, under the root. An
+    image folder's is keyed by its files (`cache_key`), not its path: a class renamed or added at
+    the same path gets a new cache."""
     blob = json.dumps(
         [
             CACHE_VERSION,
-            source.identity,
+            source.cache_key(config.train_split),
             config.train_split,
             int(config.resize_size),
             CACHE_JPEG_QUALITY,

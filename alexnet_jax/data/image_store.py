@@ -69,11 +69,12 @@ _PREFETCH = 2  # batches read ahead by the reading thread
 
 def split_dir(config, split: str) -> str:
     """The store of `split` at config.resize_size: named by the data's identity (its content,
-    not its location), so moving the data or the store keeps it valid."""
+    not its location: an image folder's files, data_sources.content_identity), so moving the
+    data or the store keeps it valid, and other data never finds it."""
     blob = json.dumps(
         [
             STORE_VERSION,
-            data_sources.dataset_identity(config),
+            data_sources.content_identity(config, split),
             str(split),
             int(config.resize_size),
         ],

@@ -320,7 +320,7 @@ def mean_image_path(config) -> str:
     training_only.eval_split = config.train_split
     blob = json.dumps(
         [
-            data_sources.dataset_identity(training_only),
+            data_sources.content_identity(training_only, config.train_split),
             str(config.train_split),
             int(config.resize_size),
         ],

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax.core.errors import ConfigError, DataError, UserError
-from alexnet_jax.data import data_sources, input_pipeline, miniature
+from alexnet_jax.data import data_sources, image_store, input_pipeline, miniature
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -397,3 +397,86 @@ def test_dataset_identity_of_tfds_and_synthetic_data_is_stable_json(built):
     identity = data_sources.dataset_identity(synthetic)
     assert json.loads(json.dumps(identity)) == identity
     assert identity["num_train_examples"] == synthetic.synthetic_train_examples
+
+
+# ---- 5. Caches made from an image folder are keyed by its files (hostile pass 7) -----------------
+
+
+def _cache_labels(config) -> dict:
+    """file name -> label of the records in the config's resize cache."""
+    directory = data_sources.cache_dir(config, data_sources.open_source(config, build=False))
+    manifest = data_sources.read_json(os.path.join(directory, data_sources.CACHE_MANIFEST))
+    paths = [os.path.join(directory, name) for name in manifest["files"]]
+    records = data_sources.tf.data.TFRecordDataset(paths).map(
+        lambda r: data_sources.tf.io.parse_single_example(r, data_sources.record_spec())
+    )
+    return {r["file_name"].decode(): int(r["label"]) for r in records.as_numpy_iterator()}
+
+
+def test_resize_cache_is_rebuilt_when_a_class_is_renamed_or_added_at_the_same_path(
+    tmp_path, folder
+):
+    """Hostile pass 7 #28: the resize cache was keyed by the folder's path, so after a class
+    folder was renamed and one added, a new run trained from the old cache with the old labels
+    while its banner named the new classes. The cache is keyed by the files now: unchanged data
+    reuses it, changed data builds a new one with the new labels."""
+    config = _folder_config(str(tmp_path), folder, resized_cache_dir=str(tmp_path / "cache"))
+    input_pipeline.prepare(config)
+    assert _cache_labels(config) == {"train/ant/ant0.png": 0, "train/ant/ant1.png": 0,
+                                     "train/bee/bee0.png": 1, "train/bee/bee1.png": 1}  # fmt: skip
+    input_pipeline.prepare(config)  # the same files: the same cache
+    assert len(os.listdir(config.resized_cache_dir)) == 1
+    for split in ("train", "val"):
+        os.rename(os.path.join(folder, split, "bee"), os.path.join(folder, split, "wasp"))
+        _png(os.path.join(folder, split, "aardvark", "a0.png"), 200)
+    config.num_classes = 3
+    input_pipeline.prepare(config)
+    assert len(os.listdir(config.resized_cache_dir)) == 2
+    assert _cache_labels(config) == {"train/aardvark/a0.png": 0, "train/ant/ant0.png": 1,
+                                     "train/ant/ant1.png": 1, "train/wasp/bee0.png": 2,
+                                     "train/wasp/bee1.png": 2}  # fmt: skip
+
+
+def test_image_store_and_mean_image_are_not_shared_by_folders_with_the_same_names_and_counts(
+    tmp_path, folder
+):
+    """Hostile pass 7 #29: the image store was keyed by the class names and file counts, so
+    another folder with the same names and counts (or this one with two classes swapped)
+    trained on the first folder's squares or with swapped labels. Keyed by the files now (the
+    mean image too, which had the same key)."""
+    store = {"augment_on": "device", "image_store_dir": str(tmp_path / "store")}
+    config = _folder_config(str(tmp_path), folder, **store)
+    other = str(tmp_path / "other")  # same names and counts, other pixels, files named alike
+    for split, count in (("train", 2), ("val", 1)):
+        for c, name in enumerate(("ant", "bee")):
+            for k in range(count):
+                _png(os.path.join(other, split, name, f"{k}.png"), 250 - 60 * c - k)
+                os.utime(os.path.join(other, split, name, f"{k}.png"), ns=(10**18, 10**18))
+    other_config = _folder_config(str(tmp_path), other, **store)
+    assert data_sources.dataset_identity(config) == data_sources.dataset_identity(other_config)
+    keys = {}
+    for name, each in (("folder", config), ("other", other_config)):
+        keys[name] = (image_store.split_dir(each, "train"), input_pipeline.mean_image_path(each))
+    assert keys["folder"][0] != keys["other"][0] and keys["folder"][1] != keys["other"][1]
+    input_pipeline.prepare(config)
+    input_pipeline.prepare(other_config)
+    squares = _store_means(other_config)
+    assert squares == {(0, 249), (0, 250), (1, 189), (1, 190)}  # the other folder's pixels
+    assert input_pipeline.prepare(config).num_train_examples == 4  # its own store, reused
+    assert len(os.listdir(store["image_store_dir"])) == 2
+    train = os.path.join(other, "train")  # ant/ and bee/ swapped: equal names, sizes and times
+    os.rename(os.path.join(train, "ant"), os.path.join(train, "tmp"))
+    os.rename(os.path.join(train, "bee"), os.path.join(train, "ant"))
+    os.rename(os.path.join(train, "tmp"), os.path.join(train, "bee"))
+    assert image_store.split_dir(other_config, "train") != keys["other"][0]
+    input_pipeline.prepare(other_config)
+    assert _store_means(other_config) == {(1, 249), (1, 250), (0, 189), (0, 190)}
+
+
+def _store_means(config) -> set:
+    """(label, mean pixel value) of each square of the config's image store."""
+    store = image_store.open_split(config, "train")
+    squares = np.empty([store.num_examples, store.resize_size, store.resize_size, 3], np.uint8)
+    store.read(np.arange(store.num_examples), squares)
+    store.close()
+    return {(int(label), round(float(s.mean()))) for label, s in zip(store.labels, squares)}
