@@ -920,9 +920,45 @@ def build_resized_cache(config, source) -> str:
     """
     directory = cache_dir(config, source)
     with exclusive_build(directory):
-        if read_json(os.path.join(directory, CACHE_MANIFEST)) is None:
+        manifest = read_json(os.path.join(directory, CACHE_MANIFEST))
+        damaged = manifest is not None and damaged_cache_file(directory, manifest)
+        if damaged:
+            console.warning(
+                f"The pre-resize cache {directory} is damaged ({damaged}); building it again."
+            )
+        if manifest is None or damaged:
+            _remove_cache_files(directory)
             _write_resized_cache(config, source, directory)
     return directory
+
+
+def damaged_cache_file(directory: str, manifest: dict) -> str | None:
+    """What is wrong with the first file of a complete cache that is missing or has another size
+    than when the cache was completed (a truncated copy, a full disk), or None; an os.stat per
+    file (caches of older versions recorded no sizes: only their presence is checked)."""
+    try:
+        files = [str(name) for name in manifest["files"]]
+        sizes = manifest.get("sizes") or [None] * len(files)
+        listed = list(zip(files, sizes, manifest["lengths"], strict=True))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"{os.path.join(directory, CACHE_MANIFEST)} is not a complete cache manifest"
+    for name, size, _ in listed:
+        path = os.path.join(directory, name)
+        try:
+            found = os.path.getsize(path)
+        except OSError as e:
+            return f"{path} cannot be read: {e.strerror or e}"
+        if size is not None and found != size:
+            return f"{path} holds {found} bytes, not the {size} written"
+    return None
+
+
+def _remove_cache_files(directory: str) -> None:
+    """Removes a cache's manifest first (so that no reader takes the rest for complete), then its
+    record files and what an interrupted build left (never the lock file)."""
+    for name in sorted(os.listdir(directory), key=lambda n: n != CACHE_MANIFEST):
+        if name == CACHE_MANIFEST or name.startswith("train-") or name.endswith(".tmp"):
+            os.remove(os.path.join(directory, name))
 
 
 def _reencoded_examples(shard, size: int, undecodable: list[str]) -> Iterator:
@@ -977,6 +1013,7 @@ def _write_resized_cache(config, source, directory: str) -> None:
         "resize_size": int(config.resize_size),
         "files": names,
         "lengths": lengths,
+        "sizes": [os.path.getsize(os.path.join(directory, name)) for name in names],
         "num_undecodable": shard.num_examples - sum(lengths),
         "undecodable_files": undecodable,
     }
@@ -1001,5 +1038,28 @@ def train_shard(config, process_index: int, process_count: int):
             f"The pre-resize cache {directory!r} (--config.resized_cache_dir) is not "
             "built; call alexnet_jax.data.input_pipeline.prepare(config) first."
         )
+    damaged = damaged_cache_file(directory, manifest)
+    if damaged:
+        raise DataError(
+            f"The pre-resize cache {directory!r} (--config.resized_cache_dir) is damaged "
+            f"({damaged}): delete that folder and rerun the same command (it is built again)."
+        )
     paths = [os.path.join(directory, name) for name in manifest["files"]]
     return even_file_instructions(paths, manifest["lengths"], process_index, process_count, window)
+
+
+def damaged_files_remedy(config, shard, from_cache: bool) -> str:
+    """Where the record files of a shard (of the resize cache if `from_cache`) lie and what to
+    do when one turns out damaged while it is read (a DataLossError: a corrupted or truncated
+    record), for a DataError."""
+    folders = sorted({os.path.dirname(name) for name in getattr(shard, "filenames", ())})
+    where = ", ".join(map(repr, folders)) or repr(config.image_folder or config.data_dir)
+    if from_cache:
+        return (
+            f"a file of the pre-resize cache {where} (--config.resized_cache_dir) is damaged: "
+            "delete that folder and rerun the same command (it is built again)"
+        )
+    return (
+        f"a file of the {config.dataset} data in {where} is damaged: restore it, or delete that "
+        "folder and prepare the data again (docs/DATA.md), then rerun the same command"
+    )

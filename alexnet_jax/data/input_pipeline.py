@@ -67,11 +67,13 @@ from full-size-like JPEGs and from the pre-resize cache.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -80,7 +82,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.data import augment, data_sources, image_store, imagenet_stats, preprocessing
-from alexnet_jax.core import console, runtime
+from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.core.errors import ConfigError, DataError
 from alexnet_jax.data.recipe import Recipe
 
@@ -478,6 +480,18 @@ def _synthetic_eval_batches(config, batch_size: int, first: int, num_examples: i
 # ---- Iterators ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _damaged_files_as_error(damaged: str) -> Iterator[None]:
+    """A record file that turns out corrupted, truncated or gone while tf.data reads it (which
+    names no file) becomes one DataError saying `damaged` (which names the folder and the fix)."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+        reason = re.sub(r"\s*\[Op:\w+\].*$", "", errors.storage_error_reason(e))  # TF's op
+        what = damaged or "a file is damaged"
+        raise DataError(f"Reading the data failed ({reason}): {what}.") from e
+
+
 class TrainIterator:
     """Infinite iterator of training batches that counts the undecodable examples it hands out.
 
@@ -485,16 +499,20 @@ class TrainIterator:
     each occurrence is also logged as a warning.
     """
 
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]], batch_size: int):
+    def __init__(
+        self, batches: Iterator[dict[str, np.ndarray]], batch_size: int, damaged: str = ""
+    ):
         self._batches = batches
         self._batch_size = batch_size
+        self._damaged = damaged  # what to say when a file turns out damaged while it is read
         self.num_undecodable = 0
 
     def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._batches)
+        with _damaged_files_as_error(self._damaged):
+            batch = next(self._batches)
         names = batch.pop(data_sources.UNDECODABLE, ())
         skipped = self._batch_size - int(np.count_nonzero(batch["mask"]))
         if skipped:
@@ -513,10 +531,11 @@ class EvalIterable:
     number of real examples of the last completed pass that could not be decoded (mask False).
     """
 
-    def __init__(self, make_batches, num_examples: int, num_batches: int):
+    def __init__(self, make_batches, num_examples: int, num_batches: int, damaged: str = ""):
         self._make_batches = make_batches
         self._num_examples = num_examples
         self._num_batches = num_batches
+        self._damaged = damaged  # what to say when a file turns out damaged while it is read
         self.num_undecodable = 0
 
     def __len__(self) -> int:
@@ -524,10 +543,11 @@ class EvalIterable:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         seen, names = 0, []
-        for batch in self._make_batches():
-            names.extend(batch.pop(data_sources.UNDECODABLE, ()))
-            seen += int(np.count_nonzero(batch["mask"]))
-            yield batch
+        with _damaged_files_as_error(self._damaged):
+            for batch in self._make_batches():
+                names.extend(batch.pop(data_sources.UNDECODABLE, ()))
+                seen += int(np.count_nonzero(batch["mask"]))
+                yield batch
         self.num_undecodable = self._num_examples - seen
         if self.num_undecodable:
             console.warning(
@@ -661,7 +681,8 @@ def create_train_iterator(
     start_epoch, offset = divmod(local_position, shard.num_examples)
     mean = load_mean_image(config)
     dataset = _train_dataset(config, shard, local_batch_size, start_epoch, offset, mean)
-    return TrainIterator(dataset.as_numpy_iterator(), local_batch_size)
+    damaged = data_sources.damaged_files_remedy(config, shard, bool(config.resized_cache_dir))
+    return TrainIterator(dataset.as_numpy_iterator(), local_batch_size, damaged)
 
 
 def create_eval_iterator(
@@ -692,4 +713,6 @@ def create_eval_iterator(
     num_batches = math.ceil(max(s.num_examples for s in shards) / local_batch_size)
     mean = load_mean_image(config)
     dataset = _eval_dataset(config, shards[process_index], local_batch_size, num_batches, mean)
-    return EvalIterable(dataset.as_numpy_iterator, shards[process_index].num_examples, num_batches)
+    damaged = data_sources.damaged_files_remedy(config, shards[process_index], from_cache=False)
+    num_examples = shards[process_index].num_examples
+    return EvalIterable(dataset.as_numpy_iterator, num_examples, num_batches, damaged)

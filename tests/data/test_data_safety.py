@@ -480,3 +480,33 @@ def _store_means(config) -> set:
     store.read(np.arange(store.num_examples), squares)
     store.close()
     return {(int(label), round(float(s.mean()))) for label, s in zip(store.labels, squares)}
+
+
+def test_damaged_resize_cache_is_rebuilt_or_refused_in_one_line_not_a_traceback(
+    tmp_path, folder, capsys
+):
+    """Hostile pass 7 #30: a truncated cache file gave a 45-line DataLossError traceback on the
+    next run. Now prepare() finds it (the files' sizes are recorded) and builds the cache again
+    with a warning naming it; an iterator opened without prepare() refuses it in one line; and a
+    record corrupted in place (same size), found only while reading, is one DataError naming
+    the cache folder and the fix."""
+    config = _folder_config(str(tmp_path), folder, resized_cache_dir=str(tmp_path / "cache"))
+    config.batch_size = 4
+    input_pipeline.prepare(config)
+    directory = data_sources.cache_dir(config, data_sources.open_source(config, build=False))
+    shard = os.path.join(directory, "train-00000.tfrecord")
+    written = open(shard, "rb").read()
+    os.truncate(shard, len(written) // 2)
+    with pytest.raises(DataError, match=r"cache .* is damaged \(.*train-00000.tfrecord holds"):
+        input_pipeline.create_train_iterator(config, local_batch_size=4)
+    capsys.readouterr()
+    input_pipeline.prepare(config)
+    assert "is damaged" in capsys.readouterr().err and os.path.getsize(shard) == len(written)
+    assert next(input_pipeline.create_train_iterator(config, local_batch_size=4))["mask"].all()
+    with open(shard, "r+b") as f:  # a flipped byte inside the first record's image
+        f.seek(len(written) // 4)
+        f.write(bytes([written[len(written) // 4] ^ 0xFF]))
+    iterator = input_pipeline.create_train_iterator(config, local_batch_size=4)
+    with pytest.raises(DataError, match=r"corrupted record.*pre-resize cache .*delete that folder"):
+        next(iterator)
+
