@@ -1005,7 +1005,8 @@ def _write_resized_cache(config, source, directory: str) -> None:
     console.info(f"Building the pre-resize cache of {shard.num_examples} images in {directory}.")
     undecodable = []
     examples = _reencoded_examples(shard, int(config.resize_size), undecodable)
-    names, lengths = _write_cache_files(directory, examples)
+    with errors.storage_errors_as(lambda e: _cache_write_error(directory, e)):
+        names, lengths = _write_cache_files(directory, examples)
     manifest = {
         "version": CACHE_VERSION,
         "source": source.identity,
@@ -1022,7 +1023,21 @@ def _write_resized_cache(config, source, directory: str) -> None:
             f"The pre-resize cache left out {manifest['num_undecodable']} undecodable image(s): "
             f"{name_list(undecodable)}"
         )
-    write_json(os.path.join(directory, CACHE_MANIFEST), manifest)
+    with errors.storage_errors_as(lambda e: _cache_write_error(directory, e)):
+        write_json(os.path.join(directory, CACHE_MANIFEST), manifest)
+
+
+def _cache_write_error(directory: str, error: BaseException) -> DataError:
+    """A failed write of the cache (a full disk, a quota): the partial cache is removed, and the
+    DataError names the cache and its field (not the run's workdir: no checkpoint is involved)."""
+    with contextlib.suppress(OSError):
+        _remove_cache_files(directory)
+    return DataError(
+        f"Writing the pre-resize cache in {directory!r} failed: "
+        f"{errors.storage_error_reason(error, with_file=False)}; the partial cache was removed. "
+        "Free disk space there (or fix its permissions) or choose another "
+        "--config.resized_cache_dir, then rerun the same command."
+    )
 
 
 def train_shard(config, process_index: int, process_count: int):

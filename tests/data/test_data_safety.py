@@ -510,3 +510,28 @@ def test_damaged_resize_cache_is_rebuilt_or_refused_in_one_line_not_a_traceback(
     with pytest.raises(DataError, match=r"corrupted record.*pre-resize cache .*delete that folder"):
         next(iterator)
 
+
+def test_full_disk_while_building_the_resize_cache_names_the_cache_and_removes_the_partial(
+    tmp_path, folder, monkeypatch
+):
+    """Hostile pass 7 #45: a full disk while the resize cache was written said to choose another
+    --workdir / --config.data_dir and that training resumes from the last complete checkpoint
+    (there was none), and left the .tmp file. Now the message names the cache and
+    --config.resized_cache_dir, and the partial cache is removed."""
+    config = _folder_config(str(tmp_path), folder, resized_cache_dir=str(tmp_path / "cache"))
+    directory = data_sources.cache_dir(config, data_sources.open_source(config, build=False))
+
+    def disk_full(*args):  # what TFRecordWriter raises on a full disk
+        message = f"{directory}/train-00000.tfrecord.tmp; No space left on device"
+        raise data_sources.tf.errors.ResourceExhaustedError(None, None, message)
+
+    monkeypatch.setattr(data_sources, "_serialize_example", disk_full)
+    with pytest.raises(DataError, match=r"pre-resize cache in .* failed: .*No space left") as error:
+        input_pipeline.prepare(config)
+    assert "partial cache was removed" in str(error.value)
+    assert "another --config.resized_cache_dir" in str(error.value)
+    assert "--workdir" not in str(error.value) and "checkpoint" not in str(error.value)
+    assert os.listdir(directory) == [".build.lock"]
+    monkeypatch.undo()
+    assert input_pipeline.prepare(config).num_train_examples == 4
+    assert len(_cache_labels(config)) == 4
