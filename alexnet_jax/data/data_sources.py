@@ -369,7 +369,16 @@ class _FolderSource:
         """Every class must have a training image that decodes (else its output would never see
         an example): DataError naming the first class without one, and what its folder holds.
         Decodes at most a few files per class (the first that decodes ends the search). Entries
-        named like images that are not files are named in one warning."""
+        named like images that are not files are named in one warning, and so are the images
+        that are not directly inside a class folder (`images_outside_class_folders`)."""
+        outside = self.images_outside_class_folders()
+        if outside:
+            console.warning(
+                f"{len(outside)} image file{'' if len(outside) == 1 else 's'} of {self.root!r} "
+                f"{'is' if len(outside) == 1 else 'are'} left out (e.g. {outside[0]}): only the "
+                "images directly inside a class folder, <split>/<class>/, are read, not those in "
+                "its sub-folders or loose in <split>/."
+            )
         not_files = [
             f"{split}/{name}/{entry}"
             for split in self.split_names()
@@ -421,6 +430,23 @@ class _FolderSource:
                 digest.update(f.read(4096))
         return f"folder-files:{digest.hexdigest()}"
 
+    def images_outside_class_folders(self) -> list[str]:
+        """The image files (relative paths, sorted) that no split reads: loose in a split's
+        folder (train/x.png) or in a sub-folder of a class folder (train/ant/more/x.png)."""
+        found = []
+        for split in self.split_names():
+            split_dir = os.path.join(self.root, split)
+            found += [f"{split}/{name}" for name in _image_entries(split_dir)]
+            for class_dir in _subfolders(split_dir):
+                for sub in _subfolders(os.path.join(split_dir, class_dir)):
+                    top = os.path.join(split_dir, class_dir, sub)
+                    for folder, _, names in os.walk(top):
+                        relative = os.path.relpath(folder, self.root).replace(os.sep, "/")
+                        found += [
+                            f"{relative}/{n}" for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
+                        ]
+        return sorted(found)
+
     def num_examples(self, split: str) -> int:
         """Images of a split; KeyError when the image folder has no such sub-folder."""
         if not os.path.isdir(_folder_split_dir(self.root, split)):
@@ -456,6 +482,15 @@ def _image_entries(class_dir: str, files: bool = True) -> list[str]:
                 if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is_file(e) == files
             )
     except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _subfolders(directory: str) -> list[str]:
+    """The names of the directories in `directory`, sorted."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(e.name for e in entries if e.is_dir())
+    except OSError:
         return []
 
 

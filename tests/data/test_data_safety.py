@@ -535,3 +535,21 @@ def test_full_disk_while_building_the_resize_cache_names_the_cache_and_removes_t
     monkeypatch.undo()
     assert input_pipeline.prepare(config).num_train_examples == 4
     assert len(_cache_labels(config)) == 4
+
+
+def test_images_in_sub_folders_or_loose_in_a_split_are_named_in_one_warning(
+    tmp_path, folder, capsys
+):
+    """Hostile pass 7 #48: images in a sub-folder of a class folder (train/ant/more/x.png) or
+    loose in train/ were left out without a word. They are still left out (only the images
+    directly inside <split>/<class>/ are read), and one warning says how many, with an example."""
+    for name in ("x.png", "y.png"):
+        _png(os.path.join(folder, "train", "ant", "more", "deeper", name), 9)
+    _png(os.path.join(folder, "train", "loose.png"), 9)
+    _png(os.path.join(folder, "val", "bee", "extra", "z.jpg"), 9)
+    info = input_pipeline.prepare(_folder_config(str(tmp_path), folder))
+    assert (info.num_train_examples, info.num_eval_examples) == (4, 2)  # the same files read
+    (warning,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: ")]
+    assert "4 image files of" in warning
+    assert "are left out (e.g. train/ant/more/deeper/x.png)" in warning
+    assert "only the images directly inside a class folder, <split>/<class>/, are read" in warning
