@@ -1103,7 +1103,12 @@ def damaged_files_remedy(config, shard, from_cache: bool) -> str:
     do when one turns out damaged while it is read (a DataLossError: a corrupted or truncated
     record), for a DataError."""
     folders = sorted({os.path.dirname(name) for name in getattr(shard, "filenames", ())})
-    where = ", ".join(map(repr, folders)) or repr(config.image_folder or config.data_dir)
+    where = ", ".join(map(repr, folders))
+    if not folders:  # image files, read one by one: the user's own, never to be deleted
+        return (
+            f"a file of the image folder {config.image_folder!r} cannot be read: restore it, "
+            "then rerun the same command"
+        )
     if from_cache:
         return (
             f"a file of the pre-resize cache {where} (--config.resized_cache_dir) is damaged: "

@@ -553,3 +553,17 @@ def test_images_in_sub_folders_or_loose_in_a_split_are_named_in_one_warning(
     assert "4 image files of" in warning
     assert "are left out (e.g. train/ant/more/deeper/x.png)" in warning
     assert "only the images directly inside a class folder, <split>/<class>/, are read" in warning
+
+
+def test_damaged_file_advice_never_says_to_delete_an_image_folder(tmp_path, folder):
+    """The advice for a file found damaged while it is read names the folder it is in: delete
+    the resize cache's folder (it is built again); restore an image folder's file, never delete
+    the user's folder."""
+    config = _folder_config(str(tmp_path), folder, resized_cache_dir=str(tmp_path / "cache"))
+    source = data_sources.open_source(config, build=False)
+    advice = data_sources.damaged_files_remedy(config, source.shard("validation", 0, 1), False)
+    assert folder in advice and "restore it" in advice and "delete" not in advice
+    cache_file = str(tmp_path / "cache" / "h" / "train-0.tfrecord")
+    cache = data_sources.RecordShard((cache_file,), (0,), (1,))
+    advice = data_sources.damaged_files_remedy(config, cache, from_cache=True)
+    assert "pre-resize cache" in advice and "delete that folder" in advice
