@@ -37,8 +37,8 @@ from unittest import mock
 import numpy as np
 
 from alexnet_jax.core import console, errors, runtime
-from alexnet_jax.data import miniature, preprocessing
 from alexnet_jax.core.errors import ConfigError, DataError
+from alexnet_jax.data import miniature, preprocessing
 
 tf = runtime.tensorflow  # imported on first use
 tfds = runtime.tensorflow_datasets

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from alexnet_jax.data import imagenet_stats
 from alexnet_jax.core.errors import DataError, UserError
+from alexnet_jax.data import imagenet_stats
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -51,9 +51,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from alexnet_jax.data import data_sources, preprocessing
 from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import DataError
+from alexnet_jax.data import data_sources, preprocessing
 
 tf = runtime.tensorflow  # imported on first use
 
@@ -337,8 +337,8 @@ def open_split(config, split: str) -> Store:
     if not os.path.exists(os.path.join(directory, MANIFEST)):
         raise DataError(
             f"The image store of the {split!r} split is not built in {directory!r} "
-            "(--config.image_store_dir); call alexnet_jax.data.input_pipeline.prepare(config) first "
-            "(main.py does)."
+            "(--config.image_store_dir); call alexnet_jax.data.input_pipeline.prepare(config) "
+            "first (main.py does)."
         )
     return open_split_dir(directory)
 

@@ -91,7 +91,9 @@ class MiniatureSpec:
             num_classes=int(config.num_classes),
             train_per_class=int(config.miniature_train_per_class),
             val_per_class=int(config.miniature_val_per_class),
-            side_range=tuple(_whole(v, "miniature_image_sides") for v in config.miniature_image_sides),
+            side_range=tuple(
+                _whole(v, "miniature_image_sides") for v in config.miniature_image_sides
+            ),
             num_corrupt=int(config.miniature_corrupt_files),
             task=str(config.miniature_task),
         )

@@ -18,9 +18,9 @@ sub-pixel scale and offset, so the result equals resize-then-crop, borders inclu
 `resample` is the one resize of the project (train crops, eval views, the 10-crop square, the
 pre-resize cache): antialiased bilinear, as PIL's `Image.resize(size, Image.BILINEAR)` that
 torchvision uses. The eval center view equals torchvision's `Resize(256)` + `CenterCrop(224)` on
-a PIL image to 0.1-0.2 grey levels on average (tests/data/test_preprocessing.py). An image already at
-256 (the pre-resize cache) is cropped without resampling; images smaller than the crop are
-upscaled (plain bilinear).
+a PIL image to 0.1-0.2 grey levels on average (tests/data/test_preprocessing.py). An image
+already at 256 (the pre-resize cache) is cropped without resampling; images smaller than the crop
+are upscaled (plain bilinear).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from alexnet_jax.data import imagenet_stats
 from alexnet_jax.core import runtime
+from alexnet_jax.data import imagenet_stats
 from alexnet_jax.data.recipe import Recipe, ten_crop_offsets
 
 tf = runtime.tensorflow  # imported on first use

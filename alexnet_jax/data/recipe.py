@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from alexnet_jax.data import miniature
 from alexnet_jax.core import rules
+from alexnet_jax.data import miniature
 
 DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic", "cifar10")
 TRAIN_CROPS = ("paper", "random_resized")  # the paper's 256-square crop, or Inception-style
@@ -134,7 +134,9 @@ RULES = (
     ),
     rules.Rule("eval_crops", "1 or 10", lambda c: c.eval_crops in EVAL_CROPS),
     rules.Rule(  # one output learns nothing: its softmax is 1 whatever the input
-        "num_classes", "an integer >= 2", lambda c: rules.is_int(c.num_classes) and c.num_classes >= 2
+        "num_classes",
+        "an integer >= 2",
+        lambda c: rules.is_int(c.num_classes) and c.num_classes >= 2,
     ),
     *(
         rules.Rule(  # (an empty evaluation set was found only after the training)

@@ -38,8 +38,8 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.core import console, errors
-from alexnet_jax.model import models
 from alexnet_jax.core.errors import ConfigError, DataError, UserError
+from alexnet_jax.model import models
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -945,7 +945,9 @@ def read_sweep_plan(sweep_dir: str) -> dict | None:
     if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
         raise DataError(f"{path} is damaged: it holds no list of runs.")
     for run in plan["runs"]:
-        if not (isinstance(run, dict) and all(isinstance(run.get(k), str) for k in ("name", "workdir"))):
+        if not (
+            isinstance(run, dict) and all(isinstance(run.get(k), str) for k in ("name", "workdir"))
+        ):
             raise DataError(
                 f"{path} is damaged: a run of its list lacks its name or workdir ({run!r:.80}). "
                 "Rerun the sweep's command, which writes it again."
@@ -978,7 +980,9 @@ def read_mean_image(workdir: str, size: int, source: str) -> np.ndarray:
     except (OSError, ValueError) as e:
         raise DataError(f"{path} cannot be read ({e}): {remedy}.") from None
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < size:
-        raise DataError(f"{path} is damaged: shape {image.shape}, not [>={size}, >={size}, 3]; {remedy}.")
+        raise DataError(
+            f"{path} is damaged: shape {image.shape}, not [>={size}, >={size}, 3]; {remedy}."
+        )
     if not (np.all(np.isfinite(image)) and image.min() >= 0 and image.max() <= 255):
         raise DataError(f"{path} is damaged: its values are not all numbers in 0..255; {remedy}.")
     return image

@@ -275,7 +275,7 @@ def test_image_folder_with_other_than_num_classes_folders_is_refused(tmp_path, f
 
 
 @pytest.mark.parametrize(
-    "contents, held",
+    ("contents", "held"),
     [
         ({}, "it holds: nothing"),  # an empty class folder
         ({"c0.tif": "tiff", "c1.TIFF": "tiff"}, "it holds: 1 .tif, 1 .tiff"),  # not read here
@@ -314,7 +314,8 @@ def test_entries_named_like_images_that_are_not_files_are_left_out_and_named(
     info = input_pipeline.prepare(_folder_config(str(tmp_path), folder, num_classes=2))
     assert (info.num_train_examples, info.num_eval_examples) == (4, 2)
     (warning,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: ")]
-    assert "3 entries of" in warning and "not a file (a folder, or a broken link)" in warning
+    assert "3 entries of" in warning
+    assert "not a file (a folder, or a broken link)" in warning
     for entry in ("train/ant/dir.jpg", "train/bee/loop.jpg", "val/bee/dangling.png"):
         assert entry in warning
 
@@ -457,7 +458,8 @@ def test_image_store_and_mean_image_are_not_shared_by_folders_with_the_same_name
     keys = {}
     for name, each in (("folder", config), ("other", other_config)):
         keys[name] = (image_store.split_dir(each, "train"), input_pipeline.mean_image_path(each))
-    assert keys["folder"][0] != keys["other"][0] and keys["folder"][1] != keys["other"][1]
+    assert keys["folder"][0] != keys["other"][0]
+    assert keys["folder"][1] != keys["other"][1]
     input_pipeline.prepare(config)
     input_pipeline.prepare(other_config)
     squares = _store_means(other_config)
@@ -479,7 +481,8 @@ def _store_means(config) -> set:
     squares = np.empty([store.num_examples, store.resize_size, store.resize_size, 3], np.uint8)
     store.read(np.arange(store.num_examples), squares)
     store.close()
-    return {(int(label), round(float(s.mean()))) for label, s in zip(store.labels, squares)}
+    pairs = zip(store.labels, squares, strict=True)
+    return {(int(label), round(float(s.mean()))) for label, s in pairs}
 
 
 def test_damaged_resize_cache_is_rebuilt_or_refused_in_one_line_not_a_traceback(
@@ -495,13 +498,15 @@ def test_damaged_resize_cache_is_rebuilt_or_refused_in_one_line_not_a_traceback(
     input_pipeline.prepare(config)
     directory = data_sources.cache_dir(config, data_sources.open_source(config, build=False))
     shard = os.path.join(directory, "train-00000.tfrecord")
-    written = open(shard, "rb").read()
+    with open(shard, "rb") as f:
+        written = f.read()
     os.truncate(shard, len(written) // 2)
     with pytest.raises(DataError, match=r"cache .* is damaged \(.*train-00000.tfrecord holds"):
         input_pipeline.create_train_iterator(config, local_batch_size=4)
     capsys.readouterr()
     input_pipeline.prepare(config)
-    assert "is damaged" in capsys.readouterr().err and os.path.getsize(shard) == len(written)
+    assert "is damaged" in capsys.readouterr().err
+    assert os.path.getsize(shard) == len(written)
     assert next(input_pipeline.create_train_iterator(config, local_batch_size=4))["mask"].all()
     with open(shard, "r+b") as f:  # a flipped byte inside the first record's image
         f.seek(len(written) // 4)
@@ -530,7 +535,8 @@ def test_full_disk_while_building_the_resize_cache_names_the_cache_and_removes_t
         input_pipeline.prepare(config)
     assert "partial cache was removed" in str(error.value)
     assert "another --config.resized_cache_dir" in str(error.value)
-    assert "--workdir" not in str(error.value) and "checkpoint" not in str(error.value)
+    assert "--workdir" not in str(error.value)
+    assert "checkpoint" not in str(error.value)
     assert os.listdir(directory) == [".build.lock"]
     monkeypatch.undo()
     assert input_pipeline.prepare(config).num_train_examples == 4
@@ -562,8 +568,11 @@ def test_damaged_file_advice_never_says_to_delete_an_image_folder(tmp_path, fold
     config = _folder_config(str(tmp_path), folder, resized_cache_dir=str(tmp_path / "cache"))
     source = data_sources.open_source(config, build=False)
     advice = data_sources.damaged_files_remedy(config, source.shard("validation", 0, 1), False)
-    assert folder in advice and "restore it" in advice and "delete" not in advice
+    assert folder in advice
+    assert "restore it" in advice
+    assert "delete" not in advice
     cache_file = str(tmp_path / "cache" / "h" / "train-0.tfrecord")
     cache = data_sources.RecordShard((cache_file,), (0,), (1,))
     advice = data_sources.damaged_files_remedy(config, cache, from_cache=True)
-    assert "pre-resize cache" in advice and "delete that folder" in advice
+    assert "pre-resize cache" in advice
+    assert "delete that folder" in advice
