@@ -123,9 +123,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     `error:` line and exit code 2 instead of a traceback."""
     from absl import logging as absl_logging
 
+    from alexnet_jax.core import console
+
     absl_logging.set_verbosity(absl_logging.ERROR)  # no absl chatter about a broken config file
     try:
-        rest = flags.FLAGS(argv)
+        with console.flag_help():  # --help: exit code 0, quietly into a closed pipe
+            rest = flags.FLAGS(argv)
         _CONFIG.value.keys()  # a config file that failed to load raises here
     except flags.UnrecognizedFlagError as e:
         name = str(e.flagname)

@@ -20,6 +20,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+if __name__ == "__main__":  # it would define its flags and exit 0, having done nothing
+    print(
+        "error: benchmarks/common.py is the helper module of the benchmark scripts beside it, not "
+        "a benchmark: run one of them, e.g. python benchmarks/train_step.py --help.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, _REPO)

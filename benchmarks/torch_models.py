@@ -10,6 +10,17 @@ is torchvision.models.alexnet without torchvision (tests use it).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports, which need the scripts' sys.path
+    import sys
+
+    print(
+        "error: benchmarks/torch_models.py is a helper module of compare_torch.py and "
+        "accelerator.py, not a benchmark: run python benchmarks/compare_torch.py --help (or "
+        "accelerator.py).",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 import torch
 from torch import nn
 

@@ -71,6 +71,35 @@ def out(text: str, end: str = "\n") -> None:
         _said_dropped(e)
 
 
+def end_stdout() -> None:
+    """Flushes stdout before the process ends; when the reader has left (`--help | head -1`),
+    what is left is dropped without Python's "Exception ignored ... BrokenPipeError" at exit."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _discard_the_rest(sys.stdout)
+
+
+@contextlib.contextmanager
+def flag_help() -> Iterator[None]:
+    """Around absl's flag parsing (main.py, errors.parse_flags: every tool and benchmark): a
+    help flag (--help, --helpshort, -?, --helpfull, --helpxml), which absl prints on stdout and
+    ends with SystemExit(1), ends with exit code 0 as argparse's --help does, also when the
+    reader left before the end (`--help | head -1`: absl's last print raises BrokenPipeError)."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code != 1:  # absl's help flags exit 1; the parser's own errors exit 2
+            raise
+        end_stdout()
+        raise SystemExit(0) from None
+    except BrokenPipeError:  # only the help writes to stdout while the flags are parsed
+        _discard_the_rest(sys.stdout)
+        raise SystemExit(0) from None
+
+
 def _said_dropped(error: OSError) -> None:
     with contextlib.suppress(Exception):
         sys.stderr.write(

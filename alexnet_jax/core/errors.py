@@ -305,11 +305,14 @@ def _importing(frame) -> bool:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing for the tools and the benchmarks (`app.run(main, flags_parser=...)`):
     an unknown, malformed or missing flag is one `error:` line naming it and exit code 2, where
-    absl prints its whole help or a FATAL line and exits 1."""
+    absl prints its whole help or a FATAL line and exits 1; --help exits 0 (console.flag_help)."""
     from absl import flags
 
+    from alexnet_jax.core import console
+
     try:
-        return flags.FLAGS(argv)
+        with console.flag_help():
+            return flags.FLAGS(argv)
     except flags.Error as e:
         _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
 

@@ -61,3 +61,9 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
     replicated over all of them would copy the parameters (and momentum) once per device.
     """
     return load_params(workdir, mesh=sharding.single_device_mesh())
+
+
+if __name__ == "__main__":
+    from alexnet_jax import tools
+
+    tools.refuse_to_run("alexnet_jax.tools.load")

@@ -1,0 +1,110 @@
+"""Every entry point (main.py, each `python -m alexnet_jax.tools.<tool>`, each benchmark script)
+as a user starts it: its help on stdout with exit code 0, also into a pipe the reader closed
+(`--help | head -1`); a module that is no entry point answers with one `error:` line and exit
+code 2 (hostile pass 7, #32-#35, #46)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import tools
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ARGPARSE_TOOLS = ("compare", "sweep", "figure1", "launch")  # the others parse flags with absl
+_BENCHMARK_HELPERS = ("common.py", "torch_models.py")  # modules the scripts import
+
+
+def _benchmark_scripts():
+    names = sorted(os.listdir(os.path.join(REPO, "benchmarks")))
+    return [n for n in names if n.endswith(".py") and n not in _BENCHMARK_HELPERS]
+
+
+def _library_modules():
+    """The modules under alexnet_jax/tools/ that are not in tools.TOOLS."""
+    names = sorted(os.listdir(os.path.join(REPO, "alexnet_jax", "tools")))
+    modules = [n[:-3] for n in names if n.endswith(".py") and not n.startswith("__")]
+    assert set(tools.TOOLS) <= set(modules)
+    return [m for m in modules if m not in tools.TOOLS]
+
+
+# (command, the other help flag it takes besides --help)
+ENTRY_POINTS = [
+    (["main.py"], "--helpfull"),
+    *(
+        (["-m", f"alexnet_jax.tools.{tool}"], "-h" if tool in _ARGPARSE_TOOLS else "--helpfull")
+        for tool in tools.TOOLS
+    ),
+    *((["benchmarks/" + script], "--helpfull") for script in _benchmark_scripts()),
+]
+_IDS = [" ".join(command) for command, _ in ENTRY_POINTS]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+    return {**env, "PYTHONPATH": REPO}
+
+
+def _run(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(("command", "other_flag"), ENTRY_POINTS, ids=_IDS)
+def test_help_is_printed_on_stdout_with_exit_code_0(command, other_flag):
+    """#34: main.py, predict, figures, export and the benchmarks (absl) exited 1 after --help,
+    the argparse tools 0."""
+    proc = _run(*command, "--help")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "usage" in proc.stdout.lower() or "flags:" in proc.stdout
+
+
+@pytest.mark.parametrize(("command", "other_flag"), ENTRY_POINTS, ids=_IDS)
+def test_help_into_a_closed_pipe_ends_quietly_with_exit_code_0(command, other_flag):
+    """#32 / #33: `--help | head -1` gave a BrokenPipeError traceback (absl's help printer), and
+    main.py blamed --config for it. Here the reader has left before the first line: no word on
+    stderr, exit code 0 (with --helpfull for absl, -h for argparse: their exit codes too)."""
+    proc = subprocess.Popen(
+        [sys.executable, *command, other_flag],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # long before the interpreter has started
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=120), err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "module", [*(f"alexnet_jax.tools.{m}" for m in _library_modules()), "alexnet_jax.tools"]
+)
+def test_a_module_of_the_tools_that_is_no_tool_is_one_error_line_naming_the_tools(module):
+    """#35: `python -m alexnet_jax.tools.load --bogus=1` did nothing and exited 0."""
+    proc = _run("-m", module, "--bogus=1")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: {module} is ")
+    assert ", not a tool: run `python -m alexnet_jax.tools.<tool> --help`" in line
+    assert all(tool in line for tool in tools.TOOLS)
+
+
+@pytest.mark.parametrize("helper", _BENCHMARK_HELPERS)
+def test_a_benchmark_helper_run_directly_is_one_error_line(helper):
+    """#46: `python benchmarks/torch_models.py` was a ModuleNotFoundError traceback (common.py did
+    nothing and exited 0)."""
+    proc = _run(os.path.join("benchmarks", helper), "--bogus")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: benchmarks/{helper} is ")
+    assert "helper module" in line
+    assert "not a benchmark: run " in line
