@@ -67,6 +67,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alexnet_jax.runs import rundir  # noqa: E402  (importable once common set the path)
+
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes on any device (CI): every code path.")
 _OUT = flags.DEFINE_string("out_dir", "accelerator_results", "Where the JSON and markdown go.")
 _BUDGET = flags.DEFINE_float(
@@ -521,13 +523,9 @@ class Report:
 
     def write(self) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
-        json_path = os.path.join(self.out_dir, "accelerator.json")
-        common.write_json(json_path + ".tmp", self.payload())
-        os.replace(json_path + ".tmp", json_path)
+        common.write_json(os.path.join(self.out_dir, "accelerator.json"), self.payload())
         md_path = os.path.join(self.out_dir, "accelerator.md")
-        with open(md_path + ".tmp", "w") as f:
-            f.write(markdown(self.payload()))
-        os.replace(md_path + ".tmp", md_path)
+        rundir.write_atomically(md_path, markdown(self.payload()))
 
 
 def _cell(value: Any, spec: str) -> str:

@@ -86,12 +86,7 @@ def setup_process(threads: int = 0) -> int:
         cpus = cpus[:threads]
         os.sched_setaffinity(0, cpus)
     if JSON.value:
-        check_output_folder("--json", os.path.dirname(os.path.abspath(JSON.value)))
-        try:
-            rundir.refuse_run_file(JSON.value, "--json")
-        except errors.UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        check_output_file("--json", JSON.value)
     runtime.quiet_native_logs()  # no library INFO lines: the tables are the output
     runtime.quiet_library_logs()
     if PROJECT_XLA_FLAGS.value:
@@ -114,11 +109,42 @@ def require_torch(script: str) -> None:
 
 
 def check_output_folder(flag: str, folder: str) -> None:
-    """Creates `folder`, where `flag`'s results will be written; when it cannot be created, one
-    `error:` line and exit code 2 now, not a traceback after minutes of measuring."""
-    problem = errors.directory_creation_problem(folder)
+    """Creates `folder`, where `flag`'s results will be written, and writes a trial file there;
+    when it cannot be created or written (a full disk, no rights), one `error:` line and exit
+    code 2 now, not after minutes of measuring."""
+    problem = errors.directory_creation_problem(folder) or _write_problem(folder)
     if problem:
         print(f"error: {flag}: the folder {folder} {problem}: choose another.", file=sys.stderr)
+        sys.exit(2)
+
+
+def _write_problem(folder: str) -> str | None:
+    """Why a file of a few KB cannot be written in `folder`, or None (the trial file removed)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * 16384)  # about a results file: a full disk fails here or at fsync
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return f"cannot be written ({e.strerror or e}, errno {e.errno})"
+    return None
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """`check_output_folder` for the file `path` that `flag` names, which must be a new or a
+    regular file (not /dev/full: the results are written beside it, then renamed over it) and
+    not one of a run's own files; else one `error:` line and exit code 2."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        print(f"error: {flag}={path} exists and is not a regular file: choose a file name.",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+    check_output_folder(flag, os.path.dirname(os.path.abspath(path)))
+    try:
+        rundir.refuse_run_file(path, flag)
+    except errors.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -395,12 +421,12 @@ class RowPrinter:
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Writes `payload` as indented JSON (creating the folder)."""
+    """Writes `payload` as indented JSON (creating the folder), whole or not at all: an earlier
+    file stays as it was when the write fails (a full disk), and the error names `path`
+    (rundir.write_atomically; common.run reports it as one `error:` line)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
+    rundir.write_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def report_rows(rows: list[dict], columns, threads: int) -> None:

@@ -1,9 +1,12 @@
 """Every entry point (main.py, each `python -m alexnet_jax.tools.<tool>`, each benchmark script)
 as a user starts it: its help on stdout with exit code 0, also into a pipe the reader closed
 (`--help | head -1`); a module that is no entry point answers with one `error:` line and exit
-code 2 (hostile pass 7, #32-#35, #46)."""
+code 2; a benchmark's --json is checked before measuring and written whole or not at all (hostile
+pass 7, #32-#35, #46, #47)."""
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -108,3 +111,53 @@ def test_a_benchmark_helper_run_directly_is_one_error_line(helper):
     assert line.startswith(f"error: benchmarks/{helper} is ")
     assert "helper module" in line
     assert "not a benchmark: run " in line
+
+
+def _small_files(limit):
+    """A file size limit of `limit` bytes for a subprocess (the full disk of a test without root:
+    a write beyond it fails with EFBIG, as one on a full disk with ENOSPC)."""
+
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+def test_a_json_folder_that_cannot_be_written_is_one_line_before_measuring(tmp_path):
+    """#47: on a full disk a benchmark measured first, then said "could not write: No space left"
+    without the file, and left it empty. Now a trial write at start: one line naming --json."""
+    path = tmp_path / "b.json"
+    proc = _run(
+        "benchmarks/lrn.py",
+        "--layers=conv2",
+        "--batch_size=1",
+        f"--json={path}",
+        preexec_fn=_small_files(1000),
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line == (
+        f"error: --json: the folder {tmp_path} cannot be written (File too large, errno 27): "
+        "choose another."
+    )
+    assert (proc.stdout, os.listdir(tmp_path)) == ("", [])
+
+
+def test_the_json_results_are_written_whole_or_not_at_all_and_a_failure_names_the_file(tmp_path):
+    """#47: write_json wrote in place: a failed write left a truncated (0-byte) file where the
+    earlier results were, and its error named no file. Now the earlier file stays whole, no
+    temporary file is left, and the OSError names the path (common.run's one `error:` line)."""
+    path = tmp_path / "b.json"
+    path.write_text('{"earlier": true}\n')
+    script = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import common\n"
+        "try:\n"
+        "    common.write_json(sys.argv[1], {'rows': ['x' * 100] * 100})\n"
+        "except OSError as e:\n"
+        "    print(e.filename, e.errno)\n"
+    )
+    proc = _run("-c", script, str(path), preexec_fn=_small_files(2000))
+    assert (proc.returncode, proc.stdout) == (0, f"{path} 27\n"), proc.stderr
+    assert path.read_text() == '{"earlier": true}\n'
+    assert os.listdir(tmp_path) == ["b.json"]
