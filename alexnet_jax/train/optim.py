@@ -336,6 +336,14 @@ def _group_problem(config: Any) -> str | None:
         if unknown:
             return f"settings among {['params', *GROUP_SETTINGS]} ({where} has {unknown})"
         setting = lambda key: spec.get(key, config[key])  # noqa: B023 (used in this iteration)
+        if "schedule" not in spec and config.schedule in HOST_SCHEDULES:
+            return (
+                f"groups that each set their own schedule when config.schedule="
+                f"{config.schedule!r} ({where} sets none and would take {config.schedule!r}, "
+                "the whole run's schedule, not a group's: its drops divide every group's "
+                'learning rate). Give each group "schedule": "constant" or "step" in the '
+                "config file, or train without groups: --config.param_groups={}"
+            )
         checks = {
             "learning_rate": rules.is_number(setting("learning_rate"))
             and setting("learning_rate") >= 0,

@@ -531,3 +531,20 @@ def test_a_schedule_registered_from_outside_the_package_is_accepted_and_used(mon
     assert lrs[-1] < 0.001
     with pytest.raises(ConfigError, match=r"config\.schedule must be one of"):
         config_lib.validate_config(_full_config(schedule="cosine_typo"))
+
+
+def test_plateau_with_parameter_groups_says_what_to_do():
+    """Pass 7, #26: configs/figure1.py (groups without a schedule) with schedule=plateau blamed
+    the groups' settings ("schedule='plateau'; ... schedule 'constant' or 'step'") and named no
+    fix. The message says why a group cannot take 'plateau' and the two ways out; a group with
+    its own schedule is fine under 'plateau' (its drops scale every group)."""
+    groups = {"biases": {"params": ".*/bias", "learning_rate": 0.002}}
+    config = _config(schedule="plateau", param_groups=ml_collections.ConfigDict(groups))
+    with pytest.raises(ConfigError) as error:
+        rules.check(config, optim.RULES)
+    assert "group 'biases' sets none and would take 'plateau'" in str(error.value)
+    assert 'Give each group "schedule": "constant" or "step" in the config file' in str(error.value)
+    assert "or train without groups: --config.param_groups={}" in str(error.value)
+    groups["biases"]["schedule"] = "constant"
+    config = _config(schedule="plateau", param_groups=ml_collections.ConfigDict(groups))
+    rules.check(config, optim.RULES)
