@@ -11,6 +11,11 @@ time, summed from the logged step times (step_time_ms x steps since the line bef
 data preparation, the final evaluation and steps redone after a stop are not counted:
 metrics.jsonl holds no timestamps). An arm with several runs (seeds:
 `<arm>/seed_<s>`) shows mean ± sample std (ddof=1) over its runs that have an evaluation.
+Runs are seeds of one arm when a sweep's plan says so or they are `<arm>/seed_<s>` folders of one
+folder, and only while their configs differ in nothing but the seed, where the data lives and how
+often they logged (SEED_FIELDS): otherwise each config is a row of its own, named by what
+differs, with a warning. An arm name found in several DIRs gets enough of each one's path in
+front to tell them apart (x/run1, y/run1).
 
 Writes `<out>.md` (the table, also printed), `<out>.csv` (one row per arm, means and stds in
 columns of their own, errors as fractions) and `<out>.png` (each run's eval top-1 error and train
@@ -31,6 +36,7 @@ import collections
 import csv
 import dataclasses
 import io
+import json
 import os
 import re
 import sys
@@ -248,47 +254,149 @@ def _runs_below(directory: str) -> list[str]:
     return found
 
 
+def _named_run(directory: str) -> tuple[str, str, int | None]:
+    """(the folder that owns it, arm, seed) of a run directory named on the command line: its
+    parent and its name, or for `<arm>/seed_<s>` its grandparent, the arm and the seed; runs
+    named one by one are seeds of one arm only when they are such folders of one arm."""
+    path = os.path.abspath(directory)
+    parent, name = os.path.split(path)
+    arm, seed = _arm_and_seed(os.path.join(os.path.basename(parent), name))
+    if seed is not None:
+        return os.path.dirname(parent), arm, seed
+    return parent, name, None
+
+
+def _group(directory: str) -> tuple[str, list[RunSummary]]:
+    """(the folder that owns the arms, the summaries of every run) of one command-line DIR."""
+    plan = rundir.read_sweep_plan(directory) if os.path.isdir(directory) else None
+    if plan is not None:
+        runs = [
+            summarize_run(
+                os.path.join(directory, r["workdir"]),
+                r["arm"],
+                r.get("seed"),
+                r.get("outcome"),
+                required=False,
+            )
+            for r in plan["runs"]
+        ]
+        return os.path.abspath(directory), runs
+    if _is_run(directory):
+        owner, arm, seed = _named_run(directory)
+        return owner, [summarize_run(directory, arm, seed)]
+    if os.path.isdir(directory):
+        found = _runs_below(directory)
+        if not found:
+            raise DataError(f"{directory} holds no runs (no metrics.jsonl or config.json).")
+        runs = [
+            summarize_run(path, *_arm_and_seed(os.path.relpath(path, directory))) for path in found
+        ]
+        return os.path.abspath(directory), runs
+    raise DataError(f"{directory} is not a directory: name sweep or run directories.")
+
+
+def _short_names(folders: set[str]) -> dict[str, str]:
+    """Each folder's shortest trailing part of its path that no other folder shares: x/run1 and
+    y/run1 -> run1's owners "x" and "y"; /a/x and /b/x -> "a/x" and "b/x"."""
+    names = {}
+    for folder in folders:
+        parts = folder.strip(os.sep).split(os.sep)
+        for k in range(1, len(parts) + 1):
+            tail = os.path.join(*parts[-k:])
+            others = (f for f in folders if f != folder)
+            if not any(f == tail or f.endswith(os.sep + tail) for f in others):
+                break
+        names[folder] = tail
+    return names
+
+
 def collect(dirs: Sequence[str]) -> list[RunSummary]:
-    """The summaries of every run the command line's DIRs name, in order; arm names get their
-    DIR's name in front when two DIRs hold arms of the same name."""
-    groups = []
-    for directory in dirs:
-        plan = rundir.read_sweep_plan(directory) if os.path.isdir(directory) else None
-        if plan is not None:
-            group = [
-                summarize_run(
-                    os.path.join(directory, r["workdir"]),
-                    r["arm"],
-                    r.get("seed"),
-                    r.get("outcome"),
-                    required=False,
-                )
-                for r in plan["runs"]
-            ]
-        elif _is_run(directory):
-            group = [summarize_run(directory, *_arm_and_seed(os.path.basename(directory)))]
-        elif os.path.isdir(directory):
-            found = _runs_below(directory)
-            if not found:
-                raise DataError(f"{directory} holds no runs (no metrics.jsonl or config.json).")
-            group = [
-                summarize_run(path, *_arm_and_seed(os.path.relpath(path, directory)))
-                for path in found
-            ]
-        else:
-            raise DataError(f"{directory} is not a directory: name sweep or run directories.")
-        groups.append((directory, group))
-    owners: dict[str, set[str]] = {}
-    for directory, group in groups:
+    """The summaries of every run the command line's DIRs name, in order. Runs are one arm when
+    they are its seeds in one folder (a sweep's plan, `<arm>/seed_<s>` folders, or a run with
+    its name); an arm name found in several folders gets enough of each folder's path in front
+    to tell them apart (x/run1, y/run1). Runs of one arm whose configs differ in more than the
+    seed are split into rows (`split_mixed_arms`), never averaged."""
+    groups = [_group(directory) for directory in dirs]
+    seen: dict[str, str] = {}
+    for directory, (_, group) in zip(dirs, groups, strict=True):  # a run in two DIRs: once
         for run in group:
-            owners.setdefault(run.arm, set()).add(directory)
+            if os.path.realpath(run.workdir) in seen:
+                raise DataError(
+                    f"the run {run.workdir} is in {seen[os.path.realpath(run.workdir)]} and in "
+                    f"{directory}: name it once (it would count twice in its arm)."
+                )
+            seen[os.path.realpath(run.workdir)] = directory
+    owners: dict[str, set[str]] = {}
+    for owner, group in groups:
+        for run in group:
+            owners.setdefault(run.arm, set()).add(owner)
     summaries = []
-    for directory, group in groups:
+    for owner, group in groups:
         for run in group:
             if len(owners[run.arm]) > 1:
-                run.arm = f"{os.path.basename(os.path.normpath(directory))}/{run.arm}"
+                run.arm = f"{_short_names(owners[run.arm])[owner]}/{run.arm}"
             summaries.append(run)
+    return split_mixed_arms(summaries)
+
+
+# Config fields in which seeds of one arm may differ: the seed, where the data and its caches
+# live (not an image folder, which may hold other pictures), and how often the run logged and
+# saved; any other difference (its length too) makes them two experiments.
+SEED_FIELDS = rundir.RESUMABLE_FIELDS - rundir.LENGTH_FIELDS - {"eval_every_steps", "image_folder"}
+SEED_FIELDS |= {"seed"}
+
+
+def _experiment(workdir: str) -> dict | None:
+    """The run's config.json less SEED_FIELDS; None without a readable one."""
+    try:
+        config = rundir.read_config_dict(workdir, check_digest=False)
+    except (OSError, DataError):
+        return None
+    return None if config is None else {k: v for k, v in config.items() if k not in SEED_FIELDS}
+
+
+def split_mixed_arms(summaries: list[RunSummary]) -> list[RunSummary]:
+    """The runs of an arm whose configs differ in more than SEED_FIELDS become one row per
+    config, named by its values of the fields that differ (`arm [variant='cifar4']`), with a
+    warning: averaging them would mix experiments."""
+    arms: dict[str, list[RunSummary]] = {}
+    for run in summaries:
+        arms.setdefault(run.arm, []).append(run)
+    for arm, runs in arms.items():
+        configs = [_experiment(run.workdir) for run in runs]
+        kinds = [c for i, c in enumerate(configs) if c not in configs[:i]]
+        if len(kinds) < 2:
+            continue
+        fields = _differing_fields(kinds)
+        labels = [_label(c, fields) for c in kinds]
+        for run, config in zip(runs, configs, strict=True):
+            k = kinds.index(config)
+            tag = labels[k] if labels.count(labels[k]) == 1 else f"{labels[k]} #{k + 1}"
+            run.arm = f"{arm} [{tag}]"
+        console.warning(
+            f"the runs of arm {arm!r} differ in more than the seed "
+            f"({', '.join(fields) or 'config.json missing'}): shown as {len(kinds)} rows, not "
+            "averaged."
+        )
     return summaries
+
+
+def _differing_fields(configs: Sequence[dict | None]) -> list[str]:
+    known = [c for c in configs if c is not None]
+    keys = sorted({k for c in known for k in c})
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in known}) > 1]
+
+
+def _label(config: dict | None, fields: Sequence[str]) -> str:
+    """`num_classes=10, variant='cifar4'`: the first of `fields` in `config`, long values cut."""
+    if config is None:
+        return "no config.json"
+    shown = []
+    for field in fields[:3]:
+        text = repr(config.get(field))
+        shown.append(f"{field}={text if len(text) <= 24 else text[:21] + '...'}")
+    more = f", {len(fields) - 3} more" if len(fields) > 3 else ""
+    return ", ".join(shown) + more
 
 
 # ---- The table -------------------------------------------------------------------------------

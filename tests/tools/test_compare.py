@@ -237,3 +237,66 @@ def test_the_training_error_counts_only_views_like_the_final_ones_and_says_how_m
     cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
     assert cells["train top-1 err %"] == "87.5 (1 of 2 runs)"
     assert cells["gap pts"] == "2.5 (1 of 2 runs)"
+
+
+def _rows(table):
+    """arm -> (runs cell, final top-1 cell) of a markdown table."""
+    rows = [line.split(" | ") for line in table.splitlines()[2:] if line.startswith("| ")]
+    return {row[0].strip("| "): (row[1], row[3]) for row in rows}
+
+
+def _run_with_config(workdir, final_error, **config):
+    _write_metrics(workdir, [(2, final_error, 0.1)], speeds=[10.0])
+    with open(rundir.config_path(workdir), "w") as f:
+        json.dump({"variant": "cifar4", "num_classes": 10, "seed": 0, **config}, f)
+
+
+def test_runs_that_only_share_a_folder_name_are_rows_of_their_own_named_by_their_paths(tmp_path):
+    """Pass 7, #41: x/run1 and y/run1 (another variant, dataset and number of classes) became one
+    arm `run1/run1` and were averaged (72.9 ± 20.6). Runs named one by one are one arm only as
+    <arm>/seed_<s> folders of one arm; others are rows named by enough of their path."""
+    _run_with_config(str(tmp_path / "x" / "run1"), 0.5)
+    _run_with_config(str(tmp_path / "y" / "run1"), 0.9, variant="torchvision", num_classes=4)
+    _run_with_config(str(tmp_path / "a" / "w" / "run1"), 0.3)
+    _run_with_config(str(tmp_path / "b" / "w" / "run1"), 0.3)
+    for seed in (0, 1):
+        _run_with_config(str(tmp_path / "s" / "arm" / f"seed_{seed}"), 0.4 + seed / 10, seed=seed)
+    names = ["x/run1", "y/run1", "a/w/run1", "b/w/run1", "s/arm/seed_0", "s/arm/seed_1"]
+    table, _ = compare.write_comparison([str(tmp_path / n) for n in names], str(tmp_path / "c"))
+    assert _rows(table) == {
+        "x/run1": ("1", "50.0"),
+        "y/run1": ("1", "90.0"),
+        "a/w/run1": ("1", "30.0"),
+        "b/w/run1": ("1", "30.0"),
+        "arm": ("2 (seeds 0,1)", "45.0 ± 7.1"),
+    }
+
+
+def test_runs_of_one_arm_whose_configs_differ_in_more_than_the_seed_are_not_averaged(
+    tmp_path, capsys
+):
+    """Pass 7, #41: seeds of one arm are averaged only when their configs differ in the seed and
+    where and how often they logged (compare.SEED_FIELDS); other runs under the arm's name are a
+    row per config, named by what differs, with a warning. A run named twice (in a DIR and on its
+    own) is one error line, not a run counted twice."""
+    root = tmp_path / "runs"
+    _run_with_config(str(root / "a" / "seed_0"), 0.5)
+    _run_with_config(str(root / "a" / "seed_1"), 0.7, seed=1, log_every_steps=5, data_dir="/d")
+    _run_with_config(str(root / "a" / "seed_2"), 0.2, seed=2, num_classes=4)
+    table, _ = compare.write_comparison([str(root)], str(tmp_path / "c"))
+    assert _rows(table) == {
+        "a [num_classes=10]": ("2 (seeds 0,1)", "60.0 ± 14.1"),
+        "a [num_classes=4]": ("1 (seeds 2)", "20.0"),
+    }
+    assert capsys.readouterr().err == (
+        "warning: the runs of arm 'a' differ in more than the seed (num_classes): shown as 2 "
+        "rows, not averaged.\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(root), str(root / "a" / "seed_0"), f"--out={tmp_path / 'd'}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: the run {root / 'a' / 'seed_0'} is in {root} and in {root / 'a' / 'seed_0'}: "
+        "name it once (it would count twice in its arm)."
+    )
