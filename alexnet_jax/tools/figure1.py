@@ -6,10 +6,12 @@
 For each arm (default relu and tanh; `--arms`) the training error of each epoch is the training
 batches' top-1 error averaged over that epoch's steps, each train line of metrics.jsonl weighted
 by the steps it covers (a line counts for the epoch its last step is in), as cuda-convnet printed
-it. The first epoch whose error is at most `--threshold` (25%, the paper's) is marked on the
-curve, and printed with the ratio of the two arms' epochs (the paper: tanh about six times later
-than ReLU). An arm with several seeds uses the mean of its runs' first epochs. Runs are found as
-compare.py finds them (sweep.json, or run directories below --sweep_dir) and read through rundir.
+it; a last epoch a run did not finish is drawn at the epoch it reached (3.5), and a run that did
+not train one epoch is left out, with a warning. The first epoch whose error is at most
+`--threshold` (25%, the paper's) is marked on the curve, and printed with the ratio of the two
+arms' epochs (the paper: tanh about six times later than ReLU). An arm with several seeds uses
+the mean of its runs' first epochs. Runs are found as compare.py finds them (sweep.json, or run
+directories below --sweep_dir) and read through rundir.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ DPI = 100
 _STYLES = {"relu": "-", "tanh": "--"}  # the paper: solid ReLU, dashed tanh
 
 
-def training_error_by_epoch(records: Sequence[dict]) -> list[tuple[int, float]]:
+def training_error_by_epoch(records: Sequence[dict]) -> list[tuple[float, float]]:
     """[(epoch, training top-1 error)] for epochs 1, 2, ... from a run's train records (as
     rundir.read_metrics gives them, of any version), each line's top1_error weighted by its
-    steps since the line before; DataError for lines without 'epoch' (runs from before main.py
-    logged it)."""
+    steps since the line before; a last epoch the run did not finish is at the epoch it reached
+    (3.5: half of epoch 4), never at one it did not. DataError for lines without 'epoch' (runs
+    from before main.py logged it)."""
     train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
     sums: dict[int, list[float]] = {}
     previous = 0
@@ -52,7 +55,11 @@ def training_error_by_epoch(records: Sequence[dict]) -> list[tuple[int, float]]:
         total = sums.setdefault(_epoch_of(r), [0.0, 0.0])
         total[0] += weight * r[rundir.TOP1_ERROR]
         total[1] += weight
-    return [(e, s / w) for e, (s, w) in sorted(sums.items()) if w > 0]
+    curve = [(e, s / w) for e, (s, w) in sorted(sums.items()) if w > 0]
+    reached = train[-1]["epoch"] if train else 0.0
+    if curve and curve[-1][0] > reached + 1e-9:  # the last epoch is unfinished
+        curve[-1] = (reached, curve[-1][1])
+    return curve
 
 
 def first_epoch_at_most(curve: Sequence[tuple[int, float]], threshold: float = THRESHOLD):
@@ -81,20 +88,35 @@ def seconds_to_epoch(records: Sequence[dict], epoch: int) -> float | None:
 
 
 def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict]]]:
-    """arm -> each of its runs' metrics records; DataError for an arm without a run that logged."""
+    """arm -> each of its runs' metrics records. A run that has not trained one epoch is left
+    out with a warning (its only point would be a fraction of an epoch, drawn and counted as
+    epoch 1); DataError for an arm without a run that did."""
     found: dict[str, list] = {arm: [] for arm in arms}
+    short: dict[str, list[str]] = {arm: [] for arm in arms}
     for run in compare.collect([sweep_dir]):
         if run.arm in found and os.path.isfile(os.path.join(run.workdir, "metrics.jsonl")):
             records, _ = compare.read_records(run.workdir)
-            if training_error_by_epoch(records):
+            curve = training_error_by_epoch(records)
+            if curve and curve[-1][0] < 1:
+                short[run.arm].append(f"{run.workdir} reached epoch {curve[-1][0]:.3g}")
+            elif curve:
                 found[run.arm].append(records)
     missing = [arm for arm, runs in found.items() if not runs]
+    if any(short[arm] for arm in missing):
+        raise DataError(
+            f"Figure 1 counts epochs, and no run of arm(s) {', '.join(missing)} in {sweep_dir} "
+            f"trained one ({'; '.join(w for arm in missing for w in short[arm])}): train them "
+            "at least an epoch (--config.num_epochs or --config.num_train_steps), then rerun."
+        )
     if missing:
         raise DataError(
             f"{sweep_dir} has no logged run of arm(s) {', '.join(missing)}: run "
             "`python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py "
             f"--sweep_dir={sweep_dir}`."
         )
+    for arm in arms:
+        for what in short[arm]:
+            console.warning(f"left out of arm {arm}: {what}, less than one epoch.")
     return found
 
 

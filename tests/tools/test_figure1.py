@@ -332,3 +332,32 @@ def test_figure1_on_the_objects_task_is_figure1s_net_and_training_on_its_picture
         32,
     )
     assert {k for k in relu if relu[k] != runs["tanh"][k]} == {"activation"}
+
+
+def test_figure1_claims_no_epoch_a_run_did_not_reach(tmp_path, capsys):
+    """Pass 7, #42: runs of one step (1/32 of an epoch) printed "90% training error at epoch 1"
+    and a ratio. A last, unfinished epoch counts at the epoch reached (relu seed 0: 1.5, where
+    the second half of epoch 2 is at 20%), a run of less than one epoch is left out with a
+    warning (relu seed 1), and an arm with no run of one epoch is one error line."""
+    sweep_dir = tmp_path / "figure1"
+    _write_run(str(sweep_dir / "relu" / "seed_0"), [(2, 0.5, 0.6), (4, 1.0, 0.5), (6, 1.5, 0.2)])
+    _write_run(str(sweep_dir / "relu" / "seed_1"), [(1, 0.25, 0.9)])
+    _write_run(str(sweep_dir / "tanh"), [(4, 1.0, 0.5), (8, 2.0, 0.24)])
+    figure1.main([f"--sweep_dir={sweep_dir}"])
+    captured = capsys.readouterr()
+    assert "relu: 25% training error at epoch 1.5 (1 s of training)\n" in captured.out
+    assert "ratio tanh / relu: 1.33" in captured.out
+    assert captured.err == (
+        f"warning: left out of arm relu: {sweep_dir / 'relu' / 'seed_1'} reached epoch 0.25, "
+        "less than one epoch.\n"
+    )
+
+    one_step = tmp_path / "one_step"
+    for arm in ("relu", "tanh"):
+        _write_run(str(one_step / arm), [(1, 1 / 32, 0.875)])
+    with pytest.raises(SystemExit) as exit_info:
+        figure1.main([f"--sweep_dir={one_step}", "--threshold=0.9"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Figure 1 counts epochs, and no run of arm(s) relu, tanh in ")
+    assert f"{one_step / 'relu'} reached epoch 0.0312" in line
