@@ -22,13 +22,12 @@ TOOLS = ("predict", "export", "figures", "compare", "sweep", "figure1", "launch"
 
 
 def refuse_to_run(module: str) -> None:
-    """`python -m` of a module here that is no tool (or of the package): one `error:` line that
-    names the tools, exit code 2 (it would have done nothing and exited 0)."""
+    """`python -m` of a module here that is no tool: one `error:` line that names the tools,
+    exit code 2 (it would have done nothing and exited 0)."""
     from alexnet_jax.core import errors
 
-    what = "is the tools' package" if module == __name__ else "is a library module of the tools"
     with errors.reported_as_exit():
         raise errors.UserError(
-            f"{module} {what}, not a tool: run `python -m alexnet_jax.tools.<tool> --help`, <tool> "
-            f"one of {', '.join(TOOLS)} (README, Tools)."
+            f"{module} is a library module of the tools, not a tool: run `python -m "
+            f"alexnet_jax.tools.<tool> --help`, <tool> one of {', '.join(TOOLS)} (README, Tools)."
         )
