@@ -59,27 +59,36 @@ def out(text: str, end: str = "\n") -> None:
     """`text` on stdout as it is (a table, a child process's line), flushed; when the reader has
     left (`| head`), the rest is dropped and the caller goes on, as with `info` (on a full disk
     with one warning on stderr); with stdout closed from the start, nothing is written."""
-    if sys.stdout is None:
+    _write_to(sys.stdout, text + end)
+
+
+def _write_to(stream, text: str) -> None:
+    if stream is None:
         return
     try:
-        sys.stdout.write(text + end)
-        sys.stdout.flush()
+        stream.write(text)
+        stream.flush()
     except BrokenPipeError:
-        _discard_the_rest(sys.stdout)
+        _discard_the_rest(stream)
     except OSError as e:
-        _discard_the_rest(sys.stdout)
+        _discard_the_rest(stream)
         _said_dropped(e)
 
 
-def end_stdout() -> None:
-    """Flushes stdout before the process ends; when the reader has left (`--help | head -1`),
-    what is left is dropped without Python's "Exception ignored ... BrokenPipeError" at exit."""
-    if sys.stdout is None:
-        return
-    try:
-        sys.stdout.flush()
-    except OSError:
-        _discard_the_rest(sys.stdout)
+class _HelpStdout:
+    """sys.stdout while absl parses the flags: its help text goes through `out`'s handling of a
+    reader who left, a full disk and a closed stdout (absl's own raised BrokenPipeError, or
+    AttributeError on None)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        _write_to(self._stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -87,17 +96,16 @@ def flag_help() -> Iterator[None]:
     """Around absl's flag parsing (main.py, errors.parse_flags: every tool and benchmark): a
     help flag (--help, --helpshort, -?, --helpfull, --helpxml), which absl prints on stdout and
     ends with SystemExit(1), ends with exit code 0 as argparse's --help does, also when the
-    reader left before the end (`--help | head -1`: absl's last print raises BrokenPipeError)."""
+    reader left before the end (`--help | head -1`) or stdout is closed or full."""
+    stdout, sys.stdout = sys.stdout, _HelpStdout(sys.stdout)
     try:
         yield
     except SystemExit as e:
         if e.code != 1:  # absl's help flags exit 1; the parser's own errors exit 2
             raise
-        end_stdout()
         raise SystemExit(0) from None
-    except BrokenPipeError:  # only the help writes to stdout while the flags are parsed
-        _discard_the_rest(sys.stdout)
-        raise SystemExit(0) from None
+    finally:
+        sys.stdout = stdout
 
 
 def _said_dropped(error: OSError) -> None:

@@ -50,14 +50,9 @@ def _env():
 
 
 def _run(*args, **kwargs):
+    kwargs = {"capture_output": True, **kwargs}
     return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kwargs,
+        [sys.executable, *args], cwd=REPO, env=_env(), text=True, timeout=120, **kwargs
     )
 
 
@@ -86,6 +81,22 @@ def test_help_into_a_closed_pipe_ends_quietly_with_exit_code_0(command, other_fl
     proc.stdout.close()  # long before the interpreter has started
     err = proc.stderr.read()
     assert (proc.wait(timeout=120), err) == (0, "")
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+@pytest.mark.parametrize("command", [["main.py"], ["-m", "alexnet_jax.tools.export"]])
+def test_help_to_a_closed_or_full_stdout_ends_with_exit_code_0(command, stdout):
+    """absl wrote its help to None (AttributeError: main.py blamed --config, export a traceback)
+    or raised on a full disk. Now as console.out: nothing with stdout closed, one warning when it
+    is full."""
+    if stdout == "closed":
+        proc = _run(*command, "--help", stdout=None, preexec_fn=lambda: os.close(1))
+        assert (proc.returncode, proc.stderr) == (0, "")
+        return
+    with open("/dev/full", "w") as full:
+        proc = _run(*command, "--help", stdout=full, capture_output=False, stderr=subprocess.PIPE)
+    assert proc.returncode == 0
+    assert proc.stderr.startswith("warning: stdout cannot be written (No space left on device)")
 
 
 @pytest.mark.parametrize("module", [f"alexnet_jax.tools.{m}" for m in _library_modules()])
