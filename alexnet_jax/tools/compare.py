@@ -358,15 +358,18 @@ def _experiment(workdir: str) -> dict | None:
 def split_mixed_arms(summaries: list[RunSummary]) -> list[RunSummary]:
     """The runs of an arm whose configs differ in more than SEED_FIELDS become one row per
     config, named by its values of the fields that differ (`arm [variant='cifar4']`), with a
-    warning: averaging them would mix experiments."""
+    warning: averaging them would mix experiments. Runs without a config.json join the arm when
+    the others agree (a sweep's runs not started yet), else are a row of their own."""
     arms: dict[str, list[RunSummary]] = {}
     for run in summaries:
         arms.setdefault(run.arm, []).append(run)
     for arm, runs in arms.items():
         configs = [_experiment(run.workdir) for run in runs]
-        kinds = [c for i, c in enumerate(configs) if c not in configs[:i]]
-        if len(kinds) < 2:
+        kinds = [c for i, c in enumerate(configs) if c is not None and c not in configs[:i]]
+        if len(kinds) < 2:  # runs without a config.json (not started, copied without it) stay
             continue
+        if None in configs:
+            kinds.append(None)
         fields = _differing_fields(kinds)
         labels = [_label(c, fields) for c in kinds]
         for run, config in zip(runs, configs, strict=True):

@@ -277,19 +277,24 @@ def test_runs_of_one_arm_whose_configs_differ_in_more_than_the_seed_are_not_aver
 ):
     """Pass 7, #41: seeds of one arm are averaged only when their configs differ in the seed and
     where and how often they logged (compare.SEED_FIELDS); other runs under the arm's name are a
-    row per config, named by what differs, with a warning. A run named twice (in a DIR and on its
+    row per config, named by what differs, with a warning (a run without config.json joins the
+    arm while the others agree, else is a row of its own). A run named twice (in a DIR and on its
     own) is one error line, not a run counted twice."""
     root = tmp_path / "runs"
     _run_with_config(str(root / "a" / "seed_0"), 0.5)
     _run_with_config(str(root / "a" / "seed_1"), 0.7, seed=1, log_every_steps=5, data_dir="/d")
+    _write_metrics(str(root / "a" / "seed_3"), [(2, 0.9, 0.1)], speeds=[10.0])  # no config.json
+    table, _ = compare.write_comparison([str(root)], str(tmp_path / "c"))
+    assert _rows(table)["a"] == ("3 (seeds 0,1,3)", "70.0 ± 20.0")  # seed 3 cannot be checked
     _run_with_config(str(root / "a" / "seed_2"), 0.2, seed=2, num_classes=4)
     table, _ = compare.write_comparison([str(root)], str(tmp_path / "c"))
     assert _rows(table) == {
         "a [num_classes=10]": ("2 (seeds 0,1)", "60.0 ± 14.1"),
+        "a [no config.json]": ("1 (seeds 3)", "90.0"),
         "a [num_classes=4]": ("1 (seeds 2)", "20.0"),
     }
     assert capsys.readouterr().err == (
-        "warning: the runs of arm 'a' differ in more than the seed (num_classes): shown as 2 "
+        "warning: the runs of arm 'a' differ in more than the seed (num_classes): shown as 3 "
         "rows, not averaged.\n"
     )
     with pytest.raises(SystemExit) as exit_info:
