@@ -5,8 +5,6 @@ code 2; a benchmark's --json is checked before measuring and written whole or no
 pass 7, #32-#35, #46, #47)."""
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -49,11 +47,28 @@ def _env():
     return {**env, "PYTHONPATH": REPO}
 
 
-def _run(*args, **kwargs):
-    kwargs = {"capture_output": True, **kwargs}
+def _run(*args, file_limit: int | None = None, close_stdout: bool = False, **kwargs):
+    """`python *args`; `file_limit` caps the size of every file it writes (the full disk of a
+    test without root: a write beyond it fails with EFBIG, as one on a full disk with ENOSPC),
+    `close_stdout` starts it with stdout closed. Both are set by a launcher that then execs the
+    command (a preexec_fn forks this multithreaded process, which may deadlock)."""
+    launcher = ["-c", _LAUNCHER, str(file_limit or 0), "1" if close_stdout else "0"]
+    kwargs = {"capture_output": not close_stdout, **kwargs}
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=_env(), text=True, timeout=120, **kwargs
+        [sys.executable, *launcher, *args], cwd=REPO, env=_env(), text=True, timeout=120, **kwargs
     )
+
+
+_LAUNCHER = (
+    "import os, resource, signal, sys\n"
+    "limit, close = int(sys.argv[1]), sys.argv[2] == '1'\n"
+    "if limit:\n"
+    "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "if close:\n"
+    "    os.close(1)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])\n"
+)
 
 
 @pytest.mark.parametrize(("command", "other_flag"), ENTRY_POINTS, ids=_IDS)
@@ -90,7 +105,7 @@ def test_help_to_a_closed_or_full_stdout_ends_with_exit_code_0(command, stdout):
     or raised on a full disk. Now as console.out: nothing with stdout closed, one warning when it
     is full."""
     if stdout == "closed":
-        proc = _run(*command, "--help", stdout=None, preexec_fn=lambda: os.close(1))
+        proc = _run(*command, "--help", close_stdout=True, stderr=subprocess.PIPE)
         assert (proc.returncode, proc.stderr) == (0, "")
         return
     with open("/dev/full", "w") as full:
@@ -122,17 +137,6 @@ def test_a_benchmark_helper_run_directly_is_one_error_line(helper):
     assert "not a benchmark: run " in line
 
 
-def _small_files(limit):
-    """A file size limit of `limit` bytes for a subprocess (the full disk of a test without root:
-    a write beyond it fails with EFBIG, as one on a full disk with ENOSPC)."""
-
-    def set_limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return set_limit
-
-
 def test_a_json_folder_that_cannot_be_written_is_one_line_before_measuring(tmp_path):
     """#47: on a full disk a benchmark measured first, then said "could not write: No space left"
     without the file, and left it empty. Now a trial write at start: one line naming --json."""
@@ -142,7 +146,7 @@ def test_a_json_folder_that_cannot_be_written_is_one_line_before_measuring(tmp_p
         "--layers=conv2",
         "--batch_size=1",
         f"--json={path}",
-        preexec_fn=_small_files(1000),
+        file_limit=1000,
     )
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()
@@ -166,7 +170,7 @@ def test_the_json_results_are_written_whole_or_not_at_all_and_a_failure_names_th
         "except OSError as e:\n"
         "    print(e.filename, e.errno)\n"
     )
-    proc = _run("-c", script, str(path), preexec_fn=_small_files(2000))
+    proc = _run("-c", script, str(path), file_limit=2000)
     assert (proc.returncode, proc.stdout) == (0, f"{path} 27\n"), proc.stderr
     assert path.read_text() == '{"earlier": true}\n'
     assert os.listdir(tmp_path) == ["b.json"]
