@@ -1024,6 +1024,13 @@ def test_a_data_change_allowed_on_purpose_is_recorded(tmp_path):
     rundir.check_dataset(workdir, new)  # the next plain resume
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """`python -c code` in the repository, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_a_library_logging_the_stop_on_its_way_up_is_not_heard():
     """Seen in the suite (test_main's Ctrl-C twice): a second Ctrl-C while Orbax waited for a
     save in progress was raised inside its wait, which logged "Save Finalize thread failed"
@@ -1040,9 +1047,7 @@ def test_a_library_logging_the_stop_on_its_way_up_is_not_heard():
         "    logging.exception('Save Finalize thread (save_finalize) failed.')  # as Orbax does\n"
         "    raise\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    proc = _python(code)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.splitlines() == [f"interrupted: {errors.CTRL_C}"]
 
@@ -1059,9 +1064,7 @@ def test_a_signal_after_the_work_during_python_s_shutdown_still_exits_130():
         "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))  # after threads joined\n"
         "print('wrote figure.png')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    proc = _python(code)
     assert (proc.returncode, proc.stdout) == (143, "wrote figure.png\n"), proc.stderr
     assert proc.stderr.splitlines() == [f"terminated: {errors.SIGTERM}"]
 
