@@ -545,9 +545,7 @@ def accept_config_json(
     path = config_path(workdir)
     if jax.process_index() != 0 or not os.path.isfile(path):
         return False
-    config = _read_json(path, "the JSON config main.py writes")
-    if not isinstance(config, dict):
-        raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    config = _read_config_file(workdir)
     digest = _config_digest(config)
     recorded = _recorded_config_digest(workdir)
     if recorded is not None and recorded[1] == digest:
@@ -703,13 +701,7 @@ def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] 
     path = config_path(workdir)
     if not os.path.exists(path):
         return None
-    config = _read_json(
-        path,
-        "the JSON config main.py writes. Restore it from a copy of the run, or start a new run "
-        "in another --workdir",
-    )
-    if not isinstance(config, dict):
-        raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    config = _read_config_file(workdir)
     recorded = _recorded_config_digest(workdir) if check_digest else None
     if check_digest and recorded is None and saved_steps(workdir):
         raise DataError(
@@ -732,12 +724,24 @@ def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] 
     return {**ADDED_FIELDS, **config}
 
 
+def _read_config_file(workdir: str) -> dict:
+    """The run's config.json as written, unchecked; DataError when it is no JSON object."""
+    path = config_path(workdir)
+    config = _read_json(
+        path,
+        "the JSON config main.py writes. Restore it from a copy of the run, or start a new run "
+        "in another --workdir",
+    )
+    if not isinstance(config, dict):
+        raise DataError(f"{path} is damaged: it holds a {type(config).__name__}, not a config.")
+    return config
+
+
 def _config_json_unrecorded(workdir: str) -> bool:
     """Whether the run's config.json differs from the config its history recorded last, or the
     history records none (the file is then unchecked)."""
     recorded = _recorded_config_digest(workdir)
-    config = _read_json(config_path(workdir), "the JSON config main.py writes")
-    return recorded is None or recorded[1] != _config_digest(config)
+    return recorded is None or recorded[1] != _config_digest(_read_config_file(workdir))
 
 
 def _config_digest(config: dict) -> str:
