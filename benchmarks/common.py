@@ -111,7 +111,13 @@ def require_torch(script: str) -> None:
 def check_output_folder(flag: str, folder: str) -> None:
     """Creates `folder`, where `flag`'s results will be written, and writes a trial file there;
     when it cannot be created or written (a full disk, no rights), one `error:` line and exit
-    code 2 now, not after minutes of measuring."""
+    code 2 now, not after minutes of measuring. A folder inside a run's checkpoints/ is refused
+    (the run's next save would delete it)."""
+    try:
+        rundir.refuse_inside_checkpoints(folder, flag)
+    except errors.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     problem = errors.directory_creation_problem(folder) or _write_problem(folder)
     if problem:
         print(f"error: {flag}: the folder {folder} {problem}: choose another.", file=sys.stderr)

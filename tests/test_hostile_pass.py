@@ -1150,3 +1150,41 @@ def test_a_decompression_bomb_is_an_undecodable_example_by_its_header(tmp_path, 
     plan = functools.partial(preprocessing.center_crop_plan, resize_size=64, crop_size=32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than 59999 pixels"):
         preprocessing.decode_view(tf.constant(buffer.getvalue()), plan)
+
+
+def test_predict_names_the_objects_tasks_classes():
+    """Pass 8, #37: predict (and export, which writes the names into the weights file) named the
+    10 classes of an objects-task run by the shapes task's drawings ("triangle", "star", two
+    "circle"s ...). Each is named by its own kind of object."""
+    from alexnet_jax.data import objects
+    from alexnet_jax.tools import predict
+    from configs import objects as objects_config
+
+    config = objects_config.get_config()
+    names = predict.class_names(config)
+    assert [name for _, name in names] == [objects.class_name(i) for i in range(10)]
+    assert len({name for _, name in names}) == 10
+    assert names[1][1] == "vertical object of hue 36 deg (objects)"
+    config.miniature_task = "shapes"
+    assert "(miniature)" in predict.class_names(config)[0][1]
+
+
+def test_predict_reads_a_large_photo_without_pillows_warning(tmp_path, monkeypatch):
+    """Pass 8, #21: predict of a photo over Pillow's 89 Mpx printed Pillow's 2-line
+    DecompressionBombWarning: the filter was set after Image.open, which warns. (The limit is
+    lowered here to 1,000 pixels: a 40 x 40 picture is over it, below twice it.)"""
+    import warnings
+
+    from PIL import Image
+
+    from alexnet_jax.data import image_files
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    config = default.get_config()
+    config.input_size, config.resize_size, config.normalization = 16, 20, "mean_std"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = image_files.load_image(str(tmp_path / "large.png"), config)
+    assert pixels.shape == (16, 16, 3)
+    assert [str(w.message) for w in caught] == []

@@ -119,9 +119,10 @@ def preprocess_image(
 def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> np.ndarray:
     """Reads and preprocesses one image file; unreadable files raise DataError naming the path."""
     try:  # a large photo (over Pillow's 89 Mpx) is read without its 2-line warning
-        with warnings.catch_warnings(), Image.open(path) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
-            return preprocess_image(image, config, mean_image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open warns
+            with Image.open(path) as image:
+                image.load()
+                return preprocess_image(image, config, mean_image)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"Cannot read image {path}: {e}") from e

@@ -40,6 +40,12 @@ ANGLE_STD = 35.0  # degrees of random tilt of the object's long axis
 ASPECT_RANGE = (1.3, 2.8)  # long / short axis of the object
 
 
+def class_name(class_index: int) -> str:
+    """A readable name of class `class_index`: its hue and the lie of its long axis."""
+    axis = "horizontal" if class_index % 2 == 0 else "vertical"
+    return f"{axis} object of hue {round(360 * class_index / NUM_CLASSES)} deg (objects)"
+
+
 def _colour(hue: float, saturation: float, value: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value)) * 255.0
 

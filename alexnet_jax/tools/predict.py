@@ -32,7 +32,7 @@ from absl import app, flags
 
 from alexnet_jax.core import console, runtime
 from alexnet_jax.core.errors import DataError, UserError, parse_flags, reported_as_exit
-from alexnet_jax.data import image_files, imagenet_classes, miniature
+from alexnet_jax.data import image_files, imagenet_classes, miniature, objects
 from alexnet_jax.interop import weights_io
 from alexnet_jax.interop.convert import VARIANTS
 from alexnet_jax.model.models import create_model
@@ -71,7 +71,8 @@ def known_class_names(config: Any) -> list[tuple[str | None, str]] | None:
 
     Names recorded in a weights file (`config.class_names`, from `weights_config`) come first.
     1000 classes: the ImageNet table. The miniature dataset's classes are the first synsets of the
-    same order, each drawn as one shape. Image folders: the folder names.
+    same order, each drawn as one shape (or, with miniature_task="objects", as one kind of object).
+    Image folders: the folder names.
     """
     n = config.num_classes
     if "class_names" in config:  # a weights file's conventions: its names, or none
@@ -84,6 +85,9 @@ def known_class_names(config: Any) -> list[tuple[str | None, str]] | None:
         return [(None, folder) for folder in folders]
     if n == imagenet_classes.NUM_CLASSES and dataset in ("imagenet2012", "", None):
         return [(c.synset, c.lemmas) for c in imagenet_classes.load_classes()]
+    if dataset == "miniature" and config.get("miniature_task", "shapes") == "objects":
+        table = imagenet_classes.load_classes()
+        return [(table[i].synset, objects.class_name(i)) for i in range(n)]
     if dataset == "miniature":
         table, shapes = imagenet_classes.load_classes(), miniature.SHAPES
         return [(table[i].synset, f"{shapes[i % len(shapes)]} (miniature)") for i in range(n)]

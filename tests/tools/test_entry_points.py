@@ -174,3 +174,19 @@ def test_the_json_results_are_written_whole_or_not_at_all_and_a_failure_names_th
     assert (proc.returncode, proc.stdout) == (0, f"{path} 27\n"), proc.stderr
     assert path.read_text() == '{"earlier": true}\n'
     assert os.listdir(tmp_path) == ["b.json"]
+
+
+def test_an_output_folder_inside_a_runs_checkpoints_is_refused_before_measuring(tmp_path):
+    """Pass 8, #48: `benchmarks/accelerator.py --out_dir=<run>/checkpoints/4/res` was written
+    there, and the run's next save deleted it with step 4 (--json was guarded, --out_dir not)."""
+    from alexnet_jax.runs import rundir
+
+    step = tmp_path / "run" / "checkpoints" / "4"
+    step.mkdir(parents=True)
+    (step / rundir.COMMIT_MARKER).touch()
+    proc = _run("benchmarks/accelerator.py", "--smoke", f"--out_dir={step / 'res'}")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: --out_dir=")
+    assert "checkpoints" in line
+    assert sorted(os.listdir(step)) == [rundir.COMMIT_MARKER]
