@@ -1143,6 +1143,18 @@ def test_a_decompression_bomb_is_an_undecodable_example_by_its_header(tmp_path, 
         pixels = preprocessing.header_pixels(tf.constant(buffer.getvalue()))
         assert int(pixels) == height * width, (fmt, options)
     assert int(preprocessing.header_pixels(tf.constant(b"not a picture"))) == 0
+    # Pass 8, #22: a GIF whose screen says 10 x 10 but whose frame is 300 x 200 (TensorFlow
+    # decodes the frame) got by with the screen's 100 pixels; its frames are read too. #41's
+    # frame placed past the screen's edge counts where it lies.
+    gif = io.BytesIO()
+    Image.new("P", (300, 200)).save(gif, "GIF")
+    lying = bytearray(gif.getvalue())
+    lying[6:10] = (10).to_bytes(2, "little") + (10).to_bytes(2, "little")
+    assert int(preprocessing.header_pixels(tf.constant(bytes(lying)))) == 300 * 200
+    at = 13 + 3 * 2 ** ((lying[10] & 7) + 1)  # after the colour table: the image descriptor
+    assert lying[at] == 0x2C  # (Pillow writes no extension for one still frame)
+    lying[at + 1 : at + 5] = (50).to_bytes(2, "little") + (7).to_bytes(2, "little")
+    assert int(preprocessing.header_pixels(tf.constant(bytes(lying)))) == 350 * 207
 
     buffer = io.BytesIO()
     Image.new("RGB", (300, 200)).save(buffer, "PNG")

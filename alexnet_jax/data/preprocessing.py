@@ -179,6 +179,37 @@ def resample(image: tf.Tensor, plan: ViewPlan) -> tf.Tensor:
 MAX_PIXELS = 2 * 89_478_485
 
 
+def gif_pixels(data: bytes) -> np.int64:
+    """The pixels of the smallest canvas that holds a GIF's screen and every frame where its
+    image descriptor places it (the block structure walked, the image data skipped); 0 when the
+    structure is broken (decode_image then refuses the file)."""
+    data, at = data.item() if isinstance(data, np.ndarray) else data, 13  # tf: a 0-d array
+
+    def u16(i: int) -> int:
+        return int.from_bytes(data[i : i + 2], "little")
+
+    try:
+        width, height = u16(6), u16(8)
+        if data[10] & 0x80:  # a global colour table
+            at += 3 * 2 ** ((data[10] & 7) + 1)
+        while data[at] != 0x3B:  # up to the trailer
+            if data[at] == 0x21:  # an extension: its label, then sub-blocks
+                at += 2
+            elif data[at] == 0x2C:  # an image: descriptor, colour table, LZW size, sub-blocks
+                width = max(width, u16(at + 1) + u16(at + 5))
+                height = max(height, u16(at + 3) + u16(at + 7))
+                flags, at = data[at + 9], at + 10
+                at += (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+            else:
+                return np.int64(0)
+            while data[at]:  # sub-blocks of data[at] bytes, up to an empty one
+                at += data[at] + 1
+            at += 1
+    except IndexError:  # cut short: the frames read so far count
+        pass
+    return np.int64(width * height)
+
+
 def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     """int64 width * height of an encoded picture, read from its header alone (JPEG, PNG, GIF,
     BMP, WebP: lossy, lossless and extended); 0 for anything else (decode_image refuses it)."""
@@ -211,6 +242,12 @@ def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     pixels = tf.constant(0, tf.int64)
     for is_format, width, height in sizes:
         pixels = tf.where(is_format, width * height, pixels)
+
+    def gif() -> tf.Tensor:  # a frame may lie outside the screen: each one is read (rare)
+        frames = tf.numpy_function(gif_pixels, [image_bytes], tf.int64, stateful=False)
+        return tf.ensure_shape(frames, [])
+
+    pixels = tf.cond(starts(b"GIF8"), gif, lambda: pixels)
 
     def jpeg() -> tf.Tensor:
         return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))
