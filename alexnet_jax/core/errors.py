@@ -202,15 +202,19 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
     drops it and the program went on, it is raised again at the program's next line.
     """
     signals = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
-    resend = []
+    pending = []  # a signal to send again, not sent yet
 
     def at_once(signum, frame):
         os._exit(128 + signum)
 
+    def send(signum):
+        pending.clear()  # first: the handler may run (and defer it again) before kill returns
+        os.kill(os.getpid(), signum)
+
     def again_soon(signum):  # from a thread: the main thread handles it at its next line
-        if not resend or not resend[-1].is_alive():
-            resend.append(threading.Timer(0.05, os.kill, (os.getpid(), signum)))
-            resend[-1].start()
+        if not pending:
+            pending.append(signum)
+            threading.Timer(0.05, send, (signum,)).start()
 
     def unwind(signum, frame):
         if _importing(frame):
