@@ -504,7 +504,7 @@ def _is_file(entry: os.DirEntry) -> bool:
 def _decodes(path: str) -> bool:
     """Whether TensorFlow, the training pipeline's decoder, reads the image file `path`."""
     try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        preprocessing.decode_rgb(tf.io.read_file(path))
     except (tf.errors.OpError, ValueError):
         return False
     return True

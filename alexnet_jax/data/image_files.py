@@ -21,7 +21,7 @@ from alexnet_jax.data import imagenet_stats
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of any Pillow mode, as the input pipeline's `tf.io.decode_image(channels=3)`
+    """RGB view of any Pillow mode, as the input pipeline's decoder (preprocessing.decode_rgb)
     sees it: an alpha channel is dropped (the colours under it kept; PNG, WebP), a GIF's
     transparent pixels are black; 16-bit is rescaled."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits

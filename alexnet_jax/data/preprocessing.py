@@ -255,13 +255,26 @@ def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: pixels)
 
 
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """uint8 [h, w, 3] of a whole encoded picture (PNG, GIF, BMP, WebP, JPEG): decoded with its
+    own channels, then an alpha channel dropped (the colours under it kept) and grey replicated
+    to RGB, as `decode_image(channels=3)` does for the formats it converts itself; a WebP with
+    alpha, which it refuses, is read the same way (and as predict reads it: image_files)."""
+    image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
+    return tf.cond(
+        tf.shape(image)[-1] < 3,
+        lambda: tf.image.grayscale_to_rgb(image[..., :1]),
+        lambda: image[..., :3],
+    )
+
+
 def decode_view(image_bytes: tf.Tensor, plan_fn) -> tf.Tensor:
     """Decodes the window of `plan_fn(shape)` from an encoded image and resamples it by the plan.
 
     JPEGs (including grayscale and CMYK ones) take the fused decode-and-crop path that only
     decodes the window, with the accurate integer IDCT (libjpeg's default, and PIL's: the fast
     one differs by about 1 grey level on average); anything else (PNG, GIF, BMP, WebP under any
-    file name) is fully decoded by `tf.io.decode_image` and sliced. Returns the view, uint8
+    file name) is fully decoded by `decode_rgb` and sliced. Returns the view, uint8
     [*plan.size, 3]. An undecodable file, or one of more than MAX_PIXELS pixels by its header,
     raises an InvalidArgumentError, which the pipeline turns into a skipped, counted example.
     """
@@ -274,7 +287,7 @@ def decode_view(image_bytes: tf.Tensor, plan_fn) -> tf.Tensor:
         return pixels, plan
 
     def from_other():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image = decode_rgb(image_bytes)
         plan = plan_fn(tf.shape(image))
         begin, size = plan.window[:2], plan.window[2:]
         return tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [3]], 0)), plan
