@@ -1207,3 +1207,20 @@ def test_predict_reads_a_large_photo_without_pillows_warning(tmp_path, monkeypat
         pixels = image_files.load_image(str(tmp_path / "large.png"), config)
     assert pixels.shape == (16, 16, 3)
     assert [str(w.message) for w in caught] == []
+
+
+def test_a_workdir_too_long_for_the_checkpoints_is_refused_at_start(tmp_path):
+    """Pass 8, #34: a 4,026-character --workdir trained until its first checkpoint, then failed
+    with "File name too long" and advice to free disk space (and, 1 time in 3, Orbax's
+    traceback). It is refused before anything runs; a long one that fits is taken."""
+    from alexnet_jax.runs import run as run_lib
+
+    part = "x" * 200
+    fits = os.path.join(str(tmp_path), *[part] * 12)  # about 2,500 characters
+    rundir.make_workdir(fits)
+    too_long = os.path.join(str(tmp_path), *[part] * 19)
+    refused = r"--workdir is \d+ characters long: .* Choose a shorter"
+    with pytest.raises(UserError, match=refused), run_lib.removed_if_failed(too_long):
+        rundir.make_workdir(too_long)
+    assert os.listdir(fits) == []
+    assert not os.path.exists(os.path.join(fits, part))

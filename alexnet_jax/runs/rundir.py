@@ -218,10 +218,24 @@ def check_is_directory(workdir: str) -> None:
         )
 
 
+# The longest path below a workdir that a run writes (Orbax's temporary checkpoint files).
+_DEEPEST_FILE = "checkpoints/12345678.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/" + "x" * 150
+
+
 def make_workdir(workdir: str) -> None:
-    """Creates `workdir` if missing; one UserError when it is a file or cannot be created."""
+    """Creates `workdir` if missing; one UserError when it is a file, cannot be created, or is
+    so long a path that the run's deepest files would pass the system's limit (the first
+    checkpoint would fail after the first steps)."""
     check_is_directory(workdir)
     errors.make_directory(workdir, "--workdir")
+    deepest = len(os.path.join(os.path.abspath(workdir), _DEEPEST_FILE))
+    limit = os.pathconf(workdir, "PC_PATH_MAX")
+    if deepest >= limit:
+        raise UserError(
+            f"--workdir is {len(os.path.abspath(workdir))} characters long: the checkpoint files "
+            f"under it would pass the system's limit of {limit} characters for a path. Choose "
+            "a shorter --workdir."
+        )
 
 
 @contextlib.contextmanager
