@@ -347,12 +347,26 @@ SEED_FIELDS |= {"seed"}
 
 
 def _experiment(workdir: str) -> dict | None:
-    """The run's config.json less SEED_FIELDS; None without a readable one."""
+    """The run's config.json less SEED_FIELDS, and the fields it changed on purpose while it
+    ran (--allow_config_change: its config.json holds only their last values) as "changed
+    mid-run"; None without a readable config.json."""
     try:
         config = rundir.read_config_dict(workdir, check_digest=False)
+        history = rundir.read_history(workdir, warn=False)
     except (OSError, DataError):
         return None
-    return None if config is None else {k: v for k, v in config.items() if k not in SEED_FIELDS}
+    if config is None:
+        return None
+    experiment = {k: v for k, v in config.items() if k not in SEED_FIELDS}
+    ignored = SEED_FIELDS | rundir.LENGTH_FIELDS
+    changes = [
+        [entry.get("step"), sorted(set(entry["changed"]) - ignored)]
+        for entry in history
+        if entry.get("allowed_config_change") and isinstance(entry.get("changed"), dict)
+    ]
+    if changes := [change for change in changes if change[1]]:
+        experiment["changed mid-run"] = changes
+    return experiment
 
 
 def split_mixed_arms(summaries: list[RunSummary]) -> list[RunSummary]:

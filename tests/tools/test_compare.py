@@ -305,3 +305,24 @@ def test_runs_of_one_arm_whose_configs_differ_in_more_than_the_seed_are_not_aver
         f"error: the run {root / 'a' / 'seed_0'} is in {root} and in {root / 'a' / 'seed_0'}: "
         "name it once (it would count twice in its arm)."
     )
+
+
+def test_a_run_whose_config_changed_mid_run_is_not_averaged_with_one_that_did_not(tmp_path, capsys):
+    """Pass 8, #51: seed_0 trained 3 steps at momentum 0.5, then went on at 0.9 with
+    --allow_config_change; seed_1 trained at 0.9 throughout. Their config.json files agree, so
+    compare averaged them as "2 (seeds 0,1)". The change recorded in config_history.jsonl counts;
+    a longer run (num_train_steps) or other logging does not."""
+    root = tmp_path / "runs"
+    _run_with_config(str(root / "a" / "seed_0"), 0.5)
+    _run_with_config(str(root / "a" / "seed_1"), 0.7, seed=1)
+    longer = {"num_train_steps": {"old": 3, "new": 6}}
+    lengthened = {"step": 3, "event": "resume", "changed": longer}
+    rundir.append_jsonl(os.path.join(root / "a" / "seed_1", rundir.HISTORY_FILE), lengthened)
+    table, _ = compare.write_comparison([str(root)], str(tmp_path / "c"))
+    assert _rows(table)["a"] == ("2 (seeds 0,1)", "60.0 ± 14.1")
+    changed = {"momentum": {"old": 0.5, "new": 0.9}, "num_train_steps": {"old": 3, "new": 6}}
+    entry = {"step": 3, "event": "resume", "changed": changed, "allowed_config_change": True}
+    rundir.append_jsonl(os.path.join(root / "a" / "seed_0", rundir.HISTORY_FILE), entry)
+    table, _ = compare.write_comparison([str(root)], str(tmp_path / "c"))
+    assert sorted(_rows(table).values()) == [("1 (seeds 0)", "50.0"), ("1 (seeds 1)", "70.0")]
+    assert "differ in more than the seed (changed mid-run)" in capsys.readouterr().err
