@@ -222,19 +222,19 @@ def check_is_directory(workdir: str) -> None:
 _DEEPEST_FILE = "checkpoints/12345678.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/" + "x" * 150
 
 
-def make_workdir(workdir: str) -> None:
+def make_workdir(workdir: str, flag: str = "--workdir") -> None:
     """Creates `workdir` if missing; one UserError when it is a file, cannot be created, or is
     so long a path that the run's deepest files would pass the system's limit (the first
     checkpoint would fail after the first steps)."""
     check_is_directory(workdir)
-    errors.make_directory(workdir, "--workdir")
+    errors.make_directory(workdir, flag)
     deepest = len(os.path.join(os.path.abspath(workdir), _DEEPEST_FILE))
     limit = os.pathconf(workdir, "PC_PATH_MAX")
     if deepest >= limit:
         raise UserError(
-            f"--workdir is {len(os.path.abspath(workdir))} characters long: the checkpoint files "
+            f"{flag} is {len(os.path.abspath(workdir))} characters long: the checkpoint files "
             f"under it would pass the system's limit of {limit} characters for a path. Choose "
-            "a shorter --workdir."
+            f"a shorter {flag}."
         )
 
 
@@ -301,7 +301,7 @@ def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
-    make_workdir(workdir)
+    make_workdir(workdir, flag)
     if flag == "--workdir" and os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
         raise UserError(
             f"--workdir={workdir} is a sweep's folder (its {SWEEP_FILE}), which holds its runs in "
