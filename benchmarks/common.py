@@ -113,11 +113,8 @@ def check_output_folder(flag: str, folder: str) -> None:
     when it cannot be created or written (a full disk, no rights), one `error:` line and exit
     code 2 now, not after minutes of measuring. A folder inside a run's checkpoints/ is refused
     (the run's next save would delete it)."""
-    try:
+    with errors.reported_as_exit():  # one `error:` line, exit code 2
         rundir.refuse_inside_checkpoints(folder, flag)
-    except errors.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     problem = errors.directory_creation_problem(folder) or _write_problem(folder)
     if problem:
         print(f"error: {flag}: the folder {folder} {problem}: choose another.", file=sys.stderr)
@@ -147,11 +144,8 @@ def check_output_file(flag: str, path: str) -> None:
               file=sys.stderr)  # fmt: skip
         sys.exit(2)
     check_output_folder(flag, os.path.dirname(os.path.abspath(path)))
-    try:
+    with errors.reported_as_exit():
         rundir.refuse_run_file(path, flag)
-    except errors.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def environment(threads: int) -> dict[str, Any]:
