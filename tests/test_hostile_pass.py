@@ -488,6 +488,29 @@ def test_too_small_an_address_space_limit_is_one_line_before_jax_starts():
     ]
 
 
+def test_a_tight_address_space_limit_is_named_at_start():
+    """Pass 8, #20: under `ulimit -v 4000000` a 169 Mpx PNG (below the bomb limit) in a training
+    folder aborted TensorFlow in C++ (pthread_create failed), and so did an 88 Mpx one: a run
+    needs 2.5-3 GB of address space before any data. No pixel limit that keeps today's photos
+    prevents it, so a limit under 8 GB is named at start with what it means and the fix."""
+    script = "import resource, sys; limit = int(sys.argv[1]); "
+    script += "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)) if limit else None; "
+    script += "from alexnet_jax.core import runtime; runtime.check_environment()"
+    printed = {}
+    for limit in (4000 * 2**20, 0):
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(limit)], cwd=REPO, capture_output=True,
+            text=True, timeout=120, env={**os.environ, "XLA_FLAGS": ""},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        printed[limit] = proc.stderr.splitlines()
+    (line,) = printed[4000 * 2**20]
+    assert line.startswith("warning: the process may use 4000 MB of address space (ulimit -v).")
+    assert "abort in C++" in line
+    assert line.endswith("raise it if that happens (ulimit -v unlimited).")
+    assert printed[0] == []
+
+
 def test_config_rules_found_in_pass_3_name_the_field():
     """#61-#63: bias_one NaN or 1e30 trained a step, then diverged naming no field; an empty
     synthetic evaluation set was found only after training; num_classes=1 trained a net with no

@@ -245,15 +245,21 @@ _told = []
 _MIN_ADDRESS_SPACE = 2048 * 2**20  # below it JAX aborted in C++ (std::bad_alloc) or hung
 
 
+def address_space_limit() -> int | None:
+    """The process's address-space limit in bytes (ulimit -v, a batch system's h_vmem), or None."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else limit
+
+
 def check_address_space() -> None:
     """UserError when the process's address-space limit (ulimit -v) is too small for JAX and
     TensorFlow to start: below it XLA aborts in C++ (a crash dump, no Python error to report),
     and far below it NumPy's own import fails. Here, in the light module every entry point
     imports first, so it runs before those imports."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY and limit < _MIN_ADDRESS_SPACE:
+    limit = address_space_limit()
+    if limit is not None and limit < _MIN_ADDRESS_SPACE:
         raise UserError(
             f"the process may use {limit // 2**20} MB of address space (ulimit -v), too little "
             f"for JAX and TensorFlow to start (at least {_MIN_ADDRESS_SPACE // 2**20} MB; they "

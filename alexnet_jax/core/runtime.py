@@ -132,9 +132,21 @@ def check_environment() -> None:
     JAX starts."""
     check_xla_flags()
     check_address_space()
+    limit = errors.address_space_limit()
+    if limit is not None and limit < TIGHT_ADDRESS_SPACE:
+        console.warning(
+            f"the process may use {limit // 2**20} MB of address space (ulimit -v). JAX and "
+            "TensorFlow reserve about 3 GB of it before any data, decoding a picture takes about "
+            "16 bytes per pixel more, and when it runs out they abort in C++ ('Check failed', "
+            "'Cannot allocate memory') where no error can be reported; raise it if that happens "
+            "(ulimit -v unlimited)."
+        )
 
 
 check_address_space = errors.check_address_space  # (in errors: the tools check it first)
+# Below this address-space limit a run is warned at start: measured here, a training run needed
+# 2.5-3 GB of it before reading data, and a 9400 x 9400 PNG in its folder aborted it at 4 GB.
+TIGHT_ADDRESS_SPACE = 8 * 2**30
 
 
 def start_backend() -> None:
