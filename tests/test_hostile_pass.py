@@ -1131,6 +1131,41 @@ def test_predict_reads_a_transparent_picture_as_the_input_pipeline_does(tmp_path
             np.testing.assert_array_equal(expected, tf_view.numpy(), err_msg=name)
 
 
+def test_a_gif_whose_first_frame_is_smaller_than_its_screen_is_read_as_predict_reads_it():
+    """Pass 8, #41: a GIF whose 20x15 frame sits at (10, 5) on a 40x30 screen was decoded by
+    TensorFlow at the frame's size with a third of its pixels black (out of place), by Pillow
+    (predict) as the screen: eval and predict gave 50.63% and 52.41% for the same file. The
+    pipeline reads GIFs with Pillow now. Golden: the screen, filled with the frame's colour where
+    the frame lies and with the background colour (index 0, here the same red) elsewhere."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from alexnet_jax.data import image_files, preprocessing
+    from alexnet_jax.data.recipe import Recipe
+
+    frame = Image.new("P", (20, 15), 0)
+    frame.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    buffer = io.BytesIO()
+    frame.save(buffer, "GIF")
+    data = bytearray(buffer.getvalue())
+    data[6:10] = (40).to_bytes(2, "little") + (30).to_bytes(2, "little")  # the screen
+    at = data.index(b"\x2c", 13)  # the image descriptor: the frame's left, top
+    data[at + 1 : at + 5] = (10).to_bytes(2, "little") + (5).to_bytes(2, "little")
+    seen = preprocessing.decode_rgb(tf.constant(bytes(data))).numpy()
+    np.testing.assert_array_equal(seen, np.broadcast_to([255, 0, 0], (30, 40, 3)))
+    with Image.open(io.BytesIO(bytes(data))) as image:
+        np.testing.assert_array_equal(np.asarray(image_files._to_rgb(image)), seen)
+    tf_view = tf.io.decode_image(bytes(data), channels=3, expand_animations=False).numpy()
+    assert tf_view.shape == (15, 20, 3)  # TensorFlow's own reading, which the pipeline avoids
+    recipe = Recipe(input_size=24, resize_size=32)
+    views = preprocessing.eval_views(tf.constant(bytes(data)), recipe)
+    np.testing.assert_array_equal(views.numpy(), np.broadcast_to([255, 0, 0], (1, 24, 24, 3)))
+    with pytest.raises(ValueError, match="not a readable GIF"):
+        preprocessing.decode_rgb(tf.constant(b"GIF89a and nothing else"))
+
+
 def test_a_refused_evaluation_of_weights_leaves_no_folders(tmp_path):
     """Pass 7, #39: `--mode=eval --config.torch_weights=<not a torch file>` with a new
     --workdir=new/sub/tw was refused in one line but left the folders new/sub/tw behind (pass 1

@@ -10,6 +10,7 @@ PyTorch loader (torch_models).
 
 from __future__ import annotations
 
+import io
 import warnings
 from typing import Any
 
@@ -38,6 +39,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     with warnings.catch_warnings():  # Pillow's advice to convert transparent palettes to RGBA
         warnings.simplefilter("ignore", UserWarning)
         return image.convert("RGB")
+
+
+def gif_rgb(data: bytes) -> np.ndarray:
+    """uint8 [h, w, 3] of a GIF's first frame on its logical screen, as Pillow (and a browser)
+    composes it and `_to_rgb` converts it: the input pipeline's decoder for GIFs
+    (preprocessing.decode_rgb), since TensorFlow's decodes a first frame smaller than its screen
+    at the frame's size with its pixels out of place. Broken data raises ValueError."""
+    data = data.item() if isinstance(data, np.ndarray) else data  # tf.numpy_function: 0-d bytes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return np.asarray(_to_rgb(image), np.uint8)
+    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ValueError(f"not a readable GIF: {e}") from e
 
 
 def center_crop_geometry(height: int, width: int, resize_size: int, crop_size: int):

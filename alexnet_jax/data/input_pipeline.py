@@ -45,7 +45,8 @@ ceil(largest shard / local_batch_size): each example counts exactly once, the la
 with mask False and shorter hosts add fully masked batches; the remainder is never dropped.
 
 Undecodable files. PNG/GIF/BMP/WebP files under any name, CMYK and grayscale JPEGs are decoded
-(`tf.io.decode_image` when the fused JPEG path does not apply) and converted to RGB; images smaller
+(`tf.io.decode_image` when the fused JPEG path does not apply; GIFs by Pillow, which places a
+first frame smaller than its screen where TensorFlow does not) and converted to RGB; images smaller
 than the crop are upscaled. A file that no decoder reads is never a crash: its slot in the batch
 becomes a zero image with label 0 and mask False, so batch boundaries (and resume) stay exact.
 Train batches therefore have mask True except for such files; the training loss should be weighted

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from alexnet_jax.core import runtime
-from alexnet_jax.data import imagenet_stats
+from alexnet_jax.data import image_files, imagenet_stats
 from alexnet_jax.data.recipe import Recipe, ten_crop_offsets
 
 tf = runtime.tensorflow  # imported on first use
@@ -259,13 +259,23 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     """uint8 [h, w, 3] of a whole encoded picture (PNG, GIF, BMP, WebP, JPEG): decoded with its
     own channels, then an alpha channel dropped (the colours under it kept) and grey replicated
     to RGB, as `decode_image(channels=3)` does for the formats it converts itself; a WebP with
-    alpha, which it refuses, is read the same way (and as predict reads it: image_files)."""
-    image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
-    return tf.cond(
-        tf.shape(image)[-1] < 3,
-        lambda: tf.image.grayscale_to_rgb(image[..., :1]),
-        lambda: image[..., :3],
-    )
+    alpha, which it refuses, is read the same way (and as predict reads it: image_files). A GIF
+    is read by Pillow (image_files.gif_rgb): TensorFlow decodes a first frame smaller than its
+    screen at the frame's size, its pixels out of place, where Pillow composes the screen."""
+
+    def gif() -> tf.Tensor:
+        image = tf.numpy_function(image_files.gif_rgb, [image_bytes], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    def other() -> tf.Tensor:
+        image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
+        return tf.cond(
+            tf.shape(image)[-1] < 3,
+            lambda: tf.image.grayscale_to_rgb(image[..., :1]),
+            lambda: image[..., :3],
+        )
+
+    return tf.cond(tf.equal(tf.strings.substr(image_bytes, 0, 4), b"GIF8"), gif, other)
 
 
 def decode_view(image_bytes: tf.Tensor, plan_fn) -> tf.Tensor:
