@@ -414,9 +414,10 @@ class _FolderSource:
         """What the caches made from `split` (the resize cache, the image store) are keyed by:
         a hash of the class names (the labels), of each image's relative path, size and
         modification time, and of the first bytes of each class's first image (a stat per file,
-        one short read per class). Renamed, added, removed or edited files, or another folder
-        with the same class names and counts, give another key, so a cache of other data is
-        never reused; the same files moved elsewhere keep it."""
+        one short read per class), and the decoder's version. Renamed, added, removed or edited
+        files, another folder with the same class names and counts, or pictures the decoder now
+        reads otherwise give another key, so a cache of other data is never reused; the same
+        files moved elsewhere keep it."""
         entries = []
         first = {}
         for path, label, key in sorted(self.files(split), key=lambda found: found[2]):
@@ -426,7 +427,8 @@ class _FolderSource:
             except OSError:  # vanished or unreadable: the pipeline leaves it out as undecodable
                 entries.append([key, -1, -1])
             first.setdefault(label, path)
-        digest = hashlib.sha1(json.dumps([list(self.classes), entries]).encode())
+        blob = [preprocessing.DECODER_VERSION, list(self.classes), entries]
+        digest = hashlib.sha1(json.dumps(blob).encode())
         for label in sorted(first):  # a class swapped with another of equal sizes and times
             with contextlib.suppress(OSError), open(first[label], "rb") as f:
                 digest.update(f.read(4096))

@@ -179,6 +179,12 @@ def resample(image: tf.Tensor, plan: ViewPlan) -> tf.Tensor:
 MAX_PIXELS = 2 * 89_478_485
 
 
+# How pictures other than JPEGs are read (decode_rgb); bump it when that changes, so that the
+# caches of an image folder (keyed by it: data_sources' cache_key) are made again. 2: GIFs by
+# Pillow, a WebP with alpha read instead of skipped (hostile pass 8, #24 and #41).
+DECODER_VERSION = 2
+
+
 def gif_pixels(data: bytes) -> np.int64:
     """The pixels of the smallest canvas that holds a GIF's screen and every frame where its
     image descriptor places it (the block structure walked, the image data skipped); 0 when the

@@ -441,6 +441,24 @@ def _cache_labels(config) -> dict:
     return {r["file_name"].decode(): int(r["label"]) for r in records.as_numpy_iterator()}
 
 
+def test_the_caches_of_an_image_folder_are_keyed_by_the_decoders_version(
+    tmp_path, folder, monkeypatch
+):
+    """Pass 8, #24 and #41 changed how a WebP with alpha and some GIFs are read: a resize cache
+    or image store made before would hold the old reading of the same files. The folder's key
+    (resize cache, image store, mean image) includes preprocessing.DECODER_VERSION."""
+    from alexnet_jax.data import preprocessing
+
+    config = _folder_config(str(tmp_path), folder)
+    source = data_sources.open_source(config, build=False)
+    before = (source.cache_key("train"), data_sources.content_identity(config, "train"))
+    assert before == (source.cache_key("train"), data_sources.content_identity(config, "train"))
+    monkeypatch.setattr(preprocessing, "DECODER_VERSION", preprocessing.DECODER_VERSION + 1)
+    after = (source.cache_key("train"), data_sources.content_identity(config, "train"))
+    assert after[0] != before[0]
+    assert after[1] != before[1]
+
+
 def test_resize_cache_is_rebuilt_when_a_class_is_renamed_or_added_at_the_same_path(
     tmp_path, folder
 ):
