@@ -310,9 +310,127 @@ def test_a_run_json_without_the_data_identity_is_refused_like_a_missing_one(tmp_
     label shifted) was accepted without a word."""
     workdir = _started_run(tmp_path)
     (tmp_path / "run" / rundir.RUN_FILE).write_text("{}")
-    with pytest.raises(DataError, match=r"holds checkpoints .* but no data identity in run\.json"):
+    with pytest.raises(DataError, match=r"holds checkpoints .* but a run\.json without the data"):
         rundir.check_dataset(workdir, {"dataset": "image_folder", "classes": ["b", "a"]})
     rundir.check_dataset(workdir, {"dataset": "image_folder"}, allow_change=True)
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty"])
+def test_a_damaged_or_emptied_run_json_names_a_remedy_that_works(tmp_path, damage):
+    """Pass 9, #22: run.json cut in half was one line with no remedy, and no flag got past it
+    (resume, resume with --allow_config_change, predict). #23: emptied to {}, the message told
+    to restore "<workdir>/data identity in run.json", a path that is none. The refusal names
+    run.json and the remedies; --allow_config_change resumes, records the data anew and says
+    so; the next plain resume is checked against that record."""
+    workdir = _started_run(tmp_path)
+    path = tmp_path / "run" / rundir.RUN_FILE
+    path.write_text(path.read_text()[:10] if damage == "cut" else "{}")
+    identity = {"dataset": "image_folder", "classes": ["a", "b"]}
+    with pytest.raises(DataError) as refused:
+        rundir.check_dataset(workdir, identity)
+    message = str(refused.value)
+    assert f"Restore {path} (from a copy" in message or f"{path} is damaged" in message
+    assert "--allow_config_change" in message
+    assert "data identity in run.json" not in message
+    changes = rundir.check_dataset(workdir, identity, allow_change=True)
+    rundir.record_start(default.get_config(), workdir, 4, [], identity, changes)
+    assert json.loads(path.read_text()) == {"dataset": identity}
+    assert rundir.check_dataset(workdir, identity) == []
+    with pytest.raises(DataError, match="changed since it started"):
+        rundir.check_dataset(workdir, {**identity, "classes": ["b", "a"]})
+
+
+def test_lines_past_the_step_a_run_finished_at_are_not_its_final_evaluation(tmp_path, capsys):
+    """Pass 9, #18: a row {"step": 100, "split": "eval", "top1_error": 0.0} appended to the
+    metrics.jsonl of a run finished at step 8 became its final evaluation: compare showed 0.0
+    at step 100, and a rerun said "already finished at step 8: final eval top-1 err 0.00% ...
+    (step 100)". The readers leave out lines past the finished step, with a warning."""
+    from alexnet_jax.runs import report
+    from alexnet_jax.tools import compare
+
+    workdir = _started_run(tmp_path)
+    metrics = rundir.metrics_path(workdir)
+    for step, error in ((4, 0.5), (8, 0.25), (100, 0.0)):
+        rundir.append_jsonl(metrics, {"step": step, "split": "eval", "top1_error": error})
+    assert report.final_eval(workdir, 8)["step"] == 100  # unfinished: a later row is its own
+    rundir.record_finished(workdir, 8)
+    capsys.readouterr()
+    assert report.final_eval(workdir, 8) == {"step": 8, "split": "eval", "top1_error": 0.25}
+    assert "holds 1 line(s) past step 8, where the run finished" in capsys.readouterr().err
+    records, skipped = compare.read_records(workdir)
+    assert [r["step"] for r in records] == [4, 8]
+    assert skipped == 1
+
+
+def test_an_image_folder_of_one_class_is_refused_without_a_remedy_that_fails(tmp_path):
+    """Pass 9, #73: a folder with one class folder and num_classes=2 was told "Set
+    --config.num_classes=1.", which is then refused ("must be an integer >= 2"). It says that a
+    classifier needs at least two class folders."""
+    from PIL import Image
+
+    from alexnet_jax.data import input_pipeline
+
+    for split in ("train", "val"):
+        os.makedirs(tmp_path / "one" / split / "a")
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "one" / split / "a" / "x.png")
+    config = tiny_config(
+        str(tmp_path), dataset="image_folder", image_folder=str(tmp_path / "one"),
+        num_classes=2, eval_split="val",
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"has 1 class folder\(s\) in train/: a classifier needs"):
+        input_pipeline.prepare(config)
+
+
+def test_num_epochs_must_be_finite_even_when_the_step_count_decides():
+    """Pass 9, #42: num_epochs=nan with num_train_steps=2 was accepted, recorded as NaN in
+    config.json, and every resume then listed "num_epochs: nan -> nan" as a change."""
+    config = default.get_config()
+    config.num_train_steps = 2
+    for value in (float("nan"), float("inf"), -float("inf")):
+        config.num_epochs = value
+        with pytest.raises(ConfigError, match=r"config\.num_epochs must be a number > 0"):
+            config_lib.validate_config(config)
+    for value in (-1, 0, 2.5):  # the step count decides; any finite number is recorded as given
+        config.num_epochs = value
+        config_lib.validate_config(config)
+
+
+def test_the_recorded_count_of_undecodable_images_is_the_runs_not_process_0s(monkeypatch):
+    """Pass 9, #14: a 2-process run on a folder with 2 undecodable training files warned of 4
+    skips (2 per process) but recorded "undecodable_images": 2, process 0's count alone. The
+    log sums the processes' counts (a collective at each flush, which every process makes at
+    the same steps); here the 2-process collective is stood in for."""
+    from jax.experimental import multihost_utils
+
+    from alexnet_jax.train import loop
+
+    gathered = []
+
+    def allgather(count):  # process 0 counted `count`, process 1 counted 3
+        gathered.append(count)
+        return np.stack([count, np.asarray(3, count.dtype)])
+
+    class Writer:
+        def write_train(self, step, host, progress, counts):
+            self.counts = counts
+
+    class Progress:
+        def update(self, step):
+            return {}
+
+    config = default.get_config()
+    log = loop._TrainLog(config, Writer(), Progress(), steps_per_epoch=10)
+    state = type("State", (), {"skipped_steps": 0})()
+    log.pending = [(1, {"finite": True, "loss": 1.0})]
+    log.flush(1, state, undecodable=2)  # one process: its own count
+    assert log.writer.counts["undecodable_images"] == 2
+    assert gathered == []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    log.pending = [(2, {"finite": True, "loss": 1.0})]
+    log.flush(2, state, undecodable=2)
+    assert log.writer.counts["undecodable_images"] == 5
+    assert [int(c) for c in gathered] == [2]
 
 
 def test_a_hand_edited_config_json_is_refused(tmp_path):

@@ -601,6 +601,11 @@ def prepare(config, training: bool = True) -> DatasetInfo:
         )
     data_sources.check_before_build(config, training)
     source = data_sources.open_source(config, build=True)
+    if config.dataset == "image_folder" and source.num_classes < 2:
+        raise DataError(  # (num_classes=1 is refused: a classifier of one class learns nothing)
+            f"The image folder {config.image_folder!r} has {source.num_classes} class folder(s) "
+            "in train/: a classifier needs at least 2 (one folder of images per class)."
+        )
     if config.dataset == "image_folder" and source.num_classes < config.num_classes:
         raise ConfigError(
             f"config.num_classes={config.num_classes} but the image folder has "

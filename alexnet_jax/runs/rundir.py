@@ -527,11 +527,11 @@ def record_start(
 
 
 def record_dataset(workdir: str, dataset: dict | None, replace: bool = False) -> None:
-    """Writes the data's identity to run.json when the run has none, or (`replace`) when it
-    changed on purpose (process 0)."""
+    """Writes the data's identity to run.json when the run has none (no run.json, or one
+    emptied by hand), or (`replace`) when it changed on purpose (process 0)."""
     if jax.process_index() != 0 or dataset is None:
         return
-    if not replace and read_run_record(workdir) is not None:
+    if not replace and "dataset" in (read_run_record(workdir) or {}):
         return
     write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"dataset": dataset}))
 
@@ -612,9 +612,16 @@ def read_run_record(workdir: str) -> dict | None:
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.exists(path):
         return None
-    record = _read_json(path, "a run record")
-    if not isinstance(record, dict) or not isinstance(record.get("dataset", {}), dict):
-        raise DataError(f"{path} is damaged: it is not a run record (an object with a dataset).")
+    try:
+        record = _read_json(path, "a run record")
+        if not isinstance(record, dict) or not isinstance(record.get("dataset", {}), dict):
+            raise DataError(f"{path} is damaged: it is not a run record (an object with a dataset)")
+    except DataError as e:
+        raise DataError(
+            f"{str(e).rstrip('.')}. It records the data the run trained on (an image folder's "
+            "class names among it): restore it from a copy of the run, or resume the run with "
+            "main.py --allow_config_change, which records the data it finds anew."
+        ) from None
     return record
 
 
@@ -632,13 +639,17 @@ def saved_steps(workdir: str) -> list[int]:
     return sorted(int(name) for name in steps)
 
 
-def _refuse_unrecorded(workdir: str, name: str, what: str, allow_change: bool) -> None:
-    """A workdir with checkpoints but without the record `name` (deleted, or never copied) cannot
-    be checked: resuming it unchecked could silently make another experiment of it."""
+def _refuse_unrecorded(
+    workdir: str, name: str, what: str, allow_change: bool, missing: str | None = None
+) -> None:
+    """A workdir with checkpoints but without the record `name` (deleted, or never copied), or
+    without its part `missing`, cannot be checked: resuming it unchecked could silently make
+    another experiment of it."""
     steps = saved_steps(workdir)
     if steps and not allow_change:
+        lacks = f"no {name}" if missing is None else f"a {name} without the {missing}"
         raise DataError(
-            f"{workdir} holds checkpoints (up to step {steps[-1]}) but no {name}, so this resume "
+            f"{workdir} holds checkpoints (up to step {steps[-1]}) but {lacks}, so this resume "
             f"cannot be checked against the run's {what}. Restore {os.path.join(workdir, name)} "
             "(from a copy of the run), start a new run in another --workdir, or add "
             "--allow_config_change to continue it with this config and data on purpose "
@@ -666,14 +677,25 @@ def _refuse_lost_checkpoints(workdir: str, allow_change: bool) -> None:
 def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> list[tuple]:
     """The differences (field, old, new) between the data's identity and the one the run
     started with (a class folder added shifts every label): DataError listing them unless
-    `allow_change`; DataError when a run with checkpoints has no run.json to compare with."""
-    record = read_run_record(workdir)
+    `allow_change`; DataError when a run with checkpoints has no run.json to compare with, or a
+    damaged one. With `allow_change` a damaged or emptied run.json counts as a change (its
+    "dataset" is "damaged"), so that the data is recorded anew."""
+    try:
+        record = read_run_record(workdir)
+    except DataError:
+        if not allow_change:
+            raise
+        console.warning(
+            f"{os.path.join(workdir, RUN_FILE)} is damaged: the data is recorded anew "
+            "(--allow_config_change), unchecked against the data the run trained on."
+        )
+        return [("dataset", "damaged", "recorded anew")]
     if record is None:
         _refuse_unrecorded(workdir, RUN_FILE, "data", allow_change)
         return []
     if "dataset" not in record:  # emptied by hand: as good as missing
-        _refuse_unrecorded(workdir, f"data identity in {RUN_FILE}", "data", allow_change)
-        return []
+        _refuse_unrecorded(workdir, RUN_FILE, "data", allow_change, missing="data identity")
+        return []  # (record_dataset writes it)
     old = record["dataset"]
     new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
     changed = _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
@@ -899,11 +921,21 @@ def _upgrade_metrics(records: list) -> list:
 def read_metrics(workdir: str, warn: bool = True) -> list[dict]:
     """The metrics records of `workdir/metrics.jsonl` in file order, in this version's names
     whatever version wrote them (error rates: see `_upgrade_metrics`); a cut-off line is skipped
-    (with a warning when `warn`, see read_jsonl)."""
+    (with a warning when `warn`, see read_jsonl), and so are the lines of a finished run past
+    the step it finished at (an edit, or lines of another run): the readers would take them for
+    its final evaluation."""
     path = metrics_path(workdir)
     if not os.path.exists(path):
         raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
-    return _upgrade_metrics(read_jsonl(path, warn))
+    records = _upgrade_metrics(read_jsonl(path, warn))
+    end = finished_step(workdir)
+    past = [r for r in records if end is not None and r["step"] > end]
+    if past and warn:
+        console.warning(
+            f"{path} holds {len(past)} line(s) past step {end}, where the run finished "
+            f"({HISTORY_FILE}): ignored (edited by hand, or copied from another run?)."
+        )
+    return [r for r in records if end is None or r["step"] <= end]
 
 
 def run_evals(records: list[dict]) -> list[dict]:

@@ -23,10 +23,10 @@ from alexnet_jax.train import optim
 LOOP_RULES = (
     rules.positive_int("batch_size"),
     rules.positive_int("eval_batch_size"),
-    rules.Rule(
+    rules.Rule(  # a finite number even when num_train_steps decides: it is recorded and compared
         "num_epochs",
-        "a number > 0 (or config.num_train_steps > 0)",
-        lambda c: c.num_train_steps > 0 or (rules.is_number(c.num_epochs) and c.num_epochs > 0),
+        "a number > 0 (or any finite number when config.num_train_steps > 0)",
+        lambda c: rules.is_number(c.num_epochs) and (c.num_train_steps > 0 or c.num_epochs > 0),
     ),
     rules.positive_int("log_every_steps"),
     rules.positive_int("checkpoint_every_steps"),

@@ -360,6 +360,16 @@ def _restore(exp: experiment.Experiment, manager: Any) -> tuple[TrainState, dict
     return state, data_state
 
 
+def _summed_over_processes(count: int) -> int:
+    """A host-side count (each process counts the files its own input pipeline skipped) summed
+    over the processes of the run: what the run's metrics.jsonl records."""
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(count, np.int64))))
+
+
 class _TrainLog:
     """The train metrics since the last log line, read back from the device only when written
     (every config.log_every_steps, and before each evaluation and save), and checked then: a
@@ -376,10 +386,10 @@ class _TrainLog:
         self.pending.clear()
         _check_finite(host, self.config.skip_nonfinite_steps)
         self.skips.update(host)
-        if host:
+        if host:  # (every process flushes at the same steps: the sum is a collective)
             counts = {
                 "skipped_steps": int(state.skipped_steps),
-                "undecodable_images": undecodable,
+                "undecodable_images": _summed_over_processes(undecodable),
                 "epoch": step / self.steps_per_epoch,  # epochs trained (figure1.py's x axis)
             }
             self.writer.write_train(step, host, self.progress.update(step), counts)
