@@ -67,6 +67,19 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
     return int(np.ceil(config.num_epochs * steps_per_epoch))
 
 
+# What a diverged run's message says of its checkpoints; `train_and_evaluate` fills it in
+# (`_kept`), where the saves in flight are committed.
+KEPT = "<kept>"
+
+
+def _kept(workdir: str) -> str:
+    """What a diverged run leaves: its last checkpoint (by step), or nothing saved."""
+    steps = rundir.saved_steps(workdir)
+    if not steps:
+        return "No checkpoint was saved: there is nothing to resume from."
+    return f"The last good checkpoint, step {steps[-1]}, is kept."
+
+
 def _check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> None:
     """Raises NonFiniteError naming the first step whose loss or gradient was NaN/Inf."""
     if skip_nonfinite:
@@ -75,8 +88,8 @@ def _check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) ->
         if not bool(metrics["finite"]):
             raise NonFiniteError(
                 f"Step {step}: the loss or gradient is NaN/Inf (loss={float(metrics['loss'])}, "
-                f"grad_norm={float(metrics['grad_norm'])}). Stopped without saving; the last "
-                "good checkpoint is kept. Lower config.learning_rate, or set "
+                f"grad_norm={float(metrics['grad_norm'])}). Stopped without saving it. {KEPT} "
+                "Lower config.learning_rate, or set "
                 "config.skip_nonfinite_steps=True to skip such steps."
             )
 
@@ -132,8 +145,8 @@ class _SkipCounter:
                 raise NonFiniteError(
                     f"Steps {step - self.in_a_row + 1}-{step}: {self.in_a_row} steps in a row had "
                     f"a NaN/Inf loss or gradient (config.max_consecutive_skipped_steps="
-                    f"{self.limit}): the run has diverged. The last good checkpoint is kept; "
-                    "lower config.learning_rate."
+                    f"{self.limit}): the run has diverged. {KEPT} Lower "
+                    "config.learning_rate."
                 )
 
     def summarize(self) -> None:
@@ -190,8 +203,7 @@ def _check_finite_eval(step: int, metrics: dict[str, float]) -> None:
     if not np.isfinite(metrics["loss"]):
         raise NonFiniteError(
             f"The evaluation at step {step} gave a NaN/Inf loss ({metrics['loss']}): the "
-            "parameters have diverged. The last good checkpoint is kept; lower "
-            "config.learning_rate."
+            f"parameters have diverged. {KEPT} Lower config.learning_rate."
         )
 
 
@@ -337,7 +349,8 @@ def train_and_evaluate(
         try:
             eval_metrics, step, signal = train_loop(config, exp, state, data_state, manager, writer)
         except NonFiniteError as e:
-            raise NonFiniteError(f"{e} {likely_causes(config)}") from None
+            told = str(e).replace(KEPT, _kept(workdir))
+            raise NonFiniteError(f"{told} {likely_causes(config)}") from None
         run.summary(start_step, step, time.perf_counter() - began)
         if signal == "SIGINT":
             raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")

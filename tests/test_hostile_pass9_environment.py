@@ -1,0 +1,72 @@
+"""Hostile pass 9 (docs/RELIABILITY.md): the environment and the edges of a run's life. An
+image-folder run under an address-space limit JAX alone survives (#60, #61), benchmarks under one
+(#4), a tool reading a run that is still training (#47), Ctrl-C during a tool's checkpoint read
+(#62), and what a diverged run says it kept (#66). In process where the case can be made
+deterministic, in a subprocess where the answer is the process's own."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax.core.errors import NonFiniteError
+from alexnet_jax.train import checkpoint
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _checkpoints(workdir: str, steps: tuple[int, ...], keep: int = 1) -> None:
+    manager = checkpoint.checkpoint_manager(workdir, keep=keep)
+    for step in steps:
+        tree = {"w": np.full(3, step, np.float32)}
+        checkpoint.save(manager, step, tree, {"examples_consumed": 8})
+        checkpoint.wait(manager)
+    manager.close()
+
+
+def _target() -> dict:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+
+
+# ---- #66: what a diverged run kept -------------------------------------------------------------
+
+
+def _diverging_config(**overrides):
+    config = default.get_config()
+    config.update(
+        variant="torchvision", input_size=64, num_classes=10, dataset="synthetic",
+        synthetic_train_examples=64, synthetic_eval_examples=8, batch_size=8, eval_batch_size=8,
+        num_train_steps=4, learning_rate=1e30, warmup_epochs=0.0,
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_run_that_diverged_before_any_checkpoint_says_nothing_was_saved(
+    tmp_path, monkeypatch, skip
+):
+    """#66: learning_rate=1e30 (also with skip_nonfinite_steps) stopped with "the last good
+    checkpoint is kept" when no checkpoint existed. It says nothing was saved."""
+    from alexnet_jax.train import loop
+    from tests import multihost_worker
+
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    config = _diverging_config(skip_nonfinite_steps=skip, max_consecutive_skipped_steps=1)
+    with pytest.raises(NonFiniteError) as diverged:
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    message = str(diverged.value)
+    assert "No checkpoint was saved: there is nothing to resume from." in message
+    assert "checkpoint is kept" not in message
+
+
+def test_a_diverged_run_names_the_step_of_the_checkpoint_it_kept(tmp_path):
+    """#66: with a checkpoint on disk, the message names its step."""
+    from alexnet_jax.train import loop
+
+    workdir = str(tmp_path)
+    _checkpoints(workdir, (2, 4), keep=2)
+    assert loop._kept(workdir) == "The last good checkpoint, step 4, is kept."
