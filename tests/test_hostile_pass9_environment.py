@@ -5,12 +5,14 @@ image-folder run under an address-space limit JAX alone survives (#60, #61), ben
 deterministic, in a subprocess where the answer is the process's own."""
 
 import os
+import signal
 
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core.errors import NonFiniteError
+from alexnet_jax.core import errors
+from alexnet_jax.core.errors import DataError, NonFiniteError
 from alexnet_jax.train import checkpoint
 from configs import default
 
@@ -29,6 +31,42 @@ def _checkpoints(workdir: str, steps: tuple[int, ...], keep: int = 1) -> None:
 def _target() -> dict:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+
+
+# ---- #62: Ctrl-C during a tool's checkpoint read -------------------------------------------------
+
+
+def test_a_checkpoint_read_cut_short_by_ctrl_c_is_the_stop_not_a_damaged_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    """#62: Ctrl-C to predict during its checkpoint read printed `interrupted: ...` and then
+    `error: No checkpoint of this run can be read: step 2 ... TensorStore ...`: the signal's
+    exception, raised inside TensorStore's read, came back as a failed restore. A restore that
+    fails after the stop was told is the stop (exit 130), with no warning and no second line; the
+    same read serves predict, figures, export and --mode=eval (read_latest_checkpoint)."""
+    workdir = str(tmp_path)
+    _checkpoints(workdir, (2,))
+
+    def cut_short(*args, **kwargs):
+        raise Exception("Encountered error while reading array index: (). See full TensorStore")
+
+    monkeypatch.setattr(checkpoint, "_restore", cut_short)
+    monkeypatch.setattr(errors, "_told", [signal.SIGINT])  # stop_now told `interrupted:` already
+    with pytest.raises(SystemExit) as stopped:
+        checkpoint.read_latest_checkpoint(workdir, _target())
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == ""
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]  # untouched
+
+
+def test_an_error_reported_after_the_stop_was_told_prints_no_second_line(monkeypatch, capsys):
+    """#62, whatever else a cut-short read raises: once `interrupted:` is out, an error on the
+    way out is its echo: reported_as_exit prints nothing more and exits 130."""
+    monkeypatch.setattr(errors, "_told", [signal.SIGINT])
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        raise DataError("No checkpoint of this run can be read: step 2 (...): Exception: ...")
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == ""
 
 
 # ---- #66: what a diverged run kept -------------------------------------------------------------

@@ -239,7 +239,14 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
         signal.signal(each, unwind)
 
 
-_told = []
+_told = []  # the stop signal (its number) once stop_now told it
+
+
+def stop_signal() -> int | None:
+    """The signal (SIGINT, SIGTERM) that is ending the process (stop_now), or None. An error
+    that follows it is its echo: a library whose work the signal cut short (a checkpoint read
+    through TensorStore) reports it as its own failure, which must not be reported again."""
+    return _told[0] if _told else None
 
 
 _MIN_ADDRESS_SPACE = 2048 * 2**20  # below it JAX aborted in C++ (std::bad_alloc) or hung
@@ -272,7 +279,7 @@ def stop_now(signum: int = signal.SIGINT) -> None:
     (once), exit code 128 + signum, unwinding (a SystemExit: `finally` blocks run;
     exit_on_ctrl_c raises it again if Python drops it)."""
     if not _told:
-        _told.append(True)
+        _told.append(signum)
         line = f"interrupted: {CTRL_C}" if signum == signal.SIGINT else f"terminated: {SIGTERM}"
         print(line, file=sys.stderr, flush=True)
         # The line is the last word: a library that logs the exception on its way up (Orbax's
@@ -336,5 +343,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _exit(message: str, code: int) -> None:
+    stopped = stop_signal()
+    if stopped is not None:  # the stop's line is out: this error is its echo (a read it cut)
+        sys.exit(128 + stopped)
     print(message, file=sys.stderr)
     sys.exit(code)

@@ -218,7 +218,8 @@ def restore_latest(
     path with a warning and the previous one is tried; when none can be read, DataError names each
     step and its reason. With `set_aside` (a training run, which will save those steps again) the
     refused folders newer than the one restored are moved to `damaged_checkpoints/` beside the
-    checkpoints, named in a warning.
+    checkpoints, named in a warning. A read cut short by Ctrl-C or SIGTERM (errors.stop_now) is
+    that stop, not a damaged checkpoint.
     """
     target = target_state if already_abstract else abstract_like(target_state)
     failures, refused = [], []
@@ -235,6 +236,9 @@ def restore_latest(
             if type(consumed) is not int or consumed < 0:
                 raise DataError(f"its data record is damaged (examples_consumed={consumed!r})")
         except Exception as e:  # a damaged checkpoint: any error of Orbax/TensorStore
+            stopped = errors.stop_signal()
+            if stopped is not None:  # the signal cut the read short: the stop, told already
+                errors.stop_now(stopped)
             console.warning(f"Checkpoint {path} cannot be read ({_first_line(e)}).")
             failures.append(f"step {step} ({path}): {_first_line(e)}")
             refused.append(step)
