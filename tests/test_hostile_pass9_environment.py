@@ -4,8 +4,10 @@ image-folder run under an address-space limit JAX alone survives (#60, #61), ben
 (#62), and what a diverged run says it kept (#66). In process where the case can be made
 deterministic, in a subprocess where the answer is the process's own."""
 
+import json
 import os
 import signal
+import socket
 
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from alexnet_jax.core import errors
 from alexnet_jax.core.errors import DataError, NonFiniteError
+from alexnet_jax.runs import rundir
 from alexnet_jax.train import checkpoint
 from configs import default
 
@@ -67,6 +70,69 @@ def test_an_error_reported_after_the_stop_was_told_prints_no_second_line(monkeyp
         raise DataError("No checkpoint of this run can be read: step 2 (...): Exception: ...")
     assert exited.value.code == 130
     assert capsys.readouterr().err == ""
+
+
+# ---- #47: a tool reading a run that is still training --------------------------------------------
+
+
+def test_a_step_replaced_while_it_is_read_is_read_again_at_the_newest_step(
+    tmp_path, monkeypatch, capsys
+):
+    """#47: predict while the run trains with checkpoint_every_steps=1 keep_checkpoints=1: the
+    step listed was removed (a newer one replaced it) while it was read, and the tool said no
+    checkpoint can be read and to move the step directories away. The steps are listed again and
+    the newest one is read, without a word."""
+    workdir = str(tmp_path)
+    _checkpoints(workdir, (8,))
+    restore, calls = checkpoint._restore, []
+
+    def rotated_while_read(manager, step, target):
+        calls.append(step)
+        if step == 8:  # the training run saves step 9, which removes step 8 (keep 1)
+            _checkpoints(workdir, (9,))
+            raise ValueError(f"NOT_FOUND: Error opening file {workdir}/checkpoints/8/state")
+        return restore(manager, step, target)
+
+    monkeypatch.setattr(checkpoint, "_restore", rotated_while_read)
+    state, _ = checkpoint.read_latest_checkpoint(workdir, _target())
+    np.testing.assert_array_equal(state["w"], np.full(3, 9, np.float32))
+    assert calls == [8, 9]
+    assert capsys.readouterr().err == ""
+
+
+def _live_lock(workdir: str) -> int:
+    """A lock held by a live process other than this one (pytest's parent), as a training
+    run's."""
+    pid = os.getppid()
+    holder = {"host": socket.gethostname(), "pid": pid, "started": rundir._process_start_time(pid)}
+    with open(os.path.join(workdir, rundir.LOCK_FILE), "w") as f:
+        json.dump(holder, f)
+    return pid
+
+
+def test_a_run_whose_steps_keep_vanishing_under_a_live_trainer_is_not_called_damaged(
+    tmp_path, monkeypatch, capsys
+):
+    """#47: when every listed step is replaced while read and the run's lock is held by a live
+    process, the message says a training run is writing the checkpoints (retry, or wait) and
+    never advises moving the step directories of that live run away."""
+    workdir = str(tmp_path)
+    _checkpoints(workdir, (8,))
+    pid = _live_lock(workdir)
+    steps = iter(range(9, 30))
+
+    def always_rotated(manager, step, target):
+        _checkpoints(workdir, (next(steps),))
+        raise ValueError(f"NOT_FOUND: Error opening file {workdir}/checkpoints/{step}/state")
+
+    monkeypatch.setattr(checkpoint, "_restore", always_rotated)
+    with pytest.raises(DataError) as refused:
+        checkpoint.read_latest_checkpoint(workdir, _target())
+    message = str(refused.value)
+    assert message.startswith(f"A training run (process {pid} on host {socket.gethostname()}) ")
+    assert "retry, or wait for the run to finish" in message
+    assert "move those step directories" not in message
+    assert capsys.readouterr().err == ""  # no warning line per step either
 
 
 # ---- #66: what a diverged run kept -------------------------------------------------------------

@@ -290,6 +290,22 @@ def _is_alive(holder: dict) -> bool | None:
     return started is None or _process_start_time(pid) == started  # else: the pid was reused
 
 
+def live_writer(workdir: str) -> str | None:
+    """Who holds the lock of the run in `workdir` ("process PID on host HOST"), when that is
+    another process of this host that still runs (a training run writing its checkpoints);
+    else None."""
+    try:
+        with open(os.path.join(workdir, LOCK_FILE)) as f:
+            holder = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        return None
+    if holder["pid"] == os.getpid() or not _is_alive(holder):
+        return None
+    return f"process {holder['pid']} on host {holder.get('host')}"
+
+
 @contextlib.contextmanager
 def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
     """Holds the run's lock while the block writes to it (process 0; the other processes of a

@@ -218,11 +218,53 @@ def restore_latest(
     path with a warning and the previous one is tried; when none can be read, DataError names each
     step and its reason. With `set_aside` (a training run, which will save those steps again) the
     refused folders newer than the one restored are moved to `damaged_checkpoints/` beside the
-    checkpoints, named in a warning. A read cut short by Ctrl-C or SIGTERM (errors.stop_now) is
-    that stop, not a damaged checkpoint.
+    checkpoints, named in a warning.
+
+    A step that vanished while it was read (a run still training removed it for a newer one,
+    keep_checkpoints) is no damage: the steps are listed again and the newest is read. A read cut
+    short by Ctrl-C or SIGTERM (errors.stop_now) is that stop, not a damaged checkpoint.
     """
     target = target_state if already_abstract else abstract_like(target_state)
-    failures, refused = [], []
+    workdir = os.path.dirname(str(manager.directory))
+    for attempt in range(_RELISTS + 1):
+        restored, failures, refused, vanished = _restore_newest(manager, target)
+        if restored is not None or not vanished or attempt == _RELISTS:
+            break
+        manager.reload()  # the training run saved a newer step meanwhile: read that one
+    if refused and set_aside and restored is not None:
+        _set_aside(manager, refused)  # (when none can be read, nothing moves: a wrong config?)
+    if restored is None and (failures or vanished):
+        writer = rundir.live_writer(workdir)
+        if writer is not None:  # its steps come and go: they are not damaged
+            raise DataError(
+                f"A training run ({writer}) is writing this run's checkpoints in "
+                f"{manager.directory} and replaced the ones listed while they were read: "
+                "retry, or wait for the run to finish."
+            )
+        for step, path in vanished:
+            failures.append(f"step {step} ({path}): removed while it was read")
+    if failures and restored is None:
+        raise DataError(
+            "No checkpoint of this run can be read: "
+            + "; ".join(failures)
+            + ". If the files are damaged, move those step directories out of "
+            f"{manager.directory} to start over; if the config changed, use the run's own "
+            f"config: --config=configs/run.py:{workdir}."
+        )
+    return restored
+
+
+# How many times the steps are listed again when the ones listed vanished while being read (a
+# run saving every step with keep_checkpoints=1 replaces a step in well under a second).
+_RELISTS = 5
+
+
+def _restore_newest(
+    manager: ocp.CheckpointManager, target: Any
+) -> tuple[tuple[Any, dict] | None, list[str], list[int], list[tuple[int, str]]]:
+    """One pass of restore_latest over the listed steps, newest first: (what was restored or
+    None, the reasons of the steps refused, those steps, the (step, path) that vanished)."""
+    failures, refused, vanished = [], [], []
     for step in sorted(manager.all_steps(), reverse=True):
         path = os.path.join(str(manager.directory), str(step))
         try:
@@ -239,6 +281,11 @@ def restore_latest(
             stopped = errors.stop_signal()
             if stopped is not None:  # the signal cut the read short: the stop, told already
                 errors.stop_now(stopped)
+            if not os.path.isdir(path) or (  # removed meanwhile (a newer step replaced it)
+                "NOT_FOUND" in str(e) and rundir.live_writer(os.path.dirname(path)) is not None
+            ):  # (or being removed: its files go one by one)
+                vanished.append((step, path))
+                continue
             console.warning(f"Checkpoint {path} cannot be read ({_first_line(e)}).")
             failures.append(f"step {step} ({path}): {_first_line(e)}")
             refused.append(step)
@@ -247,20 +294,8 @@ def restore_latest(
             console.warning(
                 f"Restored the previous intact checkpoint, step {step}, instead of the latest."
             )
-        break
-    else:
-        restored = None
-    if refused and set_aside and restored is not None:
-        _set_aside(manager, refused)  # (when none can be read, nothing moves: a wrong config?)
-    if failures and restored is None:
-        raise DataError(
-            "No checkpoint of this run can be read: "
-            + "; ".join(failures)
-            + ". If the files are damaged, move those step directories out of "
-            f"{manager.directory} to start over; if the config changed, use the run's own "
-            f"config: --config=configs/run.py:{os.path.dirname(str(manager.directory))}."
-        )
-    return restored
+        return restored, failures, refused, vanished
+    return None, failures, refused, vanished
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
