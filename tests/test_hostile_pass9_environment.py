@@ -8,18 +8,31 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core import errors
-from alexnet_jax.core.errors import DataError, NonFiniteError
+from alexnet_jax.core import errors, runtime
+from alexnet_jax.core.errors import DataError, NonFiniteError, UserError
 from alexnet_jax.runs import rundir
 from alexnet_jax.train import checkpoint
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _with_address_space(limit_mb: int, *command: str, env: dict | None = None):
+    """`command` (python's arguments) run from the repository under `ulimit -v` of `limit_mb`."""
+    script = "import resource, os, sys; limit = int(sys.argv[1]) * 2**20; "
+    script += "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
+    script += "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+    return subprocess.run(
+        [sys.executable, "-c", script, str(limit_mb), *command], cwd=REPO, capture_output=True,
+        text=True, timeout=240, env={**os.environ, "XLA_FLAGS": "", **(env or {})},
+    )  # fmt: skip
 
 
 def _checkpoints(workdir: str, steps: tuple[int, ...], keep: int = 1) -> None:
@@ -174,3 +187,112 @@ def test_a_diverged_run_names_the_step_of_the_checkpoint_it_kept(tmp_path):
     workdir = str(tmp_path)
     _checkpoints(workdir, (2, 4), keep=2)
     assert loop._kept(workdir) == "The last good checkpoint, step 4, is kept."
+
+
+# ---- #60, #61: TensorFlow under an address-space limit JAX alone survives ------------------------
+
+
+def _without_tensorflow(monkeypatch) -> runtime.LazyModule:
+    """A fresh `runtime.tensorflow` in a process where TensorFlow is not imported yet."""
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    return runtime.LazyModule("tensorflow", runtime.load_tensorflow)
+
+
+def test_too_little_address_space_for_tensorflow_is_one_line_where_it_is_loaded(
+    monkeypatch, capsys
+):
+    """#60, #61: under `ulimit -v` of 2050-2300 MB (above the 2048 MB JAX needs) an image-folder
+    run failed importing TensorFlow: "install the requirements", a 125-line MemoryError
+    traceback, a C++ abort or a segmentation fault. Loading TensorFlow (lazily, where the data
+    is first read) refuses first, in one line naming the limit, the need and the fix."""
+    monkeypatch.setattr(errors, "address_space_limit", lambda: 2929 * 2**20)
+    tf = _without_tensorflow(monkeypatch)
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        tf.constant(1)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: the process may use 2929 MB of address space (ulimit -v), too little for "
+        "TensorFlow, which reads the data, to start beside JAX (it needs about "
+        f"{runtime.TENSORFLOW_ADDRESS_SPACE // 2**20} MB): raise it, e.g. ulimit -v unlimited."
+    ]
+    assert "tensorflow" not in sys.modules
+
+
+class _FailingImport:
+    """A finder that fails the import of TensorFlow with `error`."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow":
+            raise self.error
+
+
+def _memory_error_inside() -> BaseException:
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError:
+            raise SystemError("error return without exception set")  # noqa: B904
+    except SystemError as e:
+        return e
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        ImportError("Traceback (most recent call last):\n  ...\nMemoryError"),
+        _memory_error_inside(),
+    ],
+    ids=["MemoryError", "ImportError of a MemoryError", "SystemError after a MemoryError"],
+)
+def test_running_out_of_memory_while_importing_tensorflow_is_the_out_of_memory_line(
+    monkeypatch, error
+):
+    """#60: a MemoryError in TensorFlow's import came out as "a library cannot be loaded ...
+    install the requirements" or a traceback. It is the one out-of-memory line."""
+    monkeypatch.setattr(errors, "address_space_limit", lambda: None)
+    tf = _without_tensorflow(monkeypatch)
+    monkeypatch.setattr(sys, "meta_path", [_FailingImport(error), *sys.meta_path])
+    with pytest.raises(UserError, match=r"^out of memory while loading TensorFlow \(it reads"):
+        tf.constant(1)
+
+
+def test_a_missing_tensorflow_is_still_told_to_install_the_requirements(monkeypatch):
+    monkeypatch.setattr(errors, "address_space_limit", lambda: None)
+    tf = _without_tensorflow(monkeypatch)
+    error = ModuleNotFoundError("No module named 'tensorflow'")
+    monkeypatch.setattr(sys, "meta_path", [_FailingImport(error), *sys.meta_path])
+    with pytest.raises(ModuleNotFoundError):
+        tf.constant(1)
+
+
+def test_an_image_folder_run_without_room_for_tensorflow_is_refused_and_leaves_no_folder(
+    tmp_path,
+):
+    """#60, #61 end to end: main.py on an image folder under `ulimit -v` of 2900 MB (measured:
+    a C++ abort 4 times of 5): exit 2, the refusal as the last line, and the new run's folder
+    removed (a rerun with more room starts afresh)."""
+    from PIL import Image
+
+    for split, count in (("train", 8), ("val", 2)):
+        for name in ("a", "b"):
+            os.makedirs(tmp_path / "images" / split / name)
+            for i in range(count):
+                pixels = np.full((40, 50, 3), 30 * i, np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / split / name / f"{i}.png")
+    workdir = tmp_path / "run"
+    proc = _with_address_space(
+        2900, "main.py", "--config=configs/figure1.py", "--config.normalization=mean_std",
+        "--config.num_train_steps=2", "--config.batch_size=8", "--config.eval_batch_size=4",
+        "--config.dataset=image_folder", "--config.eval_split=val", "--config.num_classes=2",
+        f"--config.image_folder={tmp_path / 'images'}", f"--workdir={workdir}",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(
+        "error: the process may use 2900 MB of address space (ulimit -v), too little for TensorFlow"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()

@@ -340,15 +340,66 @@ def import_tensorflow_quietly() -> None:
     with _tensorflow_import:  # one thread at a time swaps file descriptor 2
         if "tensorflow" in sys.modules:
             return
+        check_address_space_for_tensorflow()
         sys.stderr.flush()
         saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         try:
             import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
+        except (MemoryError, ImportError, SystemError) as e:
+            if not _out_of_memory(e):
+                raise
+            raise UserError(
+                "out of memory while loading TensorFlow (it reads the data): free memory, or "
+                f"raise the process's limit{_address_space_now()} (ulimit -v unlimited)."
+            ) from None
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(null)
+
+
+# The address space (ulimit -v) a run that reads data through TensorFlow needs. Measured here (a
+# 4-step image-folder run of 40x50 PNGs, jaxlib 0.10.2, TensorFlow 2.21): at 2441-2734 MB it
+# failed every time (a MemoryError in the import, a C++ abort as TensorFlow started its threads),
+# at 2832 MB 4 times of 5; at 2930-3125 MB it ran every time. JAX alone starts at 2048 MB
+# (errors.check_address_space). The need, with a margin:
+TENSORFLOW_ADDRESS_SPACE = 3200 * 2**20
+
+
+def check_address_space_for_tensorflow() -> None:
+    """UserError when the address-space limit (ulimit -v) is too small for TensorFlow to load
+    next to JAX: below it the import fails, or TensorFlow aborts in C++ where nothing can be
+    reported. Runs on synthetic data never load TensorFlow and start with less."""
+    limit = errors.address_space_limit()
+    if limit is not None and limit < TENSORFLOW_ADDRESS_SPACE:
+        raise UserError(
+            f"the process may use {limit // 2**20} MB of address space (ulimit -v), too little "
+            f"for TensorFlow, which reads the data, to start beside JAX (it needs about "
+            f"{TENSORFLOW_ADDRESS_SPACE // 2**20} MB): raise it, e.g. ulimit -v unlimited."
+        )
+
+
+def _address_space_now() -> str:
+    limit = errors.address_space_limit()
+    return f" (ulimit -v: {limit // 2**20} MB)" if limit is not None else ""
+
+
+def _out_of_memory(error: BaseException | None) -> bool:
+    """Whether a failed import ran out of memory: a MemoryError in its chain, or the loader's
+    or Python's words for one (an ImportError's message can hold the traceback of a MemoryError
+    raised while a C extension initialised)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, MemoryError) or any(
+            words in text
+            for words in ("MemoryError", "Cannot allocate memory", "failed to map segment")
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def quiet_library_logs() -> None:
