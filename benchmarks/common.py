@@ -32,11 +32,19 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, _REPO)
 
+from alexnet_jax.core import errors  # noqa: E402  (light: before NumPy and JAX)
+
+# Memory ran out: the benchmarks' own flag, not a run's config fields.
+MEMORY_ADVICE = "Free memory, raise the process's limit (ulimit -v), or lower --batch_size."
+
+with errors.reported_as_exit(memory_advice=MEMORY_ADVICE):  # ulimit -v too low: one line
+    errors.check_address_space()  # (before JAX, which aborts in C++ below it)
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from alexnet_jax.core import errors, runtime  # noqa: E402
+from alexnet_jax.core import runtime  # noqa: E402
 from alexnet_jax.runs import rundir  # noqa: E402
 
 PROJECT_XLA_FLAGS = flags.DEFINE_bool(
@@ -64,7 +72,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
     from absl import app
 
     def guarded(argv: list[str]) -> Any:
-        with errors.reported_as_exit():
+        with errors.reported_as_exit(memory_advice=MEMORY_ADVICE):
             return main(argv)
 
     app.run(guarded, flags_parser=errors.parse_flags)
@@ -78,7 +86,11 @@ def setup_process(threads: int = 0) -> int:
     XLA:CPU sizes its thread pool from the CPUs the process may run on when the backend starts,
     so pinning with sched_setaffinity before that is what sets its intra-op threads; PyTorch gets
     the same number through torch.set_num_threads (compare_torch.py).
+
+    First the checks main.py and the tools make of what the process inherits (XLA_FLAGS, the
+    address-space limit: runtime.check_environment): a UserError, one line in `run`.
     """
+    runtime.check_environment()
     cpus = sorted(os.sched_getaffinity(0))
     if threads:
         if threads > len(cpus):

@@ -296,3 +296,49 @@ def test_an_image_folder_run_without_room_for_tensorflow_is_refused_and_leaves_n
     )
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()
+
+
+# ---- #4: the benchmarks check the environment as the tools do ------------------------------------
+
+BENCHMARKS = ("accelerator", "compare_torch", "image_store", "input_pipeline", "lrn", "train_step")
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_a_benchmark_under_too_small_an_address_space_is_the_tools_one_line(script):
+    """#4: under `ulimit -v 1500000` benchmarks/lrn.py said "out of memory ... lower
+    config.batch_size / config.shuffle_buffer_size", config fields it has not: the benchmarks
+    skipped the environment checks of main.py and the tools. Every benchmark makes them first."""
+    proc = _with_address_space(1464, f"benchmarks/{script}.py")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "error: the process may use 1464 MB of address space (ulimit -v), too little for JAX and "
+        "TensorFlow to start (at least 2048 MB; they reserve more than they use): raise it, e.g. "
+        "ulimit -v unlimited."
+    ]
+
+
+def test_a_benchmark_checks_xla_flags_and_names_its_own_flag_when_memory_runs_out():
+    """#4: XLA_FLAGS holding a word that is no flag is the tools' one line (XLA aborts on it);
+    running out of memory names --batch_size, not a run's config fields."""
+    env = {**os.environ, "XLA_FLAGS": "oops"}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py"], cwd=REPO, capture_output=True, text=True,
+        timeout=240, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "error: XLA_FLAGS holds 'oops', which is not a flag (XLA's flags read --name=value): fix "
+        "or unset XLA_FLAGS."
+    ]
+    script = "import sys; sys.path.insert(0, 'benchmarks'); import common\n"
+    script += "def main(argv):\n    raise MemoryError()\n"
+    script += "common.run(main)"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "error: out of memory. Free memory, raise the process's limit (ulimit -v), or lower "
+        "--batch_size."
+    ]

@@ -134,6 +134,7 @@ def make_directory(path: str, flag: str) -> None:
 def reported_as_exit(
     write_advice: str = "Free disk space (or fix the permissions) or write elsewhere, then rerun "
     "the same command.",
+    memory_advice: str | None = None,
 ) -> Iterator[None]:
     """Every entry point's error report: a UserError, a diverged run (NonFiniteError) and a failed
     write anywhere in the block (a full disk, a quota, permissions: data builds, plots, exports)
@@ -143,7 +144,10 @@ def reported_as_exit(
     exception passes unchanged, with its traceback.
 
     write_advice: what to do about a failed write (the paragraph's last sentence).
+    memory_advice: what to do when memory ran out (default: a run's, which names the config
+    fields that take memory; a benchmark names its own flags).
     """
+    memory_advice = memory_advice or _MEMORY_ADVICE
     try:
         yield
     except UserError as e:  # something the user must fix: one paragraph, no traceback
@@ -155,11 +159,11 @@ def reported_as_exit(
     except KeyboardInterrupt:  # a Ctrl-C outside a training loop, or a second one during a save
         _exit(f"interrupted: {CTRL_C}", 130)
     except MemoryError:
-        _exit(f"error: out of memory. {_MEMORY_ADVICE}", 2)
+        _exit(f"error: out of memory. {memory_advice}", 2)
     except ImportError as e:  # a library that cannot load: missing, or no memory to map it
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         if "allocate memory" in reason or "map segment" in reason:
-            _exit(f"error: out of memory while loading a library ({reason}). {_MEMORY_ADVICE}", 2)
+            _exit(f"error: out of memory while loading a library ({reason}). {memory_advice}", 2)
         _exit(
             f"error: a library cannot be loaded ({reason}): install the requirements "
             "(pip install -r requirements.txt) in the Python that runs this.",
@@ -168,7 +172,7 @@ def reported_as_exit(
     except Exception as e:
         if _is_out_of_memory(e):
             reason = str(e).strip().splitlines()[0][:300]
-            _exit(f"error: out of memory ({reason.rstrip('.')}). {_MEMORY_ADVICE}", 2)
+            _exit(f"error: out of memory ({reason.rstrip('.')}). {memory_advice}", 2)
         if not is_storage_error(e, any_os_error=False):
             raise
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
