@@ -5,11 +5,13 @@ image-folder run under an address-space limit JAX alone survives (#60, #61), ben
 deterministic, in a subprocess where the answer is the process's own."""
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -146,6 +148,67 @@ def test_a_run_whose_steps_keep_vanishing_under_a_live_trainer_is_not_called_dam
     assert "retry, or wait for the run to finish" in message
     assert "move those step directories" not in message
     assert capsys.readouterr().err == ""  # no warning line per step either
+
+
+def test_a_step_being_removed_by_a_live_trainer_is_read_again_at_the_newest_step(
+    tmp_path, monkeypatch, capsys
+):
+    """#47, the same while the step's folder is still being removed (its files go one by one):
+    a NOT_FOUND read of a step of a run whose lock a live process holds is a replaced step, not
+    a damaged one (no warning), and the newest step is read."""
+    workdir = str(tmp_path)
+    _checkpoints(workdir, (8,))
+    _live_lock(workdir)
+    restore, calls = checkpoint._restore, []
+
+    def being_removed(manager, step, target):
+        calls.append(step)
+        if step == 8:  # step 9 saved; step 8's folder is still there, its array file is not
+            _checkpoints(workdir, (9,), keep=2)
+            raise ValueError(f'NOT_FOUND: Metadata at "step/.zarray" in {workdir} does not exist')
+        return restore(manager, step, target)
+
+    monkeypatch.setattr(checkpoint, "_restore", being_removed)
+    state, _ = checkpoint.read_latest_checkpoint(workdir, _target())
+    np.testing.assert_array_equal(state["w"], np.full(3, 9, np.float32))
+    assert calls == [8, 9]
+    assert capsys.readouterr().err == ""
+
+
+def test_orbaxs_warning_of_a_step_folder_gone_before_its_metadata_was_read_is_not_printed():
+    """#47: a predict that read a run while it trained printed Orbax's absl line `W1205 ...
+    checkpoint.py:202] Metadata file does not exist: .../checkpoints/174/_CHECKPOINT_METADATA`
+    (the step was replaced meanwhile) before its own output."""
+    record = logging.LogRecord(
+        "absl", logging.WARNING, os.path.join("site-packages", "orbax", "checkpoint", "x.py"),
+        202, "Metadata file does not exist: %s", ("/run/checkpoints/174/_CHECKPOINT_METADATA",),
+        None,
+    )  # fmt: skip
+    assert not runtime._DropHarmlessWarnings().filter(record)
+    assert not runtime._DropLibraryNoise().filter(record)
+
+
+def test_orbaxs_abandoned_reads_of_a_replaced_step_print_no_tracebacks(monkeypatch):
+    """#47: a figures run that read a step while the run replaced it printed 1118 lines of
+    "Exception ignored in: <coroutine object _read_array_index_and_device_put ...>" tracebacks
+    (Orbax's abandoned reads of the step's other arrays) before reading the newest step and
+    succeeding. They are echoes of the failure restore_latest handles; the hook drops them."""
+    from absl import logging as absl_logging
+
+    heard = []
+    monkeypatch.setattr(sys, "unraisablehook", heard.append)
+    handler = absl_logging.get_absl_handler()
+    monkeypatch.setattr(handler, "filters", list(handler.filters))
+    runtime.quiet_library_logs()
+    read_failed = Exception(
+        "Encountered error while reading array index: (slice(0, 64, 1),). See full TensorStore "
+        "details: <bound method ...>"
+    )
+    sys.unraisablehook(types.SimpleNamespace(exc_value=read_failed))
+    assert heard == []
+    other = types.SimpleNamespace(exc_value=ValueError("something else"))
+    sys.unraisablehook(other)
+    assert heard == [other]
 
 
 # ---- #66: what a diverged run kept -------------------------------------------------------------

@@ -258,10 +258,19 @@ def _echoes_a_write_failure(error: BaseException | None) -> bool:  # None: no ex
     """Whether `error` only repeats a failed checkpoint write, which checkpoint.save / close
     report as one DataError: the storage error itself as Orbax's background tasks re-raise and
     log it, or asyncio's "Event loop is closed" from their callbacks that outlive the event loop
-    of the failed save (an Orbax/TensorStore shutdown race)."""
+    of the failed save (an Orbax/TensorStore shutdown race). Or a failed read of a checkpoint's
+    array: when one array of a step fails (the step was replaced while read by a run still
+    training, or is damaged), Orbax abandons the reads of the others, whose coroutines raise the
+    same where only Python's unraisable hook hears them (dozens of tracebacks); the step itself
+    is reported, or read again, by checkpoint.restore_latest."""
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
         return True
+    if type(error) is Exception and str(error).startswith(_ORBAX_READ_FAILED):
+        return True
     return is_storage_error(error)
+
+
+_ORBAX_READ_FAILED = "Encountered error while reading array index"
 
 
 def _from_library(record: logging.LogRecord) -> bool:
@@ -302,12 +311,15 @@ class _DropHarmlessWarnings(logging.Filter):
 _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
 # Warnings that say nothing is wrong. tfds, on every imagenet2012 build: the folder it is about
 # to build into has no dataset_info.json yet, and the test archive (never needed) is absent.
-# Orbax, whenever a tool (predict, figures, export) opens a run's checkpoints read-only.
+# Orbax, whenever a tool (predict, figures, export) opens a run's checkpoints read-only; and when
+# a step it listed lost its metadata file before it read it (a run still training replaced the
+# step): a step that cannot be read is reported by checkpoint.restore_latest in its own words.
 _HARMLESS_WARNINGS = (
     "has no dataset_info.json",
     "Challenge test split not found",
     "read_only=True, setting save_interval_steps=0",
     "Given directory is read only",
+    "Metadata file does not exist",
 )
 
 

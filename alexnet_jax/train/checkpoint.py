@@ -265,6 +265,7 @@ def _restore_newest(
     """One pass of restore_latest over the listed steps, newest first: (what was restored or
     None, the reasons of the steps refused, those steps, the (step, path) that vanished)."""
     failures, refused, vanished = [], [], []
+    workdir = os.path.dirname(str(manager.directory))
     for step in sorted(manager.all_steps(), reverse=True):
         path = os.path.join(str(manager.directory), str(step))
         try:
@@ -282,7 +283,7 @@ def _restore_newest(
             if stopped is not None:  # the signal cut the read short: the stop, told already
                 errors.stop_now(stopped)
             if not os.path.isdir(path) or (  # removed meanwhile (a newer step replaced it)
-                "NOT_FOUND" in str(e) and rundir.live_writer(os.path.dirname(path)) is not None
+                "NOT_FOUND" in str(e) and rundir.live_writer(workdir) is not None
             ):  # (or being removed: its files go one by one)
                 vanished.append((step, path))
                 continue
