@@ -175,6 +175,30 @@ def test_a_step_being_removed_by_a_live_trainer_is_read_again_at_the_newest_step
     assert capsys.readouterr().err == ""
 
 
+def test_a_step_gone_while_orbax_lists_the_steps_is_listed_again(tmp_path, monkeypatch, capsys):
+    """#47: a predict while the run trained ended in a 30-line FileNotFoundError traceback from
+    Orbax's CheckpointManager: it lists the step folders, then reads each one's time, and one
+    was replaced in between. The steps are listed again."""
+    workdir = str(tmp_path)
+    _checkpoints(workdir, (8,))
+    manager, tries = checkpoint.checkpoint_manager, []
+
+    def listed_as_one_vanished(*args, **kwargs):
+        if not kwargs.get("read_only"):  # (the training run's, below)
+            return manager(*args, **kwargs)
+        tries.append(1)
+        if len(tries) == 1:
+            _checkpoints(workdir, (9,))
+            raise FileNotFoundError(2, "No such file or directory", f"{workdir}/checkpoints/8")
+        return manager(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "checkpoint_manager", listed_as_one_vanished)
+    state, _ = checkpoint.read_latest_checkpoint(workdir, _target())
+    np.testing.assert_array_equal(state["w"], np.full(3, 9, np.float32))
+    assert len(tries) == 2
+    assert capsys.readouterr().err == ""
+
+
 def test_orbaxs_warning_of_a_step_folder_gone_before_its_metadata_was_read_is_not_printed():
     """#47: a predict that read a run while it trained printed Orbax's absl line `W1205 ...
     checkpoint.py:202] Metadata file does not exist: .../checkpoints/174/_CHECKPOINT_METADATA`

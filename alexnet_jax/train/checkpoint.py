@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -71,7 +72,7 @@ def read_latest_checkpoint(workdir: str, target: Any) -> tuple[Any, dict] | None
     if not os.path.isdir(rundir.checkpoint_dir(workdir)):
         return None
     with runtime.harmless_warnings_muted():
-        manager = checkpoint_manager(workdir, keep=1, read_only=True)
+        manager = _listed(workdir, lambda: checkpoint_manager(workdir, keep=1, read_only=True))
         try:
             restored = restore_latest(manager, target, already_abstract=True)
         finally:
@@ -230,17 +231,13 @@ def restore_latest(
         restored, failures, refused, vanished = _restore_newest(manager, target)
         if restored is not None or not vanished or attempt == _RELISTS:
             break
-        manager.reload()  # the training run saved a newer step meanwhile: read that one
+        _listed(workdir, manager.reload)  # the training run saved a newer step: read that one
     if refused and set_aside and restored is not None:
         _set_aside(manager, refused)  # (when none can be read, nothing moves: a wrong config?)
     if restored is None and (failures or vanished):
         writer = rundir.live_writer(workdir)
         if writer is not None:  # its steps come and go: they are not damaged
-            raise DataError(
-                f"A training run ({writer}) is writing this run's checkpoints in "
-                f"{manager.directory} and replaced the ones listed while they were read: "
-                "retry, or wait for the run to finish."
-            )
+            raise _replaced_while_read(writer, str(manager.directory))
         for step, path in vanished:
             failures.append(f"step {step} ({path}): removed while it was read")
     if failures and restored is None:
@@ -257,6 +254,29 @@ def restore_latest(
 # How many times the steps are listed again when the ones listed vanished while being read (a
 # run saving every step with keep_checkpoints=1 replaces a step in well under a second).
 _RELISTS = 5
+
+
+def _replaced_while_read(writer: str, directory: str) -> DataError:
+    return DataError(
+        f"A training run ({writer}) is writing this run's checkpoints in {directory} and "
+        "replaced the ones listed while they were read: retry, or wait for the run to finish."
+    )
+
+
+def _listed(workdir: str, list_steps: Callable[[], Any]) -> Any:
+    """`list_steps()` (a manager made, or reloaded: Orbax lists the step folders, then reads
+    each one's time), again when a folder it listed was gone when it was read (a run still
+    training replaced that step)."""
+    for attempt in range(_RELISTS + 1):
+        try:
+            return list_steps()
+        except FileNotFoundError:
+            if attempt < _RELISTS:
+                continue
+            writer = rundir.live_writer(workdir)
+            if writer is None:
+                raise
+            raise _replaced_while_read(writer, rundir.checkpoint_dir(workdir)) from None
 
 
 def _restore_newest(
