@@ -12,6 +12,7 @@ mesh's shardings, so a checkpoint written on D devices restores onto any other d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -227,19 +228,21 @@ def restore_latest(
     """
     target = target_state if already_abstract else abstract_like(target_state)
     workdir = os.path.dirname(str(manager.directory))
+    # Another process writing the run: never while the training run itself restores (it holds
+    # the lock, and the other processes of a multi-process run see process 0 hold it).
+    writer = (lambda: None) if set_aside else functools.partial(rundir.live_writer, workdir)
     for attempt in range(_RELISTS + 1):
-        restored, failures, refused, vanished = _restore_newest(manager, target)
+        restored, failures, refused, vanished = _restore_newest(manager, target, writer)
         if restored is not None or not vanished or attempt == _RELISTS:
             break
         _listed(workdir, manager.reload)  # the training run saved a newer step: read that one
     if refused and set_aside and restored is not None:
         _set_aside(manager, refused)  # (when none can be read, nothing moves: a wrong config?)
-    if restored is None and (failures or vanished):
-        writer = rundir.live_writer(workdir)
-        if writer is not None:  # its steps come and go: they are not damaged
-            raise _replaced_while_read(writer, str(manager.directory))
-        for step, path in vanished:
-            failures.append(f"step {step} ({path}): removed while it was read")
+    live = writer() if restored is None and (failures or vanished) else None
+    if live is not None:  # not damaged: replaced by the run being trained
+        raise _replaced_while_read(live, str(manager.directory))
+    if restored is None:
+        failures += [f"step {step} ({path}): removed while it was read" for step, path in vanished]
     if failures and restored is None:
         raise DataError(
             "No checkpoint of this run can be read: "
@@ -280,10 +283,11 @@ def _listed(workdir: str, list_steps: Callable[[], Any]) -> Any:
 
 
 def _restore_newest(
-    manager: ocp.CheckpointManager, target: Any
+    manager: ocp.CheckpointManager, target: Any, writer: Callable[[], str | None]
 ) -> tuple[tuple[Any, dict] | None, list[str], list[int], list[tuple[int, str]]]:
     """One pass of restore_latest over the listed steps, newest first: (what was restored or
-    None, the reasons of the steps refused, those steps, the (step, path) that vanished)."""
+    None, the reasons of the steps refused, those steps, the (step, path) that vanished).
+    `writer()`: who else is writing the run (rundir.live_writer), or None."""
     failures, refused, vanished = [], [], []
     workdir = os.path.dirname(str(manager.directory))
     for step in sorted(manager.all_steps(), reverse=True):
@@ -303,8 +307,8 @@ def _restore_newest(
             if stopped is not None:  # the signal cut the read short: the stop, told already
                 errors.stop_now(stopped)
             if not os.path.isdir(path) or (  # removed meanwhile (a newer step replaced it)
-                "NOT_FOUND" in str(e) and rundir.live_writer(workdir) is not None
-            ):  # (or being removed: its files go one by one)
+                writer() is not None and max(rundir.saved_steps(workdir), default=-1) > step
+            ):  # (or being removed, its files one by one: a failure of any kind)
                 vanished.append((step, path))
                 continue
             console.warning(f"Checkpoint {path} cannot be read ({_first_line(e)}).")
