@@ -347,6 +347,20 @@ def test_running_out_of_memory_while_importing_tensorflow_is_the_out_of_memory_l
         tf.constant(1)
 
 
+def test_an_import_error_holding_a_memory_error_is_the_out_of_memory_line(capsys):
+    """#60, try 1, for any library: an ImportError whose text is the traceback of a MemoryError
+    (a C extension that ran out of memory while it started) said "a library cannot be loaded
+    (Traceback (most recent call last):): install the requirements"."""
+    error = ImportError("Traceback (most recent call last):\n  File ...\nMemoryError\n")
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        raise error
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: out of memory while loading a library (MemoryError). Free memory, raise the "
+        "process's limit (ulimit -v), or lower config.batch_size / config.shuffle_buffer_size."
+    ]
+
+
 def test_a_missing_tensorflow_is_still_told_to_install_the_requirements(monkeypatch):
     monkeypatch.setattr(errors, "address_space_limit", lambda: None)
     tf = _without_tensorflow(monkeypatch)

@@ -162,7 +162,9 @@ def reported_as_exit(
         _exit(f"error: out of memory. {memory_advice}", 2)
     except ImportError as e:  # a library that cannot load: missing, or no memory to map it
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        if "allocate memory" in reason or "map segment" in reason:
+        if "MemoryError" in str(e):  # the traceback of a MemoryError in an extension's start-up
+            reason = "MemoryError"
+        if "allocate memory" in reason or "map segment" in reason or reason == "MemoryError":
             _exit(f"error: out of memory while loading a library ({reason}). {memory_advice}", 2)
         _exit(
             f"error: a library cannot be loaded ({reason}): install the requirements "
