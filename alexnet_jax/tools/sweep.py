@@ -61,6 +61,7 @@ from alexnet_jax.core.errors import (
     make_directory,
     reported_as_exit,
 )
+from alexnet_jax.data import data_sources
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare, launch
 from alexnet_jax.train import config_lib
@@ -386,6 +387,8 @@ def run_sweep(
     """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
     all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
     rundir.refuse_inside_checkpoints(sweep_dir, "--sweep_dir")  # (hostile pass 5, #33)
+    for run in runs:  # each arm's main.py would refuse it, after the sweep made its folder there
+        data_sources.check_outside_image_folder(run.config, run.workdir)
     make_directory(sweep_dir, "--sweep_dir")  # before any run starts
     if os.path.isfile(rundir.config_path(sweep_dir)):
         raise UserError(

@@ -1,0 +1,93 @@
+"""Hostile pass 9 (docs/RELIABILITY.md): paths and names. A workdir or cache inside the image
+folder (#70-#72), a deleted current directory (#52, #53), a non-UTF-8 file-system encoding
+(#55, #56), two class folders that are one folder (#37), names with control characters in
+predict's output (#35, #36), and a reused resize cache that left files out (#11)."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax.core.errors import ConfigError
+from alexnet_jax.data import data_sources, input_pipeline
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _png(path: str, value: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((40, 48, 3), value, np.uint8)).save(path, format="PNG")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """An image folder: train/{ant,bee} with 2 images each, val/{ant,bee} with 1 each."""
+    root = str(tmp_path / "images")
+    for split, count in (("train", 2), ("val", 1)):
+        for c, name in enumerate(("ant", "bee")):
+            for k in range(count):
+                _png(os.path.join(root, split, name, f"{name}{k}.png"), 60 * c + k)
+    return root
+
+
+def _folder_config(root: str, **overrides):
+    config = default.get_config()
+    config.dataset, config.image_folder, config.num_classes = "image_folder", root, 2
+    config.eval_split, config.shuffle_buffer_size = "validation", 16
+    for field, value in overrides.items():
+        config[field] = value
+    return config
+
+
+def _tree(root: str) -> list[str]:
+    found = [os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs]
+    return sorted(os.path.relpath(path, root) for path in found)
+
+
+# ---- #70, #71, #72: a workdir or cache inside the image folder ---------------------------------
+
+
+@pytest.mark.parametrize("inside", ["train/ant", "val/bee", "train/zz", "val/zz/deeper", "."])
+def test_a_workdir_inside_the_image_folder_is_refused_before_anything_is_made(
+    folder, tmp_path, inside
+):
+    """#71: an existing class folder was taken as a new workdir, and its training_curves.png
+    became a training image; #70: a new one was blamed on the data. Also through a link."""
+    from alexnet_jax.train import loop
+
+    before = _tree(folder)
+    os.symlink(folder, tmp_path / "link")
+    for workdir in (os.path.join(folder, inside), os.path.join(tmp_path, "link", inside)):
+        with pytest.raises(ConfigError) as e:
+            loop.train_and_evaluate(_folder_config(folder), workdir)
+        message = str(e.value)
+        assert f"--workdir={workdir} lies inside the image folder {folder}" in message, message
+        assert "choose a workdir outside it" in message
+        assert "\n" not in message
+        assert _tree(folder) == before  # nothing made, nothing written
+        with pytest.raises(ConfigError, match="lies inside the image folder"):
+            loop.evaluate_checkpoint(_folder_config(folder, torch_weights="w.pth"), workdir)
+        assert _tree(folder) == before
+
+
+@pytest.mark.parametrize("field", ["resized_cache_dir", "image_store_dir"])
+def test_a_cache_inside_the_image_folder_is_refused_and_leaves_no_folder(folder, field):
+    """#72: the refused cache's empty folder stayed, a class without images for every later run."""
+    before = _tree(folder)
+    config = _folder_config(folder, **{field: os.path.join(folder, "train", "cache")})
+    if field == "image_store_dir":
+        config.augment_on = "device"
+    with pytest.raises(ConfigError) as e:
+        input_pipeline.prepare(config)
+    assert f"--config.{field}={folder}/train/cache lies inside the image folder" in str(e.value)
+    assert f"choose a config.{field} outside it" in str(e.value)
+    assert _tree(folder) == before
+    input_pipeline.prepare(_folder_config(folder))  # the folder still trains
+
+
+def test_an_image_folder_inside_the_workdir_and_caches_beside_it_are_fine(folder, tmp_path):
+    config = _folder_config(folder, resized_cache_dir=str(tmp_path / "images-cache"))
+    data_sources.check_outside_image_folder(config, str(tmp_path))  # the folder is inside it
+    data_sources.check_outside_image_folder(config, str(tmp_path / "images2"))  # a prefix only
