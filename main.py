@@ -24,7 +24,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _usage_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(errors.noting_missing_cwd(f"error: {message}"), file=sys.stderr)
     sys.exit(2)
 
 

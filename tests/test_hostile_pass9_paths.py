@@ -4,6 +4,8 @@ folder (#70-#72), a deleted current directory (#52, #53), a non-UTF-8 file-syste
 predict's output (#35, #36), and a reused resize cache that left files out (#11)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +93,51 @@ def test_an_image_folder_inside_the_workdir_and_caches_beside_it_are_fine(folder
     config = _folder_config(folder, resized_cache_dir=str(tmp_path / "images-cache"))
     data_sources.check_outside_image_folder(config, str(tmp_path))  # the folder is inside it
     data_sources.check_outside_image_folder(config, str(tmp_path / "images2"))  # a prefix only
+
+
+# ---- #52, #53: the current directory was deleted -----------------------------------------------
+
+_MISSING_CWD = (
+    "error: the current directory no longer exists (deleted or unmounted): cd to an existing "
+    "folder, or give absolute paths."
+)
+
+
+@pytest.fixture
+def deleted_cwd(tmp_path, monkeypatch):
+    """The test's current directory, deleted (monkeypatch returns to the old one after)."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    return str(gone)
+
+
+def test_a_relative_path_in_a_deleted_current_directory_is_one_line(deleted_cwd, capsys):
+    """#53: compare's os.path.realpath ended in a FileNotFoundError traceback."""
+    from alexnet_jax.tools import compare, figure1
+
+    with pytest.raises(SystemExit) as e:
+        compare.main(["rel"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [_MISSING_CWD]
+    with pytest.raises(SystemExit) as e:
+        figure1.main(["--sweep_dir=rel"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [_MISSING_CWD]
+
+
+def test_main_with_a_relative_workdir_in_a_deleted_current_directory_is_one_line(deleted_cwd):
+    """#52: a 31-line traceback from run.py's os.path.abspath; an absolute path works (#51)."""
+    command = [
+        sys.executable,
+        os.path.join(REPO, "main.py"),
+        f"--config={os.path.join(REPO, 'configs', 'figure1.py')}",
+        "--config.dataset=synthetic",
+        "--config.normalization=mean_std",
+        "--workdir=relw",
+    ]
+    env = {**os.environ, "XLA_FLAGS": ""}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [_MISSING_CWD]

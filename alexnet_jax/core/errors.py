@@ -171,6 +171,10 @@ def reported_as_exit(
             "(pip install -r requirements.txt) in the Python that runs this.",
             2,
         )
+    except FileNotFoundError as e:  # a relative path resolved in a deleted current directory
+        if not (current_directory_missing() and not os.path.isabs(e.filename or "")):
+            raise
+        _exit(f"error: {MISSING_CWD}", 2)
     except Exception as e:
         if _is_out_of_memory(e):
             reason = str(e).strip().splitlines()[0][:300]
@@ -348,9 +352,33 @@ class ArgumentParser(argparse.ArgumentParser):
         _exit(f"error: {message.rstrip('.')}. See --help.", 2)
 
 
+MISSING_CWD = (
+    "the current directory no longer exists (deleted or unmounted): cd to an existing folder, or "
+    "give absolute paths."
+)
+
+
+def current_directory_missing() -> bool:
+    """Whether the process's current directory was deleted (or unmounted) after it started: every
+    relative path then fails, os.getcwd() and os.path.abspath() with a FileNotFoundError."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
+def noting_missing_cwd(message: str) -> str:
+    """`message` (an `error:` line), with MISSING_CWD added when the current directory is gone: a
+    relative path's "not found" or "cannot be created" then has that cause, not the one named."""
+    if MISSING_CWD in message or not current_directory_missing():
+        return message
+    return f"{message.rstrip('.')}. Note that {MISSING_CWD}"
+
+
 def _exit(message: str, code: int) -> None:
     stopped = stop_signal()
     if stopped is not None:  # the stop's line is out: this error is its echo (a read it cut)
         sys.exit(128 + stopped)
-    print(message, file=sys.stderr)
+    print(noting_missing_cwd(message) if code == 2 else message, file=sys.stderr)
     sys.exit(code)

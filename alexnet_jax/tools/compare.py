@@ -601,11 +601,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="path prefix of the .md, .csv and .png written")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     seen = {}
-    for directory in args.dirs:  # one run named twice (or as run/ and ../x/run) counted twice
-        other = seen.setdefault(os.path.realpath(directory), directory)
-        if other != directory or args.dirs.count(directory) > 1:
-            parser.error(f"{directory} and {other} are the same directory: name each once")
-    with reported_as_exit():
+    with reported_as_exit():  # (realpath: a deleted current directory is one line)
+        for directory in args.dirs:  # one run named twice (or as run/ and ../x/run) counted twice
+            other = seen.setdefault(os.path.realpath(directory), directory)
+            if other != directory or args.dirs.count(directory) > 1:
+                parser.error(f"{directory} and {other} are the same directory: name each once")
         table, paths = write_comparison(args.dirs, args.out)
     console.out(table)
     console.out(f"wrote {', '.join(paths)}")
