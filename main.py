@@ -15,7 +15,7 @@ from alexnet_jax.core import errors
 
 errors.exit_on_ctrl_c()  # before the slow imports: one line and exit code 130 at any moment
 with errors.reported_as_exit():  # ulimit -v too low: one line, not a failed import
-    errors.check_address_space()
+    errors.check_start()
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

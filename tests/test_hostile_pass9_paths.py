@@ -141,3 +141,40 @@ def test_main_with_a_relative_workdir_in_a_deleted_current_directory_is_one_line
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [_MISSING_CWD]
+
+
+# ---- #55, #56: a file-system encoding that is not UTF-8 ---------------------------------------
+
+
+def test_a_file_system_encoding_that_is_not_utf8_is_refused_at_start(tmp_path):
+    """#55, #56: non-ASCII names crashed matplotlib (compare) and TensorFlow (training) mid-run
+    under LC_ALL=POSIX PYTHONUTF8=0; every entry point now refuses it first, in one line."""
+    env = {**os.environ, "LC_ALL": "POSIX", "LANG": "C", "PYTHONUTF8": "0", "PYTHONPATH": REPO}
+    for command in (["-m", "alexnet_jax.tools.compare", str(tmp_path)], [f"{REPO}/main.py"]):
+        done = subprocess.run(
+            [sys.executable, *command], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            "error: Python's file-system encoding is 'ascii' (locale 'POSIX', PYTHONUTF8=0), in "
+            "which file names that are not ASCII cannot be read or written: set PYTHONUTF8=1, or "
+            "a UTF-8 locale such as LC_ALL=C.UTF-8."
+        ]
+    env["PYTHONUTF8"] = "1"  # the remedy
+    done = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.compare", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "file-system encoding" not in done.stderr, done.stderr
+
+
+def test_the_encoding_check_is_part_of_the_environment_check(monkeypatch):
+    from alexnet_jax.core import errors, runtime
+
+    errors.check_start()  # the test suite's own UTF-8 passes
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "latin-1")
+    with pytest.raises(errors.UserError, match="file-system encoding is 'latin-1'"):
+        runtime.check_environment()

@@ -2,6 +2,7 @@
 (`reported_as_exit`)."""
 
 import argparse
+import codecs
 import contextlib
 import errno
 import logging
@@ -282,6 +283,28 @@ def check_address_space() -> None:
             f"for JAX and TensorFlow to start (at least {_MIN_ADDRESS_SPACE // 2**20} MB; they "
             "reserve more than they use): raise it, e.g. ulimit -v unlimited."
         )
+
+
+def check_filesystem_encoding() -> None:
+    """UserError when Python's file-system encoding is not UTF-8 (a C or POSIX locale with
+    PYTHONUTF8=0): a file name that is not ASCII then reaches the libraries as surrogates, and
+    TensorFlow failed on it with a UnicodeEncodeError, matplotlib with a TypeError, mid-run."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name != "utf-8":
+        locale = os.environ.get("LC_ALL") or os.environ.get("LC_CTYPE") or os.environ.get("LANG")
+        raise UserError(
+            f"Python's file-system encoding is {encoding!r} (locale {locale or 'unset'!r}, "
+            f"PYTHONUTF8={os.environ.get('PYTHONUTF8', 'unset')}), in which file names that are "
+            "not ASCII cannot be read or written: set PYTHONUTF8=1, or a UTF-8 locale such as "
+            "LC_ALL=C.UTF-8."
+        )
+
+
+def check_start() -> None:
+    """What every entry point checks first, before NumPy, JAX and TensorFlow are imported: the
+    address space (check_address_space) and the file-system encoding (check_filesystem_encoding)."""
+    check_address_space()
+    check_filesystem_encoding()
 
 
 def stop_now(signum: int = signal.SIGINT) -> None:

@@ -128,10 +128,10 @@ def check_xla_flags() -> None:
 
 def check_environment() -> None:
     """The checks of what the process inherits that JAX would otherwise answer with a C++ abort
-    or a traceback (check_xla_flags, check_address_space): for main.py and every tool, before
+    or a traceback (check_xla_flags, errors.check_start): for main.py and every tool, before
     JAX starts."""
     check_xla_flags()
-    check_address_space()
+    errors.check_start()
     limit = errors.address_space_limit()
     if limit is not None and limit < TIGHT_ADDRESS_SPACE:
         console.warning(

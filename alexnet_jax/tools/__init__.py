@@ -14,7 +14,7 @@ if sys.argv[:1] == ["-m"]:
 
     errors.exit_on_ctrl_c(sigterm=True)
     with errors.reported_as_exit():  # before NumPy, JAX and TensorFlow are imported
-        errors.check_address_space()
+        errors.check_start()
 
 # The modules here that are tools (`python -m alexnet_jax.tools.<tool>`); the others are their
 # library (load.py).
