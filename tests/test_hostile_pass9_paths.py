@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax.core.errors import ConfigError
+from alexnet_jax.core.errors import ConfigError, DataError
 from alexnet_jax.data import data_sources, input_pipeline
 from configs import default
 
@@ -178,3 +178,24 @@ def test_the_encoding_check_is_part_of_the_environment_check(monkeypatch):
     monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "latin-1")
     with pytest.raises(errors.UserError, match="file-system encoding is 'latin-1'"):
         runtime.check_environment()
+
+
+# ---- #37: two class folders that are one folder -------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_two_class_folders_that_are_one_folder_are_refused_by_name(folder, tmp_path, split):
+    """#37: train/a and train/b, links to one folder, trained every image under both labels."""
+    os.rename(os.path.join(folder, split, "bee"), tmp_path / "bee")
+    os.symlink(os.path.join(folder, split, "ant"), os.path.join(folder, split, "bee"))
+    with pytest.raises(DataError) as e:
+        input_pipeline.prepare(_folder_config(folder))
+    real = os.path.join(folder, split, "ant")
+    assert str(e.value) == (
+        f"The image folder {folder!r} has class folders {split}/ant/ and {split}/bee/ that are "
+        f"one folder ({real}), so each of its images would be trained under 2 labels: make each "
+        "class a folder of its own (copy it, or remove the extra link)."
+    )
+    os.remove(os.path.join(folder, split, "bee"))  # the remedy: a folder of its own
+    os.symlink(tmp_path / "bee", os.path.join(folder, split, "bee"))
+    input_pipeline.prepare(_folder_config(folder))

@@ -548,7 +548,25 @@ def _open_folder(root: str) -> _FolderSource:
     unknown = val_classes - set(classes)
     if unknown:
         raise _image_folder_error(root, f"has val/ classes missing from train/: {sorted(unknown)}")
+    _refuse_shared_class_folders(root, "train", classes)
+    _refuse_shared_class_folders(root, "val", sorted(val_classes))
     return source
+
+
+def _refuse_shared_class_folders(root: str, split: str, classes) -> None:
+    """DataError when two class folders of `split` are one folder (links to it): each of its
+    images would be read under both labels, a task no network can learn."""
+    by_folder = collections.defaultdict(list)
+    for name in classes:
+        by_folder[os.path.realpath(os.path.join(root, split, name))].append(name)
+    for folder, names in sorted(by_folder.items()):
+        if len(names) > 1:
+            named = " and ".join(f"{split}/{name}/" for name in names)
+            raise DataError(
+                f"The image folder {root!r} has class folders {named} that are one folder "
+                f"({folder}), so each of its images would be trained under {len(names)} labels: "
+                "make each class a folder of its own (copy it, or remove the extra link)."
+            )
 
 
 def _manual_dir_error(manual_dir: str, data_dir: str) -> DataError | None:
