@@ -199,3 +199,18 @@ def test_two_class_folders_that_are_one_folder_are_refused_by_name(folder, tmp_p
     os.remove(os.path.join(folder, split, "bee"))  # the remedy: a folder of its own
     os.symlink(tmp_path / "bee", os.path.join(folder, split, "bee"))
     input_pipeline.prepare(_folder_config(folder))
+
+
+# ---- #35, #36: names with control characters in predict's output ------------------------------
+
+
+def test_predict_prints_each_file_and_class_name_on_its_own_line():
+    """#35, #36: a file or class name holding a newline was printed raw, over two lines."""
+    from alexnet_jax.tools.predict import Prediction, format_predictions
+
+    predictions = [Prediction(0, None, "x\ny", 0.5), Prediction(1, "n01\t2", "ünï 🐜 a\\b", 0.25)]
+    assert format_predictions("/w/n\nl\x1b[31m.png", predictions).splitlines() == [
+        "/w/n\\nl\\x1b[31m.png",
+        "  1.  50.00%  -           x\\ny",
+        "  2.  25.00%  n01\\t2      ünï 🐜 a\\b",  # ordinary Unicode as it is
+    ]

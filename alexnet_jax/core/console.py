@@ -18,6 +18,7 @@ import contextlib
 import logging
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 
 LOGGER_NAME = "alexnet_jax"
@@ -154,6 +155,19 @@ def progress_off() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+# What one name must not hold raw in a line of output: control characters (a newline, a tab, an
+# escape sequence), Unicode's line and paragraph separators, and the surrogates that stand for
+# bytes a file name could not decode with.
+_UNPRINTED = frozenset(("Cc", "Zl", "Zp", "Cs"))
+
+
+def printable(name: str) -> str:
+    """`name` (a file or class name) for one line of output: its control characters escaped as
+    repr() writes them (a newline as \\n), so that each name stays on its line; everything else,
+    ordinary Unicode included, as it is."""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in _UNPRINTED else ch for ch in name)
 
 
 def stamped(message: str) -> str:

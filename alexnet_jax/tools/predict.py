@@ -206,10 +206,12 @@ def load_model(
 
 
 def format_predictions(path: str, predictions: Sequence[Prediction]) -> str:
-    """Lines like `  1.  87.12%  n02123045  tabby, tabby cat` under the image path."""
-    lines = [path]
+    """Lines like `  1.  87.12%  n02123045  tabby, tabby cat` under the image path; a control
+    character in a name (a newline) is escaped (console.printable), one line per prediction."""
+    lines = [console.printable(path)]
     for rank, p in enumerate(predictions, start=1):
-        lines.append(f"  {rank}. {100 * p.prob:6.2f}%  {p.synset or '-':<10}  {p.name}")
+        synset, name = console.printable(p.synset or "-"), console.printable(p.name)
+        lines.append(f"  {rank}. {100 * p.prob:6.2f}%  {synset:<10}  {name}")
     return "\n".join(lines)
 
 
