@@ -214,3 +214,27 @@ def test_predict_prints_each_file_and_class_name_on_its_own_line():
         "  1.  50.00%  -           x\\ny",
         "  2.  25.00%  n01\\t2      ünï 🐜 a\\b",  # ordinary Unicode as it is
     ]
+
+
+# ---- #11: a reused cache says what its build left out -------------------------------------------
+
+
+_CACHES = [("resized_cache_dir", "pre-resize cache"), ("image_store_dir", "image store")]
+
+
+@pytest.mark.parametrize(("field", "what"), _CACHES)
+def test_a_reused_cache_repeats_which_undecodable_files_it_left_out(
+    folder, tmp_path, capsys, field, what
+):
+    """#11: only the run that built the cache was told its training set lacks those files."""
+    with open(os.path.join(folder, "train", "ant", "bad.png"), "w") as f:
+        f.write("not a png")
+    config = _folder_config(folder, **{field: str(tmp_path / "cache")})
+    if field == "image_store_dir":
+        config.augment_on = "device"
+    warning = f"warning: The {what} left out 1 undecodable image(s): train/ant/bad.png"
+    for _ in ("build", "reuse"):
+        capsys.readouterr()
+        input_pipeline.prepare(config)
+        said = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+        assert said == [warning]

@@ -155,6 +155,17 @@ def name_list(keys, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def warn_left_out(what: str, manifest: dict) -> None:
+    """The warning naming the undecodable files a cache (`what`: "pre-resize cache", "image
+    store") left out, from its manifest: said by the build, and again by every run that reuses
+    the cache, whose training set lacks them too."""
+    count = manifest.get("num_undecodable") or 0
+    if isinstance(count, int) and count > 0:
+        names = manifest.get("undecodable_files") or []
+        named = f": {name_list(names)}" if isinstance(names, list) and names else ""
+        console.warning(f"The {what} left out {count} undecodable image(s){named}")
+
+
 # ---- Shards: one host's part of a split, as raw records ----------------------------------------
 
 
@@ -1014,6 +1025,8 @@ def build_resized_cache(config, source) -> str:
         if manifest is None or damaged:
             _remove_cache_files(directory)
             _write_resized_cache(config, source, directory)
+        else:  # reused: its training set lacks what the build left out, as the build's did
+            warn_left_out("pre-resize cache", manifest)
     return directory
 
 
@@ -1103,11 +1116,7 @@ def _write_resized_cache(config, source, directory: str) -> None:
         "num_undecodable": shard.num_examples - sum(lengths),
         "undecodable_files": undecodable,
     }
-    if manifest["num_undecodable"]:
-        console.warning(
-            f"The pre-resize cache left out {manifest['num_undecodable']} undecodable image(s): "
-            f"{name_list(undecodable)}"
-        )
+    warn_left_out("pre-resize cache", manifest)
     with errors.storage_errors_as(lambda e: _cache_write_error(directory, e)):
         write_json(os.path.join(directory, CACHE_MANIFEST), manifest)
 

@@ -95,8 +95,11 @@ def build(config, source) -> None:
     store: a second one waits, then finds it built)."""
     directory = split_dir(config, config.train_split)
     with data_sources.exclusive_build(directory):
-        if data_sources.read_json(os.path.join(directory, MANIFEST)) is None:
+        manifest = data_sources.read_json(os.path.join(directory, MANIFEST))
+        if manifest is None:
             _build_split(config, source, str(config.train_split), directory)
+        else:  # reused: its training set lacks what the build left out, as the build's did
+            data_sources.warn_left_out("image store", manifest)
 
 
 def _check_free_space(directory: str, num_examples: int, resize_size: int) -> None:
