@@ -89,6 +89,18 @@ def test_a_cache_inside_the_image_folder_is_refused_and_leaves_no_folder(folder,
     input_pipeline.prepare(_folder_config(folder))  # the folder still trains
 
 
+def test_a_sweep_dir_inside_the_image_folder_is_refused_before_it_is_made(folder):
+    """The sweep made its folder (an empty class) before each arm's main.py refused it."""
+    from alexnet_jax.tools import sweep
+
+    fields = f"dataset=image_folder,image_folder={folder},num_classes=2,normalization=mean_std"
+    config = os.path.join(REPO, "configs", "figure1.py")
+    plan = sweep.make_sweep(None, config, [f"a:{fields}"], None)
+    with pytest.raises(ConfigError, match=r"^--sweep_dir=.*/train/sw lies inside the image folder"):
+        sweep.plan_runs(plan, os.path.join(folder, "train", "sw"))
+    assert not os.path.exists(os.path.join(folder, "train", "sw"))
+
+
 def test_an_image_folder_inside_the_workdir_and_caches_beside_it_are_fine(folder, tmp_path):
     config = _folder_config(folder, resized_cache_dir=str(tmp_path / "images-cache"))
     data_sources.check_outside_image_folder(config, str(tmp_path))  # the folder is inside it

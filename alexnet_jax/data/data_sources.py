@@ -826,8 +826,10 @@ def check_synthetic_splits(config) -> None:
             )
 
 
-def check_outside_image_folder(config, workdir: str | None = None, training: bool = True) -> None:
-    """Raises ConfigError when `workdir` (--workdir), config.resized_cache_dir or
+def check_outside_image_folder(
+    config, workdir: str | None = None, training: bool = True, flag: str = "--workdir"
+) -> None:
+    """Raises ConfigError when `workdir` (`flag`), config.resized_cache_dir or
     config.image_store_dir (the last two only when `training`, which builds them) lies inside
     config.image_folder, real paths compared: every file there is training data, so a run's
     training_curves.png became an image of the class it sat in, and a folder made there (even
@@ -838,7 +840,7 @@ def check_outside_image_folder(config, workdir: str | None = None, training: boo
     if not isinstance(folder, str) or not folder.strip():
         return  # no image folder (validate_config names an empty or non-string one)
     data = os.path.realpath(os.path.expanduser(folder))
-    named = [("--workdir", workdir)] if workdir else []
+    named = [(flag, workdir)] if workdir else []
     fields = ("resized_cache_dir", "image_store_dir") if training else ()
     named += [(f"--config.{f}", config[f]) for f in fields if isinstance(config[f], str)]
     for flag, path in named:

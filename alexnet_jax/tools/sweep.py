@@ -306,6 +306,9 @@ def plan_runs(sweep: Sweep, sweep_dir: str, main: str = MAIN) -> list[Run]:
             command += [f"--config.{field}={value}" for field, value in fields.items()]
             log = os.path.join(sweep_dir, rundir.SWEEP_LOGS, name.replace("/", ".") + ".log")
             config = load_config(sweep.config, fields, f"arm {arm!r}")
+            # Each arm's main.py would refuse these, after the sweep made its folder there.
+            data_sources.check_outside_image_folder(config, sweep_dir, flag="--sweep_dir")
+            data_sources.check_outside_image_folder(config, workdir)
             runs.append(Run(name, arm, seed, workdir, log, tuple(command), config))
     return runs
 
@@ -387,8 +390,6 @@ def run_sweep(
     """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
     all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
     rundir.refuse_inside_checkpoints(sweep_dir, "--sweep_dir")  # (hostile pass 5, #33)
-    for run in runs:  # each arm's main.py would refuse it, after the sweep made its folder there
-        data_sources.check_outside_image_folder(run.config, run.workdir)
     make_directory(sweep_dir, "--sweep_dir")  # before any run starts
     if os.path.isfile(rundir.config_path(sweep_dir)):
         raise UserError(
