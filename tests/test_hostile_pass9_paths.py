@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax.core.errors import ConfigError, DataError
-from alexnet_jax.data import data_sources, input_pipeline
+from alexnet_jax.data import input_pipeline, recipe
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,8 +103,8 @@ def test_a_sweep_dir_inside_the_image_folder_is_refused_before_it_is_made(folder
 
 def test_an_image_folder_inside_the_workdir_and_caches_beside_it_are_fine(folder, tmp_path):
     config = _folder_config(folder, resized_cache_dir=str(tmp_path / "images-cache"))
-    data_sources.check_outside_image_folder(config, str(tmp_path))  # the folder is inside it
-    data_sources.check_outside_image_folder(config, str(tmp_path / "images2"))  # a prefix only
+    recipe.check_outside_image_folder(config, str(tmp_path))  # the folder is inside it
+    recipe.check_outside_image_folder(config, str(tmp_path / "images2"))  # a prefix only
 
 
 # ---- #52, #53: the current directory was deleted -----------------------------------------------

@@ -38,7 +38,7 @@ import numpy as np
 
 from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.core.errors import ConfigError, DataError
-from alexnet_jax.data import miniature, preprocessing
+from alexnet_jax.data import miniature, preprocessing, recipe
 
 tf = runtime.tensorflow  # imported on first use
 tfds = runtime.tensorflow_datasets
@@ -826,41 +826,13 @@ def check_synthetic_splits(config) -> None:
             )
 
 
-def check_outside_image_folder(
-    config, workdir: str | None = None, training: bool = True, flag: str = "--workdir"
-) -> None:
-    """Raises ConfigError when `workdir` (`flag`), config.resized_cache_dir or
-    config.image_store_dir (the last two only when `training`, which builds them) lies inside
-    config.image_folder, real paths compared: every file there is training data, so a run's
-    training_curves.png became an image of the class it sat in, and a folder made there (even
-    by a refused run) a class with no image that refused every later run. Creates nothing, so
-    the entry points run it before any folder is made. The converse, an image folder inside a
-    workdir, is fine."""
-    folder = config.image_folder if config.dataset == "image_folder" else ""
-    if not isinstance(folder, str) or not folder.strip():
-        return  # no image folder (validate_config names an empty or non-string one)
-    data = os.path.realpath(os.path.expanduser(folder))
-    named = [(flag, workdir)] if workdir else []
-    fields = ("resized_cache_dir", "image_store_dir") if training else ()
-    named += [(f"--config.{f}", config[f]) for f in fields if isinstance(config[f], str)]
-    for flag, path in named:
-        if not path.strip():
-            continue
-        real = os.path.realpath(os.path.expanduser(path))
-        if real == data or real.startswith(data.rstrip(os.sep) + os.sep):
-            raise ConfigError(
-                f"{flag}={path} lies inside the image folder {folder} (--config.image_folder), "
-                f"whose files are the training data: choose a {flag.lstrip('-')} outside it."
-            )
-
-
 def check_before_build(config, training: bool = True) -> None:
     """Raises ConfigError for a directory field of the config's dataset that names a file or
     cannot be created (the missing ones are created), or lies inside the image folder
-    (check_outside_image_folder), and for a tfds split name imagenet2012 never has; cheap, so
+    (recipe.check_outside_image_folder), and for a tfds split name imagenet2012 never has; cheap, so
     prepare() runs it before any build. training=False leaves out the training-only folders
     (resized_cache_dir, image_store_dir)."""
-    check_outside_image_folder(config, training=training)  # before any folder is created
+    recipe.check_outside_image_folder(config, training=training)  # before any folder is made
     if config.dataset in ("imagenet2012", "miniature"):
         _check_tfds_split_names(config)
     fields = {

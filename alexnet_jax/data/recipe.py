@@ -8,9 +8,11 @@ run's preprocessing (predict) read the same declaration as the tf.data pipeline
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from alexnet_jax.core import rules
+from alexnet_jax.core.errors import ConfigError
 from alexnet_jax.data import miniature
 
 DATASETS = ("imagenet2012", "image_folder", "miniature", "synthetic", "cifar10")
@@ -171,3 +173,34 @@ RULES = (
         lambda c: rules.is_int(c.resize_size) and c.resize_size >= c.input_size,
     ),
 )
+
+
+# ---- Where the data lies, against the run's other folders ----------------------------------------
+
+
+def check_outside_image_folder(
+    config, workdir: str | None = None, training: bool = True, flag: str = "--workdir"
+) -> None:
+    """Raises ConfigError when `workdir` (`flag`), config.resized_cache_dir or
+    config.image_store_dir (the last two only when `training`, which builds them) lies inside
+    config.image_folder, real paths compared: every file there is training data, so a run's
+    training_curves.png became an image of the class it sat in, and a folder made there (even
+    by a refused run) a class with no image that refused every later run. Creates nothing, so
+    the entry points run it before any folder is made. The converse, an image folder inside a
+    workdir, is fine."""
+    folder = config.image_folder if config.dataset == "image_folder" else ""
+    if not isinstance(folder, str) or not folder.strip():
+        return  # no image folder (validate_config names an empty or non-string one)
+    data = os.path.realpath(os.path.expanduser(folder))
+    named = [(flag, workdir)] if workdir else []
+    fields = ("resized_cache_dir", "image_store_dir") if training else ()
+    named += [(f"--config.{f}", config[f]) for f in fields if isinstance(config[f], str)]
+    for given, path in named:
+        if not path.strip():
+            continue
+        real = os.path.realpath(os.path.expanduser(path))
+        if real == data or real.startswith(data.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"{given}={path} lies inside the image folder {folder} (--config.image_folder), "
+                f"whose files are the training data: choose a {given.lstrip('-')} outside it."
+            )

@@ -61,7 +61,7 @@ from alexnet_jax.core.errors import (
     make_directory,
     reported_as_exit,
 )
-from alexnet_jax.data import data_sources
+from alexnet_jax.data import recipe
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare, launch
 from alexnet_jax.train import config_lib
@@ -307,8 +307,8 @@ def plan_runs(sweep: Sweep, sweep_dir: str, main: str = MAIN) -> list[Run]:
             log = os.path.join(sweep_dir, rundir.SWEEP_LOGS, name.replace("/", ".") + ".log")
             config = load_config(sweep.config, fields, f"arm {arm!r}")
             # Each arm's main.py would refuse these, after the sweep made its folder there.
-            data_sources.check_outside_image_folder(config, sweep_dir, flag="--sweep_dir")
-            data_sources.check_outside_image_folder(config, workdir)
+            recipe.check_outside_image_folder(config, sweep_dir, flag="--sweep_dir")
+            recipe.check_outside_image_folder(config, workdir)
             runs.append(Run(name, arm, seed, workdir, log, tuple(command), config))
     return runs
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from alexnet_jax.core import console
 from alexnet_jax.core.errors import ConfigError, Interrupted, NonFiniteError, UserError
-from alexnet_jax.data import data_sources, input_pipeline
+from alexnet_jax.data import data_sources, input_pipeline, recipe
 from alexnet_jax.interop import weights_io
 from alexnet_jax.model import models
 from alexnet_jax.runs import report, rundir
@@ -259,7 +259,7 @@ def evaluate_checkpoint(
             f"{workdir} holds no run (no {rundir.CONFIG_FILE}): train first (--mode=train), point "
             "--workdir at a run, or set --config.torch_weights."
         )
-    data_sources.check_outside_image_folder(config, workdir, training=False)
+    recipe.check_outside_image_folder(config, workdir, training=False)
     recorded = own is None or os.access(workdir, os.W_OK)  # a run shared read-only: print only
     if not recorded:
         console.warning(
@@ -319,7 +319,7 @@ def train_and_evaluate(
             "training starts from config.init_scheme. Remove it, or add --mode=eval."
         )
     validate = functools.partial(config_lib.check_like, like=config)
-    data_sources.check_outside_image_folder(config, workdir)  # before Run makes the workdir
+    recipe.check_outside_image_folder(config, workdir)  # before Run makes the workdir
     with Run(workdir, config, allow_config_change, validate) as run:
         exp, info = _build(config)
         run.check_dataset(data_sources.dataset_identity(config))
