@@ -188,13 +188,13 @@ def check_outside_image_folder(
     by a refused run) a class with no image that refused every later run. Creates nothing, so
     the entry points run it before any folder is made. The converse, an image folder inside a
     workdir, is fine."""
-    folder = config.image_folder if config.dataset == "image_folder" else ""
+    folder = config.get("image_folder", "") if config.get("dataset") == "image_folder" else ""
     if not isinstance(folder, str) or not folder.strip():
         return  # no image folder (validate_config names an empty or non-string one)
     data = os.path.realpath(os.path.expanduser(folder))
     named = [(flag, workdir)] if workdir else []
     fields = ("resized_cache_dir", "image_store_dir") if training else ()
-    named += [(f"--config.{f}", config[f]) for f in fields if isinstance(config[f], str)]
+    named += [(f"--config.{f}", config.get(f)) for f in fields if isinstance(config.get(f), str)]
     for given, path in named:
         if not path.strip():
             continue
