@@ -271,17 +271,23 @@ def test_wrong_variant_is_refused_naming_the_keys(weights_path):
 # ---- Runs that subtract the training set's mean image -------------------------------------------
 
 
-def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(tmp_path):
+def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(
+    tmp_path, monkeypatch
+):
     """normalization="mean_image": the run keeps its mean image (rundir.MEAN_IMAGE_FILE);
     predict subtracts its center crop (exactly "mean" preprocessing plus the RGB mean minus that
     crop), refuses to guess without it, figures undo it, and export refuses the run (no weights
-    format here carries the image) instead of writing a file that preprocesses wrongly."""
+    format here carries the image) instead of writing a file that preprocesses wrongly. (All in
+    this process, with fc6/fc7 narrowed, tests/multihost_worker.py: 3M instead of 57M parameters
+    written, read and run.)"""
     from alexnet_jax.core.errors import DataError, UserError
     from alexnet_jax.data import imagenet_stats
     from alexnet_jax.runs import rundir
     from alexnet_jax.tools import export, figures
+    from tests import multihost_worker
     from tests.conftest import write_tiny_run
 
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
     workdir = write_tiny_run(str(tmp_path), normalization="mean_image")
     rng = np.random.default_rng(0)
     mean = rng.uniform(0, 255, (72, 72, 3)).astype(np.float32)  # resize_size 72
