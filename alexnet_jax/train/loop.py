@@ -8,6 +8,7 @@ parallel.py), the batch is split over the "data" axis and XLA inserts the gradie
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -34,18 +35,27 @@ from alexnet_jax.train.experiment import TrainState
 # ---- Evaluation ------------------------------------------------------------------------------
 
 
+_EVAL_IN_FLIGHT = 2  # evaluation steps dispatched ahead of the device (see evaluate)
+
+
 def evaluate(
     eval_step_fn, params: Any, batches, mesh: Any, stop: Callable[[], bool] | None = None
 ) -> dict[str, float] | None:
     """Mean loss and top-1/top-5 error rates over one pass of the eval split (padding
     excluded): the device sums correct predictions, turned into errors here, once. None when
     `stop()` turned true between two batches (a Ctrl-C or SIGTERM: the evaluation is left)."""
-    totals = None
+    totals, in_flight = None, collections.deque()
     for batch in sharding.prefetch_to_mesh(iter(batches), mesh):
         if stop is not None and stop():
             return None
         sums = eval_step_fn(params, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+        # At most _EVAL_IN_FLIGHT steps queued: dispatch never waits for the device, and a host
+        # faster than it queued the whole split (50,000 steps on a CPU test), holding every
+        # batch in memory and starving XLA's collectives until a rendezvous timed out (abort).
+        in_flight.append(totals)
+        if len(in_flight) > _EVAL_IN_FLIGHT:
+            jax.block_until_ready(in_flight.popleft())
     if totals is None:
         raise UserError("The evaluation split is empty: check config.eval_split and the data.")
     totals = jax.device_get(totals)

@@ -146,3 +146,24 @@ def test_device_path_steps_begin_with_the_augmentation(monkeypatch):
     seen = jax.device_get(exp.eval_step(state.params, eval_batch))
     assert seen["image"].shape == (4, 10, 64, 64, 3)
     jax.tree_util.tree_map(np.testing.assert_array_equal, seen, exp.eval_inputs(eval_batch))
+
+
+def test_evaluate_keeps_at_most_two_steps_in_flight_and_sums_every_batch(monkeypatch):
+    """The evaluation dispatched its steps without ever waiting for the device: on a host faster
+    than the device the whole split was queued (50,000 steps in a CPU test), every batch held in
+    memory, and XLA's collectives on 2 CPU devices starved until a rendezvous timed out (an abort,
+    seen under load). It waits for the step dispatched two before, and still sums every batch."""
+    mesh = jax.make_mesh((1,), (sharding.DATA,))
+    waited = []
+    real_wait = jax.block_until_ready
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or real_wait(x))
+
+    def eval_step(params, batch):
+        count = jnp.sum(batch["mask"].astype(jnp.float32))
+        return {"loss": count * params, "top1": count, "top5": count, "count": count}
+
+    batches = [{"mask": np.ones([4], bool)} for _ in range(10)]
+    metrics = loop.evaluate(eval_step, jnp.float32(0.5), batches, mesh)
+    assert metrics == {"loss": 0.5, "top1_error": 0.0, "top5_error": 0.0, "num_examples": 40.0}
+    assert len(waited) == 10 - loop._EVAL_IN_FLIGHT
+    assert [int(w["count"]) for w in waited] == [4 * k for k in range(1, 9)]  # oldest first
