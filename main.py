@@ -193,6 +193,7 @@ def main(argv):
         "--config.data_dir, then rerun the same command: training resumes from the last "
         "complete checkpoint."
     ):
+        config_lib.expand_user_paths(_CONFIG.value)  # --config.image_folder=~/photos
         if _MODE.value in ("train", "prepare"):
             config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
         # TensorFlow is imported where the data is first read (runtime.tensorflow).
@@ -213,6 +214,8 @@ def main(argv):
             loop.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:
             overrides = config_flags.get_override_values(flags.FLAGS["config"])
+            for field in set(overrides) & set(config_lib.PATH_FIELDS):  # as the config's own
+                overrides[field] = _CONFIG.value[field]
             loop.evaluate_checkpoint(_CONFIG.value, workdir, overrides)
 
 

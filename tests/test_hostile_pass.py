@@ -1400,3 +1400,65 @@ def test_a_workdir_too_long_for_the_checkpoints_is_refused_at_start(tmp_path):
         rundir.make_workdir(too_long)
     assert os.listdir(fits) == []
     assert not os.path.exists(os.path.join(fits, part))
+
+
+# ---- Hostile pass 10 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_lost_peer_process_is_one_line_and_an_exit_that_does_not_wait(monkeypatch, capsys):
+    """Pass 10, #46: kill -9 of process 1 of a 2-process run: process 0's next collective raised
+    `JaxRuntimeError: UNKNOWN: Gloo all-reduce failed: ... Connection reset by peer`, printed a
+    43-line traceback, then hung in its exit (JAX's shutdown waits for the peer) and ignored
+    launch's SIGTERM until SIGKILL. It is one line, exit 1, and the process ends before the
+    finalizers that wait (errors._exit_without_finalizing)."""
+
+    class JaxRuntimeError(RuntimeError):  # as jax.errors.JaxRuntimeError
+        pass
+
+    ending = []
+    monkeypatch.setattr(errors, "_exit_without_finalizing", ending.append)
+    lost = JaxRuntimeError(
+        "UNKNOWN: Gloo all-reduce failed: [../gloo/transport/tcp/pair.cc:534] Read error "
+        "[127.0.0.1]:11692: Connection reset by peer"
+    )
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        raise lost
+    assert exited.value.code == 1
+    assert ending == [1]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {errors.LOST_PEER} (UNKNOWN: Gloo all-reduce failed:")
+    capsys.readouterr()
+    gathered = ValueError("UNKNOWN: Gloo AllGather failed: [pair.cc:547] Connection closed by peer")
+    with pytest.raises(SystemExit), errors.reported_as_exit():  # multihost_utils' allgather
+        raise gathered
+    assert capsys.readouterr().err.startswith(f"error: {errors.LOST_PEER} (UNKNOWN: Gloo AllGather")
+    with pytest.raises(JaxRuntimeError, match="bad spec"), errors.reported_as_exit():
+        raise JaxRuntimeError("INVALID_ARGUMENT: bad spec")  # not a lost peer: its traceback
+
+
+def test_a_tilde_in_the_configs_paths_is_the_home_folder(tmp_path):
+    """Pass 10, #62-#63: `--config.image_folder=~/F` was "no train/ directory" while
+    --workdir=~/... was expanded, and `--config.resized_cache_dir=~/rc` built the cache in a
+    folder named "~" under the current directory (an `rm -rf ~` to clean it up would hit the
+    home folder). main.py expands a leading ~ in every path field of the config."""
+    from PIL import Image
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    for split in ("train", "val"):
+        for k, name in enumerate(("a", "b")):
+            os.makedirs(home / "F" / split / name)
+            Image.new("RGB", (24, 20), (90 * k, 40, 40)).save(home / "F" / split / name / "0.png")
+    flags = {"dataset": "image_folder", "image_folder": "~/F", "resized_cache_dir": "~/rc",
+             "num_classes": 2, "eval_split": "val", "data_dir": "~/tfds"}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), "--mode=prepare",
+         *(f"--config.{k}={v}" for k, v in flags.items())],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HOME": str(home), "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.listdir(cwd) == []  # no folder named "~"
+    (key,) = os.listdir(home / "rc")
+    assert any(name.endswith(".tfrecord") for name in os.listdir(home / "rc" / key))
+    assert f"in {home / 'rc'}" in proc.stdout + proc.stderr

@@ -177,6 +177,13 @@ def reported_as_exit(
             raise
         _exit(f"error: {MISSING_CWD}", 2)
     except Exception as e:
+        if _lost_a_peer(e):
+            # A collective whose peer died (kill -9, a host lost): the traceback came, then the
+            # exit hung in JAX's shutdown waiting for the peer and ignored SIGTERM. One line, and
+            # the process ends without the finalizers that wait.
+            reason = str(e).strip().splitlines()[0][:200].rstrip(".")
+            _exit_without_finalizing(1)
+            _exit(f"error: {LOST_PEER} ({reason}).", 1)
         if _is_out_of_memory(e):
             reason = str(e).strip().splitlines()[0][:300]
             _exit(f"error: out of memory ({reason.rstrip('.')}). {memory_advice}", 2)
@@ -185,6 +192,24 @@ def reported_as_exit(
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
         reason = storage_error_reason(e, with_file=False)
         _exit(f"error: could not write{where}: {reason}. {write_advice}", 2)
+
+
+LOST_PEER = (
+    "another process of this multi-process run stopped (its connection was lost): every process "
+    "stops; rerun the same command on every host to resume from the last checkpoint"
+)
+# What the collectives say when a peer process is gone (CPU: Gloo; GPU: NCCL; the coordination
+# service's heartbeats), in JAX's runtime errors.
+_PEER_SIGNS = ("Gloo", "Connection reset by peer", "Connection closed by peer", "NCCL",
+               "coordination service")  # fmt: skip
+
+
+def _lost_a_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective's failure because a peer process is gone (JAX raises
+    JaxRuntimeError from a step, ValueError from multihost_utils' allgather)."""
+    return isinstance(error, RuntimeError | ValueError) and any(
+        sign in str(error) for sign in _PEER_SIGNS
+    )
 
 
 _MEMORY_ADVICE = (

@@ -9,6 +9,7 @@ at start (experiment.build, input_pipeline.prepare), before any data is read or 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
@@ -96,6 +97,20 @@ def validate_config(config: Any, num_devices: int | None = None) -> None:
     if num_devices is not None:
         for field in ("batch_size", "eval_batch_size"):
             _divisible(config, field, num_devices)
+
+
+# The config's fields that name files or folders: main.py expands a leading ~ in them, as the
+# shell does in --workdir=~/... (a literal ~ made a folder named "~" under the cwd).
+PATH_FIELDS = ("data_dir", "manual_dir", "image_folder", "miniature_dir", "resized_cache_dir",
+               "image_store_dir", "torch_weights")  # fmt: skip
+
+
+def expand_user_paths(config: Any) -> None:
+    """Replaces a leading ~ (or ~user) of each path field of `config` by the home folder."""
+    for field in PATH_FIELDS:
+        value = config.get(field)
+        if isinstance(value, str) and value.startswith("~"):
+            config[field] = os.path.expanduser(value)
 
 
 def check_like(config: Any, like: Any) -> None:
