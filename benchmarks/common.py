@@ -73,6 +73,9 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
     def guarded(argv: list[str]) -> Any:
         with errors.reported_as_exit(memory_advice=MEMORY_ADVICE):
+            if len(argv) > 1:  # (a stray word was ignored, and the whole benchmark ran)
+                name = os.path.basename(argv[0])
+                raise errors.UserError(f"unexpected arguments {argv[1:]}: {name} takes only flags.")
             return main(argv)
 
     app.run(guarded, flags_parser=errors.parse_flags)

@@ -1462,3 +1462,22 @@ def test_a_tilde_in_the_configs_paths_is_the_home_folder(tmp_path):
     (key,) = os.listdir(home / "rc")
     assert any(name.endswith(".tfrecord") for name in os.listdir(home / "rc" / key))
     assert f"in {home / 'rc'}" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "alexnet_jax.tools.figures", "--workdir=w", "x.png"], ["benchmarks/lrn.py", "stray"]],
+)
+def test_a_stray_word_is_one_error_line_for_figures_and_the_benchmarks(command):
+    """Pass 10, #36: `figures --workdir=w x.png` printed its 40-line docstring and `Unexpected
+    arguments: ['x.png']`, exit 1 (export and main.py: one error line, exit 2); a benchmark
+    ignored a stray word and ran in full. One `error:` line, exit 2, before any work."""
+    proc = subprocess.run(
+        [sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: unexpected arguments ['{command[-1]}']: ")
+    assert line.endswith("takes only flags.")
+    assert proc.stdout == ""

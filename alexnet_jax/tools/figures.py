@@ -370,14 +370,14 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     from alexnet_jax.core import runtime
 
     runtime.quiet_native_logs()
     runtime.quiet_library_logs()
     with reported_as_exit():
+        if len(argv) > 1:  # (absl's UsageError printed the whole docstring, and exited 1)
+            raise UserError(f"unexpected arguments {argv[1:]}: figures takes only flags.")
         runtime.check_environment()
         runtime.start_backend()
         runtime.load_tensorflow()
