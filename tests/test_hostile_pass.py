@@ -1481,3 +1481,17 @@ def test_a_stray_word_is_one_error_line_for_figures_and_the_benchmarks(command):
     assert line.startswith(f"error: unexpected arguments ['{command[-1]}']: ")
     assert line.endswith("takes only flags.")
     assert proc.stdout == ""
+
+
+def test_the_summary_of_a_run_stopped_before_its_end_calls_its_evaluation_the_last(tmp_path):
+    """Pass 10, #58: a run stopped by SIGTERM at step 33 printed "final eval: ... (step 32)",
+    the words of a finished run; its final evaluation is still to come."""
+    from alexnet_jax.runs import report
+
+    workdir = str(tmp_path)
+    rundir.append_jsonl(rundir.metrics_path(workdir), {"step": 32, "split": "eval",
+                                                        "top1_error": 0.5})  # fmt: skip
+    stopped = report.summary(workdir, 0, 33, 10.0, 8, 10, stopped=True).splitlines()
+    assert stopped[1] == "last eval: top-1 err 50.00% (step 32)"
+    finished = report.summary(workdir, 0, 32, 10.0, 8, 10).splitlines()
+    assert finished[1] == "final eval: top-1 err 50.00% (step 32)"

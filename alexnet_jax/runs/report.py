@@ -108,16 +108,19 @@ def summary(
     seconds: float,
     batch_size: int,
     num_classes: int | None = None,
+    stopped: bool = False,
 ) -> str:
     """What the run did, how well (its final and its best evaluation: the lowest top-1 error,
-    the earliest of equals), and where its files are."""
+    the earliest of equals; "last eval" for a run `stopped` before its end, whose final one is
+    still to come), and where its files are."""
     evals = _run_evals(workdir) if os.path.exists(rundir.metrics_path(workdir)) else []
     images = (step - start_step) * batch_size
     speed = f", {images / seconds:.1f} img/s" if seconds > 0 and images else ""
     lines = [f"done: steps {start_step}-{step} in {seconds:.0f} s{speed}"]
     if evals:
         best = min(evals, key=lambda r: r[rundir.TOP1_ERROR])
-        lines.append(f"final eval: {_format_eval(evals[-1], num_classes)}")
+        last = "last eval" if stopped else "final eval"
+        lines.append(f"{last}: {_format_eval(evals[-1], num_classes)}")
         lines.append(f"best eval: {_format_eval(best, num_classes)}")
     lines.append(
         f"files: {os.path.abspath(workdir)} (metrics.jsonl, {rundir.CURVES_FILE}, checkpoints/, "

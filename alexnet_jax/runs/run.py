@@ -87,10 +87,12 @@ class Run:
             rundir.save_mean_image(self.workdir, mean_image_path)
         console.info(banner)
 
-    def summary(self, start_step: int, step: int, seconds: float) -> None:
+    def summary(self, start_step: int, step: int, seconds: float, stopped: bool = False) -> None:
         if jax.process_index() == 0:
             batch, classes = self.config.batch_size, self.config.num_classes
-            console.info(report.summary(self.workdir, start_step, step, seconds, batch, classes))
+            console.info(
+                report.summary(self.workdir, start_step, step, seconds, batch, classes, stopped)
+            )
 
     def finish(self, step: int) -> None:
         """Records the end (the final evaluation is written and its checkpoint saved) and

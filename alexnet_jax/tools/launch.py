@@ -185,7 +185,8 @@ class Supervisor:
             time.sleep(_POLL_S)
         codes = [exit_code(p.returncode) for p in self.procs]
         self.say(f"exit codes: {codes}")
-        if self.interrupt == signal.SIGINT:
+        if self.interrupt == signal.SIGINT:  # the processes saved on their SIGTERM, or were killed
+            print(f"interrupted: {errors.CTRL_C}", file=sys.stderr, flush=True)
             return 130
         if self.dead is not None:
             return codes[self.dead]

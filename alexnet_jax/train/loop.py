@@ -363,7 +363,7 @@ def train_and_evaluate(
         except NonFiniteError as e:
             told = str(e).replace(KEPT, _kept(workdir))
             raise NonFiniteError(f"{told} {likely_causes(config)}") from None
-        run.summary(start_step, step, time.perf_counter() - began)
+        run.summary(start_step, step, time.perf_counter() - began, stopped=signal is not None)
         if signal == "SIGINT":
             raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")
         if signal is not None:

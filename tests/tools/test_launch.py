@@ -163,6 +163,10 @@ def test_ctrl_c_reaches_each_worker_as_exactly_one_sigterm(start_launcher, signu
         assert launcher.lines.count(f"[{i}] got TERM") == 1, launcher.output
     assert "got INT" not in launcher.output
     assert "[launch] exit codes: [0, 0]" in launcher.output
+    # Pass 10, #58: after a Ctrl-C the launcher's own last word is the one `interrupted:` line.
+    interrupted = [line for line in launcher.lines if line.startswith("interrupted:")]
+    assert interrupted == ([f"interrupted: {errors.CTRL_C}"] if signum == signal.SIGINT else [])
+    assert launcher.lines[-1] == (interrupted or launcher.lines)[-1]
 
 
 def test_a_second_ctrl_c_kills_the_workers(start_launcher):
