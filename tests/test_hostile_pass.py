@@ -1495,3 +1495,19 @@ def test_the_summary_of_a_run_stopped_before_its_end_calls_its_evaluation_the_la
     assert stopped[1] == "last eval: top-1 err 50.00% (step 32)"
     finished = report.summary(workdir, 0, 32, 10.0, 8, 10).splitlines()
     assert finished[1] == "final eval: top-1 err 50.00% (step 32)"
+
+
+def test_a_run_refused_for_tensorflows_address_space_makes_no_cache_folder(tmp_path, monkeypatch):
+    """Pass 10, #40: under `ulimit -v 2500000` an image-folder run with resized_cache_dir=RCu
+    was refused in one line (TensorFlow needs about 3200 MB), but RCu was made first and left
+    empty. The limit is checked before any folder of the data is made."""
+    from alexnet_jax.data import input_pipeline
+
+    monkeypatch.setattr(errors, "address_space_limit", lambda: 2500 * 2**20)
+    config = tiny_config(
+        str(tmp_path), dataset="image_folder", image_folder=str(tmp_path / "F"), num_classes=2,
+        eval_split="val", resized_cache_dir=str(tmp_path / "RCu"),
+    )  # fmt: skip
+    with pytest.raises(UserError, match="too little for TensorFlow"):
+        input_pipeline.prepare(config)
+    assert not (tmp_path / "RCu").exists()

@@ -833,6 +833,8 @@ def check_before_build(config, training: bool = True) -> None:
     prepare() runs it before any build. training=False leaves out the training-only folders
     (resized_cache_dir, image_store_dir)."""
     recipe.check_outside_image_folder(config, training=training)  # before any folder is made
+    if config.dataset != "synthetic":  # (the data is read by TensorFlow: refused before a folder)
+        runtime.check_address_space_for_tensorflow()
     if config.dataset in ("imagenet2012", "miniature"):
         _check_tfds_split_names(config)
     fields = {
