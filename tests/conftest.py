@@ -169,3 +169,26 @@ def pytest_collection_modifyitems(items):
         return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the collection order within a file and among the rest
+
+
+# ---- A tiny image folder ----------------------------------------------------------------------
+
+
+def png(path: str, value: int) -> None:
+    """A 48x40 PNG of one grey `value` at `path` (its folders made)."""
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((40, 48, 3), value, np.uint8)).save(path, format="PNG")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """An image folder: train/{ant,bee} with 2 images each, val/{ant,bee} with 1 each."""
+    root = str(tmp_path / "images")
+    for split, count in (("train", 2), ("val", 1)):
+        for c, name in enumerate(("ant", "bee")):
+            for k in range(count):
+                png(os.path.join(root, split, name, f"{name}{k}.png"), 60 * c + k)
+    return root

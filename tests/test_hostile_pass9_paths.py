@@ -7,31 +7,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from alexnet_jax.core.errors import ConfigError, DataError
 from alexnet_jax.data import input_pipeline, recipe
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _png(path: str, value: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.full((40, 48, 3), value, np.uint8)).save(path, format="PNG")
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """An image folder: train/{ant,bee} with 2 images each, val/{ant,bee} with 1 each."""
-    root = str(tmp_path / "images")
-    for split, count in (("train", 2), ("val", 1)):
-        for c, name in enumerate(("ant", "bee")):
-            for k in range(count):
-                _png(os.path.join(root, split, name, f"{name}{k}.png"), 60 * c + k)
-    return root
 
 
 def _folder_config(root: str, **overrides):

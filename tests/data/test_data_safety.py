@@ -21,6 +21,7 @@ from PIL import Image
 from alexnet_jax.core.errors import ConfigError, DataError, UserError
 from alexnet_jax.data import data_sources, image_store, input_pipeline, miniature
 from configs import default
+from tests.conftest import png
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 1
@@ -49,22 +50,6 @@ def built(tmp_path_factory):
     config = _config(tmp)
     input_pipeline.prepare(config)
     return tmp
-
-
-def _png(path, value: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.full((40, 48, 3), value, np.uint8)).save(path, format="PNG")
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """An image folder: train/{ant,bee} with 2 images each, val/{ant,bee} with 1 each."""
-    root = str(tmp_path / "images")
-    for split, count in (("train", 2), ("val", 1)):
-        for c, name in enumerate(("ant", "bee")):
-            for k in range(count):
-                _png(os.path.join(root, split, name, f"{name}{k}.png"), 60 * c + k)
-    return root
 
 
 def _folder_config(tmp, root, **overrides):
@@ -405,8 +390,8 @@ def test_dataset_identity_of_image_folder_changes_when_a_class_is_added(tmp_path
     assert first == data_sources.dataset_identity(config)  # stable
     assert json.loads(json.dumps(first)) == first  # JSON values only
     assert first["classes"] == ["ant", "bee"]
-    _png(os.path.join(folder, "train", "aardvark", "a0.png"), 7)
-    _png(os.path.join(folder, "val", "aardvark", "a0.png"), 8)
+    png(os.path.join(folder, "train", "aardvark", "a0.png"), 7)
+    png(os.path.join(folder, "val", "aardvark", "a0.png"), 8)
     second = data_sources.dataset_identity(config)
     assert second["classes"] == ["aardvark", "ant", "bee"]  # every label shifted: not a resume
     assert second != first
@@ -474,7 +459,7 @@ def test_resize_cache_is_rebuilt_when_a_class_is_renamed_or_added_at_the_same_pa
     assert len(os.listdir(config.resized_cache_dir)) == 1
     for split in ("train", "val"):
         os.rename(os.path.join(folder, split, "bee"), os.path.join(folder, split, "wasp"))
-        _png(os.path.join(folder, split, "aardvark", "a0.png"), 200)
+        png(os.path.join(folder, split, "aardvark", "a0.png"), 200)
     config.num_classes = 3
     input_pipeline.prepare(config)
     assert len(os.listdir(config.resized_cache_dir)) == 2
@@ -496,7 +481,7 @@ def test_image_store_and_mean_image_are_not_shared_by_folders_with_the_same_name
     for split, count in (("train", 2), ("val", 1)):
         for c, name in enumerate(("ant", "bee")):
             for k in range(count):
-                _png(os.path.join(other, split, name, f"{k}.png"), 250 - 60 * c - k)
+                png(os.path.join(other, split, name, f"{k}.png"), 250 - 60 * c - k)
                 os.utime(os.path.join(other, split, name, f"{k}.png"), ns=(10**18, 10**18))
     other_config = _folder_config(str(tmp_path), other, **store)
     assert data_sources.dataset_identity(config) == data_sources.dataset_identity(other_config)
@@ -595,9 +580,9 @@ def test_images_in_sub_folders_or_loose_in_a_split_are_named_in_one_warning(
     loose in train/ were left out without a word. They are still left out (only the images
     directly inside <split>/<class>/ are read), and one warning says how many, with an example."""
     for name in ("x.png", "y.png"):
-        _png(os.path.join(folder, "train", "ant", "more", "deeper", name), 9)
-    _png(os.path.join(folder, "train", "loose.png"), 9)
-    _png(os.path.join(folder, "val", "bee", "extra", "z.jpg"), 9)
+        png(os.path.join(folder, "train", "ant", "more", "deeper", name), 9)
+    png(os.path.join(folder, "train", "loose.png"), 9)
+    png(os.path.join(folder, "val", "bee", "extra", "z.jpg"), 9)
     info = input_pipeline.prepare(_folder_config(str(tmp_path), folder))
     assert (info.num_train_examples, info.num_eval_examples) == (4, 2)  # the same files read
     (warning,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: ")]
