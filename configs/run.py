@@ -7,6 +7,8 @@ The part after the colon is the run's directory. Fields can still be overridden 
 --allow_config_change is given.
 """
 
+import os
+
 import ml_collections
 
 from alexnet_jax.runs import rundir
@@ -16,6 +18,7 @@ from configs import default
 def get_config(workdir: str = "") -> ml_collections.ConfigDict:
     if not workdir:
         raise ValueError("name the run's directory after a colon: --config=configs/run.py:runs/x")
+    workdir = os.path.expanduser(workdir)  # as --workdir=~/x is
     # Read as it is: a resume is checked against the run's history by main.py (and refused
     # unless --allow_config_change), a new run in another workdir records it as its own.
     recorded = rundir.read_config_dict(workdir, check_digest=False)

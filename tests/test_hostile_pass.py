@@ -1511,3 +1511,54 @@ def test_a_run_refused_for_tensorflows_address_space_makes_no_cache_folder(tmp_p
     with pytest.raises(UserError, match="too little for TensorFlow"):
         input_pipeline.prepare(config)
     assert not (tmp_path / "RCu").exists()
+
+
+# ---- Hostile pass 11 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_tilde_in_the_tools_paths_is_the_home_folder(tmp_path, monkeypatch):
+    """Pass 11, #27-#31, #37: a quoted ~ in the tools' own path flags was taken literally
+    (`export --to=~/m.npz` wrote 228 MB into a folder named "~" under the cwd; `figures
+    --out=~/figs` and `launch --process_log_dir=~/plogs` made the folder in $HOME and wrote
+    under ./~; `sweep --sweep_dir=~/sw3` was a traceback; configs/run.py:~/x not found). The
+    tools' flag parsers (absl and argparse) expand a leading ~, as main.py does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = str(tmp_path)
+    assert errors.expand_user("--to=~/m.pth") == f"--to={home}/m.pth"
+    assert errors.expand_user("~/runs/a") == f"{home}/runs/a"
+    for word in ("--top_k=5", "x~y", "--name=a~b", "-"):  # no leading ~ of a value: as it is
+        assert errors.expand_user(word) == word
+    parser = errors.ArgumentParser()
+    parser.add_argument("--out")
+    parser.add_argument("runs", nargs="*")
+    args = parser.parse_args(["--out=~/cmp", "~/a", "b"])
+    assert (args.out, args.runs) == (f"{home}/cmp", [f"{home}/a", "b"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.export", "--workdir=~/nothing", "--to=~/m.pth"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HOME": home, "XLA_FLAGS": "", "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{home}/nothing" in proc.stderr
+    assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotADirectoryError(20, "Not a directory", "out/.tmp-7", "out/"),
+        IsADirectoryError(21, "Is a directory", "out.tmp-7", "out"),
+        FileNotFoundError(2, "No such file or directory", "/proc/1/cmp.png.tmp-7"),
+    ],
+)
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(error, capsys):
+    """Pass 11, #15, #19, #20: `compare --out=/proc/1/cmp`, `figure1 --out=<an existing
+    folder>` and `figure1 --out=/proc/1/f.png` ended in FileNotFoundError, NotADirectoryError
+    and IsADirectoryError tracebacks from the atomic write's rename. One line naming the path
+    and the system's reason, exit 2."""
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        raise error
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {error.filename}")
+    assert f"{error.strerror} (errno {error.errno}): check the path" in line

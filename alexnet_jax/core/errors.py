@@ -172,10 +172,16 @@ def reported_as_exit(
             "(pip install -r requirements.txt) in the Python that runs this.",
             2,
         )
-    except FileNotFoundError as e:  # a relative path resolved in a deleted current directory
-        if not (current_directory_missing() and not os.path.isabs(e.filename or "")):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        if current_directory_missing() and not os.path.isabs(e.filename or ""):
+            _exit(f"error: {MISSING_CWD}", 2)  # a relative path in a deleted current directory
+        if not e.filename:
             raise
-        _exit(f"error: {MISSING_CWD}", 2)
+        # A path the user named that cannot be made or replaced (an --out into /proc, a folder
+        # where a file is written): the path and the system's reason, not a traceback.
+        names = e.filename + (f" -> {e.filename2}" if e.filename2 else "")
+        reason = f"{e.strerror} (errno {e.errno})"
+        _exit(f"error: {names}: {reason}: check the path, or choose another.", 2)
     except Exception as e:
         if _lost_a_peer(e):
             # A collective whose peer died (kill -9, a host lost): the traceback came, then the
@@ -377,17 +383,27 @@ def _importing(frame) -> bool:
     return False
 
 
+def expand_user(argument: str) -> str:
+    """A command-line word with a leading ~ of its path expanded (`~/x`, `--out=~/x`), as a shell
+    does where it is not quoted: a quoted `--to=~/m.pth` wrote into a folder named "~"."""
+    name, equals, value = argument.partition("=")
+    if equals and name.startswith("-") and value.startswith("~"):
+        return f"{name}={os.path.expanduser(value)}"
+    return os.path.expanduser(argument) if argument.startswith("~") else argument
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing for the tools and the benchmarks (`app.run(main, flags_parser=...)`):
     an unknown, malformed or missing flag is one `error:` line naming it and exit code 2, where
-    absl prints its whole help or a FATAL line and exits 1; --help exits 0 (console.flag_help)."""
+    absl prints its whole help or a FATAL line and exits 1; --help exits 0 (console.flag_help).
+    A leading ~ of a path is expanded (expand_user)."""
     from absl import flags
 
     from alexnet_jax.core import console
 
     try:
         with console.flag_help():
-            return flags.FLAGS(argv)
+            return flags.FLAGS([argv[0], *map(expand_user, argv[1:])])
     except flags.Error as e:
         _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
 
@@ -398,6 +414,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         _exit(f"error: {message.rstrip('.')}. See --help.", 2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, with a leading ~ of each path expanded (expand_user)."""
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([expand_user(a) for a in args], namespace)
 
 
 MISSING_CWD = (
