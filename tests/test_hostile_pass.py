@@ -1562,3 +1562,15 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(error, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {error.filename}")
     assert f"{error.strerror} (errno {error.errno}): check the path" in line
+
+
+def test_compare_refuses_an_out_that_is_a_folder(tmp_path):
+    """Pass 11, #18: `compare --out=cmpd/ run` wrote cmpd/.md, cmpd/.csv and cmpd/.png, three
+    files that `ls` does not show. --out is a path without its extension: a folder's path (a
+    trailing slash) is refused in one line that names the path to give, before any work."""
+    from alexnet_jax.tools import compare
+
+    (tmp_path / "cmpd").mkdir()
+    with pytest.raises(UserError, match=r"is a folder: --out is the files' path without"):
+        compare.write_comparison([str(tmp_path / "no_run")], str(tmp_path / "cmpd") + os.sep)
+    assert os.listdir(tmp_path / "cmpd") == []

@@ -574,6 +574,12 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
     """Writes `<out>.md`, `<out>.csv` and `<out>.png` for the runs of `dirs`; returns the
     markdown table and the three paths."""
     out = out or default_out(dirs)
+    if not os.path.basename(out):  # a folder's path (cmpd/): the files were .md, .csv, .png
+        stem = os.path.join(out, "comparison")
+        raise errors.UserError(
+            f"--out={out} is a folder: --out is the files' path without its extension, e.g. "
+            f"--out={stem} for {stem}.md, .csv and .png."
+        )
     paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
     for path in paths:  # before the work, and before its folder is made (hostile pass 5, #38)
         rundir.refuse_run_file(path, "--out")
