@@ -569,12 +569,40 @@ def mute_native_stdout() -> None:
     sys.stdout = os.fdopen(python_stdout, "w", buffering=1)
 
 
+_stderr_filter: list = []  # its Popen, kept for the life of the process
+
+
+def filter_native_stderr() -> None:
+    """From now on this process's stderr (fd 2, Python's and C++'s) reaches the real one through
+    a child process, core/stderr_filter.py: when another process of the job dies, JAX's client
+    ends this one in C++ (a fatal log line, a C++ stack, a thread dump) before Python can speak;
+    the filter prints the lost peer's one `error:` line instead. Multi-process runs only."""
+    import subprocess
+
+    mark = f"error: {errors.LOST_PEER}"
+    line = f"{mark} (JAX's distributed service ended this process)."
+    sys.stderr.flush()
+    read, write = os.pipe()
+    try:
+        _stderr_filter.append(subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.join(os.path.dirname(__file__),
+             "stderr_filter.py"), mark, line],
+            stdin=read, stdout=2, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))  # fmt: skip
+        os.dup2(write, 2)
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 def _start_jax_distributed(timeout_s: float, job: str, *args) -> None:
     """jax.distributed.initialize(*args); if not every process joined within `timeout_s`, one
     `error:` paragraph with `job` (who waited where) and exit code 2. jax's wait releases the GIL
     but cannot be interrupted (at its own deadline it aborts the process): a thread ends it.
-    Gloo's connection lines are muted first (mute_native_stdout)."""
+    Gloo's connection lines are muted first (mute_native_stdout), and stderr goes through
+    filter_native_stderr."""
     mute_native_stdout()
+    filter_native_stderr()
 
     def give_up() -> None:
         print(
