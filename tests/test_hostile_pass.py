@@ -1664,3 +1664,41 @@ def test_a_killed_coordinator_ends_the_real_survivor_with_one_line(tmp_path):
     assert procs[1].returncode != 0
     (line,) = err.splitlines()
     assert line.startswith(f"error: {errors.LOST_PEER} (")
+
+
+def test_weights_are_not_evaluated_on_a_folder_of_other_classes(folder, monkeypatch):
+    """Pass 11, #10: `--mode=eval` of a .pth trained on classes a, b over a folder whose class
+    folders are b, c (folder class b is label 0, the file's b is label 1) printed an error rate
+    with no word; so did a run evaluated with --config.image_folder at another folder. The
+    classes the weights were trained on (a .pth's recorded names or synsets; a run's run.json)
+    must be the folder's, in the same order; a file that records none (torchvision's) is not
+    checked."""
+    from alexnet_jax.interop import weights_io
+    from alexnet_jax.train import loop
+
+    config = tiny_config(os.path.dirname(folder), dataset="image_folder", image_folder=folder)
+    recorded = {}
+    monkeypatch.setattr(rundir, "read_run_record", lambda workdir: recorded)
+    for classes in (["ant", "bee"], None):
+        recorded["dataset"] = {"classes": classes}
+        loop._check_trained_classes(config, "w")
+    recorded["dataset"] = {"classes": ["bee", "cat"]}
+    with pytest.raises(
+        ConfigError,
+        match=r"The run in w was trained on the classes bee, cat .*"
+        r"the class folders ant, bee: its labels would not be the weights'",
+    ):
+        loop._check_trained_classes(config, "w")
+    config.torch_weights = "x.pth"
+    conventions = {"class_names": ["tench", "goldfish"], "class_synsets": ["ant", "bee"]}
+    monkeypatch.setattr(weights_io, "read_conventions", lambda path: conventions)
+    loop._check_trained_classes(config, "w")  # the synsets are the folder names
+    conventions["class_synsets"] = None
+    with pytest.raises(
+        ConfigError,
+        match=r"x.pth records that its weights were trained on the "
+        r"classes tench, goldfish",
+    ):
+        loop._check_trained_classes(config, "w")
+    monkeypatch.setattr(weights_io, "read_conventions", lambda path: None)
+    loop._check_trained_classes(config, "w")

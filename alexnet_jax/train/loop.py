@@ -249,6 +249,34 @@ def _check_weights_conventions(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _check_trained_classes(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """ConfigError when an image folder is evaluated with weights trained on other classes, or on
+    the same ones in another order: the folder's labels (the places of its sorted class folders)
+    would not be the weights' (a run's classes as its run.json recorded them at its start; a
+    weights file's recorded class names or synsets). Either way every metric would be wrong."""
+    if config.dataset != "image_folder":
+        return
+    if config.torch_weights:
+        recorded = weights_io.read_conventions(config.torch_weights) or {}
+        trained = [recorded.get(field) for field in weights_io.CLASS_FIELDS]
+        what = f"{config.torch_weights} records that its weights were"
+    else:
+        record = rundir.read_run_record(workdir) or {}
+        trained = [record.get("dataset", {}).get("classes")]
+        what = f"The run in {workdir} was"
+    trained = [list(names) for names in trained if names]
+    if not trained:
+        return  # nothing recorded (torchvision's weights): nothing to compare
+    folders = list(data_sources.open_source(config, build=False).classes)
+    if folders not in trained:
+        raise ConfigError(
+            f"{what} trained on the classes {data_sources.name_list(trained[0], 10)} (in label "
+            f"order), but the image folder {config.image_folder} has the class folders "
+            f"{data_sources.name_list(folders, 10)}: its labels would not be the weights' and "
+            "every metric would be wrong. Evaluate on a folder with the same class folders."
+        )
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
 ) -> dict[str, float]:
@@ -280,6 +308,7 @@ def evaluate_checkpoint(
         run_lib.removed_if_failed(workdir),
         rundir.exclusive(workdir) if recorded else contextlib.nullcontext(),
     ):
+        _check_trained_classes(config, workdir)
         exp, _ = _build(config, training=False)  # no training-only cache or store is built
         if config.torch_weights:
             _check_weights_conventions(config)
