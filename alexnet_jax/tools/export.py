@@ -53,9 +53,10 @@ def export_run(workdir: str, out_path: str) -> str:
     config = config_lib.load_config(workdir)
     if config.variant not in convert.VARIANTS:
         raise UserError(
-            f"The run in {workdir} trains variant {config.variant!r}, which has no PyTorch layout "
-            f"(export writes the ImageNet variants {list(convert.VARIANTS)}): use its workdir "
-            "directly (predict --workdir, --mode=eval, figures)."
+            f"The run in {workdir} trains variant {config.variant!r}, which no export format "
+            f"serves: every format ({', '.join(weights_io.FORMATS)}) is written and read back "
+            f"with the layer layouts of the ImageNet variants {list(convert.VARIANTS)} only. Use "
+            "its workdir directly (predict --workdir, --mode=eval, figures)."
         )
     if config.normalization == "mean_image":
         raise UserError(
