@@ -1702,3 +1702,24 @@ def test_weights_are_not_evaluated_on_a_folder_of_other_classes(folder, monkeypa
         loop._check_trained_classes(config, "w")
     monkeypatch.setattr(weights_io, "read_conventions", lambda path: None)
     loop._check_trained_classes(config, "w")
+
+
+def test_the_decodability_check_prints_no_tensorflow_log_line(tmp_path):
+    """Pass 10, #49: a class whose only image does not decode was refused in one line, but
+    TensorFlow's C++ line for the failed decode came first (`W0000 ... local_rendezvous.cc:412]
+    Local rendezvous is aborting with status: INVALID_ARGUMENT: Unknown image file format`)."""
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    script = (
+        "from alexnet_jax.data import data_sources\n"
+        "print(data_sources._decodes('x.png'), data_sources._decodes('x.png'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "1"},
+    )  # fmt: skip  (TensorFlow's warnings shown, as main.py's quiet_native_logs leaves them)
+    assert (proc.returncode, proc.stdout) == (0, "False False\n"), proc.stderr[-2000:]
+    assert "rendezvous" not in proc.stderr, proc.stderr

@@ -349,15 +349,13 @@ def import_tensorflow_quietly() -> None:
     absl's "before absl::InitializeLog()" warning at import whatever TF_CPP_MIN_LOG_LEVEL says.
     A failed import still raises, with its traceback. Call it before anything else imports
     TensorFlow (`load_tensorflow` calls it)."""
-    with _tensorflow_import:  # one thread at a time swaps file descriptor 2
+    with _tensorflow_import:
         if "tensorflow" in sys.modules:
             return
         check_address_space_for_tensorflow()
-        sys.stderr.flush()
-        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
         try:
-            import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
+            with native_stderr_muted():
+                import tensorflow  # noqa: F401  (its import-time notices go to /dev/null)
         except (MemoryError, ImportError, SystemError) as e:
             if not _out_of_memory(e):
                 raise
@@ -365,6 +363,22 @@ def import_tensorflow_quietly() -> None:
                 "out of memory while loading TensorFlow (it reads the data): free memory, or "
                 f"raise the process's limit{_address_space_now()} (ulimit -v unlimited)."
             ) from None
+
+
+_stderr_swap = threading.RLock()  # re-entered: a muted block may import TensorFlow
+
+
+@contextlib.contextmanager
+def native_stderr_muted():
+    """What is written to stderr's file descriptor (fd 2) inside the block goes to /dev/null: a
+    C++ library's log line no level turns off. Python's own stderr too, so keep the block short;
+    one thread at a time swaps fd 2."""
+    with _stderr_swap:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        try:
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)

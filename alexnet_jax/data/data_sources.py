@@ -517,9 +517,12 @@ def _is_file(entry: os.DirEntry) -> bool:
 
 
 def _decodes(path: str) -> bool:
-    """Whether TensorFlow, the training pipeline's decoder, reads the image file `path`."""
+    """Whether TensorFlow, the training pipeline's decoder, reads the image file `path` (a
+    failure's C++ log line, "Local rendezvous is aborting with status: INVALID_ARGUMENT: Unknown
+    image file format", is muted: the caller reports it)."""
     try:
-        preprocessing.decode_rgb(tf.io.read_file(path))
+        with runtime.native_stderr_muted():
+            preprocessing.decode_rgb(tf.io.read_file(path))
     except (tf.errors.OpError, ValueError):
         return False
     return True
