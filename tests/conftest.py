@@ -192,3 +192,14 @@ def folder(tmp_path):
             for k in range(count):
                 png(os.path.join(root, split, name, f"{name}{k}.png"), 60 * c + k)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _the_workers_own_stdout_and_stderr(monkeypatch):
+    """A test that starts a multi-process set-up in-process (runtime.initialize_distributed with
+    jax.distributed mocked) never redirects the pytest worker's file descriptors 1 and 2 (Gloo's
+    muted stdout, the stderr filter's child process): those are a real process's, for its life."""
+    from alexnet_jax.core import runtime
+
+    monkeypatch.setattr(runtime, "mute_native_stdout", lambda: None)
+    monkeypatch.setattr(runtime, "filter_native_stderr", lambda: None)
