@@ -10,6 +10,7 @@ show only with --verbosity=1 or more.
 import os
 import re
 import sys
+import warnings
 
 from alexnet_jax.core import errors
 
@@ -73,12 +74,14 @@ def _refuse_repeated_fields(argv: list[str]) -> None:
 
 _refuse_repeated_fields(sys.argv)
 try:  # ml_collections reads the --config.FIELD overrides of sys.argv already here
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config",
-        os.path.join(_HERE, "configs", "default.py"),
-        "Config file; fields can be overridden with --config.field=value.",
-        lock_config=True,
-    )
+    with warnings.catch_warnings():  # (it loads the default config with a deprecated call)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _CONFIG = config_flags.DEFINE_config_file(
+            "config",
+            os.path.join(_HERE, "configs", "default.py"),
+            "Config file; fields can be overridden with --config.field=value.",
+            lock_config=True,
+        )
 except (AttributeError, KeyError) as e:
     _no_such_field(*_field_error(e))
 _WORKDIR = flags.DEFINE_string(
@@ -126,10 +129,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     from alexnet_jax.core import console
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # no absl chatter about a broken config file
-    try:
-        with console.flag_help():  # --help: exit code 0, quietly into a closed pipe
+    try:  # (ml_collections loads the config with a deprecated importlib call: never an error)
+        with console.flag_help(), warnings.catch_warnings():  # --help: exit 0, into a closed pipe
+            warnings.simplefilter("ignore", DeprecationWarning)
             rest = flags.FLAGS(argv)
-        _CONFIG.value.keys()  # a config file that failed to load raises here
+            _CONFIG.value.keys()  # a config file that failed to load raises here
     except flags.UnrecognizedFlagError as e:
         name = str(e.flagname)
         if not name.startswith("config."):
@@ -172,6 +176,8 @@ def main(argv):
             f"unexpected arguments {argv[1:]}: main.py takes only flags (--name=value), none "
             "after a bare --."
         )
+    with errors.reported_as_exit():  # JAX_ENABLE_X64=maybe: one line
+        errors.import_jax()
     import jax
 
     from alexnet_jax.core import console, runtime  # after absl parsed the flags

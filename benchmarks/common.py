@@ -39,6 +39,7 @@ MEMORY_ADVICE = "Free memory, raise the process's limit (ulimit -v), or lower --
 
 with errors.reported_as_exit(memory_advice=MEMORY_ADVICE):  # ulimit -v too low: one line
     errors.check_address_space()  # (before JAX, which aborts in C++ below it)
+    errors.import_jax()  # a JAX_* variable JAX refuses: one line
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1723,3 +1723,74 @@ def test_the_decodability_check_prints_no_tensorflow_log_line(tmp_path):
     )  # fmt: skip  (TensorFlow's warnings shown, as main.py's quiet_native_logs leaves them)
     assert (proc.returncode, proc.stdout) == (0, "False False\n"), proc.stderr[-2000:]
     assert "rendezvous" not in proc.stderr, proc.stderr
+
+
+# ---- Hostile pass 12 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("JAX_DEFAULT_MATMUL_PRECISION", "bogus", ["main.py", "--workdir=w"]),
+        ("JAX_ENABLE_X64", "maybe", ["-m", "alexnet_jax.tools.predict", "--workdir=w", "x.png"]),
+        ("JAX_NUM_CPU_DEVICES", "abc", ["benchmarks/lrn.py"]),
+    ],
+)
+def test_a_jax_variable_jax_refuses_is_one_line(tmp_path, variable, value, command):
+    """Pass 12, #18-#21: JAX_DEFAULT_MATMUL_PRECISION=bogus, JAX_TRACEBACK_FILTERING=bogus,
+    JAX_NUM_CPU_DEVICES=abc, JAX_ENABLE_X64=maybe: JAX's import raised a ValueError, a 20-32
+    line traceback from main.py and every tool. Every entry point imports JAX through
+    errors.import_jax: one line naming the variable, exit code 2."""
+    command = [
+        sys.executable,
+        *(os.path.join(REPO, w) if w.endswith(".py") else w for w in command),
+    ]
+    proc = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "", variable: value},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: the environment variable {variable}={value!r} is not a value JAX accepts "
+        f"({proc.stderr.split(' accepts (', 1)[1].split('): fix', 1)[0]}): fix it or unset it "
+        f"(unset {variable})."
+    ]
+
+
+def test_warnings_made_errors_do_not_break_main(tmp_path):
+    """Pass 12, #22: PYTHONWARNINGS=error: main.py crashed loading its default config (a
+    40-line traceback of ml_collections' deprecated load_module), an explicit --config was
+    "could not be loaded", and a training step used optax.global_norm (deprecated). The config
+    is loaded with DeprecationWarnings ignored, and the step uses optax.tree.norm."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), "--workdir=nothing", "--mode=eval"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XLA_FLAGS": "", "PYTHONWARNINGS": "error"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith("error: nothing holds no run")
+    from alexnet_jax.train import experiment
+
+    with open(experiment.__file__) as f:
+        assert "optax.global_norm" not in f.read()
+
+
+def test_a_long_output_name_is_written_or_refused_in_one_line(tmp_path, capsys):
+    """Pass 12, #50-#51: `compare --out=<250 characters>` failed with a traceback for its
+    temporary file's name (`<name>.png.tmp-<pid>`, over the 255-byte limit) and export refused a
+    legal 252-character name the same way. Temporary names are cut to fit; a name that is itself
+    too long is one line naming it."""
+    from alexnet_jax.interop import weights_io
+
+    name = "y" * 250
+    rundir.write_atomically(str(tmp_path / f"{name}.png"), b"png")
+    weights_io._replace_file(str(tmp_path / f"{name}.pth"), b"pth")
+    assert sorted(os.listdir(tmp_path)) == [f"{name}.png", f"{name}.pth"]  # no temporary left
+    too_long = str(tmp_path / ("z" * 300))
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        rundir.write_atomically(too_long, b"png")
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {too_long}: File name too long (errno 36): check the path, or choose another."
+    ]
+    assert sorted(os.listdir(tmp_path)) == [f"{name}.png", f"{name}.pth"]

@@ -49,6 +49,19 @@ _SYSTEM_ERRNO = re.compile(r"os_error_code='?(\d+)")
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+_NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, APFS)
+
+
+def temporary_path(path: str, prefix: str = "", suffix: str = "") -> str:
+    """A temporary file's path beside `path` (`<prefix><name><suffix>`), to be renamed over it:
+    the name is cut so that it fits the file system's limit whenever `path`'s own name does (a
+    long --out name was refused as "File name too long" for its temporary file alone)."""
+    directory, name = os.path.split(path)
+    room = _NAME_MAX - len(os.fsencode(prefix + suffix))
+    name = os.fsdecode(os.fsencode(name)[:room])
+    return os.path.join(directory, f"{prefix}{name}{suffix}")
+
+
 def is_storage_error(error: BaseException, *, any_os_error: bool = True) -> bool:
     """Whether `error` is a failed read or write of files (not a programming error, and not the
     UserError that already reports one, whose text quotes the system's reason).
@@ -177,12 +190,10 @@ def reported_as_exit(
             _exit(f"error: {MISSING_CWD}", 2)  # a relative path in a deleted current directory
         if not e.filename:
             raise
-        # A path the user named that cannot be made or replaced (an --out into /proc, a folder
-        # where a file is written): the path and the system's reason, not a traceback.
-        names = e.filename + (f" -> {e.filename2}" if e.filename2 else "")
-        reason = f"{e.strerror} (errno {e.errno})"
-        _exit(f"error: {names}: {reason}: check the path, or choose another.", 2)
+        _exit(_bad_path_line(e), 2)
     except Exception as e:
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG and e.filename:
+            _exit(_bad_path_line(e), 2)
         if _lost_a_peer(e):
             # A collective whose peer died (kill -9, a host lost): the traceback came, then the
             # exit hung in JAX's shutdown waiting for the peer and ignored SIGTERM. One line, and
@@ -198,6 +209,17 @@ def reported_as_exit(
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
         reason = storage_error_reason(e, with_file=False)
         _exit(f"error: could not write{where}: {reason}. {write_advice}", 2)
+
+
+def _bad_path_line(error: OSError) -> str:
+    """A path the user named that cannot be made or replaced (an --out into /proc, a folder where
+    a file is written, a name over the file system's limit): the path and the system's reason,
+    not a traceback."""
+    names = error.filename + (f" -> {error.filename2}" if error.filename2 else "")
+    if error.errno == errno.ENAMETOOLONG and error.filename2:  # (temporary_path's name fits)
+        names = error.filename2
+    reason = f"{error.strerror} (errno {error.errno})"
+    return f"error: {names}: {reason}: check the path, or choose another."
 
 
 LOST_PEER = (
@@ -336,6 +358,31 @@ def check_start() -> None:
     address space (check_address_space) and the file-system encoding (check_filesystem_encoding)."""
     check_address_space()
     check_filesystem_encoding()
+
+
+# How JAX refuses one of its JAX_* environment variables, at its import.
+_JAX_SETTING = re.compile(
+    r"Invalid value \"(?P<value>.*)\" for JAX flag (?P<flag>\w+)"
+    r"|invalid truth value '(?P<truth>.*)' for environment '(?P<variable>\w+)'"
+)
+
+
+def import_jax() -> None:
+    """`import jax`; a JAX_* environment variable whose value JAX refuses (its import raised a
+    ValueError and a traceback: JAX_ENABLE_X64=maybe, JAX_DEFAULT_MATMUL_PRECISION=bogus) is a
+    UserError naming it. Entry points call it before anything else imports JAX."""
+    try:
+        import jax  # noqa: F401
+    except ValueError as e:
+        found = _JAX_SETTING.search(str(e))
+        if not found:
+            raise
+        variable = found["variable"] or found["flag"].upper()
+        value = os.environ.get(variable, found["value"] or found["truth"])
+        raise UserError(
+            f"the environment variable {variable}={value!r} is not a value JAX accepts ({e}): "
+            f"fix it or unset it (unset {variable})."
+        ) from None
 
 
 def stop_now(signum: int = signal.SIGINT) -> None:

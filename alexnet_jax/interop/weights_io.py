@@ -46,7 +46,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from alexnet_jax.core import rules
+from alexnet_jax.core import errors, rules
 from alexnet_jax.core.errors import ConfigError, UserError
 from alexnet_jax.data import recipe
 from alexnet_jax.interop import convert
@@ -470,7 +470,9 @@ def _replace_file(path: str, data: Any) -> None:
     either the old file or the whole new one, never a partial file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    tmp = errors.temporary_path(
+        os.path.join(directory, os.path.basename(path)), ".", f".{secrets.token_hex(4)}.tmp"
+    )
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -253,11 +253,12 @@ def write_atomically(path: str, data: str | bytes) -> None:
     """Writes `data` to `path` through a temporary file and a rename: never half a file, and an
     earlier file at `path` stays whole when the write fails (a full disk); the OSError names
     `path`."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = errors.temporary_path(path, suffix=f".tmp-{os.getpid()}")
     try:
-        with _named(path), open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with _named(path):
+            with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+                f.write(data)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
