@@ -112,6 +112,48 @@ def all_finite(tree: Any) -> bool:
     return bool(jax.device_get(_all_finite(tree)))
 
 
+def _words(x: jax.Array) -> jax.Array:
+    """The wrapping sum of a leaf's bits as unsigned words: any one flipped bit changes it (by
+    2^k), and integer sums do not depend on the order or the devices that add them."""
+    width = {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize, jnp.uint32)
+    return jnp.sum(jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprint(tree: Any) -> jax.Array:
+    return jnp.stack([_words(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+def fingerprint(tree: Any) -> list[list]:
+    """[dtype name, sum of its words] per leaf of a pytree (`_words`): recorded with each
+    checkpoint and compared when it is read, so that a file damaged on disk in a way its format
+    does not notice (a flipped bit in a compressed chunk decodes to other numbers) is refused
+    instead of resumed."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    sums = jax.device_get(_fingerprint(tree)) if leaves else []
+    return [[str(x.dtype), int(v)] for x, v in zip(leaves, sums, strict=True)]
+
+
+def _check_fingerprint(state: Any, recorded: Any) -> None:
+    """DataError when `state`, as read, is not what was saved (the record's fingerprint). Leaves
+    read as another dtype than saved (a resume that changed the dtype on purpose) are not
+    compared."""
+    found = fingerprint(state)
+    if not isinstance(recorded, list) or len(recorded) != len(found):
+        raise DataError(f"its record's fingerprint does not fit its state ({recorded!r:.80})")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+    differ = [
+        path
+        for path, (dtype, value), saved in zip(paths, found, recorded, strict=True)
+        if saved[0] == dtype and saved[1] != value
+    ]
+    if differ:
+        raise DataError(
+            f"its arrays are not the ones saved ({', '.join(differ[:3])} differ from the "
+            "fingerprint recorded at the save): a file of the step was damaged on disk"
+        )
+
+
 def _weights(state: Any) -> Any:
     """What must be finite in a train state: the parameters and the optimizer's state (the
     momentum); not the plateau bookkeeping, whose best error starts at inf."""
@@ -134,6 +176,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
             f"Step {step}: the parameters are NaN/Inf after the update, so they were not saved "
             f"({kept}): the run has diverged."
         )
+    data_state = {**data_state, _FINGERPRINT: fingerprint(state)}
     record = {**data_state, _DIGEST: _digest(step, data_state)}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(record))
     with storage_errors_as(lambda e: _storage_error(manager, e, step)):
@@ -190,10 +233,13 @@ def _restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[An
         )
     if digest != _digest(step, record):
         raise DataError(f"its data record was edited: {record} does not match its digest")
+    if _FINGERPRINT in record:  # (checkpoints saved before 2026-12-05 have none)
+        _check_fingerprint(restored["state"], record.pop(_FINGERPRINT))
     return restored["state"], record
 
 
 _DIGEST = "digest"  # of the data record and its step: a hand edit of the JSON is refused
+_FINGERPRINT = "fingerprint"  # of the state's arrays (`fingerprint`): a damaged file is refused
 
 
 def _digest(step: int, record: dict) -> str:
