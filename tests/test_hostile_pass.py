@@ -1851,3 +1851,26 @@ def test_the_fingerprint_sees_one_flipped_bit_and_not_the_devices():
         tree["f"], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     )
     assert checkpoint.fingerprint({**tree, "f": spread}) == base
+
+
+def test_an_allowed_change_that_reshapes_the_train_state_is_refused_before_the_restore(tmp_path):
+    """Pass 12, #14: `--allow_config_change --config.optimizer=sgd` (the run's paper_sgd keeps a
+    velocity, sgd none) was "No checkpoint of this run can be read ... tree structures do not
+    match ... If the files are damaged, move those step directories out": a remedy that would
+    throw away an intact run. The state the changed config builds is compared with the one the
+    run's config.json builds, before any restore: one line naming the change; a change that
+    keeps the state's shapes passes."""
+    from alexnet_jax.train import experiment, loop, sharding
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    mesh = sharding.single_device_mesh()
+    changed = [("optimizer", "paper_sgd", "sgd")]
+    sgd = experiment.build(tiny_config(str(tmp_path), optimizer="sgd"), mesh, steps_per_epoch=3)
+    with pytest.raises(ConfigError, match=r"whose train state these changes reshape \(optimizer: "
+                       r"'paper_sgd' -> 'sgd'\).* Undo them, or start a new run"):  # fmt: skip
+        loop._refuse_a_reshaped_state(workdir, sgd, changed)
+    faster = experiment.build(
+        tiny_config(str(tmp_path), learning_rate=0.5), mesh, steps_per_epoch=3
+    )
+    loop._refuse_a_reshaped_state(workdir, faster, [("learning_rate", 0.01, 0.5)])

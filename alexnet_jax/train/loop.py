@@ -361,6 +361,8 @@ def train_and_evaluate(
     recipe.check_outside_image_folder(config, workdir)  # before Run makes the workdir
     with Run(workdir, config, allow_config_change, validate) as run:
         exp, info = _build(config)
+        if run.changes and rundir.saved_steps(workdir):
+            _refuse_a_reshaped_state(workdir, exp, run.changes)
         run.check_dataset(data_sources.dataset_identity(config))
         num_steps = total_train_steps(config, exp.steps_per_epoch)
         manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
@@ -399,6 +401,30 @@ def train_and_evaluate(
             return {}
         run.finish(step)
     return eval_metrics
+
+
+def _refuse_a_reshaped_state(
+    workdir: str, exp: experiment.Experiment, changes: list[tuple]
+) -> None:
+    """ConfigError when the changes allowed on resume (--allow_config_change) change the train
+    state's structure or shapes, which its checkpoints cannot be read into: the optimizer (SGD
+    has no velocity), a gradient clip, the network. Compared with the state the run's own
+    config.json builds; the dtypes may differ (a restore casts them)."""
+    before = experiment.build(
+        config_lib.load_config(workdir), exp.mesh, steps_per_epoch=exp.steps_per_epoch
+    ).abstract_state()
+    after = exp.abstract_state()
+    shapes = [x.shape for x in jax.tree_util.tree_leaves(before)]
+    if jax.tree.structure(before) == jax.tree.structure(after) and shapes == [
+        x.shape for x in jax.tree_util.tree_leaves(after)
+    ]:
+        return
+    shown = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes[:6])
+    raise ConfigError(
+        f"{workdir} holds checkpoints whose train state these changes reshape ({shown}): the "
+        "optimizer's state or the network would not be the saved one, so --allow_config_change "
+        "cannot continue the run with them. Undo them, or start a new run in another --workdir."
+    )
 
 
 def _restore(exp: experiment.Experiment, manager: Any) -> tuple[TrainState, dict]:
