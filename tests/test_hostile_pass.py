@@ -1874,3 +1874,24 @@ def test_an_allowed_change_that_reshapes_the_train_state_is_refused_before_the_r
         tiny_config(str(tmp_path), learning_rate=0.5), mesh, steps_per_epoch=3
     )
     loop._refuse_a_reshaped_state(workdir, faster, [("learning_rate", 0.01, 0.5)])
+
+
+def test_figure1_names_the_sweeps_own_failure_not_the_papers_sweep_file(tmp_path):
+    """Pass 12, #37: figure1 on a sweep of another sweep file whose tanh arm diverged said to run
+    `sweep --sweep=sweeps/figure1.py --sweep_dir=...`; following it set tanh aside and failed
+    the finished relu arm ("holds a run with another config"). The remedy now quotes the sweep's
+    own record of the arm (failed, its log) and says to rerun the sweep's own command."""
+    from alexnet_jax.tools import figure1
+
+    sweep_dir = str(tmp_path / "S3")
+    run = {"name": "tanh", "arm": "tanh", "seed": None, "workdir": "tanh", "log": "logs/tanh.log"}
+    run["outcome"] = {"status": "failed", "exit_code": 1}
+    rundir.write_sweep_plan(sweep_dir, {"config": "c.py", "arms": {"tanh": {}}, "runs": [run]})
+    with pytest.raises(DataError) as refused:
+        figure1.arm_records(sweep_dir, ["tanh"])
+    assert str(refused.value) == (
+        f"{sweep_dir} has no logged run of arm(s) tanh: the sweep's record says: tanh failed "
+        f"(log {sweep_dir}/logs/tanh.log). Fix what stopped them, then rerun the sweep command "
+        f"that made {sweep_dir} (the same --sweep file: its finished runs are not run again)."
+    )
+    assert "sweeps/figure1.py" in str(figure1._missing_remedy(str(tmp_path / "new"), ["relu"]))

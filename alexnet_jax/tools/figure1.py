@@ -109,15 +109,35 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
             "at least an epoch (--config.num_epochs or --config.num_train_steps), then rerun."
         )
     if missing:
-        raise DataError(
-            f"{sweep_dir} has no logged run of arm(s) {', '.join(missing)}: run "
-            "`python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py "
-            f"--sweep_dir={sweep_dir}`."
-        )
+        raise DataError(f"{sweep_dir} has no logged run of arm(s) {', '.join(missing)}: "
+                        f"{_missing_remedy(sweep_dir, missing)}")  # fmt: skip
     for arm in arms:
         for what in short[arm]:
             console.warning(f"left out of arm {arm}: {what}, less than one epoch.")
     return found
+
+
+def _missing_remedy(sweep_dir: str, missing: Sequence[str]) -> str:
+    """What to do about arms without a run: the sweep's own record of each (sweep.json: it
+    failed, with its log) and a rerun of that sweep's own command (the file that made it, not
+    necessarily sweeps/figure1.py); the paper's sweep for a folder that is no sweep yet."""
+    plan = rundir.read_sweep_plan(sweep_dir)
+    if plan is None:
+        return (
+            "run `python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py "
+            f"--sweep_dir={sweep_dir}`."
+        )
+    failed = []
+    for run in plan["runs"]:
+        outcome = run.get("outcome") if isinstance(run.get("outcome"), dict) else {}
+        if run.get("arm") in missing and outcome.get("status") not in (None, "finished"):
+            log = os.path.join(sweep_dir, str(run.get("log", rundir.SWEEP_LOGS)))
+            failed.append(f"{run['name']} {outcome['status']} (log {log})")
+    told = f"the sweep's record says: {'; '.join(failed)}. " if failed else ""
+    return (
+        f"{told}Fix what stopped them, then rerun the sweep command that made {sweep_dir} (the "
+        "same --sweep file: its finished runs are not run again)."
+    )
 
 
 def mean_seconds(runs: Sequence[Sequence[dict]], epoch: float | None) -> float | None:
