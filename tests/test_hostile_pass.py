@@ -1895,3 +1895,16 @@ def test_figure1_names_the_sweeps_own_failure_not_the_papers_sweep_file(tmp_path
         f"that made {sweep_dir} (the same --sweep file: its finished runs are not run again)."
     )
     assert "sweeps/figure1.py" in str(figure1._missing_remedy(str(tmp_path / "new"), ["relu"]))
+
+
+def test_jax_num_cpu_devices_zero_is_named_not_jax_platforms(monkeypatch):
+    """Pass 12, #24: JAX_NUM_CPU_DEVICES=0 with JAX_PLATFORMS=cpu was reported as
+    "JAX_PLATFORMS='cpu' asks for a platform that cannot start here ... unset JAX_PLATFORMS".
+    The count is checked with the environment, before JAX starts; -1 (JAX's "not set") passes."""
+    for value in ("-1", "4", "abc"):  # (abc: JAX's import refuses it, errors.import_jax)
+        monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
+        runtime.check_cpu_device_count()
+    for value in ("0", "-2", "5000"):
+        monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
+        with pytest.raises(UserError, match=rf"JAX_NUM_CPU_DEVICES={value}: the number of CPU"):
+            runtime.check_cpu_device_count()

@@ -126,11 +126,25 @@ def check_xla_flags() -> None:
             )
 
 
+def check_cpu_device_count() -> None:
+    """UserError for JAX_NUM_CPU_DEVICES=0 (or below -1, its "not set"): JAX then failed to start
+    its CPU backend with a message that blamed JAX_PLATFORMS. (A value that is no integer is
+    refused at JAX's import: errors.import_jax.)"""
+    value = os.environ.get("JAX_NUM_CPU_DEVICES", "").strip()
+    count = int(value) if re.fullmatch(r"-?[0-9]+", value) else -1
+    if not (count == -1 or 1 <= count <= _MAX_CPU_DEVICES):
+        raise UserError(
+            f"JAX_NUM_CPU_DEVICES={value}: the number of CPU devices must be an integer from 1 "
+            f"to {_MAX_CPU_DEVICES}: fix or unset JAX_NUM_CPU_DEVICES."
+        )
+
+
 def check_environment() -> None:
     """The checks of what the process inherits that JAX would otherwise answer with a C++ abort
     or a traceback (check_xla_flags, errors.check_start): for main.py and every tool, before
     JAX starts."""
     check_xla_flags()
+    check_cpu_device_count()
     errors.check_start()
     limit = errors.address_space_limit()
     if limit is not None and limit < TIGHT_ADDRESS_SPACE:
