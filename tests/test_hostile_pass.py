@@ -1908,3 +1908,24 @@ def test_jax_num_cpu_devices_zero_is_named_not_jax_platforms(monkeypatch):
         monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
         with pytest.raises(UserError, match=rf"JAX_NUM_CPU_DEVICES={value}: the number of CPU"):
             runtime.check_cpu_device_count()
+
+
+def test_weights_read_by_torchvisions_conventions_say_so(monkeypatch, capsys):
+    """Pass 12, #9: a run's weights saved without export (`torch.save(model.state_dict())`, or
+    an .npz without its conventions) were read by torchvision's conventions (images resized to
+    256) with no word: 50.02% where the run says 70.11%. Such a file is still read that way
+    (torchvision's own weights record nothing), with one warning that says so and what to do."""
+    from alexnet_jax.interop import weights_io
+    from alexnet_jax.tools import predict
+
+    monkeypatch.setattr(weights_io, "read_conventions", lambda path: None)
+    fc8 = {"fc8": {"bias": np.zeros(4, np.float32)}}
+    monkeypatch.setattr(weights_io, "load_weights", lambda path, variant: fc8)
+    config, params = predict.load_weights_file("sd.pth")
+    assert (params, config.num_classes, config.resize_size) == (fc8, 4, 256)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "warning: sd.pth records no conventions (export records them), so it is read as "
+        "PyTorch-trained torchvision weights: mean/std-normalized 224-pixel crops of images "
+        "resized to 256."
+    )

@@ -183,9 +183,15 @@ def load_weights_file(path: str, variant: str | None = None) -> tuple[Any, Any]:
     if conventions is None:
         variant = variant or weights_io.DEFAULT_IMPORT_VARIANT
         params = weights_io.load_weights(path, variant)
-        return weights_io.imported_weights_config(
-            variant, int(params["fc8"]["bias"].shape[0])
-        ), params
+        config = weights_io.imported_weights_config(variant, int(params["fc8"]["bias"].shape[0]))
+        console.warning(
+            f"{path} records no conventions (export records them), so it is read as PyTorch-"
+            f"trained {variant} weights: mean/std-normalized {config.input_size}-pixel crops of "
+            f"images resized to {config.resize_size}. Weights trained otherwise (a run here, "
+            "saved without export) predict wrongly this way: export the run, or predict with "
+            "--workdir."
+        )
+        return config, params
     _check_variant_flag(variant, conventions["variant"], path)
     config = weights_io.weights_config(conventions)
     params = weights_io.load_weights(path, config.variant, config.num_classes, config.width)
