@@ -139,6 +139,11 @@ def check_cpu_device_count() -> None:
         )
 
 
+def _x64_enabled() -> bool:
+    """Whether JAX computes in 64 bits (JAX_ENABLE_X64, or its --jax_enable_x64 flag)."""
+    return bool(jax.config.jax_enable_x64)
+
+
 def check_environment() -> None:
     """The checks of what the process inherits that JAX would otherwise answer with a C++ abort
     or a traceback (check_xla_flags, errors.check_start): for main.py and every tool, before
@@ -146,6 +151,12 @@ def check_environment() -> None:
     check_xla_flags()
     check_cpu_device_count()
     errors.check_start()
+    if _x64_enabled():
+        console.warning(
+            "JAX_ENABLE_X64 is on: JAX computes in 64 bits wherever a value is not typed, so the "
+            "numbers differ from the same config without it (the run's config does not record "
+            "it). Unset JAX_ENABLE_X64 to compute as this project does."
+        )
     limit = errors.address_space_limit()
     if limit is not None and limit < TIGHT_ADDRESS_SPACE:
         console.warning(
