@@ -1938,3 +1938,17 @@ def test_jax_enable_x64_is_told_at_start(monkeypatch, capsys):
     monkeypatch.setattr(runtime, "_x64_enabled", lambda: True)
     runtime.check_environment()
     assert "warning: JAX_ENABLE_X64 is on: JAX computes in 64 bits" in capsys.readouterr().err
+
+
+def test_orbaxs_error_line_for_an_empty_step_metadata_file_is_not_printed():
+    """Pass 12, #4: an empty checkpoints/4/_CHECKPOINT_METADATA (the step's creation time only)
+    resumed exactly, but printed Orbax's `E1205 ... checkpoint.py:219] Failed to json parse
+    Metadata file: ...` line. The arrays themselves are checked (their fingerprint)."""
+    import logging
+
+    record = logging.LogRecord(
+        "absl", logging.ERROR, os.path.join("site-packages", "orbax", "checkpoint", "x.py"), 219,
+        "Failed to json parse Metadata file: %s, file content: , error: Expecting value",
+        ("/w/checkpoints/4/_CHECKPOINT_METADATA",), None,
+    )  # fmt: skip
+    assert not runtime._DropLibraryNoise().filter(record)

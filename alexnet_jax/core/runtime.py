@@ -338,13 +338,16 @@ _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
 # to build into has no dataset_info.json yet, and the test archive (never needed) is absent.
 # Orbax, whenever a tool (predict, figures, export) opens a run's checkpoints read-only; and when
 # a step it listed lost its metadata file before it read it (a run still training replaced the
-# step): a step that cannot be read is reported by checkpoint.restore_latest in its own words.
+# step), or found it empty or damaged (it holds only the step's creation time; the arrays are
+# checked against their fingerprint): a step that cannot be read is reported by
+# checkpoint.restore_latest in its own words.
 _HARMLESS_WARNINGS = (
     "has no dataset_info.json",
     "Challenge test split not found",
     "read_only=True, setting save_interval_steps=0",
     "Given directory is read only",
     "Metadata file does not exist",
+    "Failed to json parse Metadata file",
 )
 
 
