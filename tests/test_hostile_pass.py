@@ -1952,3 +1952,34 @@ def test_orbaxs_error_line_for_an_empty_step_metadata_file_is_not_printed():
         ("/w/checkpoints/4/_CHECKPOINT_METADATA",), None,
     )  # fmt: skip
     assert not runtime._DropLibraryNoise().filter(record)
+
+
+def test_a_sweep_does_not_say_it_killed_a_run_that_had_finished(tmp_path, monkeypatch):
+    """Pass 12, #34: two SIGTERMs at once to a sweep (timeout's and the shell's) printed
+    "a/seed_1: killed (SIGKILL) before it finished saving." and then "a/seed_1: finished at step
+    4": the run had ended, saved, before the SIGKILL (a no-op) was sent. The line is said only
+    when the SIGKILL ended the run."""
+
+    class Ended:  # a run that ends (exit 0) just as the second signal comes
+        returncode = None
+        polls = iter([None, 0])
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def poll(self):
+            self.returncode = next(self.polls, 0)
+            return self.returncode
+
+        def send_signal(self, signum):
+            pass
+
+        def kill(self):
+            pass
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Ended)
+    run = sweep.Run("a/seed_1", "a", 1, str(tmp_path / "a"), str(tmp_path / "a.log"), ("x",), None)
+    stop, said = sweep._Signals(), []
+    stop.received += [15, 15]
+    assert sweep._run_one(run, stop, said.append) == 0
+    assert said == ["SIGTERM: asked a/seed_1 to save and exit (SIGTERM); SIGTERM again kills it."]

@@ -366,9 +366,10 @@ def _run_one(run: Run, stop: _Signals, say: Callable[[str], None]) -> int:
             say(f"{name}: asked {run.name} to save and exit (SIGTERM); {name} again kills it.")
         if len(stop.received) > 1 and not killed:
             killed = True
-            proc.kill()
-            say(f"{run.name}: killed (SIGKILL) before it finished saving.")
+            proc.kill()  # (nothing, if it has just ended)
         time.sleep(_POLL_S)
+    if killed and proc.returncode == -signal.SIGKILL:  # not if it had ended first (finished)
+        say(f"{run.name}: killed (SIGKILL) before it finished saving.")
     return launch.exit_code(proc.returncode)
 
 
