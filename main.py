@@ -149,6 +149,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
             lines = [line.strip() for line in text.splitlines() if line.strip(" .")]
             text = f"{text.split(': Error whilst', 1)[0]}: {lines[-1]}"
+        if "get_config() takes 0 positional arguments" in text:  # --config=FILE:ARGUMENT
+            text += (
+                ". That config file takes no argument after ':' (configs/run.py does: "
+                "--config=configs/run.py:<run directory>); remove it"
+            )
         _usage_error(f"{text.rstrip('.')}.")
     except errors.UserError as e:  # configs/run.py: the run's config.json is missing or damaged
         _usage_error(str(e))

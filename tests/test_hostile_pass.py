@@ -1983,3 +1983,19 @@ def test_a_sweep_does_not_say_it_killed_a_run_that_had_finished(tmp_path, monkey
     stop.received += [15, 15]
     assert sweep._run_one(run, stop, said.append) == 0
     assert said == ["SIGTERM: asked a/seed_1 to save and exit (SIGTERM); SIGTERM again kills it."]
+
+
+def test_a_config_file_given_an_argument_it_does_not_take_names_the_remedy(tmp_path):
+    """Pass 12, #42: `--config=configs/figure1.py:extra` (or `configs/default.py:`) said only
+    "TypeError: get_config() takes 0 positional arguments but 1 was given."."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), f"--config={REPO}/configs/figure1.py:x"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.endswith(
+        "get_config() takes 0 positional arguments but 1 was given. That config file takes no "
+        "argument after ':' (configs/run.py does: --config=configs/run.py:<run directory>); "
+        "remove it."
+    )
