@@ -25,7 +25,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _usage_error(message: str) -> None:
-    print(errors.noting_missing_cwd(f"error: {message}"), file=sys.stderr)
+    errors.tell(errors.noting_missing_cwd(f"error: {message}"))
     sys.exit(2)
 
 

@@ -1999,3 +1999,25 @@ def test_a_config_file_given_an_argument_it_does_not_take_names_the_remedy(tmp_p
         "argument after ':' (configs/run.py does: --config=configs/run.py:<run directory>); "
         "remove it."
     )
+
+
+def test_an_error_line_stderr_cannot_take_keeps_its_exit_code(tmp_path):
+    """Pass 12, #45: with `2>/dev/full` a config error exited 1 (the failed print's traceback,
+    unseen) instead of 2: scripts testing for a usage error got another code."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO, "main.py"), "--config.batch_size=-1"],
+            cwd=tmp_path, stderr=full, stdout=subprocess.PIPE, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2
+
+
+def test_a_link_in_the_checkpoints_that_is_no_step_is_to_be_removed(tmp_path):
+    """Pass 12, #63: a link `checkpoints/latest -> 4` was refused with "replace the link with a
+    copy of the folder it points to", which works but keeps a second full copy of step 4 for
+    ever. A link whose name is no step is to be removed."""
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "4").mkdir(parents=True)
+    (checkpoints / "latest").symlink_to("4")
+    with pytest.raises(DataError, match=r"latest is a link, .*: remove the link \(rm .*latest\)"):
+        rundir.check_is_directory(str(tmp_path))

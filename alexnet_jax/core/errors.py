@@ -496,5 +496,15 @@ def _exit(message: str, code: int) -> None:
     stopped = stop_signal()
     if stopped is not None:  # the stop's line is out: this error is its echo (a read it cut)
         sys.exit(128 + stopped)
-    print(noting_missing_cwd(message) if code == 2 else message, file=sys.stderr)
+    tell(noting_missing_cwd(message) if code == 2 else message)
     sys.exit(code)
+
+
+def tell(line: str) -> None:
+    """`line` on stderr; when stderr cannot take it (2>/dev/full, a closed pipe), nothing more
+    is tried and the caller's exit code stands (it was 1, Python's own, from the failed print)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # (ValueError: stderr closed)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # Python's final flush must not fail

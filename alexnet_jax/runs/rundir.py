@@ -211,10 +211,15 @@ def check_is_directory(workdir: str) -> None:
     names = os.listdir(folder) if os.path.isdir(folder) else []
     links = sorted(n for n in names if os.path.islink(os.path.join(folder, n)))
     if links:  # Orbax moves and deletes them as its own folders
+        link = os.path.join(folder, links[0])
+        remedy = (
+            "replace the link with a copy of the folder it points to, or move it out of the way"
+            if links[0].isdigit()
+            else f"remove the link (rm {link}): its name is no step, so it is nothing of the run"
+        )
         raise DataError(
-            f"{os.path.join(folder, links[0])} is a link, but a run's checkpoint folders must be "
-            "its own (they are replaced and deleted as it trains): replace the link with a copy "
-            "of the folder it points to, or move it out of the way."
+            f"{link} is a link, but a run's checkpoint folders must be its own (they are replaced "
+            f"and deleted as it trains): {remedy}."
         )
 
 
