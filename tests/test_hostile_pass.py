@@ -2021,3 +2021,34 @@ def test_a_link_in_the_checkpoints_that_is_no_step_is_to_be_removed(tmp_path):
     (checkpoints / "latest").symlink_to("4")
     with pytest.raises(DataError, match=r"latest is a link, .*: remove the link \(rm .*latest\)"):
         rundir.check_is_directory(str(tmp_path))
+
+
+def test_a_flagfile_that_includes_itself_is_refused(tmp_path):
+    """Pass 12, #52: `--flagfile=ff.txt` holding `--flagfile=ff.txt` printed absl's "Hit
+    circular flagfile dependency. Ignoring flagfile" four times and trained the default config
+    into runs/default (a 58M-parameter run nobody asked for)."""
+    (tmp_path / "a.txt").write_text("--flagfile=b.txt\n")
+    (tmp_path / "b.txt").write_text("--config.seed=1\n--flagfile=a.txt\n")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), "--flagfile=a.txt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: --flagfile=a.txt includes itself ({tmp_path}/a.txt -> {tmp_path}/b.txt -> "
+        f"{tmp_path}/a.txt): remove the --flagfile line that closes the circle."
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]  # no run was made
+
+
+def test_launch_refuses_a_tool(tmp_path):
+    """Pass 12, #33: `launch --num_processes=2 -- python -m alexnet_jax.tools.predict ...` ran
+    each worker into "Unknown command line flag 'coordinator_address'"."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.launch", "--num_processes=2", "--", "python",
+         "-m", "alexnet_jax.tools.predict", "--workdir=w", "x.png"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "alexnet_jax.tools.predict runs in one process: run it without launch" in proc.stderr
+    assert "[launch] process" not in proc.stdout + proc.stderr

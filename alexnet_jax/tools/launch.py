@@ -291,6 +291,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not args.command:
         parser.error("give the command after --, e.g. `-- main.py --workdir=runs/x`")
+    tools = [w for w in args.command if w.startswith("alexnet_jax.tools.")]
+    if tools:  # they take no --coordinator_address: each worker failed on the unknown flag
+        parser.error(
+            f"{tools[0]} runs in one process: run it without launch (launch starts the "
+            "processes of one multi-process training run, `-- main.py ...`)"
+        )
     if args.process_log_dir:
         from alexnet_jax.runs import rundir  # (only here: the launcher stays light)
 
