@@ -2052,3 +2052,15 @@ def test_launch_refuses_a_tool(tmp_path):
     assert proc.returncode == 2
     assert "alexnet_jax.tools.predict runs in one process: run it without launch" in proc.stderr
     assert "[launch] process" not in proc.stdout + proc.stderr
+
+
+def test_an_xla_dump_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """Pass 12, #25: XLA_FLAGS=--xla_dump_to=/proc/1/xd ran with one C++ `E... dump.cc:118]
+    Could not create directory` line per compiled program (22 for main.py, 130 for predict)."""
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={tmp_path}/a_file/dumps")
+    with pytest.raises(UserError, match=r"--xla_dump_to=.*/a_file/dumps cannot be written: Not a"):
+        runtime.check_xla_flags()
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={tmp_path}/dumps")
+    runtime.check_xla_flags()
+    assert os.path.isdir(tmp_path / "dumps")

@@ -116,6 +116,8 @@ def check_xla_flags() -> None:
         )
     for word in words:  # XLA aborts in C++ on a count that is not a positive integer
         name, _, value = word.partition("=")
+        if name == "--xla_dump_to" and value and not value.startswith("sponge"):
+            _check_dump_folder(value)
         if name == "--xla_force_host_platform_device_count" and not (
             re.fullmatch(r"[0-9]{1,4}", value) and 1 <= int(value) <= _MAX_CPU_DEVICES
         ):
@@ -124,6 +126,23 @@ def check_xla_flags() -> None:
                 f"to {_MAX_CPU_DEVICES} (e.g. --xla_force_host_platform_device_count=8): fix or "
                 "unset XLA_FLAGS."
             )
+
+
+def _check_dump_folder(path: str) -> None:
+    """UserError when XLA_FLAGS' --xla_dump_to names a folder that cannot be made or written: XLA
+    printed one C++ error line per compiled program (22 for a short run, 130 for predict) and
+    dumped nothing."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        writable = os.access(path, os.W_OK | os.X_OK)
+        reason = "it is not writable"
+    except OSError as e:
+        writable, reason = False, f"{e.strerror or e} (errno {e.errno})"
+    if not writable:
+        raise UserError(
+            f"XLA_FLAGS' --xla_dump_to={path} cannot be written: {reason}. Name a folder this "
+            "process can write, or remove the flag from XLA_FLAGS."
+        )
 
 
 def check_cpu_device_count() -> None:
