@@ -1728,6 +1728,16 @@ def test_the_decodability_check_prints_no_tensorflow_log_line(tmp_path):
 # ---- Hostile pass 12 (docs/RELIABILITY.md) ---------------------------------------------------
 
 
+def _main_py(cwd, *flags: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`python main.py FLAGS` in `cwd`, its output captured as text (stderr to `kwargs` if
+    given), the environment plus `env`."""
+    kwargs = {"capture_output": True, **kwargs} if "stderr" not in kwargs else kwargs
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), *flags], cwd=cwd, text=True,
+        timeout=120, env={**os.environ, **(env or {})}, **kwargs,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "command"),
     [
@@ -1762,11 +1772,7 @@ def test_warnings_made_errors_do_not_break_main(tmp_path):
     40-line traceback of ml_collections' deprecated load_module), an explicit --config was
     "could not be loaded", and a training step used optax.global_norm (deprecated). The config
     is loaded with DeprecationWarnings ignored, and the step uses optax.tree.norm."""
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "main.py"), "--workdir=nothing", "--mode=eval"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "XLA_FLAGS": "", "PYTHONWARNINGS": "error"},
-    )  # fmt: skip
+    proc = _main_py(tmp_path, "--workdir=nothing", "--mode=eval", env={"PYTHONWARNINGS": "error"})
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.splitlines()[-1].startswith("error: nothing holds no run")
     from alexnet_jax.train import experiment
@@ -1988,10 +1994,7 @@ def test_a_sweep_does_not_say_it_killed_a_run_that_had_finished(tmp_path, monkey
 def test_a_config_file_given_an_argument_it_does_not_take_names_the_remedy(tmp_path):
     """Pass 12, #42: `--config=configs/figure1.py:extra` (or `configs/default.py:`) said only
     "TypeError: get_config() takes 0 positional arguments but 1 was given."."""
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "main.py"), f"--config={REPO}/configs/figure1.py:x"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = _main_py(tmp_path, f"--config={REPO}/configs/figure1.py:x")
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()
     assert line.endswith(
@@ -2005,10 +2008,7 @@ def test_an_error_line_stderr_cannot_take_keeps_its_exit_code(tmp_path):
     """Pass 12, #45: with `2>/dev/full` a config error exited 1 (the failed print's traceback,
     unseen) instead of 2: scripts testing for a usage error got another code."""
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, "main.py"), "--config.batch_size=-1"],
-            cwd=tmp_path, stderr=full, stdout=subprocess.PIPE, timeout=120,
-        )  # fmt: skip
+        proc = _main_py(tmp_path, "--config.batch_size=-1", stderr=full, stdout=subprocess.PIPE)
     assert proc.returncode == 2
 
 
@@ -2029,10 +2029,7 @@ def test_a_flagfile_that_includes_itself_is_refused(tmp_path):
     into runs/default (a 58M-parameter run nobody asked for)."""
     (tmp_path / "a.txt").write_text("--flagfile=b.txt\n")
     (tmp_path / "b.txt").write_text("--config.seed=1\n--flagfile=a.txt\n")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "main.py"), "--flagfile=a.txt"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = _main_py(tmp_path, "--flagfile=a.txt")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"error: --flagfile=a.txt includes itself ({tmp_path}/a.txt -> {tmp_path}/b.txt -> "
