@@ -2061,3 +2061,25 @@ def test_an_xla_dump_folder_that_cannot_be_written_is_one_line(tmp_path, monkeyp
     monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={tmp_path}/dumps")
     runtime.check_xla_flags()
     assert os.path.isdir(tmp_path / "dumps")
+
+
+# ---- Hostile pass 13 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_jaxs_sigterm_caught_line_is_not_passed_on():
+    """Pass 13, #20: every SIGTERM to a multi-process run (launch's, on Ctrl-C or a stop) printed
+    JAX's C++ `W1205 ... preemption_notifier.cc:90] SIGTERM caught at ...` before the run's own
+    "Preemption signal: saving step N" line. The stderr filter drops it."""
+    caught = b"W1205 17:26:04.478442   26365 preemption_notifier.cc:90] SIGTERM caught at 2026\n"
+    saving = b"warning: Preemption signal: saving step 41 and exiting.\n"
+    assert _filtered(caught + saving) == saving
+
+
+def test_jax_debug_mode_stopping_at_an_inf_is_one_line(capsys):
+    """Pass 13, #27: JAX_DEBUG_INFS=1 main.py ended in a 50-line traceback (FloatingPointError:
+    invalid value (inf) encountered in stage, from the max pool's -inf padding)."""
+    with pytest.raises(SystemExit) as exited, errors.reported_as_exit():
+        raise FloatingPointError("invalid value (inf) encountered in stage")
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: invalid value (inf) encountered in stage: JAX's debug mode")

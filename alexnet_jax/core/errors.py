@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 
 class UserError(Exception):
@@ -185,6 +185,15 @@ def reported_as_exit(
             "(pip install -r requirements.txt) in the Python that runs this.",
             2,
         )
+    except FloatingPointError as e:  # JAX_DEBUG_NANS / JAX_DEBUG_INFS: a traceback of 50 lines
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else "a NaN or Inf"
+        _exit(
+            f"error: {reason}: JAX's debug mode (JAX_DEBUG_NANS / JAX_DEBUG_INFS) stopped at the "
+            "first value that is not finite. Max pooling pads with -inf by design, so "
+            "JAX_DEBUG_INFS stops every run here; unset it (a run reports a NaN/Inf loss or "
+            "gradient itself).",
+            2,
+        )
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         if current_directory_missing() and not os.path.isabs(e.filename or ""):
             _exit(f"error: {MISSING_CWD}", 2)  # a relative path in a deleted current directory
@@ -301,6 +310,25 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
     sys.unraisablehook = dropped
     for each in signals:
         signal.signal(each, unwind)
+
+
+# Set by tools/launch.py in the environment of each process it starts: the launcher's pid.
+LAUNCHER_PID = "ALEXNET_JAX_LAUNCHER_PID"
+
+
+def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
+    """A process started by tools/launch.py gets a SIGTERM when the launcher dies (Linux's
+    parent-death signal): it saves and exits as on a preemption. A kill -9 of the launcher left
+    both training processes running, unwatched, their output going nowhere."""
+    pid = (os.environ if env is None else env).get(LAUNCHER_PID, "")
+    if not pid.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != int(pid):  # the launcher died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 _told = []  # the stop signal (its number) once stop_now told it

@@ -530,6 +530,7 @@ def initialize_distributed(
     jax's wait cannot be interrupted from Python (it would abort the process with a C++ stack).
     """
     env = os.environ if env is None else env
+    errors.stop_with_the_launcher(env)
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
     if num_processes is None and env.get("JAX_NUM_PROCESSES"):
         num_processes = int(env["JAX_NUM_PROCESSES"])

@@ -23,6 +23,9 @@ import time
 
 NATIVE = re.compile(rb"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.+-]+:\d+\] ")
 FATAL = b"Terminating process because the JAX distributed service detected fatal errors"
+# Native lines that say nothing the run does not say itself: JAX's preemption notifier on every
+# SIGTERM (the run then prints "Preemption signal: saving step N and exiting").
+DROPPED = (re.compile(rb"preemption_notifier\.cc:\d+\] SIGTERM caught"),)
 HOLD_S = 0.5
 
 
@@ -58,6 +61,8 @@ def run(mark: bytes, told: bytes, source: int = 0, sink: int = 1) -> None:
                     pass
                 return
             told_already = told_already or mark in line
+            if NATIVE.match(line) and any(p.search(line) for p in DROPPED):
+                continue
             if not held and NATIVE.match(line):
                 since = time.monotonic()
             if held or NATIVE.match(line):

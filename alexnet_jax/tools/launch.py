@@ -52,6 +52,7 @@ def process_env(devices_per_process: int, base: Mapping[str, str] | None = None)
     xla_flags = re.sub(rf"{_DEVICE_COUNT_FLAG}=\S+", "", env.get("XLA_FLAGS", "")).strip()
     env["XLA_FLAGS"] = f"{xla_flags} {_DEVICE_COUNT_FLAG}={devices_per_process}".strip()
     env["JAX_PLATFORMS"] = "cpu"
+    env[errors.LAUNCHER_PID] = str(os.getpid())  # (errors.stop_with_the_launcher)
     return env
 
 

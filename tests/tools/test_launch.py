@@ -309,3 +309,37 @@ def test_timeout_from_the_argument_or_jax_distributed_timeout_s(monkeypatch):
     for address in ("host0", "host0:0", "host0:70000", "host0:http"):
         with pytest.raises(errors.ConfigError, match=f"--coordinator_address={address}"):
             runtime.initialize_distributed(address, 2, 1, env={})
+
+
+_OUTLIVES = """
+import sys, time
+from alexnet_jax.core import errors
+errors.stop_with_the_launcher()
+print("watching", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_processes_of_a_killed_launcher_stop(start_launcher):
+    """Hostile pass 13, #24 (docs/RELIABILITY.md): kill -9 of launch left both training
+    processes running (step 290 -> 490), unwatched, their output going nowhere; a rerun then
+    hung 30 s on the lock and a dead peer.
+    Each process launch starts gets SIGTERM when the launcher dies (Linux's parent-death
+    signal, errors.stop_with_the_launcher): a training run saves and exits as on a preemption."""
+    launcher = start_launcher("--num_processes=2", worker=_OUTLIVES)
+    launcher.wait_for("watching", count=2)
+    pids = [int(p) for p in re.findall(r"\[launch\] process \d+: pid (\d+)", launcher.output)]
+    os.kill(launcher.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (killed, not yet reaped) is gone
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
