@@ -2083,3 +2083,24 @@ def test_jax_debug_mode_stopping_at_an_inf_is_one_line(capsys):
     assert exited.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: invalid value (inf) encountered in stage: JAX's debug mode")
+
+
+def test_sighup_saves_like_sigterm():
+    """Pass 13, #44: SIGHUP to main.py (the terminal closed, an ssh session lost) killed the run
+    at once: no line, no save (52 to 92 steps since the last checkpoint lost). The training
+    loop's watcher takes SIGHUP as it takes SIGTERM: save at the next step and exit (it
+    restores the previous handler after). No signal is sent to the test process itself."""
+    import signal
+
+    before = signal.getsignal(signal.SIGHUP)
+    watcher = checkpoint.PreemptionWatcher(manager=None)
+    try:
+        assert signal.getsignal(signal.SIGHUP) == watcher._on_signal
+        assert not watcher.reached(3)
+        watcher._on_signal(signal.SIGHUP, None)
+        assert watcher.reached(3)
+        assert watcher.signal_name == "SIGHUP"
+        assert not watcher.interrupted  # (exit 0 after the save, as for SIGTERM)
+    finally:
+        watcher.close()
+    assert signal.getsignal(signal.SIGHUP) == before

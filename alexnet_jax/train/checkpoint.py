@@ -392,8 +392,9 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
 
 class PreemptionWatcher:
-    """Tells the loop when to save and exit: the job is being preempted (SIGTERM) or the user
-    pressed Ctrl-C (SIGINT). A second Ctrl-C while the run saves stops it at once.
+    """Tells the loop when to save and exit: the job is being preempted (SIGTERM), its terminal
+    closed (SIGHUP), or the user pressed Ctrl-C (SIGINT). A second Ctrl-C while the run saves
+    stops it at once.
 
     With several processes Orbax's `reached_preemption` (JAX's distributed preemption sync) makes
     every process agree on the same step; a SIGINT is turned into the SIGTERM that sync watches.
@@ -410,13 +411,15 @@ class PreemptionWatcher:
         if jax.process_count() == 1:
             self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
         self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
+        # The terminal closed (an ssh session lost): saved as for SIGTERM, not lost with it.
+        self.previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.event.is_set() and signum == signal.SIGINT:  # the second Ctrl-C
             errors.stop_now()
         self.signal_name = signal.Signals(signum).name
         self.event.set()
-        if jax.process_count() > 1 and signum == signal.SIGINT:
+        if jax.process_count() > 1 and signum != signal.SIGTERM:
             os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption sync listens for SIGTERM
 
     def reached(self, step: int) -> bool:
