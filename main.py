@@ -53,34 +53,6 @@ def _field_error(error: Exception) -> tuple[str, str | None]:
 _FIELD_FLAG = re.compile(r"^--?(?:no)?config\.([^=\s]+)")  # --config.F=V, -config.F V, --noconfig.F
 
 
-def _refuse_circular_flagfiles(argv: list[str]) -> None:
-    """A --flagfile that includes itself (directly or through others): absl printed "Hit
-    circular flagfile dependency. Ignoring flagfile" once per visit and went on, training the
-    default config if that was all."""
-
-    def visit(path: str, chain: tuple[str, ...]) -> None:
-        real = os.path.realpath(path)
-        if real in chain:
-            _usage_error(
-                f"--flagfile={path} includes itself ({' -> '.join([*chain, real])}): remove the "
-                "--flagfile line that closes the circle."
-            )
-        try:
-            with open(path) as f:
-                lines = [line.strip() for line in f]
-        except (OSError, UnicodeDecodeError):
-            return  # absl reports a file it cannot read
-        for line in lines:
-            if line.startswith(("--flagfile=", "-flagfile=")):
-                visit(line.split("=", 1)[1], (*chain, real))
-
-    for word in argv[1:]:
-        if word == "--":
-            break
-        if word.startswith(("--flagfile=", "-flagfile=")):
-            visit(word.split("=", 1)[1], ())
-
-
 def _refuse_repeated_fields(argv: list[str]) -> None:
     """A config field given twice (in any spelling absl takes, or once more in a --flagfile):
     ml_collections joins two tuples into one (lr_drop_epochs (2,) and (3,) became (2, 3)) and
@@ -100,7 +72,10 @@ def _refuse_repeated_fields(argv: list[str]) -> None:
             seen.add(match.group(1))
 
 
-_refuse_circular_flagfiles(sys.argv)
+try:  # a --flagfile that includes itself (absl would warn and go on without it)
+    errors.refuse_circular_flagfiles(sys.argv)
+except errors.UserError as e:
+    _usage_error(str(e))
 _refuse_repeated_fields(sys.argv)
 try:  # ml_collections reads the --config.FIELD overrides of sys.argv already here
     with warnings.catch_warnings():  # (it loads the default config with a deprecated call)

@@ -2104,3 +2104,21 @@ def test_sighup_saves_like_sigterm():
     finally:
         watcher.close()
     assert signal.getsignal(signal.SIGHUP) == before
+
+
+def test_a_tool_refuses_a_flagfile_that_includes_itself(tmp_path):
+    """Pass 13, #36: main.py refused a circular --flagfile since pass 12, but predict and figures
+    printed absl's "Hit circular flagfile dependency. Ignoring flagfile" and ran on without the
+    file's flags. errors.parse_flags (every tool, the benchmarks) refuses it the same way."""
+    (tmp_path / "e.flags").write_text("--top_k=1\n--flagfile=e.flags\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.predict", "--flagfile=e.flags", "--workdir=w",
+         "x.png"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: --flagfile=e.flags includes itself ({tmp_path}/e.flags -> {tmp_path}/e.flags): "
+        "remove the --flagfile line that closes the circle."
+    ]

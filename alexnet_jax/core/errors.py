@@ -477,10 +477,41 @@ def parse_flags(argv: list[str]) -> list[str]:
     from alexnet_jax.core import console
 
     try:
+        refuse_circular_flagfiles(argv)
         with console.flag_help():
             return flags.FLAGS([argv[0], *map(expand_user, argv[1:])])
     except flags.Error as e:
         _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
+    except UserError as e:
+        _exit(f"error: {e}", 2)
+
+
+def refuse_circular_flagfiles(argv: list[str]) -> None:
+    """UserError for a --flagfile that includes itself (directly or through others): absl
+    printed "Hit circular flagfile dependency. Ignoring flagfile" once per visit and went on
+    (main.py then trained the default config; a tool ran without the file's flags)."""
+
+    def visit(path: str, chain: tuple[str, ...]) -> None:
+        real = os.path.realpath(path)
+        if real in chain:
+            raise UserError(
+                f"--flagfile={path} includes itself ({' -> '.join([*chain, real])}): remove the "
+                "--flagfile line that closes the circle."
+            )
+        try:
+            with open(path) as f:
+                lines = [line.strip() for line in f]
+        except (OSError, UnicodeDecodeError):
+            return  # absl reports a file it cannot read
+        for line in lines:
+            if line.startswith(("--flagfile=", "-flagfile=")):
+                visit(line.split("=", 1)[1], (*chain, real))
+
+    for word in argv[1:]:
+        if word == "--":
+            break
+        if word.startswith(("--flagfile=", "-flagfile=")):
+            visit(word.split("=", 1)[1], ())
 
 
 class ArgumentParser(argparse.ArgumentParser):
