@@ -2122,3 +2122,32 @@ def test_a_tool_refuses_a_flagfile_that_includes_itself(tmp_path):
         f"error: --flagfile=e.flags includes itself ({tmp_path}/e.flags -> {tmp_path}/e.flags): "
         "remove the --flagfile line that closes the circle."
     ]
+
+
+def test_the_remedy_for_no_readable_checkpoint_names_the_whole_way(tmp_path, monkeypatch):
+    """Pass 13, #6: with its only step damaged, a run said "move those step directories out ... to
+    start over"; doing so met a second refusal (the run reached step 4 but has no checkpoint:
+    add --allow_config_change). The first message names both steps."""
+    manager = checkpoint.checkpoint_manager(str(tmp_path), keep=1)
+    checkpoint.save(manager, 4, {"w": np.full(3, 4, np.float32)}, {"examples_consumed": 8})
+    checkpoint.wait(manager)
+    manager.close()
+    monkeypatch.setattr(checkpoint, "_check_fingerprint", _damaged)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+    with pytest.raises(DataError, match=r"move those step directories out of .*checkpoints and "
+                       r"train with --allow_config_change to start the run over"):  # fmt: skip
+        checkpoint.read_latest_checkpoint(str(tmp_path), target)
+
+
+def _damaged(state, recorded):
+    raise DataError("its arrays are not the ones saved")
+
+
+def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
+    """Pass 13, #63: `--workdir=w/dang` (a link to a folder that does not exist) was "cannot be
+    created (File exists, errno 17)" for a path that does not exist."""
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"--workdir=.*/dang is a link to .*/nowhere, which does "
+                       r"not exist: make that folder, or remove the link"):  # fmt: skip
+        errors.make_directory(str(tmp_path / "dang"), "--workdir")

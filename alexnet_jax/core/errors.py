@@ -132,6 +132,11 @@ def directory_creation_problem(path: str) -> str | None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
+        if os.path.islink(path) and not os.path.exists(path):  # (makedirs: "File exists")
+            return (
+                f"is a link to {os.readlink(path)}, which does not exist: make that folder, or "
+                "remove the link"
+            )
         return f"cannot be created ({e.strerror or e}, errno {e.errno})"
     return None
 

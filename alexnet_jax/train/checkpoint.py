@@ -294,8 +294,8 @@ def restore_latest(
             "No checkpoint of this run can be read: "
             + "; ".join(failures)
             + ". If the files are damaged, move those step directories out of "
-            f"{manager.directory} to start over; if the config changed, use the run's own "
-            f"config: --config=configs/run.py:{workdir}."
+            f"{manager.directory} and train with --allow_config_change to start the run over; "
+            f"if the config changed, use the run's own config: --config=configs/run.py:{workdir}."
         )
     return restored
 
