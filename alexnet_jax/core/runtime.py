@@ -628,7 +628,9 @@ def mute_native_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
-    sys.stdout = os.fdopen(python_stdout, "w", buffering=1)
+    # (closefd=False: the descriptor lives as long as the process; an owning file object left
+    # unclosed at exit was a ResourceWarning, an error under PYTHONWARNINGS=error)
+    sys.stdout = os.fdopen(python_stdout, "w", buffering=1, closefd=False)
 
 
 _stderr_filter: list = []  # its Popen, kept for the life of the process

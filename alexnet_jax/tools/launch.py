@@ -21,6 +21,7 @@ Ctrl-C; else the dead process's code (128 + N for signal N); else the first non-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -342,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 p.kill()
     for echo in echoes:
         echo.join(timeout=5)
+    for p in procs:  # (an unclosed pipe is a ResourceWarning at exit: PYTHONWARNINGS=error)
+        if p.stdout is not None:
+            with contextlib.suppress(OSError):
+                p.stdout.close()
     sys.exit(code)
 
 

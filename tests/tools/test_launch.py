@@ -343,3 +343,19 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie (killed, not yet reaped) is gone
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_no_resource_warning_under_pythonwarnings_error():
+    """Hostile pass 13, #29: with PYTHONWARNINGS=error, a launch ended with `Exception ignored
+    in: <_io.FileIO name=4 ...>` / `ResourceWarning: unclosed file` lines (the launcher's pipes)
+    and two more per process (the stdout that mute_native_stdout keeps)."""
+    worker = "from alexnet_jax.core import runtime\nruntime.mute_native_stdout()\nprint('hi')\n"
+    command = [sys.executable, "-m", "alexnet_jax.tools.launch", "--num_processes=2", "--"]
+    proc = subprocess.run(
+        [*command, sys.executable, "-c", worker], cwd=REPO, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONWARNINGS": "error"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ResourceWarning" not in proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("] hi") == 2
