@@ -2151,3 +2151,18 @@ def test_a_workdir_that_is_a_dangling_link_says_so(tmp_path):
     with pytest.raises(UserError, match=r"--workdir=.*/dang is a link to .*/nowhere, which does "
                        r"not exist: make that folder, or remove the link"):  # fmt: skip
         errors.make_directory(str(tmp_path / "dang"), "--workdir")
+
+
+def test_an_xla_flag_xla_cannot_read_is_one_line(monkeypatch):
+    """Pass 13, #40: XLA_FLAGS=--xla_cpu_enable_fast_math=maybe (or an unknown --xla_bogus=1)
+    aborted main.py and predict in C++ with XLA's whole flag list (94-95 lines). The flags the
+    project does not set itself are tried in a short process first: one line quoting XLA."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_bogus=1")
+    refused = (
+        r"XLA_FLAGS holds a flag XLA cannot read: Unknown flag in XLA_FLAGS: --xla_bogus=1 "
+        r"\(XLA_FLAGS='--xla_bogus=1'\): fix or remove"
+    )
+    with pytest.raises(UserError, match=refused):
+        runtime.check_xla_flags()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    runtime.check_xla_flags()

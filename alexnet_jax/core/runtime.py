@@ -114,6 +114,7 @@ def check_xla_flags() -> None:
             f"XLA_FLAGS holds {odd[0]!r}, which is not a flag (XLA's flags read "
             "--name=value): fix or unset XLA_FLAGS."
         )
+    _probe_xla_flags(words)
     for word in words:  # XLA aborts in C++ on a count that is not a positive integer
         name, _, value = word.partition("=")
         if name == "--xla_dump_to" and value and not value.startswith("sponge"):
@@ -126,6 +127,36 @@ def check_xla_flags() -> None:
                 f"to {_MAX_CPU_DEVICES} (e.g. --xla_force_host_platform_device_count=8): fix or "
                 "unset XLA_FLAGS."
             )
+
+
+_CHECKED_XLA_FLAGS = ("--xla_force_host_platform_device_count", "--xla_dump_to")
+
+
+def _probe_xla_flags(words: list[str]) -> None:
+    """UserError when XLA cannot read a flag of XLA_FLAGS (an unknown name, a value of the wrong
+    type: --xla_cpu_enable_fast_math=maybe): XLA parses them in C++ when its first backend
+    starts and aborts the process with its whole flag list (95 lines). Only the flags this
+    project does not set or check itself are tried, in a short process of their own."""
+    ours = {flag.split("=", 1)[0] for flag in project_xla_flags()} | set(_CHECKED_XLA_FLAGS)
+    others = [w for w in words if w.split("=", 1)[0] not in ours]
+    if not others:
+        return
+    import subprocess
+
+    env = {**os.environ, "XLA_FLAGS": " ".join(others), "JAX_PLATFORMS": "cpu"}
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax; jax.devices('cpu')"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no verdict: the run itself will tell
+    said = re.findall(r"^[EF]\d{4} [^\]]*\] (.*)$", probe.stderr, re.MULTILINE)
+    if probe.returncode != 0 and said:
+        raise UserError(
+            f"XLA_FLAGS holds a flag XLA cannot read: {said[0].rstrip('.')} (XLA_FLAGS="
+            f"{' '.join(others)!r}): fix or remove it."
+        )
 
 
 def _check_dump_folder(path: str) -> None:
