@@ -331,9 +331,14 @@ def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
+        # (the parent's death: launch's, or that of a wrapper it started, `timeout 3600 ...`)
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    if os.getppid() != int(pid):  # the launcher died before the prctl
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:  # the launcher died before the prctl
         os.kill(os.getpid(), signal.SIGTERM)
+    except OSError:  # (alive, another user's: not ours to judge)
+        pass
 
 
 _told = []  # the stop signal (its number) once stop_now told it

@@ -359,3 +359,25 @@ def test_no_resource_warning_under_pythonwarnings_error():
     assert "ResourceWarning" not in proc.stdout + proc.stderr
     assert "Exception ignored" not in proc.stdout + proc.stderr
     assert proc.stdout.count("] hi") == 2
+
+
+def test_a_wrapped_process_of_a_live_launcher_keeps_running():
+    """A process launch starts through a wrapper (`-- timeout 3600 python main.py`) has the
+    wrapper for its parent, not launch: it must not take that for the launcher's death (it
+    stopped itself at start, exit codes [143, 143]); a launcher that is really gone stops it."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.stop_with_the_launcher()\n"
+        "print('running', flush=True)\n"
+    )
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that was a process and is no more
+    for launcher, expected in ((os.getpid(), 0), (gone.pid, -signal.SIGTERM)):
+        env = {**os.environ, errors.LAUNCHER_PID: str(launcher)}
+        proc = subprocess.run(
+            ["sh", "-c", '"$0" -c "$1" "$2"; exit $?', sys.executable, script, REPO],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode in (expected, 128 - expected), proc.stderr
+        assert ("running" in proc.stdout) == (expected == 0)
