@@ -15,7 +15,8 @@ if sys.argv[:1] == ["-m"]:
     errors.exit_on_ctrl_c(sigterm=True)
     with errors.reported_as_exit():  # before NumPy, JAX and TensorFlow are imported
         errors.check_start()
-        errors.import_jax()  # a JAX_* variable JAX refuses: one line
+        if "alexnet_jax.tools.launch" not in getattr(sys, "orig_argv", []):  # (it stays light)
+            errors.import_jax()  # a JAX_* variable JAX refuses: one line
 
 # The modules here that are tools (`python -m alexnet_jax.tools.<tool>`); the others are their
 # library (load.py).
