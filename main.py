@@ -73,6 +73,7 @@ def _refuse_repeated_fields(argv: list[str]) -> None:
 
 
 try:  # a --flagfile that includes itself (absl would warn and go on without it)
+    errors.refuse_undecodable_arguments(sys.argv[1:])
     errors.refuse_circular_flagfiles(sys.argv)
 except errors.UserError as e:
     _usage_error(str(e))

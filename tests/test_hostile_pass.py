@@ -2166,3 +2166,46 @@ def test_an_xla_flag_xla_cannot_read_is_one_line(monkeypatch):
         runtime.check_xla_flags()
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     runtime.check_xla_flags()
+
+
+# ---- Hostile pass 14 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_double_quoted_xla_flag_value_with_a_space_is_taken(tmp_path, monkeypatch):
+    """Pass 14, #19: XLA_FLAGS='--xla_dump_to="/tmp/a b"' (XLA reads it) was refused: "XLA_FLAGS
+    holds 'b\\"', which is not a flag". Quoted values are one word, as XLA takes them."""
+    monkeypatch.setenv("XLA_FLAGS", f'--xla_dump_to="{tmp_path}/a b"')
+    runtime.check_xla_flags()
+    assert os.path.isdir(tmp_path / "a b")
+
+
+def test_the_sweep_loads_its_config_under_pythonwarnings_error(tmp_path):
+    """Pass 14, #28: under PYTHONWARNINGS=error every sweep failed with "--config=... could not
+    be loaded (DeprecationWarning: the load_module() method is deprecated ...)"."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.sweep", "--sweep=sweeps/figure1.py",
+         f"--sweep_dir={tmp_path}/s", "--print_commands"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("main.py --config=configs/figure1.py") == 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["main.py", "--workdir=w\udcff"], ["-m", "alexnet_jax.tools.compare", "w\udcff"],
+     ["-m", "alexnet_jax.tools.sweep", "--sweep=sweeps/figure1.py", "--sweep_dir=S\udcff"]],
+)  # fmt: skip
+def test_a_run_folder_whose_name_is_not_utf8_is_one_line(command):
+    """Pass 14, #36-#38: a --workdir, a compare folder or a --sweep_dir named with bytes that are
+    not UTF-8 ended in tracebacks (Orbax's C++ cast after 4 trained steps, matplotlib's label, the
+    sweep's log line). Refused first, in one line."""
+    args = [os.fsencode(os.path.join(REPO, a) if a == "main.py" else a) for a in command]
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, timeout=120,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.decode(errors="replace").splitlines()
+    assert "holds bytes that are not UTF-8" in line

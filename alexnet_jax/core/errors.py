@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
 class UserError(Exception):
@@ -494,6 +494,22 @@ def parse_flags(argv: list[str]) -> list[str]:
         _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
     except UserError as e:
         _exit(f"error: {e}", 2)
+
+
+def refuse_undecodable_arguments(argv: Sequence[str]) -> None:
+    """UserError for an argument (a run's folder: main.py's, compare's, a sweep's) holding bytes
+    that are not UTF-8 (a path made under another encoding, `w\\xff`): a run's records (JSON,
+    TensorBoard, Orbax's C++) cannot name it; main.py trained, then failed in 4 tracebacks and
+    left no checkpoint. (Images to predict and --out files may have such names.)"""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(
+                f"the argument {arg!r} holds bytes that are not UTF-8 (shown as \\udc..): the "
+                "run's records cannot name such a path. Rename the file or folder (UTF-8 names), "
+                "or choose another."
+            ) from None
 
 
 def refuse_circular_flagfiles(argv: list[str]) -> None:

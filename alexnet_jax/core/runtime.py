@@ -107,7 +107,8 @@ _MAX_CPU_DEVICES = 1024  # fake CPU devices for tests; XLA aborts on counts it c
 def check_xla_flags() -> None:
     """UserError for an XLA_FLAGS value with a word that is not a flag (XLA reads such a value
     as a file name and aborts)."""
-    words = os.environ.get("XLA_FLAGS", "").split()
+    # (a value may be double-quoted with spaces inside, as XLA reads it: --xla_dump_to="a b")
+    words = re.findall(r'(?:[^\s"]+|"[^"]*")+', os.environ.get("XLA_FLAGS", ""))
     odd = [w for w in words if not w.startswith("--")]
     if odd:
         raise UserError(
@@ -118,7 +119,7 @@ def check_xla_flags() -> None:
     for word in words:  # XLA aborts in C++ on a count that is not a positive integer
         name, _, value = word.partition("=")
         if name == "--xla_dump_to" and value and not value.startswith("sponge"):
-            _check_dump_folder(value)
+            _check_dump_folder(value.replace('"', ""))
         if name == "--xla_force_host_platform_device_count" and not (
             re.fullmatch(r"[0-9]{1,4}", value) and 1 <= int(value) <= _MAX_CPU_DEVICES
         ):

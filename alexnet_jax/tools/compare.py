@@ -608,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     seen = {}
     with reported_as_exit():  # (realpath: a deleted current directory is one line)
+        errors.refuse_undecodable_arguments(args.dirs)
         for directory in args.dirs:  # one run named twice (or as run/ and ../x/run) counted twice
             other = seen.setdefault(os.path.realpath(directory), directory)
             if other != directory or args.dirs.count(directory) > 1:

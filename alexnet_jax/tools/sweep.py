@@ -46,6 +46,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -160,13 +161,15 @@ def load_config(config_path: str, overrides: dict[str, str], where: str) -> Any:
     argv = ["main.py", f"--config={config_path}"]
     argv += [f"--config.{field}={value}" for field, value in overrides.items()]
     values = flags.FlagValues()
-    flag = config_flags.DEFINE_config_file(
-        "config", config_path, flag_values=values, lock_config=True, sys_argv=argv
-    )
-    try:
-        values(argv)
-        config = flag.value
-        config.keys()  # a config file that failed to load raises here
+    try:  # (ml_collections loads it with a deprecated importlib call: no error under -W error)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            flag = config_flags.DEFINE_config_file(
+                "config", config_path, flag_values=values, lock_config=True, sys_argv=argv
+            )
+            values(argv)
+            config = flag.value
+            config.keys()  # a config file that failed to load raises here
     except flags.Error as e:
         raise ConfigError(f"{where}: {e}.") from None
     except Exception as e:
@@ -563,6 +566,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     with reported_as_exit():
+        errors.refuse_undecodable_arguments([f"--sweep_dir={args.sweep_dir}"])
         runtime.check_environment()  # what the runs inherit: one line here, not one per run
         sweep = make_sweep(args.sweep, args.config, args.arm, args.seeds)
         if not os.path.isfile(args.main):
