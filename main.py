@@ -10,7 +10,6 @@ show only with --verbosity=1 or more.
 import os
 import re
 import sys
-import warnings
 
 from alexnet_jax.core import errors
 
@@ -79,8 +78,7 @@ except errors.UserError as e:
     _usage_error(str(e))
 _refuse_repeated_fields(sys.argv)
 try:  # ml_collections reads the --config.FIELD overrides of sys.argv already here
-    with warnings.catch_warnings():  # (it loads the default config with a deprecated call)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with errors.config_loading_warnings_ignored():  # (the default config is loaded here)
         _CONFIG = config_flags.DEFINE_config_file(
             "config",
             os.path.join(_HERE, "configs", "default.py"),
@@ -134,9 +132,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     from alexnet_jax.core import console
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # no absl chatter about a broken config file
-    try:  # (ml_collections loads the config with a deprecated importlib call: never an error)
-        with console.flag_help(), warnings.catch_warnings():  # --help: exit 0, into a closed pipe
-            warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        with console.flag_help(), errors.config_loading_warnings_ignored():  # --help: exit 0
             rest = flags.FLAGS(argv)
             _CONFIG.value.keys()  # a config file that failed to load raises here
     except flags.UnrecognizedFlagError as e:

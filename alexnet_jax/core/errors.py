@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
@@ -466,6 +467,16 @@ def _importing(frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+@contextlib.contextmanager
+def config_loading_warnings_ignored() -> Iterator[None]:
+    """ml_collections loads a config file with importlib's deprecated load_module(): under
+    PYTHONWARNINGS=error its DeprecationWarning was an error, so no config could be loaded
+    (main.py's default and --config, the sweep's base config). Ignored inside the block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def expand_user(argument: str) -> str:

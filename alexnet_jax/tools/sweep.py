@@ -46,7 +46,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,9 +160,8 @@ def load_config(config_path: str, overrides: dict[str, str], where: str) -> Any:
     argv = ["main.py", f"--config={config_path}"]
     argv += [f"--config.{field}={value}" for field, value in overrides.items()]
     values = flags.FlagValues()
-    try:  # (ml_collections loads it with a deprecated importlib call: no error under -W error)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        with errors.config_loading_warnings_ignored():
             flag = config_flags.DEFINE_config_file(
                 "config", config_path, flag_values=values, lock_config=True, sys_argv=argv
             )
