@@ -174,6 +174,14 @@ def pytest_collection_modifyitems(items):
 # ---- A tiny image folder ----------------------------------------------------------------------
 
 
+def w3_target():
+    """The restore target of the tests' small checkpoints ({"w": float32[3]}) on one device."""
+    import numpy as np
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+
+
 def png(path: str, value: int) -> None:
     """A 48x40 PNG of one grey `value` at `path` (its folders made)."""
     import numpy as np

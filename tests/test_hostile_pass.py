@@ -18,7 +18,7 @@ from alexnet_jax.runs import rundir
 from alexnet_jax.tools import figures, sweep
 from alexnet_jax.train import checkpoint, config_lib, metrics_io
 from configs import default
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, w3_target
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,8 +66,7 @@ def test_a_checkpoint_whose_data_record_is_damaged_is_not_restored(tmp_path, cap
     data = tmp_path / "checkpoints" / "8" / "data" / "metadata"
     damaged = {"examples_consumed": "lots"}  # (with a digest that matches: the type is checked)
     data.write_text(json.dumps({**damaged, "digest": checkpoint._digest(8, damaged)}))
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+    target = w3_target()
     state, record = checkpoint.read_latest_checkpoint(str(tmp_path), target)
     np.testing.assert_array_equal(state["w"], np.full(3, 4, np.float32))
     assert record == {"examples_consumed": 32}
@@ -89,8 +88,7 @@ def test_a_plausible_edit_of_a_checkpoints_data_record_is_refused(tmp_path, caps
     assert record["examples_consumed"] == 64
     assert "digest" in record
     data.write_text(json.dumps({**record, "examples_consumed": 72}))
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+    target = w3_target()
     state, record = checkpoint.read_latest_checkpoint(str(tmp_path), target)
     np.testing.assert_array_equal(state["w"], np.full(3, 4, np.float32))
     assert record == {"examples_consumed": 32, "batch_size": 8}  # the digest is not handed on
@@ -1822,8 +1820,7 @@ def test_a_checkpoint_whose_arrays_are_not_the_ones_saved_is_refused(tmp_path, m
     checkpoint.wait(manager)
     manager.close()
     monkeypatch.setattr(checkpoint, "fingerprint", saved)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+    target = w3_target()
     state, record = checkpoint.read_latest_checkpoint(workdir, target)
     np.testing.assert_array_equal(state["w"], np.full(3, 1, np.float32))
     assert record == {"examples_consumed": 8}
@@ -2133,8 +2130,7 @@ def test_the_remedy_for_no_readable_checkpoint_names_the_whole_way(tmp_path, mon
     checkpoint.wait(manager)
     manager.close()
     monkeypatch.setattr(checkpoint, "_check_fingerprint", _damaged)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
+    target = w3_target()
     with pytest.raises(DataError, match=r"move those step directories out of .*checkpoints and "
                        r"train with --allow_config_change to start the run over"):  # fmt: skip
         checkpoint.read_latest_checkpoint(str(tmp_path), target)

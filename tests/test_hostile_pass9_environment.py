@@ -13,7 +13,6 @@ import subprocess
 import sys
 import types
 
-import jax
 import numpy as np
 import pytest
 
@@ -22,6 +21,7 @@ from alexnet_jax.core.errors import DataError, NonFiniteError, UserError
 from alexnet_jax.runs import rundir
 from alexnet_jax.train import checkpoint
 from configs import default
+from tests.conftest import w3_target
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,11 +46,6 @@ def _checkpoints(workdir: str, steps: tuple[int, ...], keep: int = 1) -> None:
     manager.close()
 
 
-def _target() -> dict:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return {"w": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding)}
-
-
 # ---- #62: Ctrl-C during a tool's checkpoint read -------------------------------------------------
 
 
@@ -71,7 +66,7 @@ def test_a_checkpoint_read_cut_short_by_ctrl_c_is_the_stop_not_a_damaged_checkpo
     monkeypatch.setattr(checkpoint, "_restore", cut_short)
     monkeypatch.setattr(errors, "_told", [signal.SIGINT])  # stop_now told `interrupted:` already
     with pytest.raises(SystemExit) as stopped:
-        checkpoint.read_latest_checkpoint(workdir, _target())
+        checkpoint.read_latest_checkpoint(workdir, w3_target())
     assert stopped.value.code == 130
     assert capsys.readouterr().err == ""
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]  # untouched
@@ -109,7 +104,7 @@ def test_a_step_replaced_while_it_is_read_is_read_again_at_the_newest_step(
         return restore(manager, step, target)
 
     monkeypatch.setattr(checkpoint, "_restore", rotated_while_read)
-    state, _ = checkpoint.read_latest_checkpoint(workdir, _target())
+    state, _ = checkpoint.read_latest_checkpoint(workdir, w3_target())
     np.testing.assert_array_equal(state["w"], np.full(3, 9, np.float32))
     assert calls == [8, 9]
     assert capsys.readouterr().err == ""
@@ -142,7 +137,7 @@ def test_a_run_whose_steps_keep_vanishing_under_a_live_trainer_is_not_called_dam
 
     monkeypatch.setattr(checkpoint, "_restore", always_rotated)
     with pytest.raises(DataError) as refused:
-        checkpoint.read_latest_checkpoint(workdir, _target())
+        checkpoint.read_latest_checkpoint(workdir, w3_target())
     message = str(refused.value)
     assert message.startswith(f"A training run (process {pid} on host {socket.gethostname()}) ")
     assert "retry, or wait for the run to finish" in message
@@ -169,7 +164,7 @@ def test_a_step_being_removed_by_a_live_trainer_is_read_again_at_the_newest_step
         return restore(manager, step, target)
 
     monkeypatch.setattr(checkpoint, "_restore", being_removed)
-    state, _ = checkpoint.read_latest_checkpoint(workdir, _target())
+    state, _ = checkpoint.read_latest_checkpoint(workdir, w3_target())
     np.testing.assert_array_equal(state["w"], np.full(3, 9, np.float32))
     assert calls == [8, 9]
     assert capsys.readouterr().err == ""
@@ -193,7 +188,7 @@ def test_a_step_gone_while_orbax_lists_the_steps_is_listed_again(tmp_path, monke
         return manager(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "checkpoint_manager", listed_as_one_vanished)
-    state, _ = checkpoint.read_latest_checkpoint(workdir, _target())
+    state, _ = checkpoint.read_latest_checkpoint(workdir, w3_target())
     np.testing.assert_array_equal(state["w"], np.full(3, 9, np.float32))
     assert len(tries) == 2
     assert capsys.readouterr().err == ""
