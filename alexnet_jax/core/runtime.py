@@ -95,7 +95,7 @@ def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
     if flags is None:
         flags = project_xla_flags()
     current = os.environ.get("XLA_FLAGS", "")
-    names = {flag.split("=", 1)[0] for flag in current.split()}
+    names = {flag.split("=", 1)[0] for flag in xla_flag_words(current)}
     added = [flag for flag in flags if flag.split("=", 1)[0] not in names]
     os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return os.environ["XLA_FLAGS"]
@@ -104,11 +104,16 @@ def set_xla_flags(flags: tuple[str, ...] | None = None) -> str:
 _MAX_CPU_DEVICES = 1024  # fake CPU devices for tests; XLA aborts on counts it cannot make
 
 
+def xla_flag_words(value: str) -> list[str]:
+    """The words of an XLA_FLAGS value as XLA splits it: at spaces, except inside double quotes
+    (--xla_dump_to="a b" is one word)."""
+    return re.findall(r'(?:[^\s"]+|"[^"]*")+', value)
+
+
 def check_xla_flags() -> None:
     """UserError for an XLA_FLAGS value with a word that is not a flag (XLA reads such a value
     as a file name and aborts)."""
-    # (a value may be double-quoted with spaces inside, as XLA reads it: --xla_dump_to="a b")
-    words = re.findall(r'(?:[^\s"]+|"[^"]*")+', os.environ.get("XLA_FLAGS", ""))
+    words = xla_flag_words(os.environ.get("XLA_FLAGS", ""))
     odd = [w for w in words if not w.startswith("--")]
     if odd:
         raise UserError(

@@ -61,11 +61,12 @@ def run(mark: bytes, told: bytes, source: int = 0, sink: int = 1) -> None:
                     pass
                 return
             told_already = told_already or mark in line
-            if NATIVE.match(line) and any(p.search(line) for p in DROPPED):
+            native = NATIVE.match(line) is not None
+            if native and any(p.search(line) for p in DROPPED):
                 continue
-            if not held and NATIVE.match(line):
+            if native and not held:
                 since = time.monotonic()
-            if held or NATIVE.match(line):
+            if held or native:
                 held.append(line + b"\n")
             else:
                 write(line + b"\n")
