@@ -2205,3 +2205,25 @@ def test_a_run_folder_whose_name_is_not_utf8_is_one_line(command):
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.decode(errors="replace").splitlines()
     assert "holds bytes that are not UTF-8" in line
+
+
+@pytest.mark.parametrize("kind", ["file", "class folder"])
+def test_an_image_folder_name_that_is_not_utf8_is_one_line(folder, kind):
+    """Pass 14, #39 and #40: an image named `train/ant/\\xe9.png` ended in a TensorFlow tracing
+    traceback (UnicodeEncodeError); a class folder `train/b\\xff/` of 16 good PNGs was refused as
+    having "no image that decodes", a remedy that cannot work. Either is now named, with the fix."""
+    from alexnet_jax.data import data_sources
+
+    root = os.fsencode(folder)
+    if kind == "file":
+        ant = os.path.join(root, b"train/ant")
+        os.rename(os.path.join(ant, b"ant0.png"), os.path.join(ant, b"\xe9.png"))
+        named = "'train/ant/\\udce9.png'"
+    else:
+        os.rename(os.path.join(root, b"train/bee"), os.path.join(root, b"train/b\xff"))
+        os.rename(os.path.join(root, b"val/bee"), os.path.join(root, b"val/b\xff"))
+        named = "'train/b\\udcff/'"
+    with pytest.raises(DataError) as caught:
+        data_sources._open_folder(folder)
+    assert f"has a name that is not UTF-8, {named} (bytes shown as \\udc..)" in str(caught.value)
+    assert "Rename it to a UTF-8 name" in str(caught.value)

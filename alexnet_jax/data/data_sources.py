@@ -564,7 +564,27 @@ def _open_folder(root: str) -> _FolderSource:
         raise _image_folder_error(root, f"has val/ classes missing from train/: {sorted(unknown)}")
     _refuse_shared_class_folders(root, "train", classes)
     _refuse_shared_class_folders(root, "val", sorted(val_classes))
+    _refuse_names_not_utf8(source)
     return source
+
+
+def _refuse_names_not_utf8(source: _FolderSource) -> None:
+    """DataError for a class folder or an image whose name is not UTF-8 (made under another
+    encoding: `train/caf\\xe9/`): TensorFlow takes paths as UTF-8 strings, so tracing the
+    pipeline failed in a traceback, and a class folder so named was called "no image that
+    decodes"."""
+    names = [f"train/{name}/" for name in source.classes]
+    names += [key for split in ("train", "validation") for _, _, key in source.files(split)]
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _image_folder_error(
+                source.root,
+                f"has a name that is not UTF-8, {name!r} (bytes shown as \\udc..), "
+                "which TensorFlow cannot open. Rename it to a UTF-8 name (for example with "
+                "`convmv -f latin1 -t utf8 -r --notest <folder>`)",
+            ) from None
 
 
 def _refuse_shared_class_folders(root: str, split: str, classes) -> None:
