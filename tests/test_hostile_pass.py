@@ -2227,3 +2227,20 @@ def test_an_image_folder_name_that_is_not_utf8_is_one_line(folder, kind):
         data_sources._open_folder(folder)
     assert f"has a name that is not UTF-8, {named} (bytes shown as \\udc..)" in str(caught.value)
     assert "Rename it to a UTF-8 name" in str(caught.value)
+
+
+def test_a_write_over_the_file_size_limit_names_the_limit():
+    """Pass 14, #33: a save under `ulimit -f 50` said "File too large (errno 27). Free disk
+    space ...", never naming the limit that was hit (the disk had room)."""
+    import errno
+
+    limit = "over the file-size limit, `ulimit -f` (raise it), or the file system's"
+    too_large = OSError(errno.EFBIG, "File too large", "/w/checkpoints/4/x")
+    assert (
+        errors.storage_error_reason(too_large)
+        == f"File too large (errno 27: {limit}): /w/checkpoints/4/x"
+    )
+    tensorstore = RuntimeError('UNKNOWN: Error writing local file "/w/x": [os_error_code=27]')
+    assert errors.storage_error_reason(tensorstore) == f"File too large (errno 27: {limit})"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert errors.storage_error_reason(full) == "No space left on device (errno 28)"

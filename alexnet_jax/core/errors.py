@@ -3,6 +3,7 @@
 
 import argparse
 import codecs
+import collections
 import contextlib
 import errno
 import logging
@@ -104,14 +105,20 @@ def storage_error_reason(error: BaseException, with_file: bool = True) -> str:
     paths are)."""
     if isinstance(error, OSError) and error.strerror and error.errno:
         file = f": {error.filename}" if with_file and error.filename else ""
-        return f"{error.strerror} (errno {error.errno}){file}"
+        return f"{error.strerror} (errno {error.errno}{_FILE_SIZE_LIMIT[error.errno]}){file}"
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).strip()  # TensorFlow's
     system = _SYSTEM_ERRNO.search(text)
     if system:  # the text before it varies with where TensorStore failed; the errno does not
         code = int(system.group(1))
-        return f"{os.strerror(code)} (errno {code})"
+        return f"{os.strerror(code)} (errno {code}{_FILE_SIZE_LIMIT[code]})"
     reason = text.splitlines()[0] if text else type(error).__name__
     return reason if len(reason) <= 600 else reason[:150] + " ... " + reason[-450:]
+
+
+# EFBIG is rarely a full disk: the shell's file-size limit (`ulimit -f`) or the file system's.
+_FILE_SIZE_LIMIT = collections.defaultdict(
+    str, {errno.EFBIG: ": over the file-size limit, `ulimit -f` (raise it), or the file system's"}
+)
 
 
 def storage_error(what: str, where: str, error: BaseException) -> DataError:
