@@ -2244,3 +2244,22 @@ def test_a_write_over_the_file_size_limit_names_the_limit():
     assert errors.storage_error_reason(tensorstore) == f"File too large (errno 27: {limit})"
     full = OSError(errno.ENOSPC, "No space left on device")
     assert errors.storage_error_reason(full) == "No space left on device (errno 28)"
+
+
+@pytest.mark.parametrize(
+    "tool", ["compare", "export", "figure1", "figures", "launch", "load", "predict", "sweep"]
+)
+def test_a_tool_run_by_its_path_says_how_to_run_it(tool):
+    """Pass 13, #38: `python alexnet_jax/tools/predict.py` (the path a shell completes) ended in
+    `ModuleNotFoundError: No module named 'alexnet_jax'`, a traceback."""
+    proc = subprocess.run(
+        [sys.executable, f"alexnet_jax/tools/{tool}.py", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+    if tool == "load":  # no tool: a library module of the tools
+        assert proc.stderr.startswith("error: alexnet_jax/tools/load.py is a library module")
+        return
+    assert proc.stderr == (
+        f"error: run it as a module, from the repository: python -m alexnet_jax.tools.{tool}\n"
+    )

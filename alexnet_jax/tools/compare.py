@@ -32,6 +32,11 @@ the JSON lines main.py writes, is one `error:` line naming it (exit code 2).
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.compare")
+
 import collections
 import csv
 import dataclasses
@@ -39,7 +44,6 @@ import io
 import json
 import os
 import re
-import sys
 from collections.abc import Sequence
 
 import numpy as np

@@ -22,6 +22,11 @@ exit code 2, and leaves no partial file and any earlier file at that path intact
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.export")
+
 from collections.abc import Sequence
 
 from absl import app, flags

@@ -16,9 +16,13 @@ directories below --sweep_dir) and read through rundir.
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.figure1")
+
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np

@@ -20,6 +20,11 @@ on ImageNet).
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.figures")
+
 import functools
 import io
 import math

@@ -20,6 +20,11 @@ Ctrl-C; else the dead process's code (128 + N for signal N); else the first non-
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.launch")
+
 import argparse
 import contextlib
 import os
@@ -27,7 +32,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence

@@ -7,6 +7,14 @@ Reads only the run directory (config.json, checkpoints/): no dataset, no TensorF
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit(
+        "error: alexnet_jax/tools/load.py is a library module of the tools, not a tool: run "
+        "`python -m alexnet_jax.tools.<tool> --help` (README, Tools)."
+    )
+
 from typing import Any
 
 import jax

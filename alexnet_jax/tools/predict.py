@@ -21,6 +21,11 @@ alpha / n LRN, the variant's published input size, `--variant` (default torchvis
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.predict")
+
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple

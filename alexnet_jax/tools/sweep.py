@@ -36,6 +36,11 @@ would execute, e.g. one SLURM array task per line (`sed -n "${SLURM_ARRAY_TASK_I
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run by its path, where Python cannot import the package
+    sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.sweep")
+
 import argparse
 import dataclasses
 import importlib.util
@@ -44,7 +49,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
