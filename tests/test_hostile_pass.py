@@ -2263,3 +2263,46 @@ def test_a_tool_run_by_its_path_says_how_to_run_it(tool):
     assert proc.stderr == (
         f"error: run it as a module, from the repository: python -m alexnet_jax.tools.{tool}\n"
     )
+
+
+def test_figure1_says_which_runs_are_unfinished_and_that_the_sweep_still_runs(tmp_path, capsys):
+    """Pass 14, #51 and #52: figure1 while the sweep's first arm still ran said its other arm
+    had "no logged run: Fix what stopped them" (nothing had); on a sweep whose tanh run was
+    stopped at a third of its steps it printed `tanh: 25% training error at not reached`, with
+    no word that the run had not finished."""
+    import socket
+    import time
+
+    from alexnet_jax.tools import figure1
+
+    sweep_dir = tmp_path / "S"
+    for arm, end in (("relu", "finished"), ("tanh", "resume")):
+        workdir = sweep_dir / arm
+        workdir.mkdir(parents=True)
+        lines = [{"step": s, "split": "train", "loss": 1.0, "top1_error": 0.5, "epoch": s / 4}
+                 for s in (2, 4, 6, 8)]  # fmt: skip
+        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        history = [{"step": 0, "event": "start"}, {"step": 8, "event": end}]
+        (workdir / rundir.HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
+    figure1.arm_records(str(sweep_dir), ["relu", "tanh"])
+    err = capsys.readouterr().err
+    assert err == (
+        f"warning: arm tanh: run(s) not finished (still training, or stopped): {sweep_dir}/tanh "
+        "(epoch 2); their curves end there. Rerun the sweep's command to finish them.\n"
+    )
+    rundir.write_sweep_plan(str(sweep_dir), {"config": "c.py", "arms": {"x": {}}, "runs": []})
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        time.sleep(0.1)
+        holder = {"pid": sleeper.pid, "host": socket.gethostname(),
+                  "started": rundir._process_start_time(sleeper.pid)}  # fmt: skip
+        (sweep_dir / rundir.LOCK_FILE).write_text(json.dumps(holder))
+        with pytest.raises(DataError) as refused:
+            figure1.arm_records(str(sweep_dir), ["x"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert str(refused.value) == (
+        f"{sweep_dir} has no logged run of arm(s) x: the sweep is still running (process "
+        f"{sleeper.pid} on host {socket.gethostname()}): rerun figure1 when it has finished."
+    )

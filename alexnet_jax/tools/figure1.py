@@ -97,6 +97,7 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
     epoch 1); DataError for an arm without a run that did."""
     found: dict[str, list] = {arm: [] for arm in arms}
     short: dict[str, list[str]] = {arm: [] for arm in arms}
+    unfinished: dict[str, list[str]] = {arm: [] for arm in arms}
     for run in compare.collect([sweep_dir]):
         if run.arm in found and os.path.isfile(os.path.join(run.workdir, "metrics.jsonl")):
             records, _ = compare.read_records(run.workdir)
@@ -105,6 +106,8 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
                 short[run.arm].append(f"{run.workdir} reached epoch {curve[-1][0]:.3g}")
             elif curve:
                 found[run.arm].append(records)
+                if rundir.read_history(run.workdir) and rundir.finished_step(run.workdir) is None:
+                    unfinished[run.arm].append(f"{run.workdir} (epoch {curve[-1][0]:.3g})")
     missing = [arm for arm, runs in found.items() if not runs]
     if any(short[arm] for arm in missing):
         raise DataError(
@@ -118,6 +121,12 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
     for arm in arms:
         for what in short[arm]:
             console.warning(f"left out of arm {arm}: {what}, less than one epoch.")
+        if unfinished[arm]:  # its first epoch at the threshold may be still to come
+            console.warning(
+                f"arm {arm}: run(s) not finished (still training, or stopped): "
+                f"{', '.join(unfinished[arm])}; their curves end there. Rerun the sweep's "
+                "command to finish them."
+            )
     return found
 
 
@@ -131,6 +140,9 @@ def _missing_remedy(sweep_dir: str, missing: Sequence[str]) -> str:
             "run `python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py "
             f"--sweep_dir={sweep_dir}`."
         )
+    running = rundir.live_writer(sweep_dir)
+    if running is not None:
+        return f"the sweep is still running ({running}): rerun figure1 when it has finished."
     failed = []
     for run in plan["runs"]:
         outcome = run.get("outcome") if isinstance(run.get("outcome"), dict) else {}
