@@ -2156,10 +2156,20 @@ def test_an_xla_flag_xla_cannot_read_is_one_line(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_bogus=1")
     refused = (
         r"XLA_FLAGS holds a flag XLA cannot read: Unknown flag in XLA_FLAGS: --xla_bogus=1 "
-        r"\(XLA_FLAGS='--xla_bogus=1'\): fix or remove"
+        r"\(XLA_FLAGS='--xla_force_host_platform_device_count=2 --xla_bogus=1'\): fix or remove"
     )
     with pytest.raises(UserError, match=refused):
         runtime.check_xla_flags()
+    # Pass 14, #18: the value quoted was not the user's (the flags checked here were left out),
+    # and a bad value came with XLA's C++ "Check failed: ... Flag parsing failed" line.
+    flags = "--xla_b=1 --xla_cpu_enable_fast_math=maybe --xla_force_host_platform_device_count=2"
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    with pytest.raises(UserError) as refused:
+        runtime.check_xla_flags()
+    assert str(refused.value) == (
+        "XLA_FLAGS holds a flag XLA cannot read: Couldn't interpret value maybe for flag "
+        f"xla_cpu_enable_fast_math (XLA_FLAGS={flags!r}): fix or remove it."
+    )
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     runtime.check_xla_flags()
 

@@ -158,11 +158,13 @@ def _probe_xla_flags(words: list[str]) -> None:
     except (OSError, subprocess.TimeoutExpired):
         return  # no verdict: the run itself will tell
     said = re.findall(r"^[EF]\d{4} [^\]]*\] (.*)$", probe.stderr, re.MULTILINE)
-    said = [line for line in said if "flag" in line.lower()]  # (not a failure of another kind)
+    said = [  # (not a failure of another kind, nor the C++ check that follows a bad value)
+        line for line in said if "flag" in line.lower() and not line.startswith("Check failed")
+    ]
     if probe.returncode != 0 and said:
         raise UserError(
-            f"XLA_FLAGS holds a flag XLA cannot read: {said[0].rstrip('.')} (XLA_FLAGS="
-            f"{' '.join(others)!r}): fix or remove it."
+            f"XLA_FLAGS holds a flag XLA cannot read: {'; '.join(s.rstrip('.') for s in said)} "
+            f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}): fix or remove it."
         )
 
 
