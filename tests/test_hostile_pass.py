@@ -2316,3 +2316,19 @@ def test_figure1_says_which_runs_are_unfinished_and_that_the_sweep_still_runs(tm
         f"{sweep_dir} has no logged run of arm(s) x: the sweep is still running (process "
         f"{sleeper.pid} on host {socket.gethostname()}): rerun figure1 when it has finished."
     )
+
+
+def test_launch_says_when_it_replaces_the_device_count_of_xla_flags(monkeypatch, capsys):
+    """Pass 14, #21: `XLA_FLAGS=--xla_force_host_platform_device_count=4 launch ...` gave each
+    process 1 device (--devices_per_process's default) with no word."""
+    from alexnet_jax.tools import launch
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    launch.warn_of_a_replaced_device_count(4)
+    assert capsys.readouterr().err == ""
+    launch.warn_of_a_replaced_device_count(1)
+    assert capsys.readouterr().err == (
+        "warning: XLA_FLAGS' --xla_force_host_platform_device_count=4 is replaced by "
+        "--devices_per_process=1 (launch sets each process's CPU devices): to give each 4, pass "
+        "--devices_per_process=4.\n"
+    )

@@ -316,8 +316,21 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def warn_of_a_replaced_device_count(devices_per_process: int) -> None:
+    """A warning when XLA_FLAGS asks for another number of CPU devices than each process gets
+    (it was replaced without a word)."""
+    asked = re.findall(rf"{_DEVICE_COUNT_FLAG}=(\S+)", os.environ.get("XLA_FLAGS", ""))
+    if asked and asked[-1] != str(devices_per_process):
+        console.warning(
+            f"XLA_FLAGS' {_DEVICE_COUNT_FLAG}={asked[-1]} is replaced by "
+            f"--devices_per_process={devices_per_process} (launch sets each process's CPU "
+            f"devices): to give each {asked[-1]}, pass --devices_per_process={asked[-1]}."
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    warn_of_a_replaced_device_count(args.devices_per_process)
     supervisor = Supervisor([], args.grace_s, args.process_log_dir)
     for signum in _STOP_SIGNALS:  # before the start: no signal may leave processes orphaned
         signal.signal(signum, supervisor.on_signal)
