@@ -2332,3 +2332,25 @@ def test_launch_says_when_it_replaces_the_device_count_of_xla_flags(monkeypatch,
         "--devices_per_process=1 (launch sets each process's CPU devices): to give each 4, pass "
         "--devices_per_process=4.\n"
     )
+
+
+def test_hidden_folders_of_an_image_folder_are_no_classes(folder, capsys):
+    """Pass 13, #54: a hidden folder `train/.ipynb_checkpoints/` (Jupyter's) holding an image was
+    a class: the run was refused for its class count, and following the remedy trained it as
+    class 0. Hidden folders are left out, named in one warning."""
+    from alexnet_jax.data import data_sources
+    from tests.conftest import png
+
+    png(os.path.join(folder, "train", ".ipynb_checkpoints", "x.png"), 7)
+    png(os.path.join(folder, "val", ".git", "y.png"), 8)
+    os.makedirs(os.path.join(folder, ".cache", "ant"))
+    source = data_sources._open_folder(folder)
+    assert source.classes == ("ant", "bee")
+    assert source.split_names() == ["train", "val"]
+    assert len(source.files("train")) == 4
+    assert capsys.readouterr().err == ""
+    source.check_classes()
+    assert capsys.readouterr().err == (
+        f"warning: Left out the hidden folder(s) train/.ipynb_checkpoints/, val/.git/ of "
+        f"{source.root!r}: a folder whose name starts with a dot is no class.\n"
+    )

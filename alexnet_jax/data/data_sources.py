@@ -361,7 +361,11 @@ class _FolderSource:
         return self.root
 
     def split_names(self) -> list[str]:
-        return sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
+        return sorted(
+            d
+            for d in os.listdir(self.root)
+            if os.path.isdir(os.path.join(self.root, d)) and not d.startswith(".")
+        )
 
     def files(self, split: str) -> list[tuple[str, int, str]]:
         """(path, label, key) of every image of a split, in a fixed pseudo-random order.
@@ -384,6 +388,16 @@ class _FolderSource:
         Decodes at most a few files per class (the first that decodes ends the search). Entries
         named like images that are not files are named in one warning, and so are the images
         that are not directly inside a class folder (`images_outside_class_folders`)."""
+        hidden = [
+            f"{split}/{name}/"
+            for split in self.split_names()
+            for name in _class_folders(self.root, split, hidden=True)
+        ]
+        if hidden:
+            console.warning(
+                f"Left out the hidden folder(s) {', '.join(hidden)} of {self.root!r}: a folder "
+                "whose name starts with a dot is no class."
+            )
         outside = self.images_outside_class_folders()
         if outside:
             console.warning(
@@ -549,16 +563,14 @@ def _open_folder(root: str) -> _FolderSource:
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         raise _image_folder_error(root, "has no train/ directory")
-    classes = tuple(
-        sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
-    )
+    classes = tuple(_class_folders(root, "train"))
     source = _FolderSource(os.path.abspath(root), classes, f"folder:{os.path.abspath(root)}")
     if not classes or not source.files("train"):
         raise _image_folder_error(root, "has no images under train/<class>/")
     val_dir = os.path.join(root, "val")
     if not os.path.isdir(val_dir) or not source.files("validation"):
         raise _image_folder_error(root, "has no images under val/<class>/")
-    val_classes = {d for d in os.listdir(val_dir) if os.path.isdir(os.path.join(val_dir, d))}
+    val_classes = set(_class_folders(root, "val"))
     unknown = val_classes - set(classes)
     if unknown:
         raise _image_folder_error(root, f"has val/ classes missing from train/: {sorted(unknown)}")
@@ -566,6 +578,15 @@ def _open_folder(root: str) -> _FolderSource:
     _refuse_shared_class_folders(root, "val", sorted(val_classes))
     _refuse_names_not_utf8(source)
     return source
+
+
+def _class_folders(root: str, split: str, hidden: bool = False) -> list[str]:
+    """The class folders of root/split, sorted. Hidden folders (`.ipynb_checkpoints`, `.git`:
+    names starting with a dot) are no classes (they became one, label 0, of images that are no
+    class); with `hidden`, only those (check_classes names them)."""
+    directory = os.path.join(root, split)
+    folders = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    return [d for d in folders if d.startswith(".") == hidden]
 
 
 def _refuse_names_not_utf8(source: _FolderSource) -> None:
