@@ -508,7 +508,7 @@ def save_weights(
     try:
         _replace_file(path, data)
     except OSError as e:
-        reason = f"{e.strerror} (errno {e.errno})" if e.strerror else str(e)
+        reason = errors.storage_error_reason(e, with_file=False)
         kept = " (the existing file is unchanged)" if os.path.isfile(path) else ""
         raise WeightsFileError(
             f"Writing {path} failed: {reason}; nothing was written{kept}. Free disk space, fix "

@@ -277,7 +277,7 @@ def test_export_to_a_full_disk_is_one_error_and_keeps_the_earlier_file(run_dir, 
     assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file left behind
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert f"Writing {out} failed: File too large (errno 27)" in line
+    assert f"Writing {out} failed: File too large (errno 27: over the file-size limit" in line
     assert "existing file is unchanged" in line
 
 
@@ -314,7 +314,8 @@ def test_every_format_fails_whole_on_a_full_disk(tmp_path):
     for path in paths:
         with open(path, "rb") as f:
             assert f.read() == b"earlier " + path.encode(), results[path]
-        assert results[path].startswith(f"Writing {path} failed: File too large (errno 27)")
+        too_large = "File too large (errno 27: over the file-size limit, `ulimit -f`"
+        assert results[path].startswith(f"Writing {path} failed: {too_large}")
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
 
 

@@ -575,7 +575,7 @@ def test_a_failed_checkpoint_write_is_one_message_and_the_last_checkpoint_resume
     assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
     (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith("error: Writing the checkpoint of step 8 in ")
-    assert "File too large (errno 27)" in line
+    assert "File too large (errno 27: over the file-size limit, `ulimit -f`" in line
     assert "rerun the same command" in line
     ckpt_dir = os.path.join(workdir, "checkpoints")
     assert sorted(os.listdir(ckpt_dir)) == ["4", "8.orbax-checkpoint-tmp"]
