@@ -2354,3 +2354,49 @@ def test_hidden_folders_of_an_image_folder_are_no_classes(folder, capsys):
         f"warning: Left out the hidden folder(s) train/.ipynb_checkpoints/, val/.git/ of "
         f"{source.root!r}: a folder whose name starts with a dot is no class.\n"
     )
+
+
+# ---- Hostile pass 15 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_platform_jax_has_no_plugin_for_is_one_line(monkeypatch):
+    """Pass 15, #21: JAX_PLATFORMS=cuda on a machine (or install) without CUDA ended main.py and
+    every tool in a 26-line traceback: jax 0.10.2's `assert _default_backend is not None`."""
+
+    def no_backend():
+        raise AssertionError
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setattr(jax, "devices", no_backend)
+    with pytest.raises(UserError) as refused:
+        runtime.start_backend()
+    assert str(refused.value).startswith(
+        "JAX_PLATFORMS='cuda' asks for a platform that cannot start here (no backend of it "
+        "started): unset JAX_PLATFORMS"
+    )
+
+
+def test_the_stderr_filter_takes_only_jaxs_own_fatal_line_for_a_lost_peer():
+    """Pass 15, #34: a warning that quoted JAX's fatal phrase (a --workdir so named, in the lock
+    take-over warning) became a false "another process ... stopped" line, and the rest of that
+    process's stderr was dropped. Only a native log line with the phrase is the abort."""
+    from alexnet_jax.core import stderr_filter
+
+    quoted = b"warning: Taking over the lock of w/" + stderr_filter.FATAL + b": gone.\nlater\n"
+    assert _filtered(quoted) == quoted
+    assert _filtered(quoted + _COORDINATOR_GONE) == quoted + b"error: lost (JAX).\n"
+
+
+def test_a_flagfile_that_is_not_utf8_text_is_one_line(tmp_path):
+    """Pass 15, #41: a flagfile saved as UTF-16 (bytes ff fe ...) ended main.py, predict, export
+    and figures in absl's UnicodeDecodeError traceback; also when another flagfile names it."""
+    bad = tmp_path / "bad.flags"
+    bad.write_bytes(b"\xff\xfe--config.seed=1\n")
+    (tmp_path / "outer.flags").write_text(f"--workdir=w\n--flagfile={bad}\n")
+    for flagfile in (bad, tmp_path / "outer.flags"):
+        with pytest.raises(UserError) as refused:
+            errors.refuse_circular_flagfiles(["main.py", f"--flagfile={flagfile}"])
+        assert str(refused.value) == (
+            f"--flagfile={bad} is not UTF-8 text (invalid start byte at byte 0; saved as UTF-16, "
+            "or not a text file): save it as UTF-8, one --flag=value per line."
+        )

@@ -533,7 +533,9 @@ def refuse_undecodable_arguments(argv: Sequence[str]) -> None:
 def refuse_circular_flagfiles(argv: list[str]) -> None:
     """UserError for a --flagfile that includes itself (directly or through others): absl
     printed "Hit circular flagfile dependency. Ignoring flagfile" once per visit and went on
-    (main.py then trained the default config; a tool ran without the file's flags)."""
+    (main.py then trained the default config; a tool ran without the file's flags). Also for a
+    flagfile that is not UTF-8 text (saved as UTF-16, or binary): absl's read raised a
+    UnicodeDecodeError traceback."""
 
     def visit(path: str, chain: tuple[str, ...]) -> None:
         real = os.path.realpath(path)
@@ -543,9 +545,14 @@ def refuse_circular_flagfiles(argv: list[str]) -> None:
                 "--flagfile line that closes the circle."
             )
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 lines = [line.strip() for line in f]
-        except (OSError, UnicodeDecodeError):
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"--flagfile={path} is not UTF-8 text ({e.reason} at byte {e.start}; saved as "
+                "UTF-16, or not a text file): save it as UTF-8, one --flag=value per line."
+            ) from None
+        except OSError:
             return  # absl reports a file it cannot read
         for line in lines:
             if line.startswith(("--flagfile=", "-flagfile=")):

@@ -238,8 +238,11 @@ def start_backend() -> None:
     none of the platforms asked for can start (a GPU or TPU this machine or install lacks)."""
     try:
         jax.devices()
-    except (RuntimeError, ValueError) as e:  # ValueError: a JAX_* setting it does not know
+    except (RuntimeError, ValueError, AssertionError) as e:  # ValueError: a JAX_* setting it
+        # does not know; AssertionError: JAX_PLATFORMS=cuda without a CUDA plugin (jax 0.10.2)
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if isinstance(e, AssertionError):
+            reason = "no backend of it started"
         for variable in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME"):  # (the second: its old name)
             platforms = os.environ.get(variable, "")
             if platforms:

@@ -54,14 +54,14 @@ def run(mark: bytes, told: bytes, source: int = 0, sink: int = 1) -> None:
             break
         *lines, partial = (partial + chunk).split(b"\n")
         for line in lines:
-            if FATAL in line:  # the process is aborting: one line for the lot
+            native = NATIVE.match(line) is not None  # (a Python line may quote any text)
+            if native and FATAL in line:  # the process is aborting: one line for the lot
                 if not told_already:
                     write(told + b"\n")
                 while os.read(source, 65536):  # the C++ stack and thread dump that follow
                     pass
                 return
             told_already = told_already or mark in line
-            native = NATIVE.match(line) is not None
             if native and any(p.search(line) for p in DROPPED):
                 continue
             if native and not held:
