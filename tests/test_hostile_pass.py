@@ -2400,3 +2400,54 @@ def test_a_flagfile_that_is_not_utf8_text_is_one_line(tmp_path):
             f"--flagfile={bad} is not UTF-8 text (invalid start byte at byte 0; saved as UTF-16, "
             "or not a text file): save it as UTF-8, one --flag=value per line."
         )
+
+
+_SHORT_WRITES = """
+import resource, signal, sys, numpy as np
+sys.path.insert(0, {repo!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+from alexnet_jax.core import errors
+from alexnet_jax.data import image_store, input_pipeline
+from alexnet_jax.core.errors import DataError
+squares = np.zeros((4, 256, 256, 3), np.uint8)
+chunks = iter([(squares, np.zeros(4, np.int32), np.zeros((4, 2), np.uint32))])
+try:
+    image_store.write("store", chunks, "train", 256)
+except DataError as e:
+    print(e)
+input_pipeline.mean_image_path = lambda config: "mean/m.npy"
+input_pipeline.compute_mean_image = lambda config, source: np.zeros((256, 256, 3), np.float32)
+try:
+    input_pipeline.build_mean_image(None, None)
+except DataError as e:
+    print(e)
+"""
+
+
+def test_a_short_write_of_the_image_store_or_the_mean_image_is_one_line(tmp_path):
+    """Pass 15, #49 and #50: the image store and the mean image written under `ulimit -f` (as on a
+    full disk) ended in tracebacks: NumPy's short write is `OSError: 196608 requested and 25568
+    written`, with no errno, which no storage check knew. The mean image's temporary file was
+    left behind."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "mean").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHORT_WRITES.format(repo=REPO)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    limit = "(a full disk, or over the file-size limit, ulimit -f)"
+    import re
+
+    assert re.sub(r"only \d+ of", "only N of", proc.stdout).splitlines() == [
+        f"Writing the image store in 'store' failed: only N of 786432 bytes were written "
+        f"{limit}; the partial store was removed. Fix that, or point --config.image_store_dir "
+        "at another disk, then run again.",
+        "Computing the training set's mean image once, into mean/m.npy.",
+        f"Writing the mean image mean/m.npy failed: only N of 196608 bytes were written "
+        f"{limit}. Fix that, or set --config.data_dir to another disk, then run again.",
+    ]
+    assert os.listdir(tmp_path / "store") == []
+    assert os.listdir(tmp_path / "mean") == [".build.lock"] or os.listdir(tmp_path / "mean") == []

@@ -77,8 +77,15 @@ def is_storage_error(error: BaseException, *, any_os_error: bool = True) -> bool
     if isinstance(error, UserError) or _is_out_of_memory(error):
         return False
     if isinstance(error, OSError):
-        return any_os_error or error.errno in _STORAGE_ERRNOS
+        return any_os_error or error.errno in _STORAGE_ERRNOS or _short_write(error) is not None
     return isinstance(error, Exception) and bool(_STORAGE_STATUS.search(str(error)))
+
+
+def _short_write(error: OSError) -> tuple[int, int] | None:
+    """(bytes asked, bytes written) of NumPy's short write (`array.tofile`: "OSError: 201326592
+    requested and 51199872 written", no errno: a full disk or the file-size limit), else None."""
+    found = re.fullmatch(r"(\d+) requested and (\d+) written", str(error))
+    return (int(found[1]), int(found[2])) if error.errno is None and found else None
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -103,6 +110,12 @@ def storage_error_reason(error: BaseException, with_file: bool = True) -> str:
     TensorStore's long status text or an OSError (then with its file, unless `with_file` is
     False); otherwise the error's first line (long ones shortened from the middle, where the
     paths are)."""
+    if isinstance(error, OSError) and _short_write(error) is not None:
+        asked, written = _short_write(error)
+        return (
+            f"only {written} of {asked} bytes were written (a full disk, or over the file-size "
+            "limit, ulimit -f)"
+        )
     if isinstance(error, OSError) and error.strerror and error.errno:
         file = f": {error.filename}" if with_file and error.filename else ""
         return f"{error.strerror} (errno {error.errno}{_FILE_SIZE_LIMIT[error.errno]}){file}"

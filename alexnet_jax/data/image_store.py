@@ -51,7 +51,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from alexnet_jax.core import console, runtime
+from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.core.errors import DataError
 from alexnet_jax.data import data_sources, preprocessing
 
@@ -265,6 +265,12 @@ def write(
                 f"The disk of {directory!r} filled up while writing the image store; the partial "
                 "store was removed. Free some space or point --config.image_store_dir at a "
                 "larger disk, then run again."
+            ) from e
+        if errors.is_storage_error(e, any_os_error=False):
+            raise DataError(
+                f"Writing the image store in {directory!r} failed: "
+                f"{errors.storage_error_reason(e)}; the partial store was removed. Fix that, or "
+                "point --config.image_store_dir at another disk, then run again."
             ) from e
         raise
 

@@ -368,9 +368,19 @@ def build_mean_image(config, source) -> str:
             console.info(f"Computing the training set's mean image once, into {path}.")
             mean = compute_mean_image(config, source)
             temporary = f"{path}.tmp{os.getpid()}"
-            with open(temporary, "wb") as f:
-                np.save(f, mean)
-            os.replace(temporary, path)
+            try:
+                with open(temporary, "wb") as f:
+                    np.save(f, mean)
+                os.replace(temporary, path)
+            except OSError as e:  # a full disk, the file-size limit: nothing half-written kept
+                with contextlib.suppress(OSError):
+                    os.remove(temporary)
+                if not errors.is_storage_error(e, any_os_error=False):
+                    raise
+                raise DataError(
+                    f"Writing the mean image {path} failed: {errors.storage_error_reason(e)}. "
+                    "Fix that, or set --config.data_dir to another disk, then run again."
+                ) from e
     return path
 
 
