@@ -2451,3 +2451,24 @@ def test_a_short_write_of_the_image_store_or_the_mean_image_is_one_line(tmp_path
     ]
     assert os.listdir(tmp_path / "store") == []
     assert os.listdir(tmp_path / "mean") == [".build.lock"] or os.listdir(tmp_path / "mean") == []
+
+
+def test_a_negative_count_of_corrupt_miniature_files_is_refused():
+    """Pass 15, #63: --config.miniature_corrupt_files=-1 passed validation and `--mode=prepare`
+    ended in an IndexError traceback inside the archive's writer."""
+    config = default.get_config()
+    config.miniature_corrupt_files = -1
+    with pytest.raises(ConfigError, match=r"num_corrupt must be >= 0, got -1"):
+        config_lib.validate_config(config)
+
+
+def test_a_learning_rate_that_is_zero_in_float32_is_refused():
+    """Pass 15, #16: --config.learning_rate=1e-46 trained with a learning rate of exactly 0 in
+    float32 (the step lines said `lr 0`, the banner `lr 1e-46`): no update, and no word."""
+    config = default.get_config()
+    for rate in (1e-46, 1e-39):
+        config.learning_rate = rate
+        with pytest.raises(ConfigError, match=r"at least 1.18e-38 \(smaller ones are 0 in float32"):
+            config_lib.validate_config(config)
+    config.learning_rate = 1e-30
+    config_lib.validate_config(config)

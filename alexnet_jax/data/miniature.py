@@ -112,6 +112,8 @@ class MiniatureSpec:
             raise ValueError(
                 f"train_per_class must be in 1..{MAX_TRAIN_PER_CLASS}, got {self.train_per_class}"
             )
+        if self.num_corrupt < 0:
+            raise ValueError(f"num_corrupt must be >= 0, got {self.num_corrupt}")
         if not 1 <= self.val_per_class + self.num_corrupt <= MAX_VAL_PER_CLASS:
             raise ValueError(
                 f"val_per_class (+ num_corrupt) must be in 1..{MAX_VAL_PER_CLASS}, "

@@ -438,14 +438,16 @@ def _increasing_epochs(epochs: Any) -> bool:
     )
 
 
+_SMALLEST_RATE = float(np.finfo(np.float32).tiny)  # the smallest normal float32, 1.18e-38
+
 # The optimizer fields' rules (part of config_lib.RULES); checked in this order.
 RULES = (
     rules.choice("optimizer", OPTIMIZERS),
     rules.choice("schedule", SCHEDULES),
-    rules.Rule(
+    rules.Rule(  # (1e-46 is 0 in float32, the devices' precision: no update, and no word)
         "learning_rate",
-        "a number > 0",
-        lambda c: rules.is_number(c.learning_rate) and c.learning_rate > 0,
+        f"a number > 0 and at least {_SMALLEST_RATE:.3g} (smaller ones are 0 in float32)",
+        lambda c: rules.is_number(c.learning_rate) and c.learning_rate >= _SMALLEST_RATE,
     ),
     rules.Rule(
         "momentum",
