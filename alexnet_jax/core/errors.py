@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -358,8 +359,34 @@ def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
         os.kill(int(pid), 0)
     except ProcessLookupError:  # the launcher died before the prctl
         os.kill(os.getpid(), signal.SIGTERM)
+        return
     except OSError:  # (alive, another user's: not ours to judge)
-        pass
+        return
+    if os.getppid() != int(pid):  # a wrapper in between (`launch -- timeout 600 python ...`),
+        # which outlives the launcher: watched once a second instead
+        started = _start_time(int(pid))
+        threading.Thread(
+            target=_stop_when_gone, args=(int(pid), started), daemon=True, name="launcher watch"
+        ).start()
+
+
+def _start_time(pid: int) -> str | None:
+    """Process `pid`'s start time (clock ticks since boot, /proc), None when it is gone (or a
+    zombie: killed, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _stop_when_gone(pid: int, started: str | None, every_s: float = 1.0) -> None:
+    """SIGTERM to this process once process `pid` (the launcher, started at `started`) is gone:
+    it saves and exits as on a preemption."""
+    while _start_time(pid) == started and started is not None:
+        time.sleep(every_s)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 _told = []  # the stop signal (its number) once stop_now told it

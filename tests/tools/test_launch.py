@@ -50,9 +50,9 @@ class Launcher:
     starts a foreground job; its output is collected by a thread. Worker processes it leaves
     behind are killed by `close`."""
 
-    def __init__(self, *flags: str, worker: str):
+    def __init__(self, *flags: str, worker: str, wrapper: tuple[str, ...] = ()):
         command = [sys.executable, "-m", "alexnet_jax.tools.launch", *flags, "--"]
-        command += [sys.executable, "-c", worker]
+        command += [*wrapper, sys.executable, "-c", worker]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             command,
@@ -106,8 +106,8 @@ class Launcher:
 def start_launcher():
     launchers = []
 
-    def start(*flags: str, worker: str) -> Launcher:
-        launchers.append(Launcher(*flags, worker=worker))
+    def start(*flags: str, worker: str, wrapper: tuple[str, ...] = ()) -> Launcher:
+        launchers.append(Launcher(*flags, worker=worker, wrapper=wrapper))
         return launchers[-1]
 
     yield start
@@ -320,13 +320,16 @@ time.sleep(60)
 """
 
 
-def test_the_processes_of_a_killed_launcher_stop(start_launcher):
+@pytest.mark.parametrize("wrapper", [(), ("timeout", "120")])
+def test_the_processes_of_a_killed_launcher_stop(start_launcher, wrapper):
     """Hostile pass 13, #24 (docs/RELIABILITY.md): kill -9 of launch left both training
     processes running (step 290 -> 490), unwatched, their output going nowhere; a rerun then
     hung 30 s on the lock and a dead peer.
     Each process launch starts gets SIGTERM when the launcher dies (Linux's parent-death
-    signal, errors.stop_with_the_launcher): a training run saves and exits as on a preemption."""
-    launcher = start_launcher("--num_processes=2", worker=_OUTLIVES)
+    signal, errors.stop_with_the_launcher): a training run saves and exits as on a preemption.
+    Pass 15, #31: through a wrapper (`-- timeout 600 python main.py`) the parent is the
+    wrapper, which outlives the launcher: such a process watches the launcher itself."""
+    launcher = start_launcher("--num_processes=2", worker=_OUTLIVES, wrapper=wrapper)
     launcher.wait_for("watching", count=2)
     pids = [int(p) for p in re.findall(r"\[launch\] process \d+: pid (\d+)", launcher.output)]
     os.kill(launcher.proc.pid, signal.SIGKILL)
