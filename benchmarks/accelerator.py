@@ -67,16 +67,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax.runs import rundir  # noqa: E402  (importable once common set the path)
+from alexnet_jax.data import miniature  # noqa: E402  (importable once common set the path)
+from alexnet_jax.runs import rundir  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes on any device (CI): every code path.")
 _OUT = flags.DEFINE_string("out_dir", "accelerator_results", "Where the JSON and markdown go.")
 _BUDGET = flags.DEFINE_float(
     "budget_s", 480.0, "Stop measuring before this many seconds.", lower_bound=1.0
 )
-_VARIANT = flags.DEFINE_list("variant", ["paper", "one_tower", "torchvision"], "Model variants.")
-_DTYPE = flags.DEFINE_list("dtype", ["float32", "bfloat16"], "Computation (and input) dtypes.")
-_BATCH = flags.DEFINE_list("batch_size", ["128", "512"], "Global batch sizes.")
+_VARIANT = common.one_or_more_of(
+    flags.DEFINE_list("variant", ["paper", "one_tower", "torchvision"], "Model variants."),
+    common.variants,
+)
+_DTYPE = common.one_or_more_of(
+    flags.DEFINE_list("dtype", ["float32", "bfloat16"], "Computation (and input) dtypes."),
+    common.DTYPES,
+)
+_BATCH = common.positive_ints(
+    flags.DEFINE_list("batch_size", ["128", "512"], "Global batch sizes.")
+)
 _REPEATS = flags.DEFINE_integer(
     "repeats", 20, "Timed steps (the median is reported).", lower_bound=1
 )
@@ -85,15 +94,26 @@ _TORCH = flags.DEFINE_bool("torch", True, "Also time PyTorch (needs a CUDA PyTor
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "Also time torch.compile'd PyTorch.")
 _LOOP = flags.DEFINE_bool("loop", True, "Also time the training loop.")
 _LOOP_VARIANT = flags.DEFINE_string("loop_variant", "paper", "The loop's variant.")
-_LOOP_DTYPE = flags.DEFINE_string("loop_dtype", "bfloat16", "The loop's dtype.")
-_LOOP_BATCH = flags.DEFINE_integer("loop_batch_size", 512, "The loop's global batch.")
-_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 100, "The loop's training steps.")
-_LOOP_LOG = flags.DEFINE_integer("loop_log_every", 10, "The loop's log_every_steps.")
+flags.register_validator(
+    _LOOP_VARIANT,
+    lambda v: v in common.variants(),
+    f"--loop_variant must be one of: {', '.join(common.variants())}",
+)
+_LOOP_DTYPE = flags.DEFINE_enum("loop_dtype", "bfloat16", common.DTYPES, "The loop's dtype.")
+_LOOP_BATCH = flags.DEFINE_integer(
+    "loop_batch_size", 512, "The loop's global batch.", lower_bound=1
+)
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 100, "The loop's training steps.", lower_bound=1)
+_LOOP_LOG = flags.DEFINE_integer("loop_log_every", 10, "The loop's log_every_steps.", lower_bound=1)
 _STORE_DIR = flags.DEFINE_string(
     "store_dir", "", "Where the store loop's miniature data go (default: <out_dir>/miniature)."
 )
-_PEAK_F32 = flags.DEFINE_float("peak_tflops_float32", 0.0, "Override PEAK_TFLOPS (0: table).")
-_PEAK_BF16 = flags.DEFINE_float("peak_tflops_bfloat16", 0.0, "Override PEAK_TFLOPS (0: table).")
+_PEAK_F32 = flags.DEFINE_float(
+    "peak_tflops_float32", 0.0, "Override PEAK_TFLOPS (0: table).", lower_bound=0.0
+)
+_PEAK_BF16 = flags.DEFINE_float(
+    "peak_tflops_bfloat16", 0.0, "Override PEAK_TFLOPS (0: table).", lower_bound=0.0
+)
 
 # Dense peak TFLOP/s by jax device_kind, from NVIDIA's datasheets (H100 SXM5 and H200 SXM:
 # "BF16 Tensor Core 1,979 TFLOPS" with 2:4 sparsity, so 989 dense; "FP32 67 TFLOPS" on the CUDA
@@ -406,7 +426,8 @@ def _store_config(config, case: Case, settings: Settings):
     config.image_store_dir = os.path.join(root, "store")
     smallest = SMOKE["store_per_class"] if settings.smoke else 100
     config.miniature_train_per_class = max(smallest, -(-2 * case.batch_size // 4))
-    config.miniature_val_per_class = max(1, case.batch_size // 4)
+    # (at most the real validation set's 50 per class: 128 at batch 512 was refused)
+    config.miniature_val_per_class = min(miniature.MAX_VAL_PER_CLASS, max(1, case.batch_size // 4))
     if settings.smoke:
         config.miniature_image_sides = SMOKE["store_image_sides"]
         config.resize_size = SMOKE["store_resize_size"]

@@ -63,6 +63,39 @@ JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 DTYPES = ("float32", "bfloat16")
 
 
+def positive_ints(holder: flags.FlagHolder) -> flags.FlagHolder:
+    """`holder`, a list flag of integers >= 1 (batch sizes), refused at parse time otherwise: one
+    `error:` line (errors.parse_flags), not a ValueError traceback from the middle of a run."""
+    flags.register_validator(
+        holder,
+        lambda values: bool(values) and all(v.isdigit() and int(v) >= 1 for v in values),
+        message=f"--{holder.name} must be integers >= 1, comma-separated (e.g. 64,128)",
+    )
+    return holder
+
+
+def one_or_more_of(holder: flags.FlagHolder, allowed: Sequence[str] | Callable[[], Sequence[str]]):
+    """`holder`, a list flag whose values must be among `allowed` (or what `allowed()` returns,
+    read when the flags are parsed), at least one: an empty one measured nothing and exited 0."""
+
+    def choices() -> Sequence[str]:
+        return allowed() if callable(allowed) else allowed
+
+    flags.register_validator(
+        holder,
+        lambda values: bool(values) and all(v in choices() for v in values),
+        message=f"--{holder.name} must be one or more of: {', '.join(choices())}",
+    )
+    return holder
+
+
+def variants() -> list[str]:
+    """The registered model variants (--config.variant's values)."""
+    from alexnet_jax.model import models
+
+    return list(models.REGISTRY)
+
+
 # ---- Process --------------------------------------------------------------------------------
 
 

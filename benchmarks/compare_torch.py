@@ -39,8 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
 from alexnet_jax.core import runtime
+from alexnet_jax.interop import convert
 
-_VARIANT = flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants.")
+_VARIANT = common.one_or_more_of(
+    flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants."), convert.VARIANTS
+)
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _DTYPE = flags.DEFINE_enum(
     "dtype", "float32", common.DTYPES, "JAX computation dtype; PyTorch autocasts to it."

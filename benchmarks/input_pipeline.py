@@ -45,15 +45,18 @@ _BENCH_DIR = flags.DEFINE_string(
 _IMAGE_SIDES = flags.DEFINE_list(
     "image_sides", ["350", "500"], "Range of each side of the generated images, in px."
 )
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 1200, "Generated training images.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterator.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 1200, "Generated training images.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of the timed iterator.", lower_bound=1)
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Timed batches per trial.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "Timed trials (the median is reported).", lower_bound=1
 )
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.", lower_bound=0)
-_AUGMENT_ON = flags.DEFINE_list(
-    "augment_on", ["host"], "config.augment_on values to time (host, device), one row each."
+_AUGMENT_ON = common.one_or_more_of(
+    flags.DEFINE_list(
+        "augment_on", ["host"], "config.augment_on values to time (host, device), one row each."
+    ),
+    ("host", "device"),
 )
 
 COLUMNS = (
@@ -183,8 +186,18 @@ def main(argv) -> None:
     if len(sides) != 2 or not 0 < sides[0] <= sides[1]:
         sides_text = ",".join(_IMAGE_SIDES.value)
         raise common.errors.UserError(f"--image_sides must be two sides MIN,MAX, got {sides_text}")
+    try:
+        config = _CONFIG.value
+        config.dataset  # noqa: B018  (ml_collections raises on the first use of a failed load)
+    except OSError as e:  # "Configuration is not available because of an earlier failure to
+        # load": a missing file, or one whose get_config() raised (its reason is the cause)
+        reason = [line.strip() for line in str(e.__cause__ or e).splitlines() if line.strip()]
+        raise common.errors.UserError(
+            f"--config could not be loaded ({reason[-1]}): give a config file with a "
+            "get_config() function, e.g. --config=configs/default.py."
+        ) from None
     rows = benchmark(
-        _CONFIG.value,
+        config,
         _BENCH_DIR.value,
         sides,
         num_images=_NUM_IMAGES.value,

@@ -25,15 +25,16 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-_BATCH = flags.DEFINE_list("batch_size", ["32", "64"], "Batch sizes.")
+_BATCH = common.positive_ints(flags.DEFINE_list("batch_size", ["32", "64"], "Batch sizes."))
 _LAYERS = flags.DEFINE_list("layers", ["conv1", "conv2"], "Activation shapes: conv1, conv2.")
+SHAPES = {"conv1": (55, 55, 96), "conv2": (27, 27, 256)}  # (H, W, C) after conv1 / conv2
+common.one_or_more_of(_LAYERS, tuple(SHAPES))
 _REPEATS = flags.DEFINE_integer(
     "repeats", 10, "Timed rounds (medians are reported).", lower_bound=1
 )
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed rounds after compilation.", lower_bound=0)
 _AUTODIFF = flags.DEFINE_bool("autodiff", True, "Also time the formula under plain autodiff.")
 
-SHAPES = {"conv1": (55, 55, 96), "conv2": (27, 27, 256)}  # (H, W, C) after conv1 / conv2
 PAPER = dict(size=5, k=2.0, alpha=1e-4, beta=0.75)  # torch's alpha / n: divide_alpha_by_size
 TOLERANCE = 1e-5  # max relative error against torch (float32)
 
@@ -189,14 +190,6 @@ def main(argv):
         f"# {env['cpu_model']} x{threads}, jax {env['jax']}, torch {env['torch']}, "
         f"load {env['load_average']}"
     )
-    unknown = sorted(set(_LAYERS.value) - set(SHAPES))
-    if unknown:
-        raise common.errors.UserError(
-            f"--layers: no activation shape {unknown}; choose from {sorted(SHAPES)}"
-        )
-    if not all(b.isdigit() and int(b) > 0 for b in _BATCH.value):
-        batches = ",".join(_BATCH.value)
-        raise common.errors.UserError(f"--batch_size must be integers >= 1, got {batches}")
     rows = []
     for layer in _LAYERS.value:
         for batch_size in (int(b) for b in _BATCH.value):

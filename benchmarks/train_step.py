@@ -42,9 +42,13 @@ import common
 
 from alexnet_jax.core import runtime
 
-_VARIANT = flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants.")
-_DTYPE = flags.DEFINE_list("dtype", ["float32"], "Computation dtypes: float32, bfloat16.")
-_BATCH = flags.DEFINE_list("batch_size", ["64"], "Global batch sizes.")
+_VARIANT = common.one_or_more_of(
+    flags.DEFINE_list("variant", ["one_tower", "paper"], "Model variants."), common.variants
+)
+_DTYPE = common.one_or_more_of(
+    flags.DEFINE_list("dtype", ["float32"], "Computation dtypes: float32, bfloat16."), common.DTYPES
+)
+_BATCH = common.positive_ints(flags.DEFINE_list("batch_size", ["64"], "Global batch sizes."))
 _REPEATS = flags.DEFINE_integer(
     "repeats", 10, "Timed steps (the median is reported).", lower_bound=1
 )
@@ -58,7 +62,9 @@ _COMPILE = flags.DEFINE_enum(
     "folder; or here, compiling, clearing JAX's in-memory caches and compiling again (quicker, "
     "for tests); or not at all.",
 )
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of the device for MFU (0: none).")
+_PEAK = flags.DEFINE_float(
+    "peak_tflops", 0.0, "Peak TFLOP/s of the device for MFU (0: none).", lower_bound=0.0
+)
 _POOL = flags.DEFINE_string("pool_impl", "auto", "config.pool_impl ('' keeps the config's).")
 _LRN = flags.DEFINE_string("lrn_impl", "", "config.lrn_impl ('' keeps the config's).")
 _CACHE = flags.DEFINE_string(

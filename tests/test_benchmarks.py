@@ -245,8 +245,8 @@ def test_every_benchmark_script_keeps_stderr_empty_on_a_normal_run(runs):
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--batch_size=0", "config.batch_size must be a positive integer, got 0"),
-        ("--variant=bogus", "--variant=bogus: use one of ['paper', 'one_tower'"),
+        ("--batch_size=0", "--batch_size must be integers >= 1"),
+        ("--variant=bogus", "--variant must be one or more of: paper, one_tower"),
         ("--bogus=1", "Unknown command line flag 'bogus'"),
     ],
 )

@@ -166,12 +166,17 @@ def test_config_and_option_messages_are_one_line(tmp_path):
         (["-m", "alexnet_jax.tools.predict", "--workdir=x", "--batch_size=0", "a.jpg"], "batch"),
         (["-m", "alexnet_jax.tools.figure1", "--sweep_dir=x", "--threshold=25"], "in (0, 1)"),
         (["-m", "alexnet_jax.tools.compare", "x", "x/"], "are the same directory"),
-        (["benchmarks/lrn.py", "--layers=conv9"], "--layers: no activation shape ['conv9']"),
+        (["benchmarks/lrn.py", "--layers=conv9"], "--layers must be one or more of: conv1, conv2"),
         (["benchmarks/lrn.py", "--batch_size=-4"], "--batch_size must be integers >= 1"),
         (["benchmarks/input_pipeline.py", "--image_sides=abc"], "--image_sides must be two"),
         (["benchmarks/image_store.py", "--num_images=4"], "must be at least --batch_size=256"),
         (["benchmarks/accelerator.py", "--smoke", "--budget_s=-1"], "--budget_s=-1"),
         (["benchmarks/train_step.py", "--repeats=0"], "--repeats=0"),  # pass 3, #86
+        # Pass 15, #65-#72: tracebacks, nothing measured with exit 0, a negative MFU.
+        (["benchmarks/train_step.py", "--batch_size=2,abc"], "--batch_size must be integers"),
+        (["benchmarks/compare_torch.py", "--variant=cifar4"], "--variant must be one or more of"),
+        (["benchmarks/input_pipeline.py", "--config=nonexist.py"], "--config could not be loaded"),
+        (["benchmarks/accelerator.py", "--batch_size=0"], "--batch_size must be integers >= 1"),
     ],
 )
 def test_bad_values_of_the_tools_and_benchmarks_are_one_error_line(tmp_path, command, message):
@@ -2472,3 +2477,67 @@ def test_a_learning_rate_that_is_zero_in_float32_is_refused():
             config_lib.validate_config(config)
     config.learning_rate = 1e-30
     config_lib.validate_config(config)
+
+
+def test_the_benchmark_flag_checks_refuse_what_measures_nothing():
+    """Pass 15, #65-#72: the benchmarks' list flags took an empty value (nothing measured, exit
+    0), a word in a list of batch sizes (a ValueError traceback mid-run), a variant the script
+    cannot build, a negative peak (a negative MFU) and an unknown augment_on (rows labelled with
+    it). benchmarks/common.py's validators refuse each when the flags are parsed."""
+    from absl import flags
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import common
+
+    values = flags.FlagValues()
+    sizes = common.positive_ints(flags.DEFINE_list("sizes", ["1"], "", flag_values=values))
+    kinds = common.one_or_more_of(
+        flags.DEFINE_list("kinds", ["a"], "", flag_values=values), ("a", "b")
+    )
+    values(["x", "--sizes=8,16", "--kinds=b,a"])
+    assert (sizes.value, kinds.value) == (["8", "16"], ["b", "a"])
+    for bad in ("--sizes=2,abc", "--sizes=0", "--sizes=", "--kinds=", "--kinds=a,c"):
+        with pytest.raises(flags.IllegalFlagValueError):
+            values(["x", bad])
+    assert "cifar4" in common.variants()
+
+
+_LOOP_STORE = """
+import sys, types
+sys.argv = ["accelerator.py"]
+sys.path.insert(0, {repo!r} + "/benchmarks")
+import accelerator
+from alexnet_jax.data import miniature
+from configs import default
+case = accelerator.Case("paper", "bfloat16", 512)
+settings = types.SimpleNamespace(store_dir="s", smoke=False)
+config = accelerator._store_config(default.get_config(), case, settings)
+miniature.MiniatureSpec.from_config(config).validate()
+print(config.miniature_val_per_class)
+"""
+
+
+def test_the_accelerator_benchmarks_store_loop_runs_at_its_default_batch():
+    """Pass 15, #69: at the default --loop_batch_size=512 the store loop asked for 128
+    validation images per class, over the 50 a miniature archive has (as ImageNet): the README's
+    one-command GPU benchmark could never measure that cell."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOOP_STORE.format(repo=REPO)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "50\n"), proc.stderr[-3000:]
+
+
+def test_figure1_refuses_an_empty_arm_name(capsys):
+    """Pass 15, #74: `figure1 --arms=` said the sweep `has no logged run of arm(s) : Fix what
+    stopped them`, naming neither the flag nor its empty value."""
+    from alexnet_jax.tools import figure1
+
+    with pytest.raises(SystemExit) as stopped:
+        figure1.main(["--sweep_dir=s", "--arms=relu,"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: argument --arms: the sweep's arm names, comma-separated (e.g. relu,tanh); got "
+        "'relu,'. See --help.\n"
+    )

@@ -222,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"argument --threshold: a training error as a fraction in (0, 1), e.g. 0.25 for the "
             f"paper's 25%; got {args.threshold:g}"
         )
+    if not all(args.arms.split(",")):
+        parser.error(
+            f"argument --arms: the sweep's arm names, comma-separated (e.g. relu,tanh); got "
+            f"{args.arms!r}"
+        )
     out = args.out or os.path.join(args.sweep_dir, "figure1.png")
     with reported_as_exit():
         rundir.refuse_run_file(out, "--out")  # before the work (hostile pass 4, #53-#54)
