@@ -226,6 +226,8 @@ def main(argv):
         if _MODE.value == "train":
             loop.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:
+            if jax.process_count() == 1:  # SIGTERM / SIGHUP: one line, and the lock released
+                errors.exit_on_ctrl_c(sigterm=True)
             overrides = config_flags.get_override_values(flags.FLAGS["config"])
             for field in set(overrides) & set(config_lib.PATH_FIELDS):  # as the config's own
                 overrides[field] = _CONFIG.value[field]

@@ -2541,3 +2541,31 @@ def test_figure1_refuses_an_empty_arm_name(capsys):
         "error: argument --arms: the sweep's arm names, comma-separated (e.g. relu,tanh); got "
         "'relu,'. See --help.\n"
     )
+
+
+def test_an_evaluation_stopped_by_sigterm_or_sighup_is_one_line_and_releases_the_lock(tmp_path):
+    """Pass 15, #45: SIGTERM or SIGHUP to `--mode=eval` ended it with exit code 143 / 129 and no
+    word, and left its .lock behind (the next command warned of a holder that is gone). Now one
+    `terminated:` line, and the lock released as the evaluation unwinds."""
+    import signal
+    import time
+
+    flags = (f"--config={REPO}/configs/figure1.py", "--config.dataset=synthetic",
+             "--config.normalization=mean_std", "--config.batch_size=8", "--workdir=w",
+             "--config.synthetic_train_examples=64", "--config.synthetic_eval_examples=30000",
+             "--config.eval_batch_size=500")  # fmt: skip
+    trained = _main_py(tmp_path, *flags, "--config.num_train_steps=1", env={"XLA_FLAGS": ""})
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "main.py"), *flags, "--mode=eval"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    while not os.path.exists(tmp_path / "w" / rundir.LOCK_FILE) and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129, err[-3000:]
+    assert err.splitlines() == [f"terminated: {errors.SIGTERM.replace('SIGTERM', 'SIGHUP')}"]
+    assert not os.path.exists(tmp_path / "w" / rundir.LOCK_FILE)

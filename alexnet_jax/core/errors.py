@@ -292,8 +292,9 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
     """From now on a Ctrl-C ends the process with one `interrupted:` line and exit code 130,
     whatever it is doing (importing, building the data, compiling): the first unwinds the
     program (its `finally` blocks close files, remove temporary ones and release the run's
-    lock), a second one while that runs exits at once. With `sigterm` (the tools) a SIGTERM does
-    the same with a `terminated:` line and exit code 143. A training loop takes the signals over
+    lock), a second one while that runs exits at once. With `sigterm` (the tools, an evaluation)
+    a SIGTERM or SIGHUP does the same with a `terminated:` line and exit code 143 (129): the
+    lock was left behind. A training loop takes the signals over
     to save first (checkpoint.PreemptionWatcher) and gives them back after.
 
     An exception raised where Python cannot pass it on is not raised there: during an import (a
@@ -301,7 +302,7 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
     to end; in a garbage-collector callback or a `__del__` (JAX registers one), where Python
     drops it and the program went on, it is raised again at the program's next line.
     """
-    signals = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if sigterm else (signal.SIGINT,)
     pending = []  # a signal to send again, not sent yet
 
     def at_once(signum, frame):
@@ -478,6 +479,8 @@ def stop_now(signum: int = signal.SIGINT) -> None:
     if not _told:
         _told.append(signum)
         line = f"interrupted: {CTRL_C}" if signum == signal.SIGINT else f"terminated: {SIGTERM}"
+        if signum == signal.SIGHUP:  # (the terminal closed)
+            line = f"terminated: {SIGTERM.replace('SIGTERM', 'SIGHUP')}"
         print(line, file=sys.stderr, flush=True)
         # The line is the last word: a library that logs the exception on its way up (Orbax's
         # wait for a save in progress logs "Save Finalize thread failed" with a traceback) is

@@ -702,6 +702,7 @@ finally:
 @pytest.mark.parametrize(("name", "code", "line"), [
     ("SIGINT", 130, f"interrupted: {errors.CTRL_C}"),
     ("SIGTERM", 143, f"terminated: {errors.SIGTERM}"),
+    ("SIGHUP", 129, f"terminated: {errors.SIGTERM.replace('SIGTERM', 'SIGHUP')}"),
 ])  # fmt: skip
 def test_a_tool_stopped_by_ctrl_c_or_sigterm_unwinds_with_one_line(name, code, line):
     """Hostile pass 3, #45-#47: a Ctrl-C to export, predict, compare or figures printed a
