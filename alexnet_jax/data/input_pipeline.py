@@ -530,8 +530,8 @@ class TrainIterator:
         if skipped:
             self.num_undecodable += skipped
             console.warning(
-                f"Skipped {skipped} undecodable training image(s) ({self.num_undecodable} since "
-                f"start): {data_sources.name_list(names)}"
+                f"Skipped {skipped} training image(s) that could not be read or decoded "
+                f"({self.num_undecodable} since start): {data_sources.name_list(names)}"
             )
         return batch
 
@@ -563,8 +563,8 @@ class EvalIterable:
         self.num_undecodable = self._num_examples - seen
         if self.num_undecodable:
             console.warning(
-                f"Evaluation skipped {self.num_undecodable} undecodable image(s): "
-                f"{data_sources.name_list(names)}"
+                f"Evaluation skipped {self.num_undecodable} image(s) that could not be read or "
+                f"decoded: {data_sources.name_list(names)}"
             )
 
 

@@ -338,7 +338,8 @@ def test_undecodable_training_file_is_named_in_the_warning(tmp_path, capsys):
     capsys.readouterr()
     batches = [next(iterator), next(iterator)]  # two epochs: the file fails twice
     assert sorted(batches[0]) == ["image", "label", "mask"]  # the names are not in the batch
-    warnings = [m for m in capsys.readouterr().err.splitlines() if "undecodable training" in m]
+    err = capsys.readouterr().err
+    warnings = [m for m in err.splitlines() if "training image(s) that could not" in m]
     assert len(warnings) == 2, warnings
     assert all(w.startswith("warning: ") and corrupt in w for w in warnings), warnings
     assert iterator.num_undecodable == 2
