@@ -303,13 +303,22 @@ def _read_torch(path: str, mmap: bool = False) -> Mapping[str, Any]:
         ) from e
     if not isinstance(loaded, Mapping):
         raise WeightsFileError(f"{path} refused: it holds a {type(loaded).__name__}, not a dict.")
+    tensors = {}
     for key, value in loaded.items():
         if not isinstance(value, torch.Tensor):
             raise WeightsFileError(
                 f"{path} refused: entry {key!r} is a {type(value).__name__}, not a tensor "
                 "(save `model.state_dict()`, not a training checkpoint)."
             )
-    return loaded
+        if value.is_meta:  # shapes only: a model built on the "meta" device, never filled
+            raise WeightsFileError(
+                f"{path} refused: tensor {key!r} holds no values (it is on PyTorch's 'meta' "
+                "device): save the state dict of a model whose weights were loaded or trained."
+            )
+        # An nn.Parameter (requires_grad) or a sparse tensor holds plain weights all the same.
+        dense = value.to_dense() if value.layout != torch.strided else value
+        tensors[key] = dense.detach()
+    return tensors
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:

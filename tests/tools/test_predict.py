@@ -263,6 +263,32 @@ def test_weights_that_are_not_finite_floats_are_refused_naming_the_tensor(
         weights_io.load_weights(str(tmp_path / "bad.npz"), "torchvision")
 
 
+def test_parameters_and_sparse_tensors_are_read_as_weights_and_meta_tensors_refused(
+    tmp_path, state_dict
+):
+    """Hostile pass 16, #33-#35: a .pth of nn.Parameter values (a dict of a model's parameters,
+    requires_grad), or with a sparse tensor, ended predict and --mode=eval in a traceback
+    ("Can't call numpy() on Tensor that requires grad"; "can't convert Sparse layout tensor");
+    one of meta-device tensors (shapes, no values) too. The first two are the same weights; the
+    third is refused in one line."""
+    expected = weights_io.load_weights(_saved(tmp_path / "plain.pth", state_dict), "torchvision")
+    parameters = {k: torch.nn.Parameter(v.clone()) for k, v in state_dict.items()}
+    sparse = {**state_dict, "classifier.6.bias": state_dict["classifier.6.bias"].to_sparse()}
+    for name, changed in (("parameters", parameters), ("sparse", sparse)):
+        params = weights_io.load_weights(_saved(tmp_path / f"{name}.pth", changed), "torchvision")
+        for layer, arrays in expected.items():
+            for key, array in arrays.items():
+                np.testing.assert_array_equal(params[layer][key], array)  # exact
+    meta = {k: torch.empty(v.shape, device="meta") for k, v in state_dict.items()}
+    with pytest.raises(weights_io.WeightsFileError, match=r"holds no values \(it is on PyTorch"):
+        weights_io.load_weights(_saved(tmp_path / "meta.pth", meta), "torchvision")
+
+
+def _saved(path, state_dict) -> str:
+    torch.save(state_dict, path)
+    return str(path)
+
+
 def test_wrong_variant_is_refused_naming_the_keys(weights_path):
     with pytest.raises(weights_io.WeightsFileError, match=r"missing key 'features\.4\.weight'"):
         weights_io.load_weights(weights_path, "one_tower")
