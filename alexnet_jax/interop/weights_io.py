@@ -303,7 +303,9 @@ def _read_torch(path: str, mmap: bool = False) -> Mapping[str, Any]:
         ) from e
     if not isinstance(loaded, Mapping):
         raise WeightsFileError(f"{path} refused: it holds a {type(loaded).__name__}, not a dict.")
-    tensors = {}
+    tensors = collections.OrderedDict()  # (with the file's _metadata: its conventions)
+    if hasattr(loaded, "_metadata"):
+        tensors._metadata = loaded._metadata
     for key, value in loaded.items():
         if not isinstance(value, torch.Tensor):
             raise WeightsFileError(
