@@ -207,6 +207,10 @@ def main(argv):
         "complete checkpoint."
     ):
         config_lib.expand_user_paths(_CONFIG.value)  # --config.image_folder=~/photos
+        errors.refuse_a_path_not_utf8(workdir, "--workdir")  # (a cwd whose name is not UTF-8)
+        for field in config_lib.PATH_FIELDS:
+            if isinstance(_CONFIG.value.get(field), str):
+                errors.refuse_a_path_not_utf8(_CONFIG.value[field], f"--config.{field}")
         if _MODE.value in ("train", "prepare"):
             config_lib.validate_config(_CONFIG.value)  # a wrong value fails before the slow imports
         # TensorFlow is imported where the data is first read (runtime.tensorflow).

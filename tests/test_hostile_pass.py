@@ -2569,3 +2569,26 @@ def test_an_evaluation_stopped_by_sigterm_or_sighup_is_one_line_and_releases_the
     assert proc.returncode == 129, err[-3000:]
     assert err.splitlines() == [f"terminated: {errors.SIGTERM.replace('SIGTERM', 'SIGHUP')}"]
     assert not os.path.exists(tmp_path / "w" / rundir.LOCK_FILE)
+
+
+# ---- Hostile pass 16 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_paths_not_utf8_once_made_absolute_are_one_line(tmp_path, monkeypatch, capsys):
+    """Pass 16, #81, #82, #86: a relative --workdir inside a current directory whose name is not
+    UTF-8 trained, then failed in 480 lines of Orbax tracebacks at the save (`--mode=eval` blamed
+    an intact checkpoint); a HOME (the compilation cache's folder) so named was a 66-line XLA
+    TypeError. The first is refused in one line; the second only costs the cache, with a word."""
+    odd = os.path.join(os.fsencode(tmp_path), b"D\xff")
+    os.mkdir(odd)
+    monkeypatch.chdir(odd)
+    with pytest.raises(UserError) as refused:
+        errors.refuse_a_path_not_utf8("w", "--workdir")
+    assert str(refused.value).startswith(
+        f"--workdir=w lies in the current directory {os.getcwd()!r}, whose name holds bytes "
+        "that are not UTF-8"
+    )
+    errors.refuse_a_path_not_utf8(str(tmp_path / "w"), "--workdir")  # an absolute UTF-8 path
+    assert runtime.enable_compilation_cache(os.fsdecode(odd) + "/cache") is None
+    assert "(its path is not UTF-8); every run compiles afresh" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(odd, b"cache"))

@@ -557,15 +557,35 @@ def parse_flags(argv: list[str]) -> list[str]:
         _exit(f"error: {e}", 2)
 
 
+def is_utf8(text: str) -> bool:
+    """Whether `text` (a path as Python decoded it) holds only UTF-8: bytes that are not come
+    back as surrogates (\\udc..), which JSON, TensorBoard, Orbax's and XLA's C++ cannot take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refuse_a_path_not_utf8(path: str, flag: str) -> None:
+    """UserError when `flag`'s relative `path` lies in a current directory whose name is not
+    UTF-8 (main.py trained, then failed in 480 lines of Orbax tracebacks at the save). A path
+    given whole is checked as an argument (refuse_undecodable_arguments)."""
+    if path and not os.path.isabs(path) and not is_utf8(os.path.abspath(path)):
+        raise UserError(
+            f"{flag}={path} lies in the current directory {os.getcwd()!r}, whose name holds "
+            "bytes that are not UTF-8 (shown as \\udc..): the run's records cannot name it. cd "
+            f"to a folder with a UTF-8 name, or give {flag} as an absolute UTF-8 path."
+        )
+
+
 def refuse_undecodable_arguments(argv: Sequence[str]) -> None:
     """UserError for an argument (a run's folder: main.py's, compare's, a sweep's) holding bytes
     that are not UTF-8 (a path made under another encoding, `w\\xff`): a run's records (JSON,
     TensorBoard, Orbax's C++) cannot name it; main.py trained, then failed in 4 tracebacks and
     left no checkpoint. (Images to predict and --out files may have such names.)"""
     for arg in argv:
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_utf8(arg):
             raise UserError(
                 f"the argument {arg!r} holds bytes that are not UTF-8 (shown as \\udc..): the "
                 "run's records cannot name such a path. Rename the file or folder (UTF-8 names), "

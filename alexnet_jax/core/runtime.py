@@ -326,6 +326,9 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     """
     cache_dir = cache_dir or os.environ.get("ALEXNET_JAX_CACHE_DIR", DEFAULT_CACHE_DIR)
     try:
+        if not errors.is_utf8(os.path.abspath(cache_dir)):  # (XLA's options take UTF-8 only:
+            # a TypeError traceback at the first compile)
+            raise OSError(errno.EINVAL, "its path is not UTF-8", cache_dir)
         os.makedirs(cache_dir, exist_ok=True)
         if not os.access(cache_dir, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), cache_dir)

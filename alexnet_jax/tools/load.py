@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from alexnet_jax.core import errors
 from alexnet_jax.core.errors import UserError
 from alexnet_jax.runs import rundir
 from alexnet_jax.train import checkpoint, config_lib, experiment, sharding
@@ -41,6 +42,7 @@ def load_params_and_step(
     """`load_params`, plus the training step of the checkpoint the params come from. An image
     folder run's config carries its class names as recorded at its start (run.json):
     `config.class_folders`, which the tools use even when the folder has moved or changed."""
+    errors.refuse_a_path_not_utf8(workdir, "--workdir")  # (Orbax's C++ cannot take it)
     config = config_lib.load_config(workdir)
     record = rundir.read_run_record(workdir) or {}
     classes = record.get("dataset", {}).get("classes")
