@@ -2206,7 +2206,10 @@ def test_the_sweep_loads_its_config_under_pythonwarnings_error(tmp_path):
 @pytest.mark.parametrize(
     "command",
     [["main.py", "--workdir=w\udcff"], ["-m", "alexnet_jax.tools.compare", "w\udcff"],
-     ["-m", "alexnet_jax.tools.sweep", "--sweep=sweeps/figure1.py", "--sweep_dir=S\udcff"]],
+     ["-m", "alexnet_jax.tools.sweep", "--sweep=sweeps/figure1.py", "--sweep_dir=S\udcff"],
+     # Pass 16, #70: an arm's value (the run's log line could not be written).
+     ["-m", "alexnet_jax.tools.sweep", "--config=configs/figure1.py", "--sweep_dir=S",
+      "--arm=a:data_dir=x\udcff"]],
 )  # fmt: skip
 def test_a_run_folder_whose_name_is_not_utf8_is_one_line(command):
     """Pass 14, #36-#38: a --workdir, a compare folder or a --sweep_dir named with bytes that are
@@ -2592,3 +2595,18 @@ def test_paths_not_utf8_once_made_absolute_are_one_line(tmp_path, monkeypatch, c
     assert runtime.enable_compilation_cache(os.fsdecode(odd) + "/cache") is None
     assert "(its path is not UTF-8); every run compiles afresh" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(odd, b"cache"))
+
+
+def test_compare_refuses_a_run_inside_its_folder_whose_name_is_not_utf8(tmp_path):
+    """Pass 16, #85: compare of a folder holding a run named `r\\xff` (the folder's own name is
+    UTF-8) ended in matplotlib's `TypeError: set_text()` traceback."""
+    from alexnet_jax.tools import compare
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path / "r"))  # (Orbax cannot write it under that name)
+    line = {"step": 1, "split": "train", "loss": 1.0, "top1_error": 0.5, "epoch": 0.1}
+    with open(rundir.metrics_path(workdir), "w") as f:
+        f.write(json.dumps(line) + "\n")
+    os.rename(tmp_path / "r", os.path.join(os.fsencode(tmp_path), b"r\xff"))
+    with pytest.raises(UserError, match=r"the run folder .*r\\udcff/run' has a path that is not"):
+        compare.collect([str(tmp_path)])

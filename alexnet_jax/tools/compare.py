@@ -324,6 +324,11 @@ def collect(dirs: Sequence[str]) -> list[RunSummary]:
     seen: dict[str, str] = {}
     for directory, (_, group) in zip(dirs, groups, strict=True):  # a run in two DIRs: once
         for run in group:
+            if not errors.is_utf8(run.workdir):  # (matplotlib cannot draw its name)
+                raise errors.UserError(
+                    f"the run folder {run.workdir!r} has a path that is not UTF-8 (shown as "
+                    "\\udc..): rename it (a UTF-8 name) to compare it."
+                )
             if os.path.realpath(run.workdir) in seen:
                 raise DataError(
                     f"the run {run.workdir} is in {seen[os.path.realpath(run.workdir)]} and in "

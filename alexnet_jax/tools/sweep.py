@@ -566,9 +566,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    with reported_as_exit():
-        errors.refuse_undecodable_arguments([f"--sweep_dir={args.sweep_dir}"])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
+    with reported_as_exit():  # (an arm's value too: its run's log names it, hostile pass 16)
+        errors.refuse_undecodable_arguments([*argv, f"--sweep_dir={args.sweep_dir}"])
         runtime.check_environment()  # what the runs inherit: one line here, not one per run
         sweep = make_sweep(args.sweep, args.config, args.arm, args.seeds)
         if not os.path.isfile(args.main):
