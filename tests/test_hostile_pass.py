@@ -2610,3 +2610,22 @@ def test_compare_refuses_a_run_inside_its_folder_whose_name_is_not_utf8(tmp_path
     os.rename(tmp_path / "r", os.path.join(os.fsencode(tmp_path), b"r\xff"))
     with pytest.raises(UserError, match=r"the run folder .*r\\udcff/run' has a path that is not"):
         compare.collect([str(tmp_path)])
+
+
+def test_a_record_file_linked_to_another_runs_is_refused(tmp_path):
+    """Pass 16, #78: run B, whose config_history.jsonl was a link to run A's, resumed and wrote
+    its entries into A's history; A was then refused as "config.json ... edited by hand". A link
+    to another run's record is refused, naming that run; a link to a file of its own is not."""
+    for run in ("A", "B"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / rundir.CONFIG_FILE).write_text("{}")
+        (tmp_path / run / rundir.HISTORY_FILE).write_text("")
+    (tmp_path / "B" / rundir.HISTORY_FILE).unlink()
+    (tmp_path / "B" / rundir.HISTORY_FILE).symlink_to(tmp_path / "A" / rundir.HISTORY_FILE)
+    with pytest.raises(DataError, match=r"is a link to the config_history.jsonl of the run in"):
+        rundir.check_is_directory(str(tmp_path / "B"))
+    (tmp_path / "A" / rundir.METRICS_FILE).write_text("")
+    (tmp_path / "A" / "mine.jsonl").write_text("")
+    (tmp_path / "A" / rundir.METRICS_FILE).unlink()
+    (tmp_path / "A" / rundir.METRICS_FILE).symlink_to(tmp_path / "A" / "mine.jsonl")
+    rundir.check_is_directory(str(tmp_path / "A"))

@@ -188,6 +188,19 @@ def check_is_directory(workdir: str) -> None:
                 f"{path} is not a file (a directory?), but a run writes its {name} there: move "
                 "it out of the way, or choose another --workdir."
             )
+    for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, METRICS_FILE):  # (hostile pass 16, #78)
+        path = os.path.join(workdir, name)
+        owner = os.path.dirname(os.path.realpath(path))
+        if (
+            os.path.islink(path)
+            and os.path.isfile(os.path.join(owner, CONFIG_FILE))
+            and owner != os.path.realpath(workdir)
+        ):  # its entries would go into that run's records, which then no longer fit that run
+            raise DataError(
+                f"{path} is a link to the {name} of the run in {owner}: this run would write its "
+                "records into that run's. Replace the link with a copy of the file (or remove it "
+                "and choose another --workdir)."
+            )
     for name, what in ((CHECKPOINTS, "its checkpoints"), (DAMAGED_CHECKPOINTS, "damaged ones")):
         path = os.path.join(workdir, name)
         if os.path.lexists(path) and not os.path.isdir(path):
