@@ -2629,3 +2629,23 @@ def test_a_record_file_linked_to_another_runs_is_refused(tmp_path):
     (tmp_path / "A" / rundir.METRICS_FILE).unlink()
     (tmp_path / "A" / rundir.METRICS_FILE).symlink_to(tmp_path / "A" / "mine.jsonl")
     rundir.check_is_directory(str(tmp_path / "A"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("batch_size", 16), ("eval_split", "train"), ("eval_crops", 10)]
+)
+def test_an_allowed_change_of_how_a_run_counts_or_evaluates_is_refused(tmp_path, field, value):
+    """Pass 16, #11 and #17: --allow_config_change --config.batch_size=16 (from 8) on a resume
+    logged epochs the run had not trained (0.5 for 0.375) and ended short of num_epochs; a
+    changed eval_split wrote training-split error into eval rows that record no split. A run with
+    checkpoints cannot change them; a run without any still can."""
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path / "r"))
+    config = config_lib.load_config(workdir)
+    config[field] = value
+    with pytest.raises(ConfigError, match=rf"cannot continue the run in .* with {field}: "):
+        rundir.check_resume(config, workdir, allow_change=True)
+    for step in rundir.saved_steps(workdir):
+        os.rename(os.path.join(rundir.checkpoint_dir(workdir), str(step)), tmp_path / "aside")
+    assert [c[0] for c in rundir.check_resume(config, workdir, allow_change=True)] == [field]

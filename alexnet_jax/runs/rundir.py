@@ -457,6 +457,16 @@ def check_resume(
             "shapes of its parameters, which --allow_config_change cannot continue. Start a new "
             "run in another --workdir."
         )
+    counted = [c for c in changed if c[0] in COUNT_FIELDS]
+    if counted and allow_change and saved_steps(workdir):
+        raise ConfigError(
+            f"--allow_config_change cannot continue the run in {workdir} with "
+            f"{_describe(counted)}: its steps are counted in its batches (the epochs logged, the "
+            "schedule's drops, its length) and its evaluation rows all measure one split and "
+            "view. Evaluate another split or view "
+            "with --mode=eval (--config.eval_split / --config.eval_crops), or start a new run "
+            "in another --workdir."
+        )
     if changed and not allow_change:
         raise ConfigError(
             f"{workdir} holds a run with another config; resuming it with this one would mix two "
@@ -469,6 +479,10 @@ def check_resume(
 
 
 SHAPE_FIELDS = ("variant", "num_classes", "width")  # a checkpoint cannot be resumed across them
+# Nor can a run with checkpoints change how it counts (hostile pass 16, #11: a batch size changed
+# on resume logged epochs it had not trained and ended short of num_epochs) or what its
+# evaluations measure (#17: eval rows of the training split, unlabelled, among the validation's).
+COUNT_FIELDS = ("batch_size", "eval_split", "eval_crops")
 
 
 def config_changes(config: ml_collections.ConfigDict, old: dict) -> list[tuple]:
