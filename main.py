@@ -160,6 +160,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except errors.UserError as e:  # configs/run.py: the run's config.json is missing or damaged
         _usage_error(str(e))
     except Exception as e:  # the config file could not be loaded
+        if isinstance(e, AttributeError | KeyError):  # or an override names no field of it
+            field, suggestion = _field_error(e)
+            given = [m.group(1) for m in map(_FIELD_FLAG.match, argv) if m]
+            named = [g for g in given if field in g.split(".")]
+            if named:  # (hostile pass 16, #62: blamed on the config file, which was fine)
+                _no_such_field(named[0], suggestion)
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         what = f"{type(e).__name__}: {'; '.join(lines[:4]) or type(e).__name__}"
         _usage_error(

@@ -2649,3 +2649,20 @@ def test_an_allowed_change_of_how_a_run_counts_or_evaluates_is_refused(tmp_path,
     for step in rundir.saved_steps(workdir):
         os.rename(os.path.join(rundir.checkpoint_dir(workdir), str(step)), tmp_path / "aside")
     assert [c[0] for c in rundir.check_resume(config, workdir, allow_change=True)] == [field]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("--config.nonexistent=1", "'nonexistent'"),
+     ("--config.param_groups.nope.learning_rate=1", "'param_groups.nope.learning_rate'")],
+)  # fmt: skip
+def test_a_misspelled_field_with_an_explicit_config_names_the_field(tmp_path, override, named):
+    """Pass 16, #62, #63: with any explicit --config, a misspelled --config.FIELD was reported as
+    `--config could not be loaded (AttributeError: "'nonexistent'"). It must be a Python file
+    with a get_config() function`, blaming a config file that was fine."""
+    proc = _main_py(tmp_path, f"--config={REPO}/configs/figure1.py", override, "--workdir=w")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: no config field {named} (every field is listed, with a comment, in "
+        "configs/default.py)"
+    ]
