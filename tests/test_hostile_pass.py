@@ -2666,3 +2666,17 @@ def test_a_misspelled_field_with_an_explicit_config_names_the_field(tmp_path, ov
         f"error: no config field {named} (every field is listed, with a comment, in "
         "configs/default.py)"
     ]
+
+
+def test_a_finished_runs_remedy_to_train_longer_names_the_field_that_sets_its_length():
+    """Pass 16, #18: a finished run of num_train_steps=4 rerun with --config.num_epochs=100 said
+    "Nothing to do ... to train longer raise --config.num_epochs", which had just been done and
+    cannot help while num_train_steps (> 0) sets the length."""
+    from alexnet_jax.runs import report
+
+    record = {"top1_error": 0.5, "loss": 1.0}
+    by_steps = report.already_finished("w", 4, record, None, by_steps=True)
+    assert by_steps.endswith("raise --config.num_train_steps (now 4; it overrides num_epochs).")
+    assert report.already_finished("w", 4, record, None).endswith(
+        "raise --config.num_epochs (or set num_train_steps)."
+    )

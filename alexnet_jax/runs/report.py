@@ -129,10 +129,18 @@ def summary(
     return "\n".join(lines)
 
 
-def already_finished(workdir: str, step: int, record: dict, num_classes: int | None) -> str:
-    """The message of a rerun of a run that finished at `step` with final eval `record`."""
+def already_finished(
+    workdir: str, step: int, record: dict, num_classes: int | None, by_steps: bool = False
+) -> str:
+    """The message of a rerun of a run that finished at `step` with final eval `record`;
+    `by_steps`: its length is config.num_train_steps (> 0), which num_epochs does not change."""
+    longer = (
+        f"raise --config.num_train_steps (now {step}; it overrides num_epochs)"
+        if by_steps
+        else "raise --config.num_epochs (or set num_train_steps)"
+    )
     return (
         f"The run in {os.path.abspath(workdir)} already finished at step {step}: final eval "
         f"{_format_eval(record, num_classes)}. Nothing to do; to evaluate again use --mode=eval, "
-        "to train longer raise --config.num_epochs (or num_train_steps)."
+        f"to train longer {longer}."
     )

@@ -74,7 +74,12 @@ class Run:
         if rundir.finished_step(self.workdir) is None:  # finished before runs recorded their end
             with contextlib.suppress(OSError):  # best effort: this rerun only reports
                 rundir.record_finished(self.workdir, step)
-        console.info(report.already_finished(self.workdir, step, done, self.config.num_classes))
+        console.info(
+            report.already_finished(
+                self.workdir, step, done, self.config.num_classes,
+                by_steps=self.config.num_train_steps > 0,
+            )
+        )  # fmt: skip
         return done
 
     def start(self, step: int, banner: str, mean_image_path: str | None = None) -> None:
