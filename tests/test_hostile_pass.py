@@ -2674,7 +2674,7 @@ def test_a_finished_runs_remedy_to_train_longer_names_the_field_that_sets_its_le
     cannot help while num_train_steps (> 0) sets the length."""
     from alexnet_jax.runs import report
 
-    record = {"top1_error": 0.5, "loss": 1.0}
+    record = {"step": 4, "top1_error": 0.5, "loss": 1.0}
     by_steps = report.already_finished("w", 4, record, None, by_steps=True)
     assert by_steps.endswith("raise --config.num_train_steps (now 4; it overrides num_epochs).")
     assert report.already_finished("w", 4, record, None).endswith(
