@@ -2680,3 +2680,16 @@ def test_a_finished_runs_remedy_to_train_longer_names_the_field_that_sets_its_le
     assert report.already_finished("w", 4, record, None).endswith(
         "raise --config.num_epochs (or set num_train_steps)."
     )
+
+
+def test_the_best_evaluation_of_a_summary_is_never_a_nan_row(tmp_path):
+    """Pass 16, #75: with an eval row of NaN error in metrics.jsonl (a run stopped by a NaN
+    evaluation writes one; here edited in), the summary said `best eval: top-1 err nan% (step
+    4)`: NaN compares false with everything, so min() kept it. The best is among finite rows."""
+    from alexnet_jax.runs import report
+
+    rows = [{"step": 4, "split": "eval", "loss": float("inf"), "top1_error": float("nan")},
+            {"step": 8, "split": "eval", "loss": 2.3, "top1_error": 0.875}]  # fmt: skip
+    (tmp_path / rundir.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = report.summary(str(tmp_path), 4, 8, 1.0, 8)
+    assert "best eval: top-1 err 87.50% (step 8)" in text, text

@@ -13,6 +13,7 @@ Quality is told as the paper tells it, in error rates, one format everywhere:
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -118,10 +119,12 @@ def summary(
     speed = f", {images / seconds:.1f} img/s" if seconds > 0 and images else ""
     lines = [f"done: steps {start_step}-{step} in {seconds:.0f} s{speed}"]
     if evals:
-        best = min(evals, key=lambda r: r[rundir.TOP1_ERROR])
         last = "last eval" if stopped else "final eval"
         lines.append(f"{last}: {_format_eval(evals[-1], num_classes)}")
-        lines.append(f"best eval: {_format_eval(best, num_classes)}")
+        finite = [r for r in evals if math.isfinite(r[rundir.TOP1_ERROR])]  # (NaN is no best)
+        if finite:
+            best = min(finite, key=lambda r: r[rundir.TOP1_ERROR])
+            lines.append(f"best eval: {_format_eval(best, num_classes)}")
     lines.append(
         f"files: {os.path.abspath(workdir)} (metrics.jsonl, {rundir.CURVES_FILE}, checkpoints/, "
         "TensorBoard: tensorboard --logdir " + os.path.dirname(os.path.abspath(workdir)) + ")"
