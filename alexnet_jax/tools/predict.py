@@ -127,11 +127,15 @@ def predict(
     Args:
       params: the model's Flax params ({"conv1": {...}, ...}).
       config: a run's config (config_lib.load_config) or `weights_io.imported_weights_config(...)`.
-      images: image file paths.
+      images: image file paths (or one path).
       batch_size: images per device call; the last batch is padded, so one compilation serves all.
       top_k: how many classes to return per image (at most the number of classes).
       mean_image: for a run with normalization "mean_image", its rundir.read_mean_image.
     """
+    if isinstance(images, str | os.PathLike):  # one file (a str is no list of its letters)
+        images = [images]
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"top_k must be an integer >= 1, got {top_k!r}.")
     model = create_model(config)
     apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x, train=False)))
     params = jax.device_put(params)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
+from alexnet_jax.core.errors import UserError
 from alexnet_jax.data import image_files, imagenet_classes, preprocessing
 from alexnet_jax.data.recipe import Recipe
 from alexnet_jax.interop import convert, weights_io
@@ -112,6 +113,13 @@ def test_predict_png_grayscale_and_cmyk_jpeg_with_imported_weights(weights_path,
     alone = predict.predict(params, config, images[1:2])[0]
     assert [p.index for p in alone] == [p.index for p in results[1]]
     np.testing.assert_allclose([p.prob for p in alone], [p.prob for p in results[1]], rtol=1e-4)
+    # Hostile pass 16, #26, #27: one path given as a str (read as a list of its letters: "Cannot
+    # read image s") is that image; a top_k below 1 (1 class, or none, with no word) is refused.
+    one = predict.predict(params, config, str(images[1]))[0]
+    assert [p.index for p in one] == [p.index for p in alone]
+    for top_k in (0, -3):
+        with pytest.raises(UserError, match=r"top_k must be an integer >= 1"):
+            predict.predict(params, config, images[1:2], top_k=top_k)
 
 
 def test_predict_command_line_prints_top5_with_names(weights_path, tmp_path):
