@@ -5,6 +5,7 @@ where it can be (seconds), by one subprocess line where the answer is the proces
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -153,8 +154,18 @@ def test_config_and_option_messages_are_one_line(tmp_path):
     assert str(refused.value).endswith('got {"b": {"learning_rate": 0.1, "params": "conv("}}.')
     spec = tmp_path / "sweep.py"
     spec.write_text('def get_sweep():\n    return {"arms": {"a": {}}, "seeds": "0,1"}\n')
-    with pytest.raises(ConfigError, match=r"'seeds' must be a list of integers, .* got '0,1'"):
+    with pytest.raises(
+        ConfigError, match=r"'seeds' must be a list of distinct integers >= 0, .* got '0,1'"
+    ):
         sweep.load_sweep_file(str(spec))
+    for seeds in ("[0, 0]", "[]", "[-1]"):  # pass 16, #66: the line named a --seeds flag
+        spec.write_text(
+            f'def get_sweep():\n    return {{"arms": {{"a": {{}}}}, "seeds": {seeds}}}\n'
+        )
+        with pytest.raises(
+            ConfigError, match=rf"--sweep=.*'seeds' must be .* got {re.escape(seeds)}\."
+        ):
+            sweep.load_sweep_file(str(spec))
     with pytest.raises(UserError, match=r"--neighbours=10 needs at least as many"):
         figures.check_options("out", k=10, max_train_images=3)
 
@@ -2447,7 +2458,6 @@ def test_a_short_write_of_the_image_store_or_the_mean_image_is_one_line(tmp_path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     limit = "(a full disk, or over the file-size limit, ulimit -f)"
-    import re
 
     assert re.sub(r"only \d+ of", "only N of", proc.stdout).splitlines() == [
         f"Writing the image store in 'store' failed: only N of 786432 bytes were written "

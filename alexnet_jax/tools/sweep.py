@@ -258,12 +258,17 @@ def load_sweep_file(path: str) -> Sweep:
             raise ConfigError(f"--sweep={path}: arm {name!r}: {e}.") from None
     seeds = spec.get("seeds")
     if seeds is not None:
-        if not isinstance(seeds, (list, tuple)) or not all(type(s) is int for s in seeds):
+        if (
+            not isinstance(seeds, (list, tuple))
+            or not all(type(s) is int and s >= 0 for s in seeds)
+            or not seeds
+            or len(set(seeds)) != len(seeds)
+        ):  # (parse_seeds' line named a --seeds flag that was not given)
             raise ConfigError(
-                f"--sweep={path}: 'seeds' must be a list of integers, e.g. [0, 1, 2]; got "
-                f"{seeds!r}."
+                f"--sweep={path}: 'seeds' must be a list of distinct integers >= 0, e.g. "
+                f"[0, 1, 2]; got {seeds!r}."
             )
-        seeds = parse_seeds(",".join(str(s) for s in seeds))
+        seeds = tuple(seeds)
     return Sweep(config=str(spec.get("config", "")), arms=rendered, seeds=seeds)
 
 
