@@ -2703,3 +2703,19 @@ def test_the_best_evaluation_of_a_summary_is_never_a_nan_row(tmp_path):
     (tmp_path / rundir.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = report.summary(str(tmp_path), 4, 8, 1.0, 8)
     assert "best eval: top-1 err 87.50% (step 8)" in text, text
+
+
+def test_figure1_names_the_arms_of_a_sweep_that_has_no_such_arm(tmp_path):
+    """Pass 16, #65: after the sweep file renamed arm relu to relu_b and ran again, figure1 (its
+    default --arms=relu,tanh) said the sweep `has no logged run of arm(s) relu: Fix what stopped
+    them`, though nothing had stopped: the sweep has no arm relu any more."""
+    from alexnet_jax.tools import figure1
+
+    sweep_dir = str(tmp_path / "S")
+    runs = [{"name": a, "arm": a, "seed": None, "workdir": a, "log": f"logs/{a}.log",
+             "outcome": {"status": "finished"}} for a in ("relu_b", "tanh")]  # fmt: skip
+    rundir.write_sweep_plan(sweep_dir, {"config": "c.py", "arms": {"relu_b": {}, "tanh": {}},
+                                        "runs": runs})  # fmt: skip
+    assert figure1._missing_remedy(sweep_dir, ["relu"]) == (
+        "its sweep has no arm relu (its arms: relu_b, tanh): choose --arms from them."
+    )

@@ -143,6 +143,15 @@ def _missing_remedy(sweep_dir: str, missing: Sequence[str]) -> str:
     running = rundir.live_writer(sweep_dir)
     if running is not None:
         return f"the sweep is still running ({running}): rerun figure1 when it has finished."
+    planned = sorted(
+        {str(a) for a in plan.get("arms") or {}} | {str(r.get("arm")) for r in plan["runs"]}
+    )
+    unplanned = [arm for arm in missing if arm not in planned]
+    if planned and unplanned:  # (arms renamed, or --arms misspelled)
+        return (
+            f"its sweep has no arm {', '.join(unplanned)} (its arms: {', '.join(planned)}): "
+            "choose --arms from them."
+        )
     failed = []
     for run in plan["runs"]:
         outcome = run.get("outcome") if isinstance(run.get("outcome"), dict) else {}
