@@ -2734,3 +2734,39 @@ def test_figure1_names_the_arms_of_a_sweep_that_has_no_such_arm(tmp_path):
     assert figure1._missing_remedy(sweep_dir, ["relu"]) == (
         "its sweep has no arm relu (its arms: relu_b, tanh): choose --arms from them."
     )
+
+
+# ---- Hostile pass 17 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_finished_plateau_run_extended_resumes_as_the_uninterrupted_run(tmp_path):
+    """Pass 17, #2: the final evaluation's plateau decision was never made, so the final
+    checkpoint lacked it: a finished plateau run extended from 4 to 8 steps kept lr 0.01 at step
+    5 where the uninterrupted 8-step run had dropped it to 0.001 after its step-4 evaluation, and
+    every later row differed (exit 0, no word)."""
+    from alexnet_jax.train import loop
+    from configs import figure1 as figure1_config
+
+    def run(workdir: str, steps: int) -> list[dict]:
+        config = figure1_config.get_config()
+        config.update_from_flattened_dict({
+            "dataset": "synthetic", "normalization": "mean_std", "batch_size": 8,
+            "eval_batch_size": 8, "synthetic_train_examples": 64, "synthetic_eval_examples": 16,
+            "schedule": "plateau", "plateau_patience": 1, "eval_every_steps": 2,
+            "log_every_steps": 1, "checkpoint_every_steps": 2, "learning_rate": 0.01,
+            "num_train_steps": steps,
+        })  # fmt: skip
+        config.param_groups = {}
+        loop.train_and_evaluate(config, str(tmp_path / workdir))
+        return rundir.read_metrics(str(tmp_path / workdir))
+
+    def rates(rows):
+        return [(r["step"], r["learning_rate"]) for r in rows if r["split"] == "train"]
+
+    reference = run("ref", 8)
+    run("res", 4)
+    extended = run("res", 8)
+    assert rates(extended) == rates(reference)
+    assert [r["loss"] for r in extended if r["split"] == "train"] == [
+        r["loss"] for r in reference if r["split"] == "train"
+    ]

@@ -577,6 +577,10 @@ def train_loop(
                 signal = stopped(step, state)
             else:
                 eval_metrics = evaluated
+                # Its plateau decision goes into the final checkpoint, as an in-loop evaluation's
+                # does: a run extended later resumes exactly (hostile pass 17, #2: it kept the
+                # old learning rate where the uninterrupted run had dropped it).
+                state = _update_plateau(state, eval_metrics, config, mesh)
                 if manager.latest_step() != step:
                     save(step, state)
     log.skips.summarize()
