@@ -2770,3 +2770,18 @@ def test_a_finished_plateau_run_extended_resumes_as_the_uninterrupted_run(tmp_pa
     assert [r["loss"] for r in extended if r["split"] == "train"] == [
         r["loss"] for r in reference if r["split"] == "train"
     ]
+
+
+def test_a_backend_matplotlib_does_not_know_is_dropped_with_a_word():
+    """Pass 17, #59: MPLBACKEND=bogus made matplotlib's import raise, a traceback from main.py,
+    compare and figures, which draw on canvases of their own and need no backend."""
+    script = "import alexnet_jax\nfrom matplotlib.figure import Figure\nprint(Figure().dpi > 0)\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MPLBACKEND": "bogus"},
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "True\n"), proc.stderr[-3000:]
+    assert proc.stderr == (
+        "warning: MPLBACKEND='bogus' is not a backend matplotlib knows: ignored (the figures are "
+        "drawn without one).\n"
+    )
