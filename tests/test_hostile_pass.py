@@ -2785,3 +2785,16 @@ def test_a_backend_matplotlib_does_not_know_is_dropped_with_a_word():
         "warning: MPLBACKEND='bogus' is not a backend matplotlib knows: ignored (the figures are "
         "drawn without one).\n"
     )
+
+
+def test_lines_a_stream_cannot_encode_are_escaped_not_logging_errors():
+    """Pass 17, #64: with PYTHONIOENCODING=ascii, a workdir named `Eü` made every line naming it
+    a `--- Logging error --- ... UnicodeEncodeError` (116 lines; compare and figures ended in a
+    traceback after writing their files). Such characters are escaped, as Python's stderr does."""
+    import io
+
+    from alexnet_jax.core import console
+
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    console._write_to(stream, "run: /w/Eü\n")
+    assert stream.buffer.getvalue() == b"run: /w/E\\xfc\n"

@@ -37,7 +37,11 @@ class _ConsoleHandler(logging.Handler):
                 return
             if sys.stderr is None:  # started with stderr closed: nowhere to write
                 return
-            sys.stderr.write(f"{record.levelname.lower()}: {text}\n")
+            line = f"{record.levelname.lower()}: {text}\n"
+            try:
+                sys.stderr.write(line)
+            except UnicodeEncodeError:  # (as _write_to)
+                sys.stderr.write(_escaped(line, sys.stderr))
             sys.stderr.flush()
         except OSError:  # stderr gone too: nothing left to tell
             _discard_the_rest(sys.stderr)
@@ -67,13 +71,23 @@ def _write_to(stream, text: str) -> None:
     if stream is None:
         return
     try:
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a stream that cannot show it (PYTHONIOENCODING=ascii and
+            # a workdir named "Eü": 116 lines of logging errors): escaped, as stderr does
+            stream.write(_escaped(text, stream))
         stream.flush()
     except BrokenPipeError:
         _discard_the_rest(stream)
     except OSError as e:
         _discard_the_rest(stream)
         _said_dropped(e)
+
+
+def _escaped(text: str, stream) -> str:
+    """`text` with what `stream`'s encoding cannot show as backslash escapes (\\xfc)."""
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 class _HelpStdout:
