@@ -597,15 +597,13 @@ def _refuse_names_not_utf8(source: _FolderSource) -> None:
     names = [f"train/{name}/" for name in source.classes]
     names += [key for split in ("train", "validation") for _, _, key in source.files(split)]
     for name in names:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
+        if not errors.is_utf8(name):
             raise _image_folder_error(
                 source.root,
                 f"has a name that is not UTF-8, {name!r} (bytes shown as \\udc..), "
                 "which TensorFlow cannot open. Rename it to a UTF-8 name (for example with "
                 "`convmv -f latin1 -t utf8 -r --notest <folder>`)",
-            ) from None
+            )
 
 
 def _refuse_shared_class_folders(root: str, split: str, classes) -> None:
