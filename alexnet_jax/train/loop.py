@@ -104,6 +104,14 @@ def _check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) ->
             )
 
 
+# How to rerun with other values (hostile pass 17, #24: the same workdir refused them as a
+# config change, and the message had not said so).
+RERUN_CHANGED = (
+    "To train with other values, use a new --workdir, or add --allow_config_change to go on in "
+    "this one (the change is recorded in its config_history.jsonl)."
+)
+
+
 def likely_causes(config: Any) -> str:
     """What in `config` can make a run diverge, for the message that says it did."""
     causes = []
@@ -393,7 +401,7 @@ def train_and_evaluate(
             eval_metrics, step, signal = train_loop(config, exp, state, data_state, manager, writer)
         except NonFiniteError as e:
             told = str(e).replace(KEPT, _kept(workdir))
-            raise NonFiniteError(f"{told} {likely_causes(config)}") from None
+            raise NonFiniteError(f"{told} {likely_causes(config)} {RERUN_CHANGED}") from None
         run.summary(start_step, step, time.perf_counter() - began, stopped=signal is not None)
         if signal == "SIGINT":
             raise Interrupted(f"saved step {step} in {workdir}; rerun the same command to resume.")

@@ -756,8 +756,8 @@ def test_a_diverged_update_saves_no_nan_checkpoint(tmp_path, monkeypatch):
     assert str(diverged.value).endswith(
         "Likely causes in this config: config.learning_rate=3e+38 is high (the paper's: 0.01); "
         "config.weight_decay=0.0005 is large for this learning rate (the paper's: 5e-4 at 0.01); "
-        "no gradient clipping (config.grad_clip_norm=0)."
-    )
+        f"no gradient clipping (config.grad_clip_norm=0). {loop.RERUN_CHANGED}"
+    )  # (hostile pass 17, #24: the rerun with a lower rate was refused as a config change)
     saved = os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []
     assert not [s for s in saved if s.isdigit()]
     assert (workdir / "metrics.jsonl").exists()  # the run's records are kept
