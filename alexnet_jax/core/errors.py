@@ -111,8 +111,8 @@ def storage_error_reason(error: BaseException, with_file: bool = True) -> str:
     TensorStore's long status text or an OSError (then with its file, unless `with_file` is
     False); otherwise the error's first line (long ones shortened from the middle, where the
     paths are)."""
-    if isinstance(error, OSError) and _short_write(error) is not None:
-        asked, written = _short_write(error)
+    if isinstance(error, OSError) and (short := _short_write(error)) is not None:
+        asked, written = short
         return (
             f"only {written} of {asked} bytes were written (a full disk, or over the file-size "
             "limit, ulimit -f)"
@@ -365,27 +365,34 @@ def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
         return
     if os.getppid() != int(pid):  # a wrapper in between (`launch -- timeout 600 python ...`),
         # which outlives the launcher: watched once a second instead
-        started = _start_time(int(pid))
+        started = _running_since(int(pid))
         threading.Thread(
             target=_stop_when_gone, args=(int(pid), started), daemon=True, name="launcher watch"
         ).start()
 
 
-def _start_time(pid: int) -> str | None:
-    """Process `pid`'s start time (clock ticks since boot, /proc), None when it is gone (or a
-    zombie: killed, not yet reaped by its parent)."""
+def process_status(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of process `pid` from /proc (Linux): its state letter ("Z": a zombie,
+    killed and not yet reaped) and its start in clock ticks since boot, which tells it from a
+    later process given the same pid; None when there is no such process (or no /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else fields[19]
+        return fields[0], fields[19]
     except (OSError, IndexError):
         return None
+
+
+def _running_since(pid: int) -> str | None:
+    """Process `pid`'s start time while it runs; None when it is gone or a zombie."""
+    status = process_status(pid)
+    return None if status is None or status[0] == "Z" else status[1]
 
 
 def _stop_when_gone(pid: int, started: str | None, every_s: float = 1.0) -> None:
     """SIGTERM to this process once process `pid` (the launcher, started at `started`) is gone:
     it saves and exits as on a preemption."""
-    while _start_time(pid) == started and started is not None:
+    while _running_since(pid) == started and started is not None:
         time.sleep(every_s)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -287,11 +287,8 @@ def write_atomically(path: str, data: str | bytes) -> None:
 
 def _process_start_time(pid: int) -> str | None:
     """The start time of process `pid` in clock ticks since boot (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    status = errors.process_status(pid)
+    return None if status is None else status[1]
 
 
 def _is_alive(holder: dict) -> bool | None:
