@@ -13,7 +13,11 @@ import sys
 
 from alexnet_jax.core import errors
 
-errors.exit_on_ctrl_c()  # before the slow imports: one line and exit code 130 at any moment
+# Before the slow imports: a Ctrl-C, SIGTERM or SIGHUP at any moment is one line and exit code
+# 130, 143 or 129, the lock released (hostile pass 17, #65: a SIGTERM during start-up ended the
+# process with no word). Training takes them over to save first (checkpoint.PreemptionWatcher);
+# a multi-process run's SIGTERM is JAX's preemption sync's from jax.distributed.initialize on.
+errors.exit_on_ctrl_c(sigterm=True)
 with errors.reported_as_exit():  # ulimit -v too low: one line, not a failed import
     errors.check_start()
 
@@ -236,8 +240,6 @@ def main(argv):
         if _MODE.value == "train":
             loop.train_and_evaluate(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
         else:
-            if jax.process_count() == 1:  # SIGTERM / SIGHUP: one line, and the lock released
-                errors.exit_on_ctrl_c(sigterm=True)
             overrides = config_flags.get_override_values(flags.FLAGS["config"])
             for field in set(overrides) & set(config_lib.PATH_FIELDS):  # as the config's own
                 overrides[field] = _CONFIG.value[field]

@@ -2798,3 +2798,30 @@ def test_lines_a_stream_cannot_encode_are_escaped_not_logging_errors():
     stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
     console._write_to(stream, "run: /w/Eü\n")
     assert stream.buffer.getvalue() == b"run: /w/E\\xfc\n"
+
+
+def test_a_streak_of_skipped_steps_goes_on_across_a_resume(tmp_path):
+    """Pass 17, #53: the count of NaN/Inf steps skipped in a row restarted at 0 on resume: with
+    steps 2-3 skipped at the end of a 3-step run, the run extended to 12 stopped at step 6
+    ("Steps 4-6"), the uninterrupted one at step 4 ("Steps 2-4"). The checkpoint's data record
+    carries the streak, so both stop at step 4 with the same message."""
+    from alexnet_jax.train import loop
+    from configs import figure1 as figure1_config
+
+    def run(workdir: str, steps: int) -> None:
+        config = figure1_config.get_config()
+        config.update_from_flattened_dict({
+            "dataset": "synthetic", "normalization": "mean_std", "batch_size": 8,
+            "eval_batch_size": 8, "synthetic_train_examples": 64, "synthetic_eval_examples": 16,
+            "skip_nonfinite_steps": True, "max_consecutive_skipped_steps": 2,
+            "learning_rate": 1e8, "log_every_steps": 1, "checkpoint_every_steps": 1,
+            "num_train_steps": steps,
+        })  # fmt: skip
+        config.param_groups = {}
+        loop.train_and_evaluate(config, str(tmp_path / workdir))
+
+    with pytest.raises(errors.NonFiniteError, match=r"^Steps 2-4: 3 steps in a row"):
+        run("ref", 12)
+    run("res", 3)  # steps 2 and 3 skipped, within the limit: the run finishes
+    with pytest.raises(errors.NonFiniteError, match=r"^Steps 2-4: 3 steps in a row"):
+        run("res", 12)

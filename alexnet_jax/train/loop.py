@@ -137,14 +137,22 @@ def likely_causes(config: Any) -> str:
     return f"Likely causes in this config: {'; '.join(causes)}."
 
 
+SKIPPED_IN_A_ROW = "skipped_in_a_row"  # a checkpoint's data record: the streak it ends with
+
+
 class _SkipCounter:
     """Steps skipped for non-finite values (config.skip_nonfinite_steps): each is logged, and more
-    than config.max_consecutive_skipped_steps in a row stop the run (NonFiniteError)."""
+    than config.max_consecutive_skipped_steps in a row stop the run (NonFiniteError).
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    in_a_row: the streak a resumed run's checkpoint ended with (its data record's
+    "skipped_in_a_row"): a resume continues it, so a run stops at the step the uninterrupted run
+    stops at (hostile pass 17, #53: the count restarted at 0).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, in_a_row: int = 0):
         self.enabled = bool(config.skip_nonfinite_steps)
         self.limit = int(config.max_consecutive_skipped_steps)
-        self.total = self.in_a_row = 0
+        self.total, self.in_a_row = 0, in_a_row
 
     def update(self, step_metrics: list[tuple[int, dict]]) -> None:
         if not self.enabled:
@@ -463,10 +471,12 @@ class _TrainLog:
     (every config.log_every_steps, and before each evaluation and save), and checked then: a
     NaN/Inf stops the run (or is counted, with config.skip_nonfinite_steps)."""
 
-    def __init__(self, config: Any, writer: Any, progress: Any, steps_per_epoch: int):
+    def __init__(
+        self, config: Any, writer: Any, progress: Any, steps_per_epoch: int, in_a_row: int = 0
+    ):
         self.config, self.writer, self.progress = config, writer, progress
         self.steps_per_epoch = steps_per_epoch
-        self.skips = _SkipCounter(config)
+        self.skips = _SkipCounter(config, in_a_row)
         self.pending: list[tuple[int, dict]] = []
 
     def flush(self, step: int, state: TrainState, undecodable: int) -> None:
@@ -508,7 +518,9 @@ def train_loop(
     )
     batches, eval_batches = sharding.prefetch_to_mesh(train_iter, mesh), _eval_batches(config)
     progress = metrics_io.Progress(start_step, num_steps, config.batch_size)
-    log = _TrainLog(config, writer, progress, exp.steps_per_epoch)
+    log = _TrainLog(
+        config, writer, progress, exp.steps_per_epoch, data_state.get(SKIPPED_IN_A_ROW, 0)
+    )
     preemption = checkpoint.PreemptionWatcher(manager)
     eval_metrics: dict[str, float] = {}
 
@@ -532,6 +544,8 @@ def train_loop(
         examples = int(data_state["examples_consumed"]) + (step - start_step) * config.batch_size
         # eval_pending: the resumed run evaluates this step first.
         record = {"examples_consumed": examples, "batch_size": config.batch_size}
+        if log.skips.in_a_row:  # (the streak of skipped steps this step ends: a resume goes on)
+            record[SKIPPED_IN_A_ROW] = log.skips.in_a_row
         checkpoint.save(manager, step, state, {**record, "eval_pending": eval_pending})
         progress.exclude(time.perf_counter() - began)  # its blocking part: not training time
 

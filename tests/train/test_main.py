@@ -210,15 +210,19 @@ def test_ctrl_c_during_start_up_or_twice_during_the_save_is_one_line(
     """Traceback cases: Ctrl-C during the imports printed a 50-line KeyboardInterrupt traceback,
     and a second Ctrl-C during the save one more. Now each ends with one `interrupted:` line and
     exit code 130 (or death by SIGINT, which a shell also reports as 130) and the checkpoints
-    saved before stay readable. (uninterrupted_run: the miniature data is built.)"""
+    saved before stay readable. (uninterrupted_run: the miniature data is built.)
+    Hostile pass 17, #65: a SIGTERM during start-up ended the process with no word; it is one
+    `terminated:` line and exit code 143."""
     workdir = str(shared_dirs["root"] / "ctrl_c")
     flags = _tiny_flags(shared_dirs, workdir)
-    proc = _main(shared_dirs, flags)  # Ctrl-C while main.py imports its libraries
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert err.strip().splitlines() == [f"interrupted: {errors.CTRL_C}"]
+    for signum, line in ((signal.SIGINT, errors.CTRL_C), (signal.SIGTERM, errors.SIGTERM)):
+        proc = _main(shared_dirs, flags)  # the signal while main.py imports its libraries
+        time.sleep(0.3)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signum, err[-3000:]
+        word = "interrupted" if signum == signal.SIGINT else "terminated"
+        assert err.strip().splitlines() == [f"{word}: {line}"]
 
     proc = _main(shared_dirs, flags, narrow=True)
     _wait_for_train_step(workdir, 6, proc)  # checkpoint 4 is saved (or being saved)
