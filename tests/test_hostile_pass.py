@@ -2825,3 +2825,27 @@ def test_a_streak_of_skipped_steps_goes_on_across_a_resume(tmp_path):
     run("res", 3)  # steps 2 and 3 skipped, within the limit: the run finishes
     with pytest.raises(errors.NonFiniteError, match=r"^Steps 2-4: 3 steps in a row"):
         run("res", 12)
+
+
+def test_an_empty_home_is_taken_as_unset_with_a_word():
+    """Pass 17, #20: with `HOME=` (set, empty) Python's expanduser made `~` into `/`: the
+    compilation cache went to `/.cache` without a word. An empty HOME is dropped at start with
+    one warning, and `~` is the user's home in the password database, as with HOME unset."""
+    import pwd
+
+    script = (
+        "import os\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.check_start()\n"
+        "errors.check_start()  # (main.py checks twice: one warning)\n"
+        "from alexnet_jax.core import runtime\n"
+        "print(os.path.expanduser(runtime.DEFAULT_CACHE_DIR))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HOME": ""},
+    )  # fmt: skip
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert (proc.returncode, proc.stdout) == (0, f"{home}/.cache/alexnet_jax/jax_cache\n")
+    said = f"warning: HOME is empty: ~ is taken as {home}, the user's home directory.\n"
+    assert proc.stderr == said

@@ -447,11 +447,30 @@ def check_filesystem_encoding() -> None:
         )
 
 
+def check_home() -> None:
+    """An empty HOME (`HOME= python main.py`) is taken as unset, with a warning: Python's
+    expanduser turned `~` into `/`, and the compilation cache and the default data folders were
+    made in `/.cache` and `/tensorflow_datasets` without a word (hostile pass 17, #20). `~` is
+    then the user's home in the password database; a UserError when there is none."""
+    if os.environ.get("HOME") != "":
+        return
+    del os.environ["HOME"]
+    home = os.path.expanduser("~")
+    if home == "~":
+        raise UserError(
+            f"HOME is empty and user id {os.getuid()} has no home directory in the password "
+            "database: set HOME to a directory (the caches and default data folders go under it)."
+        )
+    tell(f"warning: HOME is empty: ~ is taken as {home}, the user's home directory.")
+
+
 def check_start() -> None:
     """What every entry point checks first, before NumPy, JAX and TensorFlow are imported: the
-    address space (check_address_space) and the file-system encoding (check_filesystem_encoding)."""
+    address space (check_address_space), the file-system encoding (check_filesystem_encoding)
+    and HOME (check_home)."""
     check_address_space()
     check_filesystem_encoding()
+    check_home()
 
 
 # How JAX refuses one of its JAX_* environment variables, at its import.

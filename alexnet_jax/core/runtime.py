@@ -31,7 +31,8 @@ import jax
 from alexnet_jax.core import console, errors
 from alexnet_jax.core.errors import ConfigError, UserError, is_storage_error
 
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "jax_cache")
+# (`~` expanded when used: errors.check_home may have dropped an empty HOME since the import)
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "alexnet_jax", "jax_cache")
 
 # The XLA flags this project sets, each measured on its own workload (benchmarks/RESULTS.md).
 # `set_xla_flags` adds them to XLA_FLAGS; a flag the user already set there keeps the user's value.
@@ -325,6 +326,7 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     None.
     """
     cache_dir = cache_dir or os.environ.get("ALEXNET_JAX_CACHE_DIR", DEFAULT_CACHE_DIR)
+    cache_dir = os.path.expanduser(cache_dir)
     try:
         if not errors.is_utf8(os.path.abspath(cache_dir)):  # (XLA's options take UTF-8 only:
             # a TypeError traceback at the first compile)
