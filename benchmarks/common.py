@@ -56,20 +56,25 @@ PROJECT_XLA_FLAGS = flags.DEFINE_bool(
 )
 
 THREADS = flags.DEFINE_integer(
-    "threads", 0, "CPUs for the process, PyTorch's threads included (0: all available)."
+    "threads",
+    0,
+    "CPUs for the process, PyTorch's threads included (0: all available).",
+    lower_bound=0,  # (-1 pinned the process to all CPUs but one: cpus[:-1])
 )
 JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 
 DTYPES = ("float32", "bfloat16")
 
 
-def positive_ints(holder: flags.FlagHolder) -> flags.FlagHolder:
-    """`holder`, a list flag of integers >= 1 (batch sizes), refused at parse time otherwise: one
-    `error:` line (errors.parse_flags), not a ValueError traceback from the middle of a run."""
+def positive_ints(holder: flags.FlagHolder, minimum: int = 1) -> flags.FlagHolder:
+    """`holder`, a list flag of integers >= `minimum` (batch sizes: 1; worker counts: 0), refused
+    at parse time otherwise: one `error:` line (errors.parse_flags), not a ValueError traceback
+    from the middle of a run."""
     flags.register_validator(
         holder,
-        lambda values: bool(values) and all(v.isdigit() and int(v) >= 1 for v in values),
-        message=f"--{holder.name} must be integers >= 1, comma-separated (e.g. 64,128)",
+        lambda values: bool(values) and all(v.isdigit() and int(v) >= minimum for v in values),
+        message=f"--{holder.name} must be integers >= {minimum}, comma-separated (e.g. "
+        f"{'64,128' if minimum else '0,2'})",
     )
     return holder
 
@@ -130,8 +135,11 @@ def setup_process(threads: int = 0) -> int:
     runtime.check_environment()
     cpus = sorted(os.sched_getaffinity(0))
     if threads:
-        if threads > len(cpus):
-            raise ValueError(f"--threads={threads} but only {len(cpus)} CPUs are available")
+        if threads > len(cpus):  # (a ValueError traceback: hostile pass 18, #76)
+            raise errors.UserError(
+                f"--threads={threads}, but this process may use only {len(cpus)} CPUs: give at "
+                f"most {len(cpus)}, or 0 for all of them."
+            )
         cpus = cpus[:threads]
         os.sched_setaffinity(0, cpus)
     if JSON.value:

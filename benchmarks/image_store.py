@@ -48,8 +48,11 @@ _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "Timed epochs (the median is reported).", lower_bound=1
 )
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed batches first.", lower_bound=0)
-_GRAIN_WORKERS = flags.DEFINE_list(
-    "grain_workers", ["0", "2"], "Grain worker process counts to time (0: in this process)."
+_GRAIN_WORKERS = common.positive_ints(
+    flags.DEFINE_list(
+        "grain_workers", ["0", "2"], "Grain worker process counts to time (0: in this process)."
+    ),
+    minimum=0,
 )
 
 COLUMNS = (

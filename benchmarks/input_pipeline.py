@@ -196,6 +196,7 @@ def main(argv) -> None:
             f"--config could not be loaded ({reason[-1]}): give a config file with a "
             "get_config() function, e.g. --config=configs/default.py."
         ) from None
+    common.rundir.refuse_a_run_folder(_BENCH_DIR.value, "--bench_dir")
     rows = benchmark(
         config,
         _BENCH_DIR.value,

@@ -99,13 +99,27 @@ def _config(variant: str, dtype: str, batch_size: int):
 
 
 def _file_config(path: str):
-    """get_config() of a config file, on synthetic data (the step does not read the data)."""
+    """get_config() of a config file, or a run's config (its folder, or its config.json), on
+    synthetic data (the step does not read the data). Anything else is a UserError (hostile
+    pass 18, #77: a run's config.json was an AttributeError traceback)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("timed_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from alexnet_jax.core.errors import UserError
+    from alexnet_jax.runs import rundir
+    from alexnet_jax.train import config_lib
+
+    if os.path.isdir(path) or os.path.basename(path) == rundir.CONFIG_FILE:
+        config = config_lib.load_config(path if os.path.isdir(path) else os.path.dirname(path))
+    elif path.endswith(".py") and os.path.isfile(path):
+        spec = importlib.util.spec_from_file_location("timed_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    else:
+        raise UserError(
+            f"--config={path}: not a Python config file (e.g. configs/default.py), a run's "
+            f"folder or its {rundir.CONFIG_FILE}."
+        )
     config.dataset, config.augment_on = "synthetic", "host"
     if config.normalization == "mean_image":
         config.normalization = "mean"  # (the same arithmetic, one mean for every pixel)
@@ -242,6 +256,7 @@ def main(argv):
         config = _config(_VARIANT.value[0], _DTYPE.value[0], batch_sizes[0])
         print(json.dumps(compile_probe(config, _PROBE.value)))
         return
+    config = _file_config(_CONFIG_FILE.value) if _CONFIG_FILE.value else None
     if _CACHE.value:
         runtime.enable_compilation_cache(_CACHE.value)
     env = common.environment(threads)
@@ -252,8 +267,7 @@ def main(argv):
     )
     rows = []
     table = common.RowPrinter(COLUMNS, {"variant": _VARIANT.value, "dtype": _DTYPE.value})
-    if _CONFIG_FILE.value:
-        config = _file_config(_CONFIG_FILE.value)
+    if config is not None:
         row = {"variant": config.variant, "dtype": config.dtype, "batch_size": config.batch_size}
         row["config"] = _CONFIG_FILE.value
         row["load_before"] = common.load_average()

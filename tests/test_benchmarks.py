@@ -248,6 +248,12 @@ def test_every_benchmark_script_keeps_stderr_empty_on_a_normal_run(runs):
         ("--batch_size=0", "--batch_size must be integers >= 1"),
         ("--variant=bogus", "--variant must be one or more of: paper, one_tower"),
         ("--bogus=1", "Unknown command line flag 'bogus'"),
+        # Hostile pass 18, #75-#78: -1 pinned the process to all CPUs but one, more CPUs than
+        # there are, a run's config.json and a worker count 'x' were tracebacks.
+        ("--threads=-1", "--threads=-1: -1 is not a non-negative integer"),
+        ("--threads=4096", "--threads=4096, but this process may use only"),
+        ("--config=README.md", "--config=README.md: not a Python config file"),
+        ("image_store.py --grain_workers=x", "--grain_workers must be integers >= 0"),
     ],
 )
 def test_a_bad_benchmark_flag_is_one_error_line_and_exit_2(repo_root, flag, message):
@@ -255,9 +261,10 @@ def test_a_bad_benchmark_flag_is_one_error_line_and_exit_2(repo_root, flag, mess
     refuses, an unknown variant or an unknown flag: one `error:` line naming it, exit 2, before
     anything is measured; no traceback."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    script = os.path.join(repo_root, "benchmarks", "train_step.py")
+    name, _, flag = flag.rpartition(" ")
+    script = os.path.join(repo_root, "benchmarks", name or "train_step.py")
     proc = subprocess.run(
-        [sys.executable, script, flag, "--compile=none"],
+        [sys.executable, script, flag, *([] if name else ["--compile=none"])],
         env=env,
         cwd=repo_root,
         capture_output=True,
@@ -268,3 +275,24 @@ def test_a_bad_benchmark_flag_is_one_error_line_and_exit_2(repo_root, flag, mess
     (line,) = proc.stderr.splitlines()
     assert line.startswith("error: ")
     assert message in line
+
+
+def test_train_step_times_a_run_s_own_config(repo_root, tmp_path):
+    """Hostile pass 18, #77: --config=<run>/config.json was an AttributeError traceback; a run's
+    folder or its config.json times that run's step, as a config file does."""
+    from alexnet_jax.runs import rundir
+    from configs import figure1
+
+    config = figure1.get_config()
+    config.update(dataset="synthetic", normalization="mean_std", batch_size=8)
+    rundir.save_config(config, str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = os.path.join(repo_root, "benchmarks", "train_step.py")
+    for given in (str(tmp_path), str(tmp_path / rundir.CONFIG_FILE)):
+        proc = subprocess.run(
+            [sys.executable, script, f"--config={given}", *QUICK, "--compile=none", "--noeval"],
+            env=env, cwd=repo_root, capture_output=True, text=True, timeout=TIMEOUT_S,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr[-3000:]
+        (row,) = [line.split() for line in proc.stdout.splitlines() if "cifar4" in line]
+        assert row[:3] == ["cifar4", "float32", "8"]
