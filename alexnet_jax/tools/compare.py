@@ -247,9 +247,15 @@ def _arm_and_seed(name: str) -> tuple[str, int | None]:
 
 
 def _runs_below(directory: str) -> list[str]:
-    """Run directories under `directory` (sorted), not looking inside runs."""
-    found = []
-    for root, dirs, _ in os.walk(directory):
+    """Run directories under `directory` (sorted), not looking inside runs; links to runs (or to
+    folders of runs) are followed, each folder read once (hostile pass 18, #73: linked runs
+    were left out of the table with no word)."""
+    found, seen = [], set()
+    for root, dirs, _ in os.walk(directory, followlinks=True):
+        if os.path.realpath(root) in seen:  # (a link back up, or a second link to one folder)
+            dirs.clear()
+            continue
+        seen.add(os.path.realpath(root))
         dirs.sort()
         if root != directory and _is_run(root):
             found.append(root)

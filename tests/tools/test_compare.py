@@ -326,3 +326,18 @@ def test_a_run_whose_config_changed_mid_run_is_not_averaged_with_one_that_did_no
     table, _ = compare.write_comparison([str(root)], str(tmp_path / "c"))
     assert sorted(_rows(table).values()) == [("1 (seeds 0)", "50.0"), ("1 (seeds 1)", "70.0")]
     assert "differ in more than the seed (changed mid-run)" in capsys.readouterr().err
+
+
+def test_links_to_runs_in_a_compared_folder_are_rows_each_folder_read_once(tmp_path, capsys):
+    """Hostile pass 18, #73: a folder of links to runs (os.walk does not follow links) lost those
+    runs from the table with no word. Links are followed; a link back up is read once."""
+    _write_metrics(str(tmp_path / "elsewhere" / "b"), [(2, 0.25, 0.1)], speeds=[5.0])
+    root = tmp_path / "runs"
+    _write_metrics(str(root / "a"), [(2, 0.5, 0.2)], speeds=[5.0])
+    os.symlink(tmp_path / "elsewhere" / "b", root / "b")
+    os.symlink(root, root / "loop")  # a link back up: no run twice, no endless walk
+    compare.main([str(root)])
+    out = capsys.readouterr().out
+    rows = [x.split(" | ")[:4] for x in out.splitlines() if x.startswith("| ") and "---" not in x]
+    assert [r[0].strip("| ") for r in rows[1:]] == ["a", "b"]
+    assert [r[3] for r in rows[1:]] == ["50.0", "25.0"]
