@@ -64,7 +64,7 @@ def _refuse_repeated_fields(argv: list[str]) -> None:
         words = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
     except flags.Error as e:  # a --flagfile that cannot be read
         _usage_error(f"{str(e).rstrip('.')}.")
-    seen = set()
+    seen, given = set(), set()
     for word in words:
         if word == "--":
             break
@@ -73,6 +73,29 @@ def _refuse_repeated_fields(argv: list[str]) -> None:
             if match.group(1) in seen:
                 _usage_error(f"--config.{match.group(1)} is given twice: give it once.")
             seen.add(match.group(1))
+        elif name := _flag_name(word):  # (hostile pass 18, #57: the last one won, no word)
+            if name in given:
+                _usage_error(f"--{name} is given twice: give it once.")
+            given.add(name)
+
+
+def _flag_name(word: str) -> str | None:
+    """The name of this file's flag that a command-line word sets (`--workdir=x`, `-mode eval`,
+    `--noallow_config_change`), or None."""
+    match = re.match(r"^--?([A-Za-z_]\w*)(?:=|$)", word)
+    if not match:
+        return None
+    name = match.group(1)
+    if name.startswith("no") and name[2:] in _OWN_FLAGS and name not in _OWN_FLAGS:
+        name = name[2:]
+    return name if name in _OWN_FLAGS else None
+
+
+# main.py's own flags, each given at most once (config fields: _refuse_repeated_fields).
+_OWN_FLAGS = (
+    "config", "workdir", "mode", "coordinator_address", "num_processes", "process_id",
+    "allow_config_change", "log_all_processes", "project_xla_flags",
+)  # fmt: skip
 
 
 try:  # a --flagfile that includes itself (absl would warn and go on without it)

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -43,10 +44,31 @@ def test_records_of_an_edited_jsonl_file_that_are_not_records_are_dropped_with_a
     assert "line 3 has a step that is not an integer ('four'); ignored." in warnings[1]
 
 
-@pytest.mark.parametrize("contents", ["5", '{"host": "vm", "pid": "abc"}', '{"host": "vm"}'])
+def test_a_row_whose_split_is_not_a_name_is_dropped_and_each_warning_is_given_once(
+    tmp_path, capsys
+):
+    """Pass 18, #46: an eval row with `"split": null` was dropped with no word (its evaluation
+    left out of "best eval"). #48: a line's warning came twice, once per reading of the file."""
+    path = tmp_path / rundir.METRICS_FILE
+    path.write_text('{"step": 4, "split": null}\n{"step": 4, "split": "eval", "loss": 1.0}\n')
+    for _ in range(2):
+        assert rundir.read_jsonl(str(path)) == [{"step": 4, "split": "eval", "loss": 1.0}]
+    assert _warnings(capsys) == [
+        f"warning: {path}: line 1 has a split that is not a name (None); ignored."
+    ]
+
+
+@pytest.mark.parametrize(
+    "contents",
+    ["5", '{"host": "vm", "pid": "abc"}', '{"host": "vm"}']
+    + [f'{{"host": "{socket.gethostname()}", "pid": {p}}}' for p in ("0", "-1", "true", "10**20")],
+)
 def test_a_lock_file_this_code_did_not_write_is_taken_over(tmp_path, capsys, contents):
     """#45, #46, #47: a .lock holding 5, a pid that is not a number, or no pid: tracebacks, or
-    'in use by process None' forever. It is taken over with a warning, as a dead holder's."""
+    'in use by process None' forever. It is taken over with a warning, as a dead holder's.
+    Pass 18, #49-#50: this host's pid 10**20 was an OverflowError traceback; 0, -1 and true
+    (os.kill's process group, every process, pid 1) were 'in use ... wait for it' forever."""
+    contents = contents.replace("10**20", str(10**20))
     (tmp_path / rundir.LOCK_FILE).write_text(contents)
     with rundir.exclusive(str(tmp_path)):
         holder = json.loads((tmp_path / rundir.LOCK_FILE).read_text())
@@ -117,10 +139,22 @@ def test_a_run_that_lost_its_checkpoints_is_not_started_over(tmp_path):
 
 def test_a_resume_without_metrics_jsonl_says_the_earlier_metrics_are_lost(tmp_path, capsys):
     """#93: metrics.jsonl deleted, then a resume: no word, and "best eval" counted only the new
-    steps. A warning now says so."""
-    writer = metrics_io.MetricsWriter(str(tmp_path), start_step=48)
-    writer.close()
-    assert "metrics of steps 0-48 are lost" in _warnings(capsys)[0]
+    steps. A warning now says so. Pass 18, #43: the same for a file emptied (or whose rows are
+    all after the checkpoint); a checkpoint's save writes its step's row first, so a resumed run
+    always has one."""
+    path = tmp_path / rundir.METRICS_FILE
+    for contents, said in [
+        (None, "metrics.jsonl is missing: the metrics of steps 0-48 are lost"),
+        ("", "metrics.jsonl holds no metrics: the metrics of steps 0-48 are lost"),
+        ('{"step": 50, "split": "train"}\n', "metrics.jsonl holds no metrics: the metrics of"),
+        ('{"step": 48, "split": "train"}\n', None),
+    ]:
+        if contents is not None:
+            path.write_text(contents)
+        metrics_io.MetricsWriter(str(tmp_path), start_step=48).close()
+        warnings = _warnings(capsys)
+        assert warnings == ([] if said is None else [warnings[0]])
+        assert said is None or said in warnings[0]
 
 
 def test_an_unusable_compilation_cache_folder_costs_only_the_cache(tmp_path, capsys):
@@ -188,6 +222,8 @@ def test_config_and_option_messages_are_one_line(tmp_path):
         (["benchmarks/compare_torch.py", "--variant=cifar4"], "--variant must be one or more of"),
         (["benchmarks/input_pipeline.py", "--config=nonexist.py"], "--config could not be loaded"),
         (["benchmarks/accelerator.py", "--batch_size=0"], "--batch_size must be integers >= 1"),
+        # Pass 18, #81: its archive, caches and tfds build were written into a run's folder.
+        (["benchmarks/input_pipeline.py", "--bench_dir=run"], "--bench_dir=run is a run's folder"),
     ],
 )
 def test_bad_values_of_the_tools_and_benchmarks_are_one_error_line(tmp_path, command, message):
@@ -195,6 +231,7 @@ def test_bad_values_of_the_tools_and_benchmarks_are_one_error_line(tmp_path, com
     counted twice, tracebacks, a hang, a table of zeros or nothing measured, each with exit 0 or
     a traceback. Each is one `error:` line naming the flag, exit 2, before any work."""
     os.makedirs(tmp_path / "x")
+    rundir.save_config(default.get_config(), str(tmp_path / "run"))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = REPO
     args = [a.replace("benchmarks/", f"{REPO}/benchmarks/") for a in command]
@@ -1222,6 +1259,26 @@ def test_a_signal_after_the_work_during_python_s_shutdown_still_exits_130():
     proc = _python(code)
     assert (proc.returncode, proc.stdout) == (143, "wrote figure.png\n"), proc.stderr
     assert proc.stderr.splitlines() == [f"terminated: {errors.SIGTERM}"]
+
+
+def test_a_signal_during_python_s_last_teardown_is_ignored_not_a_silent_death():
+    """Pass 18, #66: SIGINT to compare, figure1, figures or an evaluation just after their files
+    were written: exit 130 with no `interrupted:` line. The signal came after Python's atexit
+    callbacks, where Python runs no handler and gives the signals back to the system. From there
+    on they are ignored: the work is done, exit 0."""
+    code = (
+        "import os, signal, time\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.exit_on_ctrl_c(sigterm=True)\n"
+        "class Late:\n"
+        "    def __del__(self):  # runs as Python tears its modules down, after atexit\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.2)\n"
+        "late = Late()\n"
+        "print('wrote figure.png')\n"
+    )
+    proc = _python(code)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "wrote figure.png\n", "")
 
 
 def test_predict_reads_a_transparent_picture_as_the_input_pipeline_does(tmp_path):
@@ -2849,3 +2906,21 @@ def test_an_empty_home_is_taken_as_unset_with_a_word():
     assert (proc.returncode, proc.stdout) == (0, f"{home}/.cache/alexnet_jax/jax_cache\n")
     said = f"warning: HOME is empty: ~ is taken as {home}, the user's home directory.\n"
     assert proc.stderr == said
+
+
+# ---- Hostile pass 18 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_new_run_in_a_folder_of_runs_is_refused(tmp_path):
+    """Pass 18, #55: a new run in `P` holding runs `P/a` and `P/b` was accepted; compare of `P`
+    then showed the new run alone. It is refused in one line; a run there already resumes."""
+    folder = tmp_path / "P"
+    for name in ("a", "b"):
+        rundir.save_config(default.get_config(), str(folder / name))
+    refused = pytest.raises(UserError, match=r"holds runs in folders of its own \(a, b\)")
+    with refused, rundir.exclusive(str(folder)):
+        pass
+    assert sorted(os.listdir(folder)) == ["a", "b"]  # nothing left behind
+    rundir.save_config(default.get_config(), str(folder))  # a run whose folder holds runs
+    with rundir.exclusive(str(folder)):
+        pass

@@ -2,6 +2,7 @@
 (`reported_as_exit`)."""
 
 import argparse
+import atexit
 import codecs
 import collections
 import contextlib
@@ -338,6 +339,25 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
     sys.unraisablehook = dropped
     for each in signals:
         signal.signal(each, unwind)
+    _ignored_once_done.update(signals)
+    if not _ignored_once_done_registered:
+        _ignored_once_done_registered.append(atexit.register(_ignore_once_done))
+
+
+# The signals exit_on_ctrl_c took, ignored once the program is done (_ignore_once_done).
+_ignored_once_done: set[int] = set()
+_ignored_once_done_registered: list = []
+
+
+def _ignore_once_done() -> None:
+    """The last of the exit's atexit callbacks (registered first): from here on the signals
+    exit_on_ctrl_c took are ignored. Python runs no handler after its atexit callbacks, and then
+    gives the signals back to the system, so a Ctrl-C during its last teardown killed the process
+    (exit 130 with no `interrupted:` line: hostile pass 18, #66). Its work is done (files written,
+    lines printed): it exits 0. A signal before this point is one line and its exit code."""
+    for each in _ignored_once_done:
+        with contextlib.suppress(ValueError, OSError):  # (not the main thread: nothing to do)
+            signal.signal(each, signal.SIG_IGN)
 
 
 # Set by tools/launch.py in the environment of each process it starts: the launcher's pid.

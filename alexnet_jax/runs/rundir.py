@@ -150,6 +150,19 @@ def refuse_run_file(path: str, flag: str) -> None:
         )
 
 
+def refuse_a_run_folder(path: str, flag: str) -> None:
+    """UserError when the folder `path`, where a tool would write files of its own (a
+    benchmark's data), is a run's or a sweep's folder, which main.py and sweep own (hostile pass
+    18, #81: a benchmark's archive, caches and tfds build landed in a run), or lies inside a
+    run's checkpoints."""
+    refuse_inside_checkpoints(path, flag)
+    for name in (CONFIG_FILE, SWEEP_FILE):
+        if os.path.isfile(os.path.join(path, name)):
+            raise UserError(
+                f"{flag}={path} is a run's folder (its {name}): choose a folder of its own."
+            )
+
+
 def refuse_inside_checkpoints(path: str, flag: str) -> None:
     """UserError when `path` lies inside a run's checkpoints/ (or damaged_checkpoints/) folder:
     Orbax replaces and deletes the step folders there, and whatever was put in them with them."""
@@ -291,11 +304,22 @@ def _process_start_time(pid: int) -> str | None:
     return None if status is None else status[1]
 
 
+def _holds_a_pid(holder: Any) -> bool:
+    """Whether a lock file's contents name a process as this code writes them: a dict whose
+    "pid" is a positive int of pid_t's range. A pid 0 or -1 is a process group or every process
+    to os.kill (the lock looked held forever), True is 1, and 10**20 raised OverflowError
+    (hostile pass 18, #49-#50): such a lock is nobody's."""
+    if not isinstance(holder, dict):
+        return False
+    pid = holder.get("pid")
+    return type(pid) is int and 0 < pid < 2**31
+
+
 def _is_alive(holder: dict) -> bool | None:
     """Whether the lock's holder still runs: None when that cannot be told (another host)."""
     if holder.get("host") != socket.gethostname():
         return None
-    pid = int(holder.get("pid", -1))
+    pid = holder["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -315,7 +339,7 @@ def live_writer(workdir: str) -> str | None:
             holder = json.load(f)
     except (OSError, ValueError):
         return None
-    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+    if not _holds_a_pid(holder):
         return None
     if holder["pid"] == os.getpid() or not _is_alive(holder):
         return None
@@ -340,6 +364,8 @@ def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
             "folders of their own: choose another --workdir (one arm's run is "
             f"{os.path.join(workdir, '<arm>')})."
         )
+    if flag == "--workdir" and not os.path.exists(config_path(workdir)):
+        _refuse_a_folder_of_runs(workdir)
     path = os.path.join(workdir, LOCK_FILE)
     pid = os.getpid()
     me = {"host": socket.gethostname(), "pid": pid, "started": _process_start_time(pid)}
@@ -372,6 +398,25 @@ def exclusive(workdir: str, flag: str = "--workdir") -> Iterator[None]:
                 os.remove(path)
 
 
+def _refuse_a_folder_of_runs(workdir: str) -> None:
+    """A new run in a folder that holds runs in folders of its own (`runs/` of `runs/a`,
+    `runs/b`) is refused: compare of that folder then showed the new run alone, its runs
+    hidden below it (hostile pass 18, #55)."""
+    with contextlib.suppress(OSError):
+        inside = sorted(
+            entry.name
+            for entry in os.scandir(workdir)
+            if entry.is_dir() and os.path.isfile(config_path(entry.path))
+        )
+        if inside:
+            shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
+            raise UserError(
+                f"--workdir={workdir} holds runs in folders of its own ({shown}): a run's folder "
+                "holds one run. Choose another --workdir (a new run beside them is "
+                f"{os.path.join(workdir, '<name>')})."
+            )
+
+
 def _link_or_create(source: str, path: str, contents: dict) -> None:
     """Makes `path` a hard link of `source`, or (a file system without hard links) creates it
     exclusively and writes `contents`; FileExistsError when it exists."""
@@ -393,7 +438,7 @@ def _take_over_if_stale(path: str, workdir: str, flag: str) -> None:
         return  # released meanwhile
     except (OSError, ValueError):
         holder = {}  # written by a process killed mid-write
-    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+    if not _holds_a_pid(holder):
         holder = {}  # not a lock this code wrote (an edited or foreign file): nobody holds it
     alive = _is_alive(holder) if holder else False
     who = f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
@@ -856,10 +901,14 @@ def _non_numbers(record: dict) -> list[str]:
     ]
 
 
+_TOLD: set[str] = set()  # read_jsonl's warnings given (one each: a file is read several times)
+
+
 def read_jsonl(path: str, warn: bool = True) -> list[dict]:
     """The JSON records of a .jsonl file in order; blank lines skipped, and a line that is not
     whole JSON (the last line of a crashed write), not an object, or whose "step" is not an
-    integer (an edited file) dropped, with a warning when `warn`."""
+    integer or "split" not a name (an edited file) dropped, with a warning when `warn` (once
+    per process: hostile pass 18, #48)."""
     records = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
@@ -874,12 +923,15 @@ def read_jsonl(path: str, warn: bool = True) -> list[dict]:
                 problem = f"holds a {type(record).__name__}, not a record"
             elif problem is None and type(record.get("step", 0)) is not int:
                 problem = f"has a step that is not an integer ({record['step']!r})"
+            elif problem is None and not isinstance(record.get("split", ""), str):
+                problem = f"has a split that is not a name ({record['split']!r})"  # (pass 18 #46)
             elif problem is None and (odd := _non_numbers(record)):
                 problem = f"has {odd[0]} that is not a number ({record[odd[0]]!r})"
             if problem is None:
                 records.append(record)
-            elif warn:
-                console.warning(f"{path}: line {number} {problem}; ignored.")
+            elif warn and (told := f"{path}: line {number} {problem}; ignored.") not in _TOLD:
+                _TOLD.add(told)
+                console.warning(told)
     return records
 
 

@@ -65,13 +65,15 @@ class Progress:
         }
 
 
-def _truncate_jsonl(path: str, after_step: int) -> None:
+def _truncate_jsonl(path: str, after_step: int) -> int | None:
     """Drops lines logged after `after_step` by a run that was then interrupted (kept: <= step),
-    and a cut-off last line of a crashed write (with a warning, rundir.read_jsonl)."""
+    and a cut-off last line of a crashed write (with a warning, rundir.read_jsonl). Returns how
+    many records were kept, or None when there is no such file."""
     if not os.path.exists(path):
-        return
-    records = rundir.read_jsonl(path)
-    rundir.rewrite_jsonl(path, [r for r in records if r.get("step", 0) <= after_step])
+        return None
+    kept = [r for r in rundir.read_jsonl(path) if r.get("step", 0) <= after_step]
+    rundir.rewrite_jsonl(path, kept)
+    return len(kept)
 
 
 class ScalarEvents:
@@ -136,13 +138,13 @@ class MetricsWriter:
         self.summary = None
         if self.is_writer:
             os.makedirs(workdir, exist_ok=True)
-            if start_step and not os.path.exists(self.jsonl_path):
+            kept = None if start_step is None else _truncate_jsonl(self.jsonl_path, start_step)
+            if start_step and not kept:  # (a checkpoint's save writes its step's row first)
+                what = "is missing" if kept is None else "holds no metrics"  # (pass 18, #43)
                 console.warning(
-                    f"{self.jsonl_path} is missing: the metrics of steps 0-{start_step} are lost, "
+                    f"{self.jsonl_path} {what}: the metrics of steps 0-{start_step} are lost, "
                     "and the run's final and best evaluations count from here on."
                 )
-            if start_step is not None:
-                _truncate_jsonl(self.jsonl_path, start_step)
             with storage_errors_as(lambda e: storage_error("the TensorBoard events", workdir, e)):
                 self.summary = ScalarEvents(workdir, start_step)
 

@@ -396,6 +396,10 @@ def test_a_nan_evaluation_ends_the_run():
         (["--config=" + os.path.join(REPO, "README.md")], "--config could not be loaded"),
         (["--config.batch_size=abc"], "--config.batch_size=abc"),
         (["--nonsense=1"], "Unknown command line flag 'nonsense'"),
+        # Hostile pass 18, #57: the last one won, with no word.
+        (["--workdir=elsewhere"], "error: --workdir is given twice: give it once."),
+        (["--mode=eval", "-mode", "train"], "error: --mode is given twice: give it once."),
+        (["--allow_config_change", "--noallow_config_change"], "--allow_config_change is given"),
     ],
 )
 def test_bad_command_lines_are_one_message_with_exit_code_2(dirs, tmp_path, args, message):
