@@ -2924,3 +2924,31 @@ def test_a_new_run_in_a_folder_of_runs_is_refused(tmp_path):
     rundir.save_config(default.get_config(), str(folder))  # a run whose folder holds runs
     with rundir.exclusive(str(folder)):
         pass
+
+
+# ---- Hostile pass 19 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("JAX_DEFAULT_PRNG_IMPL", "rbg", "sets jax_default_prng_impl='rbg', under which"),
+        ("JAX_THREEFRY_PARTITIONABLE", "0", "sets jax_threefry_partitionable=False, under"),
+        ("JAX_TRANSFER_GUARD", "disallow", "sets jax_transfer_guard='disallow', under which"),
+        ("JAX_NUMPY_RANK_PROMOTION", "raise", "sets jax_numpy_rank_promotion='raise', under"),
+        ("JAX_DEFAULT_DEVICE", "bogus", "JAX refused the environment at its import (jax.default"),
+        ("JAX_DISTRIBUTED_TIMEOUT_S", "1e20", "at most 604800 (a week)"),
+    ],
+)
+def test_a_jax_setting_this_project_cannot_run_under_is_one_line(tmp_path, variable, value, said):
+    """Pass 19, #16, #17: a resume under JAX_DEFAULT_PRNG_IMPL=rbg could not restore its key
+    ("no checkpoint can be read", a remedy that failed) and JAX_THREEFRY_PARTITIONABLE=0 went on
+    with other random numbers, no word; #40: JAX_TRANSFER_GUARD=disallow,
+    JAX_NUMPY_RANK_PROMOTION=raise and JAX_DEFAULT_DEVICE=bogus were 31-61-line tracebacks;
+    #33: JAX_DISTRIBUTED_TIMEOUT_S=1e20 an OverflowError in each process. One line each."""
+    flags = ["--workdir=w", "--num_processes=2", "--process_id=0", "--coordinator_address=h:1"]
+    proc = _main_py(tmp_path, *flags, env={"XLA_FLAGS": "", variable: value})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ") and said in line
+    assert not os.path.exists(tmp_path / "w")

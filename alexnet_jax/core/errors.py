@@ -508,6 +508,15 @@ def import_jax() -> None:
         import jax  # noqa: F401
     except ValueError as e:
         found = _JAX_SETTING.search(str(e))
+        settings = sorted(k for k in os.environ if k.startswith("JAX_"))
+        if not found and settings:  # another JAX_* value JAX refuses at its import
+            # (JAX_DEFAULT_DEVICE=bogus: hostile pass 19, #40)
+            given = ", ".join(f"{k}={os.environ[k]!r}" for k in settings)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"JAX refused the environment at its import ({first}); the JAX_* variables set: "
+                f"{given}: fix or unset the one it names."
+            ) from None
         if not found:
             raise
         variable = found["variable"] or found["flag"].upper()

@@ -211,6 +211,7 @@ def check_environment() -> None:
     check_xla_flags()
     check_cpu_device_count()
     errors.check_start()
+    check_jax_settings()
     if _x64_enabled():
         console.warning(
             "JAX_ENABLE_X64 is on: JAX computes in 64 bits wherever a value is not typed, so the "
@@ -226,6 +227,36 @@ def check_environment() -> None:
             "'Cannot allocate memory') where no error can be reported; raise it if that happens "
             "(ulimit -v unlimited)."
         )
+
+
+# JAX settings (each from its JAX_* environment variable) that this project cannot run under, with
+# the values it can (hostile pass 19, #16, #17, #40): another random-number generator or its
+# non-partitionable form draw other numbers (a resumed run went on with other randomness, or could
+# not restore its key); guarded transfers and rank promotion refused the data's transfer and the
+# normalization's broadcast with 30-60-line tracebacks.
+_JAX_SETTINGS = {
+    "jax_default_prng_impl": ("threefry2x32",),
+    "jax_threefry_partitionable": (True,),
+    "jax_transfer_guard": (None, "allow", "log", "log_explicit"),
+    "jax_transfer_guard_host_to_device": (None, "allow", "log", "log_explicit"),
+    "jax_transfer_guard_device_to_host": (None, "allow", "log", "log_explicit"),
+    "jax_transfer_guard_device_to_device": (None, "allow", "log", "log_explicit"),
+    "jax_numpy_rank_promotion": ("allow",),
+}
+
+
+def check_jax_settings() -> None:
+    """UserError naming the JAX_* variable that set a JAX setting this project cannot run under
+    (_JAX_SETTINGS): its numbers would differ from the run's, or it fails with a traceback."""
+    for name, allowed in _JAX_SETTINGS.items():
+        value = getattr(jax.config, name, allowed[0])
+        if value not in allowed:
+            variable = name.upper()
+            raise UserError(
+                f"the environment variable {variable}={os.environ.get(variable, value)!r} sets "
+                f"{name}={value!r}, under which this project does not run (it draws other random "
+                f"numbers, or refuses the data's transfers): unset it (unset {variable})."
+            )
 
 
 check_address_space = errors.check_address_space  # (in errors: the tools check it first)
@@ -553,6 +584,7 @@ def _cluster_process_count(env: Mapping[str, str]) -> int:
 
 
 DEFAULT_DISTRIBUTED_TIMEOUT_S = 300.0  # jax.distributed's own default wait for all processes
+MAX_DISTRIBUTED_TIMEOUT_S = 7 * 24 * 3600.0  # a week
 # jax.distributed aborts the process (a C++ check failure, no Python exception) when its
 # initialization_timeout passes, so it gets this much longer than timeout_s: the watchdog of
 # `_start_jax_distributed` ends the process first, with a message that says what to check.
@@ -628,10 +660,10 @@ def _distributed_timeout_s(timeout_s: float | None, env: Mapping[str, str]) -> f
         value = float(timeout_s)
     except ValueError:
         value = 0.0
-    if not 0 < value < float("inf"):
+    if not 0 < value <= MAX_DISTRIBUTED_TIMEOUT_S:  # (1e20: an OverflowError in JAX, pass 19 #33)
         raise ConfigError(
             f"{name}={timeout_s!r}: the seconds to wait for all processes to join must be a "
-            "positive number."
+            f"positive number, at most {MAX_DISTRIBUTED_TIMEOUT_S:.0f} (a week)."
         )
     return value
 
