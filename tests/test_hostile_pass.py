@@ -2950,5 +2950,6 @@ def test_a_jax_setting_this_project_cannot_run_under_is_one_line(tmp_path, varia
     proc = _main_py(tmp_path, *flags, env={"XLA_FLAGS": "", variable: value})
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("error: ") and said in line
+    assert line.startswith("error: ")
+    assert said in line
     assert not os.path.exists(tmp_path / "w")
