@@ -2953,3 +2953,17 @@ def test_a_jax_setting_this_project_cannot_run_under_is_one_line(tmp_path, varia
     assert line.startswith("error: ")
     assert said in line
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_sweep_file_that_is_not_python_or_names_an_arm_by_a_number_is_one_line(tmp_path):
+    """Pass 19, #19: a sweep file written as .json (or .yaml, or a .py copied to a name without
+    the extension) was an AttributeError traceback; #20: an arm named 1 or None a TypeError."""
+    spec = tmp_path / "sweep.json"
+    spec.write_text('{"config": "configs/figure1.py", "arms": {"a": {}}}')
+    with pytest.raises(UserError, match=r"sweep.json: a sweep file is a Python file \(\.py\)"):
+        sweep.load_sweep_file(str(spec))
+    spec = tmp_path / "sweep.py"
+    for name in ("1", "None"):
+        spec.write_text(f'def get_sweep():\n    return {{"arms": {{{name}: {{}}}}}}\n')
+        with pytest.raises(UserError, match=rf"arm names must be strings, got {name}\."):
+            sweep.load_sweep_file(str(spec))

@@ -224,6 +224,11 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 def _import_sweep_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise UserError(f"--sweep={path} is not a file.")
+    if not path.endswith(".py"):  # (a .json or .yaml was an AttributeError: pass 19, #19)
+        raise UserError(
+            f"--sweep={path}: a sweep file is a Python file (.py) whose get_sweep() returns "
+            "{'config': PATH, 'arms': {NAME: {FIELD: VALUE}}, 'seeds': [...]}, as in sweeps/."
+        )
     spec = importlib.util.spec_from_file_location("_alexnet_jax_sweep_file", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -251,7 +256,9 @@ def load_sweep_file(path: str) -> Sweep:
         raise UserError(f"--sweep={path}: 'arms' must be a dict of NAME -> {{FIELD: VALUE}}.")
     rendered = {}
     for name, overrides in arms.items():
-        _check_arm_name(str(name), f"--sweep={path}")
+        if not isinstance(name, str):  # (1 or None: a TypeError traceback, pass 19 #20)
+            raise UserError(f"--sweep={path}: arm names must be strings, got {name!r}.")
+        _check_arm_name(name, f"--sweep={path}")
         try:
             rendered[name] = {str(f): flag_value(v) for f, v in overrides.items()}
         except TypeError as e:
