@@ -511,13 +511,20 @@ def _of(row: ArmRow, key: str) -> str:
     return f" ({k} of {row.evaluated} runs)" if 0 < k < row.evaluated else ""
 
 
+def _escaped(text: str) -> str:
+    """`text` as one markdown table cell: a `|` and a backslash escaped, a line break written as a
+    backslash and n (a run folder named `a|b` added a column to its row, one with a newline split
+    it: hostile pass 19, #12)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def markdown_table(rows: Sequence[ArmRow]) -> str:
     columns = _shown_columns(rows)
     header = ["arm", "runs", "state", *(title for _, title, _, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         runs = f"{len(row.runs)}" + (f" (seeds {row.seeds})" if row.seeds else "")
-        cells = [row.arm, runs, row.state]
+        cells = [_escaped(row.arm), runs, row.state]
         cells += [
             _cell(*row.stats[key], scale, fmt) + _of(row, key) for key, _, scale, fmt in columns
         ]

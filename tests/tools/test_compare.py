@@ -7,6 +7,7 @@ real sweep.)"""
 import csv
 import json
 import os
+import re
 
 import pytest
 
@@ -341,3 +342,17 @@ def test_links_to_runs_in_a_compared_folder_are_rows_each_folder_read_once(tmp_p
     rows = [x.split(" | ")[:4] for x in out.splitlines() if x.startswith("| ") and "---" not in x]
     assert [r[0].strip("| ") for r in rows[1:]] == ["a", "b"]
     assert [r[3] for r in rows[1:]] == ["50.0", "25.0"]
+
+
+def test_a_run_named_with_a_bar_or_a_newline_is_one_markdown_row(tmp_path, capsys):
+    """Hostile pass 19, #12: a run folder named `a|b` gave its row an extra column, and one
+    named with a newline split it over two lines. Both are escaped in the cell."""
+    root = tmp_path / "runs"
+    for name in ("a|b", "x\ny"):
+        _write_metrics(str(root / name), [(2, 0.5, 0.2)], speeds=[5.0])
+    compare.main([str(root)])
+    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ")]
+    widths = {len(re.split(r"(?<!\\) \| ", row)) for row in rows}
+    assert len(rows) == 3, rows
+    assert len(widths) == 1, rows
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| a\\|b", "| x\\ny"]
