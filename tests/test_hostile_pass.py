@@ -2967,3 +2967,43 @@ def test_a_sweep_file_that_is_not_python_or_names_an_arm_by_a_number_is_one_line
         spec.write_text(f'def get_sweep():\n    return {{"arms": {{{name}: {{}}}}}}\n')
         with pytest.raises(UserError, match=rf"arm names must be strings, got {name}\."):
             sweep.load_sweep_file(str(spec))
+
+
+def test_a_curves_file_that_cannot_be_written_is_a_warning_after_the_finish(
+    tmp_path, monkeypatch, capsys
+):
+    """Pass 19, #38: a write-protected training_curves.png made a finished run end with an error
+    whose advice ("rerun: training resumes") found nothing to do, the PNG stale. The run is
+    finished and recorded; the curves' failure is one warning naming another way to draw them."""
+    import errno
+
+    from alexnet_jax.runs import plots
+    from alexnet_jax.runs.run import Run
+
+    def refused(fig, path):
+        raise PermissionError(errno.EPERM, "Operation not permitted", path)
+
+    monkeypatch.setattr(plots, "save_figure", refused)
+    (tmp_path / rundir.METRICS_FILE).write_text('{"step": 12, "split": "train", "loss": 1.0}\n')
+    Run(str(tmp_path), default.get_config()).finish(12)
+    assert rundir.finished_step(str(tmp_path)) == 12
+    (warning,) = _warnings(capsys)
+    assert "The training curves could not be written (Operation not permitted" in warning
+    assert f"python -m alexnet_jax.tools.compare {tmp_path}` draws them too." in warning
+
+
+def test_a_failed_events_write_names_the_events_not_the_metrics(tmp_path, monkeypatch):
+    """Pass 19, #10: under `ulimit -f` the TensorBoard events file met the limit first, and the
+    error said "Writing the train metrics of step 766" (metrics.jsonl was well under it)."""
+    import errno
+
+    writer = metrics_io.MetricsWriter(str(tmp_path), start_step=0)
+
+    def too_large(*_):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(writer.summary, "write_scalars", too_large)
+    with pytest.raises(DataError, match=r"^Writing the TensorBoard events of step 4 in "):
+        writer.write_eval(4, {"loss": 1.0, "top1_error": 0.5, "num_examples": 8})
+    assert not (tmp_path / rundir.METRICS_FILE).exists()  # nothing half-recorded
+    writer.close()

@@ -164,8 +164,10 @@ class MetricsWriter:
         tag = "reeval" if reeval else split
         record = {"step": step, "split": split, **scalars, **(labels or {})}
         record.update({"reeval": True} if reeval else {})
-        with storage_errors_as(lambda e: storage_error(what, self.workdir, e)):
+        events = f"the TensorBoard events of step {step}"  # (not "metrics": pass 19, #10)
+        with storage_errors_as(lambda e: storage_error(events, self.workdir, e)):
             self.summary.write_scalars(step, {f"{tag}/{k}": v for k, v in scalars.items()})
+        with storage_errors_as(lambda e: storage_error(what, self.workdir, e)):
             rundir.append_jsonl(self.jsonl_path, record)
 
     def write_train(
