@@ -202,6 +202,8 @@ def test_config_and_option_messages_are_one_line(tmp_path):
             sweep.load_sweep_file(str(spec))
     with pytest.raises(UserError, match=r"--neighbours=10 needs at least as many"):
         figures.check_options("out", k=10, max_train_images=3)
+    with pytest.raises(UserError, match=r"--neighbours=1000: at most 50 "):  # pass 19, #30
+        figures.check_options("out", k=1000)
 
 
 @pytest.mark.parametrize(

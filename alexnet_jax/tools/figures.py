@@ -319,6 +319,9 @@ def write_figure4(
     return save_png(with_caption(pixels, caption), os.path.join(out_dir, FIGURE4))
 
 
+MAX_NEIGHBOURS = 50  # Figure 4's row: the query and this many training images
+
+
 def check_options(
     out_dir: str, num_queries: int = 6, k: int = 5, max_train_images: int = 0, batch_size: int = 0
 ) -> None:
@@ -338,6 +341,11 @@ def check_options(
     ):
         if value < low:
             raise UserError(f"--{flag} must be an integer >= {low}, got {value}.")
+    if k > MAX_NEIGHBOURS:  # (1000: a 231,247-pixel-wide PNG, mostly blank: pass 19, #30)
+        raise UserError(
+            f"--neighbours={k}: at most {MAX_NEIGHBOURS} (each is one more image in every row of "
+            "Figure 4; the paper shows 6)."
+        )
     if 0 < max_train_images < k:
         raise UserError(
             f"--neighbours={k} needs at least as many training images: --max_train_images="
