@@ -443,21 +443,32 @@ class _FolderSource:
         files, another folder with the same class names and counts, or pictures the decoder now
         reads otherwise give another key, so a cache of other data is never reused; the same
         files moved elsewhere keep it."""
+        return f"folder-files:{self._files_digest(split, with_times=True)}"
+
+    def fingerprint(self, split: str) -> str:
+        """What a run records of `split`'s files (run.json): `cache_key` without the times, so
+        the same files copied elsewhere (new times) resume, while two classes' files swapped in
+        place (same names, counts and sizes) do not (hostile pass 19, #24: resumed without a
+        word, training on other labels)."""
+        return self._files_digest(split, with_times=False)
+
+    def _files_digest(self, split: str, with_times: bool) -> str:
         entries = []
         first = {}
         for path, label, key in sorted(self.files(split), key=lambda found: found[2]):
             try:
                 stat = os.stat(path)
-                entries.append([key, stat.st_size, stat.st_mtime_ns])
+                entries.append([key, stat.st_size, stat.st_mtime_ns][: 3 if with_times else 2])
             except OSError:  # vanished or unreadable: the pipeline leaves it out as undecodable
-                entries.append([key, -1, -1])
+                entries.append([key, -1, -1][: 3 if with_times else 2])
             first.setdefault(label, path)
-        blob = [preprocessing.DECODER_VERSION, list(self.classes), entries]
-        digest = hashlib.sha1(json.dumps(blob).encode())
+        # (the decoder's version keys the caches, not the run: a resume reads its files anew)
+        blob = [preprocessing.DECODER_VERSION] if with_times else []
+        digest = hashlib.sha1(json.dumps([*blob, list(self.classes), entries]).encode())
         for label in sorted(first):  # a class swapped with another of equal sizes and times
             with contextlib.suppress(OSError), open(first[label], "rb") as f:
                 digest.update(f.read(4096))
-        return f"folder-files:{digest.hexdigest()}"
+        return digest.hexdigest()
 
     def images_outside_class_folders(self) -> list[str]:
         """The image files (relative paths, sorted) that no split reads: loose in a split's
@@ -944,7 +955,9 @@ def dataset_identity(config) -> dict:
         return identity
     source = open_source(config, build=False)
     if config.dataset == "image_folder":
-        identity.update(source.describe((str(config.train_split), str(config.eval_split))))
+        splits = (str(config.train_split), str(config.eval_split))
+        identity.update(source.describe(splits))
+        identity[FILES_FINGERPRINT] = {split: source.fingerprint(split) for split in splits}
         return identity
     identity.update(source.describe())
     if config.dataset == "miniature":
@@ -959,9 +972,13 @@ def content_identity(config, split: str) -> dict:
     names and counts alone match another folder, or one with two classes swapped. For tfds and
     synthetic data it is the dataset_identity, so their caches keep their names."""
     identity = dataset_identity(config)
+    identity.pop(FILES_FINGERPRINT, None)  # (the caches' names stay as they were: `files` has more)
     if config.dataset == "image_folder":
         identity["files"] = open_source(config, build=False).cache_key(split)
     return identity
+
+
+FILES_FINGERPRINT = "files_fingerprint"  # an image folder's dataset_identity: per split
 
 
 # ---- Pre-resize cache ---------------------------------------------------------------------------

@@ -398,6 +398,43 @@ def test_dataset_identity_of_image_folder_changes_when_a_class_is_added(tmp_path
     assert second != first
 
 
+def test_dataset_identity_of_image_folder_changes_when_two_classes_swap_their_files(
+    tmp_path, folder
+):
+    """Hostile pass 19, #24: two class folders' files swapped in place (same names, counts and
+    sizes) were resumed without a word, training on other labels. The record has a fingerprint
+    of each split's files (names, sizes, each class's first bytes); the same files copied
+    elsewhere (new modification times) keep it, so a moved dataset still resumes."""
+    import shutil
+
+    config = _folder_config(str(tmp_path), folder)
+    first = data_sources.dataset_identity(config)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(folder, copy, copy_function=shutil.copyfile)  # new times, same files
+    assert data_sources.dataset_identity(_folder_config(str(tmp_path), copy)) == first
+    same = str(tmp_path / "same")  # the same names in both classes, other pixels
+    for split in ("train", "val"):
+        for name, value in (("ant", 10), ("bee", 200)):
+            for k in range(2 if split == "train" else 1):
+                png(os.path.join(same, split, name, f"{k}.png"), value)
+    swapped = str(tmp_path / "swapped")
+    shutil.copytree(same, swapped)
+    before = data_sources.dataset_identity(_folder_config(str(tmp_path), same))
+    for split in ("train", "val"):
+        root = os.path.join(swapped, split)
+        os.rename(os.path.join(root, "ant"), os.path.join(root, "tmp"))
+        os.rename(os.path.join(root, "bee"), os.path.join(root, "ant"))
+        os.rename(os.path.join(root, "tmp"), os.path.join(root, "bee"))
+    after = data_sources.dataset_identity(_folder_config(str(tmp_path), swapped))
+    fingerprint = data_sources.FILES_FINGERPRINT
+    assert {k: v for k, v in after.items() if k != fingerprint} == {
+        k: v for k, v in before.items() if k != fingerprint
+    }  # the names and counts alone are the same
+    assert len(before[fingerprint]) == 2  # the train and the evaluation split
+    for split, digest in before[fingerprint].items():
+        assert after[fingerprint][split] != digest, split
+
+
 def test_dataset_identity_of_tfds_and_synthetic_data_is_stable_json(built):
     config = _config(built)
     identity = data_sources.dataset_identity(config)
@@ -485,7 +522,12 @@ def test_image_store_and_mean_image_are_not_shared_by_folders_with_the_same_name
                 png(os.path.join(other, split, name, f"{k}.png"), 250 - 60 * c - k)
                 os.utime(os.path.join(other, split, name, f"{k}.png"), ns=(10**18, 10**18))
     other_config = _folder_config(str(tmp_path), other, **store)
-    assert data_sources.dataset_identity(config) == data_sources.dataset_identity(other_config)
+
+    def names_and_counts(config):  # (a run's record also has its files' fingerprint: pass 19)
+        identity = data_sources.dataset_identity(config)
+        return {k: v for k, v in identity.items() if k != data_sources.FILES_FINGERPRINT}
+
+    assert names_and_counts(config) == names_and_counts(other_config)
     keys = {}
     for name, each in (("folder", config), ("other", other_config)):
         keys[name] = (image_store.split_dir(each, "train"), input_pipeline.mean_image_path(each))
