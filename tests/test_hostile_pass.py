@@ -3009,3 +3009,21 @@ def test_a_failed_events_write_names_the_events_not_the_metrics(tmp_path, monkey
         writer.write_eval(4, {"loss": 1.0, "top1_error": 0.5, "num_examples": 8})
     assert not (tmp_path / rundir.METRICS_FILE).exists()  # nothing half-recorded
     writer.close()
+
+
+def test_an_evaluation_is_not_refused_for_a_batch_larger_than_the_training_set():
+    """Pass 19, #35: `--mode=eval --config.torch_weights=...` with configs/imagenet_torchvision.py
+    (batch 256) on a small dataset was refused: "batch_size=256 exceeds the 64 training
+    examples", a rule about training; an evaluation trains nothing."""
+    from alexnet_jax.train import loop
+    from configs import figure1 as figure1_config
+
+    config = figure1_config.get_config()
+    config.update_from_flattened_dict({
+        "dataset": "synthetic", "normalization": "mean_std", "batch_size": 16,
+        "eval_batch_size": 8, "synthetic_train_examples": 8, "synthetic_eval_examples": 8,
+    })  # fmt: skip
+    with pytest.raises(ConfigError, match=r"batch_size=16 exceeds the 8 training examples"):
+        loop._build(config)
+    exp, _ = loop._build(config, training=False)
+    assert exp.steps_per_epoch == 1

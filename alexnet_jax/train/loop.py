@@ -206,6 +206,8 @@ def _build(
     config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])
     info = input_pipeline.prepare(config, training)
     steps_per_epoch = info.num_train_examples // config.batch_size
+    if steps_per_epoch < 1 and not training:  # an evaluation trains nothing (torch_weights with
+        steps_per_epoch = 1  # another config's batch size was refused: hostile pass 19, #35)
     if steps_per_epoch < 1:
         raise ConfigError(
             f"config.batch_size={config.batch_size} exceeds the {info.num_train_examples} training "
