@@ -91,7 +91,8 @@ def _flag_name(word: str) -> str | None:
     return name if name in _OWN_FLAGS else None
 
 
-# main.py's own flags, each given at most once (config fields: _refuse_repeated_fields).
+# main.py's own flags, each given at most once (config fields: _refuse_repeated_fields); the
+# check runs before they are defined, so they are named here (a test keeps the two in step).
 _OWN_FLAGS = (
     "config", "workdir", "mode", "coordinator_address", "num_processes", "process_id",
     "allow_config_change", "log_all_processes", "project_xla_flags",

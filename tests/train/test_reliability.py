@@ -419,6 +419,29 @@ def test_bad_command_lines_are_one_message_with_exit_code_2(dirs, tmp_path, args
     assert "\\" not in line  # no escaped quotes or literal \n from the library's message
 
 
+def test_main_s_list_of_its_own_flags_names_every_flag_it_defines():
+    """main.py refuses each of its flags given twice (hostile pass 18, #57) from a list of their
+    names (_OWN_FLAGS: the check runs before the flags are defined); it names every one."""
+    import ast
+
+    with open(os.path.join(REPO, "main.py")) as f:
+        tree = ast.parse(f.read())
+    defined = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", "").startswith("DEFINE_")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    (own,) = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_OWN_FLAGS"
+    ]
+    assert defined == set(ast.literal_eval(own))
+
+
 def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
     from alexnet_jax.train import loop
 
