@@ -339,14 +339,13 @@ def exit_on_ctrl_c(sigterm: bool = False) -> None:
     sys.unraisablehook = dropped
     for each in signals:
         signal.signal(each, unwind)
+    if not _ignored_once_done:  # (the first call registers it: the last atexit callback to run)
+        atexit.register(_ignore_once_done)
     _ignored_once_done.update(signals)
-    if not _ignored_once_done_registered:
-        _ignored_once_done_registered.append(atexit.register(_ignore_once_done))
 
 
 # The signals exit_on_ctrl_c took, ignored once the program is done (_ignore_once_done).
 _ignored_once_done: set[int] = set()
-_ignored_once_done_registered: list = []
 
 
 def _ignore_once_done() -> None:

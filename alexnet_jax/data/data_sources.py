@@ -936,14 +936,15 @@ def check_splits(config, source) -> None:
             )
 
 
-def dataset_identity(config) -> dict:
+def dataset_identity(config, fingerprint: bool = True) -> dict:
     """What identifies the data a run trains on, as JSON values; cheap (no pass over the data).
 
     A resumed run should train on data with the same identity: for image folders the sorted class
-    names (label i is classes[i], so an added class folder shifts labels) and the files per split;
-    for tfds builds (imagenet2012, miniature) the builder's version and the split sizes and shard
-    counts of its dataset_info.json (plus the miniature spec's fingerprint); for synthetic data
-    the example counts. Raises DataError when the data is not prepared yet.
+    names (label i is classes[i], so an added class folder shifts labels), the files per split
+    and, with `fingerprint`, each split's `fingerprint` (a stat per file); for tfds builds
+    (imagenet2012, miniature) the builder's version and the split sizes and shard counts of its
+    dataset_info.json (plus the miniature spec's fingerprint); for synthetic data the example
+    counts. Raises DataError when the data is not prepared yet.
     """
     identity = {"dataset": str(config.dataset)}
     if config.dataset == "synthetic":
@@ -957,7 +958,8 @@ def dataset_identity(config) -> dict:
     if config.dataset == "image_folder":
         splits = (str(config.train_split), str(config.eval_split))
         identity.update(source.describe(splits))
-        identity[FILES_FINGERPRINT] = {split: source.fingerprint(split) for split in splits}
+        if fingerprint:  # (a stat per file: content_identity has its own, with the times)
+            identity[FILES_FINGERPRINT] = {split: source.fingerprint(split) for split in splits}
         return identity
     identity.update(source.describe())
     if config.dataset == "miniature":
@@ -971,8 +973,7 @@ def content_identity(config, split: str) -> dict:
     dataset_identity plus, for an image folder, its files' identity (`cache_key`), since class
     names and counts alone match another folder, or one with two classes swapped. For tfds and
     synthetic data it is the dataset_identity, so their caches keep their names."""
-    identity = dataset_identity(config)
-    identity.pop(FILES_FINGERPRINT, None)  # (the caches' names stay as they were: `files` has more)
+    identity = dataset_identity(config, fingerprint=False)  # (the caches keep their names)
     if config.dataset == "image_folder":
         identity["files"] = open_source(config, build=False).cache_key(split)
     return identity
