@@ -359,15 +359,25 @@ def _ignore_once_done() -> None:
             signal.signal(each, signal.SIG_IGN)
 
 
-# Set by tools/launch.py in the environment of each process it starts: the launcher's pid.
+# Set by tools/launch.py in the environment of each process it starts: the launcher's pid, and
+# its --grace_s (how long a process may take to stop after its SIGTERM before it is killed).
 LAUNCHER_PID = "ALEXNET_JAX_LAUNCHER_PID"
+LAUNCHER_GRACE_S = "ALEXNET_JAX_LAUNCHER_GRACE_S"
+DEFAULT_GRACE_S = 30.0
 
 
 def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
     """A process started by tools/launch.py gets a SIGTERM when the launcher dies (Linux's
     parent-death signal): it saves and exits as on a preemption. A kill -9 of the launcher left
-    both training processes running, unwatched, their output going nowhere."""
-    pid = (os.environ if env is None else env).get(LAUNCHER_PID, "")
+    both training processes running, unwatched, their output going nowhere.
+
+    A process that has not stopped `LAUNCHER_GRACE_S` seconds after that SIGTERM kills itself
+    (SIGKILL), as the living launcher does after --grace_s: a process blocked in a collective
+    (hostile pass 19, #46: XLA:CPU's gloo, 2 devices per process) never reaches the step at
+    which its SIGTERM is acted on, and outlived the launcher. Its checkpoints stay intact (a
+    save is written aside and renamed only when complete)."""
+    env = os.environ if env is None else env
+    pid = env.get(LAUNCHER_PID, "")
     if not pid.isdigit() or not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -382,12 +392,22 @@ def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
         return
     except OSError:  # (alive, another user's: not ours to judge)
         return
-    if os.getppid() != int(pid):  # a wrapper in between (`launch -- timeout 600 python ...`),
-        # which outlives the launcher: watched once a second instead
-        started = _running_since(int(pid))
-        threading.Thread(
-            target=_stop_when_gone, args=(int(pid), started), daemon=True, name="launcher watch"
-        ).start()
+    try:
+        grace_s = float(env.get(LAUNCHER_GRACE_S, DEFAULT_GRACE_S))
+    except ValueError:
+        grace_s = DEFAULT_GRACE_S
+    if not 0 <= grace_s < float("inf"):
+        grace_s = DEFAULT_GRACE_S
+    # A wrapper in between (`launch -- timeout 600 python ...`) outlives the launcher: its
+    # death is no parent-death signal, so the watch sends the SIGTERM too.
+    wrapped = os.getppid() != int(pid)
+    started = _running_since(int(pid))
+    threading.Thread(
+        target=_stop_when_gone,
+        args=(int(pid), started, wrapped, grace_s),
+        daemon=True,
+        name="launcher watch",
+    ).start()
 
 
 def process_status(pid: int) -> tuple[str, str] | None:
@@ -408,12 +428,26 @@ def _running_since(pid: int) -> str | None:
     return None if status is None or status[0] == "Z" else status[1]
 
 
-def _stop_when_gone(pid: int, started: str | None, every_s: float = 1.0) -> None:
-    """SIGTERM to this process once process `pid` (the launcher, started at `started`) is gone:
-    it saves and exits as on a preemption."""
+def _stop_when_gone(
+    pid: int, started: str | None, term: bool, grace_s: float, every_s: float = 1.0
+) -> None:
+    """Once process `pid` (the launcher, started at `started`) is gone: SIGTERM to this process
+    when `term` (it saves and exits as on a preemption), and SIGKILL `grace_s` later if it is
+    still running. A thread; it runs while the main thread waits in a collective (XLA releases
+    the GIL there)."""
     while _running_since(pid) == started and started is not None:
         time.sleep(every_s)
-    os.kill(os.getpid(), signal.SIGTERM)
+    if term:
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    with contextlib.suppress(OSError, ValueError):  # (a log file, or a pipe nobody reads)
+        print(
+            f"error: the launcher (pid {pid}) is gone and this process did not stop within "
+            f"{grace_s:g} s of its SIGTERM: killed (SIGKILL). Its checkpoints are intact.",
+            file=sys.stderr,
+            flush=True,
+        )
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 _told = []  # the stop signal (its number) once stop_now told it

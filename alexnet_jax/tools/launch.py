@@ -16,6 +16,8 @@ a second Ctrl-C (or SIGTERM) kills them (SIGKILL). SIGTERM and SIGHUP to the lau
 Ctrl-C. If a process dies (a non-zero exit code or a signal) while the others run, the launcher
 says which and stops the others: SIGTERM, then SIGKILL after `--grace_s`. Exit code: 130 after a
 Ctrl-C; else the dead process's code (128 + N for signal N); else the first non-zero code, or 0.
+If the launcher itself is killed (kill -9), each process gets a SIGTERM and kills itself
+`--grace_s` later if it is still running (errors.stop_with_the_launcher).
 """
 
 from __future__ import annotations
@@ -51,13 +53,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_env(devices_per_process: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of one local process: CPU only, with `devices_per_process` devices."""
+def process_env(
+    devices_per_process: int,
+    base: Mapping[str, str] | None = None,
+    grace_s: float = errors.DEFAULT_GRACE_S,
+) -> dict[str, str]:
+    """The environment of one local process: CPU only, with `devices_per_process` devices; and
+    the launcher's pid and `grace_s`, by which it stops itself when the launcher is gone."""
     env = dict(os.environ if base is None else base)
     xla_flags = re.sub(rf"{_DEVICE_COUNT_FLAG}=\S+", "", env.get("XLA_FLAGS", "")).strip()
     env["XLA_FLAGS"] = f"{xla_flags} {_DEVICE_COUNT_FLAG}={devices_per_process}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env[errors.LAUNCHER_PID] = str(os.getpid())  # (errors.stop_with_the_launcher)
+    env[errors.LAUNCHER_GRACE_S] = repr(float(grace_s))
     return env
 
 
@@ -83,6 +91,7 @@ def start(
     log_dir: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    grace_s: float = errors.DEFAULT_GRACE_S,
 ) -> list[subprocess.Popen]:
     """Starts the processes, each in a session of its own (a terminal's Ctrl-C does not reach
     them); with `log_dir` each writes `process_<i>.log` there, else pipes. If one cannot be
@@ -102,7 +111,7 @@ def start(
                 procs.append(
                     subprocess.Popen(
                         process_command(command, num_processes, i, port),
-                        env=process_env(devices_per_process, env),
+                        env=process_env(devices_per_process, env, grace_s),
                         cwd=cwd,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -158,7 +167,7 @@ class Supervisor:
     def __init__(
         self,
         procs: Sequence[subprocess.Popen],
-        grace_s: float = 30.0,
+        grace_s: float = errors.DEFAULT_GRACE_S,
         log_dir: str | None = None,
         say: Callable[[str], None] | None = None,
     ):
@@ -289,8 +298,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--grace_s",
         type=_seconds,
-        default=30.0,
-        help="when a process dies: seconds the others get to exit after SIGTERM before SIGKILL",
+        default=errors.DEFAULT_GRACE_S,
+        help="when a process dies (or the launcher): seconds the others get to exit after "
+        "SIGTERM before SIGKILL",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- main.py [its flags]")
     args = parser.parse_args(argv)
@@ -341,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.devices_per_process,
             port=args.port,
             log_dir=args.process_log_dir,
+            grace_s=args.grace_s,
         )
     except OSError as e:
         print(f"error: could not start {args.command[0]!r}: {e.strerror or e}", file=sys.stderr)

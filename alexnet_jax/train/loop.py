@@ -35,7 +35,13 @@ from alexnet_jax.train.experiment import TrainState
 # ---- Evaluation ------------------------------------------------------------------------------
 
 
-_EVAL_IN_FLIGHT = 2  # evaluation steps dispatched ahead of the device (see evaluate)
+# Steps (train or evaluation) dispatched ahead of the device. Dispatch never waits for the
+# device by itself: a host faster than it queued the whole eval split (50,000 steps on a CPU
+# test), holding every batch in memory and starving XLA's collectives until a rendezvous timed
+# out (abort); and with 2 CPU devices per process (launch), 100 queued train steps deadlocked
+# XLA:CPU's gloo all-reduce (hostile pass 19, #46: one device's step waited in the all-reduce
+# for the other's, which waited for a slot of the queue). Two keep the device busy.
+_IN_FLIGHT = 2
 
 
 def evaluate(
@@ -50,11 +56,8 @@ def evaluate(
             return None
         sums = eval_step_fn(params, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-        # At most _EVAL_IN_FLIGHT steps queued: dispatch never waits for the device, and a host
-        # faster than it queued the whole split (50,000 steps on a CPU test), holding every
-        # batch in memory and starving XLA's collectives until a rendezvous timed out (abort).
-        in_flight.append(totals)
-        if len(in_flight) > _EVAL_IN_FLIGHT:
+        in_flight.append(totals)  # (at most _IN_FLIGHT steps queued)
+        if len(in_flight) > _IN_FLIGHT:
             jax.block_until_ready(in_flight.popleft())
     if totals is None:
         raise UserError("The evaluation split is empty: check config.eval_split and the data.")
@@ -578,6 +581,8 @@ def train_loop(
             state, metrics = exp.train_step(state, next(batches))
             step += 1
             log.pending.append((step, metrics))
+            if len(log.pending) > _IN_FLIGHT:  # (at most _IN_FLIGHT steps queued)
+                jax.block_until_ready(log.pending[-_IN_FLIGHT - 1][1])
             # -- Log.
             if step % config.log_every_steps == 0:
                 log.flush(step, state, train_iter.num_undecodable)

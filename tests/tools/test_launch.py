@@ -339,6 +339,34 @@ def test_the_processes_of_a_killed_launcher_stop(start_launcher, wrapper):
     assert not any(_alive(pid) for pid in pids)
 
 
+_HUNG = """
+import signal, sys, time
+from alexnet_jax.core import errors
+signal.signal(signal.SIGTERM, lambda *_: None)  # only noted (as JAX does): it runs on
+errors.stop_with_the_launcher()
+print("watching", flush=True)
+time.sleep(60)  # (a wait in a collective that never ends)
+"""
+
+
+@pytest.mark.parametrize("wrapper", [(), ("timeout", "120")])
+def test_the_hung_processes_of_a_killed_launcher_kill_themselves_after_grace_s(
+    start_launcher, wrapper
+):
+    """Hostile pass 19, #46 (docs/RELIABILITY.md): the processes of a launcher killed by
+    `timeout -s KILL` hung in a collective (2 CPU devices per process over gloo) and ran on:
+    their SIGTERM only sets the flag that the next step reads, and that step never came.
+    Each now kills itself --grace_s after the launcher is gone, with one line saying so."""
+    launcher = start_launcher("--num_processes=2", "--grace_s=1", worker=_HUNG, wrapper=wrapper)
+    launcher.wait_for("watching", count=2)
+    pids = [int(p) for p in re.findall(r"\[launch\] process \d+: pid (\d+)", launcher.output)]
+    os.kill(launcher.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

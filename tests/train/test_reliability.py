@@ -658,6 +658,34 @@ def _synthetic_config(**overrides):
     return config
 
 
+def test_the_train_loop_keeps_at_most_two_steps_in_flight(tmp_path, monkeypatch):
+    """Hostile pass 19, #46: launch with 2 CPU devices per process hung in a train step. The loop
+    waited for the device only at a log line (every 100 steps), so up to 100 steps were queued,
+    and XLA:CPU deadlocked: one local device's step waited in gloo's all-reduce for the other's,
+    whose launch waited on XLA's queue (gdb; docs/gloo_hang_repro.py hangs so, and not with
+    2 in flight). The loop now waits, after dispatching step k, for step k - 2."""
+    from alexnet_jax.train import loop
+    from tests import multihost_worker
+
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)  # fc6/fc7 at 64 units: quick
+    waited = []
+    real_wait = jax.block_until_ready
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or real_wait(x))
+    config = _synthetic_config(
+        num_train_steps=7, log_every_steps=100, eval_every_steps=100, checkpoint_every_steps=100
+    )
+    optimizations = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # quick compiles (conftest)
+    try:
+        loop.train_and_evaluate(config, str(tmp_path))
+    finally:
+        jax.config.update("jax_disable_most_optimizations", optimizations)
+    train_waits = [w for w in waited if isinstance(w, dict) and "grad_norm" in w]
+    assert len(train_waits) == 7 - loop._IN_FLIGHT  # after steps 3..7: for steps 1..5
+    rows = [r for r in rundir.read_metrics(str(tmp_path)) if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [7]  # the steps' one row, at the end, as before
+
+
 def test_a_preemption_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed_run(
     tmp_path, monkeypatch
 ):

@@ -165,5 +165,5 @@ def test_evaluate_keeps_at_most_two_steps_in_flight_and_sums_every_batch(monkeyp
     batches = [{"mask": np.ones([4], bool)} for _ in range(10)]
     metrics = loop.evaluate(eval_step, jnp.float32(0.5), batches, mesh)
     assert metrics == {"loss": 0.5, "top1_error": 0.0, "top5_error": 0.0, "num_examples": 40.0}
-    assert len(waited) == 10 - loop._EVAL_IN_FLIGHT
+    assert len(waited) == 10 - loop._IN_FLIGHT
     assert [int(w["count"]) for w in waited] == [4 * k for k in range(1, 9)]  # oldest first
