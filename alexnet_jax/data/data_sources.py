@@ -659,40 +659,114 @@ def _manual_dir_error(manual_dir: str, data_dir: str) -> DataError | None:
     )
 
 
-def _download_and_prepare(builder, manual_dir: str, data_dir: str) -> None:
+DOWNLOAD_AGAIN = "download it again (https://image-net.org/download-images) and rerun"
+
+
+def _download_and_prepare(
+    builder, manual_dir: str, data_dir: str, remedy: str = DOWNLOAD_AGAIN
+) -> None:
     """Builds an imagenet2012 dataset from the two archives in manual_dir (TFRecord files).
 
     Without ILSVRC2012_img_test.tar the builder only logs that the test split is skipped. Its
-    progress bars are shown on a terminal only (in a log file they are raw escape codes).
+    progress bars are shown on a terminal only (in a log file they are raw escape codes). The
+    archives' headers are read first (`_check_archives`); a class archive inside the training
+    archive that cannot be read fails the build (tfds removes its temporary folder, so a rerun
+    builds again): DataError naming the archive, and `remedy` (what to do).
     """
+    _check_archives(manual_dir, remedy)
     if not sys.stderr.isatty():
         tfds.disable_progress_bar()
     console.info(f"Building the tfds dataset from {manual_dir} into {builder.data_dir} (once).")
     start = time.monotonic()
     # tfds prints its own two lines to stdout ("Downloading and preparing dataset Unknown size",
     # "downloaded and prepared"): about a download that does not happen here.
-    with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare(
-            download_dir=os.path.join(data_dir, "downloads"),
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
-            ),
-            file_format="tfrecord",
-        )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(
+                download_dir=os.path.join(data_dir, "downloads"),
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
+                ),
+                file_format="tfrecord",
+            )
+    except (tarfile.TarError, EOFError) as e:  # (the archives' own headers were read above)
+        train = os.path.join(manual_dir, IMAGENET_ARCHIVES[0])
+        test = os.path.join(manual_dir, "ILSVRC2012_img_test.tar")
+        where = f"{train} (or {test})" if os.path.exists(test) else train
+        raise _unreadable_archive(f"A class archive inside {where}", e, remedy) from None
     console.info(f"Built the dataset in {time.monotonic() - start:.0f} s.")
 
 
-def _labels_by_file_name(val_path: str) -> dict[str, str]:
-    """Validation synset per file of an archive, looked up by the number in its name.
+# An ImageNet validation file: its number (1..50,000) is its line in tfds's validation labels.
+_VALIDATION_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+_CLASS_ARCHIVE = re.compile(r"(n\d{8})\.tar")  # a training archive's member: one synset's images
+
+
+def _check_archives(manual_dir: str, remedy: str) -> None:
+    """Reads every header of both archives before the build (seconds; the build, hours, failed
+    in a traceback at a cut or damaged archive, or at a file of another name): DataError naming
+    the archive (or those files) and `remedy`."""
+    train, val = (os.path.join(manual_dir, name) for name in IMAGENET_ARCHIVES)
+    synsets = set(miniature.imagenet_synsets())
+    strangers = []
+    for name in _archive_files(train, remedy):
+        found = _CLASS_ARCHIVE.fullmatch(name)
+        if found is None or found[1] not in synsets:
+            strangers.append(name)
+    _refuse_strangers(train, strangers, "class archives (<synset>.tar: n01440764.tar)", remedy)
+    _labels_by_file_name(val, remedy)
+
+
+def _labels_by_file_name(val_path: str, remedy: str = DOWNLOAD_AGAIN) -> dict[str, str]:
+    """Validation synset per file of an archive, looked up by the number in its name; DataError
+    naming the archive when it is not a readable tar or holds files of other names.
 
     tfds's own get_validation_labels zips the SORTED member names with the first len(members)
     shipped labels, which is right only for the complete 50,000-file archive; by-number lookup
     gives the same labels there and the right ones for a subset such as the miniature archive.
     """
     labels = miniature.validation_labels()
-    with tarfile.open(val_path) as tar:
-        names = tar.getnames()
-    return {name: labels[int(re.search(r"(\d{8})", name).group(1)) - 1] for name in names}
+    numbers, strangers = {}, []
+    for name in _archive_files(val_path, remedy):
+        found = _VALIDATION_FILE.fullmatch(os.path.basename(name))
+        if found and 1 <= int(found[1]) <= len(labels):
+            numbers[name] = int(found[1])
+        else:
+            strangers.append(name)
+    expected = f"validation images (ILSVRC2012_val_NNNNNNNN.JPEG, 1..{len(labels)})"
+    _refuse_strangers(val_path, strangers, expected, remedy)
+    return {name: labels[number - 1] for name, number in numbers.items()}
+
+
+def _archive_files(path: str, remedy: str) -> list[str]:
+    """The names of the files in the tar `path`, every header read (a cut archive fails at the
+    first member past its end): DataError naming it when it is not a readable tar. Compressed
+    tars are read too, as tfds reads them."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return [member.name for member in tar.getmembers() if member.isfile()]
+    except (tarfile.TarError, EOFError) as e:
+        raise _unreadable_archive(f"The archive {path}", e, remedy) from None
+
+
+def _unreadable_archive(what: str, error: BaseException, remedy: str) -> DataError:
+    """DataError: `what` (an archive) cannot be read as a tar, why, and `remedy`."""
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    # (tarfile's "r:*" lists each method's failure; the plain tar's is the last: "- method tar:
+    # ReadError('invalid header')")
+    reason = re.sub(r"^- method tar: \w+\('(.*)'\)$", r"\1", reason)
+    return DataError(f"{what} is not a readable tar ({reason}: truncated or damaged): {remedy}.")
+
+
+def _refuse_strangers(path: str, names: list[str], expected: str, remedy: str) -> None:
+    """DataError naming the files of the archive `path` that are not `expected` (the builder has
+    no label for them and failed in a traceback), unless there are none."""
+    if names:
+        raise DataError(
+            f"The archive {path} holds {len(names)} file(s) that are not {expected}, so they "
+            f"have no label: {name_list(names)}. Remove them (tar --delete -f {path} NAME), "
+            f"or {remedy}."
+        )
 
 
 @contextlib.contextmanager
@@ -754,10 +828,14 @@ def _build_tfds(config, data_dir: str, manual_dir: str) -> None:
         if config.dataset == "miniature":
             spec = miniature.MiniatureSpec.from_config(config)
             archive.enter_context(miniature.generated(manual_dir, spec))
+        remedy = DOWNLOAD_AGAIN  # what to do about an archive that cannot be read
+        if config.dataset == "miniature":
+            manifest = os.path.join(manual_dir, miniature.MANIFEST)
+            remedy = f"delete {manifest} and rerun: the miniature archive is generated again"
         # By-number labels equal tfds's own for the full 50,000-image archive and stay right for
         # a partial one (a miniature archive given as manual_dir, or a subset a user made).
         with _validation_labels_by_file_name():
-            _download_and_prepare(builder, manual_dir, data_dir)
+            _download_and_prepare(builder, manual_dir, data_dir, remedy)
 
 
 def _check_miniature_build(builder, spec: miniature.MiniatureSpec, data_dir: str) -> None:
