@@ -181,8 +181,9 @@ MAX_PIXELS = 2 * 89_478_485
 
 # How pictures other than JPEGs are read (decode_rgb); bump it when that changes, so that the
 # caches of an image folder (keyed by it: data_sources' cache_key) are made again. 2: GIFs by
-# Pillow, a WebP with alpha read instead of skipped (hostile pass 8, #24 and #41).
-DECODER_VERSION = 2
+# Pillow, a WebP with alpha read instead of skipped (hostile pass 8, #24 and #41). 3: an 8-bit
+# BMP's colour table applied (hostile pass 20, #59: the indices were read as grey levels).
+DECODER_VERSION = 3
 
 
 def gif_pixels(data: bytes) -> np.int64:
@@ -261,25 +262,99 @@ def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: pixels)
 
 
+def _head(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+    """int64 [size]: the first `size` bytes of an encoded picture, zeros past its end."""
+    head = tf.strings.substr(tf.strings.join([image_bytes, "\0" * size]), 0, size)
+    return tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+
+def _little_endian(b: tf.Tensor, i: int, n: int) -> tf.Tensor:
+    """The unsigned little-endian number in bytes i .. i + n - 1 of `b` (int64 bytes)."""
+    return sum(b[i + k] * 256**k for k in range(n))
+
+
+def is_animated_webp(image_bytes: tf.Tensor) -> tf.Tensor:
+    """bool: whether a picture is a WebP whose VP8X chunk sets the animation flag. TensorFlow's
+    decoder takes its animation path by that flag alone, and there it corrupts the heap and
+    aborts the process (hostile pass 20, #56: even one frame); an ANIM or ANMF chunk without
+    the flag is refused by it with an error, like any broken file."""
+    b = _head(image_bytes, 21)
+    riff = tf.equal(tf.strings.substr(image_bytes, 0, 4), b"RIFF")
+    vp8x = tf.equal(tf.strings.substr(image_bytes, 8, 8), b"WEBPVP8X")
+    return riff & vp8x & tf.not_equal(tf.bitwise.bitwise_and(b[20], 2), 0)
+
+
+def bmp_colours(image_bytes: tf.Tensor) -> tf.Tensor:
+    """uint8 [256, 3]: the RGB colour of each pixel value of an 8-bit BMP, as Pillow reads it:
+    its colour table (B, G, R, reserved entries after the DIB header: biClrUsed of them, 256
+    when 0), black past the table's end; but the value itself when every entry is its own grey
+    level, as Pillow then reads the file as greyscale (a value past the table stays grey)."""
+    b = _head(image_bytes, 50)
+    used = _little_endian(b, 46, 4)
+    count = tf.where((used == 0) | (used > 256), tf.constant(256, tf.int64), used)
+    length = tf.cast(tf.strings.length(image_bytes), tf.int64)
+    start = tf.minimum(14 + _little_endian(b, 14, 4), length)  # a table past the end: zeros
+    table = tf.strings.substr(tf.strings.join([image_bytes, "\0" * 1024]), start, 1024)
+    table = tf.reverse(tf.reshape(tf.io.decode_raw(table, tf.uint8), [256, 4])[:, :3], [1])
+    listed = (tf.range(256, dtype=tf.int64) < count)[:, None]  # (256, 1)
+    table = tf.where(listed, table, tf.zeros_like(table))  # past the table: black
+    grey = tf.cast(tf.tile(tf.range(256)[:, None], [1, 3]), tf.uint8)  # (256, 3): v is (v, v, v)
+    is_grey = tf.reduce_all(tf.equal(table, grey) | ~listed)
+    return tf.where(is_grey, grey, table)
+
+
+def is_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
+    """bool: whether a picture is a BMP of 8 bits per pixel with a DIB header of at least 40
+    bytes (BITMAPINFOHEADER or later), so that its colour table has 4-byte entries where
+    `bmp_colours` reads them. TensorFlow's decoder returns such a file's colour indices as one
+    grey channel; 1 and 4 bits per pixel it refuses (skipped like any undecodable file)."""
+    b = _head(image_bytes, 30)
+    bmp = tf.equal(tf.strings.substr(image_bytes, 0, 2), b"BM")
+    return bmp & (_little_endian(b, 14, 4) >= 40) & tf.equal(_little_endian(b, 28, 2), 8)
+
+
+def is_compressed_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
+    """bool: whether a palette BMP's pixels are compressed (RLE8, or any code but BI_RGB):
+    TensorFlow's decoder ignores the compression field and, when the file is long enough,
+    reads the codes as pixels; Pillow decodes RLE8."""
+    compression = _little_endian(_head(image_bytes, 34), 30, 4)
+    return is_palette_bmp(image_bytes) & tf.not_equal(compression, 0)
+
+
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     """uint8 [h, w, 3] of a whole encoded picture (PNG, GIF, BMP, WebP, JPEG): decoded with its
     own channels, then an alpha channel dropped (the colours under it kept) and grey replicated
     to RGB, as `decode_image(channels=3)` does for the formats it converts itself; a WebP with
     alpha, which it refuses, is read the same way (and as predict reads it: image_files). A GIF
     is read by Pillow (image_files.gif_rgb): TensorFlow decodes a first frame smaller than its
-    screen at the frame's size, its pixels out of place, where Pillow composes the screen."""
+    screen at the frame's size, its pixels out of place, where Pillow composes the screen. An
+    8-bit BMP's pixels are looked up in its colour table (`bmp_colours`), as Pillow reads it.
+    An animated WebP (`is_animated_webp`: TensorFlow's decoder aborts the process on one) and
+    a compressed palette BMP raise an InvalidArgumentError, an undecodable example, before
+    they reach TensorFlow's decoder."""
 
     def gif() -> tf.Tensor:
         image = tf.numpy_function(image_files.gif_rgb, [image_bytes], tf.uint8, stateful=False)
         return tf.ensure_shape(image, [None, None, 3])
 
     def other() -> tf.Tensor:
-        image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
-        return tf.cond(
-            tf.shape(image)[-1] < 3,
-            lambda: tf.image.grayscale_to_rgb(image[..., :1]),
-            lambda: image[..., :3],
+        # Refused before decode_image sees them: an undecodable example, not a crash or noise.
+        refused = is_animated_webp(image_bytes) | is_compressed_palette_bmp(image_bytes)
+        why = "an animated WebP (it aborts the process) or a compressed palette BMP (misread)"
+        readable = tf.debugging.Assert(tf.logical_not(refused), [why])
+        with tf.control_dependencies([readable]):
+            image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
+        grey = tf.shape(image)[-1] < 3
+        return tf.case(
+            [
+                (grey & is_palette_bmp(image_bytes), lambda: palette(image)),
+                (grey, lambda: tf.image.grayscale_to_rgb(image[..., :1])),
+            ],
+            default=lambda: image[..., :3],
         )
+
+    def palette(indices: tf.Tensor) -> tf.Tensor:
+        return tf.gather(bmp_colours(image_bytes), tf.cast(indices[..., 0], tf.int32))
 
     return tf.cond(tf.equal(tf.strings.substr(image_bytes, 0, 4), b"GIF8"), gif, other)
 
