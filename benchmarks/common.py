@@ -34,6 +34,11 @@ if _REPO not in sys.path:  # `python benchmarks/x.py` from anywhere
 
 from alexnet_jax.core import errors  # noqa: E402  (light: before NumPy and JAX)
 
+# A Ctrl-C or SIGTERM at any moment, the imports included: one line, exit 130 or 143, the process
+# ended before Python's teardown (Ctrl-C in a compile ended "Fatal Python error: Segmentation
+# fault"; a SIGTERM said nothing at all: hostile pass 20, #73, #75), as the tools do.
+errors.exit_on_ctrl_c(sigterm=True)
+
 # Memory ran out: the benchmarks' own flag, not a run's config fields.
 MEMORY_ADVICE = "Free memory, raise the process's limit (ulimit -v), or lower --batch_size."
 

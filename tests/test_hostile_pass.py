@@ -3027,3 +3027,218 @@ def test_an_evaluation_is_not_refused_for_a_batch_larger_than_the_training_set()
         loop._build(config)
     exp, _ = loop._build(config, training=False)
     assert exp.steps_per_epoch == 1
+
+
+# ---- Hostile pass 20 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("record", [rundir.CONFIG_FILE, rundir.HISTORY_FILE])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_run_record_that_is_a_fifo_or_a_device_is_one_line_not_a_hang(tmp_path, record, kind):
+    """Pass 20, #30-#33: config.json or config_history.jsonl made a FIFO hung compare,
+    `--mode=eval`, `--config=configs/run.py:<run>`, a sweep's rerun and figure1 (the open waits
+    for a writer); linked to /dev/zero, each read until the memory ran out ("out of memory ...
+    lower config.batch_size"). Every record is opened as a regular file or refused in one line."""
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    with open(rundir.metrics_path(workdir), "w") as f:  # (compare reads a run that logged)
+        f.write(json.dumps({"step": 1, "split": "train", "loss": 2.3}) + "\n")
+    path = os.path.join(workdir, record)
+    os.remove(path)
+    os.mkfifo(path) if kind == "fifo" else os.symlink("/dev/zero", path)
+    with pytest.raises(DataError, match=rf"{re.escape(path)} is not a regular file \(a FIFO"):
+        rundir.open_record(path)  # (what every record's reader opens it with)
+    if kind != "fifo":  # (a reader that regressed would fill the memory: not run)
+        return
+    compare = [sys.executable, "-m", "alexnet_jax.tools.compare", workdir, f"--out={tmp_path}/c"]
+    evaluate = [
+        sys.executable,
+        os.path.join(REPO, "main.py"),
+        f"--workdir={workdir}",
+        "--mode=eval",
+    ]
+    for command in (compare, evaluate):
+        proc = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "XLA_FLAGS": ""},
+        )  # fmt: skip
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        if command is compare and proc.returncode == 0:  # (a record it does not need here)
+            continue
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        errors_said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors_said) == 1, proc.stderr[-3000:]
+        assert f"{path} is not a regular file" in errors_said[0]
+
+
+def test_epochs_past_the_update_counts_range_are_schedules_not_overflow_errors():
+    """Pass 20, #50, #51: warmup_epochs=1e30 and lr_drop_epochs=(1e18,) passed validation, then
+    the first step was a 63-line OverflowError (a Python int past int64 in the jitted
+    schedule). A drop past the int32 update count is never reached; a warm-up of 1e30 epochs
+    ramps as slowly as it says. #52: warmup_epochs=1e39 said "must be a number >= 0"."""
+    from alexnet_jax.train import optim
+
+    config = default.get_config()
+    config.update(schedule="step", lr_drop_epochs=(1e18,), learning_rate=0.01, warmup_epochs=0.0)
+    step = jax.jit(optim.make_schedule(config, steps_per_epoch=32))
+    assert float(step(0)) == pytest.approx(0.01)
+    assert float(step(2**31 - 2)) == pytest.approx(0.01)  # the last count before the drop
+    config.update(schedule="constant", warmup_epochs=1e30)
+    warm = jax.jit(optim.make_schedule(config, steps_per_epoch=32))
+    assert 0 < float(warm(0)) == pytest.approx(0.01 / 3.2e31, rel=1e-5)
+    config.warmup_epochs = 1e39
+    with pytest.raises(ConfigError, match=r"warmup_epochs must be a number >= 0 and finite in"):
+        config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "said"), [(2, 130, "interrupted: "), (15, 143, "terminated: ")]
+)
+def test_a_benchmark_stopped_by_ctrl_c_or_sigterm_is_one_line_not_a_crash(signum, code, said):
+    """Pass 20, #73: Ctrl-C to benchmarks/train_step.py during its compile printed its line, then
+    "Fatal Python error: Segmentation fault" (exit 139, 4 of 6 tries; compare_torch.py 2 of 2);
+    #75: a SIGTERM ended it with exit 143 and no line at all. The benchmarks now stop as the
+    tools do (errors.exit_on_ctrl_c): one line, 130 or 143, before Python's teardown."""
+    command = [sys.executable, "benchmarks/train_step.py", "--variant=one_tower", "--batch_size=8"]
+    proc = subprocess.Popen(
+        [*command, "--compile=none", "--repeats=50"], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("# ")  # its header: imports done, compiling next
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr[-3000:]
+    assert stderr.splitlines()[-1:][0].startswith(said), stderr[-3000:]
+    assert "Fatal Python error" not in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "alexnet_jax.tools.compare", "r", "--out=a", "--out=b"],
+        ["-m", "alexnet_jax.tools.launch", "--num_processes=2", "--num_processes=3", "--", "x"],
+        ["-m", "alexnet_jax.tools.predict", "--workdir=a", "--workdir=b", "x.png"],
+        ["-m", "alexnet_jax.tools.export", "--workdir=a", "--to=b.npz", "--to=c.npz"],
+        ["-m", "alexnet_jax.tools.figures", "--workdir=a", "--workdir=b"],
+    ],
+)
+def test_a_tools_flag_given_twice_is_one_line(tmp_path, command):
+    """Pass 20, #69, #70: predict, figures and export (absl) and compare, sweep, figure1 and
+    launch (argparse) took the last of a flag given twice with no word (`launch
+    --num_processes=2 --num_processes=3` ran 3), as main.py did before pass 18 #57."""
+    proc = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    flag = next(a for a in command[2:] if a.startswith("--") and a.endswith(("=b", "=3", "=c.npz")))
+    assert line.startswith(f"error: {flag.split('=')[0]} is given twice: give it once."), line
+
+
+@pytest.mark.parametrize("tool", ["compare", "sweep", "figure1", "launch"])
+def test_the_argparse_tools_run_under_python_oo(tool):
+    """Pass 20, #71: `python -OO -m alexnet_jax.tools.compare` (sweep, figure1, launch), any
+    arguments, was an AttributeError traceback: -OO drops the docstring their --help is
+    described by."""
+    proc = subprocess.run(
+        [sys.executable, "-OO", "-m", f"alexnet_jax.tools.{tool}", "--help"], cwd=REPO,
+        capture_output=True, text=True, timeout=60, env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage: python -m alexnet_jax.tools.")
+
+
+def test_a_resume_under_other_xla_flags_is_recorded_and_warned(tmp_path, monkeypatch, capsys):
+    """Pass 20, #15: a resume with --noproject_xla_flags (XLA's defaults) went on without a word:
+    its steps differed from the uninterrupted run's in the last bits (grad_norm 0.70761931 vs
+    0.70761937), and nothing in the run said why. Each start records XLA_FLAGS in its history;
+    a resume under others is warned about."""
+    config, workdir = tiny_config(str(tmp_path)), str(tmp_path / "run")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    rundir.record_start(config, workdir, 0, [])
+    rundir.record_start(config, workdir, 4, [])  # the same flags: no word
+    assert "XLA_FLAGS is" not in capsys.readouterr().err
+    monkeypatch.setenv("XLA_FLAGS", "")
+    rundir.record_start(config, workdir, 8, [])
+    (warning,) = [w for w in _warnings(capsys) if "XLA_FLAGS is" in w]
+    assert "XLA_FLAGS is '', where the run's last start (step 4) had '--xla_cpu_enable" in warning
+    assert [e["xla_flags"] for e in rundir.read_history(workdir)] == [
+        "--xla_cpu_enable_fast_math=false", "--xla_cpu_enable_fast_math=false", ""
+    ]  # fmt: skip
+
+
+def test_compare_leaves_out_timings_that_are_not_finite():
+    """Pass 20, #27: a train row with `"images_per_sec": NaN, "step_time_ms": Infinity` (written
+    by hand) made compare's table say `nan` images/s and `inf` train s, no word (pass 15 #75
+    fixed the same for evaluations). A speed that is not finite is left out of the median; a
+    step time that is not finite leaves the train time unknown ("-")."""
+    from alexnet_jax.tools import compare
+
+    rows = [
+        {"step": 1, "split": "train", "loss": 2.0, "images_per_sec": float("nan"),
+         "step_time_ms": float("inf")},
+        {"step": 2, "split": "train", "loss": 1.9, "images_per_sec": 80.0, "step_time_ms": 100.0},
+        {"step": 3, "split": "train", "loss": 1.8, "images_per_sec": 120.0, "step_time_ms": 100.0},
+    ]  # fmt: skip
+    values = compare.summarize_records(rows)
+    assert values["images_per_sec"] == 100.0
+    assert "train_seconds" not in values
+    assert compare.summarize_records(rows[1:])["train_seconds"] == pytest.approx(0.3)
+
+
+def test_matplotlibs_config_folder_warnings_do_not_reach_compare_s_console(tmp_path):
+    """Pass 20, #76: with MPLCONFIGDIR a regular file, compare printed matplotlib's two lines
+    ("mkdir -p failed ...", "Matplotlib created a temporary cache directory ...") where main.py,
+    figures and predict stay silent; they have no bearing on the figures."""
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    with open(rundir.metrics_path(workdir), "w") as f:
+        f.write(json.dumps({"step": 1, "split": "train", "loss": 2.3}) + "\n")
+    (tmp_path / "a_file").write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.compare", workdir, f"--out={tmp_path}/c"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MPLCONFIGDIR": str(tmp_path / "a_file"), "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_a_workdir_that_goes_up_out_of_a_missing_folder_is_refused_before_making_it(tmp_path):
+    """Pass 20, #42: `--workdir=scratch/nx/../W5`, nx missing, trained in W5 and left an empty
+    scratch/nx behind (os.makedirs made it to go up out of it); refused runs left one too. The
+    path is refused before any folder is made; one whose folders exist is taken as it is."""
+    with pytest.raises(UserError, match=r"goes up \(\.\.\) out of .*/nx, which does not exist"):
+        rundir.check_is_directory(str(tmp_path / "nx" / ".." / "w"))
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "there").mkdir()
+    rundir.check_is_directory(str(tmp_path / "there" / ".." / "w"))
+
+
+def test_a_signal_after_the_exits_line_ends_with_that_line_and_its_code():
+    """Pass 20, #12: a SIGTERM 0.1 s after a Ctrl-C (the run saved and printed `interrupted:
+    saved step 7 ...`) printed a second line, `terminated: ...`, and exit code 143 for 130 (2 of
+    4 tries). Once the exit's line is out, a stop signal ends the process at once with that
+    line's code and no line of its own."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.exit_on_ctrl_c(sigterm=True)\n"
+        "try:\n"
+        "    with errors.reported_as_exit():\n"
+        "        raise errors.Interrupted('saved step 7 in w; rerun the same command to resume.')\n"
+        "finally:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # (during the unwinding after the line)\n"
+        "    time.sleep(5)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "interrupted: saved step 7 in w; rerun the same command to resume."
+    ]

@@ -638,11 +638,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         refuse_circular_flagfiles(argv)
         with console.flag_help():
-            return flags.FLAGS([argv[0], *map(expand_user, argv[1:])])
+            rest = flags.FLAGS([argv[0], *map(expand_user, argv[1:])])
     except flags.Error as e:
         _exit(f"error: {str(e).rstrip('.')}. See --helpshort.", 2)
     except UserError as e:
         _exit(f"error: {e}", 2)
+    for name in list(flags.FLAGS):  # (hostile pass 20, #69: the last one won, no word)
+        flag = flags.FLAGS[name]
+        if flag.present > 1 and not isinstance(flag, flags.MultiFlag) and name == flag.name:
+            _exit(f"error: --{name} is given twice: give it once. See --helpshort.", 2)
+    return rest
 
 
 def is_utf8(text: str) -> bool:
@@ -724,8 +729,19 @@ class ArgumentParser(argparse.ArgumentParser):
         _exit(f"error: {message.rstrip('.')}. See --help.", 2)
 
     def parse_known_args(self, args=None, namespace=None):
-        """argparse's, with a leading ~ of each path expanded (expand_user)."""
+        """argparse's, with a leading ~ of each path expanded (expand_user), and an option given
+        twice refused (argparse keeps the last: hostile pass 20, #70)."""
         args = sys.argv[1:] if args is None else list(args)
+        given = set()
+        for word in args:
+            if word == "--":  # (a command's own arguments follow: launch)
+                break
+            action = self._option_string_actions.get(word.split("=", 1)[0])
+            if action is None or isinstance(action, argparse._AppendAction):
+                continue
+            if action.dest in given:
+                self.error(f"{word.split('=', 1)[0]} is given twice: give it once")
+            given.add(action.dest)
         return super().parse_known_args([expand_user(a) for a in args], namespace)
 
 
@@ -758,7 +774,26 @@ def _exit(message: str, code: int) -> None:
     if stopped is not None:  # the stop's line is out: this error is its echo (a read it cut)
         sys.exit(128 + stopped)
     tell(noting_missing_cwd(message) if code == 2 else message)
+    _end_at_once_on_a_signal(code)
     sys.exit(code)
+
+
+def _end_at_once_on_a_signal(code: int) -> None:
+    """From now on (the exit's line is out) a SIGINT, SIGTERM or SIGHUP ends the process at once
+    with `code` and no line of its own: a SIGTERM 0.1 s after a Ctrl-C's save printed a
+    `terminated:` line under the `interrupted:` one and turned exit code 130 into 143 (hostile
+    pass 20, #12). Only for the signals exit_on_ctrl_c took, in the main thread."""
+
+    def end(*_):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        for each in _ignored_once_done:  # (the signals exit_on_ctrl_c took: an entry point's)
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(each, end)
 
 
 def tell(line: str) -> None:

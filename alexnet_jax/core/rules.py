@@ -33,6 +33,12 @@ def is_number(value: Any) -> bool:
     return numeric and not isinstance(value, bool) and abs(float(value)) <= _FLOAT32_MAX
 
 
+def _out_of_float32(value: Any) -> bool:
+    """A number that is_number refuses only for its size: inf, NaN, or beyond float32."""
+    numeric = isinstance(value, int | float | np.integer | np.floating)
+    return numeric and not isinstance(value, bool) and not is_number(value)
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
@@ -59,6 +65,8 @@ def check(config: Any, rules: Sequence[Rule]) -> None:
         if not ok(config):
             text = requirement(config) if callable(requirement) else requirement
             got = f", got {_one_line(config[field])}" if len(names) == 1 else ""
+            if got and _out_of_float32(config[field]):  # (1e39 ">= 0": pass 20, #52)
+                text += f" and finite in float32 (at most {_FLOAT32_MAX:.1e} in size)"
             raise ConfigError(f"config.{field} must be {text}{got}.")
 
 

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -193,6 +194,15 @@ def check_is_directory(workdir: str) -> None:
         raise DataError(
             f"--workdir={workdir} is a file, not a directory: choose another --workdir."
         )
+    parts = workdir.split(os.sep)
+    for i, part in enumerate(parts):  # (os.makedirs made the missing folder before a `..`: an
+        # empty folder left behind, hostile pass 20, #42)
+        before = os.sep.join(parts[:i]) or (os.sep if workdir.startswith(os.sep) else ".")
+        if part == ".." and not os.path.isdir(before):
+            raise UserError(
+                f"--workdir={workdir} goes up (..) out of {before}, which does not exist: give "
+                "the path without it."
+            )
     refuse_inside_checkpoints(workdir, "--workdir")
     for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, LOCK_FILE, METRICS_FILE, CURVES_FILE):
         path = os.path.join(workdir, name)
@@ -335,9 +345,9 @@ def live_writer(workdir: str) -> str | None:
     another process of this host that still runs (a training run writing its checkpoints);
     else None."""
     try:
-        with open(os.path.join(workdir, LOCK_FILE)) as f:
+        with open_record(os.path.join(workdir, LOCK_FILE)) as f:
             holder = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, DataError):
         return None
     if not _holds_a_pid(holder):
         return None
@@ -606,6 +616,16 @@ def record_start(
             "by hand, copied, or written by a start that crashed): the changes are listed from "
             f"it, and {HISTORY_FILE} marks this entry config_json_edited."
         )
+    # XLA's flags change the last bits of the numbers (--noproject_xla_flags on a resume made
+    # the resumed steps differ from the uninterrupted run's, no word: hostile pass 20, #15).
+    entry["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    last = next((e for e in reversed(read_history(workdir, warn=False)) if "xla_flags" in e), {})
+    if last and last["xla_flags"] != entry["xla_flags"]:
+        console.warning(
+            f"XLA_FLAGS is {entry['xla_flags']!r}, where the run's last start (step "
+            f"{last.get('step')}) had {last['xla_flags']!r}: the steps from here may differ from "
+            "an uninterrupted run's in their last bits (recorded in its history)."
+        )
     if dataset_changes:
         entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
     if changes or dataset_changes:
@@ -810,10 +830,26 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         write_atomically(config_path(workdir), config.to_json(indent=2))
 
 
+def open_record(path: str, mode: str = "r"):
+    """`open(path, mode)` for reading one of a run's records, which must be a regular file
+    (through links): a FIFO in its place hung compare, sweep and --mode=eval (its open waits
+    for a writer), /dev/zero filled the memory (hostile pass 20, #30-#33). DataError for one
+    that is not; FileNotFoundError as open's."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, then is refused)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(
+            f"{path} is not a regular file (a FIFO, a device or a directory), so it cannot be "
+            "the run's record: restore it from a copy of the run, or remove it."
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode)
+
+
 def _read_json(path: str, what: str) -> Any:
     """The JSON value in `path`; DataError saying it is not `what` when it cannot be parsed."""
     try:
-        with open(path) as f:
+        with open_record(path) as f:
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is damaged ({e}): it is not {what}.") from None
@@ -910,7 +946,7 @@ def read_jsonl(path: str, warn: bool = True) -> list[dict]:
     integer or "split" not a name (an edited file) dropped, with a warning when `warn` (once
     per process: hostile pass 18, #48)."""
     records = []
-    with open(path, "rb") as f:
+    with open_record(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -13,6 +13,13 @@ if sys.argv[:1] == ["-m"]:
     from alexnet_jax.core import errors
 
     errors.exit_on_ctrl_c(sigterm=True)
+    import logging
+
+    # matplotlib's own warnings about its config folder (MPLCONFIGDIR a file, HOME read-only) are
+    # two lines with no bearing on the figures (drawn on canvases, nothing cached): compare,
+    # sweep and figure1 printed them through Python's last-resort handler, the absl tools
+    # not (hostile pass 20, #76).
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     with errors.reported_as_exit():  # before NumPy, JAX and TensorFlow are imported
         errors.check_start()
         if "alexnet_jax.tools.launch" not in getattr(sys, "orig_argv", []):  # (it stays light)

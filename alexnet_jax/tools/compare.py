@@ -129,8 +129,8 @@ def _train_seconds(train: Sequence[dict]) -> float | None:
     """The logged step times summed: each line's step_time_ms covers the steps since the last."""
     total, previous = 0.0, 0
     for r in train:
-        if "step_time_ms" not in r:
-            return None
+        if not np.isfinite(r.get("step_time_ms", np.nan)):  # (a NaN or Infinity written by
+            return None  # hand: "inf" train s, hostile pass 20, #27)
         total += r["step_time_ms"] / 1000.0 * max(r["step"] - previous, 0)
         previous = r["step"]
     return total if train else None
@@ -170,7 +170,7 @@ def summarize_records(
     if on_train:
         values["train_top1_error"] = on_train[-1][rundir.TOP1_ERROR]
         values["gap"] = values["final_top1_error"] - values["train_top1_error"]
-    speeds = [r["images_per_sec"] for r in train if "images_per_sec" in r]
+    speeds = [r["images_per_sec"] for r in train if np.isfinite(r.get("images_per_sec", np.nan))]
     if speeds:
         values["images_per_sec"] = float(np.median(speeds))
     seconds = _train_seconds(train)
@@ -234,7 +234,9 @@ def summarize_run(
 
 
 def _is_run(path: str) -> bool:
-    return os.path.isfile(rundir.metrics_path(path)) or os.path.isfile(rundir.config_path(path))
+    """A folder with a metrics.jsonl or config.json: a run's (one that is not a regular file is
+    then refused by name, not taken for no run at all: hostile pass 20, #30)."""
+    return os.path.lexists(rundir.metrics_path(path)) or os.path.lexists(rundir.config_path(path))
 
 
 def _arm_and_seed(name: str) -> tuple[str, int | None]:
@@ -623,7 +625,7 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = errors.ArgumentParser(
-        prog="python -m alexnet_jax.tools.compare", description=__doc__.split("\n")[0]
+        prog="python -m alexnet_jax.tools.compare", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories")
     parser.add_argument("--out", help="path prefix of the .md, .csv and .png written")

@@ -219,7 +219,7 @@ def plot(curves: dict, firsts: dict, out_path: str, threshold: float = THRESHOLD
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = errors.ArgumentParser(
-        prog="python -m alexnet_jax.tools.figure1", description=__doc__.split("\n")[0]
+        prog="python -m alexnet_jax.tools.figure1", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--sweep_dir", required=True, help="the sweep of sweeps/figure1.py")
     parser.add_argument("--arms", default="relu,tanh", help="two arms: the first is the ratio's 1")

@@ -288,7 +288,7 @@ _seconds = _checked(float, lambda v: 0 <= v < float("inf"), "a number of seconds
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = errors.ArgumentParser(
-        prog="python -m alexnet_jax.tools.launch", description=__doc__.split("\n")[0]
+        prog="python -m alexnet_jax.tools.launch", description=(__doc__ or "").split("\n")[0]
     )
     count = _int_at_least(1)
     parser.add_argument("--num_processes", type=count, default=2, help="local processes (hosts)")

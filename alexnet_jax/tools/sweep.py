@@ -546,7 +546,7 @@ def _report(runs: Sequence[Run], outcomes: dict, sweep_dir: str, say: Callable) 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = errors.ArgumentParser(
-        prog="python -m alexnet_jax.tools.sweep", description=__doc__.split("\n")[0]
+        prog="python -m alexnet_jax.tools.sweep", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--sweep", help="sweep file: a Python file with get_sweep()")
     parser.add_argument("--config", help="base config file (or 'config' in the sweep file)")

@@ -189,17 +189,22 @@ def set_lr_scale(opt_state: optax.OptState, scale: float | jax.Array) -> optax.O
 # ---- Schedules ---------------------------------------------------------------------------------
 
 
+_LAST_COUNT = int(np.iinfo(np.int32).max)  # optax's update count is an int32
+
+
 def epochs_to_step_boundaries(
     drop_epochs: Sequence[float], steps_per_epoch: int, factor: float
 ) -> dict[int, float]:
     """Maps drop epochs to `{step: factor}` for `optax.piecewise_constant_schedule`.
 
     Epoch e starts at step round(e * steps_per_epoch); the drop applies from that step on (the first
-    step of the epoch). Epochs landing on the same step multiply their factors.
+    step of the epoch). Epochs landing on the same step multiply their factors. A step past the
+    update count's range (int32) is never reached and is kept at its end: a drop at epoch 1e18
+    was an OverflowError traceback at the first step (hostile pass 20, #51).
     """
     boundaries: dict[int, float] = {}
     for epoch in drop_epochs:
-        step = round(float(epoch) * steps_per_epoch)
+        step = min(round(float(epoch) * steps_per_epoch), _LAST_COUNT)
         boundaries[step] = boundaries.get(step, 1.0) * factor
     return boundaries
 
@@ -256,8 +261,8 @@ def with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
     if warmup_steps <= 0:
         return schedule
 
-    def warmed_up(count):
-        ramp = jnp.minimum(1.0, (jnp.asarray(count, jnp.float32) + 1.0) / warmup_steps)
+    def warmed_up(count):  # (a float: warmup_epochs=1e30 overflowed an int, pass 20 #50)
+        ramp = jnp.minimum(1.0, (jnp.asarray(count, jnp.float32) + 1.0) / float(warmup_steps))
         return schedule(count) * ramp
 
     return warmed_up
