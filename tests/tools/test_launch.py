@@ -330,13 +330,19 @@ def test_the_processes_of_a_killed_launcher_stop(start_launcher, wrapper):
     Pass 15, #31: through a wrapper (`-- timeout 600 python main.py`) the parent is the
     wrapper, which outlives the launcher: such a process watches the launcher itself."""
     launcher = start_launcher("--num_processes=2", worker=_OUTLIVES, wrapper=wrapper)
+    assert _all_stop_once_the_launcher_is_killed(launcher, within_s=10)
+
+
+def _all_stop_once_the_launcher_is_killed(launcher, within_s: float) -> bool:
+    """Kills the launcher (SIGKILL) once its processes print "watching"; whether all of them
+    are gone within `within_s` seconds."""
     launcher.wait_for("watching", count=2)
     pids = [int(p) for p in re.findall(r"\[launch\] process \d+: pid (\d+)", launcher.output)]
     os.kill(launcher.proc.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
+    return not any(_alive(pid) for pid in pids)
 
 
 _HUNG = """
@@ -356,15 +362,9 @@ def test_the_hung_processes_of_a_killed_launcher_kill_themselves_after_grace_s(
     """Hostile pass 19, #46 (docs/RELIABILITY.md): the processes of a launcher killed by
     `timeout -s KILL` hung in a collective (2 CPU devices per process over gloo) and ran on:
     their SIGTERM only sets the flag that the next step reads, and that step never came.
-    Each now kills itself --grace_s after the launcher is gone, with one line saying so."""
+    Each now kills itself --grace_s after the launcher is gone (a line in its log says so)."""
     launcher = start_launcher("--num_processes=2", "--grace_s=1", worker=_HUNG, wrapper=wrapper)
-    launcher.wait_for("watching", count=2)
-    pids = [int(p) for p in re.findall(r"\[launch\] process \d+: pid (\d+)", launcher.output)]
-    os.kill(launcher.proc.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
+    assert _all_stop_once_the_launcher_is_killed(launcher, within_s=15)
 
 
 def _alive(pid: int) -> bool:
