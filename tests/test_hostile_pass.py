@@ -3155,19 +3155,20 @@ def test_a_resume_under_other_xla_flags_is_recorded_and_warned(tmp_path, monkeyp
     """Pass 20, #15: a resume with --noproject_xla_flags (XLA's defaults) went on without a word:
     its steps differed from the uninterrupted run's in the last bits (grad_norm 0.70761931 vs
     0.70761937), and nothing in the run said why. Each start records XLA_FLAGS in its history;
-    a resume under others is warned about."""
+    a resume under others is warned about. Pass 21, #32, #33: the same flags reordered or
+    respaced are no change."""
     config, workdir = tiny_config(str(tmp_path)), str(tmp_path / "run")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-    rundir.record_start(config, workdir, 0, [])
-    rundir.record_start(config, workdir, 4, [])  # the same flags: no word
-    assert "XLA_FLAGS is" not in capsys.readouterr().err
-    monkeypatch.setenv("XLA_FLAGS", "")
-    rundir.record_start(config, workdir, 8, [])
+    starts = [
+        "--xla_cpu_enable_fast_math=false --xla_cpu_multi_thread_eigen=true",
+        "  --xla_cpu_multi_thread_eigen=true   --xla_cpu_enable_fast_math=false ",  # the same
+        "",
+    ]
+    for step, flags in enumerate(starts):
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        rundir.record_start(config, workdir, 4 * step, [])
     (warning,) = [w for w in _warnings(capsys) if "XLA_FLAGS is" in w]
-    assert "XLA_FLAGS is '', where the run's last start (step 4) had '--xla_cpu_enable" in warning
-    assert [e["xla_flags"] for e in rundir.read_history(workdir)] == [
-        "--xla_cpu_enable_fast_math=false", "--xla_cpu_enable_fast_math=false", ""
-    ]  # fmt: skip
+    assert f"XLA_FLAGS is '', where the run's last start (step 4) had {starts[1]!r}" in warning
+    assert [e["xla_flags"] for e in rundir.read_history(workdir)] == starts
 
 
 def test_compare_leaves_out_timings_that_are_not_finite():
@@ -3242,3 +3243,54 @@ def test_a_signal_after_the_exits_line_ends_with_that_line_and_its_code():
     assert proc.stderr.splitlines() == [
         "interrupted: saved step 7 in w; rerun the same command to resume."
     ]
+
+
+def test_a_hard_linked_copy_of_a_run_writes_no_line_into_the_original(tmp_path):
+    """Pass 21, #57: a `cp -al` copy of a finished run (its files hard links to the original's,
+    as snapshot backups make them), extended, appended its `resume` and `finished` lines to the
+    original's config_history.jsonl (and would have to its metrics.jsonl), which then refused to
+    resume or evaluate ("config.json is not the config the run recorded"). A record shared with
+    another file is made the run's own before it is appended to."""
+    original = tmp_path / "original"
+    original.mkdir()
+    history = original / rundir.HISTORY_FILE
+    rundir.append_jsonl(str(history), {"step": 16, "event": "finished"})
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    os.link(history, copy / rundir.HISTORY_FILE)
+    rundir.append_jsonl(str(copy / rundir.HISTORY_FILE), {"step": 20, "event": "finished"})
+    assert rundir.read_jsonl(str(history)) == [{"step": 16, "event": "finished"}]
+    assert [e["step"] for e in rundir.read_jsonl(str(copy / rundir.HISTORY_FILE))] == [16, 20]
+    assert os.stat(history).st_nlink == 1
+
+
+def test_a_config_json_linked_to_nothing_is_named_as_such(tmp_path):
+    """Pass 21, #55: config.json a link to a file that does not exist: `--mode=eval` said "holds
+    no run (no config.json): train first", and training then "is not a file (a directory?)".
+    Both now say it is a link to nothing, naming its target."""
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    os.remove(rundir.config_path(workdir))
+    os.symlink("/nonexistent/config.json", rundir.config_path(workdir))
+    said = r"config.json is .*a link to /nonexistent/config.json, which does not exist"
+    with pytest.raises(DataError, match=said):
+        rundir.read_config_dict(workdir)
+    with pytest.raises(DataError, match=said):
+        rundir.check_is_directory(workdir)
+
+
+def test_compare_of_a_sweep_with_an_arm_still_starting_shows_the_others(tmp_path):
+    """Pass 21, #40: a run with its config.json but no metrics.jsonl yet (a sweep's arm still
+    compiling) made compare of the whole folder one error ("metrics.jsonl not found ... has
+    not logged a step yet"), no table for the runs that had. It is a row with nothing logged."""
+    from alexnet_jax.tools import compare
+    from tests.conftest import write_tiny_run
+
+    for arm in ("a", "b"):
+        write_tiny_run(str(tmp_path / arm))
+    with open(rundir.metrics_path(str(tmp_path / "a" / "run")), "w") as f:
+        f.write(json.dumps({"step": 1, "split": "train", "loss": 2.3}) + "\n")
+    compare.main([str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"), f"--out={tmp_path}/c"])
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert len(rows) == 3, rows  # the header, a's row, b's row

@@ -705,15 +705,25 @@ _CLASS_ARCHIVE = re.compile(r"(n\d{8})\.tar")  # a training archive's member: on
 def _check_archives(manual_dir: str, remedy: str) -> None:
     """Reads every header of both archives before the build (seconds; the build, hours, failed
     in a traceback at a cut or damaged archive, or at a file of another name): DataError naming
-    the archive (or those files) and `remedy`."""
+    the archive (or those files) and `remedy`. A class archive that is a link to another member
+    is refused too: its images are that class's (tfds then met each image twice, a traceback:
+    hostile pass 21, #24, #25)."""
     train, val = (os.path.join(manual_dir, name) for name in IMAGENET_ARCHIVES)
     synsets = set(miniature.imagenet_synsets())
-    strangers = []
-    for name in _archive_files(train, remedy):
+    strangers, links = [], []
+    for name, is_link in _archive_files(train, remedy):
         found = _CLASS_ARCHIVE.fullmatch(name)
         if found is None or found[1] not in synsets:
             strangers.append(name)
+        elif is_link:
+            links.append(name)
     _refuse_strangers(train, strangers, "class archives (<synset>.tar: n01440764.tar)", remedy)
+    if links:
+        raise DataError(
+            f"The archive {train} holds {len(links)} class archive(s) that are links to other "
+            f"members, so their images would be another class's: {name_list(links)}. Make the "
+            f"archive again of plain files, or {remedy}."
+        )
     _labels_by_file_name(val, remedy)
 
 
@@ -724,10 +734,11 @@ def _labels_by_file_name(val_path: str, remedy: str = DOWNLOAD_AGAIN) -> dict[st
     tfds's own get_validation_labels zips the SORTED member names with the first len(members)
     shipped labels, which is right only for the complete 50,000-file archive; by-number lookup
     gives the same labels there and the right ones for a subset such as the miniature archive.
+    Keyed by the names tfds gives the files (`_archive_files`), links included.
     """
     labels = miniature.validation_labels()
     numbers, strangers = {}, []
-    for name in _archive_files(val_path, remedy):
+    for name, _ in _archive_files(val_path, remedy):
         found = _VALIDATION_FILE.fullmatch(os.path.basename(name))
         if found and 1 <= int(found[1]) <= len(labels):
             numbers[name] = int(found[1])
@@ -738,15 +749,36 @@ def _labels_by_file_name(val_path: str, remedy: str = DOWNLOAD_AGAIN) -> dict[st
     return {name: labels[number - 1] for name, number in numbers.items()}
 
 
-def _archive_files(path: str, remedy: str) -> list[str]:
-    """The names of the files in the tar `path`, every header read (a cut archive fails at the
-    first member past its end): DataError naming it when it is not a readable tar. Compressed
-    tars are read too, as tfds reads them."""
+def _archive_files(path: str, remedy: str) -> list[tuple[str, bool]]:
+    """(name, is a link) of each file of the tar `path` as tfds's reader gives it (extractor's
+    iter_tar: files and links to files, `./` and other normalizations dropped from the name,
+    hidden and backup files skipped), every header read (a cut archive fails at the first member
+    past its end): DataError naming it when it is not a readable tar, or when a name comes twice
+    (`tar -r` of a file already in it: tfds failed in a traceback, two examples with one key).
+    Compressed tars are read too, as tfds reads them."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            return [member.name for member in tar.getmembers() if member.isfile()]
+            members = [m for m in tar.getmembers() if m.isfile() or m.islnk() or m.issym()]
     except (tarfile.TarError, EOFError) as e:
         raise _unreadable_archive(f"The archive {path}", e, remedy) from None
+    found = [(_as_tfds_names_it(m.name), m.islnk() or m.issym()) for m in members]
+    found = [(name, is_link) for name, is_link in found if name is not None]
+    names = [name for name, _ in found]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise DataError(
+            f"The archive {path} holds {len(twice)} name(s) more than once (a file added again: "
+            f"tar -r): {name_list(twice)}. Make the archive again with each file once, or "
+            f"{remedy}."
+        )
+    return found
+
+
+def _as_tfds_names_it(name: str) -> str | None:
+    """A member's name as tfds's iter_tar yields it (its _normpath): normalized (`./a` is `a`),
+    None for a name it skips (hidden, absolute, above the archive, a backup~)."""
+    name = os.path.normpath(name)
+    skipped = name.startswith(".") or os.path.isabs(name) or name.endswith("~")
+    return None if skipped or os.path.basename(name).startswith(".") else name
 
 
 def _unreadable_archive(what: str, error: BaseException, remedy: str) -> DataError:

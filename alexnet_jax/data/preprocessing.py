@@ -316,9 +316,12 @@ def is_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
 def is_compressed_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
     """bool: whether a palette BMP's pixels are compressed (RLE8, or any code but BI_RGB):
     TensorFlow's decoder ignores the compression field and, when the file is long enough,
-    reads the codes as pixels; Pillow decodes RLE8."""
-    compression = _little_endian(_head(image_bytes, 34), 30, 4)
-    return is_palette_bmp(image_bytes) & tf.not_equal(compression, 0)
+    reads the codes as pixels; Pillow decodes RLE8. Also one whose colour table claims more
+    than 256 entries, which Pillow (predict) refuses ("invalid palette size": hostile pass 21,
+    #51): refused alike."""
+    b = _head(image_bytes, 50)
+    compression, used = _little_endian(b, 30, 4), _little_endian(b, 46, 4)
+    return is_palette_bmp(image_bytes) & (tf.not_equal(compression, 0) | (used > 256))
 
 
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -207,8 +207,11 @@ def check_is_directory(workdir: str) -> None:
     for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, LOCK_FILE, METRICS_FILE, CURVES_FILE):
         path = os.path.join(workdir, name)
         if os.path.lexists(path) and not os.path.isfile(path):
+            what = "a directory?"
+            if not os.path.exists(path):
+                what = f"a link to {os.readlink(path)}, which does not exist"
             raise DataError(
-                f"{path} is not a file (a directory?), but a run writes its {name} there: move "
+                f"{path} is not a file ({what}), but a run writes its {name} there: move "
                 "it out of the way, or choose another --workdir."
             )
     for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, METRICS_FILE):  # (hostile pass 16, #78)
@@ -584,6 +587,13 @@ def _history_entry(step: int, event: str, **fields: Any) -> dict:
     return {"step": step, "time": when, "host": socket.gethostname(), "event": event, **fields}
 
 
+def _xla_settings(xla_flags: Any) -> dict[str, str]:
+    """What an XLA_FLAGS value sets: each flag's last value, whatever their order and spacing
+    (the same flags reordered were warned about as a change: hostile pass 21, #32, #33)."""
+    words = xla_flags.split() if isinstance(xla_flags, str) else []
+    return dict([*word.split("=", 1), ""][:2] for word in words)
+
+
 def record_start(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -620,7 +630,7 @@ def record_start(
     # the resumed steps differ from the uninterrupted run's, no word: hostile pass 20, #15).
     entry["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     last = next((e for e in reversed(read_history(workdir, warn=False)) if "xla_flags" in e), {})
-    if last and last["xla_flags"] != entry["xla_flags"]:
+    if last and _xla_settings(last["xla_flags"]) != _xla_settings(entry["xla_flags"]):
         console.warning(
             f"XLA_FLAGS is {entry['xla_flags']!r}, where the run's last start (step "
             f"{last.get('step')}) had {last['xla_flags']!r}: the steps from here may differ from "
@@ -835,7 +845,15 @@ def open_record(path: str, mode: str = "r"):
     (through links): a FIFO in its place hung compare, sweep and --mode=eval (its open waits
     for a writer), /dev/zero filled the memory (hostile pass 20, #30-#33). DataError for one
     that is not; FileNotFoundError as open's."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, then is refused)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, then refused)
+    except FileNotFoundError:
+        if os.path.islink(path):  # (pass 21, #55: "no config.json: train first", which failed)
+            raise DataError(
+                f"{path} is a link to {os.readlink(path)}, which does not exist: restore the "
+                "file from a copy of the run, or remove the link."
+            ) from None
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise DataError(
@@ -862,7 +880,7 @@ def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] 
     a start that crashed before its history entry (a resume with --allow_config_change takes it
     as it is, and records it)."""
     path = config_path(workdir)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):  # (a link to nothing is refused by name: open_record)
         return None
     config = _read_config_file(workdir)
     recorded = _recorded_config_digest(workdir) if check_digest else None
@@ -975,6 +993,7 @@ def append_jsonl(path: str, record: dict) -> None:
     """Appends one whole line: one write call, and a write that fails part-way is cut back off,
     so a reader never meets half a line from this process."""
     line = (json.dumps(record) + "\n").encode()
+    _own_copy(path)
     _cut_off_partial_line(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -990,6 +1009,17 @@ def append_jsonl(path: str, record: dict) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _own_copy(path: str) -> None:
+    """A file with other hard links (a run copied with `cp -al`, as snapshot backups do) is
+    replaced by a copy of its own before it is appended to or cut: the copy's resume wrote its
+    history lines into the original run's too, which then refused to resume or evaluate
+    (hostile pass 21, #57). Other records are written whole, through a rename."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_nlink > 1:
+            with open_record(path, "rb") as f:
+                write_atomically(path, f.read())
 
 
 def _cut_off_partial_line(path: str) -> None:

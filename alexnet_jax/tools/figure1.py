@@ -105,6 +105,7 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
             if curve and curve[-1][0] < 1:
                 short[run.arm].append(f"{run.workdir} reached epoch {curve[-1][0]:.3g}")
             elif curve:
+                _check_activation(run.arm, run.workdir)
                 found[run.arm].append(records)
                 if rundir.read_history(run.workdir) and rundir.finished_step(run.workdir) is None:
                     unfinished[run.arm].append(f"{run.workdir} (epoch {curve[-1][0]:.3g})")
@@ -128,6 +129,20 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
                 "command to finish them."
             )
     return found
+
+
+def _check_activation(arm: str, workdir: str) -> None:
+    """DataError when an arm named after an activation (relu, tanh) trained with another: its
+    curve was drawn and counted under the name ("ratio tanh / relu: 1.00" from two ReLU runs:
+    hostile pass 21, #49)."""
+    config = rundir.read_config_dict(workdir) or {}
+    trained = config.get("activation")
+    if arm in ("relu", "tanh") and trained is not None and trained != arm:
+        raise DataError(
+            f"The arm {arm}'s run {workdir} trained with activation={trained!r}, not {arm}: "
+            f"its curve is not {arm}'s. Rerun the arm with :activation={arm}, or name it "
+            "after what it trains (--arms)."
+        )
 
 
 def _missing_remedy(sweep_dir: str, missing: Sequence[str]) -> str:

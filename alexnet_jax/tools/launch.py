@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -338,8 +339,23 @@ def warn_of_a_replaced_device_count(devices_per_process: int) -> None:
         )
 
 
+def refuse_another_python(command: Sequence[str]) -> None:
+    """`-- python main.py` ran the first python on PATH, which is not this one (its packages
+    missing): each process a ModuleNotFoundError traceback (hostile pass 21, #68). One line,
+    exit 2, naming both; a `.py` runs with this Python."""
+    found = shutil.which(command[0]) if re.fullmatch(r"python[\d.]*", command[0]) else None
+    if found and os.path.realpath(found) != os.path.realpath(sys.executable):
+        errors.tell(
+            f"error: -- {command[0]} runs {found}, not this Python ({sys.executable}), which "
+            f"has the project's packages: give the script alone (-- {' '.join(command[1:2])} "
+            "...; a .py runs with this Python), or the full path of the python to use."
+        )
+        sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    refuse_another_python(args.command)
     warn_of_a_replaced_device_count(args.devices_per_process)
     supervisor = Supervisor([], args.grace_s, args.process_log_dir)
     for signum in _STOP_SIGNALS:  # before the start: no signal may leave processes orphaned

@@ -226,3 +226,16 @@ def test_grey_and_true_colour_bmps_decode_as_before(kind):
     tf_own = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
     tf_own = np.repeat(tf_own, 3, axis=-1) if tf_own.shape[-1] == 1 else tf_own[..., :3]
     np.testing.assert_array_equal(decoded, tf_own)
+
+
+def test_a_palette_bmp_whose_table_claims_over_256_colours_is_refused_as_pillow_refuses_it():
+    """Hostile pass 21, #51: an 8-bit BMP whose biClrUsed says 300 was read by training (its
+    table cut to 256) and refused by predict (Pillow: "invalid palette size"). Training refuses
+    it too: an undecodable example, named, as in predict."""
+    image = Image.fromarray(_regions(37)).convert("P")
+    data = bytearray(_bmp(image))
+    data[46:50] = (300).to_bytes(4, "little")  # biClrUsed
+    with pytest.raises(ValueError, match="invalid palette size"):
+        _pillow(bytes(data))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="compressed palette BMP"):
+        preprocessing.decode_rgb(tf.constant(bytes(data)))

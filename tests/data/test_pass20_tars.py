@@ -175,3 +175,68 @@ def test_a_cut_short_miniature_archive_is_one_error_line_and_regenerated_as_it_s
     done = _prepare(repo_root, tmp_path, *flags, imagenet=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Prepared the miniature data: 8 training and 4 eval examples" in done.stdout
+
+
+# ---- Hostile pass 21: archives made with other tools ------------------------------------------
+
+
+def _repack(src: str, dst: str, rename=lambda name: name, extra=()) -> None:
+    """`src` written again to `dst`, each member renamed by `rename`, then the `extra` members
+    (TarInfo, data or None) appended."""
+    with tarfile.open(src) as old, tarfile.open(dst, "w") as new:
+        for member in old.getmembers():
+            data = old.extractfile(member).read()
+            member.name = rename(member.name)
+            new.addfile(member, io.BytesIO(data))
+        for info, data in extra:
+            new.addfile(info, None if data is None else io.BytesIO(data))
+
+
+def test_archives_with_dot_slash_names_and_a_linked_validation_image_build(
+    good_archives, tmp_path, repo_root
+):
+    """Pass 21, #21, #22, #26: archives packed as `tar -C dir -cf x.tar .` (names `./...`), or
+    whose validation archive holds a hard link (`ln a b`, then tar), passed the check and
+    failed in tfds with a KeyError traceback (the labels were keyed by the raw member name,
+    links left out), or (the training archive) were refused as "not class archives". tfds
+    reads `./a` as `a` and follows links: so does the check, and the build succeeds."""
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _repack(os.path.join(good_archives, TRAIN), str(manual / TRAIN), lambda n: f"./{n}")
+    with tarfile.open(os.path.join(good_archives, VAL)) as tar:
+        first = tar.getmembers()[0].name
+        numbers = {int(m.name[15:23]) for m in tar.getmembers()}
+    link = tarfile.TarInfo(f"./ILSVRC2012_val_{min(set(range(1, 100)) - numbers):08d}.JPEG")
+    link.type, link.linkname = tarfile.LNKTYPE, f"./{first}"
+    _repack(os.path.join(good_archives, VAL), str(manual / VAL), lambda n: f"./{n}", [(link, None)])
+    proc = _prepare(repo_root, tmp_path, f"--config.manual_dir={manual}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["a file added twice", "a linked class archive"])
+def test_a_name_given_twice_or_a_linked_class_archive_is_one_line(good_archives, tmp_path, where):
+    """Pass 21, #23-#25: a validation image added again (`tar -rf`), or a class archive that is
+    a hard or symbolic link to another, built until tfds met two examples with one key: a
+    66-line AssertionError. The check refuses each in one line naming it."""
+    from alexnet_jax.core.errors import DataError
+    from alexnet_jax.data import data_sources
+
+    manual = _copy_archives(good_archives, str(tmp_path / "manual"))
+    if where == "a file added twice":
+        with tarfile.open(os.path.join(manual, VAL)) as tar:
+            first = tar.getmembers()[0]
+            data = tar.extractfile(first).read()
+        _add_file(os.path.join(manual, VAL), first.name, data)
+        said = rf"holds 1 name\(s\) more than once .*: {first.name}\. Make the archive again"
+    else:
+        with tarfile.open(os.path.join(manual, TRAIN)) as tar:
+            names = [m.name for m in tar.getmembers()]
+        link = tarfile.TarInfo("n01530575.tar" if "n01530575.tar" not in names else "n01531178.tar")
+        link.type, link.linkname = tarfile.SYMTYPE, names[0]
+        _repack(
+            os.path.join(good_archives, TRAIN), os.path.join(manual, TRAIN), extra=[(link, None)]
+        )
+        said = rf"class archive\(s\) that are links to other members.*: {link.name}\. Make"
+    with pytest.raises(DataError, match=said):
+        data_sources._check_archives(manual, data_sources.DOWNLOAD_AGAIN)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from alexnet_jax.core.errors import DataError
 from alexnet_jax.data import data_sources, preprocessing
 from alexnet_jax.data.recipe import Recipe
 from alexnet_jax.model import cifar4, models
@@ -361,3 +362,17 @@ def test_figure1_claims_no_epoch_a_run_did_not_reach(tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: Figure 1 counts epochs, and no run of arm(s) relu, tanh in ")
     assert f"{one_step / 'relu'} reached epoch 0.0312" in line
+
+
+def test_an_arm_named_tanh_that_trained_relu_is_refused(tmp_path):
+    """Hostile pass 21, #49: a sweep whose `tanh` arm trained with activation=relu (a misnamed
+    arm) drew and counted its curve as tanh's: "ratio tanh / relu: 1.00 (the paper: about 6)",
+    figure1.png written, no word. An arm named after an activation must have trained it."""
+    sweep_dir = tmp_path / "figure1"
+    curve = [(2, 0.5, 0.7), (4, 1.0, 0.5), (8, 2.0, 0.16)]
+    for arm in ("relu", "tanh"):
+        _write_run(str(sweep_dir / arm), curve, "new")
+        (sweep_dir / arm / "config.json").write_text(json.dumps({"activation": "relu"}))
+    with pytest.raises(DataError, match=r"The arm tanh's run .* trained with activation='relu'"):
+        figure1.arm_records(str(sweep_dir), ["relu", "tanh"])
+    assert not (sweep_dir / "figure1.png").exists()

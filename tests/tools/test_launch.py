@@ -412,3 +412,31 @@ def test_a_wrapped_process_of_a_live_launcher_keeps_running():
         )  # fmt: skip
         assert proc.returncode in (expected, 128 - expected), proc.stderr
         assert ("running" in proc.stdout) == (expected == 0)
+
+
+def test_a_python_on_path_that_is_not_this_one_is_refused_in_one_line(tmp_path):
+    """Hostile pass 21, #68: `launch -- python main.py` ran the first python on PATH (without
+    the project's packages): each process a 5-line ModuleNotFoundError traceback, exit codes
+    [1, 1]. Refused before anything runs, naming both pythons; this Python itself is taken."""
+    other = tmp_path / "python"
+    other.write_text("#!/bin/sh\necho other python ran\n")
+    other.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "XLA_FLAGS": ""}
+    command = [sys.executable, "-m", "alexnet_jax.tools.launch", "--num_processes=1", "--"]
+    proc = subprocess.run(
+        [*command, "python", "main.py"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "other python ran" not in proc.stdout
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: -- python runs {other}, not this Python ({sys.executable})")
+    (tmp_path / "bin").mkdir()
+    os.symlink(sys.executable, tmp_path / "bin" / "python3")  # this Python: runs
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run(
+        [*command, "python3", "-c", "print('ran')"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[0] ran" in proc.stdout
