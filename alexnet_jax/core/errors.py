@@ -7,6 +7,7 @@ import codecs
 import collections
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -583,20 +584,21 @@ def _exit_without_finalizing(code: int) -> None:
     threads and tears down its modules: a library's timer the signal left running (JAX's 60 s
     backend start-up warning, started just before its try/finally) kept the exit waiting, and a
     native thread still at work during the teardown crashed it (a segmentation fault, once)."""
-
-    def end():
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
     register = getattr(threading, "_register_atexit", None)  # runs before threads are joined
     if register is None:  # no such hook: the SystemExit ends the process
         return
     try:
-        register(end)
+        register(_flushed_exit, code)
     except RuntimeError:  # Python is shutting down already (the signal came after the work):
-        end()  # nothing is left to unwind, and an exception raised now would be ignored (exit 0)
+        _flushed_exit(code)  # nothing is left to unwind; an exception now would be ignored
+
+
+def _flushed_exit(code: int, *_) -> None:
+    """Ends the process now with `code`, its output flushed, skipping Python's teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _importing(frame) -> bool:
@@ -783,17 +785,10 @@ def _end_at_once_on_a_signal(code: int) -> None:
     with `code` and no line of its own: a SIGTERM 0.1 s after a Ctrl-C's save printed a
     `terminated:` line under the `interrupted:` one and turned exit code 130 into 143 (hostile
     pass 20, #12). Only for the signals exit_on_ctrl_c took, in the main thread."""
-
-    def end(*_):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
     if threading.current_thread() is threading.main_thread():
         for each in _ignored_once_done:  # (the signals exit_on_ctrl_c took: an entry point's)
             with contextlib.suppress(ValueError, OSError):
-                signal.signal(each, end)
+                signal.signal(each, functools.partial(_flushed_exit, code))
 
 
 def tell(line: str) -> None:
