@@ -3280,17 +3280,13 @@ def test_a_config_json_linked_to_nothing_is_named_as_such(tmp_path):
         rundir.check_is_directory(workdir)
 
 
-def test_compare_of_a_sweep_with_an_arm_still_starting_shows_the_others(tmp_path):
-    """Pass 21, #40: a run with its config.json but no metrics.jsonl yet (a sweep's arm still
-    compiling) made compare of the whole folder one error ("metrics.jsonl not found ... has
-    not logged a step yet"), no table for the runs that had. It is a row with nothing logged."""
-    from alexnet_jax.tools import compare
+def test_a_config_json_linked_to_itself_is_one_line(tmp_path):
+    """Pass 22, #23: config.json a link to itself made `--mode=eval` an `OSError: [Errno 40] Too
+    many levels of symbolic links` traceback. One line naming the link and why."""
     from tests.conftest import write_tiny_run
 
-    for arm in ("a", "b"):
-        write_tiny_run(str(tmp_path / arm))
-    with open(rundir.metrics_path(str(tmp_path / "a" / "run")), "w") as f:
-        f.write(json.dumps({"step": 1, "split": "train", "loss": 2.3}) + "\n")
-    compare.main([str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"), f"--out={tmp_path}/c"])
-    rows = (tmp_path / "c.csv").read_text().splitlines()
-    assert len(rows) == 3, rows  # the header, a's row, b's row
+    workdir = write_tiny_run(str(tmp_path))
+    os.remove(rundir.config_path(workdir))
+    os.symlink("config.json", rundir.config_path(workdir))
+    with pytest.raises(DataError, match=r"config.json is a link to config.json \(Too many levels"):
+        rundir.read_config_dict(workdir)

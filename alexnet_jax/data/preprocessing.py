@@ -324,6 +324,21 @@ def is_compressed_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
     return is_palette_bmp(image_bytes) & (tf.not_equal(compression, 0) | (used > 256))
 
 
+def has_unusual_bmp_masks(image_bytes: tf.Tensor) -> tf.Tensor:
+    """bool: whether a BMP's pixels are BI_BITFIELDS (3) or BI_ALPHABITFIELDS (6) with colour
+    masks other than the usual red 0xFF0000, green 0xFF00, blue 0xFF: TensorFlow's decoder
+    ignores the masks, and read one in RGBA order with red and blue swapped, no word (hostile
+    pass 22, #18). Refused as undecodable; the usual masks decode as before."""
+    b = _head(image_bytes, 66)
+    bmp = tf.equal(tf.strings.substr(image_bytes, 0, 2), b"BM")
+    compression = _little_endian(b, 30, 4)
+    usual = tf.equal(_little_endian(b, 54, 4), 0xFF0000) & tf.equal(
+        _little_endian(b, 58, 4), 0xFF00
+    )
+    usual &= tf.equal(_little_endian(b, 62, 4), 0xFF)
+    return bmp & ((compression == 3) | (compression == 6)) & ~usual
+
+
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     """uint8 [h, w, 3] of a whole encoded picture (PNG, GIF, BMP, WebP, JPEG): decoded with its
     own channels, then an alpha channel dropped (the colours under it kept) and grey replicated
@@ -343,6 +358,7 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     def other() -> tf.Tensor:
         # Refused before decode_image sees them: an undecodable example, not a crash or noise.
         refused = is_animated_webp(image_bytes) | is_compressed_palette_bmp(image_bytes)
+        refused |= has_unusual_bmp_masks(image_bytes)
         why = "an animated WebP (it aborts the process) or a compressed palette BMP (misread)"
         readable = tf.debugging.Assert(tf.logical_not(refused), [why])
         with tf.control_dependencies([readable]):

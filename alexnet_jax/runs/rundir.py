@@ -847,11 +847,15 @@ def open_record(path: str, mode: str = "r"):
     that is not; FileNotFoundError as open's."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, then refused)
-    except FileNotFoundError:
-        if os.path.islink(path):  # (pass 21, #55: "no config.json: train first", which failed)
+    except (FileNotFoundError, OSError) as e:
+        if os.path.islink(path):  # (pass 21, #55: "no config.json: train first", which failed;
+            # pass 22, #23: a link to itself was an ELOOP traceback)
+            what = (
+                ", which does not exist" if isinstance(e, FileNotFoundError) else f" ({e.strerror})"
+            )
             raise DataError(
-                f"{path} is a link to {os.readlink(path)}, which does not exist: restore the "
-                "file from a copy of the run, or remove the link."
+                f"{path} is a link to {os.readlink(path)}{what}: restore the file from a copy of "
+                "the run, or remove the link."
             ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):

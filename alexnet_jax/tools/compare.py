@@ -101,9 +101,6 @@ def read_records(workdir: str) -> tuple[list[dict], int]:
     metrics.jsonl is missing, unreadable, or holds lines but not one metrics record. Files of
     any version read alike (error rates: rundir.read_metrics)."""
     path = rundir.metrics_path(workdir)
-    if not os.path.lexists(path) and os.path.isfile(rundir.config_path(workdir)):
-        return [], 0  # a run still starting (a sweep's arm compiling): it blocked the whole
-        # comparison (hostile pass 21, #40)
     if not os.path.isfile(path):
         raise DataError(
             f"{path} not found: {workdir} is not a run directory written by main.py, or the run "

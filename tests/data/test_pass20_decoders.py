@@ -239,3 +239,35 @@ def test_a_palette_bmp_whose_table_claims_over_256_colours_is_refused_as_pillow_
         _pillow(bytes(data))
     with pytest.raises(tf.errors.InvalidArgumentError, match="compressed palette BMP"):
         preprocessing.decode_rgb(tf.constant(bytes(data)))
+
+
+def _bitfields_bmp(rgba: np.ndarray, masks: tuple[int, int, int, int]) -> bytes:
+    """A 32-bit top-down BMP, BI_BITFIELDS with `masks` (red, green, blue, alpha) in a 56-byte
+    header; each pixel's bytes hold the channels where the masks put them."""
+    import struct
+
+    h, w, _ = rgba.shape
+    pixel = np.zeros((h, w), np.uint32)
+    for channel, mask in enumerate(masks):
+        pixel |= rgba[..., channel].astype(np.uint32) << ((mask & -mask).bit_length() - 1)
+    data = pixel.astype("<u4").tobytes()
+    dib = struct.pack("<IiiHHIIiiII", 56, w, -h, 1, 32, 3, len(data), 2835, 2835, 0, 0)
+    dib += struct.pack("<IIII", *masks)
+    return b"BM" + struct.pack("<IHHI", 14 + len(dib) + len(data), 0, 0, 14 + len(dib)) + dib + data
+
+
+def test_a_bmp_with_unusual_colour_masks_is_refused_and_the_usual_ones_read_as_pillow():
+    """Hostile pass 22, #18: a 32-bit BI_BITFIELDS BMP whose masks put the channels in RGBA order
+    was read by TensorFlow's decoder with red and blue swapped (it ignores the masks), trained
+    on with no word; predict (Pillow) read it right. Refused as undecodable; the usual masks
+    (red 0xFF0000, green 0xFF00, blue 0xFF) decode as Pillow reads them."""
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 95, 130, 194, 255
+    unusual = _bitfields_bmp(rgba, (0xFF, 0xFF00, 0xFF0000, 0xFF000000))
+    assert _pillow(unusual)[0, 0].tolist() == [95, 130, 194]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        preprocessing.decode_rgb(tf.constant(unusual))
+    usual = _bitfields_bmp(rgba, (0xFF0000, 0xFF00, 0xFF, 0xFF000000))
+    np.testing.assert_array_equal(
+        preprocessing.decode_rgb(tf.constant(usual)).numpy(), _pillow(usual)
+    )
