@@ -847,7 +847,7 @@ def open_record(path: str, mode: str = "r"):
     that is not; FileNotFoundError as open's."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, then refused)
-    except (FileNotFoundError, OSError) as e:
+    except OSError as e:
         if os.path.islink(path):  # (pass 21, #55: "no config.json: train first", which failed;
             # pass 22, #23: a link to itself was an ELOOP traceback)
             what = (
