@@ -3161,13 +3161,14 @@ def test_a_resume_under_other_xla_flags_is_recorded_and_warned(tmp_path, monkeyp
     starts = [
         "--xla_cpu_enable_fast_math=false --xla_cpu_multi_thread_eigen=true",
         "  --xla_cpu_multi_thread_eigen=true   --xla_cpu_enable_fast_math=false ",  # the same
+        "--xla_cpu_multi_thread_eigen --xla_cpu_enable_fast_math=false",  # (pass 22, #36)
         "",
     ]
     for step, flags in enumerate(starts):
         monkeypatch.setenv("XLA_FLAGS", flags)
         rundir.record_start(config, workdir, 4 * step, [])
     (warning,) = [w for w in _warnings(capsys) if "XLA_FLAGS is" in w]
-    assert f"XLA_FLAGS is '', where the run's last start (step 4) had {starts[1]!r}" in warning
+    assert f"XLA_FLAGS is '', where the run's last start (step 8) had {starts[2]!r}" in warning
     assert [e["xla_flags"] for e in rundir.read_history(workdir)] == starts
 
 
@@ -3288,5 +3289,47 @@ def test_a_config_json_linked_to_itself_is_one_line(tmp_path):
     workdir = write_tiny_run(str(tmp_path))
     os.remove(rundir.config_path(workdir))
     os.symlink("config.json", rundir.config_path(workdir))
-    with pytest.raises(DataError, match=r"config.json is a link to config.json \(Too many levels"):
+    said = r"config.json is .*a link to config.json, which leads back to itself"
+    with pytest.raises(DataError, match=said):
         rundir.read_config_dict(workdir)
+    with pytest.raises(DataError, match=said):  # (pass 22, #24: "which does not exist")
+        rundir.check_is_directory(workdir)
+
+
+def test_compare_names_a_metrics_file_linked_to_itself(tmp_path):
+    """Pass 22, #25: metrics.jsonl a link to itself: compare said "not found"."""
+    from alexnet_jax.tools import compare
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    os.symlink("metrics.jsonl", rundir.metrics_path(workdir))
+    with pytest.raises(DataError, match=r"metrics.jsonl is a link to metrics.jsonl, which leads"):
+        compare.read_records(workdir)
+
+
+def test_a_history_linked_to_nothing_is_named_not_taken_as_missing(tmp_path):
+    """Pass 22, #26: config_history.jsonl a link to nothing was read as no history: eval blamed
+    a deleted history, whose remedy (--allow_config_change) then failed on the link, and compare
+    showed the finished run as unfinished. Every reader now names the link."""
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    history = os.path.join(workdir, rundir.HISTORY_FILE)
+    os.remove(history)
+    os.symlink("/nonexistent/history.jsonl", history)
+    said = r"config_history.jsonl is a link to /nonexistent/history.jsonl, which does not exist"
+    for read in (rundir.read_history, rundir.finished_step):
+        with pytest.raises(DataError, match=said):
+            read(workdir)
+
+
+def test_a_workdir_linked_to_itself_is_not_told_to_make_that_folder(tmp_path):
+    """Pass 22, #43: --workdir a link to itself: "which does not exist: make that folder", and
+    the mkdir then failed. It is named as a loop, to be removed."""
+    from alexnet_jax.core import errors
+
+    link = tmp_path / "WL"
+    os.symlink("WL", link)
+    problem = errors.directory_creation_problem(str(link))
+    loop = "which leads back to itself (a loop of links)"
+    assert problem == f"is a link to WL, {loop}: remove the link"

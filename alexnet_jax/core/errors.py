@@ -156,12 +156,26 @@ def directory_creation_problem(path: str) -> str | None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        if os.path.islink(path) and not os.path.exists(path):  # (makedirs: "File exists")
-            return (
-                f"is a link to {os.readlink(path)}, which does not exist: make that folder, or "
-                "remove the link"
-            )
+        if link := broken_link(path):  # (makedirs: "File exists")
+            make = "" if "itself" in link else "make that folder, or "
+            return f"is {link}: {make}remove the link"
         return f"cannot be created ({e.strerror or e}, errno {e.errno})"
+    return None
+
+
+def broken_link(path: str) -> str | None:
+    """How the symbolic link `path` leads nowhere ("a link to T, which does not exist", or one
+    that leads back to itself: hostile pass 22, #24 and #43), or None when it is none."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        why = {
+            errno.ENOENT: "which does not exist",
+            errno.ELOOP: "which leads back to itself (a loop of links)",
+        }.get(e.errno, f"which cannot be followed ({e.strerror})")
+        return f"a link to {os.readlink(path)}, {why}"
     return None
 
 
@@ -381,18 +395,22 @@ def stop_with_the_launcher(env: Mapping[str, str] | None = None) -> None:
     pid = env.get(LAUNCHER_PID, "")
     if not pid.isdigit() or not sys.platform.startswith("linux"):
         return
+    if _running_since(int(pid)) is not None and int(pid) not in _ancestors():
+        # (stray, naming a live process: its end would have stopped this one; pass 22, #35)
+        tell(f"warning: {LAUNCHER_PID}={pid} names no process this one runs under: ignored.")
+        return
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
         # (the parent's death: launch's, or that of a wrapper it started, `timeout 3600 ...`)
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:  # the launcher died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    except OSError:  # (alive, another user's: not ours to judge)
-        return
+    if _running_since(int(pid)) is None:  # the launcher died before the prctl, or the variable
+        # is stray (a shell's export: the SIGTERM said nothing of why, pass 22, #35)
+        tell(
+            f"terminated: {LAUNCHER_PID}={pid} names the launcher that started this process, "
+            "which is gone, so it stops. Started by hand? Unset that variable."
+        )
+        sys.exit(128 + signal.SIGTERM)
     try:
         grace_s = float(env.get(LAUNCHER_GRACE_S, DEFAULT_GRACE_S))
     except ValueError:
@@ -421,6 +439,19 @@ def process_status(pid: int) -> tuple[str, str] | None:
         return fields[0], fields[19]
     except (OSError, IndexError):
         return None
+
+
+def _ancestors() -> set[int]:
+    """The pids of the processes this one runs under (its parent, the parent's, ...; /proc)."""
+    found, pid = set(), os.getppid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        try:  # (pid 1's parent is 0)
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return found
 
 
 def _running_since(pid: int) -> str | None:

@@ -207,9 +207,7 @@ def check_is_directory(workdir: str) -> None:
     for name in (CONFIG_FILE, HISTORY_FILE, RUN_FILE, LOCK_FILE, METRICS_FILE, CURVES_FILE):
         path = os.path.join(workdir, name)
         if os.path.lexists(path) and not os.path.isfile(path):
-            what = "a directory?"
-            if not os.path.exists(path):
-                what = f"a link to {os.readlink(path)}, which does not exist"
+            what = errors.broken_link(path) or "a directory?"
             raise DataError(
                 f"{path} is not a file ({what}), but a run writes its {name} there: move "
                 "it out of the way, or choose another --workdir."
@@ -589,9 +587,10 @@ def _history_entry(step: int, event: str, **fields: Any) -> dict:
 
 def _xla_settings(xla_flags: Any) -> dict[str, str]:
     """What an XLA_FLAGS value sets: each flag's last value, whatever their order and spacing
-    (the same flags reordered were warned about as a change: hostile pass 21, #32, #33)."""
+    (the same flags reordered were warned about as a change: hostile pass 21, #32, #33); a bare
+    `--flag` sets it true, as `--flag=true` (pass 22, #36)."""
     words = xla_flags.split() if isinstance(xla_flags, str) else []
-    return dict([*word.split("=", 1), ""][:2] for word in words)
+    return dict([*word.split("=", 1), "true"][:2] for word in words)
 
 
 def record_start(
@@ -703,8 +702,9 @@ def accept_config_json(
 
 def read_history(workdir: str, warn: bool = True) -> list[dict]:
     """The records of the run's config_history.jsonl ([] when it has none)."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    return read_jsonl(path, warn) if os.path.exists(path) else []
+    path = os.path.join(workdir, HISTORY_FILE)  # (a link to nothing is no missing history:
+    # pass 22, #26, whose remedy then failed on the link)
+    return read_jsonl(path, warn) if os.path.lexists(path) else []
 
 
 def finished_step(workdir: str) -> int | None:
@@ -847,15 +847,11 @@ def open_record(path: str, mode: str = "r"):
     that is not; FileNotFoundError as open's."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, then refused)
-    except OSError as e:
-        if os.path.islink(path):  # (pass 21, #55: "no config.json: train first", which failed;
-            # pass 22, #23: a link to itself was an ELOOP traceback)
-            what = (
-                ", which does not exist" if isinstance(e, FileNotFoundError) else f" ({e.strerror})"
-            )
+    except OSError:
+        if link := errors.broken_link(path):  # (pass 21, #55: "no config.json: train first",
+            # which failed; pass 22, #23: a link to itself was an ELOOP traceback)
             raise DataError(
-                f"{path} is a link to {os.readlink(path)}{what}: restore the file from a copy of "
-                "the run, or remove the link."
+                f"{path} is {link}: restore the file from a copy of the run, or remove the link."
             ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -1093,7 +1089,7 @@ def read_metrics(workdir: str, warn: bool = True) -> list[dict]:
     the step it finished at (an edit, or lines of another run): the readers would take them for
     its final evaluation."""
     path = metrics_path(workdir)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):  # (a link to nothing is named by read_jsonl: pass 22, #25)
         raise UserError(f"{path} not found: --workdir must be a directory written by main.py.")
     records = _upgrade_metrics(read_jsonl(path, warn))
     end = finished_step(workdir)

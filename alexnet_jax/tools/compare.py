@@ -101,7 +101,7 @@ def read_records(workdir: str) -> tuple[list[dict], int]:
     metrics.jsonl is missing, unreadable, or holds lines but not one metrics record. Files of
     any version read alike (error rates: rundir.read_metrics)."""
     path = rundir.metrics_path(workdir)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):  # (a link to itself is no missing file: pass 22, #25)
         raise DataError(
             f"{path} not found: {workdir} is not a run directory written by main.py, or the run "
             "has not logged a step yet."

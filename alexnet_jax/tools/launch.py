@@ -341,14 +341,27 @@ def warn_of_a_replaced_device_count(devices_per_process: int) -> None:
 
 def refuse_another_python(command: Sequence[str]) -> None:
     """`-- python main.py` ran the first python on PATH, which is not this one (its packages
-    missing): each process a ModuleNotFoundError traceback (hostile pass 21, #68). One line,
-    exit 2, naming both; a `.py` runs with this Python."""
-    found = shutil.which(command[0]) if re.fullmatch(r"python[\d.]*", command[0]) else None
-    if found and os.path.realpath(found) != os.path.realpath(sys.executable):
+    missing): each process a ModuleNotFoundError traceback (hostile pass 21, #68), also with a
+    path (`-- /usr/bin/python3 ...`) or behind a wrapper (`-- timeout 600 python ...`: pass 22,
+    #33-#34). One line, exit 2, naming both, when that python cannot find the project's
+    packages; a `.py` runs with this Python."""
+    named = next((w for w in command if re.fullmatch(r"python[\d.]*", os.path.basename(w))), "")
+    found = shutil.which(named) if named else None
+    if not found or os.path.abspath(found) == os.path.abspath(sys.executable):
+        return
+    probe = "import importlib.util as u, sys; print(all(map(u.find_spec, sys.argv[1:])))"
+    try:
+        has = subprocess.run(
+            [found, "-c", probe, "jax", "flax", "optax", "ml_collections"],
+            capture_output=True, text=True, timeout=60,
+        ).stdout.strip() == "True"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return  # (it cannot run at all: said by each process's own error)
+    if not has:
         errors.tell(
-            f"error: -- {command[0]} runs {found}, not this Python ({sys.executable}), which "
-            f"has the project's packages: give the script alone (-- {' '.join(command[1:2])} "
-            "...; a .py runs with this Python), or the full path of the python to use."
+            f"error: -- {named} runs {found}, not this Python ({sys.executable}), which has "
+            f"the project's packages: put {sys.executable} in its place, or give the script "
+            "alone (a .py runs with this Python)."
         )
         sys.exit(2)
 

@@ -414,6 +414,59 @@ def test_a_wrapped_process_of_a_live_launcher_keeps_running():
         assert ("running" in proc.stdout) == (expected == 0)
 
 
+def test_a_stray_launcher_pid_is_named_not_a_silent_sigterm():
+    """Hostile pass 22, #35: main.py with a stray ALEXNET_JAX_LAUNCHER_PID (a shell's export) of
+    a dead pid ended at start with `terminated: stopped by SIGTERM`, nothing saying why; one of
+    a live process it does not run under would have stopped it when that process ended."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from alexnet_jax.core import errors\n"
+        "errors.stop_with_the_launcher()\n"
+        "print('running', flush=True)\n"
+    )
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with subprocess.Popen(["sleep", "60"]) as unrelated:
+        for pid, code, said in (
+            (gone.pid, 143, f"terminated: {errors.LAUNCHER_PID}={gone.pid} names the launcher"),
+            (unrelated.pid, 0, f"warning: {errors.LAUNCHER_PID}={unrelated.pid} names no process"),
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-c", script, REPO], capture_output=True, text=True, timeout=60,
+                env={**os.environ, errors.LAUNCHER_PID: str(pid)},
+            )  # fmt: skip
+            assert proc.returncode == code, proc.stderr
+            (line,) = proc.stderr.splitlines()
+            assert line.startswith(said), line
+            assert ("running" in proc.stdout) == (code == 0)
+        unrelated.kill()
+
+
+def test_a_python_by_path_or_behind_a_wrapper_is_checked_too(tmp_path):
+    """Hostile pass 22, #33-#34: `-- /usr/bin/python3 main.py` and `-- timeout 600 python main.py`
+    ran a python without the project's packages (ModuleNotFoundError tracebacks): the check saw
+    only a bare `python` first. Each is refused in one line; this Python by its path runs."""
+    other = tmp_path / "python3"
+    other.write_text("#!/bin/sh\necho other python ran\n")
+    other.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "XLA_FLAGS": ""}
+    command = [sys.executable, "-m", "alexnet_jax.tools.launch", "--num_processes=1", "--"]
+    for given in ([str(other), "main.py"], ["timeout", "600", "python3", "main.py"]):
+        proc = subprocess.run(
+            [*command, *given], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "other python ran" not in proc.stdout
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"error: -- {given[-2]} runs {other}, not this Python"), line
+    proc = subprocess.run(
+        [*command, "timeout", "60", sys.executable, "-c", "print('ran')"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[0] ran" in proc.stdout
+
+
 def test_a_python_on_path_that_is_not_this_one_is_refused_in_one_line(tmp_path):
     """Hostile pass 21, #68: `launch -- python main.py` ran the first python on PATH (without
     the project's packages): each process a 5-line ModuleNotFoundError traceback, exit codes
@@ -431,8 +484,9 @@ def test_a_python_on_path_that_is_not_this_one_is_refused_in_one_line(tmp_path):
     assert "other python ran" not in proc.stdout
     (line,) = proc.stderr.splitlines()
     assert line.startswith(f"error: -- python runs {other}, not this Python ({sys.executable})")
-    (tmp_path / "bin").mkdir()
-    os.symlink(sys.executable, tmp_path / "bin" / "python3")  # this Python: runs
+    (tmp_path / "bin").mkdir()  # another python that finds the packages (this one): runs
+    (tmp_path / "bin" / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (tmp_path / "bin" / "python3").chmod(0o755)
     env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
     proc = subprocess.run(
         [*command, "python3", "-c", "print('ran')"], cwd=REPO, env=env, capture_output=True,
