@@ -703,11 +703,12 @@ _CLASS_ARCHIVE = re.compile(r"(n\d{8})\.tar")  # a training archive's member: on
 
 
 def _check_archives(manual_dir: str, remedy: str) -> None:
-    """Reads every header of both archives before the build (seconds; the build, hours, failed
+    """Reads every header of both archives before the build (minutes; the build, hours, failed
     in a traceback at a cut or damaged archive, or at a file of another name): DataError naming
     the archive (or those files) and `remedy`. A class archive that is a link to another member
     is refused too: its images are that class's (tfds then met each image twice, a traceback:
-    hostile pass 21, #24, #25)."""
+    hostile pass 21, #24, #25), and so are the class archives' own problems
+    (`_refuse_class_archive_problems`)."""
     train, val = (os.path.join(manual_dir, name) for name in IMAGENET_ARCHIVES)
     synsets = set(miniature.imagenet_synsets())
     strangers, links = [], []
@@ -724,7 +725,45 @@ def _check_archives(manual_dir: str, remedy: str) -> None:
             f"members, so their images would be another class's: {name_list(links)}. Make the "
             f"archive again of plain files, or {remedy}."
         )
+    _refuse_class_archive_problems(train, remedy)
     _labels_by_file_name(val, remedy)
+
+
+def _refuse_class_archive_problems(train: str, remedy: str) -> None:
+    """DataError naming the class archives inside the training archive that are no readable tar,
+    that hold no image (the class would never see an example: hostile pass 22, #31), or an image
+    name that one of them holds twice or two of them hold (tfds keys each example by that name:
+    an AssertionError traceback, #28, #29). Names as tfds's stream reader gives them (links
+    skipped); every header of every class archive is read (about 1.3 million: minutes)."""
+    first, twice, empty = {}, [], []  # image name -> its first class archive
+    with tarfile.open(train, "r:*") as tar:  # (its own headers were read whole before)
+        for member in tar.getmembers():
+            if not member.isfile() or (name := _as_tfds_names_it(member.name)) is None:
+                continue  # (a hidden file: tfds skips it)
+            try:
+                with tarfile.open(fileobj=tar.extractfile(member), mode="r:*") as inner:
+                    images = [_as_tfds_names_it(m.name) for m in inner.getmembers() if m.isfile()]
+            except (tarfile.TarError, EOFError) as e:
+                what, again = f"A class archive inside {train}", f"make {name} again, or {remedy}"
+                raise _unreadable_archive(what, e, again) from None
+            if not any(images):
+                empty.append(name)
+            for image in filter(None, images):
+                if image in first:
+                    twice.append(f"{image} ({first[image]}, {name})")
+                first.setdefault(image, name)
+    if twice:
+        raise DataError(
+            f"The class archives inside {train} hold {len(twice)} image name(s) more than once "
+            f"(a file added again, or to two classes): {name_list(twice)}. Make the archive again "
+            f"with each file once, or {remedy}."
+        )
+    if empty:
+        raise DataError(
+            f"The archive {train} holds {len(empty)} class archive(s) with no image, whose class "
+            f"would never see an example: {name_list(empty)}. Make the archive again with their "
+            f"images, or {remedy}."
+        )
 
 
 def _labels_by_file_name(val_path: str, remedy: str = DOWNLOAD_AGAIN) -> dict[str, str]:
@@ -754,7 +793,8 @@ def _archive_files(path: str, remedy: str) -> list[tuple[str, bool]]:
     iter_tar: files and links to files, `./` and other normalizations dropped from the name,
     hidden and backup files skipped), every header read (a cut archive fails at the first member
     past its end): DataError naming it when it is not a readable tar, or when a name comes twice
-    (`tar -r` of a file already in it: tfds failed in a traceback, two examples with one key).
+    (`tar -r` of a file already in it: tfds failed in a traceback, two examples with one key), or
+    in two folders (`X` and `a/X`: two examples of one image, hostile pass 22, #30).
     Compressed tars are read too, as tfds reads them."""
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -763,12 +803,12 @@ def _archive_files(path: str, remedy: str) -> list[tuple[str, bool]]:
         raise _unreadable_archive(f"The archive {path}", e, remedy) from None
     found = [(_as_tfds_names_it(m.name), m.islnk() or m.issym()) for m in members]
     found = [(name, is_link) for name, is_link in found if name is not None]
-    names = [name for name, _ in found]
-    if twice := sorted({name for name in names if names.count(name) > 1}):
+    names = [os.path.basename(name) for name, _ in found]  # `X` and `a/X`: one image twice
+    if twice := sorted({name for name, n in collections.Counter(names).items() if n > 1}):
         raise DataError(
             f"The archive {path} holds {len(twice)} name(s) more than once (a file added again: "
-            f"tar -r): {name_list(twice)}. Make the archive again with each file once, or "
-            f"{remedy}."
+            f"tar -r, or in two folders): {name_list(twice)}. Make the archive again with each "
+            f"file once, or {remedy}."
         )
     return found
 

@@ -11,6 +11,7 @@ PyTorch loader (torch_models).
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from typing import Any
 
@@ -55,6 +56,27 @@ def gif_rgb(data: bytes) -> np.ndarray:
                 return np.asarray(_to_rgb(image), np.uint8)
     except (OSError, Image.DecompressionBombError, SyntaxError) as e:
         raise ValueError(f"not a readable GIF: {e}") from e
+
+
+def refused_bmp(data: bytes) -> bool:
+    """Whether a picture is a BMP of a form that training refuses as undecodable, and so predict
+    too (hostile pass 22, #18-#20): TensorFlow's decoder refuses 1, 4 and 16 bits per pixel and
+    OS/2's 12-byte header, which Pillow reads; it ignores the compression and the colour masks,
+    so it misread compressed files, a table of over 256 colours, and masks other than red
+    0xFF0000, green 0xFF00, blue 0xFF (after any header), and read BI_ALPHABITFIELDS, which Pillow
+    refuses. Read alike: 8-bit BI_RGB, 24 and 32-bit BI_RGB or BI_BITFIELDS of those masks."""
+    data = data.item() if isinstance(data, np.ndarray) else data  # tf.numpy_function: 0-d bytes
+    if not data.startswith(b"BM"):
+        return False
+    fields = struct.unpack_from("<I10xHI12xI4x4I", data[:70].ljust(70, b"\0"), 14)
+    header, bits, compression, colours, *masks = fields
+    if header not in (40, 52, 56, 64, 108, 124):  # Pillow's, less OS/2's 12
+        return True
+    if bits == 8:
+        return compression != 0 or colours > 256
+    alpha = header < 56 or bits == 24 or masks[3] in (0, 0xFF000000)  # (read by Pillow from 56)
+    usual = masks[:3] == [0xFF0000, 0xFF00, 0xFF] and alpha
+    return bits not in (24, 32) or compression not in (0, 3) or (compression == 3 and not usual)
 
 
 def center_crop_geometry(height: int, width: int, resize_size: int, crop_size: int):
@@ -134,9 +156,16 @@ def preprocess_image(
 
 
 def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> np.ndarray:
-    """Reads and preprocesses one image file; unreadable files raise DataError naming the path."""
-    try:  # a large photo (over Pillow's 89 Mpx) is read without its 2-line warning
-        with warnings.catch_warnings():
+    """Reads and preprocesses one image file; unreadable files raise DataError naming the path,
+    and so do the BMPs that training refuses (`refused_bmp`)."""
+    try:
+        with open(path, "rb") as file:
+            if refused_bmp(file.read(70)):
+                raise ValueError(
+                    "a BMP form that training skips as undecodable (1, 4 or 16 bits per pixel, "
+                    "OS/2, compressed, or unusual colour masks): convert it to PNG"
+                )
+        with warnings.catch_warnings():  # a photo over Pillow's 89 Mpx: no 2-line warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open warns
             with Image.open(path) as image:
                 image.load()

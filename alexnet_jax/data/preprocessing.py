@@ -183,7 +183,8 @@ MAX_PIXELS = 2 * 89_478_485
 # caches of an image folder (keyed by it: data_sources' cache_key) are made again. 2: GIFs by
 # Pillow, a WebP with alpha read instead of skipped (hostile pass 8, #24 and #41). 3: an 8-bit
 # BMP's colour table applied (hostile pass 20, #59: the indices were read as grey levels).
-DECODER_VERSION = 3
+# 4: the BMPs that Pillow (predict) refuses or reads otherwise refused (hostile pass 22, #18-20).
+DECODER_VERSION = 4
 
 
 def gif_pixels(data: bytes) -> np.int64:
@@ -313,32 +314,6 @@ def is_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
     return bmp & (_little_endian(b, 14, 4) >= 40) & tf.equal(_little_endian(b, 28, 2), 8)
 
 
-def is_compressed_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
-    """bool: whether a palette BMP's pixels are compressed (RLE8, or any code but BI_RGB):
-    TensorFlow's decoder ignores the compression field and, when the file is long enough,
-    reads the codes as pixels; Pillow decodes RLE8. Also one whose colour table claims more
-    than 256 entries, which Pillow (predict) refuses ("invalid palette size": hostile pass 21,
-    #51): refused alike."""
-    b = _head(image_bytes, 50)
-    compression, used = _little_endian(b, 30, 4), _little_endian(b, 46, 4)
-    return is_palette_bmp(image_bytes) & (tf.not_equal(compression, 0) | (used > 256))
-
-
-def has_unusual_bmp_masks(image_bytes: tf.Tensor) -> tf.Tensor:
-    """bool: whether a BMP's pixels are BI_BITFIELDS (3) or BI_ALPHABITFIELDS (6) with colour
-    masks other than the usual red 0xFF0000, green 0xFF00, blue 0xFF: TensorFlow's decoder
-    ignores the masks, and read one in RGBA order with red and blue swapped, no word (hostile
-    pass 22, #18). Refused as undecodable; the usual masks decode as before."""
-    b = _head(image_bytes, 66)
-    bmp = tf.equal(tf.strings.substr(image_bytes, 0, 2), b"BM")
-    compression = _little_endian(b, 30, 4)
-    usual = tf.equal(_little_endian(b, 54, 4), 0xFF0000) & tf.equal(
-        _little_endian(b, 58, 4), 0xFF00
-    )
-    usual &= tf.equal(_little_endian(b, 62, 4), 0xFF)
-    return bmp & ((compression == 3) | (compression == 6)) & ~usual
-
-
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     """uint8 [h, w, 3] of a whole encoded picture (PNG, GIF, BMP, WebP, JPEG): decoded with its
     own channels, then an alpha channel dropped (the colours under it kept) and grey replicated
@@ -348,8 +323,9 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     screen at the frame's size, its pixels out of place, where Pillow composes the screen. An
     8-bit BMP's pixels are looked up in its colour table (`bmp_colours`), as Pillow reads it.
     An animated WebP (`is_animated_webp`: TensorFlow's decoder aborts the process on one) and
-    a compressed palette BMP raise an InvalidArgumentError, an undecodable example, before
-    they reach TensorFlow's decoder."""
+    a BMP of a form that predict (Pillow) reads otherwise (`image_files.refused_bmp`: a
+    compressed palette BMP, unusual colour masks) raise an InvalidArgumentError, an
+    undecodable example, before they reach TensorFlow's decoder."""
 
     def gif() -> tf.Tensor:
         image = tf.numpy_function(image_files.gif_rgb, [image_bytes], tf.uint8, stateful=False)
@@ -357,9 +333,13 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
 
     def other() -> tf.Tensor:
         # Refused before decode_image sees them: an undecodable example, not a crash or noise.
-        refused = is_animated_webp(image_bytes) | is_compressed_palette_bmp(image_bytes)
-        refused |= has_unusual_bmp_masks(image_bytes)
-        why = "an animated WebP (it aborts the process) or a compressed palette BMP (misread)"
+        head = tf.strings.substr(image_bytes, 0, 70)  # (all refused_bmp reads: no whole copy)
+        bmp = tf.numpy_function(image_files.refused_bmp, [head], tf.bool, stateful=False)
+        refused = is_animated_webp(image_bytes) | tf.ensure_shape(bmp, [])
+        why = (
+            "an animated WebP (it aborts the process), or a compressed palette BMP or another "
+            "BMP form that predict refuses too (image_files.refused_bmp)"
+        )
         readable = tf.debugging.Assert(tf.logical_not(refused), [why])
         with tf.control_dependencies([readable]):
             image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
