@@ -18,11 +18,10 @@ from alexnet_jax.core import errors
 # process with no word). Training takes them over to save first (checkpoint.PreemptionWatcher);
 # a multi-process run's SIGTERM is JAX's preemption sync's from jax.distributed.initialize on.
 errors.exit_on_ctrl_c(sigterm=True)
-with errors.reported_as_exit():  # ulimit -v too low: one line, not a failed import
-    errors.check_start()
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+with errors.reported_as_exit():  # ulimit -v too low, or a python without the requirements
+    errors.check_start()  # (/usr/bin/python3 main.py: a traceback, hostile pass 23, #49): one line
+    from absl import app, flags
+    from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,6 +68,11 @@ def _refuse_repeated_fields(argv: list[str]) -> None:
         if word == "--":
             break
         match = _FIELD_FLAG.match(word)
+        if re.match(r"^--?(?:no)?config\.(?:$|=|\.)", word) or (match and ".." in match[1]):
+            _usage_error(
+                f"{word} names no config field: --config.FIELD=VALUE, for example "
+                "--config.seed=1 (every field is in configs/default.py)"
+            )  # (pass 23, #33)
         if match:
             if match.group(1) in seen:
                 _usage_error(f"--config.{match.group(1)} is given twice: give it once.")

@@ -3333,3 +3333,66 @@ def test_a_workdir_linked_to_itself_is_not_told_to_make_that_folder(tmp_path):
     problem = errors.directory_creation_problem(str(link))
     loop = "which leads back to itself (a loop of links)"
     assert problem == f"is a link to WL, {loop}: remove the link"
+
+
+# ---- Hostile pass 23 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_main_under_a_python_without_the_requirements_is_one_line():
+    """Pass 23, #49: `/usr/bin/python3 main.py` (the virtualenv not activated) was a 5-line
+    ModuleNotFoundError traceback; the tools said one line. `python -S` is such a python here."""
+    proc = subprocess.run(
+        [sys.executable, "-S", "main.py", "--workdir=/nonexistent"], cwd=REPO,
+        capture_output=True, text=True, timeout=60, env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: a library cannot be loaded (No module named 'absl')"), line
+
+
+def test_the_tools_name_a_workdir_linked_to_itself(tmp_path):
+    """Pass 23, #55: --workdir a link to itself: eval said "holds no run: train first", predict
+    "config.json not found", compare "is not a directory"; training named the loop."""
+    from alexnet_jax.tools import compare
+
+    link = str(tmp_path / "WL")
+    os.symlink("WL", link)
+    loop = "is a link to WL, which leads back to itself"
+    with pytest.raises(DataError, match=f"--workdir={link} {loop}"):
+        rundir.read_config_dict(link)  # (eval, predict, export, figures read it first)
+    with pytest.raises(DataError, match=f"{link} {loop}"):
+        compare.collect([link])
+
+
+def test_the_root_of_the_file_system_is_no_workdir():
+    """Pass 23, #37: `--workdir=$UNSET/` wrote a whole run into / (as root)."""
+    with pytest.raises(UserError, match=r"--workdir=/ is the file system's root"):
+        rundir.check_is_directory("/")
+
+
+@pytest.mark.parametrize("value", ["--config.", "--config.=5", "--config..seed=5"])
+def test_a_config_flag_without_a_field_is_named_as_such(value):
+    """Pass 23, #33: a stray `--config.` blamed the config file ("It must be a Python file
+    with a get_config() function")."""
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/figure1.py", value, "--workdir=/nonexistent"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: {value} names no config field: --config.FIELD=VALUE"), line
+
+
+def test_a_tools_interrupt_promises_no_resume():
+    """Pass 23, #69: Ctrl-C to figures or predict said "rerun the same command to resume": they
+    have nothing to resume. The line says what holds for every entry point."""
+    for line in (errors.CTRL_C, errors.SIGTERM):
+        assert "to resume)" not in line
+        assert line.endswith("what was saved before is intact (a run resumes by the same command).")
+
+
+def test_xla_flags_set_true_as_1_or_true_are_the_same_setting():
+    """Pass 23, #70: `=1` after `=true` was warned about as an XLA_FLAGS change."""
+    read = rundir._xla_settings
+    assert read("--a=1 --b=0 --c") == read("--a=true --b=False --c=TRUE")
+    assert read("--xla_dump_to=/tmp/A") != read("--xla_dump_to=/tmp/a")

@@ -296,8 +296,9 @@ _MEMORY_ADVICE = (
     "Free memory, raise the process's limit (ulimit -v), or lower config.batch_size / "
     "config.shuffle_buffer_size."
 )
-CTRL_C = "stopped by Ctrl-C; what was saved before is intact (rerun the same command to resume)."
-SIGTERM = "stopped by SIGTERM; what was saved before is intact (rerun the same command to resume)."
+# (a tool that saves nothing, predict or figures, has nothing to resume: hostile pass 23, #69)
+CTRL_C = "stopped by Ctrl-C; what was saved before is intact (a run resumes by the same command)."
+SIGTERM = "stopped by SIGTERM; what was saved before is intact (a run resumes by the same command)."
 
 
 class _CtrlC(SystemExit):

@@ -289,7 +289,9 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as e:  # missing or unexpected keys, wrong shapes: torch names each
-        raise weights_io.WeightsFileError(f"{path} refused for variant {variant!r}: {e}") from e
+        raise weights_io.WeightsFileError(
+            f"{path} refused for variant {variant!r}: {e}{weights_io.OTHER_VARIANT}"
+        ) from e
     return model.eval(), conventions
 
 

@@ -94,6 +94,14 @@ class WeightsFileError(UserError, ValueError):
     cannot be written."""
 
 
+# What to do about a file that does not fit the variant taken (a .pth re-saved as a plain dict
+# lost the conventions export records, its variant among them: hostile pass 23, #61).
+OTHER_VARIANT = (
+    "\nIf it holds another variant's weights (a file that does not record its variant, or one "
+    "re-saved without its metadata), name that variant: predict --variant, --config.variant."
+)
+
+
 def file_format(path: str) -> str:
     """The format of `path` from its suffix (.pt and .bin count as .pth); raises otherwise."""
     suffix = os.path.splitext(path)[1].lower()
@@ -394,7 +402,7 @@ def load_weights(
     except WeightsFileError:
         raise
     except ValueError as e:
-        raise WeightsFileError(f"{path} refused for variant {variant!r}: {e}") from e
+        raise WeightsFileError(f"{path} refused for variant {variant!r}: {e}{OTHER_VARIANT}") from e
     _check_values(((f"{k}/{n}", v) for k, d in params.items() for n, v in d.items()), path)
     return params
 

@@ -194,6 +194,11 @@ def check_is_directory(workdir: str) -> None:
         raise DataError(
             f"--workdir={workdir} is a file, not a directory: choose another --workdir."
         )
+    if os.path.realpath(workdir) == os.path.realpath(os.sep):  # (pass 23, #37: $UNSET/)
+        raise UserError(
+            f"--workdir={workdir} is the file system's root (a variable that is not set?): a run "
+            "writes its files into its --workdir; name a folder of its own."
+        )
     parts = workdir.split(os.sep)
     for i, part in enumerate(parts):  # (os.makedirs made the missing folder before a `..`: an
         # empty folder left behind, hostile pass 20, #42)
@@ -588,9 +593,11 @@ def _history_entry(step: int, event: str, **fields: Any) -> dict:
 def _xla_settings(xla_flags: Any) -> dict[str, str]:
     """What an XLA_FLAGS value sets: each flag's last value, whatever their order and spacing
     (the same flags reordered were warned about as a change: hostile pass 21, #32, #33); a bare
-    `--flag` sets it true, as `--flag=true` (pass 22, #36)."""
+    `--flag` sets it true, as `--flag=true` (pass 22, #36), and so does `=1` (pass 23, #70)."""
     words = xla_flags.split() if isinstance(xla_flags, str) else []
-    return dict([*word.split("=", 1), "true"][:2] for word in words)
+    settings = dict([*word.split("=", 1), "true"][:2] for word in words)
+    same = {"1": "true", "true": "true", "0": "false", "false": "false"}
+    return {flag: same.get(value.lower(), value) for flag, value in settings.items()}
 
 
 def record_start(
@@ -880,6 +887,9 @@ def read_config_dict(workdir: str, check_digest: bool = True) -> dict[str, Any] 
     a start that crashed before its history entry (a resume with --allow_config_change takes it
     as it is, and records it)."""
     path = config_path(workdir)
+    if link := errors.broken_link(workdir.rstrip(os.sep) or os.sep):  # (pass 23, #55: "train
+        # first", which then named the loop)
+        raise DataError(f"--workdir={workdir} is {link}: remove the link, or name the run itself.")
     if not os.path.lexists(path):  # (a link to nothing is refused by name: open_record)
         return None
     config = _read_config_file(workdir)

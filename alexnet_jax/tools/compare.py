@@ -20,14 +20,16 @@ front to tell them apart (x/run1, y/run1).
 Writes `<out>.md` (the table, also printed), `<out>.csv` (one row per arm, means and stds in
 columns of their own, errors as fractions) and `<out>.png` (each run's eval top-1 error and train
 loss against steps, one colour per arm). `--out` defaults to `<DIR>/comparison` for one directory
-of runs (a sweep directory), else `comparison` here.
+of runs (a sweep directory), else `comparison` here; a folder (an existing one, or a path ending
+in /) is refused: --out names the files, not their folder.
 
 A DIR is a sweep directory (its sweep.json lists every run, also those not started or failed), a
 run directory (metrics.jsonl), or a directory with run directories below it. Only metrics.jsonl,
 config_history.jsonl and config.json are read (through rundir.py, without TensorFlow), so runs
 copied from any machine, without their checkpoints, compare the same. A run without an evaluation
 yet is listed with its state; a named run directory without a metrics.jsonl, or one that is not
-the JSON lines main.py writes, is one `error:` line naming it (exit code 2).
+the JSON lines main.py writes, is one `error:` line naming it (exit code 2); an eval line whose
+error rate is not a fraction in [0, 1] (NaN, edited by hand) is left out with a warning.
 """
 
 from __future__ import annotations
@@ -122,7 +124,25 @@ def read_records(workdir: str) -> tuple[list[dict], int]:
             f"{path} is damaged: none of its {lines} lines is a metrics record (JSON with 'step' "
             "and 'split', as main.py writes). Restore it from a copy, or leave this run out."
         )
-    return records, lines - len(records)
+    kept = [r for r in records if r["split"] != "eval" or not _bad_error_rate(r)]
+    if bad := [r for r in records if r["split"] == "eval" and _bad_error_rate(r)]:
+        field = _bad_error_rate(bad[0])  # (NaN made the best top-1 `nan`: hostile pass 23, #57)
+        more = f" (and {len(bad) - 1} more such line(s))" if len(bad) > 1 else ""
+        console.warning(
+            f"{path}: the eval line of step {bad[0]['step']} has {field} {bad[0][field]!r}, not "
+            f"an error rate in [0, 1]{more}: left out (edited by hand? restore it from a copy)."
+        )
+    return kept, lines - len(records)
+
+
+def _bad_error_rate(record: dict) -> str | None:
+    """The first error rate of `record` that is not a fraction of the examples in [0, 1] (NaN,
+    Infinity, a percentage: no evaluation writes one), or None."""
+    for key in (rundir.TOP1_ERROR, rundir.TOP5_ERROR):
+        value = record.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            return key
+    return None
 
 
 def _train_seconds(train: Sequence[dict]) -> float | None:
@@ -304,7 +324,8 @@ def _group(directory: str) -> tuple[str, list[RunSummary]]:
             summarize_run(path, *_arm_and_seed(os.path.relpath(path, directory))) for path in found
         ]
         return os.path.abspath(directory), runs
-    raise DataError(f"{directory} is not a directory: name sweep or run directories.")
+    what = errors.broken_link(directory.rstrip(os.sep)) or "not a directory"  # (pass 23, #55)
+    raise DataError(f"{directory} is {what}: name sweep or run directories.")
 
 
 def _short_names(folders: set[str]) -> dict[str, str]:
@@ -637,6 +658,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             other = seen.setdefault(os.path.realpath(directory), directory)
             if other != directory or args.dirs.count(directory) > 1:
                 parser.error(f"{directory} and {other} are the same directory: name each once")
+        if args.out and os.path.isdir(args.out):  # refused as `--out=DIR/` is (pass 23, #66)
+            args.out = os.path.join(args.out, "")
         table, paths = write_comparison(args.dirs, args.out)
     console.out(table)
     console.out(f"wrote {', '.join(paths)}")

@@ -233,6 +233,7 @@ def test_a_file_that_does_not_fit_the_variant_is_refused_naming_the_keys(tmp_pat
     assert "partial.pth refused for variant 'torchvision'" in message
     assert '"classifier.6.bias"' in message  # missing
     assert "size mismatch for features.0.bias" in message
+    assert message.endswith(weights_io.OTHER_VARIANT)  # what to do (hostile pass 23, #61)
 
 
 def test_a_forward_option_the_pytorch_module_does_not_mirror_is_refused(monkeypatch):
