@@ -25,13 +25,18 @@ code and log) and ends with exit code 1. At the end it writes compare.py's table
 
 Rerunning the same command resumes: a run that recorded its end (rundir.is_finished: its final
 evaluation saved, with the same config) is not started again; the others resume from their last
-checkpoint, as main.py does. SIGINT (Ctrl-C), SIGTERM or SIGHUP to the sweep sends the running
-arm one SIGTERM (main.py saves and exits), then the sweep stops with exit code 128 + the signal
-(130 for Ctrl-C); the arms run in sessions of their own, so a terminal's Ctrl-C reaches only the
-sweep. A second signal kills the arm (SIGKILL) without saving.
+checkpoint, as main.py does. Arms and seeds may be added; an arm changed after it saved a
+checkpoint is refused up front (its runs could not resume; sweep.json keeps what they were made
+with), one changed before its first checkpoint starts over.
+
+SIGINT (Ctrl-C), SIGTERM or SIGHUP to the sweep sends the running arm one SIGTERM (main.py saves
+and exits), then the sweep stops with exit code 128 + the signal (130 for Ctrl-C); the arms run
+in sessions of their own, so a terminal's Ctrl-C reaches only the sweep. A second signal kills
+the arm (SIGKILL) without saving.
 
 `--print_commands` prints, instead of running, one shell command per run: exactly what the sweep
-would execute, e.g. one SLURM array task per line (`sed -n "${SLURM_ARRAY_TASK_ID}p"`).
+would execute, e.g. one SLURM array task per line (`sed -n "${SLURM_ARRAY_TASK_ID}p"`), after
+the same checks of --sweep_dir as a run (check_sweep_dir).
 """
 
 from __future__ import annotations
@@ -402,18 +407,45 @@ def _last_error(log: str) -> str:
     return last if len(last) <= 300 else last[:297] + "..."
 
 
-def run_sweep(
-    sweep: Sweep, runs: Sequence[Run], sweep_dir: str, say: Callable[[str], None] = print
-) -> int:
-    """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
-    all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
+def check_sweep_dir(runs: Sequence[Run], sweep_dir: str) -> None:
+    """UserError, before anything is written (and for --print_commands alike: hostile pass 23,
+    #40), when --sweep_dir lies in a run's checkpoints, holds a run, or holds checkpoints of an
+    arm made with another definition: main.py would refuse them after sweep.json lost the
+    definition they were made with (#41). Arms and seeds added, arms with no checkpoint (set
+    aside, _set_aside_if_changed) and longer runs stay allowed."""
     rundir.refuse_inside_checkpoints(sweep_dir, "--sweep_dir")  # (hostile pass 5, #33)
-    make_directory(sweep_dir, "--sweep_dir")  # before any run starts
     if os.path.isfile(rundir.config_path(sweep_dir)):
         raise UserError(
             f"--sweep_dir={sweep_dir} holds a run (its {rundir.CONFIG_FILE}): a sweep keeps its "
             "runs in folders of its own; choose another --sweep_dir."
         )
+    changed: dict[str, str] = {}
+    for run in runs if os.path.isdir(sweep_dir) else ():
+        try:  # (damaged records: that arm fails on its own in _run_sweep)
+            if not rundir.saved_steps(run.workdir) or rundir.is_finished(run.config, run.workdir):
+                continue
+            old = rundir.read_config_dict(run.workdir, check_digest=False) or {}
+        except (OSError, DataError):
+            continue
+        if diff := rundir.config_changes(run.config, old):
+            changed.setdefault(run.arm, ", ".join(f"{f} {a!r} -> {b!r}" for f, a, b in diff[:4]))
+    if changed:
+        shown = "; ".join(f"arm {arm!r}: {fields}" for arm, fields in changed.items())
+        raise UserError(
+            f"--sweep_dir={sweep_dir} holds checkpoints of arms made with another definition "
+            f"({shown}), which main.py cannot resume with the new one: run the new definition "
+            f"in another --sweep_dir, or restore the sweep file to what its {rundir.SWEEP_FILE} "
+            "records."
+        )
+
+
+def run_sweep(
+    sweep: Sweep, runs: Sequence[Run], sweep_dir: str, say: Callable[[str], None] = print
+) -> int:
+    """Runs every run not finished yet, one after another; returns the sweep's exit code: 0 when
+    all finished, 1 when one failed or stopped early, 128 + N when signal N stopped the sweep."""
+    check_sweep_dir(runs, sweep_dir)
+    make_directory(sweep_dir, "--sweep_dir")  # before any run starts
     with rundir.exclusive(
         sweep_dir, "--sweep_dir"
     ):  # a second sweep on this folder is refused, naming this one
@@ -588,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UserError(f"--main={args.main} is not a file.")
         runs = plan_runs(sweep, args.sweep_dir, args.main)
         if args.print_commands:
+            check_sweep_dir(runs, args.sweep_dir)  # (refused as the sweep is: pass 23, #40)
             for run in runs:
                 console.out(shlex.join(run.command))
             return
