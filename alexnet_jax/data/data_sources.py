@@ -446,28 +446,36 @@ class _FolderSource:
         return f"folder-files:{self._files_digest(split, with_times=True)}"
 
     def fingerprint(self, split: str) -> str:
-        """What a run records of `split`'s files (run.json): `cache_key` without the times, so
-        the same files copied elsewhere (new times) resume, while two classes' files swapped in
-        place (same names, counts and sizes) do not (hostile pass 19, #24: resumed without a
-        word, training on other labels)."""
+        """What a run records of `split`'s files (run.json): the class names, each image's
+        relative path and size, and the first 4096 bytes of up to FINGERPRINT_READS images per
+        class, evenly spaced in name order (no times, so the same files copied elsewhere resume;
+        ImageNet: 64k short reads). Files swapped between classes in place (same names and
+        sizes) change it when a swapped file is read and its first bytes differ from its
+        replacement's: in a class of up to FINGERPRINT_READS images every file is read; in a
+        larger one a swap of many files is caught, one of thousands likely not (hostile pass
+        19, #24; pass 23, #59: 6 of 16 files per class swapped resumed without a word, training
+        on flipped labels)."""
         return self._files_digest(split, with_times=False)
 
     def _files_digest(self, split: str, with_times: bool) -> str:
         entries = []
-        first = {}
+        per_class = collections.defaultdict(list)
         for path, label, key in sorted(self.files(split), key=lambda found: found[2]):
             try:
                 stat = os.stat(path)
                 entries.append([key, stat.st_size, stat.st_mtime_ns][: 3 if with_times else 2])
             except OSError:  # vanished or unreadable: the pipeline leaves it out as undecodable
                 entries.append([key, -1, -1][: 3 if with_times else 2])
-            first.setdefault(label, path)
+            per_class[label].append(path)
         # (the decoder's version keys the caches, not the run: a resume reads its files anew)
         blob = [preprocessing.DECODER_VERSION] if with_times else []
         digest = hashlib.sha1(json.dumps([*blob, list(self.classes), entries]).encode())
-        for label in sorted(first):  # a class swapped with another of equal sizes and times
-            with contextlib.suppress(OSError), open(first[label], "rb") as f:
-                digest.update(f.read(4096))
+        reads = 1 if with_times else FINGERPRINT_READS  # (the caches keep their keys)
+        for label in sorted(per_class):  # files swapped between classes of equal names, sizes
+            paths = per_class[label]
+            for i in np.unique(np.linspace(0, len(paths) - 1, min(reads, len(paths))).round()):
+                with contextlib.suppress(OSError), open(paths[int(i)], "rb") as f:
+                    digest.update(f.read(4096))
         return digest.hexdigest()
 
     def images_outside_class_folders(self) -> list[str]:
@@ -1091,7 +1099,8 @@ def dataset_identity(config, fingerprint: bool = True) -> dict:
 
     A resumed run should train on data with the same identity: for image folders the sorted class
     names (label i is classes[i], so an added class folder shifts labels), the files per split
-    and, with `fingerprint`, each split's `fingerprint` (a stat per file); for tfds builds
+    and, with `fingerprint`, each split's `fingerprint` (a stat per file, a short read of up
+    to FINGERPRINT_READS files per class); for tfds builds
     (imagenet2012, miniature) the builder's version and the split sizes and shard counts of its
     dataset_info.json (plus the miniature spec's fingerprint); for synthetic data the example
     counts. Raises DataError when the data is not prepared yet.
@@ -1108,7 +1117,7 @@ def dataset_identity(config, fingerprint: bool = True) -> dict:
     if config.dataset == "image_folder":
         splits = (str(config.train_split), str(config.eval_split))
         identity.update(source.describe(splits))
-        if fingerprint:  # (a stat per file: content_identity has its own, with the times)
+        if fingerprint:  # (content_identity has its own, with the times)
             identity[FILES_FINGERPRINT] = {split: source.fingerprint(split) for split in splits}
         return identity
     identity.update(source.describe())
@@ -1130,6 +1139,7 @@ def content_identity(config, split: str) -> dict:
 
 
 FILES_FINGERPRINT = "files_fingerprint"  # an image folder's dataset_identity: per split
+FINGERPRINT_READS = 64  # images per class whose first bytes a run's fingerprint reads
 
 
 # ---- Pre-resize cache ---------------------------------------------------------------------------

@@ -832,6 +832,12 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> li
             f"The data of the run in {workdir} changed since it started: {_describe(changed)}. "
             "Its labels or examples would no longer mean what they meant: restore the data, or "
             "start a new run in another --workdir (or add --allow_config_change on purpose)."
+            + (  # (pass 23, #59: the fingerprint reads more files now)
+                " A run started before the fingerprint read up to 64 files per class records "
+                "another one: if the image folder is unchanged, add --allow_config_change once."
+                if [field for field, _, _ in changed] == ["files_fingerprint"]
+                else ""
+            )
         )
     return changed
 

@@ -26,6 +26,7 @@ import sys
 if not __package__:  # run by its path, where Python cannot import the package
     sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.predict")
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -241,8 +242,16 @@ def main(argv: Sequence[str]) -> None:
                 "no image given: name one or more image files after the flags, e.g. "
                 "python -m alexnet_jax.tools.predict --workdir=runs/default photo.jpg"
             )
+        for path in images:  # before the model is loaded
+            if os.path.isdir(path):
+                raise DataError(f"{path} is a folder, not an image: name the image files in it.")
+            if os.path.exists(path) and not os.path.isfile(path):  # a device, a FIFO, a link
+                raise DataError(
+                    f"{path} is not a regular file (a device or a FIFO, or a link to one), so it "
+                    "is no image: name an image file."
+                )
         missing = [path for path in images if not os.path.isfile(path)]
-        if missing:  # before the model is loaded
+        if missing:
             raise DataError(f"No such image file(s): {', '.join(missing)}")
         runtime.check_environment()
         runtime.start_backend()
@@ -253,6 +262,14 @@ def main(argv: Sequence[str]) -> None:
 
             source = input_pipeline.mean_image_path(config)
             mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), source)
+            trained = None  # the data's copy, which training and --mode=eval subtract
+            with contextlib.suppress(OSError, ValueError), rundir.open_record(source, "rb") as f:
+                trained = np.load(f)  # (none there, or unreadable: nothing to check it with)
+            if trained is not None and not np.array_equal(trained, mean_image):
+                raise DataError(
+                    f"{os.path.join(FLAGS.workdir, rundir.MEAN_IMAGE_FILE)} differs from the mean "
+                    f"image the run trained with, {source}: copy it again from there."
+                )
         results = predict(
             params,
             config,

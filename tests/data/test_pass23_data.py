@@ -1,0 +1,149 @@
+"""Hostile pass 23, #51, #54, #59, #60: image files swapped between class folders in place, an
+edited copy of a run's mean image, a folder or a device given to predict as an image, and a
+finished run whose checkpoints are gone: each one line saying what is wrong and what to do."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax.core.errors import DataError
+from alexnet_jax.data import data_sources, input_pipeline
+from alexnet_jax.runs import rundir
+from alexnet_jax.tools import load
+from tests import multihost_worker
+from tests.conftest import tiny_config, write_tiny_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _bmp_folder(root: str, per_class: int) -> str:
+    """root/folder with train/{a,b}/NN.bmp (8x8, each its own colour, all of one size) and one
+    val/{a,b}/00.bmp."""
+    folder = os.path.join(root, "folder")
+    for split, count in (("train", per_class), ("val", 1)):
+        for c, name in enumerate(("a", "b")):
+            os.makedirs(os.path.join(folder, split, name))
+            for k in range(count):
+                pixels = np.full((8, 8, 3), (c * 100 + k) % 256, np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, split, name, f"{k:02d}.bmp"))
+    return folder
+
+
+def _swap(folder: str, names) -> None:
+    """train/a/<name> and train/b/<name> swapped in place (same names and sizes)."""
+    a, b = os.path.join(folder, "train", "a"), os.path.join(folder, "train", "b")
+    for name in names:
+        os.replace(os.path.join(a, name), os.path.join(folder, "t.bmp"))
+        os.replace(os.path.join(b, name), os.path.join(a, name))
+        os.replace(os.path.join(folder, "t.bmp"), os.path.join(b, name))
+
+
+@pytest.mark.parametrize(
+    ("per_class", "swapped"),
+    [(16, [f"{i:02d}.bmp" for i in range(5, 11)]), (64, ["37.bmp"])],
+    ids=["6 of 16 files", "one of 64 files"],
+)
+def test_files_swapped_between_classes_in_place_refuse_the_resume(tmp_path, per_class, swapped):
+    """#59: 6 of 16 BMPs per class swapped between class folders a and b (same names and
+    sizes) resumed without a word, training on flipped labels: the fingerprint read only each
+    class's first image. It reads up to FINGERPRINT_READS per class now, so this, and one file
+    swapped in a class of 64, is the resume's one DataError naming the fingerprint."""
+    folder = _bmp_folder(str(tmp_path), per_class)
+    config = tiny_config(str(tmp_path), dataset="image_folder", image_folder=folder, num_classes=2)
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    rundir.record_dataset(workdir, data_sources.dataset_identity(config))
+    assert rundir.check_dataset(workdir, data_sources.dataset_identity(config)) == []
+    _swap(folder, swapped)
+    with pytest.raises(DataError, match="changed since it started: files_fingerprint") as error:
+        rundir.check_dataset(workdir, data_sources.dataset_identity(config))
+    # (a run recorded before the fingerprint read more files is told how to go on)
+    assert "if the image folder is unchanged, add --allow_config_change once" in str(error.value)
+
+
+def _predict(workdir: str, *images: str) -> subprocess.CompletedProcess:
+    """predict --workdir=`workdir` `images` with fc6/fc7 narrowed (tests/multihost_worker.py)."""
+    script = (
+        "import sys; from tests import multihost_worker; multihost_worker.narrow_fc_layers(); "
+        "from absl import app; from alexnet_jax.core.errors import parse_flags; "
+        "from alexnet_jax.tools import predict; predict.define_flags(); "
+        "app.run(predict.main, flags_parser=parse_flags)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, f"--workdir={workdir}", *images],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    )  # fmt: skip
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_predict_refuses_a_run_copy_of_the_mean_image_that_differs_from_the_trained_one(
+    tmp_path, monkeypatch
+):
+    """#60: the run's copy of its mean image (mean_image.npy), edited within 0..255, made
+    predict name the wrong class at 100% without a word, while --mode=eval read the data's
+    copy. predict compares the run's copy with the data's (when there) and refuses a mismatch."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    folder = _bmp_folder(str(tmp_path), 2)
+    overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2)
+    workdir = write_tiny_run(str(tmp_path), normalization="mean_image", **overrides)
+    config = tiny_config(str(tmp_path), normalization="mean_image", **overrides)
+    source = input_pipeline.mean_image_path(config)  # the data's copy, as prepare writes it
+    os.makedirs(os.path.dirname(source))
+    mean = np.random.default_rng(0).uniform(0, 255, (72, 72, 3)).astype(np.float32)
+    np.save(source, mean)
+    rundir.save_mean_image(workdir, source)
+    photo = os.path.join(folder, "val", "a", "00.bmp")
+    proc = _predict(workdir, photo)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the same mean: predicts
+    np.save(os.path.join(workdir, rundir.MEAN_IMAGE_FILE), mean / 2)  # edited, still 0..255
+    line = _one_error_line(_predict(workdir, photo))
+    assert f"{os.path.join(workdir, rundir.MEAN_IMAGE_FILE)} differs from the mean" in line
+    assert f"{source}: copy it again from there" in line
+
+
+@pytest.mark.parametrize("what", ["a folder", "a link to /dev/zero"])
+def test_predict_of_a_folder_or_a_device_says_what_it_is(run_dir, tmp_path, what):
+    """#51: a folder, or a .jpg linked to /dev/zero, was `No such image file(s)`: it exists.
+    One line now says what it is and what to give instead."""
+    path = str(tmp_path / "photos")
+    if what == "a folder":
+        os.makedirs(path)
+        want = f"{path} is a folder, not an image: name the image files in it."
+    else:
+        path += ".jpg"
+        os.symlink("/dev/zero", path)
+        want = f"{path} is not a regular file (a device or a FIFO, or a link to one)"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.tools.predict", f"--workdir={run_dir}", path],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert want in _one_error_line(proc)
+
+
+def test_a_finished_run_without_checkpoints_says_to_restore_them(tmp_path, monkeypatch):
+    """#54: predict (and figures: load.py) on a finished run whose checkpoints/ is gone said
+    `train first`, which training then refused (it would start over and overwrite the run's
+    metrics). The history shows the run trained: restore the checkpoints from a copy."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    workdir = write_tiny_run(str(tmp_path))
+    rundir.record_finished(workdir, 1)
+    shutil.rmtree(rundir.checkpoint_dir(workdir))
+    with pytest.raises(DataError, match=r"reached step 1 .* restore that folder from a copy"):
+        load.load_run(workdir)
+    os.remove(os.path.join(workdir, rundir.HISTORY_FILE))  # never trained: train first
+    with pytest.raises(Exception, match="train first"):
+        load.load_run(workdir)
