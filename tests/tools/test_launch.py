@@ -392,22 +392,25 @@ def test_no_resource_warning_under_pythonwarnings_error():
     assert proc.stdout.count("] hi") == 2
 
 
+# A process that watches the launcher named in its environment, then says it runs.
+_WATCHING = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "from alexnet_jax.core import errors\n"
+    "errors.stop_with_the_launcher()\n"
+    "print('running', flush=True)\n"
+)
+
+
 def test_a_wrapped_process_of_a_live_launcher_keeps_running():
     """A process launch starts through a wrapper (`-- timeout 3600 python main.py`) has the
     wrapper for its parent, not launch: it must not take that for the launcher's death (it
     stopped itself at start, exit codes [143, 143]); a launcher that is really gone stops it."""
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from alexnet_jax.core import errors\n"
-        "errors.stop_with_the_launcher()\n"
-        "print('running', flush=True)\n"
-    )
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that was a process and is no more
     for launcher, expected in ((os.getpid(), 0), (gone.pid, -signal.SIGTERM)):
         env = {**os.environ, errors.LAUNCHER_PID: str(launcher)}
         proc = subprocess.run(
-            ["sh", "-c", '"$0" -c "$1" "$2"; exit $?', sys.executable, script, REPO],
+            ["sh", "-c", '"$0" -c "$1" "$2"; exit $?', sys.executable, _WATCHING, REPO],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert proc.returncode in (expected, 128 - expected), proc.stderr
@@ -418,12 +421,6 @@ def test_a_stray_launcher_pid_is_named_not_a_silent_sigterm():
     """Hostile pass 22, #35: main.py with a stray ALEXNET_JAX_LAUNCHER_PID (a shell's export) of
     a dead pid ended at start with `terminated: stopped by SIGTERM`, nothing saying why; one of
     a live process it does not run under would have stopped it when that process ended."""
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from alexnet_jax.core import errors\n"
-        "errors.stop_with_the_launcher()\n"
-        "print('running', flush=True)\n"
-    )
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     with subprocess.Popen(["sleep", "60"]) as unrelated:
@@ -432,7 +429,7 @@ def test_a_stray_launcher_pid_is_named_not_a_silent_sigterm():
             (unrelated.pid, 0, f"warning: {errors.LAUNCHER_PID}={unrelated.pid} names no process"),
         ):
             proc = subprocess.run(
-                [sys.executable, "-c", script, REPO], capture_output=True, text=True, timeout=60,
+                [sys.executable, "-c", _WATCHING, REPO], capture_output=True, text=True, timeout=60,
                 env={**os.environ, errors.LAUNCHER_PID: str(pid)},
             )  # fmt: skip
             assert proc.returncode == code, proc.stderr
