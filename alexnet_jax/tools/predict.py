@@ -260,11 +260,16 @@ def main(argv: Sequence[str]) -> None:
         if FLAGS.workdir and config.normalization == "mean_image":
             from alexnet_jax.data import input_pipeline  # (not at import: tools stay light)
 
-            source = input_pipeline.mean_image_path(config)
-            mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), source)
-            trained = None  # the data's copy, which training and --mode=eval subtract
-            with contextlib.suppress(OSError, ValueError), rundir.open_record(source, "rb") as f:
-                trained = np.load(f)  # (none there, or unreadable: nothing to check it with)
+            source, trained = None, None  # the data's copy, which training and eval subtract
+            with contextlib.suppress(DataError, OSError):  # (the data gone: the run's copy alone,
+                source = input_pipeline.mean_image_path(config)  # hostile pass 24, #55)
+            where = source or f"{config.data_dir}/mean_images (the data build's)"
+            mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), where)
+            with (
+                contextlib.suppress(OSError, ValueError, TypeError),  # (none there, unreadable
+                rundir.open_record(source, "rb") as f,  # or no data: nothing to check it with)
+            ):
+                trained = np.load(f)
             if trained is not None and (  # (a mean computed elsewhere may differ in last bits)
                 trained.shape != mean_image.shape or not np.allclose(trained, mean_image, 0, 1e-3)
             ):

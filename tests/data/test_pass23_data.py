@@ -112,6 +112,14 @@ def test_predict_refuses_a_run_copy_of_the_mean_image_that_differs_from_the_trai
     line = _one_error_line(_predict(workdir, photo))
     assert f"{os.path.join(workdir, rundir.MEAN_IMAGE_FILE)} differs from the mean" in line
     assert f"{source}: copy it again from there" in line
+    # Pass 24, #55: with the image folder gone, predict said "has no train/ directory ... Set
+    # --config.image_folder", a flag predict has not; the run's copy alone is used.
+    os.rename(os.path.join(workdir, rundir.MEAN_IMAGE_FILE), str(tmp_path / "edited.npy"))
+    rundir.save_mean_image(workdir, source)
+    os.rename(folder, folder + "_away")
+    photo = os.path.join(folder + "_away", "val", "a", "00.bmp")
+    proc = _predict(workdir, photo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("what", ["a folder", "a link to /dev/zero"])
