@@ -3396,3 +3396,24 @@ def test_xla_flags_set_true_as_1_or_true_are_the_same_setting():
     read = rundir._xla_settings
     assert read("--a=1 --b=0 --c") == read("--a=true --b=False --c=TRUE")
     assert read("--xla_dump_to=/tmp/A") != read("--xla_dump_to=/tmp/a")
+
+
+# ---- Hostile pass 24 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_run_folder_moved_while_it_ran_is_one_message(tmp_path):
+    """Pass 24, #52-#53: the run's folder moved (or deleted) while a checkpoint was written: 250
+    to 825 lines of Orbax tracebacks; moved during an evaluation, the next save made the path
+    again and the run wrote the rest of itself there, exit 0. The save says what happened."""
+    workdir = tmp_path / "run"
+    manager = checkpoint.checkpoint_manager(str(workdir), keep=2)
+    tree = {"w": np.ones(3, np.float32)}
+    checkpoint.save(manager, 1, tree, {"examples_consumed": 8})
+    checkpoint.wait(manager)
+    os.rename(workdir, tmp_path / "moved")
+    said = f"the run's folder {workdir} was moved or deleted while it ran. Put the run's folder"
+    with pytest.raises(DataError, match=re.escape(said)):
+        checkpoint.save(manager, 2, tree, {"examples_consumed": 16})
+    missing = FileNotFoundError(2, "No such file or directory", str(workdir / "metrics.jsonl"))
+    line = str(errors.storage_error("the train metrics of step 2", str(workdir), missing))
+    assert "the folder was moved or deleted while the run wrote into it. Put it back" in line

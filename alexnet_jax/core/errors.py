@@ -48,6 +48,8 @@ _STORAGE_STATUS = re.compile(
     r"\b(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DATA_LOSS|OUT_OF_RANGE): "
     r"|os_error_code='?\d+"
     r"|No space left on device|File too large|Disk quota exceeded|Read-only file system"
+    # (a checkpoint's folder moved or deleted while Orbax wrote it: hostile pass 24, #52)
+    r"|NOT_FOUND: Error writing|No ArrayMetadata found for process_index"
 )
 _SYSTEM_ERRNO = re.compile(r"os_error_code='?(\d+)")
 # The errnos of a write that failed for want of room or rights (not of a missing input file).
@@ -139,6 +141,12 @@ _FILE_SIZE_LIMIT = collections.defaultdict(
 
 def storage_error(what: str, where: str, error: BaseException) -> DataError:
     """One paragraph for a failed write: what, where, why, and what to do."""
+    if isinstance(error, FileNotFoundError):  # (its folder moved or deleted: pass 24, #52)
+        return DataError(
+            f"Writing {what} in {where} failed: {storage_error_reason(error)}: the folder was "
+            "moved or deleted while the run wrote into it. Put it back where it was, then rerun "
+            "the same command: it resumes from the last complete checkpoint."
+        )
     return DataError(
         f"Writing {what} in {where} failed: {storage_error_reason(error)}. Free disk space (or "
         "fix the directory's permissions) or choose another --workdir, then rerun the same "
