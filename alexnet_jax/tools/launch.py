@@ -14,7 +14,8 @@ Stopping. The processes run in sessions of their own, so a terminal's Ctrl-C rea
 launcher, which sends every process one SIGTERM (main.py: all save at the same step and exit 0);
 a second Ctrl-C (or SIGTERM) kills them (SIGKILL). SIGTERM and SIGHUP to the launcher act like
 Ctrl-C. If a process dies (a non-zero exit code or a signal) while the others run, the launcher
-says which and stops the others: SIGTERM, then SIGKILL after `--grace_s`. Exit code: 130 after a
+says which and stops the others: SIGTERM, then SIGKILL after `--grace_s` (so too, after a Ctrl-C,
+the ones still running `--grace_s` after another has exited). Exit code: 130 after a
 Ctrl-C; else the dead process's code (128 + N for signal N); else the first non-zero code, or 0.
 If the launcher itself is killed (kill -9), each process gets a SIGTERM and kills itself
 `--grace_s` later if it is still running (errors.stop_with_the_launcher).
@@ -195,6 +196,14 @@ class Supervisor:
                 self._check_for_a_death(codes)
             if all(c is not None for c in codes):
                 break
+            if (
+                self.interrupt is not None
+                and self.kill_at is None
+                and codes.count(None) < len(codes)
+            ):
+                # Stopped, and some have exited: the others get --grace_s, then SIGKILL (one
+                # still joining the job waited out JAX's 300 s for the one gone: pass 24, #21).
+                self.kill_at = time.monotonic() + self.grace_s
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 self.kill_at = None
                 self._kill(f"still running --grace_s={self.grace_s:g} s after SIGTERM")
@@ -300,8 +309,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--grace_s",
         type=_seconds,
         default=errors.DEFAULT_GRACE_S,
-        help="when a process dies (or the launcher): seconds the others get to exit after "
-        "SIGTERM before SIGKILL",
+        help="when a process dies (or the launcher, or one exits after a Ctrl-C): seconds the "
+        "others get to exit after SIGTERM before SIGKILL",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- main.py [its flags]")
     args = parser.parse_args(argv)

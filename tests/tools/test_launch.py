@@ -236,6 +236,27 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_grace_s(start_launcher):
     assert len(killed) == 1, launcher.output
 
 
+def test_after_a_ctrl_c_a_worker_still_running_when_another_exited_is_killed_after_grace_s(
+    start_launcher,
+):
+    """Hostile pass 24, #21: a SIGTERM to launch as it started the processes: process 1 exited,
+    process 0, waiting in JAX's start-up for it (which no SIGTERM interrupts), waited out the
+    whole 300 s. After a stop, the ones still running --grace_s after another exited are killed."""
+    worker = PRELUDE + (
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN if I == 0 else signal.SIG_DFL)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    launcher = start_launcher("--num_processes=2", "--grace_s=1", worker=worker)
+    launcher.wait_for("] ready", count=2)
+    launcher.interrupt(signal.SIGINT)
+    code, seconds = launcher.wait()
+    assert code == 130, launcher.output
+    assert seconds < 20, launcher.output
+    killed = [line for line in launcher.lines if "SIGKILL" in line and "process 0" in line]
+    assert len(killed) == 1, launcher.output
+
+
 # ---- 4. A peer that never arrives -------------------------------------------------------------
 
 
