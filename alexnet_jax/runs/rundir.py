@@ -110,6 +110,9 @@ EVAL_FIELDS = frozenset(
         "torch_weights",
     }
 )
+# The EVAL_FIELDS that say which data is evaluated (the caches are the training's): an evaluation
+# whose value differs from the run's own is not the run's evaluation (hostile pass 24, #38).
+EVAL_DATA_FIELDS = ("data_dir", "manual_dir", "miniature_dir", "image_folder")
 
 
 def config_path(workdir: str) -> str:
@@ -785,14 +788,32 @@ def _refuse_unrecorded(
         )
 
 
+def reached_step(workdir: str) -> int:
+    """The step the run's history shows it trained to: its last "finished" or "resume" entry's
+    (0: no history, or never past its start)."""
+    events = ("finished", "resume")
+    history = read_history(workdir, warn=False)
+    return max((r.get("step", 0) for r in history if r.get("event") in events), default=0)
+
+
+def no_checkpoint_error(workdir: str, remedy: str) -> UserError:
+    """The error of a read of the run's checkpoint that finds none: `remedy` for a run that never
+    trained; a run that did lost its checkpoints (training would start it over: restore them)."""
+    reached = reached_step(workdir)
+    if reached > 0:
+        return DataError(
+            f"{workdir} holds a run that reached step {reached} ({HISTORY_FILE}) but no "
+            f"checkpoint in {checkpoint_dir(workdir)}: restore that folder from a copy of the "
+            "run, then rerun this command."
+        )
+    return UserError(f"No checkpoint in {checkpoint_dir(workdir)}: {remedy}")
+
+
 def _refuse_lost_checkpoints(workdir: str, allow_change: bool) -> None:
     """A run whose history shows it trained past step 0 (it finished, or resumed from a
     checkpoint) but that holds no checkpoint any more would start over and overwrite its
     metrics: refused unless `allow_change`."""
-    history = read_history(workdir, warn=False)
-    reached = max(
-        (r["step"] for r in history if r.get("event") in ("finished", "resume")), default=0
-    )
+    reached = reached_step(workdir)
     if reached > 0 and not saved_steps(workdir) and not allow_change:
         raise DataError(
             f"{workdir} holds a run that reached step {reached} (config_history.jsonl) but no "

@@ -21,7 +21,6 @@ import jax
 import ml_collections
 
 from alexnet_jax.core import errors
-from alexnet_jax.core.errors import DataError, UserError
 from alexnet_jax.runs import rundir
 from alexnet_jax.train import checkpoint, config_lib, experiment, sharding
 
@@ -60,16 +59,7 @@ def load_params_and_step(
     )
     restored = checkpoint.read_latest_checkpoint(workdir, target)
     if restored is None:  # never trained, or (its history says) its checkpoints are gone
-        history = rundir.read_history(workdir, warn=False)
-        events = ("finished", "resume")  # (as training's own refusal to start over)
-        reached = max((r.get("step", 0) for r in history if r.get("event") in events), default=0)
-        if reached > 0:
-            raise DataError(
-                f"{workdir} holds a run that reached step {reached} (config_history.jsonl) but "
-                f"no checkpoint in {rundir.checkpoint_dir(workdir)}: restore that folder from a "
-                "copy of the run, then rerun this command."
-            )
-        raise UserError(f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first.")
+        raise rundir.no_checkpoint_error(workdir, "train first.")
     return config, restored[0].params, int(restored[0].step)
 
 

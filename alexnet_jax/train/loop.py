@@ -341,15 +341,18 @@ def evaluate_checkpoint(
         else:
             restored = checkpoint.read_latest_checkpoint(workdir, exp.abstract_state())
             if restored is None:
-                raise UserError(
-                    f"No checkpoint in {rundir.checkpoint_dir(workdir)}: train first "
-                    "(--mode=train), point --workdir at a run, or set --config.torch_weights."
+                raise rundir.no_checkpoint_error(
+                    workdir,
+                    "train first (--mode=train), point --workdir at a run, or set "
+                    "--config.torch_weights.",
                 )
             params, step = restored[0].params, int(restored[0].step)
         metrics = evaluate(exp.eval_step, params, _eval_batches(config), exp.mesh)
-        # What was evaluated is recorded; one that is not the run's own (another split or crop
-        # count) never counts as the run's evaluation of that step.
+        # What was evaluated is recorded; one that is not the run's own (another split, crop
+        # count or data) never counts as the run's evaluation of that step.
         views = {"eval_split": str(config.eval_split), "eval_crops": int(config.eval_crops)}
+        moved = [k for k in rundir.EVAL_DATA_FIELDS if own is not None and own.get(k) != config[k]]
+        views.update({k: config[k] for k in moved})  # (pass 24, #38: it was the run's own)
         elsewhere = own is not None and any(own.get(k) != v for k, v in views.items())
         reeval = elsewhere or rundir.is_evaluated(workdir, step)
         line = report.eval_line(step, metrics, config.num_classes, reeval)

@@ -1,0 +1,55 @@
+"""Hostile pass 24, `--mode=eval`: a run whose checkpoints are gone (#56), and an evaluation of
+other data than the run's own (#38). In process, on a tiny synthetic run (no data read)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from alexnet_jax.core.errors import DataError, UserError
+from alexnet_jax.runs import rundir
+from alexnet_jax.train import config_lib, loop
+from tests.conftest import write_tiny_run
+
+
+def _tiny_synthetic_run(root: str) -> str:
+    return write_tiny_run(root, dataset="synthetic", synthetic_eval_examples=8, num_classes=4)
+
+
+def test_eval_of_a_finished_run_without_checkpoints_says_to_restore_them(tmp_path):
+    """#56: eval of a finished run whose checkpoints/ is gone said `train first`, which training
+    then refused (it would start over). It says, as predict does, that the run reached its step
+    and its checkpoints are to be restored; a run with no history still says `train first`."""
+    workdir = _tiny_synthetic_run(str(tmp_path))
+    rundir.record_finished(workdir, 1)
+    shutil.rmtree(rundir.checkpoint_dir(workdir))
+    config = config_lib.load_config(workdir)
+    with pytest.raises(DataError, match=r"reached step 1 .* restore that folder from a copy"):
+        loop.evaluate_checkpoint(config, workdir)
+    assert rundir.reached_step(workdir) == 1
+    os.remove(os.path.join(workdir, rundir.HISTORY_FILE))  # never trained: train first
+    with pytest.raises(UserError, match=r"No checkpoint in .*: train first \(--mode=train\)"):
+        loop.evaluate_checkpoint(config, workdir)
+
+
+def test_eval_of_other_data_at_an_unevaluated_step_is_kept_apart(tmp_path, capsys):
+    """#38: an eval with another data folder (an EVAL_FIELDS override) of a step the run never
+    evaluated was recorded as the run's own evaluation (its final result in compare), nothing
+    saying which data. It is a marked "reeval" line naming the data; the same eval with the
+    run's own data (an owed evaluation) stays the run's own."""
+    workdir = _tiny_synthetic_run(str(tmp_path))
+    elsewhere = str(tmp_path / "elsewhere")
+    config = config_lib.load_config(workdir)
+    metrics = loop.evaluate_checkpoint(config, workdir, {"data_dir": elsewhere})
+    assert np.isfinite(metrics["loss"])
+    assert "kept apart from the run's own" in capsys.readouterr().out
+    (row,) = rundir.read_metrics(workdir)
+    assert (row["step"], row["reeval"], row["data_dir"]) == (1, True, elsewhere)
+    assert rundir.run_evals(rundir.read_metrics(workdir)) == []
+    loop.evaluate_checkpoint(config_lib.load_config(workdir), workdir)
+    assert "kept apart" not in capsys.readouterr().out
+    (own,) = rundir.run_evals(rundir.read_metrics(workdir))
+    assert (own["step"], own.get("reeval"), own.get("data_dir")) == (1, None, None)
