@@ -3417,3 +3417,18 @@ def test_a_run_folder_moved_while_it_ran_is_one_message(tmp_path):
     missing = FileNotFoundError(2, "No such file or directory", str(workdir / "metrics.jsonl"))
     line = str(errors.storage_error("the train metrics of step 2", str(workdir), missing))
     assert "the folder was moved or deleted while the run wrote into it. Put it back" in line
+
+
+def test_compare_names_a_finished_run_whose_metrics_were_emptied(tmp_path, capsys):
+    """Pass 24, #59: a finished run whose metrics.jsonl was emptied showed as "finished, no eval
+    yet", no word: a run ends with its final evaluation, so its record is lost."""
+    from alexnet_jax.tools import compare
+    from tests.conftest import write_tiny_run
+
+    workdir = write_tiny_run(str(tmp_path))
+    rundir.record_finished(workdir, 1)
+    open(rundir.metrics_path(workdir), "w").close()
+    (summary,) = compare.collect([workdir])
+    assert summary.state == "finished, its metrics lost"
+    (warning,) = [w for w in _warnings(capsys) if "holds no evaluation" in w]
+    assert "but the run finished at step 1 (config_history.jsonl)" in warning

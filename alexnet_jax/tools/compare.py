@@ -201,13 +201,20 @@ def summarize_records(
 
 def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | None) -> str:
     finished = rundir.finished_step(workdir)
-    if finished is not None:
+    if finished is not None and "final_top1_error" not in values:  # (a finished run evaluated
+        # at its end: its records emptied or replaced, hostile pass 24, #59)
+        console.warning(
+            f"{rundir.metrics_path(workdir)} holds no evaluation, but the run finished at step "
+            f"{finished} ({rundir.HISTORY_FILE}), which it ends with: restore it from a copy."
+        )
+        state = "finished, its metrics lost"
+    elif finished is not None:
         state = "finished"
     elif outcome and outcome.get("status") == "failed":
         state = f"failed (exit {outcome.get('exit_code')})"
     else:
         state = f"unfinished (step {values['steps']})" if records else "nothing logged yet"
-    if "final_top1_error" not in values:
+    if "final_top1_error" not in values and finished is None:
         state += ", no eval yet"
     return state
 
