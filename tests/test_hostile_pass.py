@@ -3421,7 +3421,7 @@ def test_a_run_folder_moved_while_it_ran_is_one_message(tmp_path):
 
 def test_compare_names_a_finished_run_whose_metrics_were_emptied(tmp_path, capsys):
     """Pass 24, #59: a finished run whose metrics.jsonl was emptied showed as "finished, no eval
-    yet", no word: a run ends with its final evaluation, so its record is lost."""
+    yet", no word: its records are lost."""
     from alexnet_jax.tools import compare
     from tests.conftest import write_tiny_run
 
@@ -3430,5 +3430,5 @@ def test_compare_names_a_finished_run_whose_metrics_were_emptied(tmp_path, capsy
     open(rundir.metrics_path(workdir), "w").close()
     (summary,) = compare.collect([workdir])
     assert summary.state == "finished, its metrics lost"
-    (warning,) = [w for w in _warnings(capsys) if "holds no evaluation" in w]
+    (warning,) = [w for w in _warnings(capsys) if "holds no record" in w]
     assert "but the run finished at step 1 (config_history.jsonl)" in warning

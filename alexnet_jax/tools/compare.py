@@ -201,11 +201,10 @@ def summarize_records(
 
 def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | None) -> str:
     finished = rundir.finished_step(workdir)
-    if finished is not None and "final_top1_error" not in values:  # (a finished run evaluated
-        # at its end: its records emptied or replaced, hostile pass 24, #59)
+    if finished is not None and not records:  # (emptied or replaced: hostile pass 24, #59)
         console.warning(
-            f"{rundir.metrics_path(workdir)} holds no evaluation, but the run finished at step "
-            f"{finished} ({rundir.HISTORY_FILE}), which it ends with: restore it from a copy."
+            f"{rundir.metrics_path(workdir)} holds no record, but the run finished at step "
+            f"{finished} ({rundir.HISTORY_FILE}): restore it from a copy of the run."
         )
         state = "finished, its metrics lost"
     elif finished is not None:
@@ -214,7 +213,7 @@ def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | 
         state = f"failed (exit {outcome.get('exit_code')})"
     else:
         state = f"unfinished (step {values['steps']})" if records else "nothing logged yet"
-    if "final_top1_error" not in values and finished is None:
+    if "final_top1_error" not in values and state != "finished, its metrics lost":
         state += ", no eval yet"
     return state
 
