@@ -3265,34 +3265,27 @@ def test_a_hard_linked_copy_of_a_run_writes_no_line_into_the_original(tmp_path):
     assert os.stat(history).st_nlink == 1
 
 
-def test_a_config_json_linked_to_nothing_is_named_as_such(tmp_path):
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("/nonexistent/config.json", "which does not exist"),
+        ("config.json", "which leads back to itself"),
+    ],
+)
+def test_a_config_json_linked_to_nothing_or_itself_is_named_as_such(tmp_path, target, why):
     """Pass 21, #55: config.json a link to a file that does not exist: `--mode=eval` said "holds
     no run (no config.json): train first", and training then "is not a file (a directory?)".
-    Both now say it is a link to nothing, naming its target."""
+    Pass 22, #23-#24: a link to itself was an `OSError: [Errno 40] Too many levels of symbolic
+    links` traceback, then "which does not exist". Both name the link, its target and why."""
     from tests.conftest import write_tiny_run
 
     workdir = write_tiny_run(str(tmp_path))
     os.remove(rundir.config_path(workdir))
-    os.symlink("/nonexistent/config.json", rundir.config_path(workdir))
-    said = r"config.json is .*a link to /nonexistent/config.json, which does not exist"
+    os.symlink(target, rundir.config_path(workdir))
+    said = f"config.json is .*a link to {re.escape(target)}, {why}"
     with pytest.raises(DataError, match=said):
         rundir.read_config_dict(workdir)
     with pytest.raises(DataError, match=said):
-        rundir.check_is_directory(workdir)
-
-
-def test_a_config_json_linked_to_itself_is_one_line(tmp_path):
-    """Pass 22, #23: config.json a link to itself made `--mode=eval` an `OSError: [Errno 40] Too
-    many levels of symbolic links` traceback. One line naming the link and why."""
-    from tests.conftest import write_tiny_run
-
-    workdir = write_tiny_run(str(tmp_path))
-    os.remove(rundir.config_path(workdir))
-    os.symlink("config.json", rundir.config_path(workdir))
-    said = r"config.json is .*a link to config.json, which leads back to itself"
-    with pytest.raises(DataError, match=said):
-        rundir.read_config_dict(workdir)
-    with pytest.raises(DataError, match=said):  # (pass 22, #24: "which does not exist")
         rundir.check_is_directory(workdir)
 
 
