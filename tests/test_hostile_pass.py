@@ -3425,3 +3425,16 @@ def test_compare_names_a_finished_run_whose_metrics_were_emptied(tmp_path, capsy
     assert summary.state == "finished, its metrics lost"
     (warning,) = [w for w in _warnings(capsys) if "holds no record" in w]
     assert "but the run finished at step 1 (config_history.jsonl)" in warning
+
+
+# ---- Hostile pass 25 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_run_mean_image_that_is_no_numpy_file_is_named_without_numpys_advice(tmp_path):
+    """Pass 25, #39: a run's mean_image.npy that is a text file quoted NumPy's "you can load it
+    unsafely using the allow_pickle= keyword": advice to load a damaged file unsafely."""
+    (tmp_path / rundir.MEAN_IMAGE_FILE).write_text("junk\n")
+    with pytest.raises(DataError) as error:
+        rundir.read_mean_image(str(tmp_path), 32, "/data/mean_images/x.npy")
+    assert "mean_image.npy cannot be read (not a whole NumPy array file): " in str(error.value)
+    assert "pickle" not in str(error.value)

@@ -1228,8 +1228,10 @@ def read_mean_image(workdir: str, size: int, source: str) -> np.ndarray:
     )
     try:
         image = np.load(path)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} cannot be read ({e}): {remedy}.") from None
+    except (OSError, ValueError) as e:  # (NumPy's word for no array file offered to load it
+        # unsafely: hostile pass 25, #39)
+        why = "not a whole NumPy array file" if isinstance(e, ValueError) else str(e)
+        raise DataError(f"{path} cannot be read ({why}): {remedy}.") from None
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < size:
         raise DataError(
             f"{path} is damaged: shape {image.shape}, not [>={size}, >={size}, 3]; {remedy}."

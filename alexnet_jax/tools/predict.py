@@ -263,7 +263,7 @@ def main(argv: Sequence[str]) -> None:
             source, trained = None, None  # the data's copy, which training and eval subtract
             with contextlib.suppress(DataError, OSError):  # (the data gone: the run's copy alone,
                 source = input_pipeline.mean_image_path(config)  # hostile pass 24, #55)
-            where = source or f"{config.data_dir}/mean_images (the data build's)"
+            where = source or os.path.join(config.data_dir, input_pipeline.MEAN_IMAGE_DIR)
             mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), where)
             with (
                 contextlib.suppress(OSError, ValueError, TypeError),  # (none there, unreadable
