@@ -124,9 +124,11 @@ def read_records(workdir: str) -> tuple[list[dict], int]:
             f"{path} is damaged: none of its {lines} lines is a metrics record (JSON with 'step' "
             "and 'split', as main.py writes). Restore it from a copy, or leave this run out."
         )
-    kept = [r for r in records if r["split"] != "eval" or not _bad_error_rate(r)]
-    if bad := [r for r in records if r["split"] == "eval" and _bad_error_rate(r)]:
-        field = _bad_error_rate(bad[0])  # (NaN made the best top-1 `nan`: hostile pass 23, #57)
+    kept, bad = [], []  # (NaN made the best top-1 `nan`: hostile pass 23, #57)
+    for r in records:
+        (bad if r["split"] == "eval" and _bad_error_rate(r) else kept).append(r)
+    if bad:
+        field = _bad_error_rate(bad[0])
         more = f" (and {len(bad) - 1} more such line(s))" if len(bad) > 1 else ""
         console.warning(
             f"{path}: the eval line of step {bad[0]['step']} has {field} {bad[0][field]!r}, not "
@@ -206,14 +208,14 @@ def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | 
             f"{rundir.metrics_path(workdir)} holds no record, but the run finished at step "
             f"{finished} ({rundir.HISTORY_FILE}): restore it from a copy of the run."
         )
-        state = "finished, its metrics lost"
-    elif finished is not None:
+        return "finished, its metrics lost"
+    if finished is not None:
         state = "finished"
     elif outcome and outcome.get("status") == "failed":
         state = f"failed (exit {outcome.get('exit_code')})"
     else:
         state = f"unfinished (step {values['steps']})" if records else "nothing logged yet"
-    if "final_top1_error" not in values and state != "finished, its metrics lost":
+    if "final_top1_error" not in values:
         state += ", no eval yet"
     return state
 
