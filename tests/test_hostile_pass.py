@@ -2370,6 +2370,7 @@ def test_figure1_says_which_runs_are_unfinished_and_that_the_sweep_still_runs(tm
         lines = [{"step": s, "split": "train", "loss": 1.0, "top1_error": 0.5, "epoch": s / 4}
                  for s in (2, 4, 6, 8)]  # fmt: skip
         (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        (workdir / rundir.CONFIG_FILE).write_text(json.dumps({"activation": arm}))
         history = [{"step": 0, "event": "start"}, {"step": 8, "event": end}]
         (workdir / rundir.HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
     figure1.arm_records(str(sweep_dir), ["relu", "tanh"])

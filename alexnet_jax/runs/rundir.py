@@ -1217,6 +1217,37 @@ def save_mean_image(workdir: str, source_path: str) -> None:
     os.replace(tmp, target)
 
 
+def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
+    """DataError when the data build's mean image (`source`, what training and evaluation
+    subtract) is damaged, or differs from the run's copy (kept when the run started): one of them
+    was edited or rebuilt since, and the numbers would silently be another preprocessing's
+    (hostile pass 25, #7 and #12). Returns when the run keeps no copy or the data has none."""
+    own = os.path.join(workdir, MEAN_IMAGE_FILE)
+    if not (os.path.isfile(own) and os.path.lexists(source)):
+        return
+    redo = "delete it: the next training or evaluation computes it again from the training split"
+    try:
+        data = np.load(source)
+    except (OSError, ValueError):
+        raise DataError(f"{source} (the data build's mean image) cannot be read: {redo}.") from None
+    if data.shape != (resize_size, resize_size, 3) or not np.all(np.isfinite(data)):
+        raise DataError(
+            f"{source} (the data build's mean image) is damaged: shape {data.shape} (not "
+            f"[{resize_size}, {resize_size}, 3]) or values that are no numbers; {redo}."
+        )
+    try:
+        kept = np.load(own)
+    except (OSError, ValueError):  # a damaged copy: read_mean_image names it where it is read
+        return
+    # (allclose: the last bits may differ where the mean was computed on another machine)
+    if kept.shape != data.shape or not np.allclose(kept, data, 0, 1e-3):
+        raise DataError(
+            f"The data build's mean image {source} differs from the run's copy {own}, kept when "
+            "the run started: one of them was edited or rebuilt since. If the data's was, "
+            f"{redo}; if the run's, copy the data's over it."
+        )
+
+
 def read_mean_image(workdir: str, size: int, source: str) -> np.ndarray:
     """The run's mean image (float32 [R, R, 3], 0-255, R >= `size`, the input size), for runs
     with normalization "mean_image"; DataError when the run's copy is missing or damaged (the

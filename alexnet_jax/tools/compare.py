@@ -217,6 +217,13 @@ def _state(workdir: str, records: Sequence[dict], values: dict, outcome: dict | 
         state = f"unfinished (step {values['steps']})" if records else "nothing logged yet"
     if "final_top1_error" not in values:
         state += ", no eval yet"
+    if records and not os.path.lexists(rundir.config_path(workdir)):  # (hostile pass 25, #28)
+        console.warning(
+            f"{workdir} holds metrics but no {rundir.CONFIG_FILE}: the record of a run that is "
+            "lost, or lines written there by a run of another folder. Listed as they are; "
+            f"restore {rundir.CONFIG_FILE} from a copy of the run, or leave the folder out."
+        )
+        state += f", no {rundir.CONFIG_FILE}"
     return state
 
 

@@ -260,23 +260,13 @@ def main(argv: Sequence[str]) -> None:
         if FLAGS.workdir and config.normalization == "mean_image":
             from alexnet_jax.data import input_pipeline  # (not at import: tools stay light)
 
-            source, trained = None, None  # the data's copy, which training and eval subtract
+            source = None  # the data's copy, which training and eval subtract
             with contextlib.suppress(DataError, OSError):  # (the data gone: the run's copy alone,
                 source = input_pipeline.mean_image_path(config)  # hostile pass 24, #55)
+            if source:
+                rundir.check_mean_image(FLAGS.workdir, source, int(config.resize_size))
             where = source or os.path.join(config.data_dir, input_pipeline.MEAN_IMAGE_DIR)
             mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), where)
-            with (
-                contextlib.suppress(OSError, ValueError, TypeError),  # (none there, unreadable
-                rundir.open_record(source, "rb") as f,  # or no data: nothing to check it with)
-            ):
-                trained = np.load(f)
-            if trained is not None and (  # (a mean computed elsewhere may differ in last bits)
-                trained.shape != mean_image.shape or not np.allclose(trained, mean_image, 0, 1e-3)
-            ):
-                raise DataError(
-                    f"{os.path.join(FLAGS.workdir, rundir.MEAN_IMAGE_FILE)} differs from the mean "
-                    f"image the run trained with, {source}: copy it again from there."
-                )
         results = predict(
             params,
             config,

@@ -221,6 +221,25 @@ def _build(
     return exp, info
 
 
+def _check_mean_image(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The data's mean image, which this run subtracts, must be the one it started with (its
+    copy in the workdir): rundir.check_mean_image."""
+    if config.normalization == "mean_image" and config.dataset != "synthetic":
+        path = input_pipeline.mean_image_path(config)
+        rundir.check_mean_image(workdir, path, int(config.resize_size))
+
+
+def _other_data(own: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """The data fields (rundir.EVAL_DATA_FIELDS) in which an evaluation's config names other data
+    than the run's config `own`: paths compared as the folders they name, so the run's own data
+    written another way (`/x/../tfds/`, `~/`) is the run's own (hostile pass 25, #38)."""
+
+    def where(path):
+        return os.path.realpath(os.path.expanduser(path)) if path else path
+
+    return [k for k in rundir.EVAL_DATA_FIELDS if where(own.get(k)) != where(config[k])]
+
+
 def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalIterable:
     """This host's part of the eval split, one pass per iteration."""
     pc, pi = jax.process_count(), jax.process_index()
@@ -331,6 +350,9 @@ def evaluate_checkpoint(
     ):
         _check_trained_classes(config, workdir)
         exp, _ = _build(config, training=False)  # no training-only cache or store is built
+        moved = _other_data(own, config) if own is not None else []
+        if own is not None and not moved:  # (other data has another mean: a re-evaluation)
+            _check_mean_image(config, workdir)
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(
@@ -351,7 +373,6 @@ def evaluate_checkpoint(
         # What was evaluated is recorded; one that is not the run's own (another split, crop
         # count or data) never counts as the run's evaluation of that step.
         views = {"eval_split": str(config.eval_split), "eval_crops": int(config.eval_crops)}
-        moved = [k for k in rundir.EVAL_DATA_FIELDS if own is not None and own.get(k) != config[k]]
         views.update({k: config[k] for k in moved})  # (pass 24, #38: it was the run's own)
         elsewhere = own is not None and any(own.get(k) != v for k, v in views.items())
         reeval = elsewhere or rundir.is_evaluated(workdir, step)
@@ -388,6 +409,8 @@ def train_and_evaluate(
         if run.changes and rundir.saved_steps(workdir):
             _refuse_a_reshaped_state(workdir, exp, run.changes)
         run.check_dataset(data_sources.dataset_identity(config))
+        if not allow_config_change:
+            _check_mean_image(config, workdir)
         num_steps = total_train_steps(config, exp.steps_per_epoch)
         manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
         state, data_state = _restore(exp, manager)

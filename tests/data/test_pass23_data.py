@@ -1,8 +1,10 @@
-"""Hostile pass 23, #51, #54, #59, #60: image files swapped between class folders in place, an
-edited copy of a run's mean image, a folder or a device given to predict as an image, and a
-finished run whose checkpoints are gone: each one line saying what is wrong and what to do."""
+"""Hostile pass 23, #51, #54, #59, #60 (and pass 25, #7, #12): image files swapped between class
+folders in place, an edited copy of a run's mean image (or of the data's), a folder or a device
+given to predict as an image, and a finished run whose checkpoints are gone: each one line saying
+what is wrong and what to do."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from alexnet_jax.core.errors import DataError
 from alexnet_jax.data import data_sources, input_pipeline
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import load
+from alexnet_jax.train import config_lib, loop
 from tests import multihost_worker
 from tests.conftest import tiny_config, write_tiny_run
 
@@ -110,8 +113,9 @@ def test_predict_refuses_a_run_copy_of_the_mean_image_that_differs_from_the_trai
     assert proc.returncode == 0, proc.stderr[-3000:]  # the same mean: predicts
     np.save(os.path.join(workdir, rundir.MEAN_IMAGE_FILE), mean / 2)  # edited, still 0..255
     line = _one_error_line(_predict(workdir, photo))
-    assert f"{os.path.join(workdir, rundir.MEAN_IMAGE_FILE)} differs from the mean" in line
-    assert f"{source}: copy it again from there" in line
+    own = os.path.join(workdir, rundir.MEAN_IMAGE_FILE)
+    assert f"The data build's mean image {source} differs from the run's copy {own}" in line
+    assert "if the run's, copy the data's over it." in line
     # Pass 24, #55: with the image folder gone, predict said "has no train/ directory ... Set
     # --config.image_folder", a flag predict has not; the run's copy alone is used.
     os.rename(os.path.join(workdir, rundir.MEAN_IMAGE_FILE), str(tmp_path / "edited.npy"))
@@ -120,6 +124,37 @@ def test_predict_refuses_a_run_copy_of_the_mean_image_that_differs_from_the_trai
     photo = os.path.join(folder + "_away", "val", "a", "00.bmp")
     proc = _predict(workdir, photo)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_eval_and_a_resume_refuse_a_data_mean_image_other_than_the_runs(tmp_path, monkeypatch):
+    """Pass 25, #12: `--mode=eval` with the data build's mean image edited (same shape) gave
+    other numbers without a word (predict refused the same), and a resume would train on with it
+    and copy it over the run's. Both compare it with the run's copy and refuse a mismatch; #7: a
+    data copy of another shape is named as the damaged one (predict blamed the run's)."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    folder = _bmp_folder(str(tmp_path), 4)
+    overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2)
+    workdir = write_tiny_run(str(tmp_path), normalization="mean_image", **overrides)
+    config = config_lib.load_config(workdir)
+    before = loop.evaluate_checkpoint(config, workdir)  # computes the data's mean image
+    source = input_pipeline.mean_image_path(config)
+    rundir.save_mean_image(workdir, source)  # the copy a run keeps from its start, and its data
+    rundir.record_dataset(workdir, data_sources.dataset_identity(config))
+    assert loop.evaluate_checkpoint(config, workdir) == before  # the same mean: evaluates
+    mean = np.load(source)
+    np.save(source, mean / 2)  # edited, still 0..255
+    own = os.path.join(workdir, rundir.MEAN_IMAGE_FILE)
+    want = f"The data build's mean image {source} differs from the run's copy {own}"
+    with pytest.raises(DataError, match=re.escape(want)):
+        loop.evaluate_checkpoint(config, workdir)
+    with pytest.raises(DataError, match=re.escape(want)):
+        loop.train_and_evaluate(config, workdir)  # before anything is restored or written
+    assert np.array_equal(np.load(own), mean)  # the run's copy not overwritten
+    np.save(source, mean[:50])  # another shape: the data's copy is the damaged one
+    with pytest.raises(DataError, match=re.escape(f"{source} (the data build's mean image) is")):
+        loop.evaluate_checkpoint(config, workdir)
+    os.remove(source)  # the remedy: computed again, equal to the run's copy
+    assert loop.evaluate_checkpoint(config, workdir) == before
 
 
 @pytest.mark.parametrize("what", ["a folder", "a link to /dev/zero"])

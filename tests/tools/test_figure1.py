@@ -155,6 +155,8 @@ def _write_run(workdir, lines, version="new"):
     """metrics.jsonl of (step, epoch, training top-1 error) train lines, as main.py writes them
     now ("new": error rates) or wrote them before errors were the convention ("old": accuracy)."""
     os.makedirs(workdir)
+    with open(rundir.config_path(workdir), "w") as f:  # the arm's activation, as a run records it
+        json.dump({"activation": "tanh"} if "tanh" in workdir.split(os.sep) else {}, f)
     with open(rundir.metrics_path(workdir), "w") as f:
         for step, epoch, error in lines:
             record = {"step": step, "split": "train", "loss": 1.0}

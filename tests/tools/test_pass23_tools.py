@@ -110,6 +110,7 @@ def test_compare_leaves_out_eval_lines_whose_error_rate_is_no_fraction(tmp_path,
             {"step": 4, "split": "eval", "loss": 1.0, "top1_error": 0.1, "top5_error": 12.5},
     ]  # fmt: skip
     (workdir / rundir.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (workdir / rundir.CONFIG_FILE).write_text("{}")
     summary = compare.summarize_run(str(workdir), "run", None)
     assert summary.values["final_top1_error"] == summary.values["best_top1_error"] == 0.5
     assert summary.values["best_top5_error"] == 0.25

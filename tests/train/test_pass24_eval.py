@@ -53,3 +53,16 @@ def test_eval_of_other_data_at_an_unevaluated_step_is_kept_apart(tmp_path, capsy
     assert "kept apart" not in capsys.readouterr().out
     (own,) = rundir.run_evals(rundir.read_metrics(workdir))
     assert (own["step"], own.get("reeval"), own.get("data_dir")) == (1, None, None)
+
+
+def test_eval_with_the_runs_own_data_path_written_another_way_is_the_runs_own(tmp_path, capsys):
+    """Pass 25, #38: `--config.data_dir=/x/../tfds/`, the run's own folder written another way,
+    was kept apart as an evaluation of other data: the paths were compared as text. They are
+    compared as the folders they name; another folder is still kept apart."""
+    workdir = _tiny_synthetic_run(str(tmp_path))
+    config = config_lib.load_config(workdir)
+    same = os.path.join(str(tmp_path), "x", "..", os.path.basename(config.data_dir)) + os.sep
+    loop.evaluate_checkpoint(config, workdir, {"data_dir": same})
+    assert "kept apart" not in capsys.readouterr().out
+    (own,) = rundir.run_evals(rundir.read_metrics(workdir))
+    assert (own["step"], own.get("reeval"), own.get("data_dir")) == (1, None, None)
