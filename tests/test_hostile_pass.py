@@ -3439,3 +3439,39 @@ def test_a_run_mean_image_that_is_no_numpy_file_is_named_without_numpys_advice(t
         rundir.read_mean_image(str(tmp_path), 32, "/data/mean_images/x.npy")
     assert "mean_image.npy cannot be read (not a whole NumPy array file): " in str(error.value)
     assert "pickle" not in str(error.value)
+
+
+def test_a_restart_after_a_start_that_kept_no_checkpoint_says_so_not_resume(tmp_path, capsys):
+    """Pass 25, #24: a rerun of a run that kept no checkpoint (stopped or moved before its first
+    save) printed "Config changes on resume: ..." and then "(new run)": it starts again at
+    step 0. The line says the changes are since a start that kept no checkpoint."""
+    config = tiny_config(str(tmp_path))
+    workdir = str(tmp_path / "run")
+    rundir.record_start(config, workdir, 0, [])
+    config.num_train_steps = 3  # a resumable field
+    rundir.record_start(config, workdir, 0, [])
+    assert capsys.readouterr().out == (
+        "Config changes since the last start, which kept no checkpoint: num_train_steps: 1 -> 3\n"
+    )
+    rundir.record_start(tiny_config(str(tmp_path)), workdir, 2, [])
+    assert capsys.readouterr().out.startswith("Config changes on resume: num_train_steps: 3 -> 1")
+
+
+def test_a_workdir_link_swapped_mid_run_takes_no_metrics_line_into_the_new_folder(tmp_path):
+    """Pass 25, #16: a workdir that is a link, pointed at another folder while the run ran:
+    4 metrics lines (and a temporary checkpoint) went into the new folder before the next save
+    noticed. Every metrics line checks that the folder is still the one the run began in."""
+    first, second, workdir = tmp_path / "a", tmp_path / "b", tmp_path / "run"
+    first.mkdir(), second.mkdir()
+    workdir.symlink_to(first)
+    manager = checkpoint.checkpoint_manager(str(workdir), keep=2)  # pins the run's folder
+    writer = metrics_io.MetricsWriter(str(workdir), 0, num_classes=4)
+    writer.write_eval(1, {"loss": 1.0, "top1_error": 0.5, "top5_error": 0.0, "num_examples": 8})
+    workdir.unlink()
+    workdir.symlink_to(second)
+    said = f"the run's folder {workdir} was moved or deleted while it ran. Put the run's folder"
+    with pytest.raises(DataError, match=re.escape(said)):
+        writer.write_eval(2, {"loss": 1.0, "top1_error": 0.5, "top5_error": 0.0, "num_examples": 8})
+    assert os.listdir(second) == []
+    assert len(rundir.read_metrics(str(first))) == 1
+    manager.close()

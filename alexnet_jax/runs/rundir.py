@@ -649,8 +649,9 @@ def record_start(
         entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
     if changes or dataset_changes:
         entry["allowed_config_change"] = True
-    if resumable:
-        console.info(f"Config changes on resume: {_describe(resumable, limit=100)}")
+    if resumable:  # (at step 0 no checkpoint was kept: the run starts again, no resume; hostile
+        when = "on resume" if step else "since the last start, which kept no checkpoint"  # pass
+        console.info(f"Config changes {when}: {_describe(resumable, limit=100)}")  # 25, #24)
     save_config(config, workdir)
     append_jsonl(os.path.join(workdir, HISTORY_FILE), entry)
     record_dataset(workdir, dataset, replace=bool(dataset_changes))
@@ -1215,6 +1216,40 @@ def save_mean_image(workdir: str, source_path: str) -> None:
     tmp = f"{target}.tmp-{os.getpid()}"
     shutil.copyfile(source_path, tmp)
     os.replace(tmp, target)
+
+
+# The identity (device, inode) of each folder a run writes into, taken when it began: a folder
+# moved or deleted while the run wrote made saves fail in tracebacks, or made the path again and
+# wrote the rest of the run there, exit 0 (hostile pass 24, #52, #53); a workdir that is a link
+# swapped to another folder took metrics lines there (25, #16).
+_PINNED: dict[str, tuple[int, int] | None] = {}
+
+
+def _folder_identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def pin_folder(workdir: str) -> None:
+    """Remembers which folder `workdir` is now (checked by `moved_away`)."""
+    _PINNED[os.path.abspath(workdir)] = _folder_identity(workdir)
+
+
+def moved_away(workdir: str, what: str, where: str | None = None) -> DataError | None:
+    """The DataError of a run whose folder `workdir` (pinned by `pin_folder`) is no longer the
+    folder it was: moved, deleted, or a link now to another; else None. `what` is being
+    written in `where` (the workdir by default)."""
+    known = _PINNED.get(os.path.abspath(workdir))
+    if known is None or _folder_identity(workdir) == known:
+        return None
+    return DataError(
+        f"Writing {what} in {where or workdir} failed: the run's folder {workdir} was moved or "
+        "deleted while it ran. Put the run's folder back where it was, then rerun the same "
+        "command: it resumes from its last complete checkpoint."
+    )
 
 
 def check_mean_image(workdir: str, source: str, resize_size: int) -> None:

@@ -50,7 +50,7 @@ def create_manager(directory: str, keep: int, read_only: bool = False) -> ocp.Ch
             probe = os.path.join(directory, f".write_test.{os.getpid()}")
             os.close(os.open(probe, os.O_CREAT | os.O_WRONLY))
             os.remove(probe)
-        _FOLDERS[os.path.abspath(directory)] = _identity(os.path.dirname(directory))
+        rundir.pin_folder(os.path.dirname(os.path.abspath(directory)))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         enable_async_checkpointing=not read_only,
@@ -101,32 +101,10 @@ def _storage_error(
     return _moved_away(manager, what) or storage_error(what, str(manager.directory), error)
 
 
-# The identity of the folder holding each writable manager's checkpoints (a run's workdir),
-# taken when the manager was made: `_moved_away`.
-_FOLDERS: dict[str, tuple[int, int] | None] = {}
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
-
-
 def _moved_away(manager: ocp.CheckpointManager, what: str) -> DataError | None:
-    """The DataError of a run whose folder was moved or deleted while it ran (no longer the
-    folder its manager was made in), else None: a save then failed in tracebacks, or made the
-    path again and wrote the rest of the run there, exit 0 (hostile pass 24, #52, #53)."""
+    """rundir.moved_away of the run's folder that holds the manager's checkpoints."""
     directory = os.path.abspath(str(manager.directory))
-    known, workdir = _FOLDERS.get(directory), os.path.dirname(directory)
-    if known is None or _identity(workdir) == known:
-        return None
-    return DataError(
-        f"Writing {what} in {directory} failed: the run's folder {workdir} was moved or deleted "
-        "while it ran. Put the run's folder back where it was, then rerun the same command: it "
-        "resumes from its last complete checkpoint."
-    )
+    return rundir.moved_away(os.path.dirname(directory), what, directory)
 
 
 @jax.jit

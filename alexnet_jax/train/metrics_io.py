@@ -161,6 +161,8 @@ class MetricsWriter:
         if not self.is_writer:
             return
         what = f"the {split} metrics of step {step}"
+        if moved := rundir.moved_away(self.workdir, what):  # (not into another folder)
+            raise moved
         tag = "reeval" if reeval else split
         record = {"step": step, "split": split, **scalars, **(labels or {})}
         record.update({"reeval": True} if reeval else {})
