@@ -3475,3 +3475,22 @@ def test_a_workdir_link_swapped_mid_run_takes_no_metrics_line_into_the_new_folde
     assert os.listdir(second) == []
     assert len(rundir.read_metrics(str(first))) == 1
     manager.close()
+
+
+def test_a_run_copy_of_its_mean_image_edited_after_its_start_is_refused(tmp_path):
+    """Pass 23, #60 (the part left open): with the data's mean image gone, an edited run copy
+    (still 0..255, the right shape) had nothing to be compared with, and predict named the
+    wrong class at 100%. The start's history entry keeps the copy's digest, checked on read."""
+    config = tiny_config(str(tmp_path), normalization="mean_image")
+    workdir, source = str(tmp_path / "run"), str(tmp_path / "m.npy")
+    mean = np.random.default_rng(0).uniform(0, 255, (72, 72, 3)).astype(np.float32)
+    np.save(source, mean)
+    os.makedirs(workdir)
+    digest = rundir.save_mean_image(workdir, source)
+    rundir.record_start(config, workdir, 0, [], mean_image_digest=digest)
+    assert rundir.read_history(workdir)[-1][rundir.MEAN_IMAGE_DIGEST] == digest
+    assert np.array_equal(rundir.read_mean_image(workdir, 64, source), mean)
+    os.remove(source)  # the data gone: the run's copy alone
+    np.save(os.path.join(workdir, rundir.MEAN_IMAGE_FILE), mean / 2)
+    with pytest.raises(DataError, match=r"is not the copy the run kept at its start \(step 0\)"):
+        rundir.read_mean_image(workdir, 64, source)

@@ -85,11 +85,13 @@ class Run:
     def start(self, step: int, banner: str, mean_image_path: str | None = None) -> None:
         """Records the start at `step` (the config, what changed, the data), keeps a copy of
         the training set's mean image when the run subtracts it, and prints the banner."""
-        rundir.record_start(
-            self.config, self.workdir, step, self.changes, self.dataset, self.dataset_changes
-        )
+        digest = None
         if mean_image_path:
-            rundir.save_mean_image(self.workdir, mean_image_path)
+            digest = rundir.save_mean_image(self.workdir, mean_image_path)
+        rundir.record_start(
+            self.config, self.workdir, step, self.changes, self.dataset, self.dataset_changes,
+            mean_image_digest=digest,
+        )  # fmt: skip
         console.info(banner)
 
     def summary(self, start_step: int, step: int, seconds: float, stopped: bool = False) -> None:

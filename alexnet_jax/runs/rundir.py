@@ -610,10 +610,12 @@ def record_start(
     changes: list[tuple],
     dataset: dict | None = None,
     dataset_changes: list[tuple] = (),
+    mean_image_digest: str | None = None,
 ) -> None:
-    """Writes the run's config.json (atomically), appends this start to its history, and records
-    the data's identity at the first start, or again when it changed on purpose
-    (`dataset_changes`, allowed by --allow_config_change; process 0)."""
+    """Writes the run's config.json (atomically), appends this start to its history (with the
+    digest of the run's copy of its mean image, `save_mean_image`), and records the data's
+    identity at the first start, or again when it changed on purpose (`dataset_changes`,
+    allowed by --allow_config_change; process 0)."""
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
@@ -645,6 +647,8 @@ def record_start(
             f"{last.get('step')}) had {last['xla_flags']!r}: the steps from here may differ from "
             "an uninterrupted run's in their last bits (recorded in its history)."
         )
+    if mean_image_digest:
+        entry[MEAN_IMAGE_DIGEST] = mean_image_digest
     if dataset_changes:
         entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
     if changes or dataset_changes:
@@ -1207,15 +1211,26 @@ def read_sweep_plan(sweep_dir: str) -> dict | None:
     return plan
 
 
-def save_mean_image(workdir: str, source_path: str) -> None:
+def save_mean_image(workdir: str, source_path: str) -> str | None:
     """Copies the training set's mean image (input_pipeline.build_mean_image) into the run
-    (process 0, atomically), so the tools can preprocess like the run without its data."""
+    (process 0, atomically), so the tools can preprocess like the run without its data; returns
+    the copy's digest, which the start's history entry keeps (`read_mean_image` checks it)."""
     if jax.process_index() != 0:
-        return
+        return None
     target = os.path.join(workdir, MEAN_IMAGE_FILE)
     tmp = f"{target}.tmp-{os.getpid()}"
     shutil.copyfile(source_path, tmp)
+    digest = _file_digest(tmp)
     os.replace(tmp, target)
+    return digest
+
+
+MEAN_IMAGE_DIGEST = "mean_image_digest"  # in a start's history entry
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 # The identity (device, inode) of each folder a run writes into, taken when it began: a folder
@@ -1304,4 +1319,10 @@ def read_mean_image(workdir: str, size: int, source: str) -> np.ndarray:
         )
     if not (np.all(np.isfinite(image)) and image.min() >= 0 and image.max() <= 255):
         raise DataError(f"{path} is damaged: its values are not all numbers in 0..255; {remedy}.")
+    starts = [e for e in read_history(workdir, warn=False) if MEAN_IMAGE_DIGEST in e]
+    if starts and _file_digest(path) != starts[-1][MEAN_IMAGE_DIGEST]:  # (edited within 0..255,
+        raise DataError(  # with the data gone: hostile pass 23, #60)
+            f"{path} is not the copy the run kept at its start (step {starts[-1].get('step')}): "
+            f"edited or replaced since; {remedy}."
+        )
     return image
