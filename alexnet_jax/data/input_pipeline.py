@@ -79,6 +79,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -702,6 +703,14 @@ def create_train_iterator(
     return TrainIterator(dataset.as_numpy_iterator(), local_batch_size, damaged)
 
 
+def _fitted_eval_batch(local_batch_size: int, examples: int) -> int:
+    """This host's eval batch, no larger than its largest share of the split (`examples`, rounded
+    up to its devices): the rest would be padding, and a batch of 10^6 for 32 examples was
+    killed by the kernel for memory (hostile pass 24, #47). Every host computes the same."""
+    devices = jax.local_device_count()
+    return min(local_batch_size, max(1, math.ceil(examples / devices)) * devices)
+
+
 def create_eval_iterator(
     config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> EvalIterable:
@@ -713,6 +722,7 @@ def create_eval_iterator(
             (i + 1) * total // process_count - i * total // process_count
             for i in range(process_count)
         ]
+        local_batch_size = _fitted_eval_batch(local_batch_size, max(sizes))
         num_batches = math.ceil(max(sizes) / local_batch_size)
         return EvalIterable(
             lambda: _synthetic_eval_batches(
@@ -727,7 +737,9 @@ def create_eval_iterator(
         )
     source = data_sources.open_source(config, build=False)
     shards = [source.shard(config.eval_split, i, process_count) for i in range(process_count)]
-    num_batches = math.ceil(max(s.num_examples for s in shards) / local_batch_size)
+    largest = max(s.num_examples for s in shards)
+    local_batch_size = _fitted_eval_batch(local_batch_size, largest)
+    num_batches = math.ceil(largest / local_batch_size)
     mean = load_mean_image(config)
     dataset = _eval_dataset(config, shards[process_index], local_batch_size, num_batches, mean)
     damaged = data_sources.damaged_files_remedy(config, shards[process_index], from_cache=False)
