@@ -1114,6 +1114,7 @@ def test_stdout_closed_or_full_is_not_a_traceback(monkeypatch, capsys, tmp_path)
     runs = tmp_path / "runs"
     (runs / "a").mkdir(parents=True)
     (runs / "a" / rundir.METRICS_FILE).write_text('{"step": 1, "split": "train", "loss": 1.0}\n')
+    (runs / "a" / rundir.CONFIG_FILE).write_text("{}")
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
             [sys.executable, "-m", "alexnet_jax.tools.compare", str(runs)], cwd=REPO,
