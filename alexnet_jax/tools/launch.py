@@ -256,13 +256,24 @@ class Supervisor:
                 p.send_signal(signal.SIGTERM)
 
     def _kill(self, why: str) -> None:
-        """SIGKILL to every process still running; one line names them and `why`."""
+        """SIGKILL to every process still running, and to the processes it started (its process
+        group: a shell's `sleep` kept its output open, and launch waited for it, hostile pass
+        25, #23); one line names them and `why`."""
         running = [i for i, p in enumerate(self.procs) if p.poll() is None]
         for i in running:
-            self.procs[i].kill()
+            kill_group(self.procs[i])
         if running:
             names = ", ".join(f"process {i} (pid {self.procs[i].pid})" for i in running)
             self.say(f"{why}: killed {names} (SIGKILL).")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to `proc` and every process of its group (each process is started in a session
+    of its own, so the group is its own and its children's)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()  # (one that left its group)
 
 
 def _echo(proc: subprocess.Popen, prefix: str) -> None:
@@ -399,16 +410,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     for i, p in enumerate(procs):
         console.out(f"[launch] process {i}: pid {p.pid}")
         if p.stdout is not None:
-            echoes.append(threading.Thread(target=_echo, args=(p, f"[{i}] "), daemon=True))
-            echoes[-1].start()
+            echoes.append((p, threading.Thread(target=_echo, args=(p, f"[{i}] "), daemon=True)))
+            echoes[-1][1].start()
     try:
         code = supervisor.run()
     finally:
         for p in procs:  # only after an error in the launcher itself
             if p.poll() is None:
                 p.kill()
-    for echo in echoes:
+    for _, echo in echoes:
         echo.join(timeout=5)
+    for p, echo in echoes:  # an exited process's children that still hold its output open:
+        if echo.is_alive():  # killed, else closing it waits for them
+            console.warning(f"launch: process pid {p.pid} left processes running: killed.")
+            kill_group(p)
+            echo.join(timeout=5)
     for p in procs:  # (an unclosed pipe is a ResourceWarning at exit: PYTHONWARNINGS=error)
         if p.stdout is not None:
             with contextlib.suppress(OSError):

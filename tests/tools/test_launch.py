@@ -219,8 +219,13 @@ def test_a_dead_worker_stops_the_others(start_launcher, tmp_path, death, expecte
 
 def test_a_worker_that_ignores_sigterm_is_killed_after_grace_s(start_launcher):
     """Process 1 exits with code 3; process 0 ignores the SIGTERM that should stop it: after
-    --grace_s it is killed (SIGKILL, said in one line) and the launcher exits 3."""
+    --grace_s it is killed (SIGKILL, said in one line) and the launcher exits 3. Hostile pass
+    25, #23: a process it started (a shell's `sleep`) kept its output open and launch returned
+    only when that ended: the killed process's group is killed with it."""
     worker = PRELUDE + (
+        "import subprocess\n"
+        "if I == 0:\n"
+        "    subprocess.Popen(['sleep', '60'])\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "if I == 1:\n"
         "    time.sleep(0.5)\n"
@@ -234,6 +239,19 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_grace_s(start_launcher):
     assert "process 1 (pid" in launcher.output
     killed = [line for line in launcher.lines if "SIGKILL" in line and "process 0" in line]
     assert len(killed) == 1, launcher.output
+
+
+def test_processes_a_finished_worker_left_holding_its_output_are_killed_with_a_warning(
+    start_launcher,
+):
+    """Hostile pass 25, #23: a process that exits 0 but leaves a child holding its output open
+    kept launch waiting for that child; launch kills what it left (one warning) and exits 0."""
+    worker = PRELUDE + "import subprocess\nsubprocess.Popen(['sleep', '60'])\n"
+    launcher = start_launcher("--num_processes=1", worker=worker)
+    code, seconds = launcher.wait()
+    assert code == 0, launcher.output
+    assert seconds < 15, launcher.output
+    assert "left processes running: killed." in launcher.output
 
 
 def test_after_a_ctrl_c_a_worker_still_running_when_another_exited_is_killed_after_grace_s(
