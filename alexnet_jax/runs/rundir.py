@@ -1298,10 +1298,18 @@ def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
         )
 
 
-def read_mean_image(workdir: str, size: int, source: str) -> np.ndarray:
-    """The run's mean image (float32 [R, R, 3], 0-255, R >= `size`, the input size), for runs
-    with normalization "mean_image"; DataError when the run's copy is missing or damaged (the
-    remedy names `source`, the data build's copy it was made from)."""
+def read_mean_image(workdir: str, size: int | None = None, source: str | None = None) -> np.ndarray:
+    """The run's mean image (float32 [R, R, 3], 0-255, R >= `size`, the input size: the run's
+    by default), for runs with normalization "mean_image"; DataError when the run's copy is
+    missing or damaged (the remedy names `source`, the data build's copy it was made from: by
+    default the run's data_dir/mean_images)."""
+    if size is None or source is None:
+        from alexnet_jax.data.input_pipeline import MEAN_IMAGE_DIR
+
+        config = read_config_dict(workdir) or {}
+        size = int(config.get("input_size", 0)) if size is None else size
+        data_dir = os.path.expanduser(str(config.get("data_dir", "data_dir")))
+        source = source or os.path.join(data_dir, MEAN_IMAGE_DIR)
     path = os.path.join(workdir, MEAN_IMAGE_FILE)
     remedy = (
         "this run subtracts the training set's mean image and keeps a copy there: copy it again "

@@ -328,6 +328,7 @@ def test_a_mean_image_run_predicts_with_its_own_mean_image_and_is_not_exported(
     np.save(tmp_path / "mean.npy", mean)
     rundir.save_mean_image(workdir, str(tmp_path / "mean.npy"))
     np.testing.assert_array_equal(rundir.read_mean_image(workdir, 64, "src.npy"), mean)
+    np.testing.assert_array_equal(rundir.read_mean_image(workdir), mean)  # (docs/USAGE.md's call)
     # Hostile pass 3, #32-#34: a mean image of the wrong size, of NaN, or missing is one message
     # naming the file and where to copy it from (predict printed nan%, or blamed the photo).
     path = os.path.join(workdir, rundir.MEAN_IMAGE_FILE)
