@@ -172,3 +172,28 @@ def load_image(path: str, config: Any, mean_image: np.ndarray | None = None) -> 
                 return preprocess_image(image, config, mean_image)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"Cannot read image {path}: {e}") from e
+
+
+def checked_mean_image(path: str, resize_size: int) -> np.ndarray:
+    """The data build's mean image at `path` (float32 [R, R, 3], R = resize_size, 0-255), read
+    whole; DataError naming it as damaged otherwise: of another shape it was a 109-line
+    TensorFlow traceback, of NaN a divergence blamed on the learning rate, outside 0..255 a run
+    trained on it without a word (hostile pass 26, #8-#11)."""
+    redo = "delete it: the next training or evaluation computes it again from the training split"
+    try:
+        image = np.load(path)
+    except (OSError, ValueError) as e:  # (no NumPy array file: no advice to load it unsafely)
+        why = "not a whole NumPy array file" if isinstance(e, ValueError) else str(e)
+        what = f"{path} (the data build's mean image)"
+        raise DataError(f"{what} cannot be read ({why}): {redo}.") from None
+    if image.shape != (resize_size, resize_size, 3) or not np.issubdtype(image.dtype, np.number):
+        raise DataError(
+            f"{path} (the data build's mean image) is damaged: {image.dtype} of shape "
+            f"{image.shape}, not [{resize_size}, {resize_size}, 3] numbers; {redo}."
+        )
+    if not (np.all(np.isfinite(image)) and image.min() >= 0 and image.max() <= 255):
+        raise DataError(
+            f"{path} (the data build's mean image) is damaged: its values are not all numbers "
+            f"in 0..255; {redo}."
+        )
+    return image.astype(np.float32)

@@ -86,7 +86,14 @@ import numpy as np
 
 from alexnet_jax.core import console, errors, runtime
 from alexnet_jax.core.errors import ConfigError, DataError
-from alexnet_jax.data import augment, data_sources, image_store, imagenet_stats, preprocessing
+from alexnet_jax.data import (
+    augment,
+    data_sources,
+    image_files,
+    image_store,
+    imagenet_stats,
+    preprocessing,
+)
 from alexnet_jax.data.recipe import Recipe
 
 tf = runtime.tensorflow  # imported on first use
@@ -396,7 +403,8 @@ def load_mean_image(config) -> np.ndarray | None:
             f"The mean image {path} is missing: run the same command again (prepare computes it "
             "once from the training split), or keep config.data_dir where it was computed."
         )
-    return center_crop(np.load(path), int(config.input_size))
+    image = image_files.checked_mean_image(path, int(config.resize_size))
+    return center_crop(image, int(config.input_size))
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:

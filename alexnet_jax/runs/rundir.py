@@ -40,6 +40,7 @@ import numpy as np
 
 from alexnet_jax.core import console, errors
 from alexnet_jax.core.errors import ConfigError, DataError, UserError
+from alexnet_jax.data import image_files
 from alexnet_jax.model import models
 
 CONFIG_FILE = "config.json"
@@ -1269,33 +1270,40 @@ def moved_away(workdir: str, what: str, where: str | None = None) -> DataError |
 
 def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
     """DataError when the data build's mean image (`source`, what training and evaluation
-    subtract) is damaged, or differs from the run's copy (kept when the run started): one of them
-    was edited or rebuilt since, and the numbers would silently be another preprocessing's
-    (hostile pass 25, #7 and #12). Returns when the run keeps no copy or the data has none."""
+    subtract) is damaged (image_files.checked_mean_image), or is not the one the run started
+    with: its digest is not the one the run's start recorded, and it is not the run's own copy
+    (within a rebuild's last bits). The numbers would silently be another preprocessing's
+    (hostile pass 25, #7, #12; 26, #12-#15). Returns when the data has none yet."""
+    if not os.path.lexists(source):
+        return
+    data = image_files.checked_mean_image(source, resize_size)
+    starts = [e for e in read_history(workdir, warn=False) if MEAN_IMAGE_DIGEST in e]
+    recorded = starts[-1] if starts else None
+    if recorded and _file_digest(source) == recorded[MEAN_IMAGE_DIGEST]:
+        return
     own = os.path.join(workdir, MEAN_IMAGE_FILE)
-    if not (os.path.isfile(own) and os.path.lexists(source)):
-        return
+    kept = None
+    with contextlib.suppress(OSError, ValueError):  # (damaged: read_mean_image names it)
+        if recorded is None or _file_digest(own) == recorded[MEAN_IMAGE_DIGEST]:
+            kept = np.load(own)  # the copy the run started with
+    if kept is None and recorded is None:
+        return  # nothing to compare it with
     redo = "delete it: the next training or evaluation computes it again from the training split"
-    try:
-        data = np.load(source)
-    except (OSError, ValueError):
-        raise DataError(f"{source} (the data build's mean image) cannot be read: {redo}.") from None
-    if data.shape != (resize_size, resize_size, 3) or not np.all(np.isfinite(data)):
-        raise DataError(
-            f"{source} (the data build's mean image) is damaged: shape {data.shape} (not "
-            f"[{resize_size}, {resize_size}, 3]) or values that are no numbers; {redo}."
-        )
-    try:
-        kept = np.load(own)
-    except (OSError, ValueError):  # a damaged copy: read_mean_image names it where it is read
-        return
     # (allclose: the last bits may differ where the mean was computed on another machine)
-    if kept.shape != data.shape or not np.allclose(kept, data, 0, 1e-3):
+    if kept is not None and kept.shape == data.shape and np.allclose(kept, data, 0, 1e-3):
+        return
+    if kept is not None:
         raise DataError(
             f"The data build's mean image {source} differs from the run's copy {own}, kept when "
             "the run started: one of them was edited or rebuilt since. If the data's was, "
             f"{redo}; if the run's, copy the data's over it."
         )
+    raise DataError(
+        f"The data build's mean image {source} is not the one this run started with (its digest "
+        f"differs from the one {HISTORY_FILE} recorded at step {recorded.get('step')}), and the "
+        f"run's copy {own} is missing or edited: the data's was edited or rebuilt since. "
+        f"Restore the run's copy from a copy of the run, or {redo}."
+    )
 
 
 def read_mean_image(workdir: str, size: int | None = None, source: str | None = None) -> np.ndarray:

@@ -190,3 +190,69 @@ def test_a_finished_run_without_checkpoints_says_to_restore_them(tmp_path, monke
     os.remove(os.path.join(workdir, rundir.HISTORY_FILE))  # never trained: train first
     with pytest.raises(Exception, match="train first"):
         load.load_run(workdir)
+
+
+def test_a_data_mean_image_edited_after_the_run_started_is_refused_without_the_runs_copy(
+    tmp_path, monkeypatch
+):
+    """Pass 26, #12-#15: with the run's copy deleted, or edited the same way, eval, a resume and
+    figures took an edited data mean image without a word (25.00% instead of 0.00%). The run's
+    start records its copy's digest: the data's must match it, or the run's copy as it started."""
+    from alexnet_jax.tools import figures
+
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    folder = _bmp_folder(str(tmp_path), 4)
+    overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2)
+    workdir = write_tiny_run(str(tmp_path), normalization="mean_image", **overrides)
+    config = config_lib.load_config(workdir)
+    before = loop.evaluate_checkpoint(config, workdir)  # computes the data's mean image
+    source = input_pipeline.mean_image_path(config)
+    digest = rundir.save_mean_image(workdir, source)  # as a run's start keeps it
+    rundir.record_start(config, workdir, 1, [], mean_image_digest=digest)
+    rundir.record_dataset(workdir, data_sources.dataset_identity(config))
+    own, mean = os.path.join(workdir, rundir.MEAN_IMAGE_FILE), np.load(source)
+    os.remove(own)  # the run's copy gone: the digest alone tells
+    assert loop.evaluate_checkpoint(config, workdir) == before
+    np.save(source, mean / 2)
+    want = re.escape(f"The data build's mean image {source} is not the one this run started with")
+    for edit_own in (False, True):  # the run's copy gone, or edited the same way
+        if edit_own:
+            shutil.copyfile(source, own)
+        with pytest.raises(DataError, match=want):
+            loop.evaluate_checkpoint(config, workdir)
+        with pytest.raises(DataError, match=want):
+            loop.train_and_evaluate(config, workdir)
+        with pytest.raises(DataError, match=want):
+            figures.make_figures(workdir, str(tmp_path / "figures"))
+    assert not os.path.exists(tmp_path / "figures")
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda m: m[:16, :16], r"is damaged: float32 of shape \(16, 16, 3\), not \[72, 72, 3\]"),
+        (lambda m: b"text", r"cannot be read \(not a whole NumPy array file\)"),
+        (lambda m: np.where(m > 100, np.nan, m), "its values are not all numbers in 0..255"),
+        (lambda m: m - 1000, "its values are not all numbers in 0..255"),
+    ],
+    ids=["another shape", "text", "NaN", "below 0"],
+)
+def test_a_damaged_data_mean_image_is_named_when_any_run_reads_it(tmp_path, damage, said):
+    """Pass 26, #8-#11: a new run read a data mean image of another shape (a 109-line
+    TensorFlow traceback), a text file (NumPy's advice to load it unsafely), NaN (a divergence
+    blamed on the learning rate) or values below 0 (trained on, no word). Every read checks it."""
+    config = tiny_config(str(tmp_path), normalization="mean_image", dataset="image_folder")
+    config.image_folder = _bmp_folder(str(tmp_path), 1)
+    path = input_pipeline.mean_image_path(config)
+    os.makedirs(os.path.dirname(path))
+    mean = np.random.default_rng(0).uniform(0, 255, (72, 72, 3)).astype(np.float32)
+    damaged = damage(mean)
+    if isinstance(damaged, bytes):
+        with open(path, "wb") as f:
+            f.write(damaged)
+    else:
+        np.save(path, damaged)
+    with pytest.raises(DataError, match=re.escape(path) + r" \(the data build's mean image\) "):
+        input_pipeline.load_mean_image(config)
+    with pytest.raises(DataError, match=said):
+        input_pipeline.load_mean_image(config)
