@@ -851,9 +851,7 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> li
     if "dataset" not in record:  # emptied by hand: as good as missing
         _refuse_unrecorded(workdir, RUN_FILE, "data", allow_change, missing="data identity")
         return []  # (record_dataset writes it)
-    old = record["dataset"]
-    new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
-    changed = _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
+    changed = _dataset_differences(record["dataset"], dataset)
     if changed and not allow_change:
         raise DataError(
             f"The data of the run in {workdir} changed since it started: {_describe(changed)}. "
@@ -867,6 +865,24 @@ def check_dataset(workdir: str, dataset: dict, allow_change: bool = False) -> li
             )
         )
     return changed
+
+
+def _dataset_differences(old: dict, dataset: dict) -> list[tuple]:
+    new = json.loads(json.dumps(dataset))  # the JSON form (tuples as lists), as recorded
+    return _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
+
+
+def dataset_changes(workdir: str, dataset: dict) -> list[str]:
+    """The fields of the data's identity that differ from the one the run recorded (run.json);
+    [] when it recorded none, or a damaged one (an evaluation does not refuse a run for that)."""
+    try:
+        record = read_run_record(workdir)
+    except DataError:
+        return []
+    old = (record or {}).get("dataset")
+    if not isinstance(old, dict):
+        return []
+    return [field for field, _, _ in _dataset_differences(old, dataset)]
 
 
 # ---- Config ----------------------------------------------------------------------------------

@@ -240,6 +240,19 @@ def _other_data(own: dict, config: ml_collections.ConfigDict) -> list[str]:
     return [k for k in rundir.EVAL_DATA_FIELDS if where(own.get(k)) != where(config[k])]
 
 
+def _changed_data(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The fields of the data's identity that changed since the run recorded it (run.json), said
+    in a warning: an evaluation of that data is not the run's own."""
+    changed = rundir.dataset_changes(workdir, data_sources.dataset_identity(config))
+    if changed:
+        console.warning(
+            f"The data changed since the run recorded it ({', '.join(changed)}): this "
+            "evaluation is kept apart from the run's own. Restore the data to evaluate the run "
+            "on what it was trained and evaluated with."
+        )
+    return changed
+
+
 def _eval_batches(config: ml_collections.ConfigDict) -> input_pipeline.EvalIterable:
     """This host's part of the eval split, one pass per iteration."""
     pc, pi = jax.process_count(), jax.process_index()
@@ -374,6 +387,9 @@ def evaluate_checkpoint(
         # count or data) never counts as the run's evaluation of that step.
         views = {"eval_split": str(config.eval_split), "eval_crops": int(config.eval_crops)}
         views.update({k: config[k] for k in moved})  # (pass 24, #38: it was the run's own)
+        changed = [] if own is None or moved else _changed_data(config, workdir)
+        if changed:  # the run's own folders, their files changed since (hostile pass 26, #60)
+            views["dataset_changed"] = changed
         elsewhere = own is not None and any(own.get(k) != v for k, v in views.items())
         reeval = elsewhere or rundir.is_evaluated(workdir, step)
         line = report.eval_line(step, metrics, config.num_classes, reeval)

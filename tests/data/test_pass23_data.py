@@ -256,3 +256,26 @@ def test_a_damaged_data_mean_image_is_named_when_any_run_reads_it(tmp_path, dama
         input_pipeline.load_mean_image(config)
     with pytest.raises(DataError, match=said):
         input_pipeline.load_mean_image(config)
+
+
+def test_an_evaluation_of_the_runs_data_changed_in_place_is_kept_apart(
+    tmp_path, monkeypatch, capsys
+):
+    """Pass 26, #60: validation images replaced in place (same names, same count) and then an
+    evaluation of the run's own data: recorded as the run's own result (compare showed it as
+    final), though a resume refuses that data. It is kept apart, with a warning naming what
+    changed."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    folder = _bmp_folder(str(tmp_path), 4)
+    overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2)
+    workdir = write_tiny_run(str(tmp_path), **overrides)
+    config = config_lib.load_config(workdir)
+    rundir.record_dataset(workdir, data_sources.dataset_identity(config))
+    a, b = (os.path.join(folder, "val", c, "00.bmp") for c in ("a", "b"))
+    os.replace(a, a + ".t"), os.replace(b, a), os.replace(a + ".t", b)
+    loop.evaluate_checkpoint(config, workdir)
+    err = capsys.readouterr().err
+    assert "The data changed since the run recorded it (files_fingerprint)" in err
+    (row,) = rundir.read_metrics(workdir)
+    assert (row["reeval"], row["dataset_changed"]) == (True, ["files_fingerprint"])
+    assert rundir.run_evals(rundir.read_metrics(workdir)) == []
