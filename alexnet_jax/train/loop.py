@@ -574,13 +574,13 @@ def train_loop(
     # A signal during an evaluation leaves it (one process; several finish it, in step).
     stop = preemption.event.is_set if pc == 1 else None
 
-    def evaluate_now(step: int, state: TrainState) -> dict[str, float] | None:
+    def evaluate_now(step: int, state: TrainState, reeval: bool = False) -> dict[str, float] | None:
         log.flush(step, state, train_iter.num_undecodable)
         began = time.perf_counter()
         metrics = evaluate(exp.eval_step, state.params, eval_batches, mesh, stop)
         if metrics is None:  # left for a signal: the resumed run evaluates this step
             return None
-        writer.write_eval(step, metrics)
+        writer.write_eval(step, metrics, reeval=reeval)
         _check_finite_eval(step, metrics)
         progress.exclude(time.perf_counter() - began)  # not training time
         return metrics
@@ -613,7 +613,10 @@ def train_loop(
         cleanup.push(lambda kind, *_: writer.close(raise_errors=kind is None))
         cleanup.push(lambda kind, *_: checkpoint.close(manager, raise_errors=kind is None))
         if data_state.get("eval_pending") and step < num_steps:  # a preempted run's, owed
-            if (owed := evaluate_now(step, state)) is None:
+            # (evaluated meanwhile by --mode=eval, as the run's own: this one is a re-evaluation,
+            # not a second row of the run's own, hostile pass 26, #23)
+            done = pi == 0 and rundir.is_evaluated(writer.workdir, step)
+            if (owed := evaluate_now(step, state, reeval=done)) is None:
                 signal = stopped(step, state)
             else:
                 eval_metrics = owed

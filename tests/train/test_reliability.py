@@ -692,7 +692,9 @@ def test_a_preemption_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed
     """SIGTERM agreed on at an evaluation step saves before evaluating (a preemption notice is
     short); the checkpoint says so, and the resumed run evaluates that step first, so its
     metrics equal an uninterrupted run's, evaluation for evaluation (synthetic data, in-process;
-    the preemption is the watcher's agreement at step 2, made deterministic here)."""
+    the preemption is the watcher's agreement at step 2, made deterministic here). Hostile pass
+    26, #23: a `--mode=eval` of the owed step before the resume is the run's own; the resumed
+    run's evaluation of it is then marked a re-evaluation, not a second row of the run's own."""
     from alexnet_jax.train import loop
     from tests import multihost_worker
 
@@ -716,6 +718,11 @@ def test_a_preemption_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed
         jax.config.update("jax_disable_most_optimizations", optimizations)
     assert evals(str(tmp_path / "cut")) == evals(str(tmp_path / "whole"))
     assert [step for step, _, _ in evals(str(tmp_path / "whole"))] == [2, 4]
+    evals_at_2 = [
+        (r["step"], r.get("reeval")) for r in rundir.read_metrics(str(tmp_path / "cut"))
+        if r["split"] == "eval" and r["step"] == 2
+    ]  # fmt: skip
+    assert evals_at_2 == [(2, None), (2, True)]  # --mode=eval's, then the resumed run's
 
 
 def _train_cut_and_whole(loop, config, tmp_path, monkeypatch):
@@ -726,6 +733,7 @@ def _train_cut_and_whole(loop, config, tmp_path, monkeypatch):
     assert loop.train_and_evaluate(config(), str(tmp_path / "cut")) == {}  # saved, then exit
     assert rundir.run_evals(rundir.read_metrics(str(tmp_path / "cut"))) == []
     assert os.path.isdir(tmp_path / "cut" / "checkpoints" / "2")
+    loop.evaluate_checkpoint(config(), str(tmp_path / "cut"))  # the owed step, by --mode=eval
     monkeypatch.setattr(checkpoint.PreemptionWatcher, "reached", original)
     loop.train_and_evaluate(config(), str(tmp_path / "cut"))
 
