@@ -241,6 +241,7 @@ def build(
     *,
     steps_per_epoch: int | None = None,
     mean_image: Any = None,
+    training: bool = True,
 ) -> Experiment:
     """Validates `config` and builds its experiment on `mesh` (default: all devices,
     config.mesh_shape).
@@ -250,9 +251,10 @@ def build(
       shapes (restoring a run's params), which the schedule does not change.
     mean_image: float32 [S, S, 3] (input_pipeline.load_mean_image), needed by the device path's
       steps with normalization "mean_image" (a ValueError when they are first called without it).
+    training: False when only its evaluation runs (config.batch_size is then not split).
     """
     mesh = sharding.make_mesh(config) if mesh is None else mesh
-    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])
+    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA], training=training)
     steps_per_epoch = 1 if steps_per_epoch is None else int(steps_per_epoch)
     model = create_model(config, mesh=sharding.tower_mesh(config, mesh))
     tx = optim.create_optimizer(config, steps_per_epoch)

@@ -206,7 +206,7 @@ def _build(
     input_pipeline.prepare) and builds the experiment over all devices."""
     config_lib.validate_config(config)  # before the mesh and any data
     mesh = sharding.make_mesh(config)
-    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA])
+    config_lib.validate_config(config, num_devices=mesh.shape[sharding.DATA], training=training)
     info = input_pipeline.prepare(config, training)
     steps_per_epoch = info.num_train_examples // config.batch_size
     if steps_per_epoch < 1 and not training:  # an evaluation trains nothing (torch_weights with
@@ -217,7 +217,9 @@ def _build(
             "examples: lower the batch size."
         )
     mean = input_pipeline.load_mean_image(config) if config.augment_on == "device" else None
-    exp = experiment.build(config, mesh, steps_per_epoch=steps_per_epoch, mean_image=mean)
+    exp = experiment.build(
+        config, mesh, steps_per_epoch=steps_per_epoch, mean_image=mean, training=training
+    )
     return exp, info
 
 

@@ -66,3 +66,19 @@ def test_eval_with_the_runs_own_data_path_written_another_way_is_the_runs_own(tm
     assert "kept apart" not in capsys.readouterr().out
     (own,) = rundir.run_evals(rundir.read_metrics(workdir))
     assert (own["step"], own.get("reeval"), own.get("data_dir")) == (1, None, None)
+
+
+def test_eval_on_a_device_count_that_does_not_divide_the_training_batch(tmp_path):
+    """Pass 26, #29: `--mode=eval` of a batch-8 run on 3 devices was refused by the training
+    batch's rule (its advice, another batch size, then refused by eval): an evaluation never
+    splits config.batch_size, only config.eval_batch_size must divide."""
+    import jax
+
+    devices = jax.device_count()
+    assert devices > 1, "conftest gives this process several CPU devices"
+    workdir = write_tiny_run(
+        str(tmp_path), dataset="synthetic", synthetic_eval_examples=devices,
+        num_classes=4, batch_size=devices + 1, eval_batch_size=devices,
+    )  # fmt: skip
+    metrics = loop.evaluate_checkpoint(config_lib.load_config(workdir), workdir)
+    assert metrics["num_examples"] == devices
