@@ -56,9 +56,11 @@ def test_a_workdir_inside_the_image_folder_is_refused_before_anything_is_made(
         assert _tree(folder) == before
 
 
-@pytest.mark.parametrize("field", ["resized_cache_dir", "image_store_dir"])
+@pytest.mark.parametrize("field", ["resized_cache_dir", "image_store_dir", "data_dir"])
 def test_a_cache_inside_the_image_folder_is_refused_and_leaves_no_folder(folder, field):
-    """#72: the refused cache's empty folder stayed, a class without images for every later run."""
+    """#72: the refused cache's empty folder stayed, a class without images for every later run.
+    Pass 26, #68: a data_dir there (the mean image's) was "errno 2 ... check the path", and left a
+    `tfds` class folder in the dataset."""
     before = _tree(folder)
     config = _folder_config(folder, **{field: os.path.join(folder, "train", "cache")})
     if field == "image_store_dir":

@@ -181,8 +181,9 @@ RULES = (
 def check_outside_image_folder(
     config, workdir: str | None = None, training: bool = True, flag: str = "--workdir"
 ) -> None:
-    """Raises ConfigError when `workdir` (`flag`), config.resized_cache_dir or
-    config.image_store_dir (the last two only when `training`, which builds them) lies inside
+    """Raises ConfigError when `workdir` (`flag`), config.data_dir (where the mean image is
+    written: hostile pass 26, #68), config.resized_cache_dir or config.image_store_dir (the
+    last two only when `training`, which builds them) lies inside
     config.image_folder, real paths compared: every file there is training data, so a run's
     training_curves.png became an image of the class it sat in, and a folder made there (even
     by a refused run) a class with no image that refused every later run. Creates nothing, so
@@ -193,7 +194,7 @@ def check_outside_image_folder(
         return  # no image folder (validate_config names an empty or non-string one)
     data = os.path.realpath(os.path.expanduser(folder))
     named = [(flag, workdir)] if workdir else []
-    fields = ("resized_cache_dir", "image_store_dir") if training else ()
+    fields = ("data_dir",) + (("resized_cache_dir", "image_store_dir") if training else ())
     named += [(f"--config.{f}", config.get(f)) for f in fields if isinstance(config.get(f), str)]
     for given, path in named:
         if not path.strip():
