@@ -244,7 +244,7 @@ def main(argv):
         "--config.data_dir, then rerun the same command: training resumes from the last "
         "complete checkpoint."
     ):
-        config_lib.expand_user_paths(_CONFIG.value)  # --config.image_folder=~/photos
+        config_lib.absolute_paths(_CONFIG.value)  # --config.image_folder=~/photos, or imgs
         errors.refuse_a_path_not_utf8(workdir, "--workdir")  # (a cwd whose name is not UTF-8)
         for field in config_lib.PATH_FIELDS:
             if isinstance(_CONFIG.value.get(field), str):

@@ -3495,3 +3495,52 @@ def test_a_run_copy_of_its_mean_image_edited_after_its_start_is_refused(tmp_path
     np.save(os.path.join(workdir, rundir.MEAN_IMAGE_FILE), mean / 2)
     with pytest.raises(DataError, match=r"is not the copy the run kept at its start \(step 0\)"):
         rundir.read_mean_image(workdir, 64, source)
+
+
+# ---- Hostile pass 26 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_runs_paths_are_recorded_absolute_and_normalized(tmp_path, monkeypatch):
+    """Pass 26, #46, #47, #80: a relative image_folder or data_dir was recorded as typed, so an
+    evaluation from another folder looked for the data there (and computed the mean image again
+    into the current folder), and `x/../tfds/` was a data_dir change on resume. main.py makes
+    the path fields absolute (a ~ expanded) before the run records them; "" stays "" (none)."""
+    monkeypatch.chdir(tmp_path)
+    config = default.get_config()
+    config.image_folder, config.data_dir, config.torch_weights = "imgs", "x/../tfds/", ""
+    config.miniature_dir = "~/mini"
+    config_lib.absolute_paths(config)
+    assert config.image_folder == str(tmp_path / "imgs")
+    assert config.data_dir == str(tmp_path / "tfds")
+    assert config.miniature_dir == os.path.join(os.path.expanduser("~"), "mini")
+    assert config.torch_weights == ""
+
+
+def test_a_data_dir_where_the_mean_image_cannot_be_written_is_named(tmp_path, monkeypatch):
+    """Pass 26, #69: a read-only data_dir without the mean image: "could not write ...: training
+    resumes from the last complete checkpoint", for an evaluation and a new run alike. The line
+    names the folder and what to do; a read-only data_dir that holds the mean image serves."""
+    from alexnet_jax.data import data_sources, input_pipeline
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    path = str(blocked / "mean_images" / "m.npy")
+    monkeypatch.setattr(input_pipeline, "mean_image_path", lambda config: path)
+    with pytest.raises(DataError) as error:
+        input_pipeline.build_mean_image(None, None)
+    assert str(error.value).startswith(
+        "The training set's mean image, which this config subtracts (normalization "
+        f"'mean_image'), is computed once into {blocked / 'mean_images'}, and that folder cannot "
+        "be written: "
+    )
+    assert str(error.value).endswith("set --config.data_dir to a folder you can write.")
+    present = tmp_path / "ro" / "mean_images" / "m.npy"
+    present.parent.mkdir(parents=True)
+    np.save(present, np.zeros((4, 4, 3), np.float32))
+
+    def read_only(directory):
+        raise OSError(30, "Read-only file system", directory)
+
+    monkeypatch.setattr(data_sources, "exclusive_build", read_only)
+    monkeypatch.setattr(input_pipeline, "mean_image_path", lambda config: str(present))
+    assert input_pipeline.build_mean_image(None, None) == str(present)

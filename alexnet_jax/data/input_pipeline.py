@@ -371,7 +371,18 @@ def build_mean_image(config, source) -> str:
     """Computes the mean image once (a pass over the training split) and keeps it at
     `mean_image_path`; processes sharing data_dir take turns, and the file appears whole."""
     path = mean_image_path(config)
-    with data_sources.exclusive_build(os.path.dirname(path)):
+    if os.path.exists(path):  # (no lock to take: a read-only data_dir that holds it serves)
+        return path
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(data_sources.exclusive_build(os.path.dirname(path)))
+        except OSError as e:  # (a read-only data_dir: the generic advice said training resumes
+            raise DataError(  # from its last checkpoint, for an evaluation too: pass 26, #69)
+                "The training set's mean image, which this config subtracts (normalization "
+                f"'mean_image'), is computed once into {os.path.dirname(path)}, and that folder "
+                f"cannot be written: {errors.storage_error_reason(e)}. Make it writable, or set "
+                "--config.data_dir to a folder you can write."
+            ) from None
         if not os.path.exists(path):
             console.info(f"Computing the training set's mean image once, into {path}.")
             mean = compute_mean_image(config, source)

@@ -101,18 +101,21 @@ def validate_config(config: Any, num_devices: int | None = None, training: bool 
             _divisible(config, field, num_devices)
 
 
-# The config's fields that name files or folders: main.py expands a leading ~ in them, as the
-# shell does in --workdir=~/... (a literal ~ made a folder named "~" under the cwd).
+# The config's fields that name files or folders: main.py makes them absolute (`absolute_paths`).
 PATH_FIELDS = ("data_dir", "manual_dir", "image_folder", "miniature_dir", "resized_cache_dir",
                "image_store_dir", "torch_weights")  # fmt: skip
 
 
-def expand_user_paths(config: Any) -> None:
-    """Replaces a leading ~ (or ~user) of each path field of `config` by the home folder."""
+def absolute_paths(config: Any) -> None:
+    """Makes each non-empty path field of `config` absolute, a leading ~ (or ~user) expanded as
+    the shell does in --workdir=~/... (a literal ~ made a folder named "~" under the cwd): a run
+    records where its data is, so that an evaluation or a resume from another folder finds it
+    (a relative one was looked for there, and its mean image computed again: hostile pass 26,
+    #47, #80), and one folder written two ways (`x/../tfds/`) is one (#46)."""
     for field in PATH_FIELDS:
         value = config.get(field)
-        if isinstance(value, str) and value.startswith("~"):
-            config[field] = os.path.expanduser(value)
+        if isinstance(value, str) and value.strip():
+            config[field] = os.path.abspath(os.path.expanduser(value))
 
 
 def check_like(config: Any, like: Any) -> None:
