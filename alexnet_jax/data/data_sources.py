@@ -561,10 +561,14 @@ def _decodes(path: str) -> bool:
     return True
 
 
+def folder_split(split: str) -> str:
+    """An image folder's name of a split: tfds-style names map onto the folder layout,
+    "validation" is val/."""
+    return {"validation": "val"}.get(split, split)
+
+
 def _folder_split_dir(root: str, split: str) -> str:
-    """tfds-style split names map onto the folder layout: "validation" is the val/ directory."""
-    name = {"validation": "val"}.get(split, split)
-    return os.path.join(root, re.sub(r"\[.*\]$", "", name))
+    return os.path.join(root, re.sub(r"\[.*\]$", "", folder_split(split)))
 
 
 def _image_folder_error(root: str, problem: str) -> DataError:

@@ -388,6 +388,10 @@ def evaluate_checkpoint(
         # What was evaluated is recorded; one that is not the run's own (another split, crop
         # count or data) never counts as the run's evaluation of that step.
         views = {"eval_split": str(config.eval_split), "eval_crops": int(config.eval_crops)}
+        if own is not None and config.dataset == "image_folder":  # (val and validation: one
+            split = data_sources.folder_split  # folder, the run's own split: pass 26, #79)
+            if split(str(own.get("eval_split"))) == split(views["eval_split"]):
+                views["eval_split"] = own.get("eval_split")
         views.update({k: config[k] for k in moved})  # (pass 24, #38: it was the run's own)
         changed = [] if own is None or moved else _changed_data(config, workdir)
         if changed:  # the run's own folders, their files changed since (hostile pass 26, #60)

@@ -279,3 +279,18 @@ def test_an_evaluation_of_the_runs_data_changed_in_place_is_kept_apart(
     (row,) = rundir.read_metrics(workdir)
     assert (row["reeval"], row["dataset_changed"]) == (True, ["files_fingerprint"])
     assert rundir.run_evals(rundir.read_metrics(workdir)) == []
+
+
+def test_an_evaluation_of_validation_for_a_run_of_val_is_the_runs_own(
+    tmp_path, monkeypatch, capsys
+):
+    """Pass 26, #79: `--config.eval_split=validation` of an image-folder run whose eval_split is
+    `val` (one folder: 'validation' means val/) was kept apart as a re-evaluation of other data."""
+    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
+    folder = _bmp_folder(str(tmp_path), 4)
+    overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2, eval_split="val")
+    workdir = write_tiny_run(str(tmp_path), **overrides)
+    loop.evaluate_checkpoint(config_lib.load_config(workdir), workdir, {"eval_split": "validation"})
+    assert "kept apart" not in capsys.readouterr().out
+    (own,) = rundir.run_evals(rundir.read_metrics(workdir))
+    assert (own["step"], own.get("reeval"), own["eval_split"]) == (1, None, "val")
