@@ -282,6 +282,12 @@ def read_conventions(path: str) -> dict[str, Any] | None:
 
 
 def _existing_file_format(path: str) -> str:
+    if os.path.exists(path) and not os.path.isfile(path):  # hostile pass 26, #34
+        kind = "a folder" if os.path.isdir(path) else "a device, a FIFO or another special file"
+        raise WeightsFileError(
+            f"{path} is not a regular file (it is {kind}): give a weights file "
+            f"({', '.join(FORMATS)}), e.g. one written by alexnet_jax.tools.export."
+        )
     if not os.path.isfile(path):
         raise WeightsFileError(f"{path}: no such weights file.")
     return file_format(path)

@@ -640,6 +640,13 @@ def write_comparison(dirs: Sequence[str], out: str | None = None) -> tuple[str, 
             f"--out={out} is a folder: --out is the files' path without its extension, e.g. "
             f"--out={stem} for {stem}.md, .csv and .png."
         )
+    if os.path.exists(out) and not os.path.isfile(out) and not os.path.isdir(out):
+        # --out=/dev/null wrote /dev/null.md, .csv and .png into /dev (hostile pass 26, #35)
+        raise errors.UserError(
+            f"--out={out} is a device, a FIFO or another special file, not a regular file: "
+            "--out is the path of the files without their extension, in a folder you can "
+            "write, e.g. --out=comparison for comparison.md, .csv and .png."
+        )
     paths = [f"{out}.md", f"{out}.csv", f"{out}.png"]
     for path in paths:  # before the work, and before its folder is made (hostile pass 5, #38)
         rundir.refuse_run_file(path, "--out")

@@ -53,6 +53,11 @@ def define_flags() -> None:
 def export_run(workdir: str, out_path: str) -> str:
     """Writes the latest checkpoint's params of the run in `workdir`, with the run's conventions,
     to exactly `out_path`; returns it."""
+    if not out_path.strip():  # was ": unknown weights format ''" (hostile pass 26, #33)
+        raise UserError(
+            "--to is empty: give the file to write, e.g. --to=model.pth; its suffix picks the "
+            f"format: {', '.join(weights_io.FORMATS)} (.pt and .bin write .pth)."
+        )
     rundir.refuse_run_file(out_path, "--to")  # not over a run's records, not in checkpoints/
     weights_io.check_output_path(out_path)  # a bad suffix or place fails before restoring
     config = config_lib.load_config(workdir)

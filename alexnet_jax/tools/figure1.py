@@ -131,6 +131,36 @@ def arm_records(sweep_dir: str, arms: Sequence[str]) -> dict[str, list[list[dict
     return found
 
 
+def check_sweep_dir(sweep_dir: str) -> None:
+    """DataError unless `sweep_dir` is an existing folder; checked before anything is created
+    (hostile pass 26, #44)."""
+    if os.path.isdir(sweep_dir):
+        return
+    if link := errors.broken_link(sweep_dir.rstrip(os.sep) or sweep_dir):
+        what = f"is {link}"
+    elif os.path.exists(sweep_dir):
+        what = "is not a folder"
+    else:
+        what = "does not exist"
+    raise DataError(
+        f"--sweep_dir={sweep_dir} {what}: give the folder of the sweep's runs, made by "
+        f"`python -m alexnet_jax.tools.sweep --sweep=sweeps/figure1.py --sweep_dir={sweep_dir}`."
+    )
+
+
+def refuse_an_out_folder_that_cannot_be_made(folder: str) -> None:
+    """One UserError now, before any work, when --out's `folder` cannot be made (a file or a
+    broken link in its path, no rights: hostile pass 4, #25), creating nothing: it is made only
+    after the sweep and its arms are checked (hostile pass 26, #44)."""
+    existing = folder
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if existing == folder and os.path.isdir(folder):
+        return
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        errors.make_directory(folder, "--out's folder")  # fails at its first folder: makes none
+
+
 def _check_activation(arm: str, workdir: str) -> None:
     """DataError when an arm named after an activation (relu, tanh) trained with another: its
     curve was drawn and counted under the name ("ratio tanh / relu: 1.00" from two ReLU runs:
@@ -254,8 +284,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or os.path.join(args.sweep_dir, "figure1.png")
     with reported_as_exit():
         rundir.refuse_run_file(out, "--out")  # before the work (hostile pass 4, #53-#54)
-        errors.make_directory(os.path.dirname(os.path.abspath(out)), "--out's folder")  # (#25)
+        check_sweep_dir(args.sweep_dir)
+        folder = os.path.dirname(os.path.abspath(out))
+        refuse_an_out_folder_that_cannot_be_made(folder)  # before the work (#25)
+        # The arms before --out's folder is made: a missing --sweep_dir was made (as --out's
+        # folder) and then said to hold no runs (hostile pass 26, #44).
         runs = arm_records(args.sweep_dir, args.arms.split(","))
+        errors.make_directory(folder, "--out's folder")
         curves = {arm: [training_error_by_epoch(r) for r in found] for arm, found in runs.items()}
         firsts, ratio = summarize(curves, args.threshold)
         out = plot(curves, firsts, out, args.threshold)

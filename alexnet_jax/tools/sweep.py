@@ -214,6 +214,11 @@ def check_arms(sweep: Sweep) -> None:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
+    if not text.strip():  # `--seeds=` ran the file's seeds, no word (hostile pass 26, #37)
+        raise ConfigError(
+            "--seeds is empty: give the seeds to run, e.g. --seeds=0,1,2, or leave --seeds out "
+            "for the sweep file's seeds (or each arm once, with its config's seed)."
+        )
     try:
         seeds = tuple(int(s) for s in text.split(","))
     except ValueError:
@@ -307,7 +312,7 @@ def make_sweep(
                 "directories, so each must be unique."
             )
         all_arms[name] = overrides
-    sweep = Sweep(config_path, all_arms, parse_seeds(seeds) if seeds else base.seeds)
+    sweep = Sweep(config_path, all_arms, parse_seeds(seeds) if seeds is not None else base.seeds)
     check_arms(sweep)
     return sweep
 
