@@ -47,6 +47,7 @@ if not __package__:  # run by its path, where Python cannot import the package
     sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.sweep")
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -424,6 +425,10 @@ def check_sweep_dir(runs: Sequence[Run], sweep_dir: str) -> None:
             f"--sweep_dir={sweep_dir} holds a run (its {rundir.CONFIG_FILE}): a sweep keeps its "
             "runs in folders of its own; choose another --sweep_dir."
         )
+    recorded = {}  # each run's command as sweep.json records it
+    with contextlib.suppress(OSError, DataError, TypeError, AttributeError):
+        plan = rundir.read_sweep_plan(sweep_dir) or {}
+        recorded = {r.get("name"): r.get("command") for r in plan.get("runs", [])}
     changed: dict[str, str] = {}
     for run in runs if os.path.isdir(sweep_dir) else ():
         try:  # (damaged records: that arm fails on its own in _run_sweep)
@@ -432,8 +437,17 @@ def check_sweep_dir(runs: Sequence[Run], sweep_dir: str) -> None:
             old = rundir.read_config_dict(run.workdir, check_digest=False) or {}
         except (OSError, DataError):
             continue
-        if diff := rundir.config_changes(run.config, old):
-            changed.setdefault(run.arm, ", ".join(f"{f} {a!r} -> {b!r}" for f, a, b in diff[:4]))
+        if not (diff := rundir.config_changes(run.config, old)):
+            continue
+        fields = ", ".join(f"{f} {a!r} -> {b!r}" for f, a, b in diff[:4])
+        if recorded.get(run.name) == list(run.command):  # the definition is the one recorded:
+            raise UserError(  # the run was changed by hand (hostile pass 26, #55)
+                f"The run {run.workdir} holds checkpoints of another config than its arm's "
+                f"definition, which the sweep file and {rundir.SWEEP_FILE} both give ({fields}): "
+                "it was continued by hand with other values (--allow_config_change). Move that "
+                "folder aside to run the arm again, or go on with it by hand."
+            )
+        changed.setdefault(run.arm, fields)
     if changed:
         shown = "; ".join(f"arm {arm!r}: {fields}" for arm, fields in changed.items())
         raise UserError(

@@ -148,3 +148,22 @@ def test_compare_refuses_an_existing_folder_as_out_as_it_refuses_out_with_a_slas
         * 2
     )
     assert sorted(os.listdir(tmp_path)) == ["run", "x"]
+
+
+def test_a_run_continued_by_hand_with_other_values_is_named_not_the_sweep_file(tmp_path, capsys):
+    """Pass 26, #55: a seed continued by hand with --allow_config_change (another learning rate),
+    then the sweep rerun with its unchanged file: "restore the sweep file to what its sweep.json
+    records", though both agree; the run was not named. The run and what to do are named."""
+    sweep_dir = str(tmp_path / "S")
+    sweep_file = _sweep_file(tmp_path, "v1", {"a": {"learning_rate": 0.001}})
+    _finished_arm(sweep_file, sweep_dir)
+    (run,) = sweep.plan_runs(sweep.make_sweep(sweep_file, None, [], None), sweep_dir)
+    by_hand = run.config.copy_and_resolve_references()
+    by_hand.learning_rate = 0.05
+    rundir.record_start(by_hand, run.workdir, 4, [("learning_rate", 0.001, 0.05)])
+    assert "Config changes on resume: learning_rate" in capsys.readouterr().out
+    line = _refused(
+        capsys, [f"--sweep={sweep_file}", f"--sweep_dir={sweep_dir}", "--print_commands"]
+    )
+    assert line.startswith(f"error: The run {run.workdir} holds checkpoints of another config ")
+    assert "(learning_rate 0.05 -> 0.001): it was continued by hand" in line
