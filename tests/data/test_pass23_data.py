@@ -126,18 +126,24 @@ def test_predict_refuses_a_run_copy_of_the_mean_image_that_differs_from_the_trai
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_eval_and_a_resume_refuse_a_data_mean_image_other_than_the_runs(tmp_path, monkeypatch):
-    """Pass 25, #12: `--mode=eval` with the data build's mean image edited (same shape) gave
-    other numbers without a word (predict refused the same), and a resume would train on with it
-    and copy it over the run's. Both compare it with the run's copy and refuse a mismatch; #7: a
-    data copy of another shape is named as the damaged one (predict blamed the run's)."""
+def _mean_image_run(tmp_path, monkeypatch):
+    """(workdir, config, its evaluation, the data's mean image) of a tiny image-folder run with
+    normalization "mean_image" (fc6/fc7 narrowed), evaluated once (which computes the mean)."""
     multihost_worker.narrow_fc_layers(monkeypatch.setattr)
     folder = _bmp_folder(str(tmp_path), 4)
     overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2)
     workdir = write_tiny_run(str(tmp_path), normalization="mean_image", **overrides)
     config = config_lib.load_config(workdir)
-    before = loop.evaluate_checkpoint(config, workdir)  # computes the data's mean image
-    source = input_pipeline.mean_image_path(config)
+    before = loop.evaluate_checkpoint(config, workdir)
+    return workdir, config, before, input_pipeline.mean_image_path(config)
+
+
+def test_eval_and_a_resume_refuse_a_data_mean_image_other_than_the_runs(tmp_path, monkeypatch):
+    """Pass 25, #12: `--mode=eval` with the data build's mean image edited (same shape) gave
+    other numbers without a word (predict refused the same), and a resume would train on with it
+    and copy it over the run's. Both compare it with the run's copy and refuse a mismatch; #7: a
+    data copy of another shape is named as the damaged one (predict blamed the run's)."""
+    workdir, config, before, source = _mean_image_run(tmp_path, monkeypatch)
     rundir.save_mean_image(workdir, source)  # the copy a run keeps from its start, and its data
     rundir.record_dataset(workdir, data_sources.dataset_identity(config))
     assert loop.evaluate_checkpoint(config, workdir) == before  # the same mean: evaluates
@@ -200,13 +206,7 @@ def test_a_data_mean_image_edited_after_the_run_started_is_refused_without_the_r
     start records its copy's digest: the data's must match it, or the run's copy as it started."""
     from alexnet_jax.tools import figures
 
-    multihost_worker.narrow_fc_layers(monkeypatch.setattr)
-    folder = _bmp_folder(str(tmp_path), 4)
-    overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2)
-    workdir = write_tiny_run(str(tmp_path), normalization="mean_image", **overrides)
-    config = config_lib.load_config(workdir)
-    before = loop.evaluate_checkpoint(config, workdir)  # computes the data's mean image
-    source = input_pipeline.mean_image_path(config)
+    workdir, config, before, source = _mean_image_run(tmp_path, monkeypatch)
     digest = rundir.save_mean_image(workdir, source)  # as a run's start keeps it
     rundir.record_start(config, workdir, 1, [], mean_image_digest=digest)
     rundir.record_dataset(workdir, data_sources.dataset_identity(config))

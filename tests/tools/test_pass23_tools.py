@@ -11,6 +11,7 @@ import pytest
 
 from alexnet_jax.runs import rundir
 from alexnet_jax.tools import compare, sweep
+from tests.tools.test_pass26_tools import _one_line
 from tests.tools.test_sweep import BASE_CONFIG
 
 SWEEP_FILE = """
@@ -46,14 +47,7 @@ def _finished_arm(sweep_file: str, sweep_dir: str) -> None:
 
 
 def _refused(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        sweep.main(argv)
-    assert exit_info.value.code == 2
-    out, err = capsys.readouterr()
-    assert out == ""
-    (line,) = err.splitlines()
-    assert line.startswith("error: ")
-    return line
+    return _one_line(capsys, lambda: sweep.main(argv))
 
 
 def test_an_arm_redefined_after_its_checkpoints_is_refused_before_sweep_json_changes(
