@@ -3544,3 +3544,16 @@ def test_a_data_dir_where_the_mean_image_cannot_be_written_is_named(tmp_path, mo
     monkeypatch.setattr(data_sources, "exclusive_build", read_only)
     monkeypatch.setattr(input_pipeline, "mean_image_path", lambda config: str(present))
     assert input_pipeline.build_mean_image(None, None) == str(present)
+
+
+def test_an_image_folder_that_does_not_exist_is_said_not_to_exist(tmp_path):
+    """Pass 26, #47 (and 27): an image folder that is not there at all was said to have "no
+    train/ directory"; one that exists without train/ still is."""
+    from alexnet_jax.data import data_sources
+
+    missing = str(tmp_path / "imgs")
+    with pytest.raises(DataError, match=re.escape(f"The image folder {missing!r} does not exist.")):
+        data_sources._open_folder(missing)
+    os.makedirs(missing)
+    with pytest.raises(DataError, match="has no train/ directory"):
+        data_sources._open_folder(missing)

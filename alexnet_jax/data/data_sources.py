@@ -584,8 +584,9 @@ def _open_folder(root: str) -> _FolderSource:
     if not root:
         raise _image_folder_error(root, "is not set (config.dataset is 'image_folder')")
     train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
-        raise _image_folder_error(root, "has no train/ directory")
+    if not os.path.isdir(train_dir):  # ("has no train/" for a folder that is not there at all:
+        missing = not os.path.lexists(root)  # hostile pass 26, #47; 27)
+        raise _image_folder_error(root, "does not exist" if missing else "has no train/ directory")
     classes = tuple(_class_folders(root, "train"))
     source = _FolderSource(os.path.abspath(root), classes, f"folder:{os.path.abspath(root)}")
     if not classes or not source.files("train"):
