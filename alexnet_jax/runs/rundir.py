@@ -1317,8 +1317,9 @@ def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
     raise DataError(
         f"The data build's mean image {source} is not the one this run started with (its digest "
         f"differs from the one {HISTORY_FILE} recorded at step {recorded.get('step')}), and the "
-        f"run's copy {own} is missing or edited: the data's was edited or rebuilt since. "
-        f"Restore the run's copy from a copy of the run, or {redo}."
+        f"run's copy {own} is missing or differs too: the data's was edited or rebuilt since "
+        f"(or {HISTORY_FILE} was edited). Restore the run's copy (or its history) from a copy of "
+        f"the run, or {redo}."
     )
 
 
