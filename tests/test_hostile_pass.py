@@ -3557,3 +3557,34 @@ def test_an_image_folder_that_does_not_exist_is_said_not_to_exist(tmp_path):
     os.makedirs(missing)
     with pytest.raises(DataError, match="has no train/ directory"):
         data_sources._open_folder(missing)
+
+
+# ---- Hostile pass 27 (docs/RELIABILITY.md) ---------------------------------------------------
+
+
+def test_a_path_through_a_link_and_dotdot_is_recorded_where_the_shell_finds_it(
+    tmp_path, monkeypatch
+):
+    """Pass 27: `--config.image_folder=lnk/../imgs` with lnk a link to real/sub named real/imgs
+    for the shell, but was recorded (and looked for) as ./imgs: resolved lexically."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "imgs").mkdir()
+    (tmp_path / "lnk").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path)
+    config = default.get_config()
+    config.image_folder = "lnk/../imgs"
+    config_lib.absolute_paths(config)
+    assert config.image_folder == str(tmp_path / "real" / "imgs")
+
+
+def test_a_mean_image_that_cannot_be_checked_is_said_so(tmp_path, capsys):
+    """Pass 27: a run started before the digests, its copy of the mean image gone: an edited data
+    mean image was used with no word. Nothing can tell; a warning says so (not for a new run)."""
+    config = tiny_config(str(tmp_path), normalization="mean_image")
+    workdir, source = str(tmp_path / "run"), str(tmp_path / "m.npy")
+    np.save(source, np.full((72, 72, 3), 100.0, np.float32))
+    rundir.check_mean_image(workdir, source, 72)  # a new run: nothing to say
+    assert capsys.readouterr().err == ""
+    rundir.record_start(config, workdir, 0, [])  # a start that kept no digest
+    rundir.check_mean_image(workdir, source, 72)
+    assert f"{source} cannot be checked against the mean image" in capsys.readouterr().err

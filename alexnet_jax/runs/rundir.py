@@ -654,6 +654,8 @@ def record_start(
         entry["dataset_changed"] = {f: {"old": old, "new": new} for f, old, new in dataset_changes}
     if changes or dataset_changes:
         entry["allowed_config_change"] = True
+    if dataset_changes:  # (allowed: recorded in the history, and said: hostile pass 27, N55)
+        console.info(f"Data changes (allowed): {_describe(list(dataset_changes), limit=100)}")
     if resumable:  # (at step 0 no checkpoint was kept: the run starts again, no resume; hostile
         when = "on resume" if step else "since the last start, which kept no checkpoint"  # pass
         console.info(f"Config changes {when}: {_describe(resumable, limit=100)}")  # 25, #24)
@@ -872,16 +874,16 @@ def _dataset_differences(old: dict, dataset: dict) -> list[tuple]:
     return _differences(old, new) + [(f, old[f], None) for f in old if f not in new]
 
 
-def dataset_changes(workdir: str, dataset: dict) -> list[str]:
+def dataset_changes(workdir: str, dataset: dict) -> list[str] | None:  # (None: no record)
     """The fields of the data's identity that differ from the one the run recorded (run.json);
-    [] when it recorded none, or a damaged one (an evaluation does not refuse a run for that)."""
+    None when it recorded none, or a damaged one (an evaluation does not refuse a run for that)."""
     try:
         record = read_run_record(workdir)
     except DataError:
-        return []
+        return None
     old = (record or {}).get("dataset")
     if not isinstance(old, dict):
-        return []
+        return None
     return [field for field, _, _ in _dataset_differences(old, dataset)]
 
 
@@ -1302,8 +1304,14 @@ def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
     with contextlib.suppress(OSError, ValueError):  # (damaged: read_mean_image names it)
         if recorded is None or _file_digest(own) == recorded[MEAN_IMAGE_DIGEST]:
             kept = np.load(own)  # the copy the run started with
-    if kept is None and recorded is None:
-        return  # nothing to compare it with
+    if kept is None and recorded is None:  # nothing to compare it with
+        if read_history(workdir, warn=False):  # (a run started before the digests, its copy
+            console.warning(  # gone: said, not passed over: hostile pass 27)
+                f"{workdir} keeps no copy of its mean image and records no digest of it (a run "
+                f"started before they were kept): {source} cannot be checked against the mean "
+                "image the run trained with."
+            )
+        return
     redo = "delete it: the next training or evaluation computes it again from the training split"
     # (allclose: the last bits may differ where the mean was computed on another machine)
     if kept is not None and kept.shape == data.shape and np.allclose(kept, data, 0, 1e-3):
@@ -1311,8 +1319,9 @@ def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
     if kept is not None:
         raise DataError(
             f"The data build's mean image {source} differs from the run's copy {own}, kept when "
-            "the run started: one of them was edited or rebuilt since. If the data's was, "
-            f"{redo}; if the run's, copy the data's over it."
+            "the run started: one of them was edited or rebuilt since, or the training data "
+            f"changed (a resume names what). If the data's was edited, {redo}; if the run's, "
+            "copy the data's over it."
         )
     raise DataError(
         f"The data build's mean image {source} is not the one this run started with (its digest "

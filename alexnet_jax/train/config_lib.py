@@ -114,8 +114,8 @@ def absolute_paths(config: Any) -> None:
     #47, #80), and one folder written two ways (`x/../tfds/`) is one (#46)."""
     for field in PATH_FIELDS:
         value = config.get(field)
-        if isinstance(value, str) and value.strip():
-            config[field] = os.path.abspath(os.path.expanduser(value))
+        if isinstance(value, str) and value.strip():  # (realpath: `link/../x` is where the
+            config[field] = os.path.realpath(os.path.expanduser(value))  # shell finds it, #27)
 
 
 def check_like(config: Any, like: Any) -> None:

@@ -242,10 +242,13 @@ def _other_data(own: dict, config: ml_collections.ConfigDict) -> list[str]:
     return [k for k in rundir.EVAL_DATA_FIELDS if where(own.get(k)) != where(config[k])]
 
 
-def _changed_data(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def _changed_data(config: ml_collections.ConfigDict, own: dict, workdir: str) -> list[str]:
     """The fields of the data's identity that changed since the run recorded it (run.json), said
-    in a warning: an evaluation of that data is not the run's own."""
-    changed = rundir.dataset_changes(workdir, data_sources.dataset_identity(config))
+    in a warning: an evaluation of that data is not the run's own. The identity is taken with
+    the run's own eval_split: another one is told apart as such (hostile pass 27)."""
+    view = ml_collections.ConfigDict(config.to_dict())
+    view.eval_split = own.get("eval_split", config.eval_split)
+    changed = rundir.dataset_changes(workdir, data_sources.dataset_identity(view)) or []
     if changed:
         console.warning(
             f"The data changed since the run recorded it ({', '.join(changed)}): this "
@@ -366,8 +369,9 @@ def evaluate_checkpoint(
         _check_trained_classes(config, workdir)
         exp, _ = _build(config, training=False)  # no training-only cache or store is built
         moved = _other_data(own, config) if own is not None else []
-        if own is not None and not moved:  # (other data has another mean: a re-evaluation)
-            _check_mean_image(config, workdir)
+        changed = [] if own is None or moved else _changed_data(config, own, workdir)
+        if own is not None and not (moved or changed):  # (other data has another mean: a
+            _check_mean_image(config, workdir)  # re-evaluation, said so)
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(
@@ -393,7 +397,6 @@ def evaluate_checkpoint(
             if split(str(own.get("eval_split"))) == split(views["eval_split"]):
                 views["eval_split"] = own.get("eval_split")
         views.update({k: config[k] for k in moved})  # (pass 24, #38: it was the run's own)
-        changed = [] if own is None or moved else _changed_data(config, workdir)
         if changed:  # the run's own folders, their files changed since (hostile pass 26, #60)
             views["dataset_changed"] = changed
         elsewhere = own is not None and any(own.get(k) != v for k, v in views.items())
@@ -431,8 +434,8 @@ def train_and_evaluate(
         if run.changes and rundir.saved_steps(workdir):
             _refuse_a_reshaped_state(workdir, exp, run.changes)
         run.check_dataset(data_sources.dataset_identity(config))
-        if not allow_config_change:
-            _check_mean_image(config, workdir)
+        if not run.dataset_changes:  # (data changed on purpose has its own mean; an allowed
+            _check_mean_image(config, workdir)  # config change is no leave to edit the mean)
         num_steps = total_train_steps(config, exp.steps_per_epoch)
         manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
         state, data_state = _restore(exp, manager)

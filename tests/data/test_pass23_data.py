@@ -222,6 +222,8 @@ def test_a_data_mean_image_edited_after_the_run_started_is_refused_without_the_r
             loop.evaluate_checkpoint(config, workdir)
         with pytest.raises(DataError, match=want):
             loop.train_and_evaluate(config, workdir)
+        with pytest.raises(DataError, match=want):  # (pass 27: an allowed config change is no
+            loop.train_and_evaluate(config, workdir, allow_config_change=True)  # leave for it)
         with pytest.raises(DataError, match=want):
             figures.make_figures(workdir, str(tmp_path / "figures"))
     assert not os.path.exists(tmp_path / "figures")
@@ -290,7 +292,11 @@ def test_an_evaluation_of_validation_for_a_run_of_val_is_the_runs_own(
     folder = _bmp_folder(str(tmp_path), 4)
     overrides = dict(dataset="image_folder", image_folder=folder, num_classes=2, eval_split="val")
     workdir = write_tiny_run(str(tmp_path), **overrides)
-    loop.evaluate_checkpoint(config_lib.load_config(workdir), workdir, {"eval_split": "validation"})
-    assert "kept apart" not in capsys.readouterr().out
+    config = config_lib.load_config(workdir)
+    rundir.record_dataset(workdir, data_sources.dataset_identity(config))
+    loop.evaluate_checkpoint(config, workdir, {"eval_split": "validation"})
+    out, err = capsys.readouterr()  # (pass 27: the split's other name was taken for changed data)
+    assert "kept apart" not in out
+    assert "warning" not in err
     (own,) = rundir.run_evals(rundir.read_metrics(workdir))
     assert (own["step"], own.get("reeval"), own["eval_split"]) == (1, None, "val")
