@@ -181,26 +181,30 @@ RULES = (
 def check_outside_image_folder(
     config, workdir: str | None = None, training: bool = True, flag: str = "--workdir"
 ) -> None:
-    """Raises ConfigError when `workdir` (`flag`), config.data_dir (where the mean image is
-    written: hostile pass 26, #68), config.resized_cache_dir or config.image_store_dir (the
-    last two only when `training`, which builds them) lies inside
-    config.image_folder, real paths compared: every file there is training data, so a run's
-    training_curves.png became an image of the class it sat in, and a folder made there (even
-    by a refused run) a class with no image that refused every later run. Creates nothing, so
-    the entry points run it before any folder is made. The converse, an image folder inside a
-    workdir, is fine."""
+    """Raises ConfigError when `workdir` (`flag`), config.resized_cache_dir or
+    config.image_store_dir (the last two only when `training`, which builds them) lies inside
+    config.image_folder, or config.data_dir (where the mean image is written: hostile pass 26,
+    #68) inside one of its split folders, real paths compared: every file there is training
+    data, so a run's training_curves.png became an image of the class it sat in, and a folder
+    made there (even by a refused run) a class with no image that refused every later run.
+    Creates nothing, so the entry points run it before any folder is made. The converse, an
+    image folder inside a workdir, is fine; so is a data_dir beside its split folders."""
     folder = config.get("image_folder", "") if config.get("dataset") == "image_folder" else ""
     if not isinstance(folder, str) or not folder.strip():
         return  # no image folder (validate_config names an empty or non-string one)
     data = os.path.realpath(os.path.expanduser(folder))
     named = [(flag, workdir)] if workdir else []
-    fields = ("data_dir",) + (("resized_cache_dir", "image_store_dir") if training else ())
+    fields = ("resized_cache_dir", "image_store_dir") if training else ()
     named += [(f"--config.{f}", config.get(f)) for f in fields if isinstance(config.get(f), str)]
-    for given, path in named:
+    inside = [(given, path, data) for given, path in named]  # (flag, its path, the folder)
+    if isinstance(config.get("data_dir"), str):  # (the data_dir beside train/ and val/ is fine)
+        splits = [os.path.join(data, s) for s in ("train", "val", "test")]
+        inside += [("--config.data_dir", config.data_dir, split) for split in splits]
+    for given, path, root in inside:
         if not path.strip():
             continue
         real = os.path.realpath(os.path.expanduser(path))
-        if real == data or real.startswith(data.rstrip(os.sep) + os.sep):
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
             raise ConfigError(
                 f"{given}={path} lies inside the image folder {folder} (--config.image_folder), "
                 f"whose files are the training data: choose a {given.lstrip('-')} outside it."
