@@ -1286,6 +1286,22 @@ def moved_away(workdir: str, what: str, where: str | None = None) -> DataError |
     )
 
 
+def check_data_mean_image(workdir: str, config: Any) -> str | None:
+    """The data build's mean image of a run that subtracts one (normalization "mean_image"),
+    checked against the run (`check_mean_image`); None when the run subtracts none, or its data
+    is gone (the tools then use the run's copy alone: hostile pass 24, #55)."""
+    if config.normalization != "mean_image" or config.dataset == "synthetic":
+        return None
+    from alexnet_jax.data import input_pipeline  # (not at import: the tools stay light)
+
+    try:
+        source = input_pipeline.mean_image_path(config)
+    except (DataError, OSError):
+        return None
+    check_mean_image(workdir, source, int(config.resize_size))
+    return source
+
+
 def check_mean_image(workdir: str, source: str, resize_size: int) -> None:
     """DataError when the data build's mean image (`source`, what training and evaluation
     subtract) is damaged (image_files.checked_mean_image), or is not the one the run started

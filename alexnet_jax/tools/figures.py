@@ -25,7 +25,6 @@ import sys
 if not __package__:  # run by its path, where Python cannot import the package
     sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.figures")
 
-import contextlib
 import functools
 import io
 import math
@@ -361,15 +360,7 @@ def make_figures(workdir: str, out_dir: str = "", **figure4_options: Any) -> lis
     rundir.refuse_inside_checkpoints(out_dir, "--out")  # (hostile pass 4, #56)
     check_options(out_dir, **figure4_options)
     config, params, step = load.load_params_and_step(workdir, sharding.single_device_mesh())
-    if config.normalization == "mean_image" and config.dataset != "synthetic":
-        from alexnet_jax.data import input_pipeline  # (the data's mean image, which figure 4
-
-        # undoes, must be the run's: hostile pass 26, #15-#16)
-        source = None
-        with contextlib.suppress(errors.DataError, OSError):  # (the data gone: figure 4 says so)
-            source = input_pipeline.mean_image_path(config)
-        if source:
-            rundir.check_mean_image(workdir, source, int(config.resize_size))
+    rundir.check_data_mean_image(workdir, config)  # (figure 4 undoes it: pass 26, #15-#16)
     errors.make_directory(out_dir, "--out")  # once the run loaded: a wrong --workdir makes none
     return [
         write_figure3(params, config, out_dir, step),

@@ -26,7 +26,6 @@ import sys
 if not __package__:  # run by its path, where Python cannot import the package
     sys.exit("error: run it as a module, from the repository: python -m alexnet_jax.tools.predict")
 
-import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -260,11 +259,7 @@ def main(argv: Sequence[str]) -> None:
         if FLAGS.workdir and config.normalization == "mean_image":
             from alexnet_jax.data import input_pipeline  # (not at import: tools stay light)
 
-            source = None  # the data's copy, which training and eval subtract
-            with contextlib.suppress(DataError, OSError):  # (the data gone: the run's copy alone,
-                source = input_pipeline.mean_image_path(config)  # hostile pass 24, #55)
-            if source:
-                rundir.check_mean_image(FLAGS.workdir, source, int(config.resize_size))
+            source = rundir.check_data_mean_image(FLAGS.workdir, config)  # (None: data gone)
             where = source or os.path.join(config.data_dir, input_pipeline.MEAN_IMAGE_DIR)
             mean_image = rundir.read_mean_image(FLAGS.workdir, int(config.input_size), where)
         results = predict(

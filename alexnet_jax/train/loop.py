@@ -223,14 +223,6 @@ def _build(
     return exp, info
 
 
-def _check_mean_image(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The data's mean image, which this run subtracts, must be the one it started with (its
-    copy in the workdir): rundir.check_mean_image."""
-    if config.normalization == "mean_image" and config.dataset != "synthetic":
-        path = input_pipeline.mean_image_path(config)
-        rundir.check_mean_image(workdir, path, int(config.resize_size))
-
-
 def _other_data(own: dict, config: ml_collections.ConfigDict) -> list[str]:
     """The data fields (rundir.EVAL_DATA_FIELDS) in which an evaluation's config names other data
     than the run's config `own`: paths compared as the folders they name, so the run's own data
@@ -371,7 +363,7 @@ def evaluate_checkpoint(
         moved = _other_data(own, config) if own is not None else []
         changed = [] if own is None or moved else _changed_data(config, own, workdir)
         if own is not None and not (moved or changed):  # (other data has another mean: a
-            _check_mean_image(config, workdir)  # re-evaluation, said so)
+            rundir.check_data_mean_image(workdir, config)  # re-evaluation, said so)
         if config.torch_weights:
             _check_weights_conventions(config)
             weights = weights_io.load_weights(
@@ -435,7 +427,7 @@ def train_and_evaluate(
             _refuse_a_reshaped_state(workdir, exp, run.changes)
         run.check_dataset(data_sources.dataset_identity(config))
         if not run.dataset_changes:  # (data changed on purpose has its own mean; an allowed
-            _check_mean_image(config, workdir)  # config change is no leave to edit the mean)
+            rundir.check_data_mean_image(workdir, config)  # config change is no leave to edit it)
         num_steps = total_train_steps(config, exp.steps_per_epoch)
         manager = checkpoint.checkpoint_manager(workdir, config.keep_checkpoints)
         state, data_state = _restore(exp, manager)
